@@ -1,0 +1,66 @@
+//! On-disk structures of a data blob. Pure data; sections cite formats/blob.md.
+
+use zerocopy::little_endian::{U32, U64};
+use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
+
+/// Blob meta header magic, at both ends of the header (formats/blob.md §3.1).
+pub const BLOB_META_MAGIC: u32 = 0xB10B_B10B;
+/// Size of the blob meta header.
+pub const BLOB_META_HEADER_SIZE: usize = 4096;
+/// Size of a v1 chunk-info record (formats/blob.md §3.2).
+pub const CHUNK_INFO_V1_SIZE: usize = 16;
+/// Size of a framing tar header (formats/blob.md §4).
+pub const TAR_HEADER_SIZE: usize = 512;
+
+/// BlobFeatures bits (formats/blob.md §8).
+pub mod features {
+    /// Uncompressed chunk offsets are 4 KiB aligned.
+    pub const ALIGNED: u32 = 0x1;
+    /// The bootstrap is inlined in the blob.
+    pub const INLINED_FS_META: u32 = 0x2;
+    /// Chunk-info records are v2 (24 bytes).
+    pub const CHUNK_INFO_V2: u32 = 0x4;
+    /// Chunk digest array present.
+    pub const INLINED_CHUNK_DIGEST: u32 = 0x20;
+    /// Tar-tarfs blob.
+    pub const TARFS: u32 = 0x40;
+    /// Sections are framed by tar headers.
+    pub const HAS_TAR_HEADER: u32 = 0x1000_0000;
+    /// Table of contents present.
+    pub const HAS_TOC: u32 = 0x2000_0000;
+    /// Written by a builder that knows tar framing; always set.
+    pub const CAP_TAR_TOC: u32 = 0x4000_0000;
+}
+
+/// BlobChunkFlags: stored bytes are compressed.
+pub const CHUNK_FLAG_COMPRESSED: u32 = 0x01;
+/// BlobChunkFlags: the crc32 field is valid.
+pub const CHUNK_FLAG_HAS_CRC32: u32 = 0x10;
+
+/// Blob meta header, 4096 bytes, right after the stored chunk-info array (formats/blob.md §3.1).
+#[derive(Debug, Clone, Copy, FromBytes, IntoBytes, Immutable, KnownLayout, Unaligned)]
+#[repr(C)]
+pub struct BlobMetaHeader {
+    pub magic: U32,
+    pub features: U32,
+    pub ci_compressor: U32,
+    pub ci_entries: U32,
+    pub ci_offset: U64,
+    pub ci_compressed_size: U64,
+    pub ci_uncompressed_size: U64,
+    pub ci_zran_offset: U64,
+    pub ci_zran_size: U64,
+    pub ci_zran_count: U32,
+    pub reserved: [u8; 4032],
+    pub magic2: U32,
+}
+const _: () = assert!(size_of::<BlobMetaHeader>() == BLOB_META_HEADER_SIZE);
+
+/// v1 chunk-info record, two packed words (formats/blob.md §3.2).
+#[derive(Debug, Clone, Copy, Default, FromBytes, IntoBytes, Immutable, KnownLayout, Unaligned)]
+#[repr(C)]
+pub struct ChunkInfoV1 {
+    pub uncomp_info: U64,
+    pub comp_info: U64,
+}
+const _: () = assert!(size_of::<ChunkInfoV1>() == CHUNK_INFO_V1_SIZE);

@@ -1,0 +1,420 @@
+//! The blob writer: one ordered writer appends chunks, then the blob meta, and optionally an
+//! inlined bootstrap; it hashes everything it writes for the blob id (formats/blob.md §6) and
+//! can mirror the chunks into blob cache files (formats/blob.md §7).
+
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest as _, Sha256};
+use tempfile::NamedTempFile;
+use zerocopy::IntoBytes;
+
+use super::format::{self, features, BlobMetaHeader, ChunkInfoV1};
+use super::ChunkInfo;
+use crate::chunk::{Compressor, Digester};
+use crate::error::{Error, IoContext, Result};
+
+/// The largest chunk index a v6 chunk index can address (24 bits, one value reserved).
+pub const MAX_CHUNKS_PER_BLOB: usize = 0xFF_FFFF;
+/// Uncompressed chunk offsets are aligned to this in v6 blobs.
+pub const CHUNK_ALIGN: u64 = 4096;
+const IO_BUF: usize = 1 << 20;
+
+/// How to write a blob.
+#[derive(Debug, Clone)]
+pub struct BlobWriterOptions {
+    /// Chunk compression.
+    pub compressor: Compressor,
+    /// Chunk digests.
+    pub digester: Digester,
+    /// Chunk size of the image.
+    pub chunk_size: u32,
+    /// Frame sections with tar headers and append the bootstrap (`--blob-inline-meta`).
+    pub inline_meta: bool,
+    /// Index this blob gets in the bootstrap's blob table.
+    pub blob_index: u32,
+    /// Write the blob file (false: only hash it, for blob-cache-only builds).
+    pub write_blob: bool,
+    /// Also write `<id>.blob.data` and `<id>.blob.meta` into this directory.
+    pub cache_dir: Option<PathBuf>,
+}
+
+/// What the bootstrap's blob table needs to know about a finished blob.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlobSummary {
+    /// Blob id: sha256 of the blob file, lowercase hex.
+    pub id: String,
+    /// Number of chunks in the blob.
+    pub chunk_count: u32,
+    /// The size the blob table records: the file size, or with an inlined bootstrap the
+    /// offset where the bootstrap starts.
+    pub compressed_size: u64,
+    /// Size of the whole blob file.
+    pub file_size: u64,
+    /// Size of the virtual uncompressed blob.
+    pub uncompressed_size: u64,
+    /// BlobFeatures.
+    pub features: u32,
+    /// Compression of the chunk-info array.
+    pub ci_compressor: u32,
+    /// Offset of the chunk-info array.
+    pub ci_offset: u64,
+    /// Stored size of the chunk-info array.
+    pub ci_compressed_size: u64,
+    /// Size of the chunk-info array before compression.
+    pub ci_uncompressed_size: u64,
+}
+
+/// Temporary output files of a blob, renamed into place by [`BlobFiles::persist`].
+#[derive(Debug)]
+pub struct BlobFiles {
+    blob: Option<NamedTempFile>,
+    cache_data: Option<NamedTempFile>,
+    cache_meta: Option<NamedTempFile>,
+    cache_dir: Option<PathBuf>,
+}
+
+impl BlobFiles {
+    /// Moves the blob to `blob_path` (if it was written) and the cache files to
+    /// `<cache_dir>/<id>.blob.data|meta`.
+    pub fn persist(self, blob_path: Option<&Path>, id: &str) -> Result<()> {
+        if let (Some(tmp), Some(path)) = (self.blob, blob_path) {
+            persist(tmp, path)?;
+        }
+        if let Some(dir) = &self.cache_dir {
+            if let Some(tmp) = self.cache_data {
+                persist(tmp, &dir.join(format!("{id}.blob.data")))?;
+            }
+            if let Some(tmp) = self.cache_meta {
+                persist(tmp, &dir.join(format!("{id}.blob.meta")))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Renames a finished temporary file to its final name.
+pub fn persist(tmp: NamedTempFile, path: &Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    // temporary files are created 0600; outputs are ordinary readable files
+    let perms = std::fs::Permissions::from_mode(0o644);
+    tmp.as_file()
+        .set_permissions(perms)
+        .ctx("chmod", tmp.path())?;
+    tmp.as_file().sync_all().ctx("sync", tmp.path())?;
+    tmp.persist(path).map_err(|e| Error::Io {
+        op: "rename into",
+        path: path.to_path_buf(),
+        source: e.error,
+    })?;
+    Ok(())
+}
+
+/// Creates a temporary file in the directory that will hold `final_path`.
+pub fn temp_beside(final_path: &Path) -> Result<NamedTempFile> {
+    let dir = match final_path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    temp_in(dir)
+}
+
+/// Creates a temporary file in `dir`.
+pub fn temp_in(dir: &Path) -> Result<NamedTempFile> {
+    tempfile::Builder::new()
+        .prefix(".erofs-forge.")
+        .suffix(".tmp")
+        .tempfile_in(dir)
+        .ctx("create temporary file in", dir)
+}
+
+/// Writes one data blob.
+pub struct BlobWriter {
+    opts: BlobWriterOptions,
+    out: Option<(NamedTempFile, BufWriter<File>)>,
+    cache: Option<(NamedTempFile, BufWriter<File>, u64)>,
+    hasher: Sha256,
+    pos: u64,
+    uncompressed_end: u64,
+    chunks: Vec<ChunkInfo>,
+    summary: Option<BlobSummary>,
+    cache_meta: Option<NamedTempFile>,
+    bootstrap_start: Option<u64>,
+}
+
+impl BlobWriter {
+    /// Starts a blob whose temporary files go to `blob_dir` (and the cache directory).
+    pub fn new(opts: BlobWriterOptions, blob_dir: &Path) -> Result<BlobWriter> {
+        let out = if opts.write_blob {
+            let tmp = temp_in(blob_dir)?;
+            let file = tmp.reopen().ctx("open", tmp.path())?;
+            Some((tmp, BufWriter::with_capacity(IO_BUF, file)))
+        } else {
+            None
+        };
+        let cache = match &opts.cache_dir {
+            Some(dir) => {
+                let tmp = temp_in(dir)?;
+                let file = tmp.reopen().ctx("open", tmp.path())?;
+                Some((tmp, BufWriter::with_capacity(IO_BUF, file), 0))
+            }
+            None => None,
+        };
+        Ok(BlobWriter {
+            opts,
+            out,
+            cache,
+            hasher: Sha256::new(),
+            pos: 0,
+            uncompressed_end: 0,
+            chunks: Vec::new(),
+            summary: None,
+            cache_meta: None,
+            bootstrap_start: None,
+        })
+    }
+
+    /// The chunks written so far, in chunk-index order.
+    pub fn chunks(&self) -> &[ChunkInfo] {
+        &self.chunks
+    }
+
+    fn emit(&mut self, bytes: &[u8]) -> Result<()> {
+        self.hasher.update(bytes);
+        if let Some((tmp, w)) = &mut self.out {
+            w.write_all(bytes).ctx("write", tmp.path())?;
+        }
+        self.pos += bytes.len() as u64;
+        Ok(())
+    }
+
+    /// Appends a new chunk: `stored` holds its compressed bytes, or is `None` to store `raw`.
+    pub fn add_chunk(
+        &mut self,
+        digest: [u8; 32],
+        crc32: u32,
+        raw: &[u8],
+        stored: Option<&[u8]>,
+    ) -> Result<ChunkInfo> {
+        if self.chunks.len() >= MAX_CHUNKS_PER_BLOB {
+            return Err(Error::Limit(format!(
+                "a blob holds at most {MAX_CHUNKS_PER_BLOB} chunks; use a larger --chunk-size"
+            )));
+        }
+        let bytes = stored.unwrap_or(raw);
+        let info = ChunkInfo {
+            digest,
+            crc32,
+            blob_index: self.opts.blob_index,
+            index: self.chunks.len() as u32,
+            compressed: stored.is_some(),
+            compressed_offset: self.pos,
+            compressed_size: bytes.len() as u32,
+            uncompressed_offset: self.uncompressed_end,
+            uncompressed_size: raw.len() as u32,
+        };
+        self.emit(bytes)?;
+        self.uncompressed_end += (raw.len() as u64).div_ceil(CHUNK_ALIGN) * CHUNK_ALIGN;
+        if let Some((tmp, w, cache_pos)) = &mut self.cache {
+            write_zeros(w, info.uncompressed_offset - *cache_pos).ctx("write", tmp.path())?;
+            w.write_all(raw).ctx("write", tmp.path())?;
+            *cache_pos = info.uncompressed_offset + raw.len() as u64;
+        }
+        self.chunks.push(info);
+        Ok(info)
+    }
+
+    /// Writes the blob meta after the last chunk. Returns what the blob table needs; with
+    /// inlined meta the id is not final until [`BlobWriter::finish`].
+    /// Returns `None` for a blob without chunks (no blob is recorded then).
+    pub fn finish_data(&mut self) -> Result<Option<BlobSummary>> {
+        if self.chunks.is_empty() {
+            return Ok(None);
+        }
+        let mut feature_bits = features::ALIGNED | features::CAP_TAR_TOC;
+        if self.opts.inline_meta {
+            feature_bits |= features::INLINED_FS_META | features::HAS_TAR_HEADER;
+            let size = self.pos;
+            self.emit(&tar_header("image.blob", size))?;
+        }
+        let ci: Vec<u8> = self
+            .chunks
+            .iter()
+            .flat_map(|c| encode_chunk_info_v1(c).as_bytes().to_vec())
+            .collect();
+        let mut compressed = Vec::new();
+        let (ci_compressor, stored) = if self.opts.compressor.compress_into(&ci, &mut compressed)? {
+            (self.opts.compressor.code(), compressed.as_slice())
+        } else {
+            (Compressor::None.code(), ci.as_slice())
+        };
+        let ci_offset = self.pos;
+        let header = BlobMetaHeader {
+            magic: format::BLOB_META_MAGIC.into(),
+            features: feature_bits.into(),
+            ci_compressor: ci_compressor.into(),
+            ci_entries: (self.chunks.len() as u32).into(),
+            ci_offset: ci_offset.into(),
+            ci_compressed_size: (stored.len() as u64).into(),
+            ci_uncompressed_size: (ci.len() as u64).into(),
+            ci_zran_offset: 0.into(),
+            ci_zran_size: 0.into(),
+            ci_zran_count: 0.into(),
+            reserved: [0; 4032],
+            magic2: format::BLOB_META_MAGIC.into(),
+        };
+        let stored_len = stored.len() as u64;
+        let stored = stored.to_vec();
+        self.emit(&stored)?;
+        self.emit(header.as_bytes())?;
+        if self.opts.inline_meta {
+            self.emit(&tar_header(
+                "blob.meta",
+                stored_len + format::BLOB_META_HEADER_SIZE as u64,
+            ))?;
+        }
+        if let Some(dir) = self.opts.cache_dir.clone() {
+            let mut tmp = temp_in(&dir)?;
+            let padded = (ci.len() as u64).div_ceil(CHUNK_ALIGN) * CHUNK_ALIGN;
+            let f = tmp.as_file_mut();
+            f.write_all(&ci).ctx("write", &dir)?;
+            write_zeros(f, padded - ci.len() as u64).ctx("write", &dir)?;
+            f.write_all(header.as_bytes()).ctx("write", &dir)?;
+            self.cache_meta = Some(tmp);
+        }
+        let summary = BlobSummary {
+            id: String::new(),
+            chunk_count: self.chunks.len() as u32,
+            compressed_size: self.pos,
+            file_size: self.pos,
+            uncompressed_size: self.uncompressed_end,
+            features: feature_bits,
+            ci_compressor,
+            ci_offset,
+            ci_compressed_size: stored_len,
+            ci_uncompressed_size: ci.len() as u64,
+        };
+        self.summary = Some(summary.clone());
+        Ok(Some(summary))
+    }
+
+    /// Appends an inlined bootstrap and its `image.boot` tar header (formats/blob.md §5).
+    pub fn append_bootstrap(&mut self, bootstrap: &[u8]) -> Result<()> {
+        self.bootstrap_start = Some(self.pos);
+        self.emit(bootstrap)?;
+        self.emit(&tar_header("image.boot", bootstrap.len() as u64))
+    }
+
+    /// Flushes everything. Returns the final summary (`None` when the blob has no chunks), the
+    /// id of the bytes written (the file name of an inline-meta blob even without chunks) and
+    /// the temporary files to persist.
+    pub fn finish(mut self) -> Result<(Option<BlobSummary>, String, BlobFiles)> {
+        let id = hex::encode(self.hasher.finalize_reset());
+        let blob = match self.out.take() {
+            Some((tmp, mut w)) => {
+                w.flush().ctx("write", tmp.path())?;
+                Some(tmp)
+            }
+            None => None,
+        };
+        let cache_data = match self.cache.take() {
+            Some((tmp, mut w, cache_pos)) => {
+                write_zeros(&mut w, self.uncompressed_end - cache_pos).ctx("write", tmp.path())?;
+                w.flush().ctx("write", tmp.path())?;
+                Some(tmp)
+            }
+            None => None,
+        };
+        let summary = self.summary.take().map(|mut s| {
+            s.id = id.clone();
+            s.file_size = self.pos;
+            s
+        });
+        let files = BlobFiles {
+            blob,
+            cache_data,
+            cache_meta: self.cache_meta.take(),
+            cache_dir: self.opts.cache_dir.clone(),
+        };
+        Ok((summary, id, files))
+    }
+}
+
+fn write_zeros(w: &mut impl Write, mut n: u64) -> std::io::Result<()> {
+    const ZEROS: [u8; 4096] = [0; 4096];
+    while n > 0 {
+        let k = n.min(ZEROS.len() as u64) as usize;
+        w.write_all(&ZEROS[..k])?;
+        n -= k as u64;
+    }
+    Ok(())
+}
+
+/// Packs a chunk into a v1 chunk-info record (formats/blob.md §3.2).
+pub fn encode_chunk_info_v1(c: &ChunkInfo) -> ChunkInfoV1 {
+    let usize_m1 = u64::from(c.uncompressed_size.saturating_sub(1));
+    let csize_m1 = u64::from(c.compressed_size.saturating_sub(1));
+    let uncomp = ((usize_m1 >> 20) & 0xf) << 8
+        | (c.uncompressed_offset & 0xFFF_FFFF_F000)
+        | (usize_m1 & 0xF_FFFF) << 44;
+    let comp = (c.compressed_offset & 0xFF_FFFF_FFFF)
+        | ((csize_m1 >> 20) & 0xf) << 40
+        | (csize_m1 & 0xF_FFFF) << 44;
+    ChunkInfoV1 {
+        uncomp_info: uncomp.into(),
+        comp_info: comp.into(),
+    }
+}
+
+/// A GNU tar header placed after a framed section (formats/blob.md §4).
+pub fn tar_header(name: &str, size: u64) -> [u8; format::TAR_HEADER_SIZE] {
+    let mut h = [0u8; format::TAR_HEADER_SIZE];
+    h[..name.len()].copy_from_slice(name.as_bytes());
+    h[124..136].copy_from_slice(format!("{size:011o}\0").as_bytes());
+    h[136..148].copy_from_slice(b"00000000000\0");
+    h[156] = b'0';
+    h[257..265].copy_from_slice(b"ustar  \0");
+    h[148..156].copy_from_slice(b"        ");
+    let sum: u32 = h.iter().map(|b| u32::from(*b)).sum();
+    h[148..156].copy_from_slice(format!("{sum:07o}\0").as_bytes());
+    h
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn v1_record_of_a_five_byte_chunk() {
+        let c = ChunkInfo {
+            digest: [0; 32],
+            crc32: 0,
+            blob_index: 0,
+            index: 0,
+            compressed: false,
+            compressed_offset: 0,
+            compressed_size: 5,
+            uncompressed_offset: 0,
+            uncompressed_size: 5,
+        };
+        let r = encode_chunk_info_v1(&c);
+        assert_eq!(
+            r.as_bytes(),
+            &[0, 0, 0, 0, 0, 0x40, 0, 0, 0, 0, 0, 0, 0, 0x40, 0, 0][..]
+        );
+    }
+
+    #[test]
+    fn tar_header_matches_gnu_layout() {
+        let h = tar_header("blob.meta", 4112);
+        assert_eq!(&h[..9], b"blob.meta");
+        assert_eq!(&h[124..136], b"00000010020\0");
+        assert_eq!(&h[257..265], b"ustar  \0");
+        // checksum over the header with the field as spaces
+        let mut copy = h;
+        copy[148..156].copy_from_slice(b"        ");
+        let sum: u32 = copy.iter().map(|b| u32::from(*b)).sum();
+        assert_eq!(&h[148..156], format!("{sum:07o}\0").as_bytes());
+    }
+}

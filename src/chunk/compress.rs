@@ -1,0 +1,152 @@
+//! Chunk compression (formats/blob.md §2).
+
+use crate::error::{Error, Result};
+
+/// The zstd level upstream uses for chunks and chunk-info arrays.
+pub const ZSTD_LEVEL: i32 = 3;
+
+/// The chunk compression algorithm.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Compressor {
+    /// Stored raw.
+    None,
+    /// A raw LZ4 block (no frame, no size prefix).
+    Lz4Block,
+    /// One zstd frame with the content size.
+    #[default]
+    Zstd,
+}
+
+impl Compressor {
+    /// Algorithm code in blob tables (formats/blob.md §8).
+    pub fn code(self) -> u32 {
+        match self {
+            Compressor::None => 0,
+            Compressor::Lz4Block => 1,
+            Compressor::Zstd => 3,
+        }
+    }
+
+    /// The name used on the command line and in JSON output.
+    pub fn name(self) -> &'static str {
+        match self {
+            Compressor::None => "none",
+            Compressor::Lz4Block => "lz4_block",
+            Compressor::Zstd => "zstd",
+        }
+    }
+
+    /// The algorithm with this blob-table code.
+    pub fn from_code(code: u32) -> Option<Compressor> {
+        match code {
+            0 => Some(Compressor::None),
+            1 => Some(Compressor::Lz4Block),
+            3 => Some(Compressor::Zstd),
+            _ => None,
+        }
+    }
+
+    /// Compresses `data` into `out` (cleared first). Returns false, leaving `out` unspecified,
+    /// when the result would not be strictly smaller: the caller then stores `data` raw.
+    pub fn compress_into(self, data: &[u8], out: &mut Vec<u8>) -> Result<bool> {
+        out.clear();
+        match self {
+            Compressor::None => return Ok(false),
+            Compressor::Lz4Block => {
+                let bound = lz4::block::compress_bound(data.len()).map_err(|e| codec("lz4", e))?;
+                out.resize(bound, 0);
+                let n = lz4::block::compress_to_buffer(
+                    data,
+                    Some(lz4::block::CompressionMode::DEFAULT),
+                    false,
+                    out,
+                )
+                .map_err(|e| codec("lz4", e))?;
+                out.truncate(n);
+            }
+            Compressor::Zstd => {
+                let bound = zstd::zstd_safe::compress_bound(data.len());
+                out.resize(bound, 0);
+                let n = zstd::bulk::compress_to_buffer(data, out, ZSTD_LEVEL)
+                    .map_err(|e| codec("zstd", e))?;
+                out.truncate(n);
+            }
+        }
+        Ok(out.len() < data.len())
+    }
+
+    /// Decompresses `data` into exactly `size` bytes.
+    pub fn decompress(self, data: &[u8], size: usize) -> Result<Vec<u8>> {
+        match self {
+            Compressor::None => Ok(data.to_vec()),
+            Compressor::Lz4Block => {
+                let out =
+                    lz4::block::decompress(data, Some(size as i32)).map_err(|e| codec("lz4", e))?;
+                check_len("lz4", out, size)
+            }
+            Compressor::Zstd => {
+                let out = zstd::bulk::decompress(data, size).map_err(|e| codec("zstd", e))?;
+                check_len("zstd", out, size)
+            }
+        }
+    }
+}
+
+fn codec(algo: &'static str, e: impl std::fmt::Display) -> Error {
+    Error::Codec {
+        algo,
+        reason: e.to_string(),
+    }
+}
+
+fn check_len(algo: &'static str, out: Vec<u8>, size: usize) -> Result<Vec<u8>> {
+    if out.len() != size {
+        return Err(Error::Codec {
+            algo,
+            reason: format!("decompressed {} bytes, expected {size}", out.len()),
+        });
+    }
+    Ok(out)
+}
+
+impl std::str::FromStr for Compressor {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "none" => Ok(Compressor::None),
+            "lz4_block" => Ok(Compressor::Lz4Block),
+            "zstd" => Ok(Compressor::Zstd),
+            _ => Err(Error::InvalidOption(format!("unknown compressor {s:?}"))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips_and_keeps_incompressible_raw() {
+        let data: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+        let mut out = Vec::new();
+        for c in [Compressor::Lz4Block, Compressor::Zstd] {
+            assert!(c.compress_into(&data, &mut out).unwrap());
+            assert!(out.len() < data.len());
+            assert_eq!(c.decompress(&out, data.len()).unwrap(), data);
+            // five bytes never shrink
+            assert!(!c.compress_into(b"hello", &mut out).unwrap());
+        }
+        assert!(!Compressor::None.compress_into(&data, &mut out).unwrap());
+    }
+
+    #[test]
+    fn zstd_frame_has_content_size_and_no_checksum() {
+        let data = vec![7u8; 65536];
+        let mut out = Vec::new();
+        Compressor::Zstd.compress_into(&data, &mut out).unwrap();
+        assert_eq!(&out[..4], &[0x28, 0xB5, 0x2F, 0xFD]);
+        // frame header descriptor: single segment, 4-byte content size, no checksum
+        assert_eq!(out[4] & 0x04, 0, "no checksum flag");
+        assert_ne!(out[4] & 0x20, 0, "single segment");
+    }
+}

@@ -1,0 +1,360 @@
+//! `create`: build a bootstrap and a data blob from a source.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use sha2::{Digest as _, Sha256};
+
+use crate::blob::writer::{persist, temp_beside};
+use crate::blob::{BlobWriter, BlobWriterOptions};
+use crate::chunk::pipeline::{self, ChunkTable, FileJob, PipelineOptions};
+use crate::chunk::{validate_chunk_size, Compressor, Digester, DEFAULT_CHUNK_SIZE};
+use crate::error::{Error, IoContext, Result};
+use crate::rafs::v6::{self, BlobRecord, EncodeOptions};
+use crate::tree::{DataSource, FileType, Tree};
+
+/// Blob id written into a bootstrap inlined in its own blob (its id is not known yet).
+pub const INLINE_PLACEHOLDER_ID: &str =
+    "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx";
+
+/// What the source is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SourceType {
+    /// A local directory.
+    #[default]
+    Directory,
+}
+
+/// Options of `create`, mirroring nydus-image's flags.
+#[derive(Debug, Clone)]
+pub struct CreateOptions {
+    /// The source to build from.
+    pub source: PathBuf,
+    /// What kind of source it is.
+    pub source_type: SourceType,
+    /// RAFS version (only 6 so far).
+    pub fs_version: u32,
+    /// Output bootstrap path.
+    pub bootstrap: Option<PathBuf>,
+    /// Output blob path.
+    pub blob: Option<PathBuf>,
+    /// Output directory: blob named by its id, bootstrap (without `bootstrap`) by its sha256.
+    pub blob_dir: Option<PathBuf>,
+    /// Append the bootstrap to the blob.
+    pub blob_inline_meta: bool,
+    /// Also write `<id>.blob.data` / `<id>.blob.meta` here.
+    pub blob_cache_dir: Option<PathBuf>,
+    /// Chunk compression; `None` means the default (zstd, or none in blob-cache-only mode).
+    pub compressor: Option<Compressor>,
+    /// Chunk digest.
+    pub digester: Digester,
+    /// Chunk size.
+    pub chunk_size: u32,
+    /// Do not record uid/gid (nydus-image `--repeatable`).
+    pub repeatable: bool,
+    /// Write the build result as JSON here.
+    pub output_json: Option<PathBuf>,
+    /// Worker threads (0: all cores).
+    pub threads: usize,
+}
+
+impl Default for CreateOptions {
+    fn default() -> Self {
+        CreateOptions {
+            source: PathBuf::new(),
+            source_type: SourceType::Directory,
+            fs_version: 6,
+            bootstrap: None,
+            blob: None,
+            blob_dir: None,
+            blob_inline_meta: false,
+            blob_cache_dir: None,
+            compressor: None,
+            digester: Digester::Blake3,
+            chunk_size: DEFAULT_CHUNK_SIZE,
+            repeatable: false,
+            output_json: None,
+            threads: 0,
+        }
+    }
+}
+
+/// Progress callbacks (the binary draws a bar; the library stays silent).
+pub trait Progress: Sync {
+    /// The walk finished: this many regular files holding this many bytes will be read.
+    fn start(&self, _files: u64, _bytes: u64) {}
+    /// This many more bytes were committed.
+    fn advance(&self, _bytes: u64) {}
+}
+
+/// A [`Progress`] that reports nothing.
+pub struct NoProgress;
+impl Progress for NoProgress {}
+
+/// What `create` produced.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct CreateOutput {
+    /// Bootstrap path written (empty when inlined into the blob).
+    pub bootstrap: String,
+    /// Blob ids in blob-table order.
+    pub blobs: Vec<String>,
+    /// Path of the blob file written, if any.
+    pub blob_path: Option<PathBuf>,
+    /// Size of the blob file.
+    pub blob_size: u64,
+    /// Entries in the tree.
+    pub entries: u64,
+    /// Regular files with data.
+    pub files: u64,
+    /// Bytes of file data read.
+    pub data_bytes: u64,
+    /// Chunks referenced by files.
+    pub chunks: u64,
+    /// Distinct chunks stored.
+    pub unique_chunks: u64,
+    /// Compressor used.
+    pub compressor: Compressor,
+    /// Seconds per phase.
+    pub timings: BTreeMap<String, f64>,
+}
+
+impl serde::Serialize for Compressor {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.serialize_str(self.name())
+    }
+}
+
+fn validate(o: &CreateOptions) -> Result<()> {
+    let bad = |m: &str| Err(Error::InvalidOption(m.to_string()));
+    if o.fs_version != 6 {
+        return bad("only --fs-version 6 is supported so far");
+    }
+    validate_chunk_size(o.chunk_size)?;
+    if o.blob_inline_meta && o.bootstrap.is_some() {
+        return bad(
+            "--blob-inline-meta conflicts with --bootstrap: the bootstrap goes into the blob",
+        );
+    }
+    if o.blob_inline_meta && o.blob_cache_dir.is_some() && o.blob.is_none() && o.blob_dir.is_none()
+    {
+        return bad("--blob-inline-meta with --blob-cache-dir also needs --blob or --blob-dir");
+    }
+    if o.blob.is_none() && o.blob_dir.is_none() && o.blob_cache_dir.is_none() {
+        return bad("one of --blob, --blob-dir or --blob-cache-dir is required");
+    }
+    if o.blob_inline_meta && o.blob.is_none() && o.blob_dir.is_none() {
+        return bad("--blob-inline-meta needs --blob or --blob-dir");
+    }
+    if o.bootstrap.is_none() && o.blob_dir.is_none() && !o.blob_inline_meta {
+        return bad("--bootstrap is required unless --blob-dir or --blob-inline-meta is given");
+    }
+    for d in [&o.blob_dir, &o.blob_cache_dir].into_iter().flatten() {
+        if !d.is_dir() {
+            return Err(Error::InvalidOption(format!(
+                "{} is not a directory",
+                d.display()
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Builds an image from `opts.source`.
+pub fn create(opts: &CreateOptions, progress: &dyn Progress) -> Result<CreateOutput> {
+    validate(opts)?;
+    let t0 = Instant::now();
+    let mut timings = BTreeMap::new();
+    // blob-cache-only builds store chunks raw, as upstream does
+    let cache_only =
+        opts.blob_cache_dir.is_some() && opts.blob.is_none() && opts.blob_dir.is_none();
+    let compressor = match (opts.compressor, cache_only) {
+        (Some(c), false) => c,
+        (None, false) => Compressor::Zstd,
+        (_, true) => Compressor::None,
+    };
+    let threads = if opts.threads == 0 {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    } else {
+        opts.threads
+    };
+
+    let mut tree = match opts.source_type {
+        SourceType::Directory => crate::source::dir::walk(&opts.source)?,
+    };
+    timings.insert("load_tree".into(), t0.elapsed().as_secs_f64());
+
+    // each inode's data once, in numbering order (formats/rafs-v6.md §13)
+    let mut seen = vec![false; tree.inodes.len()];
+    let mut jobs = Vec::new();
+    for e in tree.numbering_order() {
+        let ino = tree.entries[e].inode;
+        let inode = &tree.inodes[ino];
+        if inode.file_type != FileType::Regular || std::mem::replace(&mut seen[ino], true) {
+            continue;
+        }
+        if let DataSource::Path(p) = &inode.data {
+            jobs.push(FileJob {
+                inode: ino,
+                path: p.clone(),
+                size: inode.size,
+            });
+        }
+    }
+    let data_bytes: u64 = jobs.iter().map(|j| j.size).sum();
+    progress.start(jobs.len() as u64, data_bytes);
+
+    let blob_tmp_dir: PathBuf = match (&opts.blob, &opts.blob_dir, &opts.blob_cache_dir) {
+        (Some(b), _, _) => parent_dir(b),
+        (None, Some(d), _) => d.clone(),
+        (None, None, Some(c)) => c.clone(),
+        (None, None, None) => PathBuf::from("."),
+    };
+    let mut writer = BlobWriter::new(
+        BlobWriterOptions {
+            compressor,
+            digester: opts.digester,
+            chunk_size: opts.chunk_size,
+            inline_meta: opts.blob_inline_meta,
+            blob_index: 0,
+            write_blob: !cache_only,
+            cache_dir: opts.blob_cache_dir.clone(),
+        },
+        &blob_tmp_dir,
+    )?;
+    let t1 = Instant::now();
+    let mut table = ChunkTable::default();
+    let popts = PipelineOptions {
+        chunk_size: opts.chunk_size,
+        digester: opts.digester,
+        compressor,
+        threads,
+    };
+    let per_inode = pipeline::run(&jobs, &popts, &mut table, &mut writer, &|n| {
+        progress.advance(n)
+    })?;
+    let chunk_refs: u64 = per_inode.values().map(|v| v.len() as u64).sum();
+    for (ino, ids) in per_inode {
+        tree.inodes[ino].chunks = ids;
+    }
+    let data_summary = writer.finish_data()?;
+    timings.insert("dump_blob".into(), t1.elapsed().as_secs_f64());
+
+    let t2 = Instant::now();
+    let eopts = EncodeOptions {
+        chunk_size: opts.chunk_size,
+        compressor,
+        digester: opts.digester,
+        explicit_uid_gid: !opts.repeatable,
+    };
+    let record = |id: &str, s: &crate::blob::BlobSummary| BlobRecord {
+        id: id.to_string(),
+        summary: s.clone(),
+        compressor,
+        digester: opts.digester,
+    };
+    let (summary, file_id, files, bootstrap) = if opts.blob_inline_meta {
+        let blobs: Vec<BlobRecord> = data_summary
+            .iter()
+            .map(|s| record(INLINE_PLACEHOLDER_ID, s))
+            .collect();
+        let boot = v6::encode(&tree, &table.chunks, &blobs, &eopts)?;
+        writer.append_bootstrap(&boot)?;
+        let (summary, id, files) = writer.finish()?;
+        (summary, id, files, None)
+    } else {
+        let (summary, id, files) = writer.finish()?;
+        let blobs: Vec<BlobRecord> = summary.iter().map(|s| record(&s.id, s)).collect();
+        let boot = v6::encode(&tree, &table.chunks, &blobs, &eopts)?;
+        (summary, id, files, Some(boot))
+    };
+    timings.insert("dump_bootstrap".into(), t2.elapsed().as_secs_f64());
+
+    let blob_id = summary.as_ref().map(|s| s.id.clone());
+    // a blob file exists when it holds chunks, or the inlined bootstrap
+    let blob_written = !cache_only && (summary.is_some() || opts.blob_inline_meta);
+    let blob_path = match (&opts.blob, &opts.blob_dir) {
+        (Some(p), _) if blob_written => Some(p.clone()),
+        (None, Some(d)) if blob_written => Some(d.join(&file_id)),
+        _ => None,
+    };
+    let blob_size = summary.as_ref().map(|s| s.file_size).unwrap_or(0);
+    files.persist(blob_path.as_deref(), &file_id)?;
+
+    let bootstrap_path = match bootstrap {
+        Some(bytes) => {
+            let path = match (&opts.bootstrap, &opts.blob_dir) {
+                (Some(p), _) => p.clone(),
+                (None, Some(d)) => d.join(hex::encode(Sha256::digest(&bytes))),
+                (None, None) => unreachable_output()?,
+            };
+            write_atomic(&path, &bytes)?;
+            path.display().to_string()
+        }
+        None => String::new(),
+    };
+    timings.insert("total_build".into(), t0.elapsed().as_secs_f64());
+
+    let out = CreateOutput {
+        bootstrap: bootstrap_path,
+        blobs: blob_id.into_iter().collect(),
+        blob_path,
+        blob_size,
+        entries: tree.entries.len() as u64,
+        files: jobs.len() as u64,
+        data_bytes,
+        chunks: chunk_refs,
+        unique_chunks: table.chunks.len() as u64,
+        compressor,
+        timings,
+    };
+    if let Some(path) = &opts.output_json {
+        write_atomic(path, output_json(&out, &tree).as_bytes())?;
+    }
+    Ok(out)
+}
+
+fn unreachable_output() -> Result<PathBuf> {
+    Err(Error::InvalidOption(
+        "no output path for the bootstrap".into(),
+    ))
+}
+
+fn parent_dir(p: &Path) -> PathBuf {
+    match p.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    }
+}
+
+/// Writes `bytes` to `path` through a temporary file in the same directory.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let mut tmp = temp_beside(path)?;
+    tmp.write_all(bytes).ctx("write", tmp.path())?;
+    persist(tmp, path)
+}
+
+/// The `--output-json` document, with the fields nydusify reads (formats/cli.md).
+pub fn output_json(out: &CreateOutput, _tree: &Tree) -> String {
+    let doc = serde_json::json!({
+        "version": concat!(env!("CARGO_PKG_NAME"), "-", env!("CARGO_PKG_VERSION")),
+        "bootstrap": out.bootstrap,
+        "blobs": out.blobs,
+        "external_bootstrap": "",
+        "external_blobs": [],
+        "trace": {
+            "consumed_time": out.timings,
+            "registered_events": {
+                "blob_uncompressed_size": out.data_bytes,
+                "chunks": out.chunks,
+                "unique_chunks": out.unique_chunks,
+            }
+        },
+        "fs_version": "6",
+        "compressor": out.compressor.name(),
+    });
+    serde_json::to_string_pretty(&doc).unwrap_or_default()
+}

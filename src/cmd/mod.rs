@@ -1,0 +1,3 @@
+//! One module per subcommand: orchestration only.
+
+pub mod create;

@@ -1,0 +1,79 @@
+//! The library's error type: every variant names the path, entry or offset it is about.
+
+use std::path::PathBuf;
+
+/// Errors returned by the erofs-forge library.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// An I/O operation on a named file failed.
+    #[error("{op} {path}: {source}")]
+    Io {
+        /// What was being done ("read", "create", ...).
+        op: &'static str,
+        /// The file concerned.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The source tree holds something the image cannot represent.
+    #[error("{path}: {reason}")]
+    Unsupported {
+        /// The entry concerned.
+        path: PathBuf,
+        /// Why it cannot be represented.
+        reason: String,
+    },
+    /// A file changed while it was being read (its size no longer matches).
+    #[error("{path}: file changed while reading (expected {expected} bytes, got {got})")]
+    FileChanged {
+        /// The file concerned.
+        path: PathBuf,
+        /// Size seen when the tree was walked.
+        expected: u64,
+        /// Bytes actually read.
+        got: u64,
+    },
+    /// An option value is invalid.
+    #[error("invalid option: {0}")]
+    InvalidOption(String),
+    /// On-disk input is malformed.
+    #[error("{what} at offset {offset:#x}: {reason}")]
+    Corrupt {
+        /// The structure being parsed.
+        what: &'static str,
+        /// Byte offset in the input.
+        offset: u64,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A limit of the format was exceeded.
+    #[error("format limit exceeded: {0}")]
+    Limit(String),
+    /// Compression or decompression failed.
+    #[error("{algo} failed: {reason}")]
+    Codec {
+        /// Algorithm name.
+        algo: &'static str,
+        /// Error text.
+        reason: String,
+    },
+}
+
+/// Result alias for the library.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Adds a path to a `std::io::Error`.
+pub(crate) trait IoContext<T> {
+    fn ctx(self, op: &'static str, path: impl Into<PathBuf>) -> Result<T>;
+}
+
+impl<T> IoContext<T> for std::io::Result<T> {
+    fn ctx(self, op: &'static str, path: impl Into<PathBuf>) -> Result<T> {
+        self.map_err(|source| Error::Io {
+            op,
+            path: path.into(),
+            source,
+        })
+    }
+}

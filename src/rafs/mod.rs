@@ -1,0 +1,3 @@
+//! RAFS bootstrap encoders (and, later, decoders).
+
+pub mod v6;

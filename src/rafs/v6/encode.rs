@@ -1,0 +1,523 @@
+//! Second pass of the v6 encoder: writes the bootstrap at the places the layout assigned
+//! (formats/rafs-v6.md).
+
+use std::collections::BTreeMap;
+
+use zerocopy::IntoBytes;
+
+use super::format::*;
+use super::layout::{self, DataLayout, Layout};
+use crate::blob::{BlobSummary, ChunkInfo};
+use crate::chunk::{Compressor, Digester};
+use crate::error::{Error, Result};
+use crate::tree::{FileType, Tree};
+
+/// Metadata block size of native (non-tarfs) images.
+pub const BLOCK_SIZE: u64 = 4096;
+/// Each blob of a flattened disk image starts on this boundary (formats/rafs-v6.md §15).
+pub const MAPPED_BLOB_ALIGN: u64 = 0x80000;
+
+/// Image-wide settings the bootstrap records.
+#[derive(Debug, Clone)]
+pub struct EncodeOptions {
+    /// Chunk size.
+    pub chunk_size: u32,
+    /// Compression recorded in the superblock flags.
+    pub compressor: Compressor,
+    /// Digest algorithm.
+    pub digester: Digester,
+    /// Record uid/gid (false for `--repeatable`, which stores 0).
+    pub explicit_uid_gid: bool,
+}
+
+/// A blob as the bootstrap's blob table and device table describe it.
+#[derive(Debug, Clone)]
+pub struct BlobRecord {
+    /// Id written into the tables (the real id, or 64 `x` inside an inlined bootstrap).
+    pub id: String,
+    /// What the blob writer reported.
+    pub summary: BlobSummary,
+    /// Compression of the blob's chunks.
+    pub compressor: Compressor,
+    /// Digest algorithm of the blob's chunks.
+    pub digester: Digester,
+}
+
+fn align_up(v: u64, to: u64) -> u64 {
+    v.div_ceil(to) * to
+}
+
+fn dirent_type(t: FileType) -> u8 {
+    match t {
+        FileType::Regular => file_type::REG,
+        FileType::Directory => file_type::DIR,
+        FileType::Symlink => file_type::LNK,
+        FileType::CharDevice => file_type::CHR,
+        FileType::BlockDevice => file_type::BLK,
+        FileType::Fifo => file_type::FIFO,
+        FileType::Socket => file_type::SOCK,
+    }
+}
+
+fn id_bytes(id: &str) -> Result<[u8; 64]> {
+    let mut out = [0u8; 64];
+    if id.len() > 64 {
+        return Err(Error::InvalidOption(format!(
+            "blob id {id:?} is longer than 64 bytes"
+        )));
+    }
+    out[..id.len()].copy_from_slice(id.as_bytes());
+    Ok(out)
+}
+
+fn put(buf: &mut [u8], offset: u64, bytes: &[u8]) {
+    let o = offset as usize;
+    buf[o..o + bytes.len()].copy_from_slice(bytes);
+}
+
+/// Encodes `tree` (whose inodes reference `chunks` by id) as a RAFS v6 bootstrap.
+pub fn encode(
+    tree: &Tree,
+    chunks: &[ChunkInfo],
+    blobs: &[BlobRecord],
+    opts: &EncodeOptions,
+) -> Result<Vec<u8>> {
+    let b = BLOCK_SIZE;
+    if blobs.len() > 254 {
+        return Err(Error::Limit(format!(
+            "{} blobs; a v6 image holds at most 254",
+            blobs.len()
+        )));
+    }
+    let layout = layout::compute(tree, b, opts.chunk_size)?;
+
+    // Regions before the inode area (formats/rafs-v6.md §1).
+    let nblobs = blobs.len() as u64;
+    let blob_table_offset = align_up(DEVICE_TABLE_OFFSET as u64 + 128 * nblobs, b);
+    let blob_table_size = 256 * nblobs;
+    let meta_addr = if blobs.is_empty() {
+        0
+    } else {
+        align_up(blob_table_offset + blob_table_size, b)
+    };
+    let inode_end = meta_addr + layout.end;
+
+    // Chunk table: one record per (digest, blob), from the last file visiting it.
+    let mut table: BTreeMap<([u8; 32], u32), ChunkRecord> = BTreeMap::new();
+    for e in &layout.order {
+        let inode = tree.inode_of(*e);
+        if inode.file_type != FileType::Regular {
+            continue;
+        }
+        for (i, id) in inode.chunks.iter().enumerate() {
+            let c = chunk(chunks, *id)?;
+            table.insert(
+                (c.digest, c.blob_index),
+                ChunkRecord {
+                    digest: c.digest,
+                    blob_index: c.blob_index.into(),
+                    flags: c.flags().into(),
+                    compressed_size: c.compressed_size.into(),
+                    uncompressed_size: c.uncompressed_size.into(),
+                    compressed_offset: c.compressed_offset.into(),
+                    uncompressed_offset: c.uncompressed_offset.into(),
+                    file_offset: (i as u64 * u64::from(opts.chunk_size)).into(),
+                    index: c.index.into(),
+                    crc32: c.crc32.into(),
+                },
+            );
+        }
+    }
+    let chunk_table_offset = align_up(inode_end, b);
+    let chunk_table_size = 80 * table.len() as u64;
+    let total = chunk_table_offset + align_up(chunk_table_size, b);
+    let mut buf = vec![0u8; total as usize];
+
+    write_superblocks(
+        &mut buf,
+        tree,
+        blobs,
+        opts,
+        &layout,
+        meta_addr,
+        blob_table_offset,
+        chunk_table_offset,
+        chunk_table_size,
+        total,
+    )?;
+    write_inodes(&mut buf, tree, chunks, opts, &layout, meta_addr)?;
+    for (i, rec) in table.values().enumerate() {
+        put(&mut buf, chunk_table_offset + 80 * i as u64, rec.as_bytes());
+    }
+    Ok(buf)
+}
+
+fn chunk(chunks: &[ChunkInfo], id: u32) -> Result<&ChunkInfo> {
+    chunks.get(id as usize).ok_or_else(|| Error::Corrupt {
+        what: "chunk reference",
+        offset: u64::from(id),
+        reason: "no such chunk".into(),
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+fn write_superblocks(
+    buf: &mut [u8],
+    tree: &Tree,
+    blobs: &[BlobRecord],
+    opts: &EncodeOptions,
+    layout: &Layout,
+    meta_addr: u64,
+    blob_table_offset: u64,
+    chunk_table_offset: u64,
+    chunk_table_size: u64,
+    total: u64,
+) -> Result<()> {
+    let b = BLOCK_SIZE;
+    let mut flags = super_flags::ENCRYPTION_NONE
+        | match opts.compressor {
+            Compressor::None => super_flags::COMPRESSION_NONE,
+            Compressor::Lz4Block => super_flags::COMPRESSION_LZ4,
+            Compressor::Zstd => super_flags::COMPRESSION_ZSTD,
+        }
+        | match opts.digester {
+            Digester::Blake3 => super_flags::HASH_BLAKE3,
+            Digester::Sha256 => super_flags::HASH_SHA256,
+        };
+    if opts.explicit_uid_gid {
+        flags |= super_flags::EXPLICIT_UID_GID;
+    }
+    if layout.xattr_size.iter().any(|s| *s > 0) {
+        flags |= super_flags::HAS_XATTR;
+    }
+    // set when every blob inlines its chunk digests, vacuously for no blob (upstream rule)
+    if blobs
+        .iter()
+        .all(|bl| bl.summary.features & crate::blob::format::features::INLINED_CHUNK_DIGEST != 0)
+    {
+        flags |= super_flags::INLINED_CHUNK_DIGEST;
+    }
+    let data_blocks: u64 = blobs
+        .iter()
+        .map(|bl| bl.summary.uncompressed_size / b)
+        .sum();
+    let sb = SuperBlock {
+        magic: EROFS_MAGIC.into(),
+        checksum: 0.into(),
+        feature_compat: FEATURE_COMPAT_RAFS_V6.into(),
+        blkszbits: b.trailing_zeros() as u8,
+        extslots: 0,
+        root_nid: (ROOT_NID as u16).into(),
+        inos: (layout.order.len() as u64).into(),
+        build_time: 0.into(),
+        build_time_nsec: 0.into(),
+        blocks: u32::try_from(data_blocks)
+            .map_err(|_| Error::Limit("blob data exceeds 2^32 blocks".into()))?
+            .into(),
+        meta_blkaddr: ((meta_addr / b) as u32).into(),
+        xattr_blkaddr: 0.into(),
+        uuid: [0; 16],
+        volume_name: [0; 16],
+        feature_incompat: (FEATURE_INCOMPAT_CHUNKED_FILE | FEATURE_INCOMPAT_DEVICE_TABLE).into(),
+        u1: 0.into(),
+        extra_devices: (blobs.len() as u16).into(),
+        devt_slotoff: DEVT_SLOTOFF.into(),
+        reserved: [0; 38],
+    };
+    put(buf, SUPERBLOCK_OFFSET as u64, sb.as_bytes());
+    let ext = ExtSuperBlock {
+        flags: flags.into(),
+        blob_table_offset: blob_table_offset.into(),
+        blob_table_size: ((256 * blobs.len()) as u32).into(),
+        chunk_size: opts.chunk_size.into(),
+        chunk_table_offset: chunk_table_offset.into(),
+        chunk_table_size: chunk_table_size.into(),
+        prefetch_table_offset: 0.into(),
+        prefetch_table_size: 0.into(),
+        padding: 0.into(),
+        reserved: [0; 200],
+    };
+    put(buf, EXT_SUPERBLOCK_OFFSET as u64, ext.as_bytes());
+
+    let mut pos = total;
+    for (i, bl) in blobs.iter().enumerate() {
+        let s = &bl.summary;
+        let blocks = s.uncompressed_size / b;
+        let mapped = align_up(pos, MAPPED_BLOB_ALIGN) / b;
+        pos = (mapped + blocks) * b;
+        let id = id_bytes(&bl.id)?;
+        let slot = DeviceSlot {
+            tag: id,
+            blocks: (blocks as u32).into(),
+            mapped_blkaddr: u32::try_from(mapped)
+                .map_err(|_| Error::Limit("blob mapped beyond 2^32 blocks".into()))?
+                .into(),
+            reserved: [0; 56],
+        };
+        put(
+            buf,
+            DEVICE_TABLE_OFFSET as u64 + 128 * i as u64,
+            slot.as_bytes(),
+        );
+        let entry = BlobEntry {
+            blob_id: id,
+            blob_index: (i as u32).into(),
+            chunk_size: opts.chunk_size.into(),
+            chunk_count: s.chunk_count.into(),
+            compression_algo: bl.compressor.code().into(),
+            digest_algo: bl.digester.code().into(),
+            features: s.features.into(),
+            compressed_size: s.compressed_size.into(),
+            uncompressed_size: s.uncompressed_size.into(),
+            blob_toc_size: 0.into(),
+            ci_compressor: s.ci_compressor.into(),
+            ci_offset: s.ci_offset.into(),
+            ci_compressed_size: s.ci_compressed_size.into(),
+            ci_uncompressed_size: s.ci_uncompressed_size.into(),
+            blob_toc_digest: [0; 32],
+            blob_meta_digest: [0; 32],
+            blob_meta_size: 0.into(),
+            cipher_iv: [0; 8],
+            cipher_algo: 0.into(),
+            reserved: [0; 36],
+        };
+        put(buf, blob_table_offset + 256 * i as u64, entry.as_bytes());
+    }
+    let _ = tree;
+    Ok(())
+}
+
+fn write_inodes(
+    buf: &mut [u8],
+    tree: &Tree,
+    chunks: &[ChunkInfo],
+    opts: &EncodeOptions,
+    layout: &Layout,
+    meta_addr: u64,
+) -> Result<()> {
+    let b = BLOCK_SIZE;
+    let links = tree.link_counts();
+    let nid_of = |ino: usize| -> u64 {
+        layout.inodes[ino]
+            .map(|p| p.offset / INODE_SLOT)
+            .unwrap_or(0)
+    };
+    let mut written = vec![false; tree.inodes.len()];
+    for e in &layout.order {
+        let ino = tree.entries[*e].inode;
+        if std::mem::replace(&mut written[ino], true) {
+            continue;
+        }
+        let inode = &tree.inodes[ino];
+        let Some(place) = layout.inodes[ino] else {
+            continue;
+        };
+        let abs = meta_addr + place.offset;
+        let xattr_bytes = layout.xattr_size[ino];
+        let (fmt_layout, u, nlink) = match inode.file_type {
+            FileType::Directory => {
+                let subdirs = tree.entries[*e]
+                    .children
+                    .iter()
+                    .filter(|c| tree.is_dir(**c))
+                    .count();
+                let u = (meta_addr + place.data_offset) / b;
+                (place.layout, u as u32, 2 + subdirs as u32)
+            }
+            FileType::Symlink => (
+                (place.layout),
+                ((meta_addr + place.data_offset) / b) as u32,
+                links[ino],
+            ),
+            FileType::Regular => (
+                DataLayout::ChunkBased,
+                chunk_format(inode, chunks, opts.chunk_size)?,
+                links[ino],
+            ),
+            FileType::CharDevice | FileType::BlockDevice => {
+                (DataLayout::FlatPlain, inode.rdev, links[ino])
+            }
+            FileType::Fifo | FileType::Socket => (DataLayout::FlatPlain, 0, links[ino]),
+        };
+        let layout_bits = match fmt_layout {
+            DataLayout::FlatPlain => LAYOUT_FLAT_PLAIN,
+            DataLayout::FlatInline => LAYOUT_FLAT_INLINE,
+            DataLayout::ChunkBased => LAYOUT_CHUNK_BASED,
+        };
+        let (uid, gid) = if opts.explicit_uid_gid {
+            (inode.uid, inode.gid)
+        } else {
+            (0, 0)
+        };
+        let raw = InodeExtended {
+            format: (INODE_EXTENDED | layout_bits << 1).into(),
+            xattr_icount: (if xattr_bytes == 0 {
+                0
+            } else {
+                ((xattr_bytes - 12) / 4 + 1) as u16
+            })
+            .into(),
+            mode: (inode.mode() as u16).into(),
+            reserved: 0.into(),
+            size: place.size.into(),
+            u: u.into(),
+            ino: place.index.into(),
+            uid: uid.into(),
+            gid: gid.into(),
+            // negative times (before 1970) cannot be stored; clamp rather than wrap
+            mtime: (inode.mtime.max(0) as u64).into(),
+            mtime_nsec: inode.mtime_nsec.into(),
+            nlink: nlink.into(),
+            reserved2: [0; 16],
+        };
+        put(buf, abs, raw.as_bytes());
+        let body = abs + 64;
+        if xattr_bytes > 0 {
+            write_xattrs(buf, body, inode)?;
+        }
+        let after = body + xattr_bytes;
+        match inode.file_type {
+            FileType::Directory => {
+                let list = layout::dirents(tree, *e);
+                let names: Vec<&[u8]> = list.iter().map(|d| d.0).collect();
+                let (blocks, size) = layout::pack_dirents(&names, b);
+                let mut block_data = Vec::with_capacity(blocks.len());
+                for range in &blocks {
+                    let mut blk = Vec::new();
+                    let count = range.len();
+                    let mut nameoff = (12 * count) as u16;
+                    for i in range.clone() {
+                        let target = tree.entries[list[i].1].inode;
+                        let d = Dirent {
+                            nid: nid_of(target).into(),
+                            nameoff: nameoff.into(),
+                            file_type: dirent_type(tree.inodes[target].file_type),
+                            reserved: 0,
+                        };
+                        blk.extend_from_slice(d.as_bytes());
+                        nameoff += list[i].0.len() as u16;
+                    }
+                    for i in range.clone() {
+                        blk.extend_from_slice(list[i].0);
+                    }
+                    block_data.push(blk);
+                }
+                debug_assert_eq!(size, place.size);
+                write_block_data(
+                    buf,
+                    &block_data,
+                    place.layout,
+                    meta_addr + place.data_offset,
+                    after,
+                    b,
+                );
+            }
+            FileType::Symlink => {
+                let blocks: Vec<Vec<u8>> = inode
+                    .target
+                    .chunks(b as usize)
+                    .map(|c| c.to_vec())
+                    .collect();
+                write_block_data(
+                    buf,
+                    &blocks,
+                    place.layout,
+                    meta_addr + place.data_offset,
+                    after,
+                    b,
+                );
+            }
+            FileType::Regular => {
+                let mut off = after.div_ceil(8) * 8;
+                for id in &inode.chunks {
+                    let c = chunk(chunks, *id)?;
+                    let hi = (c.blob_index + 1) as u16 | (((c.index >> 16) & 0xff) as u16) << 8;
+                    let idx = ChunkIndex {
+                        blob_ci_lo: (c.index as u16).into(),
+                        blob_ci_hi: hi.into(),
+                        blkaddr: u32::try_from(c.uncompressed_offset / b)
+                            .map_err(|_| Error::Limit("blob larger than 2^32 blocks".into()))?
+                            .into(),
+                    };
+                    put(buf, off, idx.as_bytes());
+                    off += 8;
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// Writes directory or symlink data: full blocks at `data`, and the partial tail either after
+/// the inode (inline) or as one more block.
+fn write_block_data(
+    buf: &mut [u8],
+    blocks: &[Vec<u8>],
+    layout: DataLayout,
+    data: u64,
+    after_inode: u64,
+    b: u64,
+) {
+    let n = blocks.len();
+    for (i, blk) in blocks.iter().enumerate() {
+        let is_tail = i + 1 == n && (blk.len() as u64) < b;
+        if is_tail && layout == DataLayout::FlatInline {
+            put(buf, after_inode, blk);
+        } else {
+            put(buf, data + i as u64 * b, blk);
+        }
+    }
+}
+
+fn write_xattrs(buf: &mut [u8], at: u64, inode: &crate::tree::Inode) -> Result<()> {
+    let mut entries: Vec<(u8, &[u8], &[u8])> = inode
+        .xattrs
+        .iter()
+        .filter_map(|(k, v)| layout::split_xattr_name(k).map(|(i, s)| (i, s, v.as_slice())))
+        .collect();
+    entries.sort();
+    put(buf, at, XattrIbodyHeader::default().as_bytes());
+    let mut off = at + 12;
+    for (index, suffix, value) in entries {
+        let h = XattrEntry {
+            name_len: suffix.len() as u8,
+            name_index: index,
+            value_size: (value.len() as u16).into(),
+        };
+        put(buf, off, h.as_bytes());
+        put(buf, off + 4, suffix);
+        put(buf, off + 4 + suffix.len() as u64, value);
+        off += (4 + suffix.len() + value.len()).div_ceil(4) as u64 * 4;
+    }
+    Ok(())
+}
+
+/// The chunk-based format word of a regular file (formats/rafs-v6.md §9): one large chunk
+/// when the data is contiguous in one blob, so the kernel maps it in one go.
+fn chunk_format(inode: &crate::tree::Inode, chunks: &[ChunkInfo], chunk_size: u32) -> Result<u32> {
+    let mut contiguous = true;
+    let mut prev: Option<&ChunkInfo> = None;
+    for id in &inode.chunks {
+        let c = chunk(chunks, *id)?;
+        if let Some(p) = prev {
+            if p.blob_index != c.blob_index
+                || p.uncompressed_offset + u64::from(chunk_size) != c.uncompressed_offset
+            {
+                contiguous = false;
+            }
+        }
+        prev = Some(c);
+    }
+    let size = if contiguous && inode.size > u64::from(chunk_size) {
+        inode.size.next_power_of_two()
+    } else {
+        u64::from(chunk_size)
+    };
+    let mut bits = size.trailing_zeros() - BLOCK_SIZE.trailing_zeros();
+    if bits > 0x1f {
+        // the field has 5 bits: beyond 2^43-byte chunks, fall back to the image chunk size
+        bits = chunk_size.trailing_zeros() - BLOCK_SIZE.trailing_zeros();
+    }
+    Ok(u32::from(CHUNK_FORMAT_INDEXES) | bits)
+}

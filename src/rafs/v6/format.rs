@@ -1,0 +1,259 @@
+//! On-disk structures of a RAFS v6 bootstrap. Pure data: no logic lives here.
+//! Every integer is little-endian; each struct cites its section of formats/rafs-v6.md.
+
+use zerocopy::little_endian::{U16, U32, U64};
+use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
+
+/// EROFS superblock magic.
+pub const EROFS_MAGIC: u32 = 0xE0F5_E1E2;
+/// Byte offset of the EROFS superblock.
+pub const SUPERBLOCK_OFFSET: usize = 1024;
+/// Byte offset of the RAFS v6 extension superblock.
+pub const EXT_SUPERBLOCK_OFFSET: usize = 1152;
+/// Device table slot offset in 128-byte units (1408 / 128).
+pub const DEVT_SLOTOFF: u16 = 11;
+/// Byte offset of the device table.
+pub const DEVICE_TABLE_OFFSET: usize = DEVT_SLOTOFF as usize * 128;
+/// Compat bit telling nydus readers this EROFS image is a RAFS v6 bootstrap.
+pub const FEATURE_COMPAT_RAFS_V6: u32 = 0x4000_0000;
+/// Incompat bits: chunk-based files and a device table.
+pub const FEATURE_INCOMPAT_CHUNKED_FILE: u32 = 0x4;
+/// See [`FEATURE_INCOMPAT_CHUNKED_FILE`].
+pub const FEATURE_INCOMPAT_DEVICE_TABLE: u32 = 0x8;
+/// nid of the root directory (the root sits one block after `meta_blkaddr`).
+pub const ROOT_NID: u64 = 128;
+/// Inode slot size: every inode starts at a multiple of this.
+pub const INODE_SLOT: u64 = 32;
+/// Size of the placeholder blob id written into an inlined bootstrap.
+pub const BLOB_ID_LEN: usize = 64;
+
+/// `i_format` data layouts (formats/rafs-v6.md §6.1).
+pub const LAYOUT_FLAT_PLAIN: u16 = 0;
+/// Tail data stored right after the inode.
+pub const LAYOUT_FLAT_INLINE: u16 = 2;
+/// Regular file made of chunk indexes.
+pub const LAYOUT_CHUNK_BASED: u16 = 4;
+/// `i_format` bit 0: extended (64-byte) inode.
+pub const INODE_EXTENDED: u16 = 1;
+/// Chunk format flag: the inode body holds chunk indexes.
+pub const CHUNK_FORMAT_INDEXES: u16 = 0x20;
+
+/// Directory entry file types (formats/rafs-v6.md §7).
+pub mod file_type {
+    /// Regular file.
+    pub const REG: u8 = 1;
+    /// Directory.
+    pub const DIR: u8 = 2;
+    /// Character device.
+    pub const CHR: u8 = 3;
+    /// Block device.
+    pub const BLK: u8 = 4;
+    /// FIFO.
+    pub const FIFO: u8 = 5;
+    /// Socket.
+    pub const SOCK: u8 = 6;
+    /// Symbolic link.
+    pub const LNK: u8 = 7;
+}
+
+/// RafsSuperFlags bits (formats/blob.md §8).
+pub mod super_flags {
+    /// Chunks stored uncompressed.
+    pub const COMPRESSION_NONE: u64 = 0x1;
+    /// LZ4 block compression.
+    pub const COMPRESSION_LZ4: u64 = 0x2;
+    /// BLAKE3 digests.
+    pub const HASH_BLAKE3: u64 = 0x4;
+    /// SHA-256 digests.
+    pub const HASH_SHA256: u64 = 0x8;
+    /// uid/gid are recorded.
+    pub const EXPLICIT_UID_GID: u64 = 0x10;
+    /// Some inode has xattrs.
+    pub const HAS_XATTR: u64 = 0x20;
+    /// zstd compression.
+    pub const COMPRESSION_ZSTD: u64 = 0x80;
+    /// Every blob carries a chunk digest array.
+    pub const INLINED_CHUNK_DIGEST: u64 = 0x100;
+    /// Not encrypted.
+    pub const ENCRYPTION_NONE: u64 = 0x0100_0000;
+}
+
+/// EROFS superblock, 128 bytes at offset 1024 (formats/rafs-v6.md §2).
+#[derive(Debug, Clone, Copy, FromBytes, IntoBytes, Immutable, KnownLayout, Unaligned)]
+#[repr(C)]
+pub struct SuperBlock {
+    pub magic: U32,
+    pub checksum: U32,
+    pub feature_compat: U32,
+    pub blkszbits: u8,
+    pub extslots: u8,
+    pub root_nid: U16,
+    pub inos: U64,
+    pub build_time: U64,
+    pub build_time_nsec: U32,
+    pub blocks: U32,
+    pub meta_blkaddr: U32,
+    pub xattr_blkaddr: U32,
+    pub uuid: [u8; 16],
+    pub volume_name: [u8; 16],
+    pub feature_incompat: U32,
+    pub u1: U16,
+    pub extra_devices: U16,
+    pub devt_slotoff: U16,
+    pub reserved: [u8; 38],
+}
+const _: () = assert!(size_of::<SuperBlock>() == 128);
+
+/// RAFS v6 extension superblock, 256 bytes at offset 1152 (formats/rafs-v6.md §3).
+#[derive(Debug, Clone, Copy, FromBytes, IntoBytes, Immutable, KnownLayout, Unaligned)]
+#[repr(C)]
+pub struct ExtSuperBlock {
+    pub flags: U64,
+    pub blob_table_offset: U64,
+    pub blob_table_size: U32,
+    pub chunk_size: U32,
+    pub chunk_table_offset: U64,
+    pub chunk_table_size: U64,
+    pub prefetch_table_offset: U64,
+    pub prefetch_table_size: U32,
+    pub padding: U32,
+    pub reserved: [u8; 200],
+}
+const _: () = assert!(size_of::<ExtSuperBlock>() == 256);
+
+/// Device table slot, 128 bytes (formats/rafs-v6.md §4).
+#[derive(Debug, Clone, Copy, FromBytes, IntoBytes, Immutable, KnownLayout, Unaligned)]
+#[repr(C)]
+pub struct DeviceSlot {
+    pub tag: [u8; 64],
+    pub blocks: U32,
+    pub mapped_blkaddr: U32,
+    pub reserved: [u8; 56],
+}
+const _: () = assert!(size_of::<DeviceSlot>() == 128);
+
+/// Blob table entry, 256 bytes (formats/rafs-v6.md §5).
+#[derive(Debug, Clone, Copy, FromBytes, IntoBytes, Immutable, KnownLayout, Unaligned)]
+#[repr(C)]
+pub struct BlobEntry {
+    pub blob_id: [u8; 64],
+    pub blob_index: U32,
+    pub chunk_size: U32,
+    pub chunk_count: U32,
+    pub compression_algo: U32,
+    pub digest_algo: U32,
+    pub features: U32,
+    pub compressed_size: U64,
+    pub uncompressed_size: U64,
+    pub blob_toc_size: U32,
+    pub ci_compressor: U32,
+    pub ci_offset: U64,
+    pub ci_compressed_size: U64,
+    pub ci_uncompressed_size: U64,
+    pub blob_toc_digest: [u8; 32],
+    pub blob_meta_digest: [u8; 32],
+    pub blob_meta_size: U64,
+    pub cipher_iv: [u8; 8],
+    pub cipher_algo: U32,
+    pub reserved: [u8; 36],
+}
+const _: () = assert!(size_of::<BlobEntry>() == 256);
+
+/// Extended inode, 64 bytes (formats/rafs-v6.md §6.2).
+#[derive(Debug, Clone, Copy, Default, FromBytes, IntoBytes, Immutable, KnownLayout, Unaligned)]
+#[repr(C)]
+pub struct InodeExtended {
+    pub format: U16,
+    pub xattr_icount: U16,
+    pub mode: U16,
+    pub reserved: U16,
+    pub size: U64,
+    pub u: U32,
+    pub ino: U32,
+    pub uid: U32,
+    pub gid: U32,
+    pub mtime: U64,
+    pub mtime_nsec: U32,
+    pub nlink: U32,
+    pub reserved2: [u8; 16],
+}
+const _: () = assert!(size_of::<InodeExtended>() == 64);
+
+/// Compact inode, 32 bytes (formats/rafs-v6.md §6.3); read only.
+#[derive(Debug, Clone, Copy, Default, FromBytes, IntoBytes, Immutable, KnownLayout, Unaligned)]
+#[repr(C)]
+pub struct InodeCompact {
+    pub format: U16,
+    pub xattr_icount: U16,
+    pub mode: U16,
+    pub nlink: U16,
+    pub size: U32,
+    pub mtime: U32,
+    pub u: U32,
+    pub ino: U32,
+    pub uid: U16,
+    pub gid: U16,
+    pub reserved: U32,
+}
+const _: () = assert!(size_of::<InodeCompact>() == 32);
+
+/// Directory entry, 12 bytes (formats/rafs-v6.md §7).
+#[derive(Debug, Clone, Copy, Default, FromBytes, IntoBytes, Immutable, KnownLayout, Unaligned)]
+#[repr(C)]
+pub struct Dirent {
+    pub nid: U64,
+    pub nameoff: U16,
+    pub file_type: u8,
+    pub reserved: u8,
+}
+const _: () = assert!(size_of::<Dirent>() == 12);
+
+/// Chunk index of a chunk-based file, 8 bytes (formats/rafs-v6.md §9).
+#[derive(Debug, Clone, Copy, Default, FromBytes, IntoBytes, Immutable, KnownLayout, Unaligned)]
+#[repr(C)]
+pub struct ChunkIndex {
+    /// Chunk index within the blob, bits 0-15.
+    pub blob_ci_lo: U16,
+    /// Bits 0-7: blob index + 1; bits 8-15: chunk index bits 16-23.
+    pub blob_ci_hi: U16,
+    /// Uncompressed offset / block size.
+    pub blkaddr: U32,
+}
+const _: () = assert!(size_of::<ChunkIndex>() == 8);
+
+/// Inline xattr body header, 12 bytes (formats/rafs-v6.md §11).
+#[derive(Debug, Clone, Copy, Default, FromBytes, IntoBytes, Immutable, KnownLayout, Unaligned)]
+#[repr(C)]
+pub struct XattrIbodyHeader {
+    pub name_filter: U32,
+    pub shared_count: u8,
+    pub reserved: [u8; 7],
+}
+const _: () = assert!(size_of::<XattrIbodyHeader>() == 12);
+
+/// Inline xattr entry header, 4 bytes, followed by name suffix and value (formats/rafs-v6.md §11).
+#[derive(Debug, Clone, Copy, Default, FromBytes, IntoBytes, Immutable, KnownLayout, Unaligned)]
+#[repr(C)]
+pub struct XattrEntry {
+    pub name_len: u8,
+    pub name_index: u8,
+    pub value_size: U16,
+}
+const _: () = assert!(size_of::<XattrEntry>() == 4);
+
+/// Chunk record, 80 bytes: the v6 chunk table entry (formats/rafs-v6.md §14).
+#[derive(Debug, Clone, Copy, Default, FromBytes, IntoBytes, Immutable, KnownLayout, Unaligned)]
+#[repr(C)]
+pub struct ChunkRecord {
+    pub digest: [u8; 32],
+    pub blob_index: U32,
+    pub flags: U32,
+    pub compressed_size: U32,
+    pub uncompressed_size: U32,
+    pub compressed_offset: U64,
+    pub uncompressed_offset: U64,
+    pub file_offset: U64,
+    pub index: U32,
+    pub crc32: U32,
+}
+const _: () = assert!(size_of::<ChunkRecord>() == 80);

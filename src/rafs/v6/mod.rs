@@ -1,0 +1,7 @@
+//! RAFS v6: a bootstrap that is an EROFS filesystem (formats/rafs-v6.md).
+
+pub mod encode;
+pub mod format;
+pub mod layout;
+
+pub use encode::{encode, BlobRecord, EncodeOptions};

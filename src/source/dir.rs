@@ -1,0 +1,165 @@
+//! Directory source: walks a local directory (never following symlinks) into a [`Tree`].
+
+use std::collections::HashMap;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+
+use crate::error::{Error, IoContext, Result};
+use crate::tree::{DataSource, EntryId, FileType, Inode, InodeId, Tree};
+
+/// Reads the directory `root` into a tree with sorted children.
+///
+/// Hardlinks of every non-directory type become one inode with several names. The root keeps
+/// its own metadata (mode, owner, mtime, xattrs).
+pub fn walk(root: &Path) -> Result<Tree> {
+    let meta = std::fs::symlink_metadata(root).ctx("stat", root)?;
+    if !meta.is_dir() {
+        return Err(Error::Unsupported {
+            path: root.to_path_buf(),
+            reason: "source is not a directory".into(),
+        });
+    }
+    let mut tree = Tree::new(inode_from(root, &meta)?);
+    // walkdir yields a directory's entries right after it, so the most recent directory at
+    // depth d-1 is the parent of an entry at depth d.
+    let mut dir_stack: Vec<EntryId> = vec![0];
+    let mut links: HashMap<(u64, u64), InodeId> = HashMap::new();
+    for item in walkdir::WalkDir::new(root).follow_links(false).min_depth(1) {
+        let item = item.map_err(|e| {
+            let path = e.path().unwrap_or(root).to_path_buf();
+            Error::Io {
+                op: "walk",
+                path,
+                source: e
+                    .into_io_error()
+                    .unwrap_or_else(|| std::io::Error::other("walk loop")),
+            }
+        })?;
+        let path = item.path();
+        let meta = std::fs::symlink_metadata(path).ctx("stat", path)?;
+        let depth = item.depth();
+        dir_stack.truncate(depth);
+        let parent = *dir_stack.last().ok_or_else(|| Error::Unsupported {
+            path: path.to_path_buf(),
+            reason: "walk order broken".into(),
+        })?;
+        let inode = if !meta.is_dir() && meta.nlink() > 1 {
+            let key = (meta.dev(), meta.ino());
+            match links.get(&key) {
+                Some(id) => *id,
+                None => {
+                    let id = tree.add_inode(inode_from(path, &meta)?);
+                    links.insert(key, id);
+                    id
+                }
+            }
+        } else {
+            tree.add_inode(inode_from(path, &meta)?)
+        };
+        let entry = tree.add_entry(parent, item.file_name().as_bytes(), inode)?;
+        if meta.is_dir() {
+            dir_stack.push(entry);
+        }
+    }
+    tree.sort();
+    Ok(tree)
+}
+
+fn inode_from(path: &Path, meta: &std::fs::Metadata) -> Result<Inode> {
+    let mode = meta.mode();
+    let file_type = FileType::from_mode(mode).ok_or_else(|| Error::Unsupported {
+        path: path.to_path_buf(),
+        reason: format!("unknown file type in mode {mode:#o}"),
+    })?;
+    let mut inode = Inode::new(file_type, (mode & 0o7777) as u16);
+    inode.uid = meta.uid();
+    inode.gid = meta.gid();
+    inode.mtime = meta.mtime();
+    inode.mtime_nsec = meta.mtime_nsec().clamp(0, 999_999_999) as u32;
+    match file_type {
+        FileType::Regular => {
+            inode.size = meta.size();
+            if inode.size > 0 {
+                inode.data = DataSource::Path(path.to_path_buf());
+            }
+        }
+        FileType::Symlink => {
+            inode.target = std::fs::read_link(path)
+                .ctx("readlink", path)?
+                .as_os_str()
+                .as_bytes()
+                .to_vec();
+        }
+        FileType::CharDevice | FileType::BlockDevice => {
+            inode.rdev = encode_rdev(meta.rdev()).ok_or_else(|| Error::Unsupported {
+                path: path.to_path_buf(),
+                reason: format!("device number {:#x} does not fit in 32 bits", meta.rdev()),
+            })?;
+        }
+        _ => {}
+    }
+    inode.set_xattrs(read_xattrs(path)?);
+    Ok(inode)
+}
+
+/// The Linux `new_encode_dev` form of a device number, as EROFS stores it (32 bits: minor low
+/// byte, major 12 bits, minor high bits).
+pub fn encode_rdev(rdev: u64) -> Option<u32> {
+    let major = libc::major(rdev) as u64;
+    let minor = libc::minor(rdev) as u64;
+    if major > 0xfff || minor > 0xfffff {
+        return None;
+    }
+    Some(((minor & 0xff) | (major << 8) | ((minor & !0xff) << 12)) as u32)
+}
+
+fn read_xattrs(path: &Path) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+    let names = match xattr::list(path) {
+        Ok(names) => names,
+        // filesystems without xattr support simply have none
+        Err(e) if e.raw_os_error() == Some(libc::ENOTSUP) => return Ok(Vec::new()),
+        Err(e) => return Err(e).ctx("list xattrs of", path),
+    };
+    let mut out = Vec::new();
+    for name in names {
+        // an xattr can vanish between list and get; skip it then
+        if let Some(value) = xattr::get(path, &name).ctx("read xattr of", path)? {
+            out.push((name.as_bytes().to_vec(), value));
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rdev_encoding_matches_linux() {
+        assert_eq!(encode_rdev(libc::makedev(1, 3)), Some(0x103));
+        assert_eq!(encode_rdev(libc::makedev(8, 0x123)), Some(0x12_08_23));
+        assert_eq!(encode_rdev(libc::makedev(0x1000, 0)), None);
+    }
+
+    #[test]
+    fn walks_hardlinks_as_one_inode() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(d.path().join("a"), b"x").unwrap();
+        std::fs::hard_link(d.path().join("a"), d.path().join("b")).unwrap();
+        std::os::unix::fs::symlink("a", d.path().join("l")).unwrap();
+        std::fs::hard_link(d.path().join("l"), d.path().join("m")).unwrap();
+        let t = walk(d.path()).unwrap();
+        let names: Vec<&[u8]> = t.entries[0]
+            .children
+            .iter()
+            .map(|c| t.entries[*c].name.as_slice())
+            .collect();
+        assert_eq!(names, vec![&b"a"[..], b"b", b"l", b"m"]);
+        let ino = |i: usize| t.entries[t.entries[0].children[i]].inode;
+        assert_eq!(ino(0), ino(1));
+        assert_eq!(ino(2), ino(3));
+        assert_ne!(ino(0), ino(2));
+        assert_eq!(t.inodes[ino(2)].target, b"a");
+    }
+}

@@ -1,0 +1,3 @@
+//! Sources: each turns its input into a [`crate::tree::Tree`].
+
+pub mod dir;

@@ -1,0 +1,342 @@
+//! The in-memory filesystem tree every source produces and every encoder consumes.
+//!
+//! Entries (names) and inodes (what the names point to) are kept apart so that a hardlink group
+//! of any file type is one inode with several names. File data never lives here: an inode says
+//! where its bytes come from ([`DataSource`]), and after the chunk pipeline which chunks hold them.
+
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::path::PathBuf;
+
+use crate::error::{Error, Result};
+
+/// Index of an [`Entry`] in [`Tree::entries`]. The root is always 0.
+pub type EntryId = usize;
+/// Index of an [`Inode`] in [`Tree::inodes`].
+pub type InodeId = usize;
+
+/// The longest name a directory entry may have (EROFS and RAFS both store at most 255 bytes).
+pub const MAX_NAME_LEN: usize = 255;
+
+/// File types a container image can hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum FileType {
+    /// Regular file.
+    Regular,
+    /// Directory.
+    Directory,
+    /// Symbolic link.
+    Symlink,
+    /// Character device.
+    CharDevice,
+    /// Block device.
+    BlockDevice,
+    /// Named pipe.
+    Fifo,
+    /// Unix socket.
+    Socket,
+}
+
+impl FileType {
+    /// The `S_IFMT` bits of this type.
+    pub fn mode_bits(self) -> u32 {
+        match self {
+            FileType::Regular => 0o100000,
+            FileType::Directory => 0o040000,
+            FileType::Symlink => 0o120000,
+            FileType::CharDevice => 0o020000,
+            FileType::BlockDevice => 0o060000,
+            FileType::Fifo => 0o010000,
+            FileType::Socket => 0o140000,
+        }
+    }
+
+    /// The type from `S_IFMT` bits of a mode, if it is one of the known types.
+    pub fn from_mode(mode: u32) -> Option<FileType> {
+        Some(match mode & 0o170000 {
+            0o100000 => FileType::Regular,
+            0o040000 => FileType::Directory,
+            0o120000 => FileType::Symlink,
+            0o020000 => FileType::CharDevice,
+            0o060000 => FileType::BlockDevice,
+            0o010000 => FileType::Fifo,
+            0o140000 => FileType::Socket,
+            _ => return None,
+        })
+    }
+}
+
+/// Where a regular file's bytes are read from by the chunk pipeline.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DataSource {
+    /// No data (empty file, or not a regular file).
+    None,
+    /// A file on the local filesystem.
+    Path(PathBuf),
+}
+
+/// Metadata of one inode, shared by all names of a hardlink group.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Inode {
+    /// File type.
+    pub file_type: FileType,
+    /// Permission bits including suid/sgid/sticky (`0o7777`).
+    pub permissions: u16,
+    /// Owner.
+    pub uid: u32,
+    /// Group.
+    pub gid: u32,
+    /// Modification time, seconds since the epoch.
+    pub mtime: i64,
+    /// Nanoseconds part of the modification time.
+    pub mtime_nsec: u32,
+    /// Size in bytes (regular files only; 0 otherwise).
+    pub size: u64,
+    /// Device number in the Linux `new_encode_dev` form (character and block devices only).
+    pub rdev: u32,
+    /// Symlink target (symlinks only).
+    pub target: Vec<u8>,
+    /// Extended attributes, sorted by name, names unique.
+    pub xattrs: Vec<(Vec<u8>, Vec<u8>)>,
+    /// Where the file data comes from.
+    pub data: DataSource,
+    /// Chunks holding the file data, in file order (filled by the chunk pipeline).
+    pub chunks: Vec<u32>,
+}
+
+impl Inode {
+    /// A new inode of the given type with everything else zero or empty.
+    pub fn new(file_type: FileType, permissions: u16) -> Inode {
+        Inode {
+            file_type,
+            permissions: permissions & 0o7777,
+            uid: 0,
+            gid: 0,
+            mtime: 0,
+            mtime_nsec: 0,
+            size: 0,
+            rdev: 0,
+            target: Vec::new(),
+            xattrs: Vec::new(),
+            data: DataSource::None,
+            chunks: Vec::new(),
+        }
+    }
+
+    /// The full `st_mode` (type and permission bits).
+    pub fn mode(&self) -> u32 {
+        self.file_type.mode_bits() | u32::from(self.permissions)
+    }
+
+    /// Sets the xattrs, sorted by name (later duplicates replace earlier ones).
+    pub fn set_xattrs(&mut self, mut xattrs: Vec<(Vec<u8>, Vec<u8>)>) {
+        xattrs.sort_by(|a, b| a.0.cmp(&b.0));
+        // keep the last value given for a repeated name
+        let mut out: Vec<(Vec<u8>, Vec<u8>)> = Vec::with_capacity(xattrs.len());
+        for (k, v) in xattrs {
+            match out.last_mut() {
+                Some(last) if last.0 == k => last.1 = v,
+                _ => out.push((k, v)),
+            }
+        }
+        self.xattrs = out;
+    }
+}
+
+/// One name in the tree.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    /// The name in its directory (raw bytes; empty for the root).
+    pub name: Vec<u8>,
+    /// The directory holding this entry (the root is its own parent).
+    pub parent: EntryId,
+    /// The inode this name points to.
+    pub inode: InodeId,
+    /// Children of a directory, sorted by name bytes once [`Tree::sort`] has run.
+    pub children: Vec<EntryId>,
+}
+
+/// A filesystem tree: entries (names) and the inodes they point to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tree {
+    /// All entries; index 0 is the root directory.
+    pub entries: Vec<Entry>,
+    /// All inodes.
+    pub inodes: Vec<Inode>,
+}
+
+impl Tree {
+    /// A tree holding only a root directory with the given inode.
+    pub fn new(root: Inode) -> Tree {
+        debug_assert_eq!(root.file_type, FileType::Directory);
+        Tree {
+            entries: vec![Entry {
+                name: Vec::new(),
+                parent: 0,
+                inode: 0,
+                children: Vec::new(),
+            }],
+            inodes: vec![root],
+        }
+    }
+
+    /// Adds an inode and returns its id.
+    pub fn add_inode(&mut self, inode: Inode) -> InodeId {
+        self.inodes.push(inode);
+        self.inodes.len() - 1
+    }
+
+    /// Adds a name for `inode` in directory `parent`. Names are checked here, so that every
+    /// source gets the same rules.
+    pub fn add_entry(&mut self, parent: EntryId, name: &[u8], inode: InodeId) -> Result<EntryId> {
+        if name.is_empty()
+            || name == b"."
+            || name == b".."
+            || name.contains(&b'/')
+            || name.contains(&0)
+        {
+            return Err(Error::Unsupported {
+                path: self.path_of_child(parent, name),
+                reason: "invalid file name".into(),
+            });
+        }
+        if name.len() > MAX_NAME_LEN {
+            return Err(Error::Unsupported {
+                path: self.path_of_child(parent, name),
+                reason: format!(
+                    "name is {} bytes long, the limit is {MAX_NAME_LEN}",
+                    name.len()
+                ),
+            });
+        }
+        let id = self.entries.len();
+        self.entries.push(Entry {
+            name: name.to_vec(),
+            parent,
+            inode,
+            children: Vec::new(),
+        });
+        self.entries[parent].children.push(id);
+        Ok(id)
+    }
+
+    /// The inode of an entry.
+    pub fn inode_of(&self, entry: EntryId) -> &Inode {
+        &self.inodes[self.entries[entry].inode]
+    }
+
+    /// The path of an entry, `/` for the root.
+    pub fn path(&self, mut entry: EntryId) -> PathBuf {
+        let mut parts = Vec::new();
+        while entry != 0 {
+            parts.push(self.entries[entry].name.as_slice());
+            entry = self.entries[entry].parent;
+        }
+        let mut path = PathBuf::from("/");
+        for p in parts.iter().rev() {
+            path.push(OsStr::from_bytes(p));
+        }
+        path
+    }
+
+    fn path_of_child(&self, parent: EntryId, name: &[u8]) -> PathBuf {
+        let mut p = self.path(parent);
+        p.push(OsStr::from_bytes(name));
+        p
+    }
+
+    /// Sorts every directory's children by raw name bytes.
+    pub fn sort(&mut self) {
+        let names: Vec<Vec<u8>> = self.entries.iter().map(|e| e.name.clone()).collect();
+        for e in &mut self.entries {
+            e.children.sort_by(|a, b| names[*a].cmp(&names[*b]));
+        }
+    }
+
+    /// Whether an entry is a directory.
+    pub fn is_dir(&self, entry: EntryId) -> bool {
+        self.inode_of(entry).file_type == FileType::Directory
+    }
+
+    /// Entries in numbering order: the root, then for each directory (depth first, in name
+    /// order) all of its children before the contents of any subdirectory. This is the order
+    /// RAFS assigns inode indexes in and the order file data goes into the blob.
+    pub fn numbering_order(&self) -> Vec<EntryId> {
+        let mut order = Vec::with_capacity(self.entries.len());
+        order.push(0);
+        let mut stack = vec![0usize];
+        while let Some(dir) = stack.pop() {
+            let children = &self.entries[dir].children;
+            order.extend_from_slice(children);
+            stack.extend(children.iter().rev().filter(|c| self.is_dir(**c)));
+        }
+        order
+    }
+
+    /// How many names point to each inode.
+    pub fn link_counts(&self) -> Vec<u32> {
+        let mut counts = vec![0u32; self.inodes.len()];
+        for e in &self.entries {
+            counts[e.inode] += 1;
+        }
+        counts
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dir() -> Inode {
+        Inode::new(FileType::Directory, 0o755)
+    }
+
+    #[test]
+    fn numbering_lists_siblings_before_descending() {
+        let mut t = Tree::new(dir());
+        let a = t.add_inode(dir());
+        let f = t.add_inode(Inode::new(FileType::Regular, 0o644));
+        let b = t.add_inode(dir());
+        let ea = t.add_entry(0, b"a", a).unwrap();
+        t.add_entry(0, b"z", f).unwrap();
+        let eb = t.add_entry(0, b"b", b).unwrap();
+        t.add_entry(ea, b"in-a", f).unwrap();
+        t.add_entry(eb, b"in-b", f).unwrap();
+        t.sort();
+        let names: Vec<&[u8]> = t
+            .numbering_order()
+            .iter()
+            .map(|e| t.entries[*e].name.as_slice())
+            .collect();
+        assert_eq!(names, vec![&b""[..], b"a", b"b", b"z", b"in-a", b"in-b"]);
+        assert_eq!(t.link_counts()[f], 3);
+    }
+
+    #[test]
+    fn rejects_bad_names() {
+        let mut t = Tree::new(dir());
+        let f = t.add_inode(Inode::new(FileType::Regular, 0o644));
+        for bad in [&b""[..], b".", b"..", b"a/b", b"a\0b"] {
+            assert!(t.add_entry(0, bad, f).is_err(), "{bad:?}");
+        }
+        assert!(t.add_entry(0, &[b'n'; 256], f).is_err());
+        assert!(t.add_entry(0, &[b'n'; 255], f).is_ok());
+    }
+
+    #[test]
+    fn xattrs_sorted_and_unique() {
+        let mut i = dir();
+        i.set_xattrs(vec![
+            (b"user.b".to_vec(), b"1".to_vec()),
+            (b"security.a".to_vec(), b"2".to_vec()),
+            (b"user.b".to_vec(), b"3".to_vec()),
+        ]);
+        assert_eq!(
+            i.xattrs,
+            vec![
+                (b"security.a".to_vec(), b"2".to_vec()),
+                (b"user.b".to_vec(), b"3".to_vec())
+            ]
+        );
+    }
+}

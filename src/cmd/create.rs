@@ -282,16 +282,28 @@ pub fn create(opts: &CreateOptions, progress: &dyn Progress) -> Result<CreateOut
         _ => None,
     };
     let blob_size = summary.as_ref().map(|s| s.file_size).unwrap_or(0);
-    files.persist(blob_path.as_deref(), &file_id)?;
-
-    let bootstrap_path = match bootstrap {
+    // every output is complete under a temporary name before any takes its final name
+    let boot_tmp = match bootstrap {
         Some(bytes) => {
             let path = match (&opts.bootstrap, &opts.blob_dir) {
                 (Some(p), _) => p.clone(),
                 (None, Some(d)) => d.join(hex::encode(Sha256::digest(&bytes))),
-                (None, None) => unreachable_output()?,
+                (None, None) => {
+                    return Err(Error::InvalidOption(
+                        "no output path for the bootstrap".into(),
+                    ))
+                }
             };
-            write_atomic(&path, &bytes)?;
+            let mut tmp = temp_beside(&path)?;
+            tmp.write_all(&bytes).ctx("write", tmp.path())?;
+            Some((tmp, path))
+        }
+        None => None,
+    };
+    files.persist(blob_path.as_deref(), &file_id)?;
+    let bootstrap_path = match boot_tmp {
+        Some((tmp, path)) => {
+            persist(tmp, &path)?;
             path.display().to_string()
         }
         None => String::new(),
@@ -315,12 +327,6 @@ pub fn create(opts: &CreateOptions, progress: &dyn Progress) -> Result<CreateOut
         write_atomic(path, output_json(&out, &tree).as_bytes())?;
     }
     Ok(out)
-}
-
-fn unreachable_output() -> Result<PathBuf> {
-    Err(Error::InvalidOption(
-        "no output path for the bootstrap".into(),
-    ))
 }
 
 fn parent_dir(p: &Path) -> PathBuf {

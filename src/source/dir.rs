@@ -138,7 +138,7 @@ mod tests {
     #[test]
     fn rdev_encoding_matches_linux() {
         assert_eq!(encode_rdev(libc::makedev(1, 3)), Some(0x103));
-        assert_eq!(encode_rdev(libc::makedev(8, 0x123)), Some(0x12_08_23));
+        assert_eq!(encode_rdev(libc::makedev(8, 0x123)), Some(0x10_08_23));
         assert_eq!(encode_rdev(libc::makedev(0x1000, 0)), None);
     }
 

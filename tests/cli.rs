@@ -1,0 +1,135 @@
+//! Command-line behaviour: option validation, JSON output, no output left on failure.
+
+mod common;
+use common::*;
+
+#[test]
+fn rejects_bad_chunk_size_and_missing_outputs() {
+    let src = repo().join("fixtures/sample");
+    let s = src.to_str().unwrap();
+    let out = scratch();
+    let o = out.path().to_str().unwrap();
+    assert!(
+        forge_fails(&["create", "--chunk-size", "0x3000", "-D", o, s]).contains("power of two")
+    );
+    assert!(forge_fails(&["create", "--chunk-size", "0x800", "-D", o, s]).contains("power of two"));
+    assert!(forge_fails(&["create", s]).contains("--blob"));
+    assert!(
+        forge_fails(&["create", "--blob-inline-meta", "-B", "x", "-D", o, s]).contains("conflicts")
+    );
+    assert!(forge_fails(&["create", "-D", "/nonexistent-dir", s]).contains("not a directory"));
+    assert_eq!(
+        std::fs::read_dir(out.path()).unwrap().count(),
+        0,
+        "nothing written"
+    );
+}
+
+#[test]
+fn failure_leaves_no_output_under_final_names() {
+    let src = repo().join("fixtures/sample");
+    let out = scratch();
+    // the bootstrap's directory does not exist: the blob must not appear either
+    let err = forge_fails(&[
+        "create",
+        "-D",
+        out.path().to_str().unwrap(),
+        "-B",
+        out.path().join("missing/boot").to_str().unwrap(),
+        src.to_str().unwrap(),
+    ]);
+    assert!(err.contains("missing"), "error names the path: {err}");
+    let left: Vec<_> = std::fs::read_dir(out.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
+}
+
+#[test]
+fn source_errors_name_the_path() {
+    let out = scratch();
+    let err = forge_fails(&[
+        "create",
+        "-D",
+        out.path().to_str().unwrap(),
+        "/nonexistent/source",
+    ]);
+    assert!(err.contains("/nonexistent/source"), "{err}");
+}
+
+#[test]
+fn output_json_has_the_fields_nydusify_reads() {
+    let src = repo().join("fixtures/sample");
+    let out = scratch();
+    let json = out.path().join("out.json");
+    forge(&[
+        "create",
+        "-D",
+        out.path().to_str().unwrap(),
+        "-J",
+        json.to_str().unwrap(),
+        "--compressor",
+        "lz4_block",
+        src.to_str().unwrap(),
+    ]);
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let blob = v["blobs"][0].as_str().unwrap();
+    assert_eq!(blob.len(), 64);
+    assert!(out.path().join(blob).is_file());
+    let boot = v["bootstrap"].as_str().unwrap();
+    assert!(std::path::Path::new(boot).is_file());
+    assert_eq!(v["fs_version"], "6");
+    assert_eq!(v["compressor"], "lz4_block");
+    assert!(v["trace"]["consumed_time"]["total_build"].is_number());
+}
+
+#[test]
+fn tree_without_file_data_has_no_blob_and_fsck_accepts_it() {
+    let src = scratch();
+    std::fs::create_dir_all(src.path().join("a/b")).unwrap();
+    std::fs::write(src.path().join("a/empty"), b"").unwrap();
+    std::os::unix::fs::symlink("a/empty", src.path().join("link")).unwrap();
+    let out = scratch();
+    let boot = out.path().join("boot");
+    forge(&[
+        "create",
+        "-D",
+        out.path().to_str().unwrap(),
+        "-B",
+        boot.to_str().unwrap(),
+        src.path().to_str().unwrap(),
+    ]);
+    let files: Vec<_> = std::fs::read_dir(out.path()).unwrap().collect();
+    assert_eq!(files.len(), 1, "only the bootstrap");
+    if std::process::Command::new("fsck.erofs")
+        .arg("--help")
+        .output()
+        .is_err()
+    {
+        return skip(
+            "fsck part of tree_without_file_data_has_no_blob_and_fsck_accepts_it",
+            "fsck.erofs not installed",
+        );
+    }
+    let x = scratch();
+    let dest = x.path().join("x");
+    let o = std::process::Command::new("fsck.erofs")
+        .arg(format!("--extract={}", dest.display()))
+        .arg(&boot)
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "fsck.erofs: {}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(dest.join("a/b").is_dir());
+    assert_eq!(
+        std::fs::read_link(dest.join("link")).unwrap(),
+        std::path::Path::new("a/empty")
+    );
+    assert_eq!(std::fs::metadata(dest.join("a/empty")).unwrap().len(), 0);
+}

@@ -1,0 +1,143 @@
+//! Same tree, same flags as the upstream nydus-image builds in fixtures/upstream: the blobs
+//! must be the same bytes (same ids), and the bootstrap the same bytes but for the root mtime.
+
+mod common;
+use common::*;
+use std::path::Path;
+use std::process::Command;
+
+fn upstream_blob_id(name: &str) -> String {
+    let text =
+        std::fs::read_to_string(repo().join(format!("fixtures/upstream/{name}.output.json")))
+            .unwrap();
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    v["blobs"][0].as_str().unwrap().to_string()
+}
+
+fn make_source(dir: &Path) {
+    let out = Command::new("bash")
+        .arg(repo().join("fixtures/upstream/make-source.sh"))
+        .arg(dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "make-source.sh: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn ids_of(out: &std::process::Output) -> Vec<String> {
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text.lines().find(|l| l.starts_with("data blobs:")).unwrap();
+    line.split('"')
+        .skip(1)
+        .step_by(2)
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn blobs_match_upstream_byte_for_byte() {
+    if let Some(why) = cannot_build_full_tree() {
+        return skip("blobs_match_upstream_byte_for_byte", &why);
+    }
+    let src = scratch();
+    make_source(src.path());
+    let s = src.path().to_str().unwrap();
+    let cases: [(&str, &[&str]); 5] = [
+        ("v6-none", &["--compressor", "none"]),
+        ("v6-lz4_block", &["--compressor", "lz4_block"]),
+        ("v6-zstd", &["--compressor", "zstd"]),
+        ("v6-zstd-sha256", &["--digester", "sha256"]),
+        ("v6-zstd-chunk64k", &["--chunk-size", "0x10000"]),
+    ];
+    for (name, flags) in cases {
+        let out = scratch();
+        let mut args = vec![
+            "create",
+            "-t",
+            "dir-rafs",
+            "-D",
+            out.path().to_str().unwrap(),
+        ];
+        args.extend_from_slice(flags);
+        args.push(s);
+        let o = forge(&args);
+        let expected = upstream_blob_id(name);
+        assert_eq!(ids_of(&o), vec![expected.clone()], "{name}");
+        assert!(
+            out.path().join(&expected).is_file(),
+            "{name}: blob file named by its id"
+        );
+    }
+    // blob cache only: same .blob.data and .blob.meta as upstream
+    let out = scratch();
+    let o = forge(&[
+        "create",
+        "-B",
+        out.path().join("b").to_str().unwrap(),
+        "--blob-cache-dir",
+        out.path().to_str().unwrap(),
+        s,
+    ]);
+    let id = upstream_blob_id("v6-blobcache");
+    assert_eq!(ids_of(&o), vec![id.clone()]);
+    assert!(out.path().join(format!("{id}.blob.data")).is_file());
+    assert!(out.path().join(format!("{id}.blob.meta")).is_file());
+}
+
+#[test]
+fn bootstrap_matches_upstream_but_for_root_mtime() {
+    if let Some(why) = cannot_build_full_tree() {
+        return skip("bootstrap_matches_upstream_but_for_root_mtime", &why);
+    }
+    let src = scratch();
+    make_source(src.path());
+    // upstream splits a hardlinked symlink into two symlinks; give it that input
+    let link = src.path().join("dir/hardlinked-symlink");
+    std::fs::remove_file(&link).unwrap();
+    std::os::unix::fs::symlink("/etc/passwd", &link).unwrap();
+    for p in [
+        link.as_path(),
+        &src.path().join("dir"),
+        &src.path().join("symlink-abs"),
+    ] {
+        let ok = Command::new("touch")
+            .args(["-h", "-d", "2024-01-02 03:04:05.123456789"])
+            .arg(p)
+            .status()
+            .unwrap();
+        assert!(ok.success());
+    }
+    let out = scratch();
+    let boot = out.path().join("bootstrap");
+    forge(&[
+        "create",
+        "--compressor",
+        "none",
+        "-D",
+        out.path().to_str().unwrap(),
+        "-B",
+        boot.to_str().unwrap(),
+        src.path().to_str().unwrap(),
+    ]);
+    let ours = std::fs::read(&boot).unwrap();
+    let theirs = std::fs::read(repo().join("fixtures/upstream/v6-none.bootstrap")).unwrap();
+    assert_eq!(ours.len(), theirs.len());
+    let differing: Vec<usize> = (0..ours.len()).filter(|i| ours[*i] != theirs[*i]).collect();
+    // root inode at 0x3000: i_mtime (8 bytes at +32) and i_mtime_nsec (4 bytes at +40)
+    assert!(
+        differing.iter().all(|i| (0x3020..0x302c).contains(i)),
+        "bytes differing outside the root mtime: {:x?}",
+        differing
+            .iter()
+            .filter(|i| !(0x3020..0x302c).contains(*i))
+            .take(20)
+            .collect::<Vec<_>>()
+    );
+    assert!(
+        !differing.is_empty(),
+        "root mtime is kept, so upstream's 0 differs"
+    );
+}

@@ -26,7 +26,7 @@ fn build_and_check(source: &std::path::Path, extra: &[&str], compressor: &str) {
     args.push(source.to_str().unwrap());
     forge(&args);
     let data = one_file(&cache, ".blob.data");
-    assert_mounts_equal(&boot, &[data.clone()], source);
+    assert_mounts_equal(&boot, std::slice::from_ref(&data), source);
     shared_mount_check(&boot, &[data], source);
 }
 
@@ -104,6 +104,6 @@ fn inline_meta_bootstrap_extracted_mounts_equal() {
         data.file_name().unwrap().to_str().unwrap(),
         format!("{}.blob.data", blob.file_name().unwrap().to_str().unwrap())
     );
-    assert_mounts_equal(&boot, &[data.clone()], src.path());
+    assert_mounts_equal(&boot, std::slice::from_ref(&data), src.path());
     shared_mount_check(&boot, &[data], src.path());
 }

@@ -1,1 +1,332 @@
-fn main() {}
+//! Developer tasks: `cargo xtask <task>`.
+//!
+//! - `full-tree DIR [--big]`   build the every-entry-kind tree (root)
+//! - `debian DIR`              debootstrap a Debian bookworm minbase tree (root, network)
+//! - `kernel-check [DIR...]`   build images of each tree with each compressor and mount them
+//! - `bench [DIR...]`          time `create` at 1 and 2 threads; MB/s, peak RSS, identical output
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use sha2::{Digest, Sha256};
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+fn run(cmd: &mut Command) -> Result<()> {
+    let status = cmd.status().with_context(|| format!("spawn {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed: {status}");
+    }
+    Ok(())
+}
+
+fn release_binary() -> Result<PathBuf> {
+    run(Command::new(env!("CARGO")).current_dir(root()).args([
+        "build",
+        "--release",
+        "--quiet",
+        "--bin",
+        "erofs-forge",
+    ]))?;
+    Ok(root().join("target/release/erofs-forge"))
+}
+
+fn work_dir(name: &str) -> Result<PathBuf> {
+    let d = root().join("target/xtask").join(name);
+    if d.exists() {
+        std::fs::remove_dir_all(&d)?;
+    }
+    std::fs::create_dir_all(&d)?;
+    Ok(d)
+}
+
+fn default_trees() -> Result<Vec<PathBuf>> {
+    let mut trees = vec![root().join("fixtures/sample")];
+    let full = root().join("target/xtask-trees/full");
+    if !full.exists() {
+        full_tree(&full, false)?;
+    }
+    trees.push(full);
+    let debian = root().join("target/xtask-trees/debian");
+    if debian.exists() {
+        trees.push(debian);
+    } else {
+        eprintln!(
+            "note: no Debian tree; run `cargo xtask debian target/xtask-trees/debian` to add one"
+        );
+    }
+    Ok(trees)
+}
+
+fn full_tree(dir: &Path, big: bool) -> Result<()> {
+    let mut c = Command::new("bash");
+    c.arg(root().join("fixtures/make-full-tree.sh")).arg(dir);
+    if big {
+        c.arg("--big");
+    }
+    run(&mut c)
+}
+
+fn mount_check(bootstrap: &Path, device: &Path, source: &Path) -> Result<()> {
+    let tool = root().join("../shared/tools/erofs-mount-check");
+    if !tool.exists() {
+        bail!(
+            "{} not found: run the kernel checks through `cargo test` instead",
+            tool.display()
+        );
+    }
+    run(Command::new(tool)
+        .arg(bootstrap)
+        .arg("--device")
+        .arg(device)
+        .arg("--expect")
+        .arg(source))
+}
+
+fn kernel_check(trees: Vec<PathBuf>) -> Result<()> {
+    let bin = release_binary()?;
+    for tree in trees {
+        for compressor in ["none", "lz4_block", "zstd"] {
+            let out = work_dir("kernel-check")?;
+            let cache = out.join("cache");
+            std::fs::create_dir(&cache)?;
+            let boot = out.join("bootstrap");
+            run(Command::new(&bin)
+                .args(["create", "--compressor", compressor, "-D"])
+                .arg(&out)
+                .arg("--blob-cache-dir")
+                .arg(&cache)
+                .arg("-B")
+                .arg(&boot)
+                .arg(&tree))?;
+            let data = std::fs::read_dir(&cache)?
+                .map(|e| e.map(|e| e.path()))
+                .collect::<std::io::Result<Vec<_>>>()?
+                .into_iter()
+                .find(|p| p.to_string_lossy().ends_with(".blob.data"));
+            let Some(data) = data else {
+                bail!("no .blob.data for {}", tree.display())
+            };
+            println!("== {} with {compressor}", tree.display());
+            mount_check(&boot, &data, &tree)?;
+        }
+        let out = work_dir("kernel-check-inline")?;
+        let cache = out.join("cache");
+        std::fs::create_dir(&cache)?;
+        run(Command::new(&bin)
+            .args(["create", "--blob-inline-meta", "-D"])
+            .arg(&out)
+            .arg("--blob-cache-dir")
+            .arg(&cache)
+            .arg(&tree))?;
+        let blob = std::fs::read_dir(&out)?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .find(|p| p.is_file());
+        let Some(blob) = blob else {
+            bail!("no blob written")
+        };
+        let boot = out.join("extracted.boot");
+        run(Command::new(&bin)
+            .arg("extract-bootstrap")
+            .arg(&blob)
+            .arg("-o")
+            .arg(&boot))?;
+        let data = cache.join(format!(
+            "{}.blob.data",
+            blob.file_name().unwrap().to_string_lossy()
+        ));
+        println!("== {} with --blob-inline-meta", tree.display());
+        mount_check(&boot, &data, &tree)?;
+    }
+    Ok(())
+}
+
+struct Measured {
+    wall: f64,
+    cpu: f64,
+    max_rss_kib: i64,
+}
+
+/// Runs `cmd` in a child of a fresh `xtask measure` process so that RUSAGE_CHILDREN covers
+/// exactly that one command.
+fn measure(cmd: &[String]) -> Result<Measured> {
+    let me = std::env::current_exe()?;
+    let out = Command::new(me).arg("measure").args(cmd).output()?;
+    if !out.status.success() {
+        bail!("{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    Ok(Measured {
+        wall: v["wall"].as_f64().unwrap_or(0.0),
+        cpu: v["cpu"].as_f64().unwrap_or(0.0),
+        max_rss_kib: v["max_rss_kib"].as_i64().unwrap_or(0),
+    })
+}
+
+fn measure_child(cmd: &[String]) -> Result<()> {
+    use nix::sys::resource::{getrusage, UsageWho};
+    let t = Instant::now();
+    let out = Command::new(&cmd[0]).args(&cmd[1..]).output()?;
+    let wall = t.elapsed().as_secs_f64();
+    if !out.status.success() {
+        eprint!("{}", String::from_utf8_lossy(&out.stderr));
+        bail!("command failed");
+    }
+    let u = getrusage(UsageWho::RUSAGE_CHILDREN)?;
+    let secs = |tv: nix::sys::time::TimeVal| tv.tv_sec() as f64 + tv.tv_usec() as f64 / 1e6;
+    println!(
+        "{}",
+        serde_json::json!({"wall": wall, "cpu": secs(u.user_time()) + secs(u.system_time()), "max_rss_kib": u.max_rss()})
+    );
+    Ok(())
+}
+
+fn data_bytes(tree: &Path) -> u64 {
+    fn walk(p: &Path, n: &mut (u64, u64)) {
+        if let Ok(rd) = std::fs::read_dir(p) {
+            for e in rd.flatten() {
+                if let Ok(m) = e.path().symlink_metadata() {
+                    if m.is_dir() {
+                        walk(&e.path(), n);
+                    } else if m.is_file() {
+                        n.0 += m.len();
+                    }
+                    n.1 += 1;
+                }
+            }
+        }
+    }
+    let mut n = (0, 0);
+    walk(tree, &mut n);
+    n.0
+}
+
+fn digest_outputs(dir: &Path) -> Result<String> {
+    let mut names: Vec<PathBuf> = std::fs::read_dir(dir)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.is_file())
+        .collect();
+    names.sort();
+    let mut h = Sha256::new();
+    for n in names {
+        h.update(n.file_name().unwrap().to_string_lossy().as_bytes());
+        h.update(std::fs::read(&n)?);
+    }
+    Ok(hex::encode(h.finalize()))
+}
+
+fn bench(trees: Vec<PathBuf>) -> Result<()> {
+    let bin = release_binary()?;
+    let mut rows = Vec::new();
+    println!(
+        "{:<28} {:<10} {:>3} {:>8} {:>8} {:>9} {:>9} {:>6}",
+        "tree", "compressor", "thr", "wall s", "cpu s", "MB/s", "RSS MiB", "same"
+    );
+    for tree in trees {
+        let bytes = data_bytes(&tree);
+        for compressor in ["zstd", "lz4_block", "none"] {
+            let mut first_digest = None;
+            for threads in ["1", "2"] {
+                // warm the page cache so the figures are about the pipeline, not the disk
+                let out = work_dir("bench")?;
+                let args = |out: &Path| -> Vec<String> {
+                    vec![
+                        bin.display().to_string(),
+                        "create".into(),
+                        "--compressor".into(),
+                        compressor.into(),
+                        "--threads".into(),
+                        threads.into(),
+                        "-D".into(),
+                        out.display().to_string(),
+                        "-B".into(),
+                        out.join("bootstrap").display().to_string(),
+                        tree.display().to_string(),
+                    ]
+                };
+                measure(&args(&out))?;
+                let out = work_dir("bench")?;
+                let m = measure(&args(&out))?;
+                let d = digest_outputs(&out)?;
+                let same = match &first_digest {
+                    None => {
+                        first_digest = Some(d);
+                        "-"
+                    }
+                    Some(f) if *f == d => "yes",
+                    Some(_) => "NO",
+                };
+                let name = tree.file_name().unwrap().to_string_lossy().to_string();
+                let mbs = bytes as f64 / 1e6 / m.wall;
+                println!(
+                    "{:<28} {:<10} {:>3} {:>8.3} {:>8.3} {:>9.1} {:>9.1} {:>6}",
+                    name,
+                    compressor,
+                    threads,
+                    m.wall,
+                    m.cpu,
+                    mbs,
+                    m.max_rss_kib as f64 / 1024.0,
+                    same
+                );
+                rows.push(serde_json::json!({
+                    "tree": name, "data_bytes": bytes, "compressor": compressor, "threads": threads,
+                    "wall_s": m.wall, "cpu_s": m.cpu, "mb_per_s": mbs, "max_rss_kib": m.max_rss_kib,
+                    "identical_to_1_thread": same,
+                }));
+                if same == "NO" {
+                    bail!("output at {threads} threads differs from 1 thread");
+                }
+            }
+        }
+    }
+    let path = root().join("target/bench.json");
+    std::fs::write(&path, serde_json::to_string_pretty(&rows)?)?;
+    println!("results: {}", path.display());
+    Ok(())
+}
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let paths = |from: usize| -> Vec<PathBuf> { args[from..].iter().map(PathBuf::from).collect() };
+    match args.first().map(String::as_str) {
+        Some("full-tree") => {
+            let dir = args.get(1).context("usage: full-tree DIR [--big]")?;
+            full_tree(
+                Path::new(dir),
+                args.get(2).map(String::as_str) == Some("--big"),
+            )
+        }
+        Some("debian") => {
+            let dir = args.get(1).context("usage: debian DIR")?;
+            run(Command::new("debootstrap").args([
+                "--variant=minbase",
+                "bookworm",
+                dir,
+                "http://deb.debian.org/debian",
+            ]))
+        }
+        Some("kernel-check") => kernel_check(if args.len() > 1 {
+            paths(1)
+        } else {
+            default_trees()?
+        }),
+        Some("bench") => bench(if args.len() > 1 {
+            paths(1)
+        } else {
+            default_trees()?
+        }),
+        Some("measure") => measure_child(&args[1..]),
+        _ => {
+            eprintln!("tasks: full-tree DIR [--big] | debian DIR | kernel-check [TREE...] | bench [TREE...]");
+            std::process::exit(2)
+        }
+    }
+}

@@ -9,7 +9,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::File;
 use std::io::Read;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use crossbeam_channel::{bounded, unbounded, Receiver, Sender};
@@ -32,7 +32,7 @@ pub struct PipelineOptions {
     pub threads: usize,
 }
 
-/// One file to cut into chunks.
+/// One local file to cut into chunks (the directory source's input).
 #[derive(Debug, Clone)]
 pub struct FileJob {
     /// The inode the chunks belong to.
@@ -100,6 +100,76 @@ pub fn run(
     blob: &mut BlobWriter,
     progress: &(dyn Fn(u64) + Sync),
 ) -> Result<HashMap<InodeId, Vec<u32>>> {
+    let (per_inode, ()) = run_with(opts, table, blob, progress, |sink| {
+        for file in files {
+            let mut f = File::open(&file.path).ctx("open", &file.path)?;
+            sink.add_file(file.inode, &mut f, file.size, &file.path)?;
+        }
+        Ok(())
+    })?;
+    Ok(per_inode)
+}
+
+/// Where a producer hands file data to the pipeline (on the reader thread).
+pub struct ChunkSink<'a> {
+    opts: &'a PipelineOptions,
+    free_rx: Receiver<Buffers>,
+    done_tx: Sender<Result<Done>>,
+    claims: Arc<Mutex<HashSet<[u8; 32]>>>,
+    pool: &'a rayon::ThreadPool,
+    seq: u64,
+    /// Set when the writer has stopped (on an error it reports itself).
+    stopped: bool,
+}
+
+impl ChunkSink<'_> {
+    /// Reads exactly `size` bytes of `inode`'s data from `reader` and queues them as chunks.
+    /// `name` is used in errors (a path, or a tar entry name).
+    pub fn add_file(
+        &mut self,
+        inode: InodeId,
+        reader: &mut dyn Read,
+        size: u64,
+        name: &Path,
+    ) -> Result<()> {
+        let mut left = size;
+        while left > 0 {
+            let Ok(mut bufs) = self.free_rx.recv() else {
+                // the writer stopped on an error of its own; it reports that one
+                self.stopped = true;
+                return Err(Error::InvalidOption("chunk writer stopped".into()));
+            };
+            let len = left.min(u64::from(self.opts.chunk_size)) as usize;
+            bufs.raw.resize(len, 0);
+            read_full(reader, &mut bufs.raw, name, size, size - left)?;
+            left -= len as u64;
+            let job = Job {
+                seq: self.seq,
+                inode,
+                bufs,
+            };
+            self.seq += 1;
+            let done_tx = self.done_tx.clone();
+            let claims = self.claims.clone();
+            let (digester, compressor) = (self.opts.digester, self.opts.compressor);
+            self.pool.spawn(move || {
+                let _ = done_tx.send(process(job, digester, compressor, &claims));
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Runs `producer` on a reader thread; every file it gives the [`ChunkSink`] is chunked,
+/// digested and compressed in parallel and committed to `blob` in order. Returns the chunk ids
+/// of each inode and what the producer returned.
+pub fn run_with<R: Send>(
+    opts: &PipelineOptions,
+    table: &mut ChunkTable,
+    blob: &mut BlobWriter,
+    progress: &(dyn Fn(u64) + Sync),
+    producer: impl FnOnce(&mut ChunkSink<'_>) -> Result<R> + Send,
+) -> Result<(HashMap<InodeId, Vec<u32>>, R)> {
     let threads = opts.threads.max(1);
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(threads)
@@ -116,88 +186,57 @@ pub fn run(
         });
     }
     let (done_tx, done_rx) = unbounded::<Result<Done>>();
-    // digests some worker is compressing or has compressed: duplicates skip compression
-    let claims: Arc<Mutex<HashSet<[u8; 32]>>> = Arc::new(Mutex::new(HashSet::new()));
 
     std::thread::scope(|s| {
         let reader = s.spawn({
-            let done_tx = done_tx.clone();
-            let claims = claims.clone();
-            let pool = &pool;
-            move || read_files(files, opts, free_rx, done_tx, claims, pool)
+            let mut sink = ChunkSink {
+                opts,
+                free_rx,
+                done_tx: done_tx.clone(),
+                // digests some worker is compressing or has compressed: duplicates skip it
+                claims: Arc::new(Mutex::new(HashSet::new())),
+                pool: &pool,
+                seq: 0,
+                stopped: false,
+            };
+            move || {
+                let r = producer(&mut sink);
+                (r, sink.stopped)
+            }
         });
         drop(done_tx);
-        let result = commit(done_rx, free_tx, opts, table, blob, progress);
-        let read = reader
-            .join()
-            .unwrap_or_else(|_| Err(Error::InvalidOption("chunk reader thread panicked".into())));
-        let per_inode = result?;
-        read?;
-        Ok(per_inode)
+        let committed = commit(done_rx, free_tx, opts, table, blob, progress);
+        let (produced, stopped) = reader.join().unwrap_or_else(|_| {
+            (
+                Err(Error::InvalidOption("chunk reader thread panicked".into())),
+                false,
+            )
+        });
+        let per_inode = committed?;
+        if stopped {
+            // the writer finished without error, so it did not stop early
+            return Err(Error::InvalidOption(
+                "chunk writer stopped unexpectedly".into(),
+            ));
+        }
+        Ok((per_inode, produced?))
     })
 }
 
-fn read_files(
-    files: &[FileJob],
-    opts: &PipelineOptions,
-    free_rx: Receiver<Buffers>,
-    done_tx: Sender<Result<Done>>,
-    claims: Arc<Mutex<HashSet<[u8; 32]>>>,
-    pool: &rayon::ThreadPool,
-) -> Result<()> {
-    let mut seq = 0u64;
-    for file in files {
-        let mut f = match File::open(&file.path).ctx("open", &file.path) {
-            Ok(f) => f,
-            Err(e) => {
-                let _ = done_tx.send(Err(e));
-                return Ok(());
-            }
-        };
-        let mut left = file.size;
-        while left > 0 {
-            // the writer closing the pool means it stopped on an error
-            let Ok(mut bufs) = free_rx.recv() else {
-                return Ok(());
-            };
-            let len = left.min(u64::from(opts.chunk_size)) as usize;
-            bufs.raw.resize(len, 0);
-            if let Err(e) = read_full(&mut f, &mut bufs.raw, file, left) {
-                let _ = done_tx.send(Err(e));
-                return Ok(());
-            }
-            left -= len as u64;
-            let job = Job {
-                seq,
-                inode: file.inode,
-                bufs,
-            };
-            seq += 1;
-            let done_tx = done_tx.clone();
-            let claims = claims.clone();
-            let (digester, compressor) = (opts.digester, opts.compressor);
-            pool.spawn(move || {
-                let _ = done_tx.send(process(job, digester, compressor, &claims));
-            });
-        }
-    }
-    Ok(())
-}
-
-fn read_full(f: &mut File, buf: &mut [u8], file: &FileJob, left: u64) -> Result<()> {
+fn read_full(f: &mut dyn Read, buf: &mut [u8], name: &Path, size: u64, done: u64) -> Result<()> {
     let mut got = 0;
     while got < buf.len() {
         match f.read(&mut buf[got..]) {
             Ok(0) => {
                 return Err(Error::FileChanged {
-                    path: file.path.clone(),
-                    expected: file.size,
-                    got: file.size - left + got as u64,
+                    path: name.to_path_buf(),
+                    expected: size,
+                    got: done + got as u64,
                 })
             }
             Ok(n) => got += n,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e).ctx("read", &file.path),
+            Err(e) => return Err(e).ctx("read", name),
         }
     }
     Ok(())

@@ -31,6 +31,10 @@ struct Cli {
 enum Command {
     /// Build a RAFS filesystem (bootstrap + data blob) from a source.
     Create(CreateArgs),
+    /// Validate a bootstrap and, with its blobs, every chunk's data.
+    Check(CheckArgs),
+    /// Write an image's tree, with its data, as a tar or into a directory.
+    Unpack(UnpackArgs),
     /// Write the bootstrap that --blob-inline-meta stored at the end of a blob.
     ExtractBootstrap {
         /// The blob holding an inlined bootstrap.
@@ -39,6 +43,50 @@ enum Command {
         #[arg(short, long)]
         output: PathBuf,
     },
+}
+
+#[derive(clap::Args)]
+struct CheckArgs {
+    /// Bootstrap to check (or a blob with an inlined bootstrap).
+    #[arg(required_unless_present = "bootstrap_opt")]
+    bootstrap: Option<PathBuf>,
+    /// Bootstrap to check (deprecated form).
+    #[arg(short = 'B', long = "bootstrap", conflicts_with = "bootstrap")]
+    bootstrap_opt: Option<PathBuf>,
+    /// Directory holding the blobs (named by id, or <id>.blob.data): verify every chunk.
+    #[arg(short = 'D', long)]
+    blob_dir: Option<PathBuf>,
+    /// One blob file holding the data: verify every chunk.
+    #[arg(short = 'b', long)]
+    blob: Option<PathBuf>,
+    /// Print every inode and chunk.
+    #[arg(short = 'v', long)]
+    verbose: bool,
+    /// Write the result as JSON.
+    #[arg(short = 'J', long)]
+    output_json: Option<PathBuf>,
+}
+
+#[derive(clap::Args)]
+struct UnpackArgs {
+    /// Bootstrap (or a blob with an inlined bootstrap).
+    #[arg(required_unless_present = "bootstrap_opt")]
+    bootstrap: Option<PathBuf>,
+    /// Bootstrap (deprecated form).
+    #[arg(short = 'B', long = "bootstrap", conflicts_with = "bootstrap")]
+    bootstrap_opt: Option<PathBuf>,
+    /// Directory holding the blobs (named by id, or <id>.blob.data).
+    #[arg(short = 'D', long)]
+    blob_dir: Option<PathBuf>,
+    /// The blob file (single-blob images).
+    #[arg(short = 'b', long)]
+    blob: Option<PathBuf>,
+    /// Write a tar archive here.
+    #[arg(short = 'o', long, required_unless_present = "output_dir")]
+    output: Option<PathBuf>,
+    /// Extract into this directory (created; must be empty if it exists).
+    #[arg(long)]
+    output_dir: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -232,6 +280,76 @@ fn run_create(a: CreateArgs) -> Result<()> {
     Ok(())
 }
 
+fn run_check(a: CheckArgs) -> Result<()> {
+    use erofs_forge::cmd::check;
+    let Some(bootstrap) = a.bootstrap.or(a.bootstrap_opt) else {
+        bail!("no bootstrap given")
+    };
+    let opts = check::CheckOptions {
+        bootstrap: bootstrap.clone(),
+        blobs: erofs_forge::blob::reader::BlobSource {
+            dir: a.blob_dir,
+            file: a.blob,
+        },
+        verbose: a.verbose,
+    };
+    let report = check::check(&opts)?;
+    for line in &report.listing {
+        println!("{line}");
+    }
+    let img = &report.image;
+    println!("RAFS filesystem metadata is valid, referenced data blobs: ");
+    for (i, b) in img.blobs.iter().enumerate() {
+        println!(
+            "\t {i}: {}, compressed size {:#x}, uncompressed size {:#x}, chunk size: {:#x}, chunk count: {}, features: {}",
+            b.id,
+            b.compressed_size,
+            b.uncompressed_size,
+            img.chunk_size,
+            b.chunk_count,
+            check::feature_names(b.features).join(" ")
+        );
+    }
+    if report.chunks_verified > 0 {
+        println!(
+            "verified {} chunks against their digests",
+            report.chunks_verified
+        );
+    }
+    if let Some(path) = a.output_json {
+        let doc = serde_json::json!({
+            "version": concat!(env!("CARGO_PKG_NAME"), "-", env!("CARGO_PKG_VERSION")),
+            "bootstrap": bootstrap.display().to_string(),
+            "blobs": img.blobs.iter().map(|b| b.id.clone()).collect::<Vec<_>>(),
+            "external_bootstrap": "",
+            "external_blobs": [],
+            "trace": {"consumed_time": {}, "registered_events": {}},
+            "fs_version": img.version.to_string(),
+            "compressor": img.compressor.name(),
+        });
+        create::write_atomic(&path, serde_json::to_string(&doc)?.as_bytes())?;
+    }
+    Ok(())
+}
+
+fn run_unpack(a: UnpackArgs) -> Result<()> {
+    use erofs_forge::cmd::unpack;
+    let Some(bootstrap) = a.bootstrap.or(a.bootstrap_opt) else {
+        bail!("no bootstrap given")
+    };
+    let n = unpack::unpack(&unpack::UnpackOptions {
+        bootstrap,
+        blobs: erofs_forge::blob::reader::BlobSource {
+            dir: a.blob_dir,
+            file: a.blob,
+        },
+        output_tar: a.output,
+        output_dir: a.output_dir,
+    })?;
+    println!("unpacked {n} entries");
+    Ok(())
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     if let Err(e) = init_logging(&cli) {
@@ -240,6 +358,8 @@ fn main() -> ExitCode {
     }
     let result = match cli.command {
         Command::Create(a) => run_create(a),
+        Command::Check(a) => run_check(a),
+        Command::Unpack(a) => run_unpack(a),
         Command::ExtractBootstrap { blob, output } => {
             erofs_forge::blob::inline::extract_bootstrap(&blob)
                 .and_then(|b| create::write_atomic(&output, &b))

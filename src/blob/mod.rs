@@ -2,6 +2,7 @@
 
 pub mod format;
 pub mod inline;
+pub mod reader;
 pub mod writer;
 
 pub use writer::{BlobSummary, BlobWriter, BlobWriterOptions};

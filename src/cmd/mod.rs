@@ -1,3 +1,5 @@
 //! One module per subcommand: orchestration only.
 
+pub mod check;
 pub mod create;
+pub mod unpack;

@@ -1,5 +1,6 @@
 //! RAFS v6: a bootstrap that is an EROFS filesystem (formats/rafs-v6.md).
 
+pub mod decode;
 pub mod encode;
 pub mod format;
 pub mod layout;

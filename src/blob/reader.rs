@@ -1,0 +1,332 @@
+//! Reading chunk data back: locates blobs (a blob directory, a single blob file, or the blob
+//! cache's `.blob.data`), decodes chunk-info arrays, decompresses and verifies chunks.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use zerocopy::FromBytes;
+
+use super::format::{
+    features, BlobMetaHeader, ChunkInfoV1, BLOB_META_HEADER_SIZE, BLOB_META_MAGIC,
+};
+use super::ChunkInfo;
+use crate::chunk::Compressor;
+use crate::error::{Error, IoContext, Result};
+use crate::rafs::bytes::corrupt;
+use crate::rafs::{BlobInfo, Image};
+
+/// Where blobs are looked up.
+#[derive(Debug, Clone, Default)]
+pub struct BlobSource {
+    /// A directory holding blobs named by id (or `<id>.blob.data` cache files).
+    pub dir: Option<PathBuf>,
+    /// One blob file, used for every blob of the image (single-blob images).
+    pub file: Option<PathBuf>,
+}
+
+enum Opened {
+    /// The blob file: chunks at their compressed offsets.
+    Blob(File, PathBuf),
+    /// A blob cache `.blob.data`: chunks uncompressed at their uncompressed offsets.
+    CacheData(File, PathBuf),
+}
+
+/// The location of one chunk in its blob, from the blob's own chunk-info array.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CiEntry {
+    /// Offset of the stored bytes.
+    pub compressed_offset: u64,
+    /// Stored size.
+    pub compressed_size: u32,
+    /// Offset in the uncompressed view.
+    pub uncompressed_offset: u64,
+    /// Uncompressed size.
+    pub uncompressed_size: u32,
+    /// Stored compressed.
+    pub compressed: bool,
+}
+
+/// Decodes a v1 chunk-info record (formats/blob.md §3.2).
+pub fn decode_ci_v1(r: &ChunkInfoV1) -> CiEntry {
+    let u = r.uncomp_info.get();
+    let c = r.comp_info.get();
+    let usize_ = ((((u >> 8) & 0xf) << 20) | (u >> 44)) + 1;
+    let csize = ((((c >> 40) & 0xf) << 20) | (c >> 44)) + 1;
+    CiEntry {
+        compressed_offset: c & 0xFF_FFFF_FFFF,
+        compressed_size: csize as u32,
+        uncompressed_offset: u & 0xFFF_FFFF_F000,
+        uncompressed_size: usize_ as u32,
+        compressed: csize != usize_,
+    }
+}
+
+/// Decodes a v2 chunk-info record (formats/blob.md §3.3).
+pub fn decode_ci_v2(raw: &[u8]) -> CiEntry {
+    let word = |i: usize| u64::from_le_bytes(raw[i * 8..i * 8 + 8].try_into().unwrap_or([0; 8]));
+    let u = word(0);
+    let c = word(1);
+    CiEntry {
+        compressed_offset: c & 0xFF_FFFF_FFFF,
+        compressed_size: (c >> 40) as u32,
+        uncompressed_offset: (u & 0xFFFF_FFFF) << 12,
+        uncompressed_size: (((u >> 32) & 0xFF_FFFF) + 1) as u32,
+        compressed: (u >> 56) & 0x1 != 0,
+    }
+}
+
+/// Reads chunks of one image's blobs.
+pub struct ChunkReader<'a> {
+    image: &'a Image,
+    source: BlobSource,
+    open: HashMap<u32, Opened>,
+    ci: HashMap<u32, Vec<CiEntry>>,
+}
+
+impl<'a> ChunkReader<'a> {
+    /// A reader over `image`'s blobs found through `source`.
+    pub fn new(image: &'a Image, source: BlobSource) -> ChunkReader<'a> {
+        ChunkReader {
+            image,
+            source,
+            open: HashMap::new(),
+            ci: HashMap::new(),
+        }
+    }
+
+    fn blob(&self, index: u32) -> Result<&'a BlobInfo> {
+        self.image.blobs.get(index as usize).ok_or_else(|| {
+            corrupt(
+                "chunk",
+                u64::from(index),
+                "blob index outside the blob table",
+            )
+        })
+    }
+
+    fn open(&mut self, index: u32) -> Result<&Opened> {
+        if !self.open.contains_key(&index) {
+            let blob = self.blob(index)?;
+            let opened = self.find(blob)?;
+            self.open.insert(index, opened);
+        }
+        self.open
+            .get(&index)
+            .ok_or_else(|| Error::InvalidOption("blob vanished".into()))
+    }
+
+    fn find(&self, blob: &BlobInfo) -> Result<Opened> {
+        if let Some(f) = &self.source.file {
+            return Ok(Opened::Blob(File::open(f).ctx("open blob", f)?, f.clone()));
+        }
+        if let Some(dir) = &self.source.dir {
+            let p = dir.join(&blob.id);
+            if p.is_file() {
+                return Ok(Opened::Blob(File::open(&p).ctx("open blob", &p)?, p));
+            }
+            let c = dir.join(format!("{}.blob.data", blob.id));
+            if c.is_file() {
+                return Ok(Opened::CacheData(
+                    File::open(&c).ctx("open blob cache", &c)?,
+                    c,
+                ));
+            }
+            return Err(Error::Io {
+                op: "find blob",
+                path: p,
+                source: std::io::Error::from(std::io::ErrorKind::NotFound),
+            });
+        }
+        Err(Error::InvalidOption(
+            "no blob directory or blob file given".into(),
+        ))
+    }
+
+    /// The chunk-info array of a v6 blob, read from the blob file (empty for v5 blobs).
+    pub fn ci_entries(&mut self, index: u32) -> Result<&[CiEntry]> {
+        if !self.ci.contains_key(&index) {
+            let blob = self.blob(index)?;
+            let entries = if self.image.version == 6
+                && blob.ci_uncompressed_size > 0
+                && blob.features & features::TARFS == 0
+            {
+                match self.open(index)? {
+                    Opened::Blob(f, p) => read_ci(f, p, blob)?,
+                    Opened::CacheData(..) => Vec::new(),
+                }
+            } else {
+                Vec::new()
+            };
+            self.ci.insert(index, entries);
+        }
+        Ok(self.ci.get(&index).map(Vec::as_slice).unwrap_or(&[]))
+    }
+
+    /// The uncompressed bytes of chunk `id`, checked against its digest when known.
+    pub fn read(&mut self, id: u32) -> Result<Vec<u8>> {
+        let c: ChunkInfo = *self
+            .image
+            .chunks
+            .get(id as usize)
+            .ok_or_else(|| corrupt("chunk", u64::from(id), "no such chunk"))?;
+        let blob = self.blob(c.blob_index)?;
+        let ci = self
+            .ci_entries(c.blob_index)?
+            .get(c.index as usize)
+            .copied();
+        let loc = ci.unwrap_or(CiEntry {
+            compressed_offset: c.compressed_offset,
+            compressed_size: c.compressed_size,
+            uncompressed_offset: c.uncompressed_offset,
+            uncompressed_size: c.uncompressed_size,
+            compressed: c.compressed,
+        });
+        if loc.uncompressed_size > crate::chunk::MAX_CHUNK_SIZE
+            || loc.compressed_size > crate::chunk::MAX_CHUNK_SIZE * 2
+        {
+            return Err(corrupt(
+                "chunk",
+                u64::from(c.index),
+                "chunk larger than 16 MiB",
+            ));
+        }
+        let tarfs = blob.features & features::TARFS != 0;
+        let data = match self.open(c.blob_index)? {
+            Opened::Blob(f, p) => {
+                let mut buf = vec![0u8; loc.compressed_size as usize];
+                f.read_exact_at(&mut buf, loc.compressed_offset)
+                    .ctx("read chunk from", p.clone())?;
+                if loc.compressed && !tarfs {
+                    blob.compressor
+                        .decompress(&buf, loc.uncompressed_size as usize)
+                        .map_err(|e| Error::Corrupt {
+                            what: "chunk data",
+                            offset: loc.compressed_offset,
+                            reason: format!("{} chunk {}: {e}", blob.id, c.index),
+                        })?
+                } else {
+                    buf
+                }
+            }
+            Opened::CacheData(f, p) => {
+                let mut buf = vec![0u8; loc.uncompressed_size as usize];
+                f.read_exact_at(&mut buf, loc.uncompressed_offset)
+                    .ctx("read chunk from", p.clone())?;
+                buf
+            }
+        };
+        if self
+            .image
+            .digest_known
+            .get(id as usize)
+            .copied()
+            .unwrap_or(false)
+            && blob.digester.digest(&data) != c.digest
+        {
+            return Err(Error::Corrupt {
+                what: "chunk data",
+                offset: loc.compressed_offset,
+                reason: format!("digest mismatch for chunk {} of blob {}", c.index, blob.id),
+            });
+        }
+        Ok(data)
+    }
+}
+
+fn read_ci(f: &File, path: &Path, blob: &BlobInfo) -> Result<Vec<CiEntry>> {
+    if blob.ci_compressed_size > 64 << 20
+        || blob.ci_uncompressed_size > 24 * u64::from(blob.chunk_count) + (64 << 20)
+    {
+        return Err(corrupt(
+            "blob meta",
+            blob.ci_offset,
+            "chunk-info array too large",
+        ));
+    }
+    let mut stored = vec![0u8; blob.ci_compressed_size as usize];
+    f.read_exact_at(&mut stored, blob.ci_offset)
+        .ctx("read chunk-info array of", path)?;
+    let mut hdr = vec![0u8; BLOB_META_HEADER_SIZE];
+    f.read_exact_at(&mut hdr, blob.ci_offset + blob.ci_compressed_size)
+        .ctx("read blob meta header of", path)?;
+    let h = BlobMetaHeader::ref_from_bytes(&hdr)
+        .map_err(|_| corrupt("blob meta header", blob.ci_offset, "bad size"))?;
+    if h.magic.get() != BLOB_META_MAGIC || h.magic2.get() != BLOB_META_MAGIC {
+        return Err(corrupt(
+            "blob meta header",
+            blob.ci_offset + blob.ci_compressed_size,
+            "bad magic",
+        ));
+    }
+    if h.ci_offset.get() != blob.ci_offset || h.ci_compressed_size.get() != blob.ci_compressed_size
+    {
+        return Err(corrupt(
+            "blob meta header",
+            blob.ci_offset + blob.ci_compressed_size,
+            "does not match the blob table",
+        ));
+    }
+    let algo = Compressor::from_code(blob.ci_compressor).ok_or_else(|| {
+        corrupt(
+            "blob meta header",
+            blob.ci_offset,
+            "unknown chunk-info compression",
+        )
+    })?;
+    let raw = if algo == Compressor::None {
+        stored
+    } else {
+        algo.decompress(&stored, blob.ci_uncompressed_size as usize)?
+    };
+    let v2 = blob.features & features::CHUNK_INFO_V2 != 0;
+    let size = if v2 { 24 } else { 16 };
+    let n = (blob.chunk_count as usize).min(raw.len() / size);
+    Ok(raw
+        .chunks_exact(size)
+        .take(n)
+        .map(|r| {
+            if v2 {
+                decode_ci_v2(r)
+            } else {
+                ChunkInfoV1::ref_from_bytes(r)
+                    .map(decode_ci_v1)
+                    .unwrap_or(CiEntry {
+                        compressed_offset: 0,
+                        compressed_size: 0,
+                        uncompressed_offset: 0,
+                        uncompressed_size: 0,
+                        compressed: false,
+                    })
+            }
+        })
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::blob::writer::encode_chunk_info_v1;
+
+    #[test]
+    fn v1_round_trip() {
+        let c = ChunkInfo {
+            digest: [0; 32],
+            crc32: 0,
+            blob_index: 0,
+            index: 3,
+            compressed: true,
+            compressed_offset: 0x12_3456_789a,
+            compressed_size: 0x10_0000,
+            uncompressed_offset: 0x7_0000_1000,
+            uncompressed_size: 0x100_0000,
+        };
+        let d = decode_ci_v1(&encode_chunk_info_v1(&c));
+        assert_eq!(d.compressed_offset, c.compressed_offset);
+        assert_eq!(d.compressed_size, c.compressed_size);
+        assert_eq!(d.uncompressed_offset, c.uncompressed_offset);
+        assert_eq!(d.uncompressed_size, c.uncompressed_size);
+        assert!(d.compressed);
+    }
+}

@@ -1,0 +1,203 @@
+//! `check`: validates a bootstrap's invariants and, with its blobs, every chunk's data.
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+
+use crate::blob::format::features;
+use crate::blob::reader::{BlobSource, ChunkReader};
+use crate::error::{Error, Result};
+use crate::rafs::{self, Image};
+use crate::tree::FileType;
+
+/// Options of `check`.
+#[derive(Debug, Clone, Default)]
+pub struct CheckOptions {
+    /// Bootstrap (or a blob with an inlined bootstrap).
+    pub bootstrap: PathBuf,
+    /// Where the blobs are; without it only metadata is checked.
+    pub blobs: BlobSource,
+    /// Print every inode and chunk.
+    pub verbose: bool,
+}
+
+/// What `check` found.
+#[derive(Debug, Clone)]
+pub struct CheckReport {
+    /// The decoded image.
+    pub image: Image,
+    /// Chunks whose data was read and verified.
+    pub chunks_verified: u64,
+    /// Lines describing each inode (verbose mode).
+    pub listing: Vec<String>,
+}
+
+/// Names of BlobFeatures bits, for listings.
+pub fn feature_names(bits: u32) -> Vec<&'static str> {
+    const NAMES: [(u32, &str); 13] = [
+        (0x1, "aligned"),
+        (0x2, "inlined_fs_meta"),
+        (0x4, "chunk_info_v2"),
+        (0x8, "zran"),
+        (0x10, "separate"),
+        (0x20, "inlined_chunk_digest"),
+        (0x40, "tarfs"),
+        (0x80, "batch"),
+        (0x100, "encrypted"),
+        (0x800, "external"),
+        (0x1000_0000, "has_tar_header"),
+        (0x2000_0000, "has_toc"),
+        (0x4000_0000, "cap_tar_toc"),
+    ];
+    NAMES
+        .iter()
+        .filter(|(b, _)| bits & b != 0)
+        .map(|(_, n)| *n)
+        .collect()
+}
+
+/// Checks the invariants the decoder does not already enforce while building the tree.
+pub fn validate(image: &Image) -> Result<()> {
+    let bad = |reason: String| {
+        Err(Error::Corrupt {
+            what: "image",
+            offset: 0,
+            reason,
+        })
+    };
+    for (i, c) in image.chunks.iter().enumerate() {
+        let Some(blob) = image.blobs.get(c.blob_index as usize) else {
+            return bad(format!(
+                "chunk {i} references blob {} of {}",
+                c.blob_index,
+                image.blobs.len()
+            ));
+        };
+        if c.index >= blob.chunk_count && blob.features & features::TARFS == 0 {
+            return bad(format!(
+                "chunk index {} beyond the {} chunks of blob {}",
+                c.index, blob.chunk_count, blob.id
+            ));
+        }
+        let end = c
+            .uncompressed_offset
+            .checked_add(u64::from(c.uncompressed_size));
+        if blob.features & features::TARFS == 0 && end.is_none_or(|e| e > blob.uncompressed_size) {
+            return bad(format!(
+                "chunk {} of blob {} lies beyond its uncompressed size",
+                c.index, blob.id
+            ));
+        }
+        if image.version == 6
+            && blob.features & features::TARFS == 0
+            && c.uncompressed_offset % 4096 != 0
+        {
+            return bad(format!(
+                "chunk {} of blob {} is not 4 KiB aligned",
+                c.index, blob.id
+            ));
+        }
+    }
+    for (e, entry) in image.tree.entries.iter().enumerate() {
+        let inode = &image.tree.inodes[entry.inode];
+        if inode.file_type != FileType::Regular {
+            continue;
+        }
+        let expected = if image.chunk_size == 0 {
+            0
+        } else {
+            inode.size.div_ceil(u64::from(image.chunk_size))
+        };
+        if inode.chunks.len() as u64 != expected {
+            return bad(format!(
+                "{}: {} chunks for {} bytes",
+                image.tree.path(e).display(),
+                inode.chunks.len(),
+                inode.size
+            ));
+        }
+        let sum: u64 = inode
+            .chunks
+            .iter()
+            .map(|id| u64::from(image.chunks[*id as usize].uncompressed_size))
+            .sum();
+        if sum != inode.size {
+            return bad(format!(
+                "{}: chunks hold {sum} bytes, the file {}",
+                image.tree.path(e).display(),
+                inode.size
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Runs `check`.
+pub fn check(opts: &CheckOptions) -> Result<CheckReport> {
+    let (image, from_blob) = rafs::load(&opts.bootstrap)?;
+    validate(&image)?;
+    let mut listing = Vec::new();
+    if opts.verbose {
+        for e in image.tree.numbering_order() {
+            let i = image.tree.inode_of(e);
+            listing.push(format!(
+                "inode: {} ino {} mode {:o} uid {} gid {} size {} xattrs {} chunks {}",
+                image.tree.path(e).display(),
+                image.inode_numbers[image.tree.entries[e].inode],
+                i.mode(),
+                i.uid,
+                i.gid,
+                i.size,
+                i.xattrs.len(),
+                i.chunks.len()
+            ));
+            for id in &i.chunks {
+                let c = &image.chunks[*id as usize];
+                listing.push(format!(
+                    "\t chunk: blob {} index {} digest {} compressed {:#x}+{:#x} uncompressed {:#x}+{:#x}",
+                    c.blob_index,
+                    c.index,
+                    hex::encode(c.digest),
+                    c.compressed_offset,
+                    c.compressed_size,
+                    c.uncompressed_offset,
+                    c.uncompressed_size
+                ));
+            }
+        }
+    }
+    let mut source = opts.blobs.clone();
+    if from_blob && source.file.is_none() && source.dir.is_none() {
+        source.file = Some(opts.bootstrap.clone());
+    }
+    let mut verified = 0;
+    if source.file.is_some() || source.dir.is_some() {
+        let mut reader = ChunkReader::new(&image, source);
+        let mut seen = HashSet::new();
+        for inode in &image.tree.inodes {
+            for id in &inode.chunks {
+                if seen.insert(*id) {
+                    let data = reader.read(*id)?;
+                    let c = &image.chunks[*id as usize];
+                    if data.len() != c.uncompressed_size as usize {
+                        return Err(Error::Corrupt {
+                            what: "chunk data",
+                            offset: c.compressed_offset,
+                            reason: format!(
+                                "chunk {} decodes to {} bytes, not {}",
+                                c.index,
+                                data.len(),
+                                c.uncompressed_size
+                            ),
+                        });
+                    }
+                    verified += 1;
+                }
+            }
+        }
+    }
+    Ok(CheckReport {
+        image,
+        chunks_verified: verified,
+        listing,
+    })
+}

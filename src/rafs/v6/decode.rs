@@ -1,0 +1,619 @@
+//! RAFS v6 decoder: rebuilds the tree, chunk list and blob table from a bootstrap written by
+//! erofs-forge or by nydus-image. Nothing in the input is trusted (formats/rafs-v6.md).
+
+use std::collections::HashMap;
+
+use super::format::*;
+use super::layout::XATTR_PREFIXES;
+use crate::blob::ChunkInfo;
+use crate::chunk::{Compressor, Digester};
+use crate::error::Result;
+use crate::rafs::bytes::{corrupt, Bytes};
+use crate::rafs::{BlobInfo, Image};
+use crate::tree::{FileType, Inode, InodeId, Tree};
+use zerocopy::FromBytes;
+
+/// Most blobs a v6 image can reference.
+const MAX_BLOBS: u64 = 256;
+/// Deepest directory nesting accepted.
+const MAX_DEPTH: usize = 4096;
+
+struct RawInode {
+    format: u16,
+    xattr_icount: u16,
+    mode: u16,
+    size: u64,
+    u: u32,
+    uid: u32,
+    gid: u32,
+    mtime: i64,
+    mtime_nsec: u32,
+    inode_size: u64,
+}
+
+impl RawInode {
+    fn layout(&self) -> u16 {
+        (self.format >> 1) & 0x7
+    }
+    fn xattr_size(&self) -> u64 {
+        if self.xattr_icount == 0 {
+            0
+        } else {
+            12 + (u64::from(self.xattr_icount) - 1) * 4
+        }
+    }
+}
+
+struct Decoder<'a> {
+    b: Bytes<'a>,
+    block: u64,
+    meta_addr: u64,
+    xattr_addr: u64,
+    epoch: u64,
+    chunk_size: u32,
+    explicit_uid_gid: bool,
+    /// chunk-table records by (blob index, chunk index)
+    records: HashMap<(u32, u32), ChunkRecord>,
+    chunks: Vec<ChunkInfo>,
+    digest_known: Vec<bool>,
+    chunk_ids: HashMap<(u32, u32, u32), u32>,
+    blob_count: u32,
+}
+
+/// Decodes a v6 bootstrap.
+pub fn decode(data: &[u8]) -> Result<Image> {
+    let b = Bytes::new(data);
+    let sb: &SuperBlock = b.get(SUPERBLOCK_OFFSET as u64, "EROFS superblock")?;
+    if sb.magic.get() != EROFS_MAGIC {
+        return Err(corrupt("EROFS superblock", 1024, "bad magic"));
+    }
+    let bits = sb.blkszbits;
+    if bits != 9 && bits != 12 {
+        return Err(corrupt(
+            "EROFS superblock",
+            0x40c,
+            &format!("block size 2^{bits} is not 512 or 4096"),
+        ));
+    }
+    let block = 1u64 << bits;
+    let ext: &ExtSuperBlock = b.get(EXT_SUPERBLOCK_OFFSET as u64, "RAFS v6 extended superblock")?;
+    let flags = ext.flags.get();
+    let compressor = compressor_from_flags(flags);
+    let digester = if flags & super_flags::HASH_SHA256 != 0 {
+        Digester::Sha256
+    } else {
+        Digester::Blake3
+    };
+    let chunk_size = ext.chunk_size.get();
+    let is_rafs = sb.feature_compat.get() & FEATURE_COMPAT_RAFS_V6 != 0;
+    if is_rafs && (!chunk_size.is_power_of_two() || !(0x1000..=0x100_0000).contains(&chunk_size)) {
+        return Err(corrupt(
+            "RAFS v6 extended superblock",
+            0x494,
+            &format!("invalid chunk size {chunk_size:#x}"),
+        ));
+    }
+
+    // blob table and device table
+    let nblobs_dev = u64::from(sb.extra_devices.get());
+    let blob_table_size = if is_rafs {
+        u64::from(ext.blob_table_size.get())
+    } else {
+        0
+    };
+    if blob_table_size % 256 != 0 || blob_table_size / 256 > MAX_BLOBS {
+        return Err(corrupt(
+            "RAFS v6 extended superblock",
+            0x490,
+            &format!("blob table size {blob_table_size}"),
+        ));
+    }
+    let nblobs = blob_table_size / 256;
+    if is_rafs && nblobs != nblobs_dev {
+        return Err(corrupt(
+            "EROFS superblock",
+            0x456,
+            &format!("{nblobs_dev} extra devices but {nblobs} blobs in the blob table"),
+        ));
+    }
+    let devt = u64::from(sb.devt_slotoff.get()) * 128;
+    let mut blobs = Vec::new();
+    for i in 0..nblobs {
+        let off = ext
+            .blob_table_offset
+            .get()
+            .checked_add(256 * i)
+            .ok_or_else(|| corrupt("blob table", 0, "offset overflows"))?;
+        let e: &BlobEntry = b.get(off, "blob table entry")?;
+        let slot: &DeviceSlot = b.get(devt + 128 * i, "device slot")?;
+        if u64::from(e.blob_index.get()) != i {
+            return Err(corrupt(
+                "blob table entry",
+                off + 64,
+                "blob index out of order",
+            ));
+        }
+        let compressor = Compressor::from_code(e.compression_algo.get())
+            .ok_or_else(|| corrupt("blob table entry", off + 76, "unknown compression"))?;
+        let digester = match e.digest_algo.get() {
+            0 => Digester::Blake3,
+            1 => Digester::Sha256,
+            _ => return Err(corrupt("blob table entry", off + 80, "unknown digest")),
+        };
+        let id = trim_id(&e.blob_id)
+            .ok_or_else(|| corrupt("blob table entry", off, "blob id is not text"))?;
+        blobs.push(BlobInfo {
+            id,
+            chunk_count: e.chunk_count.get(),
+            compressor,
+            digester,
+            features: e.features.get(),
+            compressed_size: e.compressed_size.get(),
+            uncompressed_size: e.uncompressed_size.get(),
+            ci_offset: e.ci_offset.get(),
+            ci_compressed_size: e.ci_compressed_size.get(),
+            ci_uncompressed_size: e.ci_uncompressed_size.get(),
+            ci_compressor: e.ci_compressor.get(),
+            mapped_blkaddr: slot.mapped_blkaddr.get(),
+        });
+    }
+
+    // chunk table
+    let mut records = HashMap::new();
+    if is_rafs && ext.chunk_table_size.get() > 0 {
+        let off = ext.chunk_table_offset.get();
+        let size = ext.chunk_table_size.get();
+        if size % 80 != 0 {
+            return Err(corrupt("chunk table", off, "size is not a multiple of 80"));
+        }
+        let table = b.slice(off, size, "chunk table")?;
+        for (i, rec) in table.chunks_exact(80).enumerate() {
+            let r = ChunkRecord::read_from_bytes(rec)
+                .map_err(|_| corrupt("chunk table", off + 80 * i as u64, "bad record"))?;
+            records.insert((r.blob_index.get(), r.index.get()), r);
+        }
+    }
+    let prefetch = if is_rafs && ext.prefetch_table_size.get() > 0 {
+        let t = b.slice(
+            ext.prefetch_table_offset.get(),
+            u64::from(ext.prefetch_table_size.get()),
+            "prefetch table",
+        )?;
+        t.chunks_exact(4)
+            .map(|c| u64::from(u32::from_le_bytes([c[0], c[1], c[2], c[3]])))
+            .collect()
+    } else {
+        Vec::new()
+    };
+
+    let mut d = Decoder {
+        b,
+        block,
+        meta_addr: u64::from(sb.meta_blkaddr.get()) * block,
+        xattr_addr: u64::from(sb.xattr_blkaddr.get()) * block,
+        epoch: sb.build_time.get(),
+        chunk_size: if is_rafs { chunk_size } else { 0 },
+        explicit_uid_gid: !is_rafs || flags & super_flags::EXPLICIT_UID_GID != 0,
+        records,
+        chunks: Vec::new(),
+        digest_known: Vec::new(),
+        chunk_ids: HashMap::new(),
+        blob_count: nblobs as u32,
+    };
+    let root_nid = u64::from(sb.root_nid.get());
+    let (tree, nids) = d.walk(root_nid)?;
+    Ok(Image {
+        version: 6,
+        tree,
+        chunks: d.chunks,
+        digest_known: d.digest_known,
+        blobs,
+        chunk_size,
+        flags,
+        compressor,
+        digester,
+        block_size: block as u32,
+        inode_numbers: nids,
+        prefetch,
+        size: data.len() as u64,
+    })
+}
+
+fn compressor_from_flags(flags: u64) -> Compressor {
+    if flags & super_flags::COMPRESSION_NONE != 0 {
+        Compressor::None
+    } else if flags & super_flags::COMPRESSION_LZ4 != 0 {
+        Compressor::Lz4Block
+    } else {
+        Compressor::Zstd
+    }
+}
+
+fn trim_id(raw: &[u8]) -> Option<String> {
+    let end = raw.iter().position(|c| *c == 0).unwrap_or(raw.len());
+    std::str::from_utf8(&raw[..end]).ok().map(str::to_string)
+}
+
+impl Decoder<'_> {
+    fn inode_offset(&self, nid: u64) -> Result<u64> {
+        nid.checked_mul(32)
+            .and_then(|o| o.checked_add(self.meta_addr))
+            .filter(|o| *o < self.b.len())
+            .ok_or_else(|| corrupt("inode", nid, "nid points outside the image"))
+    }
+
+    fn raw_inode(&self, nid: u64) -> Result<(u64, RawInode)> {
+        let off = self.inode_offset(nid)?;
+        let first: &[u8] = self.b.slice(off, 2, "inode")?;
+        let format = u16::from_le_bytes([first[0], first[1]]);
+        if format & 1 == 1 {
+            let i: &InodeExtended = self.b.get(off, "extended inode")?;
+            Ok((
+                off,
+                RawInode {
+                    format,
+                    xattr_icount: i.xattr_icount.get(),
+                    mode: i.mode.get(),
+                    size: i.size.get(),
+                    u: i.u.get(),
+                    uid: i.uid.get(),
+                    gid: i.gid.get(),
+                    mtime: i.mtime.get() as i64,
+                    mtime_nsec: i.mtime_nsec.get().min(999_999_999),
+                    inode_size: 64,
+                },
+            ))
+        } else {
+            let i: &InodeCompact = self.b.get(off, "compact inode")?;
+            Ok((
+                off,
+                RawInode {
+                    format,
+                    xattr_icount: i.xattr_icount.get(),
+                    mode: i.mode.get(),
+                    size: u64::from(i.size.get()),
+                    u: i.u.get(),
+                    uid: u32::from(i.uid.get()),
+                    gid: u32::from(i.gid.get()),
+                    mtime: self.epoch.saturating_add(u64::from(i.mtime.get())) as i64,
+                    mtime_nsec: 0,
+                    inode_size: 32,
+                },
+            ))
+        }
+    }
+
+    /// Data of a directory or symlink: plain blocks at `i_u`, or full blocks plus an inline tail.
+    fn flat_data(&self, nid: u64, off: u64, r: &RawInode) -> Result<Vec<u8>> {
+        let size = r.size;
+        if size > self.b.len() {
+            return Err(corrupt(
+                "inode",
+                off,
+                &format!("data size {size} exceeds the image"),
+            ));
+        }
+        let tail_at = off + r.inode_size + r.xattr_size();
+        match r.layout() {
+            0 => Ok(self
+                .b
+                .slice(
+                    u64::from(r.u) * self.block,
+                    size,
+                    "directory or symlink data",
+                )?
+                .to_vec()),
+            2 => {
+                let tail = size % self.block;
+                let full = size - tail;
+                let mut v = self
+                    .b
+                    .slice(
+                        u64::from(r.u) * self.block,
+                        full,
+                        "directory or symlink blocks",
+                    )?
+                    .to_vec();
+                if (tail_at % self.block) + tail > self.block {
+                    return Err(corrupt("inline data", tail_at, "crosses a block boundary"));
+                }
+                v.extend_from_slice(self.b.slice(tail_at, tail, "inline tail")?);
+                Ok(v)
+            }
+            other => Err(corrupt(
+                "inode",
+                nid,
+                &format!("data layout {other} is not supported here"),
+            )),
+        }
+    }
+
+    fn xattrs(&self, off: u64, r: &RawInode) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        let size = r.xattr_size();
+        if size == 0 {
+            return Ok(Vec::new());
+        }
+        let start = off + r.inode_size;
+        let area = self.b.slice(start, size, "inline xattrs")?;
+        let hdr = XattrIbodyHeader::ref_from_bytes(&area[..12])
+            .map_err(|_| corrupt("xattr header", start, "bad"))?;
+        let shared = usize::from(hdr.shared_count);
+        let mut out = Vec::new();
+        let mut pos = 12 + 4 * shared;
+        if pos > area.len() {
+            return Err(corrupt(
+                "xattr header",
+                start,
+                "shared xattr ids overrun the xattr area",
+            ));
+        }
+        for i in 0..shared {
+            let p = 12 + 4 * i;
+            let id = u32::from_le_bytes([area[p], area[p + 1], area[p + 2], area[p + 3]]);
+            let at = self.xattr_addr + u64::from(id) * 4;
+            out.push(self.xattr_entry(at)?.0);
+        }
+        while pos + 4 <= area.len() {
+            let (pair, len) = self.xattr_entry(start + pos as u64)?;
+            out.push(pair);
+            pos += len;
+        }
+        Ok(out)
+    }
+
+    fn xattr_entry(&self, at: u64) -> Result<((Vec<u8>, Vec<u8>), usize)> {
+        let e: &XattrEntry = self.b.get(at, "xattr entry")?;
+        let prefix: &[u8] = XATTR_PREFIXES
+            .iter()
+            .find(|(_, idx)| *idx == e.name_index)
+            .map(|(p, _)| *p)
+            .ok_or_else(|| {
+                corrupt(
+                    "xattr entry",
+                    at,
+                    &format!("unknown name index {}", e.name_index),
+                )
+            })?;
+        let nlen = u64::from(e.name_len);
+        let vlen = u64::from(e.value_size.get());
+        let suffix = self.b.slice(at + 4, nlen, "xattr name")?;
+        let value = self.b.slice(at + 4 + nlen, vlen, "xattr value")?;
+        let mut name = prefix.to_vec();
+        name.extend_from_slice(suffix);
+        let len = (4 + nlen + vlen).div_ceil(4) * 4;
+        Ok(((name, value.to_vec()), len as usize))
+    }
+
+    fn dirents(&self, nid: u64, off: u64, r: &RawInode) -> Result<Vec<(Vec<u8>, u64)>> {
+        let data = self.flat_data(nid, off, r)?;
+        let mut out = Vec::new();
+        for (bi, blk) in data.chunks(self.block as usize).enumerate() {
+            let at = off + bi as u64;
+            if blk.len() < 12 {
+                return Err(corrupt("directory block", at, "shorter than one dirent"));
+            }
+            let first =
+                Dirent::ref_from_bytes(&blk[..12]).map_err(|_| corrupt("dirent", at, "bad"))?;
+            let n0 = usize::from(first.nameoff.get());
+            if n0 % 12 != 0 || n0 == 0 || n0 > blk.len() {
+                return Err(corrupt(
+                    "directory block",
+                    at,
+                    &format!("first name offset {n0} is invalid"),
+                ));
+            }
+            let count = n0 / 12;
+            for j in 0..count {
+                let de = Dirent::ref_from_bytes(&blk[j * 12..j * 12 + 12])
+                    .map_err(|_| corrupt("dirent", at, "bad"))?;
+                let start = usize::from(de.nameoff.get());
+                let end = if j + 1 < count {
+                    usize::from(
+                        Dirent::ref_from_bytes(&blk[(j + 1) * 12..(j + 2) * 12])
+                            .map_err(|_| corrupt("dirent", at, "bad"))?
+                            .nameoff
+                            .get(),
+                    )
+                } else {
+                    blk.len()
+                };
+                if start > end || end > blk.len() || start < n0 {
+                    return Err(corrupt("dirent", at, "name offsets out of order"));
+                }
+                let mut name = &blk[start..end];
+                if j + 1 == count {
+                    if let Some(z) = name.iter().position(|c| *c == 0) {
+                        name = &name[..z];
+                    }
+                }
+                out.push((name.to_vec(), de.nid.get()));
+            }
+        }
+        Ok(out)
+    }
+
+    fn chunk_id(&mut self, blob: u32, ci: u32, blkaddr: u32, usize_hint: u32) -> Result<u32> {
+        if let Some(id) = self.chunk_ids.get(&(blob, ci, blkaddr)) {
+            return Ok(*id);
+        }
+        let (info, known) = match self.records.get(&(blob, ci)) {
+            Some(r) => (
+                ChunkInfo {
+                    digest: r.digest,
+                    crc32: r.crc32.get(),
+                    blob_index: blob,
+                    index: ci,
+                    compressed: r.flags.get() & crate::blob::format::CHUNK_FLAG_COMPRESSED != 0,
+                    compressed_offset: r.compressed_offset.get(),
+                    compressed_size: r.compressed_size.get(),
+                    uncompressed_offset: r.uncompressed_offset.get(),
+                    uncompressed_size: r.uncompressed_size.get(),
+                },
+                r.digest != [0; 32],
+            ),
+            None => (
+                ChunkInfo {
+                    digest: [0; 32],
+                    crc32: 0,
+                    blob_index: blob,
+                    index: ci,
+                    compressed: false,
+                    compressed_offset: 0,
+                    compressed_size: usize_hint,
+                    uncompressed_offset: u64::from(blkaddr) * self.block,
+                    uncompressed_size: usize_hint,
+                },
+                false,
+            ),
+        };
+        let id = self.chunks.len() as u32;
+        self.chunks.push(info);
+        self.digest_known.push(known);
+        self.chunk_ids.insert((blob, ci, blkaddr), id);
+        Ok(id)
+    }
+
+    fn file_chunks(&mut self, nid: u64, off: u64, r: &RawInode) -> Result<Vec<u32>> {
+        if r.layout() != LAYOUT_CHUNK_BASED {
+            return Err(corrupt(
+                "inode",
+                nid,
+                &format!("regular file layout {} is not chunk-based", r.layout()),
+            ));
+        }
+        if r.size == 0 {
+            return Ok(Vec::new());
+        }
+        if self.chunk_size == 0 {
+            return Err(corrupt(
+                "inode",
+                nid,
+                "chunk-based file in an image without a chunk size",
+            ));
+        }
+        let count = r.size.div_ceil(u64::from(self.chunk_size));
+        let idx_at = (off + r.inode_size + r.xattr_size()).div_ceil(8) * 8;
+        let table = self
+            .b
+            .slice(idx_at, count.saturating_mul(8), "chunk indexes")?;
+        let mut ids = Vec::with_capacity(count as usize);
+        for (i, raw) in table.chunks_exact(8).enumerate() {
+            let c = ChunkIndex::ref_from_bytes(raw)
+                .map_err(|_| corrupt("chunk index", idx_at, "bad"))?;
+            let hi = c.blob_ci_hi.get();
+            let dev = u32::from(hi & 0xff);
+            if dev == 0 || dev > self.blob_count {
+                return Err(corrupt(
+                    "chunk index",
+                    idx_at + 8 * i as u64,
+                    &format!("device {dev} is not a blob of this image"),
+                ));
+            }
+            let ci = (u32::from(hi >> 8) << 16) | u32::from(c.blob_ci_lo.get());
+            let left = r.size - i as u64 * u64::from(self.chunk_size);
+            let hint = left.min(u64::from(self.chunk_size)) as u32;
+            ids.push(self.chunk_id(dev - 1, ci, c.blkaddr.get(), hint)?);
+        }
+        Ok(ids)
+    }
+
+    fn inode(&mut self, nid: u64) -> Result<(Inode, u64, RawInode)> {
+        let (off, r) = self.raw_inode(nid)?;
+        if r.format & !0xf != 0 && r.format & 0x10 == 0 {
+            return Err(corrupt(
+                "inode",
+                off,
+                &format!("unknown format bits {:#x}", r.format),
+            ));
+        }
+        let mode = u32::from(r.mode);
+        let ft = FileType::from_mode(mode).ok_or_else(|| {
+            corrupt(
+                "inode",
+                off + 4,
+                &format!("unknown file type in mode {mode:#o}"),
+            )
+        })?;
+        let mut inode = Inode::new(ft, (mode & 0o7777) as u16);
+        if self.explicit_uid_gid {
+            inode.uid = r.uid;
+            inode.gid = r.gid;
+        }
+        inode.mtime = r.mtime;
+        inode.mtime_nsec = r.mtime_nsec;
+        inode.set_xattrs(self.xattrs(off, &r)?);
+        match ft {
+            FileType::Regular => {
+                inode.size = r.size;
+                inode.chunks = self.file_chunks(nid, off, &r)?;
+            }
+            FileType::Symlink => {
+                if r.size > 4096 {
+                    return Err(corrupt("symlink", off, "target longer than 4096 bytes"));
+                }
+                inode.target = self.flat_data(nid, off, &r)?;
+            }
+            FileType::CharDevice | FileType::BlockDevice => inode.rdev = r.u,
+            _ => {}
+        }
+        Ok((inode, off, r))
+    }
+
+    fn walk(&mut self, root_nid: u64) -> Result<(Tree, Vec<u64>)> {
+        let (root, off, raw) = self.inode(root_nid)?;
+        if root.file_type != FileType::Directory {
+            return Err(corrupt("root inode", off, "is not a directory"));
+        }
+        let mut tree = Tree::new(root);
+        let mut nids: Vec<u64> = vec![root_nid];
+        let mut by_nid: HashMap<u64, InodeId> = HashMap::from([(root_nid, 0)]);
+        // (entry id, nid, depth, raw inode offset)
+        let mut stack = vec![(0usize, root_nid, 0usize, off, raw)];
+        while let Some((entry, nid, depth, off, raw)) = stack.pop() {
+            if depth > MAX_DEPTH {
+                return Err(corrupt("directory", off, "nesting too deep"));
+            }
+            let mut children = self.dirents(nid, off, &raw)?;
+            children.retain(|(n, _)| n != b"." && n != b"..");
+            let mut subdirs = Vec::new();
+            for (name, child_nid) in children {
+                let existing = by_nid.get(&child_nid).copied();
+                let ino = match existing {
+                    Some(ino) => {
+                        if tree.inodes[ino].file_type == FileType::Directory {
+                            return Err(corrupt(
+                                "dirent",
+                                off,
+                                &format!("directory nid {child_nid} is linked twice"),
+                            ));
+                        }
+                        ino
+                    }
+                    None => {
+                        let (inode, coff, craw) = self.inode(child_nid)?;
+                        let is_dir = inode.file_type == FileType::Directory;
+                        let ino = tree.add_inode(inode);
+                        nids.push(child_nid);
+                        by_nid.insert(child_nid, ino);
+                        if is_dir {
+                            subdirs.push((name.clone(), child_nid, coff, craw));
+                        }
+                        ino
+                    }
+                };
+                let e = tree
+                    .add_entry(entry, &name, ino)
+                    .map_err(|err| corrupt("dirent", off, &err.to_string()))?;
+                if let Some(pos) = subdirs
+                    .iter()
+                    .position(|s| s.0 == name && existing.is_none())
+                {
+                    let (_, n, o, r) = subdirs.remove(pos);
+                    stack.push((e, n, depth + 1, o, r));
+                }
+            }
+        }
+        tree.sort();
+        Ok((tree, nids))
+    }
+}

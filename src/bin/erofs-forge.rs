@@ -35,6 +35,10 @@ enum Command {
     Check(CheckArgs),
     /// Write an image's tree, with its data, as a tar or into a directory.
     Unpack(UnpackArgs),
+    /// Answer one query about a bootstrap, as JSON.
+    Inspect(InspectArgs),
+    /// Dedup statistics of one or several bootstraps, as JSON.
+    Stat(StatArgs),
     /// Write the bootstrap that --blob-inline-meta stored at the end of a blob.
     ExtractBootstrap {
         /// The blob holding an inlined bootstrap.
@@ -89,6 +93,35 @@ struct UnpackArgs {
     output_dir: Option<PathBuf>,
 }
 
+#[derive(clap::Args)]
+struct InspectArgs {
+    /// Bootstrap (or a blob with an inlined bootstrap).
+    #[arg(required_unless_present = "bootstrap_opt")]
+    bootstrap: Option<PathBuf>,
+    /// Bootstrap (deprecated form).
+    #[arg(short = 'B', long = "bootstrap", conflicts_with = "bootstrap")]
+    bootstrap_opt: Option<PathBuf>,
+    /// The request: stats, blobs, prefetch, icheck INODE, chunk OFFSET, ls PATH, stat PATH.
+    #[arg(short = 'R', long)]
+    request: String,
+}
+
+#[derive(clap::Args)]
+struct StatArgs {
+    /// A bootstrap (repeatable).
+    #[arg(short = 'B', long = "bootstrap")]
+    bootstraps: Vec<PathBuf>,
+    /// A directory: every regular file in it without an extension is a bootstrap.
+    #[arg(short = 'D', long)]
+    blob_dir: Option<PathBuf>,
+    /// A target image evaluated after the others.
+    #[arg(short = 'T', long)]
+    target: Option<PathBuf>,
+    /// Write the JSON here instead of stdout.
+    #[arg(short = 'J', long)]
+    output_json: Option<PathBuf>,
+}
+
 #[derive(Clone, Copy, ValueEnum)]
 enum SourceTypeArg {
     #[value(name = "dir-rafs", alias = "directory")]
@@ -122,7 +155,7 @@ struct CreateArgs {
         default_value = "dir-rafs"
     )]
     source_type: SourceTypeArg,
-    /// RAFS version (only 6 is supported so far).
+    /// RAFS version: 5 or 6.
     #[arg(short = 'v', long, default_value = "6")]
     fs_version: u32,
     /// Output bootstrap file.
@@ -239,6 +272,7 @@ fn run_create(a: CreateArgs) -> Result<()> {
         },
         chunk_size: a.chunk_size,
         repeatable: a.repeatable,
+        aligned_chunk: a.aligned_chunk,
         output_json: a.output_json,
         threads: a.threads,
     };
@@ -350,6 +384,45 @@ fn run_unpack(a: UnpackArgs) -> Result<()> {
     Ok(())
 }
 
+fn run_inspect(a: InspectArgs) -> Result<()> {
+    let Some(bootstrap) = a.bootstrap.or(a.bootstrap_opt) else {
+        bail!("no bootstrap given")
+    };
+    let (image, _) = erofs_forge::rafs::load(&bootstrap)?;
+    let v = erofs_forge::cmd::inspect::request(&image, &a.request)?;
+    println!("{}", serde_json::to_string_pretty(&v)?);
+    Ok(())
+}
+
+fn run_stat(a: StatArgs) -> Result<()> {
+    let mut list = a.bootstraps;
+    if let Some(dir) = &a.blob_dir {
+        let mut found: Vec<PathBuf> = std::fs::read_dir(dir)
+            .with_context(|| format!("read {}", dir.display()))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.is_file() && p.extension().is_none())
+            .filter(|p| {
+                erofs_forge::rafs::read_bootstrap(p)
+                    .map(|b| erofs_forge::rafs::decode(&b).is_ok())
+                    .unwrap_or(false)
+            })
+            .collect();
+        found.sort();
+        list.extend(found);
+    }
+    list.extend(a.target);
+    if list.is_empty() {
+        bail!("give -B BOOTSTRAP or -D DIR");
+    }
+    let v = erofs_forge::cmd::stat::stat(&list)?;
+    let text = serde_json::to_string_pretty(&v)?;
+    match a.output_json {
+        Some(p) => create::write_atomic(&p, text.as_bytes())?,
+        None => println!("{text}"),
+    }
+    Ok(())
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     if let Err(e) = init_logging(&cli) {
@@ -360,6 +433,8 @@ fn main() -> ExitCode {
         Command::Create(a) => run_create(a),
         Command::Check(a) => run_check(a),
         Command::Unpack(a) => run_unpack(a),
+        Command::Inspect(a) => run_inspect(a),
+        Command::Stat(a) => run_stat(a),
         Command::ExtractBootstrap { blob, output } => {
             erofs_forge::blob::inline::extract_bootstrap(&blob)
                 .and_then(|b| create::write_atomic(&output, &b))

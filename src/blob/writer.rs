@@ -38,6 +38,11 @@ pub struct BlobWriterOptions {
     pub write_blob: bool,
     /// Also write `<id>.blob.data` and `<id>.blob.meta` into this directory.
     pub cache_dir: Option<PathBuf>,
+    /// RAFS v6 layout: 4 KiB-aligned uncompressed offsets and a blob meta. False for v5
+    /// (chunk data only).
+    pub v6: bool,
+    /// Align uncompressed offsets to 4 KiB in a v5 blob (`--aligned-chunk`).
+    pub aligned: bool,
 }
 
 /// What the bootstrap's blob table needs to know about a finished blob.
@@ -215,7 +220,11 @@ impl BlobWriter {
             uncompressed_size: raw.len() as u32,
         };
         self.emit(bytes)?;
-        self.uncompressed_end += (raw.len() as u64).div_ceil(CHUNK_ALIGN) * CHUNK_ALIGN;
+        self.uncompressed_end += if self.opts.v6 || self.opts.aligned {
+            (raw.len() as u64).div_ceil(CHUNK_ALIGN) * CHUNK_ALIGN
+        } else {
+            raw.len() as u64
+        };
         if let Some((tmp, w, cache_pos)) = &mut self.cache {
             write_zeros(w, info.uncompressed_offset - *cache_pos).ctx("write", tmp.path())?;
             w.write_all(raw).ctx("write", tmp.path())?;
@@ -231,6 +240,23 @@ impl BlobWriter {
     pub fn finish_data(&mut self) -> Result<Option<BlobSummary>> {
         if self.chunks.is_empty() {
             return Ok(None);
+        }
+        if !self.opts.v6 {
+            // a v5 blob is chunk data only (formats/blob.md §1)
+            let summary = BlobSummary {
+                id: String::new(),
+                chunk_count: self.chunks.len() as u32,
+                compressed_size: self.pos,
+                file_size: self.pos,
+                uncompressed_size: self.uncompressed_end,
+                features: features::CAP_TAR_TOC,
+                ci_compressor: 0,
+                ci_offset: 0,
+                ci_compressed_size: 0,
+                ci_uncompressed_size: 0,
+            };
+            self.summary = Some(summary.clone());
+            return Ok(Some(summary));
         }
         let mut feature_bits = features::ALIGNED | features::CAP_TAR_TOC;
         if self.opts.inline_meta {

@@ -97,6 +97,19 @@ pub fn validate(image: &Image) -> Result<()> {
             ));
         }
     }
+    for (d, entry) in image.tree.entries.iter().enumerate() {
+        let names = entry.children.windows(2);
+        if let Some(w) = names
+            .into_iter()
+            .find(|w| image.tree.entries[w[0]].name == image.tree.entries[w[1]].name)
+        {
+            return bad(format!(
+                "{}: duplicate entry {:?}",
+                image.tree.path(d).display(),
+                String::from_utf8_lossy(&image.tree.entries[w[0]].name)
+            ));
+        }
+    }
     for (e, entry) in image.tree.entries.iter().enumerate() {
         let inode = &image.tree.inodes[entry.inode];
         if inode.file_type != FileType::Regular {

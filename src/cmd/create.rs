@@ -54,6 +54,8 @@ pub struct CreateOptions {
     pub chunk_size: u32,
     /// Do not record uid/gid (nydus-image `--repeatable`).
     pub repeatable: bool,
+    /// v5: align uncompressed chunk offsets to 4 KiB (v6 always does).
+    pub aligned_chunk: bool,
     /// Write the build result as JSON here.
     pub output_json: Option<PathBuf>,
     /// Worker threads (0: all cores).
@@ -75,6 +77,7 @@ impl Default for CreateOptions {
             digester: Digester::Blake3,
             chunk_size: DEFAULT_CHUNK_SIZE,
             repeatable: false,
+            aligned_chunk: false,
             output_json: None,
             threads: 0,
         }
@@ -116,6 +119,8 @@ pub struct CreateOutput {
     pub unique_chunks: u64,
     /// Compressor used.
     pub compressor: Compressor,
+    /// RAFS version written.
+    pub fs_version: u32,
     /// Seconds per phase.
     pub timings: BTreeMap<String, f64>,
 }
@@ -128,8 +133,11 @@ impl serde::Serialize for Compressor {
 
 fn validate(o: &CreateOptions) -> Result<()> {
     let bad = |m: &str| Err(Error::InvalidOption(m.to_string()));
-    if o.fs_version != 6 {
-        return bad("only --fs-version 6 is supported so far");
+    if o.fs_version != 5 && o.fs_version != 6 {
+        return bad("--fs-version must be 5 or 6");
+    }
+    if o.fs_version == 5 && o.blob_inline_meta {
+        return bad("--blob-inline-meta is supported with --fs-version 6 only");
     }
     validate_chunk_size(o.chunk_size)?;
     if o.blob_inline_meta && o.bootstrap.is_some() {
@@ -222,6 +230,8 @@ pub fn create(opts: &CreateOptions, progress: &dyn Progress) -> Result<CreateOut
             blob_index: 0,
             write_blob: !cache_only,
             cache_dir: opts.blob_cache_dir.clone(),
+            v6: opts.fs_version == 6,
+            aligned: opts.aligned_chunk,
         },
         &blob_tmp_dir,
     )?;
@@ -268,7 +278,17 @@ pub fn create(opts: &CreateOptions, progress: &dyn Progress) -> Result<CreateOut
     } else {
         let (summary, id, files) = writer.finish()?;
         let blobs: Vec<BlobRecord> = summary.iter().map(|s| record(&s.id, s)).collect();
-        let boot = v6::encode(&tree, &table.chunks, &blobs, &eopts)?;
+        let boot = if opts.fs_version == 5 {
+            let v5opts = crate::rafs::v5::encode::EncodeOptions {
+                chunk_size: opts.chunk_size,
+                compressor,
+                digester: opts.digester,
+                explicit_uid_gid: !opts.repeatable,
+            };
+            crate::rafs::v5::encode::encode(&tree, &table.chunks, &blobs, &v5opts)?
+        } else {
+            v6::encode(&tree, &table.chunks, &blobs, &eopts)?
+        };
         (summary, id, files, Some(boot))
     };
     timings.insert("dump_bootstrap".into(), t2.elapsed().as_secs_f64());
@@ -321,6 +341,7 @@ pub fn create(opts: &CreateOptions, progress: &dyn Progress) -> Result<CreateOut
         chunks: chunk_refs,
         unique_chunks: table.chunks.len() as u64,
         compressor,
+        fs_version: opts.fs_version,
         timings,
     };
     if let Some(path) = &opts.output_json {
@@ -359,7 +380,7 @@ pub fn output_json(out: &CreateOutput, _tree: &Tree) -> String {
                 "unique_chunks": out.unique_chunks,
             }
         },
-        "fs_version": "6",
+        "fs_version": out.fs_version.to_string(),
         "compressor": out.compressor.name(),
     });
     serde_json::to_string_pretty(&doc).unwrap_or_default()

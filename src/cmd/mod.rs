@@ -2,4 +2,6 @@
 
 pub mod check;
 pub mod create;
+pub mod inspect;
+pub mod stat;
 pub mod unpack;

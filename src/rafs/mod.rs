@@ -1,13 +1,14 @@
 //! RAFS bootstraps: the encoders, the decoders, and the decoded [`Image`] model.
 
 pub mod bytes;
+pub mod v5;
 pub mod v6;
 
 use std::path::Path;
 
 use crate::blob::ChunkInfo;
 use crate::chunk::{Compressor, Digester};
-use crate::error::{Error, IoContext, Result};
+use crate::error::{IoContext, Result};
 use crate::tree::Tree;
 
 /// Largest bootstrap this tool loads into memory.
@@ -75,11 +76,8 @@ pub struct Image {
 
 /// Decodes a bootstrap of either version.
 pub fn decode(bytes: &[u8]) -> Result<Image> {
-    if bytes.len() >= 4 && bytes[..4] == 0x5241_4653u32.to_le_bytes() {
-        return Err(Error::Unsupported {
-            path: "bootstrap".into(),
-            reason: "RAFS v5 bootstraps are not supported yet".into(),
-        });
+    if bytes.len() >= 4 && bytes[..4] == v5::format::RAFS_V5_MAGIC.to_le_bytes() {
+        return v5::decode::decode(bytes);
     }
     if bytes.len() >= 1028 && bytes[1024..1028] == v6::format::EROFS_MAGIC.to_le_bytes() {
         return v6::decode::decode(bytes);

@@ -13,6 +13,8 @@ use crate::rafs::{BlobInfo, Image};
 use crate::tree::{FileType, Inode, InodeId, Tree};
 use zerocopy::FromBytes;
 
+type XattrPair = (Vec<u8>, Vec<u8>);
+
 /// Most blobs a v6 image can reference.
 const MAX_BLOBS: u64 = 256;
 /// Deepest directory nesting accepted.
@@ -361,7 +363,7 @@ impl Decoder<'_> {
         Ok(out)
     }
 
-    fn xattr_entry(&self, at: u64) -> Result<((Vec<u8>, Vec<u8>), usize)> {
+    fn xattr_entry(&self, at: u64) -> Result<(XattrPair, usize)> {
         let e: &XattrEntry = self.b.get(at, "xattr entry")?;
         let prefix: &[u8] = XATTR_PREFIXES
             .iter()

@@ -1,0 +1,218 @@
+//! `inspect -R REQUEST`: answers one query about a bootstrap as JSON.
+
+use std::collections::BTreeMap;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+
+use serde_json::{json, Value};
+
+use crate::cmd::check::feature_names;
+use crate::error::{Error, Result};
+use crate::rafs::Image;
+use crate::tree::{EntryId, FileType};
+
+fn type_name(t: FileType) -> &'static str {
+    match t {
+        FileType::Regular => "file",
+        FileType::Directory => "dir",
+        FileType::Symlink => "symlink",
+        FileType::CharDevice => "chardev",
+        FileType::BlockDevice => "blockdev",
+        FileType::Fifo => "fifo",
+        FileType::Socket => "socket",
+    }
+}
+
+/// Finds the entry at an absolute path (`/` is the root).
+pub fn lookup(image: &Image, path: &str) -> Result<EntryId> {
+    let mut e = 0;
+    for comp in Path::new(path).components() {
+        use std::path::Component;
+        match comp {
+            Component::RootDir | Component::CurDir => {}
+            Component::ParentDir => e = image.tree.entries[e].parent,
+            Component::Normal(name) => {
+                let children = &image.tree.entries[e].children;
+                let tree = &image.tree;
+                let found = children
+                    .binary_search_by(|c| tree.entries[*c].name.as_slice().cmp(name.as_bytes()))
+                    .map_err(|_| {
+                        Error::InvalidOption(format!("{path}: no such file or directory"))
+                    })?;
+                e = children[found];
+            }
+            Component::Prefix(_) => {}
+        }
+    }
+    Ok(e)
+}
+
+fn lossy(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+fn stat_json(image: &Image, e: EntryId) -> Value {
+    let ino = image.tree.entries[e].inode;
+    let i = &image.tree.inodes[ino];
+    let xattrs: BTreeMap<String, String> =
+        i.xattrs.iter().map(|(k, v)| (lossy(k), lossy(v))).collect();
+    let chunks: Vec<Value> = i
+        .chunks
+        .iter()
+        .enumerate()
+        .map(|(n, id)| {
+            let c = &image.chunks[*id as usize];
+            json!({
+                "file_offset": n as u64 * u64::from(image.chunk_size),
+                "blob_index": c.blob_index,
+                "blob_id": image.blobs.get(c.blob_index as usize).map(|b| b.id.clone()),
+                "chunk_index": c.index,
+                "digest": hex::encode(c.digest),
+                "compressed_offset": c.compressed_offset,
+                "compressed_size": c.compressed_size,
+                "uncompressed_offset": c.uncompressed_offset,
+                "uncompressed_size": c.uncompressed_size,
+                "compressed": c.compressed,
+            })
+        })
+        .collect();
+    let nlink = image.tree.entries.iter().filter(|x| x.inode == ino).count();
+    json!({
+        "path": image.tree.path(e).to_string_lossy(),
+        "inode": image.inode_numbers.get(ino),
+        "type": type_name(i.file_type),
+        "mode": format!("{:o}", i.mode()),
+        "uid": i.uid,
+        "gid": i.gid,
+        "size": i.size,
+        "mtime": i.mtime,
+        "mtime_nsec": i.mtime_nsec,
+        "nlink": nlink,
+        "rdev": i.rdev,
+        "target": (i.file_type == FileType::Symlink).then(|| lossy(&i.target)),
+        "xattrs": xattrs,
+        "chunks": chunks,
+    })
+}
+
+/// Runs one request: `stats`, `blobs`, `prefetch`, `icheck INODE`, `chunk OFFSET`, `ls PATH`,
+/// `stat PATH`.
+pub fn request(image: &Image, req: &str) -> Result<Value> {
+    let mut words = req.split_whitespace();
+    let cmd = words.next().unwrap_or("");
+    let arg = words.next();
+    let need = |what: &str| Error::InvalidOption(format!("request {cmd:?} needs {what}"));
+    match cmd {
+        "stats" => {
+            let mut counts: BTreeMap<&str, u64> = BTreeMap::new();
+            for i in &image.tree.inodes {
+                *counts.entry(type_name(i.file_type)).or_default() += 1;
+            }
+            Ok(json!({
+                "inodes_count": image.tree.inodes.len(),
+                "entries": image.tree.entries.len(),
+                "types": counts,
+                "fs_version": image.version,
+                "chunk_size": image.chunk_size,
+                "compressor": image.compressor.name(),
+                "digester": image.digester.name(),
+                "blobs": image.blobs.len(),
+                "chunks": image.chunks.len(),
+                "bootstrap_size": image.size,
+            }))
+        }
+        "blobs" => Ok(Value::Array(
+            image
+                .blobs
+                .iter()
+                .map(|b| {
+                    json!({
+                        "blob_id": b.id,
+                        "compressed_size": b.compressed_size,
+                        "decompressed_size": b.uncompressed_size,
+                        "readahead_offset": 0,
+                        "readahead_size": 0,
+                        "chunk_count": b.chunk_count,
+                        "features": feature_names(b.features),
+                        "compressor": b.compressor.name(),
+                        "digester": b.digester.name(),
+                    })
+                })
+                .collect(),
+        )),
+        "prefetch" => Ok(Value::Array(
+            image
+                .prefetch
+                .iter()
+                .map(|n| {
+                    let paths: Vec<String> = paths_of(image, *n);
+                    json!({"inode": n, "path": paths})
+                })
+                .collect(),
+        )),
+        "icheck" => {
+            let n: u64 = arg.and_then(|a| a.parse().ok()).ok_or_else(|| need("an inode number"))?;
+            Ok(json!(paths_of(image, n)))
+        }
+        "chunk" => {
+            let off = arg.and_then(parse_u64).ok_or_else(|| need("a compressed offset"))?;
+            let found: Vec<Value> = image
+                .chunks
+                .iter()
+                .filter(|c| c.compressed_offset <= off && off < c.compressed_offset + u64::from(c.compressed_size.max(1)))
+                .map(|c| {
+                    json!({"blob_index": c.blob_index, "chunk_index": c.index, "digest": hex::encode(c.digest),
+                           "compressed_offset": c.compressed_offset, "compressed_size": c.compressed_size,
+                           "uncompressed_offset": c.uncompressed_offset, "uncompressed_size": c.uncompressed_size})
+                })
+                .collect();
+            Ok(Value::Array(found))
+        }
+        "ls" => {
+            let e = lookup(image, arg.unwrap_or("/"))?;
+            let entries: Vec<Value> = image.tree.entries[e]
+                .children
+                .iter()
+                .map(|c| {
+                    let i = image.tree.inode_of(*c);
+                    json!({
+                        "name": lossy(&image.tree.entries[*c].name),
+                        "inode": image.inode_numbers.get(image.tree.entries[*c].inode),
+                        "type": type_name(i.file_type),
+                        "mode": format!("{:o}", i.mode()),
+                        "size": i.size,
+                    })
+                })
+                .collect();
+            Ok(Value::Array(entries))
+        }
+        "stat" => {
+            let e = lookup(image, arg.ok_or_else(|| need("a path"))?)?;
+            Ok(stat_json(image, e))
+        }
+        _ => Err(Error::InvalidOption(format!(
+            "unknown request {req:?}; try stats, blobs, prefetch, icheck INODE, chunk OFFSET, ls PATH, stat PATH"
+        ))),
+    }
+}
+
+fn parse_u64(s: &str) -> Option<u64> {
+    match s.strip_prefix("0x") {
+        Some(h) => u64::from_str_radix(h, 16).ok(),
+        None => s.parse().ok(),
+    }
+}
+
+fn paths_of(image: &Image, number: u64) -> Vec<String> {
+    image
+        .inode_numbers
+        .iter()
+        .position(|n| *n == number)
+        .map(|ino| {
+            (0..image.tree.entries.len())
+                .filter(|e| image.tree.entries[*e].inode == ino)
+                .map(|e| image.tree.path(e).to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}

@@ -1,0 +1,368 @@
+//! RAFS v5 decoder: rebuilds the tree, chunks and blob table, and verifies every inode digest
+//! (formats/rafs-v5.md §11). Nothing in the input is trusted.
+
+use std::collections::HashMap;
+
+use zerocopy::FromBytes;
+
+use super::format::*;
+use crate::blob::ChunkInfo;
+use crate::chunk::{Compressor, Digester};
+use crate::error::{Error, Result};
+use crate::rafs::bytes::{corrupt, Bytes};
+use crate::rafs::v6::format::super_flags;
+use crate::rafs::{BlobInfo, Image};
+use crate::tree::{FileType, Inode as TreeInode, InodeId, Tree};
+
+const MAX_DEPTH: usize = 4096;
+
+struct Record<'a> {
+    raw: &'a Inode,
+    name: &'a [u8],
+    target: &'a [u8],
+    xattrs: Vec<(Vec<u8>, Vec<u8>)>,
+    chunks: &'a [u8],
+    offset: u64,
+}
+
+/// Decodes a v5 bootstrap.
+pub fn decode(data: &[u8]) -> Result<Image> {
+    let b = Bytes::new(data);
+    let sb: &SuperBlock = b.get(0, "RAFS v5 superblock")?;
+    if sb.magic.get() != RAFS_V5_MAGIC || sb.fs_version.get() != RAFS_V5_VERSION {
+        return Err(corrupt("RAFS v5 superblock", 0, "bad magic or version"));
+    }
+    if u64::from(sb.sb_size.get()) != SUPERBLOCK_SIZE {
+        return Err(corrupt(
+            "RAFS v5 superblock",
+            8,
+            "superblock size is not 8192",
+        ));
+    }
+    let chunk_size = sb.block_size.get();
+    if !chunk_size.is_power_of_two() || !(0x1000..=0x100_0000).contains(&chunk_size) {
+        return Err(corrupt(
+            "RAFS v5 superblock",
+            12,
+            &format!("invalid chunk size {chunk_size:#x}"),
+        ));
+    }
+    let flags = sb.flags.get();
+    let compressor = if flags & super_flags::COMPRESSION_NONE != 0 {
+        Compressor::None
+    } else if flags & super_flags::COMPRESSION_ZSTD != 0 {
+        Compressor::Zstd
+    } else {
+        Compressor::Lz4Block
+    };
+    let digester = if flags & super_flags::HASH_SHA256 != 0 {
+        Digester::Sha256
+    } else {
+        Digester::Blake3
+    };
+
+    // blob tables
+    let bt = b.slice(
+        sb.blob_table_offset.get(),
+        u64::from(sb.blob_table_size.get()),
+        "blob table",
+    )?;
+    let mut ids = Vec::new();
+    let mut pos = 0usize;
+    while pos + 8 < bt.len() {
+        let rest = &bt[pos + 8..];
+        let end = rest.iter().position(|c| *c == 0).unwrap_or(rest.len());
+        let id = std::str::from_utf8(&rest[..end]).map_err(|_| {
+            corrupt(
+                "blob table",
+                sb.blob_table_offset.get() + pos as u64,
+                "blob id is not text",
+            )
+        })?;
+        if id.is_empty() {
+            break;
+        }
+        ids.push(id.to_string());
+        pos += 8 + end + 1;
+    }
+    let next = u64::from(sb.extended_blob_table_entries.get());
+    if next as usize != ids.len() && next != 0 {
+        return Err(corrupt(
+            "extended blob table",
+            sb.extended_blob_table_offset.get(),
+            "entry count differs from the blob table",
+        ));
+    }
+    let mut blobs = Vec::new();
+    for (i, id) in ids.into_iter().enumerate() {
+        let (chunk_count, features, usize_, csize) = if next > 0 {
+            let e: &ExtBlobEntry = b.get(
+                sb.extended_blob_table_offset.get() + 64 * i as u64,
+                "extended blob table entry",
+            )?;
+            (
+                e.chunk_count.get(),
+                e.features.get(),
+                e.uncompressed_size.get(),
+                e.compressed_size.get(),
+            )
+        } else {
+            (0, 0, 0, 0)
+        };
+        blobs.push(BlobInfo {
+            id,
+            chunk_count,
+            compressor,
+            digester,
+            features,
+            compressed_size: csize,
+            uncompressed_size: usize_,
+            ci_offset: 0,
+            ci_compressed_size: 0,
+            ci_uncompressed_size: 0,
+            ci_compressor: 0,
+            mapped_blkaddr: 0,
+        });
+    }
+
+    let entries = u64::from(sb.inode_table_entries.get());
+    let table = b.slice(
+        sb.inode_table_offset.get(),
+        entries.saturating_mul(4),
+        "inode table",
+    )?;
+    let slot = |index: u64| -> Result<u64> {
+        if index == 0 || index > entries {
+            return Err(corrupt(
+                "inode table",
+                sb.inode_table_offset.get(),
+                &format!("inode index {index} out of range"),
+            ));
+        }
+        let i = (index - 1) as usize * 4;
+        let v = u32::from_le_bytes([table[i], table[i + 1], table[i + 2], table[i + 3]]);
+        Ok(u64::from(v) << 3)
+    };
+    let record = |offset: u64| -> Result<Record> {
+        let raw: &Inode = b.get(offset, "inode")?;
+        let mut at = offset + 128;
+        let name_len = u64::from(raw.name_size.get());
+        if name_len == 0 || name_len > 256 {
+            return Err(corrupt("inode", offset + 100, "invalid name size"));
+        }
+        let name = b.slice(at, name_len, "inode name")?;
+        at += name_len.div_ceil(8) * 8;
+        let mut target: &[u8] = &[];
+        if raw.flags.get() & inode_flags::SYMLINK != 0 {
+            let n = u64::from(raw.symlink_size.get());
+            target = b.slice(at, n, "symlink target")?;
+            at += n.div_ceil(8) * 8;
+        }
+        let mut xattrs = Vec::new();
+        if raw.flags.get() & inode_flags::XATTR != 0 {
+            let total =
+                u64::from_le_bytes(b.slice(at, 8, "xattr table")?.try_into().unwrap_or([0; 8]));
+            let body = b.slice(at + 8, total, "xattr table")?;
+            let mut p = 0usize;
+            while p + 4 <= body.len() {
+                let size =
+                    u32::from_le_bytes([body[p], body[p + 1], body[p + 2], body[p + 3]]) as usize;
+                let pair = body.get(p + 4..p + 4 + size).ok_or_else(|| {
+                    corrupt("xattr pair", at + 8 + p as u64, "overruns the table")
+                })?;
+                let nul = pair.iter().position(|c| *c == 0).ok_or_else(|| {
+                    corrupt("xattr pair", at + 8 + p as u64, "no NUL after the name")
+                })?;
+                xattrs.push((pair[..nul].to_vec(), pair[nul + 1..].to_vec()));
+                p += 4 + size;
+            }
+            at += (8 + total).div_ceil(8) * 8;
+        }
+        let mut chunks: &[u8] = &[];
+        if FileType::from_mode(raw.mode.get()) == Some(FileType::Regular) {
+            let n = u64::from(raw.child_count.get());
+            chunks = b.slice(at, n.saturating_mul(80), "chunk records")?;
+        }
+        Ok(Record {
+            raw,
+            name,
+            target,
+            xattrs,
+            chunks,
+            offset,
+        })
+    };
+
+    let mut chunks: Vec<ChunkInfo> = Vec::new();
+    let mut chunk_ids: HashMap<(u32, u32), u32> = HashMap::new();
+    let explicit = flags & super_flags::EXPLICIT_UID_GID != 0;
+    let mut make_inode = |r: &Record| -> Result<TreeInode> {
+        let mode = r.raw.mode.get();
+        let ft = FileType::from_mode(mode).ok_or_else(|| {
+            corrupt(
+                "inode",
+                r.offset + 60,
+                &format!("unknown file type in mode {mode:#o}"),
+            )
+        })?;
+        let mut i = TreeInode::new(ft, (mode & 0o7777) as u16);
+        if explicit {
+            i.uid = r.raw.uid.get();
+            i.gid = r.raw.gid.get();
+        }
+        i.mtime = r.raw.mtime.get() as i64;
+        i.mtime_nsec = r.raw.mtime_nsec.get().min(999_999_999);
+        i.set_xattrs(r.xattrs.clone());
+        match ft {
+            FileType::Regular => {
+                i.size = r.raw.size.get();
+                for (k, rec) in r.chunks.chunks_exact(80).enumerate() {
+                    let c = ChunkRecord::read_from_bytes(rec)
+                        .map_err(|_| corrupt("chunk record", r.offset, "bad"))?;
+                    let key = (c.blob_index.get(), c.index.get());
+                    if key.0 as usize >= blobs.len() {
+                        return Err(corrupt(
+                            "chunk record",
+                            r.offset + 128 + 80 * k as u64,
+                            "blob index outside the blob table",
+                        ));
+                    }
+                    let id = match chunk_ids.get(&key) {
+                        Some(id) => *id,
+                        None => {
+                            let id = chunks.len() as u32;
+                            chunks.push(ChunkInfo {
+                                digest: c.digest,
+                                crc32: c.crc32.get(),
+                                blob_index: key.0,
+                                index: key.1,
+                                compressed: c.flags.get()
+                                    & crate::blob::format::CHUNK_FLAG_COMPRESSED
+                                    != 0,
+                                compressed_offset: c.compressed_offset.get(),
+                                compressed_size: c.compressed_size.get(),
+                                uncompressed_offset: c.uncompressed_offset.get(),
+                                uncompressed_size: c.uncompressed_size.get(),
+                            });
+                            chunk_ids.insert(key, id);
+                            id
+                        }
+                    };
+                    i.chunks.push(id);
+                }
+            }
+            FileType::Symlink => i.target = r.target.to_vec(),
+            FileType::CharDevice | FileType::BlockDevice => i.rdev = r.raw.rdev.get(),
+            _ => {}
+        }
+        Ok(i)
+    };
+
+    let root = record(slot(1)?)?;
+    let mut tree = Tree::new(make_inode(&root)?);
+    if tree.inodes[0].file_type != FileType::Directory {
+        return Err(corrupt("root inode", root.offset, "is not a directory"));
+    }
+    let mut numbers = vec![root.raw.ino.get()];
+    let mut by_ino: HashMap<u64, InodeId> = HashMap::new();
+    // (entry, record, depth); digests are verified after the walk
+    let mut stack = vec![(0usize, root, 0usize)];
+    let mut records: Vec<(usize, [u8; 32], u64)> = Vec::new();
+    let mut visited = 0u64;
+    while let Some((entry, rec, depth)) = stack.pop() {
+        records.push((entry, rec.raw.digest, rec.offset));
+        if FileType::from_mode(rec.raw.mode.get()) != Some(FileType::Directory) {
+            continue;
+        }
+        if depth > MAX_DEPTH {
+            return Err(corrupt("directory", rec.offset, "nesting too deep"));
+        }
+        let first = u64::from(rec.raw.child_index.get());
+        let count = u64::from(rec.raw.child_count.get());
+        visited += count;
+        if visited > entries {
+            return Err(corrupt(
+                "directory",
+                rec.offset,
+                "more children than inode table entries (a loop?)",
+            ));
+        }
+        for idx in first..first.saturating_add(count) {
+            let child = record(slot(idx)?)?;
+            let ino = child.raw.ino.get();
+            let is_reg = FileType::from_mode(child.raw.mode.get()) == Some(FileType::Regular);
+            let inode_id = match by_ino.get(&ino) {
+                Some(id) if is_reg && child.raw.nlink.get() > 1 => *id,
+                _ => {
+                    let id = tree.add_inode(make_inode(&child)?);
+                    numbers.push(ino);
+                    if is_reg {
+                        by_ino.insert(ino, id);
+                    }
+                    id
+                }
+            };
+            let e = tree
+                .add_entry(entry, child.name, inode_id)
+                .map_err(|err| corrupt("inode name", child.offset + 128, &err.to_string()))?;
+            stack.push((e, child, depth + 1));
+        }
+    }
+    tree.sort();
+    verify_digests(&tree, &chunks, digester, &records)?;
+    Ok(Image {
+        version: 5,
+        tree,
+        digest_known: vec![true; chunks.len()],
+        chunks,
+        blobs,
+        chunk_size,
+        flags,
+        compressor,
+        digester,
+        block_size: 0,
+        inode_numbers: numbers,
+        prefetch: Vec::new(),
+        size: data.len() as u64,
+    })
+}
+
+/// Recomputes each inode digest from the decoded tree and compares it with the stored one.
+fn verify_digests(
+    tree: &Tree,
+    chunks: &[ChunkInfo],
+    digester: Digester,
+    records: &[(usize, [u8; 32], u64)],
+) -> Result<()> {
+    let mut computed = vec![[0u8; 32]; tree.entries.len()];
+    let stored: HashMap<usize, ([u8; 32], u64)> =
+        records.iter().map(|(e, d, o)| (*e, (*d, *o))).collect();
+    // children have larger entry ids than their parents: walk backwards
+    for e in (0..tree.entries.len()).rev() {
+        let inode = tree.inode_of(e);
+        let mut input = Vec::new();
+        match inode.file_type {
+            FileType::Regular => inode
+                .chunks
+                .iter()
+                .for_each(|id| input.extend_from_slice(&chunks[*id as usize].digest)),
+            FileType::Symlink => input.extend_from_slice(&inode.target),
+            FileType::Directory => tree.entries[e]
+                .children
+                .iter()
+                .for_each(|c| input.extend_from_slice(&computed[*c])),
+            _ => {}
+        }
+        computed[e] = digester.digest(&input);
+        if let Some((d, off)) = stored.get(&e) {
+            if *d != computed[e] {
+                return Err(Error::Corrupt {
+                    what: "inode digest",
+                    offset: *off,
+                    reason: format!("invalid inode digest for {}", tree.path(e).display()),
+                });
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,374 @@
+//! RAFS v5 encoder (formats/rafs-v5.md). Layout pass: numbering, then record offsets in
+//! depth-first order; write pass: the same order, asserting each offset.
+
+use std::collections::HashMap;
+
+use zerocopy::IntoBytes;
+
+use super::format::*;
+use crate::blob::ChunkInfo;
+use crate::chunk::{Compressor, Digester};
+use crate::error::{Error, Result};
+use crate::rafs::v6::format::super_flags;
+use crate::rafs::v6::BlobRecord;
+use crate::tree::{EntryId, FileType, Tree};
+
+/// Image-wide settings of a v5 bootstrap.
+#[derive(Debug, Clone)]
+pub struct EncodeOptions {
+    /// Chunk size.
+    pub chunk_size: u32,
+    /// Compression named by the superblock.
+    pub compressor: Compressor,
+    /// Digest algorithm (chunks and inode digests).
+    pub digester: Digester,
+    /// Record uid/gid.
+    pub explicit_uid_gid: bool,
+}
+
+fn align8(v: u64) -> u64 {
+    v.div_ceil(ALIGNMENT) * ALIGNMENT
+}
+
+/// Size of the v5 xattr table of a list of pairs (0 when empty), before padding.
+fn xattr_payload(xattrs: &[(Vec<u8>, Vec<u8>)]) -> u64 {
+    xattrs
+        .iter()
+        .map(|(k, v)| 4 + k.len() as u64 + 1 + v.len() as u64)
+        .sum()
+}
+
+/// Which entries are later paths of a regular-file hardlink group, and the i_ino of each entry.
+/// Only regular files are shared in v5: nydusd requires a parent's ino below its children's
+/// otherwise, so other hardlinked types get an inode each (formats/rafs-v5.md §12).
+struct Numbering {
+    index: Vec<u32>,
+    /// Directories: the index their first child gets (the next free index, for empty ones).
+    child_index: Vec<u32>,
+    ino: Vec<u64>,
+    nlink: Vec<u32>,
+    unique: u64,
+}
+
+fn number(tree: &Tree, order: &[EntryId]) -> Numbering {
+    let mut index = vec![0u32; tree.entries.len()];
+    let mut ino = vec![0u64; tree.entries.len()];
+    let mut first: HashMap<usize, EntryId> = HashMap::new();
+    let mut groups: HashMap<usize, u32> = HashMap::new();
+    let mut unique = 0;
+    for (i, e) in order.iter().enumerate() {
+        index[*e] = i as u32 + 1;
+        let inode = tree.entries[*e].inode;
+        if tree.inodes[inode].file_type == FileType::Regular {
+            *groups.entry(inode).or_default() += 1;
+            if let Some(f) = first.get(&inode) {
+                ino[*e] = u64::from(index[*f]);
+                continue;
+            }
+            first.insert(inode, *e);
+        }
+        ino[*e] = u64::from(index[*e]);
+        unique += 1;
+    }
+    let nlink = (0..tree.entries.len())
+        .map(|e| {
+            let inode = tree.entries[e].inode;
+            match tree.inodes[inode].file_type {
+                FileType::Regular => groups.get(&inode).copied().unwrap_or(1),
+                FileType::Directory => {
+                    2 + tree.entries[e]
+                        .children
+                        .iter()
+                        .filter(|c| tree.is_dir(**c))
+                        .count() as u32
+                }
+                _ => 1,
+            }
+        })
+        .collect();
+    // replay the numbering walk: a directory's children are numbered when it is popped
+    let mut child_index = vec![0u32; tree.entries.len()];
+    let mut numbered = 1u32;
+    let mut stack = vec![0usize];
+    while let Some(d) = stack.pop() {
+        child_index[d] = numbered + 1;
+        numbered += tree.entries[d].children.len() as u32;
+        stack.extend(
+            tree.entries[d]
+                .children
+                .iter()
+                .rev()
+                .filter(|c| tree.is_dir(**c)),
+        );
+    }
+    Numbering {
+        index,
+        child_index,
+        ino,
+        nlink,
+        unique,
+    }
+}
+
+/// Depth-first pre-order: a directory, then each child subtree in name order.
+fn dfs_order(tree: &Tree) -> Vec<EntryId> {
+    let mut out = Vec::with_capacity(tree.entries.len());
+    let mut stack = vec![0usize];
+    while let Some(e) = stack.pop() {
+        out.push(e);
+        stack.extend(tree.entries[e].children.iter().rev());
+    }
+    out
+}
+
+fn record_size(tree: &Tree, e: EntryId) -> u64 {
+    let inode = tree.inode_of(e);
+    let name_len = if e == 0 {
+        1
+    } else {
+        tree.entries[e].name.len() as u64
+    };
+    let mut size = 128 + align8(name_len);
+    if inode.file_type == FileType::Symlink {
+        size += align8(inode.target.len() as u64);
+    }
+    if !inode.xattrs.is_empty() {
+        size += align8(8 + xattr_payload(&inode.xattrs));
+    }
+    if inode.file_type == FileType::Regular {
+        size += 80 * inode.chunks.len() as u64;
+    }
+    size
+}
+
+/// Computes every inode digest bottom-up (formats/rafs-v5.md §11).
+fn digests(
+    tree: &Tree,
+    chunks: &[ChunkInfo],
+    digester: Digester,
+    dfs: &[EntryId],
+) -> Result<Vec<[u8; 32]>> {
+    let mut d = vec![[0u8; 32]; tree.entries.len()];
+    for &e in dfs.iter().rev() {
+        let inode = tree.inode_of(e);
+        let mut input = Vec::new();
+        match inode.file_type {
+            FileType::Regular => {
+                for id in &inode.chunks {
+                    let c = chunks.get(*id as usize).ok_or_else(|| Error::Corrupt {
+                        what: "chunk reference",
+                        offset: u64::from(*id),
+                        reason: "no such chunk".into(),
+                    })?;
+                    input.extend_from_slice(&c.digest);
+                }
+            }
+            FileType::Symlink => input.extend_from_slice(&inode.target),
+            FileType::Directory => {
+                for c in &tree.entries[e].children {
+                    input.extend_from_slice(&d[*c]);
+                }
+            }
+            _ => {}
+        }
+        d[e] = digester.digest(&input);
+    }
+    Ok(d)
+}
+
+/// Encodes `tree` as a RAFS v5 bootstrap.
+pub fn encode(
+    tree: &Tree,
+    chunks: &[ChunkInfo],
+    blobs: &[BlobRecord],
+    opts: &EncodeOptions,
+) -> Result<Vec<u8>> {
+    let order = tree.numbering_order();
+    let num = number(tree, &order);
+    let dfs = dfs_order(tree);
+    let digest = digests(tree, chunks, opts.digester, &dfs)?;
+
+    // layout pass
+    let entries = order.len() as u64;
+    let inode_table_offset = SUPERBLOCK_SIZE;
+    let prefetch_offset = inode_table_offset + align8(4 * entries);
+    let blob_table_offset = prefetch_offset;
+    let mut blob_table = Vec::new();
+    for (i, b) in blobs.iter().enumerate() {
+        blob_table.extend_from_slice(&0u32.to_le_bytes());
+        blob_table.extend_from_slice(&0u32.to_le_bytes());
+        blob_table.extend_from_slice(b.id.as_bytes());
+        if i + 1 < blobs.len() {
+            blob_table.push(0);
+        }
+    }
+    blob_table.resize(align8(blob_table.len() as u64) as usize, 0);
+    let ext_offset = blob_table_offset + blob_table.len() as u64;
+    let mut offsets = vec![0u64; tree.entries.len()];
+    let mut pos = ext_offset + 64 * blobs.len() as u64;
+    for &e in &dfs {
+        offsets[e] = pos;
+        pos += record_size(tree, e);
+    }
+    if pos > (1 << 31) {
+        return Err(Error::Limit("a v5 bootstrap is limited to 2 GiB".into()));
+    }
+    let total = pos;
+
+    // write pass
+    let mut buf = Vec::with_capacity(total as usize);
+    let mut flags = match opts.compressor {
+        Compressor::None => super_flags::COMPRESSION_NONE,
+        Compressor::Lz4Block => super_flags::COMPRESSION_LZ4,
+        Compressor::Zstd => super_flags::COMPRESSION_ZSTD,
+    } | match opts.digester {
+        Digester::Blake3 => super_flags::HASH_BLAKE3,
+        Digester::Sha256 => super_flags::HASH_SHA256,
+    };
+    if opts.explicit_uid_gid {
+        flags |= super_flags::EXPLICIT_UID_GID;
+    }
+    if tree.inodes.iter().any(|i| !i.xattrs.is_empty()) {
+        flags |= super_flags::HAS_XATTR;
+    }
+    let sb = SuperBlock {
+        magic: RAFS_V5_MAGIC.into(),
+        fs_version: RAFS_V5_VERSION.into(),
+        sb_size: (SUPERBLOCK_SIZE as u32).into(),
+        block_size: opts.chunk_size.into(),
+        flags: flags.into(),
+        inodes_count: num.unique.into(),
+        inode_table_offset: inode_table_offset.into(),
+        prefetch_table_offset: prefetch_offset.into(),
+        blob_table_offset: blob_table_offset.into(),
+        inode_table_entries: (entries as u32).into(),
+        prefetch_table_entries: 0.into(),
+        blob_table_size: (blob_table.len() as u32).into(),
+        extended_blob_table_entries: (blobs.len() as u32).into(),
+        extended_blob_table_offset: ext_offset.into(),
+        reserved: [0; 8112],
+    };
+    buf.extend_from_slice(sb.as_bytes());
+    // inode table: by index, the record of the first path of each ino
+    let mut table = vec![0u32; align8(4 * entries) as usize / 4];
+    for &e in &order {
+        table[num.index[e] as usize - 1] = (offsets[e] >> 3) as u32;
+    }
+    for t in &table {
+        buf.extend_from_slice(&t.to_le_bytes());
+    }
+    buf.extend_from_slice(&blob_table);
+    for b in blobs {
+        let e = ExtBlobEntry {
+            chunk_count: b.summary.chunk_count.into(),
+            features: b.summary.features.into(),
+            uncompressed_size: b.summary.uncompressed_size.into(),
+            compressed_size: b.summary.compressed_size.into(),
+            reserved: [0; 40],
+        };
+        buf.extend_from_slice(e.as_bytes());
+    }
+    for &e in &dfs {
+        debug_assert_eq!(buf.len() as u64, offsets[e]);
+        let inode = tree.inode_of(e);
+        let entry = &tree.entries[e];
+        let name: &[u8] = if e == 0 { b"/" } else { &entry.name };
+        let xattr_len = if inode.xattrs.is_empty() {
+            0
+        } else {
+            align8(xattr_payload(&inode.xattrs))
+        };
+        let (size, child_index, child_count) = match inode.file_type {
+            FileType::Directory => {
+                let names: u64 = entry
+                    .children
+                    .iter()
+                    .map(|c| tree.entries[*c].name.len() as u64 + 8)
+                    .sum();
+                (
+                    names.max(1).div_ceil(4096) * 4096,
+                    num.child_index[e],
+                    entry.children.len() as u32,
+                )
+            }
+            FileType::Regular => (inode.size, 0, inode.chunks.len() as u32),
+            FileType::Symlink => (inode.target.len() as u64, 0, 0),
+            _ => (0, 0, 0),
+        };
+        let mut iflags = 0;
+        if inode.file_type == FileType::Symlink {
+            iflags |= inode_flags::SYMLINK;
+        }
+        if !inode.xattrs.is_empty() {
+            iflags |= inode_flags::XATTR;
+        }
+        let (uid, gid) = if opts.explicit_uid_gid {
+            (inode.uid, inode.gid)
+        } else {
+            (0, 0)
+        };
+        let raw = Inode {
+            digest: digest[e],
+            parent: (if e == 0 { 0 } else { num.ino[entry.parent] }).into(),
+            ino: num.ino[e].into(),
+            uid: uid.into(),
+            gid: gid.into(),
+            projid: 0.into(),
+            mode: inode.mode().into(),
+            size: size.into(),
+            blocks: (size + xattr_len).div_ceil(512).into(),
+            flags: iflags.into(),
+            nlink: num.nlink[e].into(),
+            child_index: child_index.into(),
+            child_count: child_count.into(),
+            name_size: (name.len() as u16).into(),
+            symlink_size: (inode.target.len() as u16).into(),
+            rdev: inode.rdev.into(),
+            mtime_nsec: inode.mtime_nsec.into(),
+            mtime: (inode.mtime.max(0) as u64).into(),
+            reserved: [0; 8],
+        };
+        buf.extend_from_slice(raw.as_bytes());
+        push_padded(&mut buf, name);
+        if inode.file_type == FileType::Symlink {
+            push_padded(&mut buf, &inode.target);
+        }
+        if !inode.xattrs.is_empty() {
+            let mut x = Vec::new();
+            x.extend_from_slice(&xattr_payload(&inode.xattrs).to_le_bytes());
+            for (k, v) in &inode.xattrs {
+                x.extend_from_slice(&((k.len() + 1 + v.len()) as u32).to_le_bytes());
+                x.extend_from_slice(k);
+                x.push(0);
+                x.extend_from_slice(v);
+            }
+            push_padded(&mut buf, &x);
+        }
+        if inode.file_type == FileType::Regular {
+            for (i, id) in inode.chunks.iter().enumerate() {
+                let c = &chunks[*id as usize];
+                let r = ChunkRecord {
+                    digest: c.digest,
+                    blob_index: c.blob_index.into(),
+                    flags: c.flags().into(),
+                    compressed_size: c.compressed_size.into(),
+                    uncompressed_size: c.uncompressed_size.into(),
+                    compressed_offset: c.compressed_offset.into(),
+                    uncompressed_offset: c.uncompressed_offset.into(),
+                    file_offset: (i as u64 * u64::from(opts.chunk_size)).into(),
+                    index: c.index.into(),
+                    crc32: c.crc32.into(),
+                };
+                buf.extend_from_slice(r.as_bytes());
+            }
+        }
+    }
+    debug_assert_eq!(buf.len() as u64, total);
+    Ok(buf)
+}
+
+fn push_padded(buf: &mut Vec<u8>, bytes: &[u8]) {
+    buf.extend_from_slice(bytes);
+    let pad = align8(bytes.len() as u64) as usize - bytes.len();
+    buf.extend(std::iter::repeat_n(0u8, pad));
+}

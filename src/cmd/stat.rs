@@ -9,7 +9,11 @@ use crate::error::Result;
 use crate::rafs::{self, Image};
 use crate::tree::FileType;
 
-fn image_stats(path: &PathBuf, image: &Image, seen: &mut HashSet<([u8; 32], u32)>) -> Value {
+fn image_stats(
+    path: &std::path::Path,
+    image: &Image,
+    seen: &mut HashSet<([u8; 32], u32)>,
+) -> Value {
     let (mut dirs, mut files, mut symlinks, mut others, mut file_size, mut refs) =
         (0u64, 0u64, 0u64, 0u64, 0u64, 0u64);
     for i in &image.tree.inodes {

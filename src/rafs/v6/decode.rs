@@ -15,6 +15,9 @@ use zerocopy::FromBytes;
 
 type XattrPair = (Vec<u8>, Vec<u8>);
 
+/// RafsSuperFlags bit of tar-tarfs images (formats/rafs-v6.md §16).
+const TARFS_MODE: u64 = 0x200;
+
 /// Most blobs a v6 image can reference.
 const MAX_BLOBS: u64 = 256;
 /// Deepest directory nesting accepted.
@@ -60,6 +63,8 @@ struct Decoder<'a> {
     digest_known: Vec<bool>,
     chunk_ids: HashMap<(u32, u32, u32), u32>,
     blob_count: u32,
+    /// tarfs: data sits in the tar at `blkaddr × block`; chunk records carry nothing useful
+    tarfs: bool,
 }
 
 /// Decodes a v6 bootstrap.
@@ -201,6 +206,7 @@ pub fn decode(data: &[u8]) -> Result<Image> {
         digest_known: Vec::new(),
         chunk_ids: HashMap::new(),
         blob_count: nblobs as u32,
+        tarfs: flags & TARFS_MODE != 0,
     };
     let root_nid = u64::from(sb.root_nid.get());
     let (tree, nids) = d.walk(root_nid)?;
@@ -438,7 +444,12 @@ impl Decoder<'_> {
         if let Some(id) = self.chunk_ids.get(&(blob, ci, blkaddr)) {
             return Ok(*id);
         }
-        let (info, known) = match self.records.get(&(blob, ci)) {
+        let record = if self.tarfs {
+            None
+        } else {
+            self.records.get(&(blob, ci))
+        };
+        let (info, known) = match record {
             Some(r) => (
                 ChunkInfo {
                     digest: r.digest,
@@ -460,7 +471,7 @@ impl Decoder<'_> {
                     blob_index: blob,
                     index: ci,
                     compressed: false,
-                    compressed_offset: 0,
+                    compressed_offset: u64::from(blkaddr) * self.block,
                     compressed_size: usize_hint,
                     uncompressed_offset: u64::from(blkaddr) * self.block,
                     uncompressed_size: usize_hint,

@@ -1,0 +1,137 @@
+//! Images written by the upstream nydus-image (fixtures/upstream): `check` accepts them (and
+//! rejects the one upstream got wrong), `unpack` gives exactly what upstream's runtime serves.
+
+mod common;
+use common::*;
+use std::path::Path;
+use std::process::Command;
+
+fn manifest_diff(expected: &Path, actual: &Path) {
+    let out = Command::new("python3")
+        .arg(repo().join("tests/tools/manifest.py"))
+        .arg("diff")
+        .arg(expected)
+        .arg(actual)
+        .output()
+        .expect("python3");
+    assert!(
+        out.status.success(),
+        "{} vs {}:\n{}",
+        expected.display(),
+        actual.display(),
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
+
+fn upstream(name: &str) -> std::path::PathBuf {
+    repo().join("fixtures/upstream").join(name)
+}
+
+#[test]
+fn check_and_unpack_upstream_images() {
+    for name in ["v5-zstd", "v6-zstd", "v6-lz4_block"] {
+        let d = upstream(name);
+        let (boot, blobs) = (d.join("bootstrap"), d.join("blobs"));
+        let out = forge(&[
+            "check",
+            boot.to_str().unwrap(),
+            "-D",
+            blobs.to_str().unwrap(),
+        ]);
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            text.contains("metadata is valid") && text.contains("verified 7 chunks"),
+            "{name}: {text}"
+        );
+        let x = scratch();
+        let dir = x.path().join("tree");
+        forge(&[
+            "unpack",
+            boot.to_str().unwrap(),
+            "-D",
+            blobs.to_str().unwrap(),
+            "--output-dir",
+            dir.to_str().unwrap(),
+        ]);
+        if is_root() {
+            manifest_diff(&d.join("expected.txt"), &dir);
+        }
+        let tar = x.path().join("t.tar");
+        forge(&[
+            "unpack",
+            boot.to_str().unwrap(),
+            "-D",
+            blobs.to_str().unwrap(),
+            "--output",
+            tar.to_str().unwrap(),
+        ]);
+        // a tar cannot hold the socket: compare without it
+        let filtered = x.path().join("expected-no-socket.txt");
+        let text = std::fs::read_to_string(d.join("expected.txt")).unwrap();
+        let kept: Vec<&str> = text
+            .lines()
+            .filter(|l| !l.contains("\ts\t") && !l.ends_with("\ts"))
+            .collect();
+        std::fs::write(&filtered, kept.join("\n") + "\n").unwrap();
+        manifest_diff(&filtered, &tar);
+    }
+}
+
+#[test]
+fn inline_meta_blob_is_read_alone() {
+    let d = upstream("v6-inline-meta");
+    let blob = one_file(&d.join("blobs"), "");
+    let out = forge(&["check", blob.to_str().unwrap()]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("inlined_fs_meta") && text.contains("verified 7 chunks"),
+        "{text}"
+    );
+    // the placeholder id is replaced by the blob's file name
+    assert!(text.contains(blob.file_name().unwrap().to_str().unwrap()));
+    let x = scratch();
+    let dir = x.path().join("tree");
+    forge(&[
+        "unpack",
+        blob.to_str().unwrap(),
+        "--output-dir",
+        dir.to_str().unwrap(),
+    ]);
+    if is_root() {
+        manifest_diff(&d.join("expected.txt"), &dir);
+    }
+}
+
+#[test]
+fn tarfs_image_reads_data_from_the_tar() {
+    let d = upstream("v6-tar-tarfs");
+    let tar = upstream("source-tar-input.tar");
+    let boot = d.join("bootstrap");
+    let out = forge(&[
+        "check",
+        boot.to_str().unwrap(),
+        "--blob",
+        tar.to_str().unwrap(),
+    ]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("tarfs"));
+    let x = scratch();
+    let dir = x.path().join("tree");
+    forge(&[
+        "unpack",
+        boot.to_str().unwrap(),
+        "--blob",
+        tar.to_str().unwrap(),
+        "--output-dir",
+        dir.to_str().unwrap(),
+    ]);
+    if is_root() {
+        manifest_diff(&d.join("expected.txt"), &dir);
+    }
+}
+
+#[test]
+fn upstream_broken_v5_image_is_rejected() {
+    let boot = upstream("v5-tar-rafs/bootstrap");
+    let err = forge_fails(&["check", boot.to_str().unwrap()]);
+    assert!(err.contains("offset"), "the error names an offset: {err}");
+}

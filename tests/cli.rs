@@ -133,3 +133,68 @@ fn tree_without_file_data_has_no_blob_and_fsck_accepts_it() {
     );
     assert_eq!(std::fs::metadata(dest.join("a/empty")).unwrap().len(), 0);
 }
+
+#[test]
+fn inspect_and_stat_answer_in_json() {
+    let up = repo().join("fixtures/upstream/v6-zstd/bootstrap");
+    let b = up.to_str().unwrap();
+    let json = |args: &[&str]| -> serde_json::Value {
+        serde_json::from_slice(&forge(args).stdout).unwrap()
+    };
+    let stats = json(&["inspect", b, "-R", "stats"]);
+    assert_eq!(stats["inodes_count"], 323);
+    assert_eq!(stats["entries"], 324);
+    let blobs = json(&["inspect", b, "-R", "blobs"]);
+    assert_eq!(
+        blobs[0]["blob_id"],
+        "cc0837f231063e2421b53f2fcfdeeb19193700675c2c1f39be3582ffaa6a23df"
+    );
+    let st = json(&["inspect", b, "-R", "stat /dir/sub/numbers.txt"]);
+    assert_eq!(st["size"], 1288895);
+    assert_eq!(st["chunks"].as_array().unwrap().len(), 2);
+    assert_eq!(st["chunks"][1]["file_offset"], 1048576);
+    let hello = json(&["inspect", b, "-R", "stat /hello.txt"]);
+    assert_eq!(hello["xattrs"]["user.second"], "two");
+    assert_eq!(hello["mode"], "100600");
+    let paths = json(&["inspect", b, "-R", &format!("icheck {}", hello["inode"])]);
+    assert_eq!(
+        paths,
+        serde_json::json!(["/dir/hardlink-to-hello", "/hello.txt"])
+    );
+    let ls = json(&["inspect", b, "-R", "ls /dir"]);
+    assert!(ls
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|e| e["name"] == "random.bin" && e["type"] == "file"));
+    assert!(forge_fails(&["inspect", b, "-R", "stat /no/such"]).contains("no such file"));
+
+    let v5 = repo().join("fixtures/upstream/v5-zstd/bootstrap");
+    let s = json(&["stat", "-B", b, "-B", v5.to_str().unwrap()]);
+    // the same tree twice: every chunk of the second image is a duplicate of the first's
+    assert_eq!(s["images"][0]["own_chunks"], 7);
+    assert_eq!(s["images"][1]["own_chunks"], 0);
+    assert_eq!(s["images"][1]["dedup_chunks"], 7);
+    assert_eq!(s["total"]["unique_uncomp_size"], 2649801);
+}
+
+#[test]
+fn check_writes_json() {
+    let d = repo().join("fixtures/upstream/v5-zstd");
+    let out = scratch();
+    let j = out.path().join("c.json");
+    forge(&[
+        "check",
+        "-B",
+        d.join("bootstrap").to_str().unwrap(),
+        "-J",
+        j.to_str().unwrap(),
+    ]);
+    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&j).unwrap()).unwrap();
+    assert_eq!(v["fs_version"], "5");
+    assert_eq!(v["compressor"], "zstd");
+    assert_eq!(
+        v["blobs"][0],
+        "a49e1b43b7bb041ea8b9b3074934a2415d8060c68cad55a6eb1fa59c6a1f79a0"
+    );
+}

@@ -209,10 +209,12 @@ fn paths_of(image: &Image, number: u64) -> Vec<String> {
         .iter()
         .position(|n| *n == number)
         .map(|ino| {
-            (0..image.tree.entries.len())
+            let mut paths: Vec<String> = (0..image.tree.entries.len())
                 .filter(|e| image.tree.entries[*e].inode == ino)
                 .map(|e| image.tree.path(e).to_string_lossy().into_owned())
-                .collect()
+                .collect();
+            paths.sort();
+            paths
         })
         .unwrap_or_default()
 }

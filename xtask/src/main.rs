@@ -4,6 +4,7 @@
 //! - `debian DIR`              debootstrap a Debian bookworm minbase tree (root, network)
 //! - `kernel-check [DIR...]`   build images of each tree with each compressor and mount them
 //! - `bench [DIR...]`          time `create` at 1 and 2 threads; MB/s, peak RSS, identical output
+//! - `roundtrip [DIR...]`      create (v5, v6 × compressors × digesters) → check → unpack → diff
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -293,6 +294,77 @@ fn bench(trees: Vec<PathBuf>) -> Result<()> {
     Ok(())
 }
 
+fn roundtrip(trees: Vec<PathBuf>) -> Result<()> {
+    let bin = release_binary()?;
+    let manifest = root().join("tests/tools/manifest.py");
+    for tree in trees {
+        for v in ["5", "6"] {
+            for c in ["none", "lz4_block", "zstd"] {
+                for d in ["blake3", "sha256"] {
+                    let out = work_dir("roundtrip")?;
+                    let boot = out.join("bootstrap");
+                    let quiet = |c: &mut Command| -> Result<()> {
+                        let o = c.output()?;
+                        if !o.status.success() {
+                            bail!("{c:?}: {}", String::from_utf8_lossy(&o.stderr));
+                        }
+                        Ok(())
+                    };
+                    quiet(
+                        Command::new(&bin)
+                            .args([
+                                "create",
+                                "--fs-version",
+                                v,
+                                "--compressor",
+                                c,
+                                "--digester",
+                                d,
+                                "-D",
+                            ])
+                            .arg(&out)
+                            .arg("-B")
+                            .arg(&boot)
+                            .arg(&tree),
+                    )?;
+                    quiet(
+                        Command::new(&bin)
+                            .arg("check")
+                            .arg(&boot)
+                            .arg("-D")
+                            .arg(&out),
+                    )?;
+                    quiet(
+                        Command::new(&bin)
+                            .arg("unpack")
+                            .arg(&boot)
+                            .arg("-D")
+                            .arg(&out)
+                            .arg("--output-dir")
+                            .arg(out.join("tree")),
+                    )?;
+                    print!("{} v{v} {c} {d}: ", tree.display());
+                    std::io::Write::flush(&mut std::io::stdout())?;
+                    let mut cmd = Command::new("python3");
+                    cmd.arg(&manifest)
+                        .arg("diff")
+                        .arg(&tree)
+                        .arg(out.join("tree"))
+                        .arg("--mtime")
+                        .arg("--quiet");
+                    if v == "5" {
+                        // v5 keeps only regular files as hardlinks
+                        cmd.args(["--ignore", "hardlink"]);
+                    }
+                    run(&mut cmd)?;
+                    println!("equal");
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let paths = |from: usize| -> Vec<PathBuf> { args[from..].iter().map(PathBuf::from).collect() };
@@ -324,8 +396,13 @@ fn main() -> Result<()> {
             default_trees()?
         }),
         Some("measure") => measure_child(&args[1..]),
+        Some("roundtrip") => roundtrip(if args.len() > 1 {
+            paths(1)
+        } else {
+            default_trees()?
+        }),
         _ => {
-            eprintln!("tasks: full-tree DIR [--big] | debian DIR | kernel-check [TREE...] | bench [TREE...]");
+            eprintln!("tasks: full-tree DIR [--big] | debian DIR | kernel-check [TREE...] | bench [TREE...] | roundtrip [TREE...]");
             std::process::exit(2)
         }
     }

@@ -31,6 +31,8 @@ struct Cli {
 enum Command {
     /// Build a RAFS filesystem (bootstrap + data blob) from a source.
     Create(CreateArgs),
+    /// Overlay layer bootstraps (lowest first) into one image bootstrap.
+    Merge(MergeArgs),
     /// Validate a bootstrap and, with its blobs, every chunk's data.
     Check(CheckArgs),
     /// Write an image's tree, with its data, as a tar or into a directory.
@@ -47,6 +49,49 @@ enum Command {
         #[arg(short, long)]
         output: PathBuf,
     },
+}
+
+#[derive(clap::Args)]
+struct MergeArgs {
+    /// Layer bootstraps, lowest first.
+    #[arg(required = true)]
+    sources: Vec<PathBuf>,
+    /// Output bootstrap.
+    #[arg(short = 'B', long)]
+    bootstrap: Option<PathBuf>,
+    /// Output directory (the bootstrap is named by its sha256) when -B is not given.
+    #[arg(short = 'D', long)]
+    blob_dir: Option<PathBuf>,
+    /// A bootstrap below all sources.
+    #[arg(long)]
+    parent_bootstrap: Option<PathBuf>,
+    /// Chunk dictionary whose blobs the layers may reference.
+    #[arg(long)]
+    chunk_dict: Option<String>,
+    /// Per source, comma-separated: the id of the source's own blob.
+    #[arg(long)]
+    original_blob_ids: Option<String>,
+    /// Per source, comma-separated: a digest replacing the source's own blob id.
+    #[arg(long)]
+    blob_digests: Option<String>,
+    /// Per source, comma-separated: the compressed size of the source's own blob.
+    #[arg(long)]
+    blob_sizes: Option<String>,
+    /// Per source, comma-separated: ToC digests (accepted; this tool writes no ToC).
+    #[arg(long)]
+    blob_toc_digests: Option<String>,
+    /// Per source, comma-separated: ToC sizes (accepted; this tool writes no ToC).
+    #[arg(long)]
+    blob_toc_sizes: Option<String>,
+    /// How whiteouts are spelled in the layers: oci, overlayfs or none.
+    #[arg(long, default_value = "oci")]
+    whiteout_spec: String,
+    /// Prefetch policy (only `none` so far).
+    #[arg(long, default_value = "none")]
+    prefetch_policy: String,
+    /// Write the result as JSON.
+    #[arg(short = 'J', long)]
+    output_json: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -196,12 +241,34 @@ struct CreateArgs {
     /// Worker threads for digest and compression (default: all cores).
     #[arg(long, default_value = "0")]
     threads: usize,
-    /// Whiteout specification (only meaningful for layer sources; accepted for compatibility).
+    /// How whiteouts are spelled in the source: oci, overlayfs or none.
     #[arg(long, default_value = "oci")]
     whiteout_spec: String,
+    /// Build on top of this lower layer's bootstrap.
+    #[arg(long)]
+    parent_bootstrap: Option<PathBuf>,
+    /// Chunk dictionary: `bootstrap=PATH` or `PATH`.
+    #[arg(long)]
+    chunk_dict: Option<String>,
     /// Prefetch policy (only `none` so far).
     #[arg(long, default_value = "none")]
     prefetch_policy: String,
+}
+
+fn parse_whiteout_spec(s: &str) -> Result<erofs_forge::tree::overlay::WhiteoutSpec> {
+    use erofs_forge::tree::overlay::WhiteoutSpec;
+    Ok(match s {
+        "oci" => WhiteoutSpec::Oci,
+        "overlayfs" => WhiteoutSpec::Overlayfs,
+        "none" => WhiteoutSpec::None,
+        _ => bail!("invalid --whiteout-spec {s:?}: oci, overlayfs or none"),
+    })
+}
+
+fn split_list(s: &Option<String>) -> Vec<String> {
+    s.as_deref()
+        .map(|v| v.split(',').map(str::to_string).collect())
+        .unwrap_or_default()
 }
 
 fn parse_size(s: &str) -> Result<u32, String> {
@@ -247,9 +314,10 @@ fn run_create(a: CreateArgs) -> Result<()> {
             a.prefetch_policy
         );
     }
-    if !["oci", "overlayfs", "none"].contains(&a.whiteout_spec.as_str()) {
-        bail!("invalid --whiteout-spec {:?}", a.whiteout_spec);
-    }
+    let whiteout_spec = parse_whiteout_spec(&a.whiteout_spec)?;
+    let chunk_dict = a
+        .chunk_dict
+        .map(|d| PathBuf::from(d.strip_prefix("bootstrap=").unwrap_or(&d)));
     let opts = CreateOptions {
         source: a.source,
         source_type: match a.source_type {
@@ -273,6 +341,9 @@ fn run_create(a: CreateArgs) -> Result<()> {
         chunk_size: a.chunk_size,
         repeatable: a.repeatable,
         aligned_chunk: a.aligned_chunk,
+        parent_bootstrap: a.parent_bootstrap,
+        chunk_dict,
+        whiteout_spec,
         output_json: a.output_json,
         threads: a.threads,
     };
@@ -311,6 +382,41 @@ fn run_create(a: CreateArgs) -> Result<()> {
         total,
         out.data_bytes as f64 / 1e6 / total.max(1e-9)
     );
+    Ok(())
+}
+
+fn run_merge(a: MergeArgs) -> Result<()> {
+    use erofs_forge::cmd::merge;
+    if a.prefetch_policy != "none" {
+        bail!(
+            "--prefetch-policy {} is not supported yet",
+            a.prefetch_policy
+        );
+    }
+    let sizes = split_list(&a.blob_sizes)
+        .iter()
+        .map(|s| {
+            s.trim()
+                .parse::<u64>()
+                .with_context(|| format!("invalid --blob-sizes value {s:?}"))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let out = merge::merge(&merge::MergeOptions {
+        sources: a.sources,
+        bootstrap: a.bootstrap,
+        blob_dir: a.blob_dir,
+        parent_bootstrap: a.parent_bootstrap,
+        chunk_dict: a
+            .chunk_dict
+            .map(|d| PathBuf::from(d.strip_prefix("bootstrap=").unwrap_or(&d))),
+        original_blob_ids: split_list(&a.original_blob_ids),
+        blob_digests: split_list(&a.blob_digests),
+        blob_sizes: sizes,
+        whiteout_spec: parse_whiteout_spec(&a.whiteout_spec)?,
+        output_json: a.output_json,
+    })?;
+    println!("meta blob path: {}", out.bootstrap.display());
+    println!("data blobs: {:?}", out.blobs);
     Ok(())
 }
 
@@ -432,6 +538,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Create(a) => run_create(a),
         Command::Check(a) => run_check(a),
+        Command::Merge(a) => run_merge(a),
         Command::Unpack(a) => run_unpack(a),
         Command::Inspect(a) => run_inspect(a),
         Command::Stat(a) => run_stat(a),

@@ -62,6 +62,11 @@ impl ChunkTable {
         id
     }
 
+    /// Digests of all known chunks.
+    pub fn digests(&self) -> impl Iterator<Item = [u8; 32]> + '_ {
+        self.by_digest.keys().map(|k| k.0)
+    }
+
     /// The id of a known chunk with this digest and size.
     pub fn find(&self, digest: &[u8; 32], size: u32) -> Option<u32> {
         self.by_digest.get(&(*digest, size)).copied()
@@ -186,6 +191,8 @@ pub fn run_with<R: Send>(
         });
     }
     let (done_tx, done_rx) = unbounded::<Result<Done>>();
+    // chunks the table already holds are never compressed again
+    let known: HashSet<[u8; 32]> = table.digests().collect();
 
     std::thread::scope(|s| {
         let reader = s.spawn({
@@ -194,7 +201,7 @@ pub fn run_with<R: Send>(
                 free_rx,
                 done_tx: done_tx.clone(),
                 // digests some worker is compressing or has compressed: duplicates skip it
-                claims: Arc::new(Mutex::new(HashSet::new())),
+                claims: Arc::new(Mutex::new(known)),
                 pool: &pool,
                 seq: 0,
                 stopped: false,

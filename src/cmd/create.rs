@@ -11,8 +11,11 @@ use crate::blob::writer::{persist, temp_beside};
 use crate::blob::{BlobWriter, BlobWriterOptions};
 use crate::chunk::pipeline::{self, ChunkTable, FileJob, PipelineOptions};
 use crate::chunk::{validate_chunk_size, Compressor, Digester, DEFAULT_CHUNK_SIZE};
+use crate::cmd::merge::{compact_blobs, empty_tree, record_of};
 use crate::error::{Error, IoContext, Result};
 use crate::rafs::v6::{self, BlobRecord, EncodeOptions};
+use crate::rafs::Image;
+use crate::tree::overlay::{self, WhiteoutSpec};
 use crate::tree::{DataSource, FileType, Tree};
 
 /// Blob id written into a bootstrap inlined in its own blob (its id is not known yet).
@@ -56,6 +59,12 @@ pub struct CreateOptions {
     pub repeatable: bool,
     /// v5: align uncompressed chunk offsets to 4 KiB (v6 always does).
     pub aligned_chunk: bool,
+    /// Build on top of this lower layer: its tree and chunks (formats: layers).
+    pub parent_bootstrap: Option<PathBuf>,
+    /// Reference chunks found in this image's blobs instead of storing them again.
+    pub chunk_dict: Option<PathBuf>,
+    /// How whiteouts are spelled in the source.
+    pub whiteout_spec: WhiteoutSpec,
     /// Write the build result as JSON here.
     pub output_json: Option<PathBuf>,
     /// Worker threads (0: all cores).
@@ -78,6 +87,9 @@ impl Default for CreateOptions {
             chunk_size: DEFAULT_CHUNK_SIZE,
             repeatable: false,
             aligned_chunk: false,
+            parent_bootstrap: None,
+            chunk_dict: None,
+            whiteout_spec: WhiteoutSpec::Oci,
             output_json: None,
             threads: 0,
         }
@@ -169,6 +181,39 @@ fn validate(o: &CreateOptions) -> Result<()> {
     Ok(())
 }
 
+/// Checks that a parent or chunk dictionary can be combined with this build.
+fn check_base(opts: &CreateOptions, img: &Image, path: &Path) -> Result<()> {
+    let explicit = img.flags & crate::rafs::v6::format::super_flags::EXPLICIT_UID_GID != 0;
+    let problem = if img.chunk_size != opts.chunk_size {
+        Some(format!(
+            "its chunk size is {:#x}, this build's {:#x}",
+            img.chunk_size, opts.chunk_size
+        ))
+    } else if img.version != opts.fs_version {
+        Some(format!(
+            "it is RAFS v{}, this build v{}",
+            img.version, opts.fs_version
+        ))
+    } else if img.digester != opts.digester {
+        Some(format!(
+            "its digester is {}, this build's {}",
+            img.digester.name(),
+            opts.digester.name()
+        ))
+    } else if explicit == opts.repeatable {
+        Some("one records uid/gid and the other does not (--repeatable)".into())
+    } else {
+        None
+    };
+    match problem {
+        Some(p) => Err(Error::InvalidOption(format!(
+            "{}: cannot be used as parent or chunk dictionary: {p}",
+            path.display()
+        ))),
+        None => Ok(()),
+    }
+}
+
 /// Builds an image from `opts.source`.
 pub fn create(opts: &CreateOptions, progress: &dyn Progress) -> Result<CreateOutput> {
     validate(opts)?;
@@ -215,6 +260,27 @@ pub fn create(opts: &CreateOptions, progress: &dyn Progress) -> Result<CreateOut
     let data_bytes: u64 = jobs.iter().map(|j| j.size).sum();
     progress.start(jobs.len() as u64, data_bytes);
 
+    // lower layer and chunk dictionary: their blobs come first, their chunks seed dedup
+    let mut table = ChunkTable::default();
+    let mut base_blobs: Vec<BlobRecord> = Vec::new();
+    let mut parent: Option<Image> = None;
+    for (path, is_parent) in [(&opts.parent_bootstrap, true), (&opts.chunk_dict, false)] {
+        let Some(path) = path else { continue };
+        let (img, _) = crate::rafs::load(path)?;
+        check_base(opts, &img, path)?;
+        let offset = base_blobs.len() as u32;
+        base_blobs.extend(img.blobs.iter().map(record_of));
+        for c in &img.chunks {
+            table.push(crate::blob::ChunkInfo {
+                blob_index: c.blob_index + offset,
+                ..*c
+            });
+        }
+        if is_parent {
+            parent = Some(img);
+        }
+    }
+
     let blob_tmp_dir: PathBuf = match (&opts.blob, &opts.blob_dir, &opts.blob_cache_dir) {
         (Some(b), _, _) => parent_dir(b),
         (None, Some(d), _) => d.clone(),
@@ -227,7 +293,7 @@ pub fn create(opts: &CreateOptions, progress: &dyn Progress) -> Result<CreateOut
             digester: opts.digester,
             chunk_size: opts.chunk_size,
             inline_meta: opts.blob_inline_meta,
-            blob_index: 0,
+            blob_index: base_blobs.len() as u32,
             write_blob: !cache_only,
             cache_dir: opts.blob_cache_dir.clone(),
             v6: opts.fs_version == 6,
@@ -236,7 +302,6 @@ pub fn create(opts: &CreateOptions, progress: &dyn Progress) -> Result<CreateOut
         &blob_tmp_dir,
     )?;
     let t1 = Instant::now();
-    let mut table = ChunkTable::default();
     let popts = PipelineOptions {
         chunk_size: opts.chunk_size,
         digester: opts.digester,
@@ -253,6 +318,20 @@ pub fn create(opts: &CreateOptions, progress: &dyn Progress) -> Result<CreateOut
     let data_summary = writer.finish_data()?;
     timings.insert("dump_blob".into(), t1.elapsed().as_secs_f64());
 
+    // the layer goes on top of its parent; whiteouts are applied and never stored (a lone
+    // directory layer drops them, as nydus-image does)
+    let tree = match (&parent, opts.whiteout_spec) {
+        (None, WhiteoutSpec::None) => tree,
+        (lower, spec) => {
+            let mut merged = lower
+                .as_ref()
+                .map(|p| p.tree.clone())
+                .unwrap_or_else(empty_tree);
+            overlay::apply(&mut merged, &tree, spec, &|c| c);
+            merged.compact()
+        }
+    };
+
     let t2 = Instant::now();
     let eopts = EncodeOptions {
         chunk_size: opts.chunk_size,
@@ -260,24 +339,32 @@ pub fn create(opts: &CreateOptions, progress: &dyn Progress) -> Result<CreateOut
         digester: opts.digester,
         explicit_uid_gid: !opts.repeatable,
     };
-    let record = |id: &str, s: &crate::blob::BlobSummary| BlobRecord {
-        id: id.to_string(),
-        summary: s.clone(),
-        compressor,
-        digester: opts.digester,
+    let records = |id: &str, s: &Option<crate::blob::BlobSummary>| -> Vec<BlobRecord> {
+        let mut all = base_blobs.clone();
+        all.extend(s.iter().map(|s| BlobRecord {
+            id: id.to_string(),
+            summary: s.clone(),
+            compressor,
+            digester: opts.digester,
+        }));
+        all
     };
     let (summary, file_id, files, bootstrap) = if opts.blob_inline_meta {
-        let blobs: Vec<BlobRecord> = data_summary
-            .iter()
-            .map(|s| record(INLINE_PLACEHOLDER_ID, s))
-            .collect();
-        let boot = v6::encode(&tree, &table.chunks, &blobs, &eopts)?;
+        let mut tree = tree.clone();
+        let (chunks, blobs) = compact_blobs(
+            &mut tree,
+            &table.chunks,
+            &records(INLINE_PLACEHOLDER_ID, &data_summary),
+        )?;
+        let boot = v6::encode(&tree, &chunks, &blobs, &eopts)?;
         writer.append_bootstrap(&boot)?;
         let (summary, id, files) = writer.finish()?;
         (summary, id, files, None)
     } else {
         let (summary, id, files) = writer.finish()?;
-        let blobs: Vec<BlobRecord> = summary.iter().map(|s| record(&s.id, s)).collect();
+        let new_id = summary.as_ref().map(|s| s.id.clone()).unwrap_or_default();
+        let mut tree = tree.clone();
+        let (chunks, blobs) = compact_blobs(&mut tree, &table.chunks, &records(&new_id, &summary))?;
         let boot = if opts.fs_version == 5 {
             let v5opts = crate::rafs::v5::encode::EncodeOptions {
                 chunk_size: opts.chunk_size,
@@ -285,9 +372,9 @@ pub fn create(opts: &CreateOptions, progress: &dyn Progress) -> Result<CreateOut
                 digester: opts.digester,
                 explicit_uid_gid: !opts.repeatable,
             };
-            crate::rafs::v5::encode::encode(&tree, &table.chunks, &blobs, &v5opts)?
+            crate::rafs::v5::encode::encode(&tree, &chunks, &blobs, &v5opts)?
         } else {
-            v6::encode(&tree, &table.chunks, &blobs, &eopts)?
+            v6::encode(&tree, &chunks, &blobs, &eopts)?
         };
         (summary, id, files, Some(boot))
     };

@@ -3,5 +3,6 @@
 pub mod check;
 pub mod create;
 pub mod inspect;
+pub mod merge;
 pub mod stat;
 pub mod unpack;

@@ -1,0 +1,290 @@
+//! Applying a layer onto the tree below it, with OCI or overlayfs whiteouts
+//! (formats/layers-and-merge.md in the workspace reference; our rules in README "Layers").
+
+use std::collections::HashMap;
+
+use super::{EntryId, FileType, Inode, InodeId, Tree};
+
+/// How whiteouts are spelled in a layer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum WhiteoutSpec {
+    /// `.wh.NAME` removes NAME; `.wh..wh..opq` hides everything below its directory.
+    #[default]
+    Oci,
+    /// A character device 0:0 removes its name; `trusted.overlay.opaque=y` makes a directory
+    /// opaque.
+    Overlayfs,
+    /// No whiteouts: every entry is content.
+    None,
+}
+
+/// OCI whiteout prefix.
+pub const WHITEOUT_PREFIX: &[u8] = b".wh.";
+/// OCI opaque marker.
+pub const OPAQUE_MARKER: &[u8] = b".wh..wh..opq";
+/// overlayfs opaque xattr.
+pub const OVERLAY_OPAQUE_XATTR: &[u8] = b"trusted.overlay.opaque";
+
+enum Whiteout<'a> {
+    Remove(&'a [u8]),
+    Opaque,
+    OpaqueDir,
+    Not,
+}
+
+fn classify<'a>(name: &'a [u8], inode: &Inode, spec: WhiteoutSpec) -> Whiteout<'a> {
+    match spec {
+        WhiteoutSpec::Oci if name == OPAQUE_MARKER => Whiteout::Opaque,
+        WhiteoutSpec::Oci if name.starts_with(WHITEOUT_PREFIX) => {
+            Whiteout::Remove(&name[WHITEOUT_PREFIX.len()..])
+        }
+        WhiteoutSpec::Overlayfs if inode.file_type == FileType::CharDevice && inode.rdev == 0 => {
+            Whiteout::Remove(name)
+        }
+        WhiteoutSpec::Overlayfs
+            if inode.file_type == FileType::Directory
+                && inode
+                    .xattrs
+                    .iter()
+                    .any(|(k, v)| k == OVERLAY_OPAQUE_XATTR && v == b"y") =>
+        {
+            Whiteout::OpaqueDir
+        }
+        _ => Whiteout::Not,
+    }
+}
+
+/// Applies `upper` onto `lower` (both with sorted children): whiteouts remove lower entries,
+/// upper entries replace or join lower ones, directories merge. Upper inodes are copied with
+/// their chunk ids mapped through `chunk_map`. The result keeps unreachable entries in its arena:
+/// call [`Tree::compact`] afterwards.
+pub fn apply(lower: &mut Tree, upper: &Tree, spec: WhiteoutSpec, chunk_map: &dyn Fn(u32) -> u32) {
+    let mut inode_map: HashMap<InodeId, InodeId> = HashMap::new();
+    let mut map_inode = |lower: &mut Tree, ino: InodeId, strip_opaque: bool| -> InodeId {
+        *inode_map.entry(ino).or_insert_with(|| {
+            let mut inode = upper.inodes[ino].clone();
+            inode.chunks = inode.chunks.iter().map(|c| chunk_map(*c)).collect();
+            if strip_opaque {
+                inode.xattrs.retain(|(k, _)| k != OVERLAY_OPAQUE_XATTR);
+            }
+            lower.add_inode(inode)
+        })
+    };
+    // the upper root's attributes replace the lower root's
+    let root = map_inode(
+        lower,
+        upper.entries[0].inode,
+        spec == WhiteoutSpec::Overlayfs,
+    );
+    lower.entries[0].inode = root;
+    let mut stack: Vec<(EntryId, EntryId)> = vec![(0, 0)];
+    while let Some((ldir, udir)) = stack.pop() {
+        let mut kept = Vec::new();
+        // whiteouts first, so they never hide siblings from the same layer
+        for &u in &upper.entries[udir].children {
+            let name = upper.entries[u].name.as_slice();
+            let uinode = upper.inode_of(u);
+            match classify(name, uinode, spec) {
+                Whiteout::Opaque => lower.entries[ldir].children.clear(),
+                Whiteout::Remove(target) => {
+                    let keep: Vec<EntryId> = lower.entries[ldir]
+                        .children
+                        .iter()
+                        .copied()
+                        .filter(|c| lower.entries[*c].name != target)
+                        .collect();
+                    lower.entries[ldir].children = keep;
+                }
+                Whiteout::OpaqueDir => {
+                    let existing = lower.entries[ldir]
+                        .children
+                        .iter()
+                        .copied()
+                        .find(|c| lower.entries[*c].name == name);
+                    if let Some(l) = existing {
+                        lower.entries[l].children.clear();
+                    }
+                    kept.push((u, true));
+                }
+                Whiteout::Not => kept.push((u, false)),
+            }
+        }
+        let mut by_name: HashMap<Vec<u8>, EntryId> = lower.entries[ldir]
+            .children
+            .iter()
+            .map(|c| (lower.entries[*c].name.clone(), *c))
+            .collect();
+        for (u, strip) in kept {
+            let uino = upper.entries[u].inode;
+            let is_dir = upper.inodes[uino].file_type == FileType::Directory;
+            let mapped = map_inode(lower, uino, strip);
+            let name = upper.entries[u].name.clone();
+            let target = match by_name.get(&name) {
+                Some(&l) => {
+                    let lower_is_dir = lower.inode_of(l).file_type == FileType::Directory;
+                    lower.entries[l].inode = mapped;
+                    if !(is_dir && lower_is_dir) {
+                        lower.entries[l].children.clear();
+                    }
+                    l
+                }
+                None => {
+                    let e = lower.entries.len();
+                    lower.entries.push(super::Entry {
+                        name: name.clone(),
+                        parent: ldir,
+                        inode: mapped,
+                        children: Vec::new(),
+                    });
+                    lower.entries[ldir].children.push(e);
+                    by_name.insert(name, e);
+                    e
+                }
+            };
+            if is_dir {
+                stack.push((target, u));
+            }
+        }
+        let names: Vec<Vec<u8>> = lower.entries[ldir]
+            .children
+            .iter()
+            .map(|c| lower.entries[*c].name.clone())
+            .collect();
+        let mut pairs: Vec<(Vec<u8>, EntryId)> = names
+            .into_iter()
+            .zip(lower.entries[ldir].children.iter().copied())
+            .collect();
+        pairs.sort();
+        lower.entries[ldir].children = pairs.into_iter().map(|p| p.1).collect();
+    }
+}
+
+impl Tree {
+    /// A copy holding only the entries reachable from the root and the inodes they use, in
+    /// the same order; chunk ids are kept.
+    pub fn compact(&self) -> Tree {
+        let mut out = Tree::new(self.inodes[self.entries[0].inode].clone());
+        let mut inode_map: HashMap<InodeId, InodeId> = HashMap::from([(self.entries[0].inode, 0)]);
+        let mut stack = vec![(0usize, 0usize)];
+        while let Some((old, new)) = stack.pop() {
+            for &c in &self.entries[old].children {
+                let ino = self.entries[c].inode;
+                let mapped = *inode_map.entry(ino).or_insert_with(|| {
+                    out.inodes.push(self.inodes[ino].clone());
+                    out.inodes.len() - 1
+                });
+                let e = out.entries.len();
+                out.entries.push(super::Entry {
+                    name: self.entries[c].name.clone(),
+                    parent: new,
+                    inode: mapped,
+                    children: Vec::new(),
+                });
+                out.entries[new].children.push(e);
+                stack.push((c, e));
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tree(spec: &[(&str, FileType)]) -> Tree {
+        let mut t = Tree::new(Inode::new(FileType::Directory, 0o755));
+        for (path, ft) in spec {
+            let mut parent = 0;
+            let parts: Vec<&str> = path.split('/').collect();
+            for (i, p) in parts.iter().enumerate() {
+                let found = t.entries[parent]
+                    .children
+                    .iter()
+                    .copied()
+                    .find(|c| t.entries[*c].name == p.as_bytes());
+                parent = match found {
+                    Some(f) => f,
+                    None => {
+                        let ft = if i + 1 == parts.len() {
+                            *ft
+                        } else {
+                            FileType::Directory
+                        };
+                        let mut inode = Inode::new(ft, 0o644);
+                        if ft == FileType::CharDevice {
+                            inode.rdev = 0;
+                        }
+                        let ino = t.add_inode(inode);
+                        t.add_entry(parent, p.as_bytes(), ino).unwrap()
+                    }
+                };
+            }
+        }
+        t.sort();
+        t
+    }
+
+    fn paths(t: &Tree) -> Vec<String> {
+        let t = t.compact();
+        let mut v: Vec<String> = (1..t.entries.len())
+            .map(|e| t.path(e).display().to_string())
+            .collect();
+        v.sort();
+        v
+    }
+
+    use FileType::*;
+
+    #[test]
+    fn oci_whiteouts_and_opaque() {
+        let mut low = tree(&[
+            ("a/x", Regular),
+            ("a/y", Regular),
+            ("b", Regular),
+            ("c/d", Regular),
+        ]);
+        let up = tree(&[
+            ("a/.wh..wh..opq", Regular),
+            ("a/z", Regular),
+            (".wh.b", Regular),
+            ("c/.wh.d", Regular),
+        ]);
+        apply(&mut low, &up, WhiteoutSpec::Oci, &|c| c);
+        assert_eq!(paths(&low), vec!["/a", "/a/z", "/c"]);
+    }
+
+    #[test]
+    fn overlayfs_whiteouts_and_opaque_dirs() {
+        let mut low = tree(&[("a/x", Regular), ("b", Regular)]);
+        let mut up = tree(&[("a/new", Regular), ("b", CharDevice)]);
+        let a = up.entries[0].children[0];
+        let ino = up.entries[a].inode;
+        up.inodes[ino].xattrs = vec![(OVERLAY_OPAQUE_XATTR.to_vec(), b"y".to_vec())];
+        apply(&mut low, &up, WhiteoutSpec::Overlayfs, &|c| c);
+        assert_eq!(paths(&low), vec!["/a", "/a/new"]);
+        let t = low.compact();
+        assert!(
+            t.inode_of(t.entries[0].children[0]).xattrs.is_empty(),
+            "opaque xattr dropped"
+        );
+    }
+
+    #[test]
+    fn file_replaced_by_dir_and_back() {
+        let mut low = tree(&[("f", Regular), ("d/inner", Regular)]);
+        let up = tree(&[("f/now-a-dir", Regular), ("d", Symlink)]);
+        apply(&mut low, &up, WhiteoutSpec::Oci, &|c| c);
+        assert_eq!(paths(&low), vec!["/d", "/f", "/f/now-a-dir"]);
+        let t = low.compact();
+        assert_eq!(t.inode_of(t.entries[0].children[0]).file_type, Symlink);
+    }
+
+    #[test]
+    fn whiteouts_in_the_bottom_layer_are_dropped() {
+        let mut base = Tree::new(Inode::new(Directory, 0o755));
+        let layer = tree(&[(".wh.gone", Regular), ("kept", Regular)]);
+        apply(&mut base, &layer, WhiteoutSpec::Oci, &|c| c);
+        assert_eq!(paths(&base), vec!["/kept"]);
+    }
+}

@@ -113,7 +113,7 @@ impl Progress for NoProgress {}
 pub struct CreateOutput {
     /// Bootstrap path written (empty when inlined into the blob).
     pub bootstrap: String,
-    /// Blob ids in blob-table order.
+    /// Blob ids in blob-table order (parent and dictionary blobs included).
     pub blobs: Vec<String>,
     /// Path of the blob file written, if any.
     pub blob_path: Option<PathBuf>,
@@ -349,7 +349,7 @@ pub fn create(opts: &CreateOptions, progress: &dyn Progress) -> Result<CreateOut
         }));
         all
     };
-    let (summary, file_id, files, bootstrap) = if opts.blob_inline_meta {
+    let (summary, file_id, files, bootstrap, table_ids) = if opts.blob_inline_meta {
         let mut tree = tree.clone();
         let (chunks, blobs) = compact_blobs(
             &mut tree,
@@ -359,7 +359,17 @@ pub fn create(opts: &CreateOptions, progress: &dyn Progress) -> Result<CreateOut
         let boot = v6::encode(&tree, &chunks, &blobs, &eopts)?;
         writer.append_bootstrap(&boot)?;
         let (summary, id, files) = writer.finish()?;
-        (summary, id, files, None)
+        let ids = blobs
+            .iter()
+            .map(|b| {
+                if b.id == INLINE_PLACEHOLDER_ID {
+                    id.clone()
+                } else {
+                    b.id.clone()
+                }
+            })
+            .collect::<Vec<_>>();
+        (summary, id, files, None, ids)
     } else {
         let (summary, id, files) = writer.finish()?;
         let new_id = summary.as_ref().map(|s| s.id.clone()).unwrap_or_default();
@@ -376,11 +386,11 @@ pub fn create(opts: &CreateOptions, progress: &dyn Progress) -> Result<CreateOut
         } else {
             v6::encode(&tree, &chunks, &blobs, &eopts)?
         };
-        (summary, id, files, Some(boot))
+        let ids = blobs.iter().map(|b| b.id.clone()).collect::<Vec<_>>();
+        (summary, id, files, Some(boot), ids)
     };
     timings.insert("dump_bootstrap".into(), t2.elapsed().as_secs_f64());
 
-    let blob_id = summary.as_ref().map(|s| s.id.clone());
     // a blob file exists when it holds chunks, or the inlined bootstrap
     let blob_written = !cache_only && (summary.is_some() || opts.blob_inline_meta);
     let blob_path = match (&opts.blob, &opts.blob_dir) {
@@ -419,7 +429,7 @@ pub fn create(opts: &CreateOptions, progress: &dyn Progress) -> Result<CreateOut
 
     let out = CreateOutput {
         bootstrap: bootstrap_path,
-        blobs: blob_id.into_iter().collect(),
+        blobs: table_ids,
         blob_path,
         blob_size,
         entries: tree.entries.len() as u64,

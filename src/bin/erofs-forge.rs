@@ -33,6 +33,8 @@ enum Command {
     Create(CreateArgs),
     /// Overlay layer bootstraps (lowest first) into one image bootstrap.
     Merge(MergeArgs),
+    /// Export an image as one raw disk image the kernel mounts alone (--block), or as a tar.
+    Export(ExportArgs),
     /// Validate a bootstrap and, with its blobs, every chunk's data.
     Check(CheckArgs),
     /// Write an image's tree, with its data, as a tar or into a directory.
@@ -92,6 +94,34 @@ struct MergeArgs {
     /// Write the result as JSON.
     #[arg(short = 'J', long)]
     output_json: Option<PathBuf>,
+}
+
+#[derive(clap::Args)]
+struct ExportArgs {
+    /// Write a raw block image: the bootstrap followed by every blob's uncompressed data.
+    #[arg(long, required_unless_present = "tar")]
+    block: bool,
+    /// Write a tar of the image's tree instead (as `unpack --output`).
+    #[arg(long, conflicts_with = "block")]
+    tar: Option<PathBuf>,
+    /// The bootstrap (or a blob with an inlined bootstrap).
+    #[arg(short = 'B', long)]
+    bootstrap: PathBuf,
+    /// Directory holding the blobs (named by id, or <id>.blob.data).
+    #[arg(short = 'D', long)]
+    blob_dir: Option<PathBuf>,
+    /// The blob file (single-blob images; the tar for tarfs images).
+    #[arg(short = 'b', long)]
+    blob: Option<PathBuf>,
+    /// Output file (default: <bootstrap>.disk).
+    #[arg(short = 'O', long)]
+    output: Option<PathBuf>,
+    /// Append a dm-verity hash tree and print its root hash.
+    #[arg(long)]
+    verity: bool,
+    /// Accepted for compatibility (the export is single-threaded I/O).
+    #[arg(long)]
+    threads: Option<usize>,
 }
 
 #[derive(clap::Args)]
@@ -420,6 +450,48 @@ fn run_merge(a: MergeArgs) -> Result<()> {
     Ok(())
 }
 
+fn run_export(a: ExportArgs) -> Result<()> {
+    use erofs_forge::cmd::{export, unpack};
+    let blobs = erofs_forge::blob::reader::BlobSource {
+        dir: a.blob_dir,
+        file: a.blob,
+    };
+    if let Some(tar) = a.tar {
+        let n = unpack::unpack(&unpack::UnpackOptions {
+            bootstrap: a.bootstrap,
+            blobs,
+            output_tar: Some(tar),
+            output_dir: None,
+        })?;
+        println!("exported {n} entries");
+        return Ok(());
+    }
+    let out = export::export_block(&export::ExportOptions {
+        bootstrap: a.bootstrap,
+        blobs,
+        output: a.output,
+        verity: a.verity,
+    })?;
+    println!("block image: {}", out.path.display());
+    if let Some(root) = &out.root_hash {
+        let p = out.path.display();
+        println!("dm-verity root hash: {root}");
+        println!(
+            "dm-verity options: --no-superblock --format=1 --hash=sha256 --salt=- --data-block-size={b} --hash-block-size={b} --data-blocks={} --hash-offset={}",
+            out.data_blocks,
+            out.data_size,
+            b = export::VERITY_BLOCK
+        );
+        println!(
+            "veritysetup verify {p} {p} {root} --no-superblock --format=1 --hash=sha256 --salt=- --data-block-size={b} --hash-block-size={b} --data-blocks={} --hash-offset={}",
+            out.data_blocks,
+            out.data_size,
+            b = export::VERITY_BLOCK
+        );
+    }
+    Ok(())
+}
+
 fn run_check(a: CheckArgs) -> Result<()> {
     use erofs_forge::cmd::check;
     let Some(bootstrap) = a.bootstrap.or(a.bootstrap_opt) else {
@@ -539,6 +611,7 @@ fn main() -> ExitCode {
         Command::Create(a) => run_create(a),
         Command::Check(a) => run_check(a),
         Command::Merge(a) => run_merge(a),
+        Command::Export(a) => run_export(a),
         Command::Unpack(a) => run_unpack(a),
         Command::Inspect(a) => run_inspect(a),
         Command::Stat(a) => run_stat(a),

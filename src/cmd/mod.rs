@@ -2,6 +2,7 @@
 
 pub mod check;
 pub mod create;
+pub mod export;
 pub mod inspect;
 pub mod merge;
 pub mod stat;

@@ -206,6 +206,7 @@ impl BlobWriter {
         let info = ChunkInfo {
             digest,
             crc32,
+            has_crc32: true,
             blob_index: self.opts.blob_index,
             index: self.chunks.len() as u32,
             compressed: stored.is_some(),
@@ -390,6 +391,7 @@ mod tests {
         let c = ChunkInfo {
             digest: [0; 32],
             crc32: 0,
+            has_crc32: true,
             blob_index: 0,
             index: 0,
             compressed: false,

@@ -319,7 +319,13 @@ impl BlobWriter {
             }
             None => None,
         };
-        let cache_data = match self.cache.take() {
+        // a blob without chunks is not recorded in the bootstrap: no cache files for it
+        let cache = if self.summary.is_some() {
+            self.cache.take()
+        } else {
+            None
+        };
+        let cache_data = match cache {
             Some((tmp, mut w, cache_pos)) => {
                 write_zeros(&mut w, self.uncompressed_end - cache_pos).ctx("write", tmp.path())?;
                 w.flush().ctx("write", tmp.path())?;

@@ -269,7 +269,7 @@ pub fn create(opts: &CreateOptions, progress: &dyn Progress) -> Result<CreateOut
             let (per_inode, (tree, files, bytes)) =
                 pipeline::run_with(&popts, &mut table, &mut writer, &|_| {}, move |sink| {
                     let (mut input, compression) = tar::decompress(counted, &source)?;
-                    log::info!(
+                    log::debug!(
                         "{}: tar, compression {}",
                         source.display(),
                         compression.name()

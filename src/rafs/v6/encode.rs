@@ -381,9 +381,9 @@ fn write_inodes(
             ino: place.index.into(),
             uid: uid.into(),
             gid: gid.into(),
-            // negative times (before 1970) cannot be stored; clamp rather than wrap
+            // negative times (before 1970) cannot be stored: they become the epoch
             mtime: (inode.mtime.max(0) as u64).into(),
-            mtime_nsec: inode.mtime_nsec.into(),
+            mtime_nsec: (if inode.mtime < 0 { 0 } else { inode.mtime_nsec }).into(),
             nlink: nlink.into(),
             reserved2: [0; 16],
         };

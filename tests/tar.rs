@@ -983,10 +983,8 @@ fn gnu_long_names_pax_globals_and_libarchive_xattrs() {
     let (d, r) = build(&t, &[]);
     r.unwrap();
     if let Some((m, man)) = mounted(d.path()) {
-        let mut p = String::from_utf8(long_name.clone()).unwrap();
-        assert_eq!(read(&m, &p), b"long");
+        assert_eq!(read(&m, std::str::from_utf8(&long_name).unwrap()), b"long");
         assert_eq!(man[long_name.as_slice()].mtime, (1234, 500_000_000));
-        p.clear();
         assert_eq!(man[&b"sym"[..]].target, long_target);
         let xa = &man[&b"xa"[..]];
         assert_eq!(xa.uid, 4_000_000_000);

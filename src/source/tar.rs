@@ -607,7 +607,7 @@ impl Reader<'_> {
             kind::SYMLINK => FileType::Symlink,
             kind::CHAR => FileType::CharDevice,
             kind::BLOCK => FileType::BlockDevice,
-            kind::DIRECTORY => FileType::Directory,
+            kind::DIRECTORY | kind::GNU_DUMPDIR => FileType::Directory,
             kind::FIFO => FileType::Fifo,
             other => return Err(at.err(format!("unsupported entry type {:?}", char::from(other)))),
         };

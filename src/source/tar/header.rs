@@ -72,6 +72,8 @@ pub mod kind {
     pub const GNU_LONGLINK: u8 = b'K';
     /// Old GNU sparse file.
     pub const GNU_SPARSE: u8 = b'S';
+    /// GNU incremental dump directory (a directory whose data lists its contents).
+    pub const GNU_DUMPDIR: u8 = b'D';
     /// GNU volume label (not a file).
     pub const GNU_VOLUME: u8 = b'V';
 }
@@ -325,6 +327,9 @@ pub fn url_decode(s: &[u8]) -> Result<Vec<u8>, String> {
 
 /// The longest name component a filesystem entry may have.
 pub const MAX_COMPONENT: usize = 255;
+/// The longest path accepted (Linux `PATH_MAX` - 1): it also bounds how many directories one
+/// entry can imply, and so the memory a small archive can make the tree take.
+pub const MAX_PATH: usize = 4095;
 
 /// Splits an archive path into its components: leading `/` and `.` components are dropped
 /// (so `./`, `/` and `.` name the root, giving no components). Rejected: an empty name, a NUL
@@ -335,6 +340,12 @@ pub fn split_path(path: &[u8]) -> Result<Vec<&[u8]>, String> {
     }
     if path.contains(&0) {
         return Err("name holds a NUL byte".into());
+    }
+    if path.len() > MAX_PATH {
+        return Err(format!(
+            "name is {} bytes long, the limit is {MAX_PATH}",
+            path.len()
+        ));
     }
     let mut out = Vec::new();
     for c in path.split(|b| *b == b'/') {
@@ -490,6 +501,8 @@ mod tests {
         assert!(split_path(b"a\0b").is_err());
         assert!(split_path(&[b'n'; 256]).is_err());
         assert!(split_path(&[b'n'; 255]).is_ok());
+        let deep: Vec<u8> = b"a/".repeat(2048);
+        assert!(split_path(&deep).is_err());
     }
 
     #[test]

@@ -47,6 +47,16 @@ pub enum Error {
         /// What is wrong with it.
         reason: String,
     },
+    /// A tar archive entry cannot be taken into the image.
+    #[error("tar entry {entry:?} at offset {offset:#x}: {reason}")]
+    Tar {
+        /// The entry's name as the archive spells it.
+        entry: String,
+        /// Offset of the entry's first header in the (uncompressed) archive.
+        offset: u64,
+        /// What is wrong.
+        reason: String,
+    },
     /// A limit of the format was exceeded.
     #[error("format limit exceeded: {0}")]
     Limit(String),

@@ -201,6 +201,15 @@ struct StatArgs {
 enum SourceTypeArg {
     #[value(name = "dir-rafs", alias = "directory")]
     DirRafs,
+    /// A tar layer (plain, gzip, zstd or xz: told by its magic bytes).
+    #[value(name = "tar-rafs")]
+    TarRafs,
+    /// Same as tar-rafs (compression is detected either way).
+    #[value(name = "targz-rafs")]
+    TargzRafs,
+    /// An uncompressed tar referenced in place: 512-byte blocks, the tar is the device.
+    #[value(name = "tar-tarfs")]
+    TarTarfs,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -219,7 +228,7 @@ enum DigesterArg {
 
 #[derive(clap::Args)]
 struct CreateArgs {
-    /// Source directory.
+    /// Source: a directory (dir-rafs), or a tar file, fifo or - for standard input (tar types).
     source: PathBuf,
     /// Source type.
     #[arg(
@@ -315,7 +324,18 @@ impl Progress for Bar {
     fn start(&self, files: u64, bytes: u64) {
         if let Some(b) = &self.0 {
             b.set_length(bytes);
-            b.set_message(format!("{files} files"));
+            if files == 0 {
+                // a tar: bytes of the input read so far (of its size, when it is a file)
+                b.set_message("reading");
+                if bytes == 0 {
+                    b.set_style(
+                        ProgressStyle::with_template("{spinner} {msg} {bytes} {bytes_per_sec}")
+                            .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+                    );
+                }
+            } else {
+                b.set_message(format!("{files} files"));
+            }
         }
     }
     fn advance(&self, bytes: u64) {
@@ -352,6 +372,8 @@ fn run_create(a: CreateArgs) -> Result<()> {
         source: a.source,
         source_type: match a.source_type {
             SourceTypeArg::DirRafs => SourceType::Directory,
+            SourceTypeArg::TarRafs | SourceTypeArg::TargzRafs => SourceType::Tar,
+            SourceTypeArg::TarTarfs => SourceType::TarTarfs,
         },
         fs_version: a.fs_version,
         bootstrap: a.bootstrap,

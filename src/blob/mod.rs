@@ -14,6 +14,8 @@ pub struct ChunkInfo {
     pub digest: [u8; 32],
     /// CRC-32C of the uncompressed bytes.
     pub crc32: u32,
+    /// Whether `crc32` was computed (not for tarfs chunks).
+    pub has_crc32: bool,
     /// Index of the blob in the bootstrap's blob table.
     pub blob_index: u32,
     /// Index of the chunk within its blob.
@@ -33,11 +35,14 @@ pub struct ChunkInfo {
 impl ChunkInfo {
     /// BlobChunkFlags of this chunk (formats/blob.md §8).
     pub fn flags(&self) -> u32 {
-        format::CHUNK_FLAG_HAS_CRC32
-            | if self.compressed {
-                format::CHUNK_FLAG_COMPRESSED
-            } else {
-                0
-            }
+        (if self.has_crc32 {
+            format::CHUNK_FLAG_HAS_CRC32
+        } else {
+            0
+        }) | if self.compressed {
+            format::CHUNK_FLAG_COMPRESSED
+        } else {
+            0
+        }
     }
 }

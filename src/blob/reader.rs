@@ -317,6 +317,7 @@ mod tests {
             blob_index: 0,
             index: 3,
             compressed: true,
+            has_crc32: true,
             compressed_offset: 0x12_3456_789a,
             compressed_size: 0x10_0000,
             uncompressed_offset: 0x7_0000_1000,

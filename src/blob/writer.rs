@@ -211,6 +211,7 @@ impl BlobWriter {
         let info = ChunkInfo {
             digest,
             crc32,
+            has_crc32: true,
             blob_index: self.opts.blob_index,
             index: self.chunks.len() as u32,
             compressed: stored.is_some(),
@@ -344,7 +345,13 @@ impl BlobWriter {
             }
             None => None,
         };
-        let cache_data = match self.cache.take() {
+        // a blob without chunks is not recorded in the bootstrap: no cache files for it
+        let cache = if self.summary.is_some() {
+            self.cache.take()
+        } else {
+            None
+        };
+        let cache_data = match cache {
             Some((tmp, mut w, cache_pos)) => {
                 write_zeros(&mut w, self.uncompressed_end - cache_pos).ctx("write", tmp.path())?;
                 w.flush().ctx("write", tmp.path())?;
@@ -416,6 +423,7 @@ mod tests {
         let c = ChunkInfo {
             digest: [0; 32],
             crc32: 0,
+            has_crc32: true,
             blob_index: 0,
             index: 0,
             compressed: false,

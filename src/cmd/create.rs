@@ -15,8 +15,9 @@ use crate::cmd::merge::{compact_blobs, empty_tree, record_of};
 use crate::error::{Error, IoContext, Result};
 use crate::rafs::v6::{self, BlobRecord, EncodeOptions};
 use crate::rafs::Image;
+use crate::source::tar;
 use crate::tree::overlay::{self, WhiteoutSpec};
-use crate::tree::{DataSource, FileType, Tree};
+use crate::tree::{DataSource, FileType, InodeId, Tree};
 
 /// Blob id written into a bootstrap inlined in its own blob (its id is not known yet).
 pub const INLINE_PLACEHOLDER_ID: &str =
@@ -28,6 +29,11 @@ pub enum SourceType {
     /// A local directory.
     #[default]
     Directory,
+    /// A tar stream (plain, gzip, zstd or xz, told by its magic bytes): `tar-rafs`,
+    /// `targz-rafs`. File data is chunked into a new blob.
+    Tar,
+    /// An uncompressed tar whose data stays in place: `tar-tarfs` (formats/rafs-v6.md §15).
+    TarTarfs,
 }
 
 /// Options of `create`, mirroring nydus-image's flags.
@@ -152,6 +158,36 @@ fn validate(o: &CreateOptions) -> Result<()> {
         return bad("--blob-inline-meta is supported with --fs-version 6 only");
     }
     validate_chunk_size(o.chunk_size)?;
+    if o.source_type == SourceType::Directory && crate::source::tar::is_stdin(&o.source) {
+        return bad(
+            "a directory source cannot be standard input; use -t tar-rafs for a tar stream",
+        );
+    }
+    if o.source_type == SourceType::TarTarfs {
+        if o.blob.is_some() {
+            return bad("--blob is not allowed for tar-tarfs: the tar itself is the data blob");
+        }
+        if o.blob_inline_meta {
+            return bad("--blob-inline-meta is not allowed for tar-tarfs");
+        }
+        if o.blob_cache_dir.is_some() {
+            return bad(
+                "--blob-cache-dir is not allowed for tar-tarfs: the tar itself is the device",
+            );
+        }
+        if o.bootstrap.is_none() && o.blob_dir.is_none() {
+            return bad("tar-tarfs needs --bootstrap or --blob-dir");
+        }
+        if let Some(d) = &o.blob_dir {
+            if !d.is_dir() {
+                return Err(Error::InvalidOption(format!(
+                    "{} is not a directory",
+                    d.display()
+                )));
+            }
+        }
+        return Ok(());
+    }
     if o.blob_inline_meta && o.bootstrap.is_some() {
         return bad(
             "--blob-inline-meta conflicts with --bootstrap: the bootstrap goes into the blob",
@@ -217,6 +253,9 @@ fn check_base(opts: &CreateOptions, img: &Image, path: &Path) -> Result<()> {
 /// Builds an image from `opts.source`.
 pub fn create(opts: &CreateOptions, progress: &dyn Progress) -> Result<CreateOutput> {
     validate(opts)?;
+    if opts.source_type == SourceType::TarTarfs {
+        return create_tarfs(opts, progress);
+    }
     let t0 = Instant::now();
     let mut timings = BTreeMap::new();
     // blob-cache-only builds store chunks raw, as upstream does
@@ -234,31 +273,6 @@ pub fn create(opts: &CreateOptions, progress: &dyn Progress) -> Result<CreateOut
     } else {
         opts.threads
     };
-
-    let mut tree = match opts.source_type {
-        SourceType::Directory => crate::source::dir::walk(&opts.source)?,
-    };
-    timings.insert("load_tree".into(), t0.elapsed().as_secs_f64());
-
-    // each inode's data once, in numbering order (formats/rafs-v6.md §13)
-    let mut seen = vec![false; tree.inodes.len()];
-    let mut jobs = Vec::new();
-    for e in tree.numbering_order() {
-        let ino = tree.entries[e].inode;
-        let inode = &tree.inodes[ino];
-        if inode.file_type != FileType::Regular || std::mem::replace(&mut seen[ino], true) {
-            continue;
-        }
-        if let DataSource::Path(p) = &inode.data {
-            jobs.push(FileJob {
-                inode: ino,
-                path: p.clone(),
-                size: inode.size,
-            });
-        }
-    }
-    let data_bytes: u64 = jobs.iter().map(|j| j.size).sum();
-    progress.start(jobs.len() as u64, data_bytes);
 
     // lower layer and chunk dictionary: their blobs come first, their chunks seed dedup
     let mut table = ChunkTable::default();
@@ -308,9 +322,45 @@ pub fn create(opts: &CreateOptions, progress: &dyn Progress) -> Result<CreateOut
         compressor,
         threads,
     };
-    let per_inode = pipeline::run(&jobs, &popts, &mut table, &mut writer, &|n| {
-        progress.advance(n)
-    })?;
+    let (mut tree, per_inode, file_count, data_bytes) = match opts.source_type {
+        SourceType::Directory => {
+            let tree = crate::source::dir::walk(&opts.source)?;
+            timings.insert("load_tree".into(), t0.elapsed().as_secs_f64());
+            let jobs = file_jobs(&tree);
+            let data_bytes: u64 = jobs.iter().map(|j| j.size).sum();
+            progress.start(jobs.len() as u64, data_bytes);
+            let per_inode = pipeline::run(&jobs, &popts, &mut table, &mut writer, &|n| {
+                progress.advance(n)
+            })?;
+            (tree, per_inode, jobs.len() as u64, data_bytes)
+        }
+        SourceType::Tar | SourceType::TarTarfs => {
+            let (raw, size) = tar::open_raw(&opts.source)?;
+            progress.start(0, size.unwrap_or(0));
+            let report = |n: u64| progress.advance(n);
+            let counted: Box<dyn std::io::Read + Send + '_> =
+                Box::new(tar::Counting::new(raw, &report));
+            let source = opts.source.clone();
+            let (per_inode, (tree, files, bytes)) =
+                pipeline::run_with(&popts, &mut table, &mut writer, &|_| {}, move |sink| {
+                    let (mut input, compression) = tar::decompress(counted, &source)?;
+                    log::debug!(
+                        "{}: tar, compression {}",
+                        source.display(),
+                        compression.name()
+                    );
+                    let mut files = PipelineFiles {
+                        sink,
+                        files: 0,
+                        bytes: 0,
+                    };
+                    let tree = tar::read_tar(&mut input, &source, &mut files)?;
+                    Ok((tree, files.files, files.bytes))
+                })?;
+            timings.insert("load_tree".into(), t0.elapsed().as_secs_f64());
+            (tree, per_inode, files, bytes)
+        }
+    };
     let chunk_refs: u64 = per_inode.values().map(|v| v.len() as u64).sum();
     for (ino, ids) in per_inode {
         tree.inodes[ino].chunks = ids;
@@ -318,10 +368,12 @@ pub fn create(opts: &CreateOptions, progress: &dyn Progress) -> Result<CreateOut
     let data_summary = writer.finish_data()?;
     timings.insert("dump_blob".into(), t1.elapsed().as_secs_f64());
 
-    // the layer goes on top of its parent; whiteouts are applied and never stored (a lone
-    // directory layer drops them, as nydus-image does)
+    // the layer goes on top of its parent; whiteouts are applied and never stored. Without a
+    // parent a directory drops them and a tar layer keeps them for `merge`, as nydus-image does
+    let keep_as_is =
+        opts.whiteout_spec == WhiteoutSpec::None || opts.source_type != SourceType::Directory;
     let tree = match (&parent, opts.whiteout_spec) {
-        (None, WhiteoutSpec::None) => tree,
+        (None, _) if keep_as_is => tree,
         (lower, spec) => {
             let mut merged = lower
                 .as_ref()
@@ -338,6 +390,8 @@ pub fn create(opts: &CreateOptions, progress: &dyn Progress) -> Result<CreateOut
         compressor,
         digester: opts.digester,
         explicit_uid_gid: !opts.repeatable,
+        block_size: v6::encode::BLOCK_SIZE,
+        tarfs: false,
     };
     let records = |id: &str, s: &Option<crate::blob::BlobSummary>| -> Vec<BlobRecord> {
         let mut all = base_blobs.clone();
@@ -433,12 +487,186 @@ pub fn create(opts: &CreateOptions, progress: &dyn Progress) -> Result<CreateOut
         blob_path,
         blob_size,
         entries: tree.entries.len() as u64,
-        files: jobs.len() as u64,
+        files: file_count,
         data_bytes,
         chunks: chunk_refs,
         unique_chunks: table.chunks.len() as u64,
         compressor,
         fs_version: opts.fs_version,
+        timings,
+    };
+    if let Some(path) = &opts.output_json {
+        write_atomic(path, output_json(&out, &tree).as_bytes())?;
+    }
+    Ok(out)
+}
+
+/// Each inode's data once, in numbering order (formats/rafs-v6.md §13).
+fn file_jobs(tree: &Tree) -> Vec<FileJob> {
+    let mut seen = vec![false; tree.inodes.len()];
+    let mut jobs = Vec::new();
+    for e in tree.numbering_order() {
+        let ino = tree.entries[e].inode;
+        let inode = &tree.inodes[ino];
+        if inode.file_type != FileType::Regular || std::mem::replace(&mut seen[ino], true) {
+            continue;
+        }
+        if let DataSource::Path(p) = &inode.data {
+            jobs.push(FileJob {
+                inode: ino,
+                path: p.clone(),
+                size: inode.size,
+            });
+        }
+    }
+    jobs
+}
+
+/// Feeds tar file data to the chunk pipeline, in archive order.
+struct PipelineFiles<'s, 'a> {
+    sink: &'s mut pipeline::ChunkSink<'a>,
+    files: u64,
+    bytes: u64,
+}
+
+impl tar::FileData for PipelineFiles<'_, '_> {
+    fn file(
+        &mut self,
+        inode: InodeId,
+        data: &mut dyn std::io::Read,
+        size: u64,
+        _location: tar::DataLocation,
+        name: &Path,
+    ) -> Result<Option<Vec<u32>>> {
+        self.sink.add_file(inode, data, size, name)?;
+        self.files += 1;
+        self.bytes += size;
+        Ok(None)
+    }
+}
+
+/// Reads through whatever it wraps, hashing every byte (the tarfs blob id) and counting them.
+struct Hashing<R> {
+    inner: R,
+    hasher: Sha256,
+    count: u64,
+}
+
+impl<R: std::io::Read> std::io::Read for Hashing<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.count += n as u64;
+        Ok(n)
+    }
+}
+
+/// `tar-tarfs`: a bootstrap with 512-byte blocks whose chunks point at the file data inside
+/// the tar, which is the image's only device (formats/rafs-v6.md §15). No blob is written; the
+/// blob id is the sha256 of the tar.
+fn create_tarfs(opts: &CreateOptions, progress: &dyn Progress) -> Result<CreateOutput> {
+    let t0 = Instant::now();
+    let mut timings = BTreeMap::new();
+    if opts.compressor.is_some_and(|c| c != Compressor::None) {
+        log::warn!("tar-tarfs stores no data: the compressor is none");
+    }
+    let (raw, size) = tar::open_raw(&opts.source)?;
+    progress.start(0, size.unwrap_or(0));
+    let report = |n: u64| progress.advance(n);
+    let mut hashing = Hashing {
+        inner: tar::Counting::new(raw, &report),
+        hasher: Sha256::new(),
+        count: 0,
+    };
+    let mut chunks = tar::TarfsChunks {
+        chunk_size: opts.chunk_size,
+        chunks: Vec::new(),
+    };
+    let tree = {
+        let (mut input, compression) = tar::decompress(Box::new(&mut hashing), &opts.source)?;
+        if compression != tar::Compression::None {
+            return Err(Error::Unsupported {
+                path: opts.source.clone(),
+                reason: format!(
+                    "tar-tarfs references file data inside the tar, so the tar must not be compressed (this one is {})",
+                    compression.name()
+                ),
+            });
+        }
+        tar::read_tar(&mut input, &opts.source, &mut chunks)?
+    };
+    let tar_size = hashing.count;
+    let id = hex::encode(hashing.hasher.finalize());
+    timings.insert("load_tree".into(), t0.elapsed().as_secs_f64());
+
+    let file_count = tree
+        .inodes
+        .iter()
+        .filter(|i| i.file_type == FileType::Regular && !i.chunks.is_empty())
+        .count() as u64;
+    let data_bytes: u64 = chunks
+        .chunks
+        .iter()
+        .map(|c| u64::from(c.uncompressed_size))
+        .sum();
+    let summary = crate::blob::BlobSummary {
+        id: id.clone(),
+        chunk_count: chunks.chunks.len() as u32,
+        compressed_size: tar_size,
+        file_size: tar_size,
+        uncompressed_size: tar_size,
+        features: crate::blob::format::features::TARFS | crate::blob::format::features::CAP_TAR_TOC,
+        // no chunk-info array; upstream leaves the header default (lz4) here
+        ci_compressor: Compressor::Lz4Block.code(),
+        ci_offset: 0,
+        ci_compressed_size: 0,
+        ci_uncompressed_size: 0,
+    };
+    // like upstream, a tar without file data needs no device
+    let blobs: Vec<BlobRecord> = if chunks.chunks.is_empty() {
+        Vec::new()
+    } else {
+        vec![BlobRecord {
+            id: id.clone(),
+            summary,
+            compressor: Compressor::None,
+            digester: Digester::Sha256,
+        }]
+    };
+    let t2 = Instant::now();
+    let eopts = EncodeOptions {
+        chunk_size: opts.chunk_size,
+        compressor: Compressor::None,
+        digester: Digester::Sha256,
+        explicit_uid_gid: !opts.repeatable,
+        block_size: v6::encode::TARFS_BLOCK_SIZE,
+        tarfs: true,
+    };
+    let bytes = v6::encode(&tree, &chunks.chunks, &blobs, &eopts)?;
+    timings.insert("dump_bootstrap".into(), t2.elapsed().as_secs_f64());
+    let path = match (&opts.bootstrap, &opts.blob_dir) {
+        (Some(p), _) => p.clone(),
+        (None, Some(d)) => d.join(hex::encode(Sha256::digest(&bytes))),
+        (None, None) => {
+            return Err(Error::InvalidOption(
+                "no output path for the bootstrap".into(),
+            ))
+        }
+    };
+    write_atomic(&path, &bytes)?;
+    timings.insert("total_build".into(), t0.elapsed().as_secs_f64());
+    let out = CreateOutput {
+        bootstrap: path.display().to_string(),
+        blobs: blobs.iter().map(|b| b.id.clone()).collect(),
+        blob_path: None,
+        blob_size: if blobs.is_empty() { 0 } else { tar_size },
+        entries: tree.entries.len() as u64,
+        files: file_count,
+        data_bytes,
+        chunks: chunks.chunks.len() as u64,
+        unique_chunks: chunks.chunks.len() as u64,
+        compressor: Compressor::None,
+        fs_version: 6,
         timings,
     };
     if let Some(path) = &opts.output_json {

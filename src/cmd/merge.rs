@@ -321,6 +321,8 @@ pub fn encode(
                 compressor: like.compressor,
                 digester: like.digester,
                 explicit_uid_gid: explicit,
+                block_size: u64::from(like.block_size),
+                tarfs: like.flags & crate::rafs::v6::format::super_flags::TARTFS_MODE != 0,
             },
         )
     }

@@ -1,3 +1,4 @@
 //! Sources: each turns its input into a [`crate::tree::Tree`].
 
 pub mod dir;
+pub mod tar;

@@ -275,6 +275,34 @@ impl Tree {
         order
     }
 
+    /// Drops entries no longer reachable from the root (left behind when a source replaced a
+    /// directory by something else), renumbering the rest. Inode ids do not change.
+    pub fn prune_unreachable(&mut self) {
+        let mut map = vec![usize::MAX; self.entries.len()];
+        let mut kept: Vec<Entry> = Vec::with_capacity(self.entries.len());
+        map[0] = 0;
+        kept.push(self.entries[0].clone());
+        let mut i = 0;
+        while i < kept.len() {
+            let children = std::mem::take(&mut kept[i].children);
+            let mut new_children = Vec::with_capacity(children.len());
+            for c in children {
+                if map[c] != usize::MAX {
+                    continue;
+                }
+                let id = kept.len();
+                map[c] = id;
+                let mut e = self.entries[c].clone();
+                e.parent = i;
+                kept.push(e);
+                new_children.push(id);
+            }
+            kept[i].children = new_children;
+            i += 1;
+        }
+        self.entries = kept;
+    }
+
     /// How many names point to each inode.
     pub fn link_counts(&self) -> Vec<u32> {
         let mut counts = vec![0u32; self.inodes.len()];
@@ -312,6 +340,24 @@ mod tests {
             .collect();
         assert_eq!(names, vec![&b""[..], b"a", b"b", b"z", b"in-a", b"in-b"]);
         assert_eq!(t.link_counts()[f], 3);
+    }
+
+    #[test]
+    fn pruning_drops_detached_subtrees() {
+        let mut t = Tree::new(dir());
+        let a = t.add_inode(dir());
+        let f = t.add_inode(Inode::new(FileType::Regular, 0o644));
+        let ea = t.add_entry(0, b"a", a).unwrap();
+        t.add_entry(ea, b"x", f).unwrap();
+        t.add_entry(0, b"y", f).unwrap();
+        assert_eq!(t.link_counts()[f], 2);
+        // "a" becomes a file: its child is detached
+        t.entries[ea].children.clear();
+        t.entries[ea].inode = f;
+        t.prune_unreachable();
+        assert_eq!(t.entries.len(), 3);
+        assert_eq!(t.link_counts()[f], 2);
+        assert_eq!(t.path(2), PathBuf::from("/y"));
     }
 
     #[test]

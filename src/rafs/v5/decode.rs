@@ -236,6 +236,9 @@ pub fn decode(data: &[u8]) -> Result<Image> {
                                 crc32: c.crc32.get(),
                                 blob_index: key.0,
                                 index: key.1,
+                                has_crc32: c.flags.get()
+                                    & crate::blob::format::CHUNK_FLAG_HAS_CRC32
+                                    != 0,
                                 compressed: c.flags.get()
                                     & crate::blob::format::CHUNK_FLAG_COMPRESSED
                                     != 0,

@@ -15,9 +15,6 @@ use zerocopy::FromBytes;
 
 type XattrPair = (Vec<u8>, Vec<u8>);
 
-/// RafsSuperFlags bit of tar-tarfs images (formats/rafs-v6.md §16).
-const TARFS_MODE: u64 = 0x200;
-
 /// Most blobs a v6 image can reference.
 const MAX_BLOBS: u64 = 256;
 /// Deepest directory nesting accepted.
@@ -206,7 +203,7 @@ pub fn decode(data: &[u8]) -> Result<Image> {
         digest_known: Vec::new(),
         chunk_ids: HashMap::new(),
         blob_count: nblobs as u32,
-        tarfs: flags & TARFS_MODE != 0,
+        tarfs: flags & super_flags::TARTFS_MODE != 0,
     };
     let root_nid = u64::from(sb.root_nid.get());
     let (tree, nids) = d.walk(root_nid)?;
@@ -457,6 +454,7 @@ impl Decoder<'_> {
                     blob_index: blob,
                     index: ci,
                     compressed: r.flags.get() & crate::blob::format::CHUNK_FLAG_COMPRESSED != 0,
+                    has_crc32: r.flags.get() & crate::blob::format::CHUNK_FLAG_HAS_CRC32 != 0,
                     compressed_offset: r.compressed_offset.get(),
                     compressed_size: r.compressed_size.get(),
                     uncompressed_offset: r.uncompressed_offset.get(),
@@ -471,6 +469,7 @@ impl Decoder<'_> {
                     blob_index: blob,
                     index: ci,
                     compressed: false,
+                    has_crc32: false,
                     compressed_offset: u64::from(blkaddr) * self.block,
                     compressed_size: usize_hint,
                     uncompressed_offset: u64::from(blkaddr) * self.block,

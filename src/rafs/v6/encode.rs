@@ -14,6 +14,11 @@ use crate::tree::{FileType, Tree};
 
 /// Metadata block size of native (non-tarfs) images.
 pub const BLOCK_SIZE: u64 = 4096;
+/// Metadata block size of tar-tarfs images (the tar's own block size).
+pub const TARFS_BLOCK_SIZE: u64 = 512;
+/// The superblock region, blob table, `meta_addr` and chunk table keep this alignment at
+/// every block size (formats/rafs-v6.md §15).
+pub const META_ALIGN: u64 = 4096;
 /// Each blob of a flattened disk image starts on this boundary (formats/rafs-v6.md §15).
 pub const MAPPED_BLOB_ALIGN: u64 = 0x80000;
 
@@ -28,6 +33,10 @@ pub struct EncodeOptions {
     pub digester: Digester,
     /// Record uid/gid (false for `--repeatable`, which stores 0).
     pub explicit_uid_gid: bool,
+    /// Block size: [`BLOCK_SIZE`], or [`TARFS_BLOCK_SIZE`] for tarfs.
+    pub block_size: u64,
+    /// A tar-tarfs image (sets TARTFS_MODE).
+    pub tarfs: bool,
 }
 
 /// A blob as the bootstrap's blob table and device table describe it.
@@ -82,7 +91,12 @@ pub fn encode(
     blobs: &[BlobRecord],
     opts: &EncodeOptions,
 ) -> Result<Vec<u8>> {
-    let b = BLOCK_SIZE;
+    let b = opts.block_size;
+    if !b.is_power_of_two() || !(512..=BLOCK_SIZE).contains(&b) {
+        return Err(Error::InvalidOption(format!(
+            "block size {b} is not supported"
+        )));
+    }
     if blobs.len() > 254 {
         return Err(Error::Limit(format!(
             "{} blobs; a v6 image holds at most 254",
@@ -93,12 +107,12 @@ pub fn encode(
 
     // Regions before the inode area (formats/rafs-v6.md §1).
     let nblobs = blobs.len() as u64;
-    let blob_table_offset = align_up(DEVICE_TABLE_OFFSET as u64 + 128 * nblobs, b);
+    let blob_table_offset = align_up(DEVICE_TABLE_OFFSET as u64 + 128 * nblobs, META_ALIGN);
     let blob_table_size = 256 * nblobs;
     let meta_addr = if blobs.is_empty() {
         0
     } else {
-        align_up(blob_table_offset + blob_table_size, b)
+        align_up(blob_table_offset + blob_table_size, META_ALIGN)
     };
     let inode_end = meta_addr + layout.end;
 
@@ -128,9 +142,9 @@ pub fn encode(
             );
         }
     }
-    let chunk_table_offset = align_up(inode_end, b);
+    let chunk_table_offset = align_up(inode_end, META_ALIGN);
     let chunk_table_size = 80 * table.len() as u64;
-    let total = chunk_table_offset + align_up(chunk_table_size, b);
+    let total = chunk_table_offset + align_up(chunk_table_size, META_ALIGN);
     let mut buf = vec![0u8; total as usize];
 
     write_superblocks(
@@ -173,7 +187,7 @@ fn write_superblocks(
     chunk_table_size: u64,
     total: u64,
 ) -> Result<()> {
-    let b = BLOCK_SIZE;
+    let b = opts.block_size;
     let mut flags = super_flags::ENCRYPTION_NONE
         | match opts.compressor {
             Compressor::None => super_flags::COMPRESSION_NONE,
@@ -186,6 +200,9 @@ fn write_superblocks(
         };
     if opts.explicit_uid_gid {
         flags |= super_flags::EXPLICIT_UID_GID;
+    }
+    if opts.tarfs {
+        flags |= super_flags::TARTFS_MODE;
     }
     if layout.xattr_size.iter().any(|s| *s > 0) {
         flags |= super_flags::HAS_XATTR;
@@ -295,7 +312,7 @@ fn write_inodes(
     layout: &Layout,
     meta_addr: u64,
 ) -> Result<()> {
-    let b = BLOCK_SIZE;
+    let b = opts.block_size;
     let links = tree.link_counts();
     let nid_of = |ino: usize| -> u64 {
         layout.inodes[ino]
@@ -331,7 +348,7 @@ fn write_inodes(
             ),
             FileType::Regular => (
                 DataLayout::ChunkBased,
-                chunk_format(inode, chunks, opts.chunk_size)?,
+                chunk_format(inode, chunks, opts.chunk_size, b)?,
                 links[ino],
             ),
             FileType::CharDevice | FileType::BlockDevice => {
@@ -364,9 +381,9 @@ fn write_inodes(
             ino: place.index.into(),
             uid: uid.into(),
             gid: gid.into(),
-            // negative times (before 1970) cannot be stored; clamp rather than wrap
+            // negative times (before 1970) cannot be stored: they become the epoch
             mtime: (inode.mtime.max(0) as u64).into(),
-            mtime_nsec: inode.mtime_nsec.into(),
+            mtime_nsec: (if inode.mtime < 0 { 0 } else { inode.mtime_nsec }).into(),
             nlink: nlink.into(),
             reserved2: [0; 16],
         };
@@ -495,7 +512,12 @@ fn write_xattrs(buf: &mut [u8], at: u64, inode: &crate::tree::Inode) -> Result<(
 
 /// The chunk-based format word of a regular file (formats/rafs-v6.md §9): one large chunk
 /// when the data is contiguous in one blob, so the kernel maps it in one go.
-fn chunk_format(inode: &crate::tree::Inode, chunks: &[ChunkInfo], chunk_size: u32) -> Result<u32> {
+fn chunk_format(
+    inode: &crate::tree::Inode,
+    chunks: &[ChunkInfo],
+    chunk_size: u32,
+    block: u64,
+) -> Result<u32> {
     let mut contiguous = true;
     let mut prev: Option<&ChunkInfo> = None;
     for id in &inode.chunks {
@@ -514,10 +536,10 @@ fn chunk_format(inode: &crate::tree::Inode, chunks: &[ChunkInfo], chunk_size: u3
     } else {
         u64::from(chunk_size)
     };
-    let mut bits = size.trailing_zeros() - BLOCK_SIZE.trailing_zeros();
+    let mut bits = size.trailing_zeros() - block.trailing_zeros();
     if bits > 0x1f {
-        // the field has 5 bits: beyond 2^43-byte chunks, fall back to the image chunk size
-        bits = chunk_size.trailing_zeros() - BLOCK_SIZE.trailing_zeros();
+        // the field has 5 bits: beyond 2^31 blocks, fall back to the image chunk size
+        bits = chunk_size.trailing_zeros() - block.trailing_zeros();
     }
     Ok(u32::from(CHUNK_FORMAT_INDEXES) | bits)
 }

@@ -74,6 +74,8 @@ pub mod super_flags {
     pub const COMPRESSION_ZSTD: u64 = 0x80;
     /// Every blob carries a chunk digest array.
     pub const INLINED_CHUNK_DIGEST: u64 = 0x100;
+    /// tar-tarfs image: data is referenced in place in the tar (512-byte blocks).
+    pub const TARTFS_MODE: u64 = 0x200;
     /// Not encrypted.
     pub const ENCRYPTION_NONE: u64 = 0x0100_0000;
 }

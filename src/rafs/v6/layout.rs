@@ -4,9 +4,12 @@
 
 use std::collections::VecDeque;
 
-use super::format::{Dirent, InodeExtended, XattrEntry, XattrIbodyHeader, INODE_SLOT};
+use super::format::{Dirent, InodeExtended, XattrEntry, XattrIbodyHeader, INODE_SLOT, ROOT_NID};
 use crate::error::{Error, Result};
 use crate::tree::{EntryId, FileType, InodeId, Tree};
+
+/// Offset of the root inode after `meta_addr`.
+const ROOT_OFFSET: u64 = ROOT_NID * INODE_SLOT;
 
 /// How an inode's data is laid out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -143,7 +146,9 @@ impl Allocator {
     fn new(block: u64) -> Allocator {
         Allocator {
             block,
-            cursor: block,
+            // the root sits one 4 KiB block after meta_addr whatever the block size
+            // (formats/rafs-v6.md §10), so its nid is always 128
+            cursor: ROOT_OFFSET,
             free: vec![VecDeque::new(); (block / INODE_SLOT) as usize],
         }
     }

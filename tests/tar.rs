@@ -476,7 +476,7 @@ fn shared_mount_check_tar(boot: &Path, tar: &Path) {
 // Upstream byte compatibility (fixtures built by nydus-image from the same tar).
 
 fn upstream(p: &str) -> PathBuf {
-    repo().join("../shared/fixtures/upstream").join(p)
+    repo().join("fixtures/upstream").join(p)
 }
 
 fn upstream_blob(folder: &str) -> String {

@@ -119,6 +119,10 @@ struct ExportArgs {
     /// Append a dm-verity hash tree and print its root hash.
     #[arg(long)]
     verity: bool,
+    /// Address the data inside the image and declare no extra device, so that every EROFS
+    /// reader (fsck.erofs, older kernels) opens it; the default keeps nydus-image's layout.
+    #[arg(long)]
+    single_device: bool,
     /// Accepted for compatibility (the export is single-threaded I/O).
     #[arg(long)]
     threads: Option<usize>,
@@ -493,6 +497,7 @@ fn run_export(a: ExportArgs) -> Result<()> {
         blobs,
         output: a.output,
         verity: a.verity,
+        single_device: a.single_device,
     })?;
     println!("block image: {}", out.path.display());
     if let Some(root) = &out.root_hash {

@@ -392,6 +392,7 @@ pub fn create(opts: &CreateOptions, progress: &dyn Progress) -> Result<CreateOut
         explicit_uid_gid: !opts.repeatable,
         block_size: v6::encode::BLOCK_SIZE,
         tarfs: false,
+        single_device: false,
     };
     let records = |id: &str, s: &Option<crate::blob::BlobSummary>| -> Vec<BlobRecord> {
         let mut all = base_blobs.clone();
@@ -641,6 +642,7 @@ fn create_tarfs(opts: &CreateOptions, progress: &dyn Progress) -> Result<CreateO
         explicit_uid_gid: !opts.repeatable,
         block_size: v6::encode::TARFS_BLOCK_SIZE,
         tarfs: true,
+        single_device: false,
     };
     let bytes = v6::encode(&tree, &chunks.chunks, &blobs, &eopts)?;
     timings.insert("dump_bootstrap".into(), t2.elapsed().as_secs_f64());

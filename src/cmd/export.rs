@@ -30,6 +30,9 @@ pub struct ExportOptions {
     pub output: Option<PathBuf>,
     /// Append a dm-verity hash tree.
     pub verity: bool,
+    /// Rewrite the bootstrap so chunks are addressed inside the image and no extra device is
+    /// declared: readable by any EROFS reader, not only kernels with flat-image support.
+    pub single_device: bool,
 }
 
 /// What `export --block` wrote.
@@ -54,16 +57,33 @@ pub fn export_block(opts: &ExportOptions) -> Result<ExportOutput> {
         ));
     }
     crate::cmd::check::validate(&image)?;
-    let boot = rafs::read_bootstrap(&opts.bootstrap)?;
     let block = u64::from(image.block_size);
+    let (boot, positions) = if opts.single_device {
+        let records: Vec<_> = image
+            .blobs
+            .iter()
+            .map(crate::cmd::merge::record_of)
+            .collect();
+        let bytes =
+            crate::cmd::merge::encode_with(&image, &image.tree, &image.chunks, &records, true)?;
+        let pos = crate::rafs::v6::encode::mapped_blkaddrs(bytes.len() as u64, &records, block);
+        (bytes, pos)
+    } else {
+        let pos = image
+            .blobs
+            .iter()
+            .map(|b| u64::from(b.mapped_blkaddr))
+            .collect();
+        (rafs::read_bootstrap(&opts.bootstrap)?, pos)
+    };
     let mut source = opts.blobs.clone();
     if from_blob && source.file.is_none() && source.dir.is_none() {
         source.file = Some(opts.bootstrap.clone());
     }
     // every blob must sit after the bootstrap and after the blob before it
     let mut end = boot.len() as u64;
-    for b in &image.blobs {
-        let start = u64::from(b.mapped_blkaddr) * block;
+    for (b, pos) in image.blobs.iter().zip(&positions) {
+        let start = pos * block;
         if start < end {
             return Err(Error::Corrupt {
                 what: "device table",
@@ -94,9 +114,8 @@ pub fn export_block(opts: &ExportOptions) -> Result<ExportOutput> {
                     continue;
                 }
                 let c = image.chunks[*id as usize];
-                let blob = &image.blobs[c.blob_index as usize];
                 let data = reader.read(*id)?;
-                let at = u64::from(blob.mapped_blkaddr) * block + c.uncompressed_offset;
+                let at = positions[c.blob_index as usize] * block + c.uncompressed_offset;
                 f.write_all_at(&data, at).ctx("write", &out)?;
             }
         }

@@ -298,6 +298,17 @@ pub fn encode(
     chunks: &[ChunkInfo],
     blobs: &[BlobRecord],
 ) -> Result<Vec<u8>> {
+    encode_with(like, tree, chunks, blobs, false)
+}
+
+/// [`encode`], optionally as a single-device disk image (see `EncodeOptions::single_device`).
+pub fn encode_with(
+    like: &Image,
+    tree: &Tree,
+    chunks: &[ChunkInfo],
+    blobs: &[BlobRecord],
+    single_device: bool,
+) -> Result<Vec<u8>> {
     let explicit = like.flags & crate::rafs::v6::format::super_flags::EXPLICIT_UID_GID != 0;
     if like.version == 5 {
         crate::rafs::v5::encode::encode(
@@ -323,6 +334,7 @@ pub fn encode(
                 explicit_uid_gid: explicit,
                 block_size: u64::from(like.block_size),
                 tarfs: like.flags & crate::rafs::v6::format::super_flags::TARTFS_MODE != 0,
+                single_device,
             },
         )
     }

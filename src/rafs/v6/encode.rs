@@ -37,6 +37,23 @@ pub struct EncodeOptions {
     pub block_size: u64,
     /// A tar-tarfs image (sets TARTFS_MODE).
     pub tarfs: bool,
+    /// Address chunks inside the image itself, at the blobs' mapped block addresses, and
+    /// declare no extra device: a disk image any EROFS reader opens (`export --single-device`).
+    pub single_device: bool,
+}
+
+/// Block address of each blob in a flattened disk image: after the bootstrap, each on a 512 KiB
+/// boundary after the one before (formats/rafs-v6.md §15).
+pub fn mapped_blkaddrs(bootstrap_size: u64, blobs: &[BlobRecord], block: u64) -> Vec<u64> {
+    let mut pos = bootstrap_size;
+    blobs
+        .iter()
+        .map(|bl| {
+            let mapped = align_up(pos, MAPPED_BLOB_ALIGN) / block;
+            pos = (mapped + bl.summary.uncompressed_size / block) * block;
+            mapped
+        })
+        .collect()
 }
 
 /// A blob as the bootstrap's blob table and device table describe it.
@@ -159,7 +176,12 @@ pub fn encode(
         chunk_table_size,
         total,
     )?;
-    write_inodes(&mut buf, tree, chunks, opts, &layout, meta_addr)?;
+    let mapped = if opts.single_device {
+        mapped_blkaddrs(total, blobs, opts.block_size)
+    } else {
+        Vec::new()
+    };
+    write_inodes(&mut buf, tree, chunks, opts, &layout, meta_addr, &mapped)?;
     for (i, rec) in table.values().enumerate() {
         put(&mut buf, chunk_table_offset + 80 * i as u64, rec.as_bytes());
     }
@@ -228,16 +250,30 @@ fn write_superblocks(
         inos: (layout.order.len() as u64).into(),
         build_time: 0.into(),
         build_time_nsec: 0.into(),
-        blocks: u32::try_from(data_blocks)
-            .map_err(|_| Error::Limit("blob data exceeds 2^32 blocks".into()))?
-            .into(),
+        blocks: u32::try_from(if opts.single_device {
+            // the whole disk image: bootstrap and every mapped blob
+            mapped_blkaddrs(total, blobs, b)
+                .last()
+                .zip(blobs.last())
+                .map(|(m, bl)| m + bl.summary.uncompressed_size / b)
+                .unwrap_or(total / b)
+        } else {
+            data_blocks
+        })
+        .map_err(|_| Error::Limit("blob data exceeds 2^32 blocks".into()))?
+        .into(),
         meta_blkaddr: ((meta_addr / b) as u32).into(),
         xattr_blkaddr: 0.into(),
         uuid: [0; 16],
         volume_name: [0; 16],
         feature_incompat: (FEATURE_INCOMPAT_CHUNKED_FILE | FEATURE_INCOMPAT_DEVICE_TABLE).into(),
         u1: 0.into(),
-        extra_devices: (blobs.len() as u16).into(),
+        extra_devices: (if opts.single_device {
+            0
+        } else {
+            blobs.len() as u16
+        })
+        .into(),
         devt_slotoff: DEVT_SLOTOFF.into(),
         reserved: [0; 38],
     };
@@ -256,12 +292,11 @@ fn write_superblocks(
     };
     put(buf, EXT_SUPERBLOCK_OFFSET as u64, ext.as_bytes());
 
-    let mut pos = total;
+    let mapped_all = mapped_blkaddrs(total, blobs, b);
     for (i, bl) in blobs.iter().enumerate() {
         let s = &bl.summary;
         let blocks = s.uncompressed_size / b;
-        let mapped = align_up(pos, MAPPED_BLOB_ALIGN) / b;
-        pos = (mapped + blocks) * b;
+        let mapped = mapped_all[i];
         let id = id_bytes(&bl.id)?;
         let slot = DeviceSlot {
             tag: id,
@@ -311,6 +346,7 @@ fn write_inodes(
     opts: &EncodeOptions,
     layout: &Layout,
     meta_addr: u64,
+    mapped: &[u64],
 ) -> Result<()> {
     let b = opts.block_size;
     let links = tree.link_counts();
@@ -448,13 +484,26 @@ fn write_inodes(
                 let mut off = after.div_ceil(8) * 8;
                 for id in &inode.chunks {
                     let c = chunk(chunks, *id)?;
-                    let hi = (c.blob_index + 1) as u16 | (((c.index >> 16) & 0xff) as u16) << 8;
-                    let idx = ChunkIndex {
-                        blob_ci_lo: (c.index as u16).into(),
-                        blob_ci_hi: hi.into(),
-                        blkaddr: u32::try_from(c.uncompressed_offset / b)
-                            .map_err(|_| Error::Limit("blob larger than 2^32 blocks".into()))?
-                            .into(),
+                    let idx = if opts.single_device {
+                        let base = mapped.get(c.blob_index as usize).copied().unwrap_or(0);
+                        ChunkIndex {
+                            blob_ci_lo: 0.into(),
+                            blob_ci_hi: 0.into(),
+                            blkaddr: u32::try_from(base + c.uncompressed_offset / b)
+                                .map_err(|_| {
+                                    Error::Limit("disk image larger than 2^32 blocks".into())
+                                })?
+                                .into(),
+                        }
+                    } else {
+                        let hi = (c.blob_index + 1) as u16 | (((c.index >> 16) & 0xff) as u16) << 8;
+                        ChunkIndex {
+                            blob_ci_lo: (c.index as u16).into(),
+                            blob_ci_hi: hi.into(),
+                            blkaddr: u32::try_from(c.uncompressed_offset / b)
+                                .map_err(|_| Error::Limit("blob larger than 2^32 blocks".into()))?
+                                .into(),
+                        }
                     };
                     put(buf, off, idx.as_bytes());
                     off += 8;

@@ -164,7 +164,7 @@ fn single_layer_export_mounts_alone() {
     let w = scratch();
     let src = w.path().join("src");
     full_tree(&src, false);
-    let (boot, blobs) = build(w.path(), &[src.clone()]);
+    let (boot, blobs) = build(w.path(), std::slice::from_ref(&src));
     check_exports(w.path(), &boot, &blobs, &src, true);
 }
 

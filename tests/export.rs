@@ -193,3 +193,75 @@ fn merged_three_layer_export_mounts_alone() {
     let (boot, blobs) = build(w.path(), &l);
     check_exports(w.path(), &boot, &blobs, &e, false);
 }
+
+#[test]
+fn compressed_export_mounts_and_fsck_reads_it() {
+    if let Some(why) = cannot_mount().or_else(cannot_build_full_tree) {
+        return skip("compressed_export_mounts_and_fsck_reads_it", &why);
+    }
+    let w = scratch();
+    let src = w.path().join("src");
+    full_tree(&src, false);
+    // sizes around extent and block boundaries, compressible and not
+    let text: String = (0..40_000).map(|i| format!("line {i}\n")).collect();
+    for (name, len) in [
+        ("exact-64k", 65_536usize),
+        ("one-block", 4096),
+        ("block-plus-1", 4097),
+        ("odd", 200_001),
+    ] {
+        std::fs::write(src.join(name), &text.as_bytes()[..len]).unwrap();
+    }
+    let (boot, blobs) = build(w.path(), std::slice::from_ref(&src));
+    for algo in ["lz4", "lz4hc", "zstd"] {
+        let img = w.path().join(format!("{algo}.erofs"));
+        forge(&[
+            "export",
+            "--block",
+            "--compressor",
+            algo,
+            "-B",
+            s(&boot),
+            "-D",
+            s(&blobs),
+            "-O",
+            s(&img),
+        ]);
+        {
+            let m = mount(&img, &[]);
+            let d = diff(&manifest(&src), &manifest(m.dir.path()));
+            assert!(d.is_empty(), "{algo}:\n{}", d.join("\n"));
+        }
+        let packed = std::fs::metadata(&img).unwrap().len();
+        let raw: u64 = manifest(&src).values().map(|d| d.size).sum();
+        assert!(
+            packed < raw,
+            "{algo}: {packed} bytes for {raw} bytes of files"
+        );
+        // fsck.erofs 1.5 knows lz4 but not zstd
+        if algo != "zstd" && Command::new("fsck.erofs").arg("--help").output().is_ok() {
+            let x = w.path().join(format!("fsck-{algo}"));
+            let o = Command::new("fsck.erofs")
+                .arg(format!("--extract={}", s(&x)))
+                .arg(&img)
+                .output()
+                .unwrap();
+            assert!(
+                o.status.success(),
+                "fsck.erofs {algo}: {}",
+                String::from_utf8_lossy(&o.stderr)
+            );
+            let files = |m: std::collections::BTreeMap<Vec<u8>, Desc>| -> Vec<(Vec<u8>, String)> {
+                m.into_iter()
+                    .filter(|(_, d)| d.kind == 'f')
+                    .map(|(k, d)| (k, d.sha256))
+                    .collect()
+            };
+            assert_eq!(
+                files(manifest(&src)),
+                files(manifest(&x)),
+                "{algo}: fsck.erofs extracts the same data"
+            );
+        }
+    }
+}

@@ -123,6 +123,10 @@ struct ExportArgs {
     /// reader (fsck.erofs, older kernels) opens it; the default keeps nydus-image's layout.
     #[arg(long)]
     single_device: bool,
+    /// Write a standalone EROFS image whose files use EROFS's own compression (lz4, lz4hc,
+    /// zstd), instead of the nydus layout with uncompressed blobs.
+    #[arg(long, requires = "block")]
+    compressor: Option<String>,
     /// Accepted for compatibility (the export is single-threaded I/O).
     #[arg(long)]
     threads: Option<usize>,
@@ -490,6 +494,22 @@ fn run_export(a: ExportArgs) -> Result<()> {
             output_dir: None,
         })?;
         println!("exported {n} entries");
+        return Ok(());
+    }
+    if let Some(algo) = &a.compressor {
+        use erofs_forge::cmd::export_compressed as ec;
+        let output = a.output.clone().unwrap_or_else(|| {
+            let mut p = a.bootstrap.clone().into_os_string();
+            p.push(".erofs");
+            PathBuf::from(p)
+        });
+        let size = ec::export(&ec::CompressedExportOptions {
+            bootstrap: a.bootstrap,
+            blobs,
+            output: output.clone(),
+            compressor: ec::ErofsCompressor::parse(algo)?,
+        })?;
+        println!("EROFS image ({algo}): {} ({size} bytes)", output.display());
         return Ok(());
     }
     let out = export::export_block(&export::ExportOptions {

@@ -3,6 +3,7 @@
 pub mod check;
 pub mod create;
 pub mod export;
+pub mod export_compressed;
 pub mod inspect;
 pub mod merge;
 pub mod stat;

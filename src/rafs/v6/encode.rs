@@ -181,7 +181,9 @@ pub fn encode(
     } else {
         Vec::new()
     };
-    write_inodes(&mut buf, tree, chunks, opts, &layout, meta_addr, &mapped)?;
+    write_inodes(
+        &mut buf, tree, chunks, opts, &layout, meta_addr, &mapped, None,
+    )?;
     for (i, rec) in table.values().enumerate() {
         put(&mut buf, chunk_table_offset + 80 * i as u64, rec.as_bytes());
     }
@@ -339,6 +341,30 @@ fn write_superblocks(
     Ok(())
 }
 
+/// The body of a regular file in a standalone EROFS image (no blobs): inline data, or an EROFS
+/// compressed layout (formats/rafs-v6.md §19).
+#[derive(Debug, Clone, Default)]
+pub struct StandaloneFile {
+    /// Data placed like a symlink target (small files).
+    pub data: Option<Vec<u8>>,
+    /// Map header, reserved word and lcluster indexes (absolute block addresses).
+    pub body: Vec<u8>,
+    /// Blocks of compressed data (`i_u`).
+    pub compressed_blocks: u32,
+}
+
+/// Writes every inode of a standalone image; regular files take their bodies from `files`.
+pub(crate) fn write_standalone_inodes(
+    buf: &mut [u8],
+    tree: &Tree,
+    opts: &EncodeOptions,
+    layout: &Layout,
+    files: &std::collections::HashMap<usize, StandaloneFile>,
+) -> Result<()> {
+    write_inodes(buf, tree, &[], opts, layout, 0, &[], Some(files))
+}
+
+#[allow(clippy::too_many_arguments)]
 fn write_inodes(
     buf: &mut [u8],
     tree: &Tree,
@@ -347,6 +373,7 @@ fn write_inodes(
     layout: &Layout,
     meta_addr: u64,
     mapped: &[u64],
+    standalone: Option<&std::collections::HashMap<usize, StandaloneFile>>,
 ) -> Result<()> {
     let b = opts.block_size;
     let links = tree.link_counts();
@@ -382,11 +409,19 @@ fn write_inodes(
                 ((meta_addr + place.data_offset) / b) as u32,
                 links[ino],
             ),
-            FileType::Regular => (
-                DataLayout::ChunkBased,
-                chunk_format(inode, chunks, opts.chunk_size, b)?,
-                links[ino],
-            ),
+            FileType::Regular => match standalone.and_then(|f| f.get(&ino)) {
+                Some(f) if f.data.is_some() => (
+                    place.layout,
+                    ((meta_addr + place.data_offset) / b) as u32,
+                    links[ino],
+                ),
+                Some(f) => (DataLayout::CompressedFull, f.compressed_blocks, links[ino]),
+                None => (
+                    DataLayout::ChunkBased,
+                    chunk_format(inode, chunks, opts.chunk_size, b)?,
+                    links[ino],
+                ),
+            },
             FileType::CharDevice | FileType::BlockDevice => {
                 (DataLayout::FlatPlain, inode.rdev, links[ino])
             }
@@ -396,6 +431,7 @@ fn write_inodes(
             DataLayout::FlatPlain => LAYOUT_FLAT_PLAIN,
             DataLayout::FlatInline => LAYOUT_FLAT_INLINE,
             DataLayout::ChunkBased => LAYOUT_CHUNK_BASED,
+            DataLayout::CompressedFull => LAYOUT_COMPRESSED_FULL,
         };
         let (uid, gid) = if opts.explicit_uid_gid {
             (inode.uid, inode.gid)
@@ -479,6 +515,25 @@ fn write_inodes(
                     after,
                     b,
                 );
+            }
+            FileType::Regular if standalone.is_some() => {
+                if let Some(f) = standalone.and_then(|f| f.get(&ino)) {
+                    match &f.data {
+                        Some(data) => {
+                            let blocks: Vec<Vec<u8>> =
+                                data.chunks(b as usize).map(|c| c.to_vec()).collect();
+                            write_block_data(
+                                buf,
+                                &blocks,
+                                place.layout,
+                                meta_addr + place.data_offset,
+                                after,
+                                b,
+                            );
+                        }
+                        None => put(buf, after.div_ceil(8) * 8, &f.body),
+                    }
+                }
             }
             FileType::Regular => {
                 let mut off = after.div_ceil(8) * 8;

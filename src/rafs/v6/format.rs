@@ -16,6 +16,10 @@ pub const DEVT_SLOTOFF: u16 = 11;
 pub const DEVICE_TABLE_OFFSET: usize = DEVT_SLOTOFF as usize * 128;
 /// Compat bit telling nydus readers this EROFS image is a RAFS v6 bootstrap.
 pub const FEATURE_COMPAT_RAFS_V6: u32 = 0x4000_0000;
+/// Incompat bit: compressed data is right-aligned in its blocks (zero padding first).
+pub const FEATURE_INCOMPAT_ZERO_PADDING: u32 = 0x1;
+/// Incompat bit: per-algorithm configs follow the superblock; also big physical clusters.
+pub const FEATURE_INCOMPAT_COMPR_CFGS: u32 = 0x2;
 /// Incompat bits: chunk-based files and a device table.
 pub const FEATURE_INCOMPAT_CHUNKED_FILE: u32 = 0x4;
 /// See [`FEATURE_INCOMPAT_CHUNKED_FILE`].
@@ -33,6 +37,8 @@ pub const LAYOUT_FLAT_PLAIN: u16 = 0;
 pub const LAYOUT_FLAT_INLINE: u16 = 2;
 /// Regular file made of chunk indexes.
 pub const LAYOUT_CHUNK_BASED: u16 = 4;
+/// EROFS compressed file with full (8-byte) lcluster indexes.
+pub const LAYOUT_COMPRESSED_FULL: u16 = 1;
 /// `i_format` bit 0: extended (64-byte) inode.
 pub const INODE_EXTENDED: u16 = 1;
 /// Chunk format flag: the inode body holds chunk indexes.

@@ -20,6 +20,8 @@ pub enum DataLayout {
     FlatInline,
     /// Chunk indexes after the inode.
     ChunkBased,
+    /// EROFS compressed file: map header and full lcluster indexes after the inode.
+    CompressedFull,
 }
 
 /// Where one inode goes.
@@ -245,8 +247,28 @@ impl Allocator {
     }
 }
 
+/// How a regular file's body is laid out after its inode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RegularLayout {
+    /// This many 8-byte slots (chunk indexes, or a compressed file's map header and indexes).
+    Slots(u64),
+    /// This many bytes of data, placed like a symlink target (inline tail or plain blocks).
+    Data(u64),
+}
+
 /// Computes the layout of `tree` with metadata block size `block` and chunk size `chunk_size`.
 pub fn compute(tree: &Tree, block: u64, chunk_size: u32) -> Result<Layout> {
+    compute_with(tree, block, &|_, inode| {
+        RegularLayout::Slots(inode.size.div_ceil(u64::from(chunk_size)))
+    })
+}
+
+/// [`compute`] with the body of each regular file given by `regular`.
+pub fn compute_with(
+    tree: &Tree,
+    block: u64,
+    regular: &dyn Fn(InodeId, &crate::tree::Inode) -> RegularLayout,
+) -> Result<Layout> {
     let order = tree.numbering_order();
     if order.len() > u32::MAX as usize {
         return Err(Error::Limit("more than 2^32 entries".into()));
@@ -293,17 +315,29 @@ pub fn compute(tree: &Tree, block: u64, chunk_size: u32) -> Result<Layout> {
                 continue;
             }
             let place = match inode.file_type {
-                FileType::Regular => {
-                    let count = inode.size.div_ceil(u64::from(chunk_size));
-                    let total = inode_bytes(ino).div_ceil(8) * 8 + 8 * count;
-                    InodePlace {
-                        offset: alloc.place_file(total),
-                        data_offset: 0,
-                        layout: DataLayout::ChunkBased,
-                        index: first_index[ino],
-                        size: inode.size,
+                FileType::Regular => match regular(ino, inode) {
+                    RegularLayout::Slots(count) => {
+                        let total = inode_bytes(ino).div_ceil(8) * 8 + 8 * count;
+                        InodePlace {
+                            offset: alloc.place_file(total),
+                            data_offset: 0,
+                            layout: DataLayout::ChunkBased,
+                            index: first_index[ino],
+                            size: inode.size,
+                        }
                     }
-                }
+                    RegularLayout::Data(d) => {
+                        let (offset, data_offset, layout) =
+                            alloc.place_with_data(inode_bytes(ino), d);
+                        InodePlace {
+                            offset,
+                            data_offset,
+                            layout,
+                            index: first_index[ino],
+                            size: d,
+                        }
+                    }
+                },
                 FileType::Symlink => {
                     let d = inode.target.len() as u64;
                     let (offset, data_offset, layout) = alloc.place_with_data(inode_bytes(ino), d);

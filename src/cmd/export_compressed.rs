@@ -1,0 +1,348 @@
+//! `export --block --compressor ALGO`: a standalone EROFS image whose regular files use EROFS's
+//! own compressed layout, so the kernel decompresses them (formats/rafs-v6.md §19). One file, no
+//! blobs, no devices: small and mountable.
+//!
+//! Each file is cut at 4 KiB logical-cluster boundaries into extents of up to 16 clusters; an
+//! extent is stored compressed (right-aligned in whole blocks, "0-padding") when that saves at
+//! least one block, otherwise cluster by cluster uncompressed. Files under one block are stored
+//! inline, as mkfs.erofs does.
+
+use std::collections::HashMap;
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+use zerocopy::IntoBytes;
+
+use crate::blob::reader::{BlobSource, ChunkReader};
+use crate::blob::writer::{persist, temp_beside};
+use crate::chunk::{Compressor, Digester};
+use crate::error::{Error, IoContext, Result};
+use crate::rafs::v6::encode::{write_standalone_inodes, EncodeOptions, StandaloneFile};
+use crate::rafs::v6::format::*;
+use crate::rafs::v6::layout::{self, RegularLayout};
+use crate::rafs::{self, Image};
+use crate::tree::FileType;
+
+const BLOCK: u64 = 4096;
+/// Logical clusters per extent: 64 KiB of input per compressed physical cluster at most.
+const EXTENT_CLUSTERS: u64 = 16;
+
+/// EROFS compression algorithms.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErofsCompressor {
+    /// LZ4 (fast).
+    Lz4,
+    /// LZ4 high compression (same on-disk format as LZ4).
+    Lz4hc,
+    /// Zstandard (Linux 6.10+).
+    Zstd,
+}
+
+impl ErofsCompressor {
+    /// Parses `lz4`, `lz4hc`, `zstd`.
+    pub fn parse(s: &str) -> Result<ErofsCompressor> {
+        match s {
+            "lz4" => Ok(ErofsCompressor::Lz4),
+            "lz4hc" => Ok(ErofsCompressor::Lz4hc),
+            "zstd" => Ok(ErofsCompressor::Zstd),
+            "lzma" => Err(Error::InvalidOption(
+                "lzma (MicroLZMA) export is not supported yet: lz4, lz4hc or zstd".into(),
+            )),
+            _ => Err(Error::InvalidOption(format!(
+                "unknown EROFS compressor {s:?}: lz4, lz4hc or zstd"
+            ))),
+        }
+    }
+
+    /// `Z_EROFS_COMPRESSION_*` code.
+    fn code(self) -> u8 {
+        match self {
+            ErofsCompressor::Lz4 | ErofsCompressor::Lz4hc => 0,
+            ErofsCompressor::Zstd => 3,
+        }
+    }
+
+    /// The per-algorithm configuration record written after the superblock.
+    fn config(self) -> Vec<u8> {
+        let mut v = Vec::new();
+        match self {
+            ErofsCompressor::Lz4 | ErofsCompressor::Lz4hc => {
+                v.extend_from_slice(&14u16.to_le_bytes());
+                v.extend_from_slice(&65535u16.to_le_bytes()); // max_distance
+                v.extend_from_slice(&(EXTENT_CLUSTERS as u16).to_le_bytes()); // max_pclusterblks
+                v.extend_from_slice(&[0u8; 10]);
+            }
+            ErofsCompressor::Zstd => {
+                v.extend_from_slice(&6u16.to_le_bytes());
+                v.push(0); // format
+                v.push(17 - 10); // windowlog - 10: frames of at most 64 KiB fit a 128 KiB window
+                v.extend_from_slice(&[0u8; 4]);
+            }
+        }
+        v
+    }
+
+    fn compress(self, input: &[u8]) -> Result<Vec<u8>> {
+        let codec = |algo: &'static str, e: std::io::Error| Error::Codec {
+            algo,
+            reason: e.to_string(),
+        };
+        match self {
+            ErofsCompressor::Lz4 => {
+                lz4::block::compress(input, Some(lz4::block::CompressionMode::DEFAULT), false)
+                    .map_err(|e| codec("lz4", e))
+            }
+            ErofsCompressor::Lz4hc => lz4::block::compress(
+                input,
+                Some(lz4::block::CompressionMode::HIGHCOMPRESSION(9)),
+                false,
+            )
+            .map_err(|e| codec("lz4hc", e)),
+            ErofsCompressor::Zstd => zstd::bulk::compress(input, 9).map_err(|e| codec("zstd", e)),
+        }
+    }
+}
+
+/// Options of the compressed export.
+#[derive(Debug, Clone)]
+pub struct CompressedExportOptions {
+    /// The bootstrap (v5 or v6) to export.
+    pub bootstrap: PathBuf,
+    /// Where its blobs are.
+    pub blobs: BlobSource,
+    /// Output image.
+    pub output: PathBuf,
+    /// Compression.
+    pub compressor: ErofsCompressor,
+}
+
+fn lcluster_index(kind: u16, blkaddr_or_delta: u32) -> [u8; 8] {
+    let mut e = [0u8; 8];
+    e[0..2].copy_from_slice(&kind.to_le_bytes());
+    e[4..8].copy_from_slice(&blkaddr_or_delta.to_le_bytes());
+    e
+}
+
+const TYPE_PLAIN: u16 = 0;
+const TYPE_HEAD1: u16 = 1;
+const TYPE_NONHEAD: u16 = 2;
+const D0_CBLKCNT: u32 = 1 << 11;
+const ADVISE_BIG_PCLUSTER_1: u16 = 0x0002;
+
+/// Reads a small file's data through its chunks, in order.
+fn file_bytes(reader: &mut ChunkReader, chunks: &[u32]) -> Result<Vec<u8>> {
+    let mut out = Vec::new();
+    for id in chunks {
+        out.extend_from_slice(&reader.read(*id)?);
+    }
+    Ok(out)
+}
+
+/// Writes the image; returns its size.
+pub fn export(opts: &CompressedExportOptions) -> Result<u64> {
+    let (image, from_blob) = rafs::load(&opts.bootstrap)?;
+    crate::cmd::check::validate(&image)?;
+    let mut source = opts.blobs.clone();
+    if from_blob && source.file.is_none() && source.dir.is_none() {
+        source.file = Some(opts.bootstrap.clone());
+    }
+    let mut reader = ChunkReader::new(&image, source);
+    // compressed data goes to a scratch file beside the output, blocks numbered from 0
+    let mut data = tempfile::Builder::new()
+        .prefix(".erofs-forge.data.")
+        .tempfile_in(parent(&opts.output))
+        .ctx("create temporary file beside", &opts.output)?;
+    let mut files: HashMap<usize, StandaloneFile> = HashMap::new();
+    let mut next_block = 0u64;
+    let mut done = vec![false; image.tree.inodes.len()];
+    for e in image.tree.numbering_order() {
+        let ino = image.tree.entries[e].inode;
+        let inode = &image.tree.inodes[ino];
+        if inode.file_type != FileType::Regular || std::mem::replace(&mut done[ino], true) {
+            continue;
+        }
+        if inode.size < BLOCK {
+            let bytes = file_bytes(&mut reader, &inode.chunks)?;
+            files.insert(
+                ino,
+                StandaloneFile {
+                    data: Some(bytes),
+                    ..Default::default()
+                },
+            );
+            continue;
+        }
+        let file = compress_file(
+            &image,
+            &mut reader,
+            inode,
+            opts.compressor,
+            data.as_file_mut(),
+            &mut next_block,
+        )?;
+        files.insert(ino, file);
+    }
+    let lay = layout::compute_with(&image.tree, BLOCK, &|ino, inode| match files.get(&ino) {
+        Some(f) if f.data.is_some() => RegularLayout::Data(inode.size),
+        Some(f) => RegularLayout::Slots(f.body.len() as u64 / 8),
+        None => RegularLayout::Data(0),
+    })?;
+    let meta_end = (lay.end).div_ceil(BLOCK) * BLOCK;
+    let data_start = meta_end / BLOCK;
+    // index block addresses were relative to the data area
+    for f in files.values_mut() {
+        for idx in f.body.chunks_exact_mut(8).skip(2) {
+            let kind = u16::from_le_bytes([idx[0], idx[1]]) & 3;
+            if kind == TYPE_PLAIN || kind == TYPE_HEAD1 {
+                let rel = u32::from_le_bytes([idx[4], idx[5], idx[6], idx[7]]);
+                let abs = u32::try_from(u64::from(rel) + data_start)
+                    .map_err(|_| Error::Limit("image larger than 2^32 blocks".into()))?;
+                idx[4..8].copy_from_slice(&abs.to_le_bytes());
+            }
+        }
+    }
+    let mut meta = vec![0u8; meta_end as usize];
+    let total_blocks = data_start + next_block;
+    let sb = SuperBlock {
+        magic: EROFS_MAGIC.into(),
+        checksum: 0.into(),
+        feature_compat: 0.into(),
+        blkszbits: 12,
+        extslots: 0,
+        root_nid: (ROOT_NID as u16).into(),
+        inos: (lay.order.len() as u64).into(),
+        build_time: 0.into(),
+        build_time_nsec: 0.into(),
+        blocks: u32::try_from(total_blocks)
+            .map_err(|_| Error::Limit("image larger than 2^32 blocks".into()))?
+            .into(),
+        meta_blkaddr: 0.into(),
+        xattr_blkaddr: 0.into(),
+        uuid: [0; 16],
+        volume_name: [0; 16],
+        // zero padding (right-aligned compressed data), compression configs / big pclusters
+        feature_incompat: (FEATURE_INCOMPAT_ZERO_PADDING | FEATURE_INCOMPAT_COMPR_CFGS).into(),
+        u1: (1u16 << opts.compressor.code()).into(),
+        extra_devices: 0.into(),
+        devt_slotoff: 0.into(),
+        reserved: [0; 38],
+    };
+    meta[SUPERBLOCK_OFFSET..SUPERBLOCK_OFFSET + 128].copy_from_slice(sb.as_bytes());
+    let cfg = opts.compressor.config();
+    meta[EXT_SUPERBLOCK_OFFSET..EXT_SUPERBLOCK_OFFSET + cfg.len()].copy_from_slice(&cfg);
+    let eopts = EncodeOptions {
+        chunk_size: crate::chunk::DEFAULT_CHUNK_SIZE,
+        compressor: Compressor::None,
+        digester: Digester::Blake3,
+        explicit_uid_gid: true,
+        block_size: BLOCK,
+        tarfs: false,
+        single_device: false,
+    };
+    write_standalone_inodes(&mut meta, &image.tree, &eopts, &lay, &files)?;
+
+    let mut tmp = temp_beside(&opts.output)?;
+    {
+        let out = tmp.as_file_mut();
+        out.write_all(&meta).ctx("write", &opts.output)?;
+        let dpath = data.path().to_path_buf();
+        let f = data.as_file_mut();
+        f.seek(SeekFrom::Start(0)).ctx("seek", dpath)?;
+        std::io::copy(&mut f.take(next_block * BLOCK), out).ctx("write", &opts.output)?;
+    }
+    persist(tmp, &opts.output)?;
+    Ok(total_blocks * BLOCK)
+}
+
+fn parent(p: &Path) -> PathBuf {
+    match p.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    }
+}
+
+/// Compresses one file into `data`, returning its map header and indexes.
+fn compress_file(
+    image: &Image,
+    reader: &mut ChunkReader,
+    inode: &crate::tree::Inode,
+    algo: ErofsCompressor,
+    data: &mut std::fs::File,
+    next_block: &mut u64,
+) -> Result<StandaloneFile> {
+    let _ = image;
+    let nclusters = inode.size.div_ceil(BLOCK);
+    let mut body = Vec::with_capacity(16 + 8 * nclusters as usize);
+    // map header: no tail packing, big pclusters for HEAD1, algorithm, 4 KiB logical clusters
+    body.extend_from_slice(&0u32.to_le_bytes());
+    body.extend_from_slice(&ADVISE_BIG_PCLUSTER_1.to_le_bytes());
+    body.push(algo.code());
+    body.push(0);
+    body.extend_from_slice(&[0u8; 8]);
+    let extent_len = (EXTENT_CLUSTERS * BLOCK) as usize;
+    let mut pending: Vec<u8> = Vec::new();
+    let mut chunk_iter = inode.chunks.iter();
+    let mut left = inode.size;
+    let mut blocks = 0u64;
+    while left > 0 {
+        while (pending.len() as u64) < left.min(extent_len as u64) {
+            let Some(id) = chunk_iter.next() else { break };
+            pending.extend_from_slice(&reader.read(*id)?);
+        }
+        let take = (left.min(extent_len as u64) as usize).min(pending.len());
+        if take == 0 {
+            return Err(Error::Corrupt {
+                what: "file data",
+                offset: inode.size - left,
+                reason: "chunks end before the file".into(),
+            });
+        }
+        let extent: Vec<u8> = pending.drain(..take).collect();
+        left -= take as u64;
+        let n = (take as u64).div_ceil(BLOCK);
+        let packed = if n >= 2 {
+            Some(algo.compress(&extent)?)
+        } else {
+            None
+        };
+        match packed {
+            Some(p) if (p.len() as u64).div_ceil(BLOCK) < n => {
+                let k = (p.len() as u64).div_ceil(BLOCK);
+                // right-aligned in its blocks: the decompressor skips the leading zeros
+                let mut buf = vec![0u8; (k * BLOCK) as usize];
+                let at = buf.len() - p.len();
+                buf[at..].copy_from_slice(&p);
+                data.write_all(&buf).ctx("write", "compressed data")?;
+                body.extend_from_slice(&lcluster_index(TYPE_HEAD1, *next_block as u32));
+                body.extend_from_slice(&lcluster_index(
+                    TYPE_NONHEAD,
+                    (D0_CBLKCNT | k as u32) | (((n - 1) as u32) << 16),
+                ));
+                for j in 2..n {
+                    body.extend_from_slice(&lcluster_index(
+                        TYPE_NONHEAD,
+                        j as u32 | (((n - j) as u32) << 16),
+                    ));
+                }
+                *next_block += k;
+                blocks += k;
+            }
+            _ => {
+                for piece in extent.chunks(BLOCK as usize) {
+                    let mut buf = piece.to_vec();
+                    buf.resize(BLOCK as usize, 0);
+                    data.write_all(&buf).ctx("write", "compressed data")?;
+                    body.extend_from_slice(&lcluster_index(TYPE_PLAIN, *next_block as u32));
+                    *next_block += 1;
+                    blocks += 1;
+                }
+            }
+        }
+    }
+    Ok(StandaloneFile {
+        data: None,
+        body,
+        compressed_blocks: u32::try_from(blocks)
+            .map_err(|_| Error::Limit("file larger than 2^32 blocks".into()))?,
+    })
+}

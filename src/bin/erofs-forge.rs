@@ -124,7 +124,7 @@ struct ExportArgs {
     #[arg(long)]
     single_device: bool,
     /// Write a standalone EROFS image whose files use EROFS's own compression (lz4, lz4hc,
-    /// zstd), instead of the nydus layout with uncompressed blobs.
+    /// zstd, lzma), instead of the nydus layout with uncompressed blobs.
     #[arg(long, requires = "block")]
     compressor: Option<String>,
     /// Accepted for compatibility (the export is single-threaded I/O).

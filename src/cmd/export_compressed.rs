@@ -26,6 +26,8 @@ use crate::tree::FileType;
 const BLOCK: u64 = 4096;
 /// Logical clusters per extent: 64 KiB of input per compressed physical cluster at most.
 const EXTENT_CLUSTERS: u64 = 16;
+/// LZMA dictionary: one extent.
+const LZMA_DICT: u32 = (EXTENT_CLUSTERS * BLOCK) as u32;
 
 /// EROFS compression algorithms.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,20 +38,20 @@ pub enum ErofsCompressor {
     Lz4hc,
     /// Zstandard (Linux 6.10+).
     Zstd,
+    /// MicroLZMA (Linux 5.16+).
+    Lzma,
 }
 
 impl ErofsCompressor {
-    /// Parses `lz4`, `lz4hc`, `zstd`.
+    /// Parses `lz4`, `lz4hc`, `zstd`, `lzma`.
     pub fn parse(s: &str) -> Result<ErofsCompressor> {
         match s {
             "lz4" => Ok(ErofsCompressor::Lz4),
             "lz4hc" => Ok(ErofsCompressor::Lz4hc),
             "zstd" => Ok(ErofsCompressor::Zstd),
-            "lzma" => Err(Error::InvalidOption(
-                "lzma (MicroLZMA) export is not supported yet: lz4, lz4hc or zstd".into(),
-            )),
+            "lzma" => Ok(ErofsCompressor::Lzma),
             _ => Err(Error::InvalidOption(format!(
-                "unknown EROFS compressor {s:?}: lz4, lz4hc or zstd"
+                "unknown EROFS compressor {s:?}: lz4, lz4hc, zstd or lzma"
             ))),
         }
     }
@@ -58,6 +60,7 @@ impl ErofsCompressor {
     fn code(self) -> u8 {
         match self {
             ErofsCompressor::Lz4 | ErofsCompressor::Lz4hc => 0,
+            ErofsCompressor::Lzma => 1,
             ErofsCompressor::Zstd => 3,
         }
     }
@@ -71,6 +74,12 @@ impl ErofsCompressor {
                 v.extend_from_slice(&65535u16.to_le_bytes()); // max_distance
                 v.extend_from_slice(&(EXTENT_CLUSTERS as u16).to_le_bytes()); // max_pclusterblks
                 v.extend_from_slice(&[0u8; 10]);
+            }
+            ErofsCompressor::Lzma => {
+                v.extend_from_slice(&14u16.to_le_bytes());
+                v.extend_from_slice(&LZMA_DICT.to_le_bytes()); // dict_size
+                v.extend_from_slice(&0u16.to_le_bytes()); // format
+                v.extend_from_slice(&[0u8; 8]);
             }
             ErofsCompressor::Zstd => {
                 v.extend_from_slice(&6u16.to_le_bytes());
@@ -99,6 +108,12 @@ impl ErofsCompressor {
             )
             .map_err(|e| codec("lz4hc", e)),
             ErofsCompressor::Zstd => zstd::bulk::compress(input, 9).map_err(|e| codec("zstd", e)),
+            ErofsCompressor::Lzma => {
+                microlzma::compress(input, LZMA_DICT, 6).ok_or_else(|| Error::Codec {
+                    algo: "lzma",
+                    reason: "MicroLZMA encoder failed".into(),
+                })
+            }
         }
     }
 }

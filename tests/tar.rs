@@ -241,14 +241,6 @@ fn read(m: &Mounted, p: &str) -> Vec<u8> {
 // ---------------------------------------------------------------------------------------------
 // (a), (b): the full tree through GNU tar.
 
-fn have(tool: &str) -> bool {
-    Command::new("sh")
-        .args(["-c", &format!("command -v {tool}")])
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false)
-}
-
 /// What the mounted image must equal: the source tree, less what a tar cannot carry and what
 /// GNU tar does not record. A tar cannot hold a socket (GNU tar says "socket ignored"); GNU tar
 /// 1.34 writes hardlink entries only for regular files and symlinks, so hardlinked devices

@@ -55,7 +55,8 @@ pub fn is_root() -> bool {
         .unwrap_or(false)
 }
 
-fn have(tool: &str) -> bool {
+/// Whether `tool` is on the PATH.
+pub fn have(tool: &str) -> bool {
     Command::new("sh")
         .args(["-c", &format!("command -v {tool}")])
         .output()

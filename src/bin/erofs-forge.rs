@@ -43,6 +43,21 @@ enum Command {
     Inspect(InspectArgs),
     /// Dedup statistics of one or several bootstraps, as JSON.
     Stat(StatArgs),
+    /// Benchmark helper: time read + digest + compress of a directory's file data alone.
+    #[command(hide = true)]
+    BenchBound {
+        /// Source directory.
+        source: PathBuf,
+        /// Chunk compression.
+        #[arg(long, value_enum, default_value = "zstd")]
+        compressor: CompressorArg,
+        /// Worker threads.
+        #[arg(long, default_value = "1")]
+        threads: usize,
+        /// Chunk size.
+        #[arg(long, default_value = "0x100000", value_parser = parse_size)]
+        chunk_size: u32,
+    },
     /// Write the bootstrap that --blob-inline-meta stored at the end of a blob.
     ExtractBootstrap {
         /// The blob holding an inlined bootstrap.
@@ -662,6 +677,21 @@ fn main() -> ExitCode {
         Command::Unpack(a) => run_unpack(a),
         Command::Inspect(a) => run_inspect(a),
         Command::Stat(a) => run_stat(a),
+        Command::BenchBound {
+            source,
+            compressor,
+            threads,
+            chunk_size,
+        } => {
+            let c = match compressor {
+                CompressorArg::None => Compressor::None,
+                CompressorArg::Lz4Block => Compressor::Lz4Block,
+                CompressorArg::Zstd => Compressor::Zstd,
+            };
+            erofs_forge::cmd::bench::stage_bound(&source, c, Digester::Blake3, chunk_size, threads)
+                .map(|(secs, bytes)| println!("{{\"seconds\": {secs}, \"bytes\": {bytes}}}"))
+                .map_err(Into::into)
+        }
         Command::ExtractBootstrap { blob, output } => {
             erofs_forge::blob::inline::extract_bootstrap(&blob)
                 .and_then(|b| create::write_atomic(&output, &b))

@@ -107,7 +107,8 @@ pub fn persist(tmp: NamedTempFile, path: &Path) -> Result<()> {
     tmp.as_file()
         .set_permissions(perms)
         .ctx("chmod", tmp.path())?;
-    tmp.as_file().sync_all().ctx("sync", tmp.path())?;
+    // no fsync: like mkfs.erofs and nydus-image, durability across power loss is left to the
+    // caller (`sync`); the rename makes outputs appear whole or not at all to other processes
     tmp.persist(path).map_err(|e| Error::Io {
         op: "rename into",
         path: path.to_path_buf(),

@@ -1,5 +1,6 @@
 //! One module per subcommand: orchestration only.
 
+pub mod bench;
 pub mod check;
 pub mod create;
 pub mod export;

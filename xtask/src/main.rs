@@ -4,6 +4,7 @@
 //! - `debian DIR`              debootstrap a Debian bookworm minbase tree (root, network)
 //! - `kernel-check [DIR...]`   build images of each tree with each compressor and mount them
 //! - `bench [DIR...]`          time `create` at 1 and 2 threads; MB/s, peak RSS, identical output
+//! - `corpus small|dedup DIR`  generate a many-small-files or a dedup-heavy corpus
 //! - `roundtrip [DIR...]`      create (v5, v6 × compressors × digesters) → check → unpack → diff
 
 use std::path::{Path, PathBuf};
@@ -223,67 +224,133 @@ fn digest_outputs(dir: &Path) -> Result<String> {
     Ok(hex::encode(h.finalize()))
 }
 
+fn count_files(tree: &Path) -> u64 {
+    fn walk(p: &Path, n: &mut u64) {
+        if let Ok(rd) = std::fs::read_dir(p) {
+            for e in rd.flatten() {
+                *n += 1;
+                if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                    walk(&e.path(), n);
+                }
+            }
+        }
+    }
+    let mut n = 0;
+    walk(tree, &mut n);
+    n
+}
+
+/// Times `create` from each tree and from a tar of it, for each compressor at 1 and 2 threads,
+/// next to the stage bound (read + digest + compress of the same bytes, `bench-bound`) measured
+/// in the same run; checks that 1 and 2 threads give identical output.
 fn bench(trees: Vec<PathBuf>) -> Result<()> {
     let bin = release_binary()?;
     let mut rows = Vec::new();
     println!(
-        "{:<28} {:<10} {:>3} {:>8} {:>8} {:>9} {:>9} {:>6}",
-        "tree", "compressor", "thr", "wall s", "cpu s", "MB/s", "RSS MiB", "same"
+        "{:<14} {:<4} {:<9} {:>3} {:>7} {:>7} {:>8} {:>9} {:>7} {:>7} {:>6} {:>5} {:>5}",
+        "tree",
+        "src",
+        "compress",
+        "thr",
+        "wall s",
+        "cpu s",
+        "MB/s",
+        "files/s",
+        "RSS MiB",
+        "bound s",
+        "ratio",
+        "x1",
+        "same"
     );
     for tree in trees {
         let bytes = data_bytes(&tree);
-        for compressor in ["zstd", "lz4_block", "none"] {
-            let mut first_digest = None;
-            for threads in ["1", "2"] {
-                // warm the page cache so the figures are about the pipeline, not the disk
-                let out = work_dir("bench")?;
-                let args = |out: &Path| -> Vec<String> {
-                    vec![
+        let entries = count_files(&tree);
+        let name = tree.file_name().unwrap().to_string_lossy().to_string();
+        let tars = root().join("target/xtask/tars");
+        std::fs::create_dir_all(&tars)?;
+        let tar = tars.join(format!("{name}.tar"));
+        if !tar.exists() {
+            run(Command::new("tar")
+                .args(["--xattrs", "--numeric-owner", "-C"])
+                .arg(&tree)
+                .arg("-cf")
+                .arg(&tar)
+                .arg("."))?;
+        }
+        for (kind, input) in [("dir", &tree), ("tar", &tar)] {
+            for compressor in ["zstd", "lz4_block", "none"] {
+                let mut first: Option<(String, f64)> = None;
+                for threads in ["1", "2"] {
+                    let args = |out: &Path| -> Vec<String> {
+                        let mut a = vec![bin.display().to_string(), "create".into()];
+                        if kind == "tar" {
+                            a.extend(["-t".into(), "tar-rafs".into()]);
+                        }
+                        a.extend([
+                            "--compressor".into(),
+                            compressor.into(),
+                            "--threads".into(),
+                            threads.into(),
+                            "-D".into(),
+                            out.display().to_string(),
+                            "-B".into(),
+                            out.join("bootstrap").display().to_string(),
+                            input.display().to_string(),
+                        ]);
+                        a
+                    };
+                    // once to warm the page cache, then measured
+                    measure(&args(&work_dir("bench")?))?;
+                    let out = work_dir("bench")?;
+                    let m = measure(&args(&out))?;
+                    let bound = measure(&[
                         bin.display().to_string(),
-                        "create".into(),
+                        "bench-bound".into(),
+                        tree.display().to_string(),
                         "--compressor".into(),
                         compressor.into(),
                         "--threads".into(),
                         threads.into(),
-                        "-D".into(),
-                        out.display().to_string(),
-                        "-B".into(),
-                        out.join("bootstrap").display().to_string(),
-                        tree.display().to_string(),
-                    ]
-                };
-                measure(&args(&out))?;
-                let out = work_dir("bench")?;
-                let m = measure(&args(&out))?;
-                let d = digest_outputs(&out)?;
-                let same = match &first_digest {
-                    None => {
-                        first_digest = Some(d);
-                        "-"
+                    ])?;
+                    let d = digest_outputs(&out)?;
+                    let (same, speedup) = match &first {
+                        None => {
+                            first = Some((d, m.wall));
+                            ("-".to_string(), 1.0)
+                        }
+                        Some((f, w1)) => (
+                            (if *f == d { "yes" } else { "NO" }).to_string(),
+                            w1 / m.wall,
+                        ),
+                    };
+                    let mbs = bytes as f64 / 1e6 / m.wall;
+                    let ratio = bound.wall / m.wall;
+                    println!(
+                        "{:<14} {:<4} {:<9} {:>3} {:>7.3} {:>7.3} {:>8.1} {:>9.0} {:>7.1} {:>7.3} {:>6.2} {:>5.2} {:>5}",
+                        name,
+                        kind,
+                        compressor,
+                        threads,
+                        m.wall,
+                        m.cpu,
+                        mbs,
+                        entries as f64 / m.wall,
+                        m.max_rss_kib as f64 / 1024.0,
+                        bound.wall,
+                        ratio,
+                        speedup,
+                        same
+                    );
+                    rows.push(serde_json::json!({
+                        "tree": name, "source": kind, "data_bytes": bytes, "entries": entries,
+                        "compressor": compressor, "threads": threads, "wall_s": m.wall, "cpu_s": m.cpu,
+                        "mb_per_s": mbs, "files_per_s": entries as f64 / m.wall, "max_rss_kib": m.max_rss_kib,
+                        "stage_bound_s": bound.wall, "ratio_to_bound": ratio, "speedup_vs_1_thread": speedup,
+                        "identical_to_1_thread": same,
+                    }));
+                    if same == "NO" {
+                        bail!("output at {threads} threads differs from 1 thread");
                     }
-                    Some(f) if *f == d => "yes",
-                    Some(_) => "NO",
-                };
-                let name = tree.file_name().unwrap().to_string_lossy().to_string();
-                let mbs = bytes as f64 / 1e6 / m.wall;
-                println!(
-                    "{:<28} {:<10} {:>3} {:>8.3} {:>8.3} {:>9.1} {:>9.1} {:>6}",
-                    name,
-                    compressor,
-                    threads,
-                    m.wall,
-                    m.cpu,
-                    mbs,
-                    m.max_rss_kib as f64 / 1024.0,
-                    same
-                );
-                rows.push(serde_json::json!({
-                    "tree": name, "data_bytes": bytes, "compressor": compressor, "threads": threads,
-                    "wall_s": m.wall, "cpu_s": m.cpu, "mb_per_s": mbs, "max_rss_kib": m.max_rss_kib,
-                    "identical_to_1_thread": same,
-                }));
-                if same == "NO" {
-                    bail!("output at {threads} threads differs from 1 thread");
                 }
             }
         }
@@ -291,6 +358,51 @@ fn bench(trees: Vec<PathBuf>) -> Result<()> {
     let path = root().join("target/bench.json");
     std::fs::write(&path, serde_json::to_string_pretty(&rows)?)?;
     println!("results: {}", path.display());
+    println!("ratio = stage bound time / build time (>= 1: the build is at least as fast as the bound); x1 = speedup over 1 thread");
+    Ok(())
+}
+
+/// Generated corpora: `small` (many small files) and `dedup` (copies of one tree with edits).
+fn corpus(kind: &str, dir: &Path) -> Result<()> {
+    if dir.exists() {
+        std::fs::remove_dir_all(dir)?;
+    }
+    std::fs::create_dir_all(dir)?;
+    let mut seed = 0x9E37_79B9_7F4A_7C15u64;
+    let mut rnd = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    match kind {
+        "small" => {
+            // an npm-like tree: 60k files of 0-8 KiB text in 3k directories
+            for d in 0..3000 {
+                let sub = dir.join(format!("pkg{d:04}/lib"));
+                std::fs::create_dir_all(&sub)?;
+                for f in 0..20 {
+                    let len = (rnd() % 8192) as usize;
+                    let body: String = (0..len)
+                        .map(|i| (b'a' + ((i as u64 * 7 + rnd() % 3) % 26) as u8) as char)
+                        .collect();
+                    std::fs::write(sub.join(format!("m{f}.js")), body)?;
+                }
+            }
+        }
+        "dedup" => {
+            let base = root().join("target/xtask-trees/debian/usr/share");
+            if !base.exists() {
+                bail!("the dedup corpus copies the Debian tree: run `cargo xtask debian target/xtask-trees/debian` first");
+            }
+            for i in 0..4 {
+                let copy = dir.join(format!("copy{i}"));
+                run(Command::new("cp").arg("-a").arg(&base).arg(&copy))?;
+                std::fs::write(copy.join("edited"), format!("copy {i}"))?;
+            }
+        }
+        other => bail!("unknown corpus {other:?}: small or dedup"),
+    }
     Ok(())
 }
 
@@ -396,13 +508,18 @@ fn main() -> Result<()> {
             default_trees()?
         }),
         Some("measure") => measure_child(&args[1..]),
+        Some("corpus") => {
+            let kind = args.get(1).context("usage: corpus small|dedup DIR")?;
+            let dir = args.get(2).context("usage: corpus small|dedup DIR")?;
+            corpus(kind, Path::new(dir))
+        }
         Some("roundtrip") => roundtrip(if args.len() > 1 {
             paths(1)
         } else {
             default_trees()?
         }),
         _ => {
-            eprintln!("tasks: full-tree DIR [--big] | debian DIR | kernel-check [TREE...] | bench [TREE...] | roundtrip [TREE...]");
+            eprintln!("tasks: full-tree DIR [--big] | debian DIR | kernel-check [TREE...] | bench [TREE...] | roundtrip [TREE...] | corpus small|dedup DIR");
             std::process::exit(2)
         }
     }

@@ -1,0 +1,61 @@
+//! The stage bound for benchmarks: the time the unavoidable per-chunk work takes on this
+//! machine — read, digest, CRC and compress every chunk of a tree's files — spread over the
+//! worker threads with nothing else (no dedup, no writer, no metadata). A build is compared
+//! with it as a ratio.
+
+use std::io::Read;
+use std::path::Path;
+use std::time::Instant;
+
+use rayon::prelude::*;
+
+use crate::chunk::{digest, Compressor, Digester};
+use crate::error::{Error, IoContext, Result};
+use crate::tree::{DataSource, FileType};
+
+/// Seconds and bytes of the stage bound of the directory `source`.
+pub fn stage_bound(
+    source: &Path,
+    compressor: Compressor,
+    digester: Digester,
+    chunk_size: u32,
+    threads: usize,
+) -> Result<(f64, u64)> {
+    let tree = crate::source::dir::walk(source)?;
+    let mut seen = vec![false; tree.inodes.len()];
+    let mut files = Vec::new();
+    for e in tree.numbering_order() {
+        let ino = tree.entries[e].inode;
+        let i = &tree.inodes[ino];
+        if i.file_type == FileType::Regular && !std::mem::replace(&mut seen[ino], true) {
+            if let DataSource::Path(p) = &i.data {
+                files.push((p.clone(), i.size));
+            }
+        }
+    }
+    let bytes: u64 = files.iter().map(|f| f.1).sum();
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads.max(1))
+        .build()
+        .map_err(|e| Error::InvalidOption(e.to_string()))?;
+    let t = Instant::now();
+    pool.install(|| {
+        files.par_iter().try_for_each_init(
+            || (vec![0u8; chunk_size as usize], Vec::new()),
+            |(buf, out), (path, size)| -> Result<()> {
+                let mut f = std::fs::File::open(path).ctx("open", path)?;
+                let mut left = *size;
+                while left > 0 {
+                    let n = left.min(u64::from(chunk_size)) as usize;
+                    f.read_exact(&mut buf[..n]).ctx("read", path)?;
+                    std::hint::black_box(digester.digest(&buf[..n]));
+                    std::hint::black_box(digest::crc32(&buf[..n]));
+                    compressor.compress_into(&buf[..n], out)?;
+                    left -= n as u64;
+                }
+                Ok(())
+            },
+        )
+    })?;
+    Ok((t.elapsed().as_secs_f64(), bytes))
+}

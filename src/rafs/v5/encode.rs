@@ -184,6 +184,17 @@ pub fn encode(
     opts: &EncodeOptions,
 ) -> Result<Vec<u8>> {
     let order = tree.numbering_order();
+    // the same namespaces as v6 (and nydus-image) accept, checked before anything is written
+    for &e in &order {
+        for (name, value) in &tree.inode_of(e).xattrs {
+            if crate::rafs::v6::layout::split_xattr_name(name).is_none() || value.len() > 65536 {
+                return Err(Error::Unsupported {
+                    path: tree.path(e),
+                    reason: format!("xattr {:?} cannot be stored", String::from_utf8_lossy(name)),
+                });
+            }
+        }
+    }
     let num = number(tree, &order);
     let dfs = dfs_order(tree);
     let digest = digests(tree, chunks, opts.digester, &dfs)?;

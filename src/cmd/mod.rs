@@ -5,5 +5,6 @@ pub mod create;
 pub mod export;
 pub mod inspect;
 pub mod merge;
+pub mod oci;
 pub mod stat;
 pub mod unpack;

@@ -57,6 +57,18 @@ pub enum Error {
         /// What is wrong.
         reason: String,
     },
+    /// Input does not have the digest or size its descriptor gives.
+    #[error("{what}: {field} is {actual}, its descriptor says {expected}")]
+    Mismatch {
+        /// The input concerned (an image layer, with its file).
+        what: String,
+        /// What was compared (`sha256`, `size`, ...).
+        field: &'static str,
+        /// The value the descriptor gives.
+        expected: String,
+        /// The value the bytes have.
+        actual: String,
+    },
     /// A limit of the format was exceeded.
     #[error("format limit exceeded: {0}")]
     Limit(String),

@@ -233,6 +233,10 @@ enum SourceTypeArg {
     /// An uncompressed tar referenced in place: 512-byte blocks, the tar is the device.
     #[value(name = "tar-tarfs")]
     TarTarfs,
+    /// A whole OCI image (layout directory, OCI archive or docker save tar; PATH:REF picks
+    /// one of several), written as a nydus OCI image layout into --blob-dir.
+    #[value(name = "oci")]
+    Oci,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -315,6 +319,9 @@ struct CreateArgs {
     /// Prefetch policy (only `none` so far).
     #[arg(long, default_value = "none")]
     prefetch_policy: String,
+    /// -t oci: the image to take from an index, os/arch[/variant] (default: this machine's).
+    #[arg(long)]
+    platform: Option<String>,
 }
 
 fn parse_whiteout_spec(s: &str) -> Result<erofs_forge::tree::overlay::WhiteoutSpec> {
@@ -397,6 +404,7 @@ fn run_create(a: CreateArgs) -> Result<()> {
             SourceTypeArg::DirRafs => SourceType::Directory,
             SourceTypeArg::TarRafs | SourceTypeArg::TargzRafs => SourceType::Tar,
             SourceTypeArg::TarTarfs => SourceType::TarTarfs,
+            SourceTypeArg::Oci => SourceType::Tar,
         },
         fs_version: a.fs_version,
         bootstrap: a.bootstrap,
@@ -435,6 +443,36 @@ fn run_create(a: CreateArgs) -> Result<()> {
         None
     };
     let bar = Bar(bar);
+    if matches!(a.source_type, SourceTypeArg::Oci) {
+        let out = erofs_forge::cmd::oci::create_oci(&opts, a.platform.as_deref(), &bar)?;
+        if let Some(b) = &bar.0 {
+            b.finish_and_clear();
+        }
+        println!("image layout: {}", out.dir.display());
+        println!(
+            "source image: {} ({} layers, from {})",
+            out.platform, out.layers, out.found_in
+        );
+        println!("manifest: {}", out.manifest);
+        println!("config: {}", out.config);
+        for b in &out.blobs {
+            println!("data blob path: {}", b.display());
+        }
+        println!("bootstrap layer path: {}", out.bootstrap_layer.display());
+        match &out.bootstrap {
+            Some(p) => println!("meta blob path: {}", p.display()),
+            None => println!(
+                "meta blob path: (only inside the bootstrap layer; -B writes it as a file)"
+            ),
+        }
+        if let Some(c) = &opts.blob_cache_dir {
+            println!("blob cache: {}", c.display());
+        }
+        return Ok(());
+    }
+    if a.platform.is_some() {
+        bail!("--platform applies to -t oci only");
+    }
     let out = create::create(&opts, &bar)?;
     if let Some(b) = &bar.0 {
         b.finish_and_clear();

@@ -250,12 +250,51 @@ fn check_base(opts: &CreateOptions, img: &Image, path: &Path) -> Result<()> {
     }
 }
 
+/// A tar layer handed over as an open stream, with the digests it must have (OCI input).
+pub struct LayerStream<'a> {
+    /// The layer's stored bytes (plain, gzip, zstd or xz tar).
+    pub raw: Box<dyn std::io::Read + Send + 'a>,
+    /// Names the layer in messages.
+    pub what: String,
+    /// sha256 (hex) of the stored bytes.
+    pub digest: Option<String>,
+    /// Size of the stored bytes.
+    pub size: Option<u64>,
+    /// sha256 (hex) of the uncompressed tar.
+    pub diff_id: Option<String>,
+}
+
 /// Builds an image from `opts.source`.
 pub fn create(opts: &CreateOptions, progress: &dyn Progress) -> Result<CreateOutput> {
     validate(opts)?;
     if opts.source_type == SourceType::TarTarfs {
         return create_tarfs(opts, progress);
     }
+    build(opts, progress, None)
+}
+
+/// Builds a layer from an open tar stream (`opts.source` only names it), checking its bytes
+/// against the digests and size given while reading them: a mismatch is an error naming the
+/// layer, and nothing is written.
+pub fn create_layer(
+    opts: &CreateOptions,
+    progress: &dyn Progress,
+    layer: LayerStream<'_>,
+) -> Result<CreateOutput> {
+    if opts.source_type != SourceType::Tar {
+        return Err(Error::InvalidOption(
+            "a layer stream is built as tar-rafs".into(),
+        ));
+    }
+    validate(opts)?;
+    build(opts, progress, Some(layer))
+}
+
+fn build(
+    opts: &CreateOptions,
+    progress: &dyn Progress,
+    layer: Option<LayerStream<'_>>,
+) -> Result<CreateOutput> {
     let t0 = Instant::now();
     let mut timings = BTreeMap::new();
     // blob-cache-only builds store chunks raw, as upstream does
@@ -335,28 +374,64 @@ pub fn create(opts: &CreateOptions, progress: &dyn Progress) -> Result<CreateOut
             (tree, per_inode, jobs.len() as u64, data_bytes)
         }
         SourceType::Tar | SourceType::TarTarfs => {
-            let (raw, size) = tar::open_raw(&opts.source)?;
+            let (raw, size, expect) = match layer {
+                Some(l) => {
+                    let size = l.size;
+                    (l.raw, size, Some((l.what, l.digest, l.size, l.diff_id)))
+                }
+                None => {
+                    let (raw, size) = tar::open_raw(&opts.source)?;
+                    (raw, size, None)
+                }
+            };
             progress.start(0, size.unwrap_or(0));
             let report = |n: u64| progress.advance(n);
-            let counted: Box<dyn std::io::Read + Send + '_> =
-                Box::new(tar::Counting::new(raw, &report));
+            let mut stored = Digesting::new(
+                tar::Counting::new(raw, &report),
+                expect.as_ref().is_some_and(|e| e.1.is_some()),
+            );
+            let want_diff = expect.as_ref().is_some_and(|e| e.3.is_some());
+            let stored_ref = &mut stored;
             let source = opts.source.clone();
-            let (per_inode, (tree, files, bytes)) =
+            let (per_inode, (tree, files, bytes, diff)) =
                 pipeline::run_with(&popts, &mut table, &mut writer, &|_| {}, move |sink| {
-                    let (mut input, compression) = tar::decompress(counted, &source)?;
+                    let (input, compression) = tar::decompress(Box::new(stored_ref), &source)?;
                     log::debug!(
                         "{}: tar, compression {}",
                         source.display(),
                         compression.name()
                     );
+                    let mut input = Digesting::new(input, want_diff);
                     let mut files = PipelineFiles {
                         sink,
                         files: 0,
                         bytes: 0,
                     };
                     let tree = tar::read_tar(&mut input, &source, &mut files)?;
-                    Ok((tree, files.files, files.bytes))
+                    Ok((tree, files.files, files.bytes, input.finish()))
                 })?;
+            if let Some((what, digest, size, diff_id)) = expect {
+                // whatever follows the compressed stream counts too
+                std::io::copy(&mut stored, &mut std::io::sink()).ctx("read", &opts.source)?;
+                let (count, actual) = stored.finish();
+                let checks = [
+                    ("size", size.map(|s| s.to_string()), Some(count.to_string())),
+                    ("sha256", digest, actual),
+                    ("uncompressed sha256 (diff_id)", diff_id, diff.1),
+                ];
+                for (field, expected, actual) in checks {
+                    if let (Some(expected), Some(actual)) = (expected, actual) {
+                        if !expected.eq_ignore_ascii_case(&actual) {
+                            return Err(Error::Mismatch {
+                                what,
+                                field,
+                                expected,
+                                actual,
+                            });
+                        }
+                    }
+                }
+            }
             timings.insert("load_tree".into(), t0.elapsed().as_secs_f64());
             (tree, per_inode, files, bytes)
         }
@@ -543,6 +618,39 @@ impl tar::FileData for PipelineFiles<'_, '_> {
         self.files += 1;
         self.bytes += size;
         Ok(None)
+    }
+}
+
+/// Reads through whatever it wraps, counting the bytes and, when asked, hashing them.
+struct Digesting<R> {
+    inner: R,
+    hasher: Option<Sha256>,
+    count: u64,
+}
+
+impl<R> Digesting<R> {
+    fn new(inner: R, hash: bool) -> Self {
+        Digesting {
+            inner,
+            hasher: hash.then(Sha256::new),
+            count: 0,
+        }
+    }
+
+    /// Bytes read and their sha256 (hex), if hashed.
+    fn finish(self) -> (u64, Option<String>) {
+        (self.count, self.hasher.map(|h| hex::encode(h.finalize())))
+    }
+}
+
+impl<R: std::io::Read> std::io::Read for Digesting<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        if let Some(h) = &mut self.hasher {
+            h.update(&buf[..n]);
+        }
+        self.count += n as u64;
+        Ok(n)
     }
 }
 

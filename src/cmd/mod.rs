@@ -7,5 +7,6 @@ pub mod export;
 pub mod export_compressed;
 pub mod inspect;
 pub mod merge;
+pub mod oci;
 pub mod stat;
 pub mod unpack;

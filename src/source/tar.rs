@@ -933,9 +933,10 @@ impl Builder {
     }
 }
 
-/// A directory the archive implies but does not list (what container runtimes create).
+/// A directory the archive implies but does not list: 0755 0:0 mtime 0, marked implied so
+/// that a merge keeps the lower layer's directory (as container runtimes do).
 fn implied_dir() -> Inode {
-    Inode::new(FileType::Directory, 0o755)
+    Inode::implied_dir()
 }
 
 /// The tarfs [`FileData`]: records where each chunk of a file lies in the tar (no data is

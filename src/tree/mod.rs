@@ -104,6 +104,10 @@ pub struct Inode {
     pub data: DataSource,
     /// Chunks holding the file data, in file order (filled by the chunk pipeline).
     pub chunks: Vec<u32>,
+    /// A directory a tar layer only implies (a parent of listed entries, never listed
+    /// itself). Its metadata are placeholders: when layers are merged it takes the lower
+    /// layer's directory instead ([`overlay::apply`]). Not stored in images.
+    pub implied: bool,
 }
 
 impl Inode {
@@ -122,7 +126,30 @@ impl Inode {
             xattrs: Vec::new(),
             data: DataSource::None,
             chunks: Vec::new(),
+            implied: false,
         }
+    }
+
+    /// A directory implied by a tar layer: 0755, 0:0, mtime 0, no xattrs, marked implied.
+    pub fn implied_dir() -> Inode {
+        Inode {
+            implied: true,
+            ..Inode::new(FileType::Directory, 0o755)
+        }
+    }
+
+    /// Whether this inode stands for a directory a layer only implies: marked so by the tar
+    /// reader, or, for a layer loaded back from a bootstrap (where the mark is not stored),
+    /// a directory with exactly the implied placeholders (0755, 0:0, mtime 0.0, no xattrs).
+    pub fn is_implied_dir(&self) -> bool {
+        self.file_type == FileType::Directory
+            && (self.implied
+                || (self.permissions == 0o755
+                    && self.uid == 0
+                    && self.gid == 0
+                    && self.mtime == 0
+                    && self.mtime_nsec == 0
+                    && self.xattrs.is_empty()))
     }
 
     /// The full `st_mode` (type and permission bits).

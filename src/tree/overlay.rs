@@ -70,13 +70,15 @@ pub fn apply(lower: &mut Tree, upper: &Tree, spec: WhiteoutSpec, chunk_map: &dyn
             lower.add_inode(inode)
         })
     };
-    // the upper root's attributes replace the lower root's
-    let root = map_inode(
-        lower,
-        upper.entries[0].inode,
-        spec == WhiteoutSpec::Overlayfs,
-    );
-    lower.entries[0].inode = root;
+    // the upper root's attributes replace the lower root's, unless the layer only implies it
+    if !upper.inode_of(0).is_implied_dir() {
+        let root = map_inode(
+            lower,
+            upper.entries[0].inode,
+            spec == WhiteoutSpec::Overlayfs,
+        );
+        lower.entries[0].inode = root;
+    }
     let mut stack: Vec<(EntryId, EntryId)> = vec![(0, 0)];
     while let Some((ldir, udir)) = stack.pop() {
         let mut kept = Vec::new();
@@ -117,18 +119,21 @@ pub fn apply(lower: &mut Tree, upper: &Tree, spec: WhiteoutSpec, chunk_map: &dyn
         for (u, strip) in kept {
             let uino = upper.entries[u].inode;
             let is_dir = upper.inodes[uino].file_type == FileType::Directory;
-            let mapped = map_inode(lower, uino, strip);
             let name = upper.entries[u].name.clone();
             let target = match by_name.get(&name) {
                 Some(&l) => {
                     let lower_is_dir = lower.inode_of(l).file_type == FileType::Directory;
-                    lower.entries[l].inode = mapped;
+                    // a directory the layer only implies leaves the lower one as it was
+                    if !(is_dir && lower_is_dir && upper.inodes[uino].is_implied_dir()) {
+                        lower.entries[l].inode = map_inode(lower, uino, strip);
+                    }
                     if !(is_dir && lower_is_dir) {
                         lower.entries[l].children.clear();
                     }
                     l
                 }
                 None => {
+                    let mapped = map_inode(lower, uino, strip);
                     let e = lower.entries.len();
                     lower.entries.push(super::Entry {
                         name: name.clone(),
@@ -286,5 +291,84 @@ mod tests {
         let layer = tree(&[(".wh.gone", Regular), ("kept", Regular)]);
         apply(&mut base, &layer, WhiteoutSpec::Oci, &|c| c);
         assert_eq!(paths(&base), vec!["/kept"]);
+    }
+
+    fn dir_meta(t: &Tree, path: &str) -> (u16, u32, i64) {
+        let t = t.compact();
+        let mut e = 0;
+        for c in path.split('/').filter(|c| !c.is_empty()) {
+            e = t.entries[e]
+                .children
+                .iter()
+                .copied()
+                .find(|x| t.entries[*x].name == c.as_bytes())
+                .unwrap();
+        }
+        let i = t.inode_of(e);
+        (i.permissions, i.uid, i.mtime)
+    }
+
+    fn set_meta(t: &mut Tree, path: &str, perm: u16, uid: u32, mtime: i64) {
+        let mut e = 0;
+        for c in path.split('/').filter(|c| !c.is_empty()) {
+            e = t.entries[e]
+                .children
+                .iter()
+                .copied()
+                .find(|x| t.entries[*x].name == c.as_bytes())
+                .unwrap();
+        }
+        let ino = t.entries[e].inode;
+        t.inodes[ino].permissions = perm;
+        t.inodes[ino].uid = uid;
+        t.inodes[ino].mtime = mtime;
+        t.inodes[ino].implied = false;
+    }
+
+    #[test]
+    fn implied_directories_keep_the_lower_metadata() {
+        let mut low = tree(&[("a/x", Regular), ("b/y", Regular)]);
+        set_meta(&mut low, "", 0o700, 0, 11);
+        set_meta(&mut low, "a", 0o750, 7, 22);
+        set_meta(&mut low, "b", 0o711, 8, 33);
+        let mut up = tree(&[("a/new", Regular), ("b/new", Regular)]);
+        // "a" and the root as the tar reader marks them; "b" as a bootstrap gives it back
+        // (no mark, but exactly the placeholders)
+        let root = up.entries[0].inode;
+        up.inodes[root] = Inode::implied_dir();
+        let a = up.entries[0].children[0];
+        let ai = up.entries[a].inode;
+        up.inodes[ai] = Inode::implied_dir();
+        let b = up.entries[0].children[1];
+        let bi = up.entries[b].inode;
+        up.inodes[bi] = Inode::new(Directory, 0o755);
+        apply(&mut low, &up, WhiteoutSpec::Oci, &|c| c);
+        assert_eq!(dir_meta(&low, ""), (0o700, 0, 11));
+        assert_eq!(dir_meta(&low, "a"), (0o750, 7, 22));
+        assert_eq!(dir_meta(&low, "b"), (0o711, 8, 33));
+        assert_eq!(
+            paths(&low),
+            vec!["/a", "/a/new", "/a/x", "/b", "/b/new", "/b/y"]
+        );
+    }
+
+    #[test]
+    fn listed_directories_replace_the_lower_metadata() {
+        let mut low = tree(&[("a/x", Regular)]);
+        set_meta(&mut low, "a", 0o750, 7, 22);
+        let mut up = tree(&[("a/new", Regular)]);
+        // one attribute off the placeholders is enough to count as listed
+        set_meta(&mut up, "a", 0o755, 0, 1);
+        apply(&mut low, &up, WhiteoutSpec::Oci, &|c| c);
+        assert_eq!(dir_meta(&low, "a"), (0o755, 0, 1));
+        // an implied directory over a file replaces the file
+        let mut low = tree(&[("f", Regular)]);
+        let mut up = tree(&[("f/inner", Regular)]);
+        let f = up.entries[0].children[0];
+        let fi = up.entries[f].inode;
+        up.inodes[fi] = Inode::implied_dir();
+        apply(&mut low, &up, WhiteoutSpec::Oci, &|c| c);
+        assert_eq!(paths(&low), vec!["/f", "/f/inner"]);
+        assert_eq!(dir_meta(&low, "f"), (0o755, 0, 0));
     }
 }

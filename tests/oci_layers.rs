@@ -1,0 +1,600 @@
+//! Issue #5's demonstration: an OCI image of four layers built with umoci (deletions of files
+//! and whole directories, a directory recreated, a file turned into a directory, hardlinks,
+//! symlinks, a fifo, devices, mode and owner changes, and a hand-written layer with an opaque
+//! directory and implied parents) is converted (1) layer by layer with `create -t tar-rafs` +
+//! `merge` and (2) whole with `create -t oci`. The merged v6 image mounted by the kernel, and
+//! `unpack --output-dir` of the merged v5 and v6 images, must equal `umoci unpack` of the same
+//! image. Also: the OCI layout written, OCI-archive and docker-save (index without manifests,
+//! moby #47065) inputs, and a layer whose bytes do not match its digest.
+//!
+//! Needs root (devices, owners), umoci and, for the mount checks, a kernel with EROFS;
+//! otherwise it says SKIPPED and why.
+
+mod common;
+use common::*;
+
+use std::fs;
+use std::io::Read;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+fn run(cmd: &mut Command) {
+    let out = cmd.output().expect("spawn");
+    assert!(
+        out.status.success(),
+        "{:?} failed:\n{}{}",
+        cmd,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn sh(script: &str) {
+    run(Command::new("sh").args(["-ec", script]));
+}
+
+fn umoci(args: &[&str]) {
+    run(Command::new("umoci").args(args));
+}
+
+fn write(p: &Path, data: &[u8]) {
+    fs::create_dir_all(p.parent().unwrap()).unwrap();
+    fs::write(p, data).unwrap();
+}
+
+fn why_skip() -> Option<String> {
+    if !is_root() {
+        return Some("not root (devices and owners need root)".into());
+    }
+    let have = Command::new("umoci").arg("--version").output();
+    if !have.map(|o| o.status.success()).unwrap_or(false) {
+        return Some("umoci is not installed".into());
+    }
+    None
+}
+
+/// Layer 1 (umoci): the base rootfs.
+fn base_rootfs(r: &Path) {
+    write(&r.join("etc/hostname"), b"forge\n");
+    write(&r.join("etc/remove-me"), b"deleted in layer 2\n");
+    write(&r.join("gone/deep/a"), b"the whole directory goes\n");
+    write(&r.join("gone/b"), b"b\n");
+    write(&r.join("opq/a"), b"hidden by the opaque marker\n");
+    write(&r.join("opq/sub/c"), b"c\n");
+    write(&r.join("recreated/old"), b"old\n");
+    write(&r.join("file-then-dir"), b"a file in layer 1\n");
+    write(&r.join("var/lib/app/data"), b"app data\n");
+    write(&r.join("modes/m"), b"mode changes\n");
+    write(&r.join("modes/own"), b"owner changes\n");
+    let big: Vec<u8> = (0..3_000_000u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    write(&r.join("usr/lib/big"), &big);
+    write(&r.join("usr/bin/tool"), b"#!/bin/sh\necho tool\n");
+    fs::set_permissions(r.join("usr/bin/tool"), fs::Permissions::from_mode(0o755)).unwrap();
+    sh(&format!(
+        "cd {0}; chown -R 1000:1000 var/lib/app; chmod 0750 var/lib/app; \
+         touch -d @1600000000 var/lib/app var/lib/app/data; chmod 0701 opq",
+        r.display()
+    ));
+}
+
+/// Layer 2 (umoci): deletions, a recreated directory, a file becoming a directory, links,
+/// special files, modes and owners.
+fn second_layer(r: &Path) {
+    sh(&format!(
+        "cd {0}; rm etc/remove-me; rm -r gone; rm -r recreated; mkdir recreated; \
+         echo new > recreated/new; rm file-then-dir; mkdir file-then-dir; \
+         echo inside > file-then-dir/inside; echo linked > hl1; ln hl1 hl2; ln hl1 usr/hl3; \
+         ln -s ../usr/lib/big etc/big-link; ln -s /nowhere dangling; mkfifo fifo; \
+         mknod null-dev c 1 3; mknod loop-dev b 7 0; chmod 0600 modes/m; \
+         chown 123:456 modes/own; chmod 4755 usr/bin/tool; echo more >> usr/lib/big",
+        r.display()
+    ));
+}
+
+/// Layer 3 (by hand, `umoci raw add-layer`): an opaque directory, and a file whose parents
+/// the tar only implies (they must keep layer 1's metadata).
+fn third_layer(path: &Path) {
+    let mut b = tar::Builder::new(fs::File::create(path).unwrap());
+    let mut add = |name: &str, data: &[u8], mode: u32| {
+        let mut h = tar::Header::new_ustar();
+        h.set_path(name).unwrap();
+        h.set_size(data.len() as u64);
+        h.set_mode(mode);
+        h.set_mtime(1_700_000_000);
+        h.set_entry_type(tar::EntryType::Regular);
+        h.set_cksum();
+        b.append(&h, data).unwrap();
+    };
+    add("opq/.wh..wh..opq", b"", 0o644);
+    add("opq/fresh", b"only this is left in opq\n", 0o644);
+    add("var/lib/app/added", b"added under implied parents\n", 0o640);
+    b.finish().unwrap();
+}
+
+/// Builds the image; returns the layout directory.
+fn build_image(w: &Path) -> PathBuf {
+    let img = w.join("img");
+    let bundle = w.join("bundle");
+    umoci(&["init", "--layout", s(&img)]);
+    umoci(&["new", "--image", &format!("{}:t", s(&img))]);
+    umoci(&["unpack", "--image", &format!("{}:t", s(&img)), s(&bundle)]);
+    base_rootfs(&bundle.join("rootfs"));
+    umoci(&["repack", "--image", &format!("{}:t", s(&img)), s(&bundle)]);
+    fs::remove_dir_all(&bundle).unwrap();
+    umoci(&["unpack", "--image", &format!("{}:t", s(&img)), s(&bundle)]);
+    second_layer(&bundle.join("rootfs"));
+    umoci(&["repack", "--image", &format!("{}:t", s(&img)), s(&bundle)]);
+    fs::remove_dir_all(&bundle).unwrap();
+    let l3 = w.join("layer3.tar");
+    third_layer(&l3);
+    umoci(&[
+        "raw",
+        "add-layer",
+        "--image",
+        &format!("{}:t", s(&img)),
+        s(&l3),
+    ]);
+    img
+}
+
+fn json(p: &Path) -> serde_json::Value {
+    serde_json::from_slice(&fs::read(p).unwrap()).unwrap()
+}
+
+fn blob(layout: &Path, digest: &str) -> PathBuf {
+    layout
+        .join("blobs/sha256")
+        .join(digest.strip_prefix("sha256:").unwrap())
+}
+
+/// The image's manifest (the layout's only index entry).
+fn manifest_of(layout: &Path) -> serde_json::Value {
+    let index = json(&layout.join("index.json"));
+    let m = &index["manifests"].as_array().unwrap()[0];
+    json(&blob(layout, m["digest"].as_str().unwrap()))
+}
+
+fn blob_ids(boot: &Path) -> Vec<String> {
+    let v: serde_json::Value =
+        serde_json::from_slice(&forge(&["inspect", s(boot), "-R", "blobs"]).stdout).unwrap();
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["blob_id"].as_str().unwrap().to_string())
+        .collect()
+}
+
+fn assert_same(what: &str, expect: &Path, got: &Path) {
+    // every field of every entry, the root's own metadata included
+    let d = diff(&manifest(expect), &manifest(got));
+    assert!(
+        d.is_empty(),
+        "{what}: {} differences from umoci unpack:\n{}",
+        d.len(),
+        d.join("\n")
+    );
+    eprintln!("{what}: equal to umoci unpack");
+}
+
+fn mount_check(what: &str, boot: &Path, cache: &Path, expect: &Path) {
+    if let Some(why) = cannot_mount() {
+        skip(what, &why);
+        return;
+    }
+    let devices: Vec<PathBuf> = blob_ids(boot)
+        .iter()
+        .map(|id| cache.join(format!("{id}.blob.data")))
+        .collect();
+    let m = mount(boot, &devices);
+    assert_same(what, expect, m.dir.path());
+}
+
+fn unpack_check(what: &str, boot: &Path, blobs: &Path, expect: &Path, scratch: &Path) {
+    let dest = scratch.join(format!("unpacked-{}", what.replace(' ', "-")));
+    forge(&["unpack", s(boot), "-D", s(blobs), "--output-dir", s(&dest)]);
+    assert_same(what, expect, &dest);
+}
+
+#[test]
+fn oci_image_layers_match_umoci() {
+    if let Some(why) = why_skip() {
+        skip("oci_image_layers_match_umoci", &why);
+        return;
+    }
+    let w = scratch();
+    let img = build_image(w.path());
+    let reference = w.path().join("reference");
+    umoci(&[
+        "unpack",
+        "--image",
+        &format!("{}:t", s(&img)),
+        s(&reference),
+    ]);
+    let expect = reference.join("rootfs");
+    // the image holds what the layers say
+    assert!(!expect.join("gone").exists() && !expect.join("etc/remove-me").exists());
+    assert!(expect.join("file-then-dir/inside").is_file());
+    assert!(!expect.join("opq/a").exists() && !expect.join("opq/sub").exists());
+    assert!(!expect.join("recreated/old").exists());
+    let layers: Vec<String> = manifest_of(&img)["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["digest"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        layers.len(),
+        3,
+        "base, changes, by hand (umoci new adds no layer)"
+    );
+
+    for v in ["5", "6"] {
+        // (1) layer by layer, then merge
+        let out = w.path().join(format!("layers-v{v}"));
+        let cache = out.join("cache");
+        fs::create_dir_all(&cache).unwrap();
+        let mut boots = Vec::new();
+        for (i, d) in layers.iter().enumerate() {
+            let b = out.join(format!("layer{i}.boot"));
+            forge(&[
+                "create",
+                "-t",
+                "tar-rafs",
+                "--fs-version",
+                v,
+                "-D",
+                s(&out),
+                "--blob-cache-dir",
+                s(&cache),
+                "-B",
+                s(&b),
+                s(&blob(&img, d)),
+            ]);
+            boots.push(b);
+        }
+        let merged = out.join("merged.boot");
+        let mut args = vec!["merge", "-B", s(&merged)];
+        args.extend(boots.iter().map(|b| s(b)));
+        forge(&args);
+        forge(&["check", s(&merged), "-D", s(&out)]);
+        if v == "6" {
+            mount_check("tar-rafs + merge, v6, kernel", &merged, &cache, &expect);
+        }
+        unpack_check(
+            &format!("tar-rafs + merge v{v} unpack"),
+            &merged,
+            &out,
+            &expect,
+            w.path(),
+        );
+
+        // (2) the whole image at once
+        let layout = w.path().join(format!("oci-v{v}"));
+        let cache2 = w.path().join(format!("oci-cache-v{v}"));
+        fs::create_dir_all(&cache2).unwrap();
+        let boot = w.path().join(format!("oci-v{v}.boot"));
+        let printed = forge(&[
+            "create",
+            "-t",
+            "oci",
+            "--fs-version",
+            v,
+            "-D",
+            s(&layout),
+            "--blob-cache-dir",
+            s(&cache2),
+            "-B",
+            s(&boot),
+            s(&img),
+        ]);
+        let printed = String::from_utf8_lossy(&printed.stdout).into_owned();
+        assert!(printed.contains("bootstrap layer path:"), "{printed}");
+        let blobs = layout.join("blobs/sha256");
+        forge(&["check", s(&boot), "-D", s(&blobs)]);
+        check_layout(&layout, &boot, v);
+        // the merged bootstraps are the same filesystem (the blob ids are the same too)
+        assert_eq!(blob_ids(&boot), blob_ids(&merged));
+        if v == "6" {
+            mount_check("create -t oci, v6, kernel", &boot, &cache2, &expect);
+        }
+        unpack_check(
+            &format!("create -t oci v{v} unpack"),
+            &boot,
+            &blobs,
+            &expect,
+            w.path(),
+        );
+    }
+}
+
+/// The layout `create -t oci` wrote: nydus media types and annotations, config diff_ids,
+/// the bootstrap layer holding exactly the image bootstrap.
+fn check_layout(layout: &Path, boot: &Path, v: &str) {
+    assert_eq!(
+        json(&layout.join("oci-layout"))["imageLayoutVersion"],
+        "1.0.0"
+    );
+    let index = json(&layout.join("index.json"));
+    let entry = &index["manifests"][0];
+    assert_eq!(index["manifests"].as_array().unwrap().len(), 1);
+    assert_eq!(entry["platform"]["os.features"][0], "nydus.remoteimage.v1");
+    assert_eq!(
+        entry["annotations"]["org.opencontainers.image.ref.name"],
+        "t"
+    );
+    let manifest = manifest_of(layout);
+    let layers = manifest["layers"].as_array().unwrap();
+    let ids = blob_ids(boot);
+    assert_eq!(layers.len(), ids.len() + 1);
+    for (l, id) in layers.iter().zip(&ids) {
+        assert_eq!(
+            l["mediaType"],
+            "application/vnd.oci.image.layer.nydus.blob.v1"
+        );
+        assert_eq!(
+            l["annotations"]["containerd.io/snapshot/nydus-blob"],
+            "true"
+        );
+        assert_eq!(l["digest"], format!("sha256:{id}"));
+        let data = fs::read(blob(layout, l["digest"].as_str().unwrap())).unwrap();
+        assert_eq!(l["size"], data.len());
+        assert_eq!(
+            hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&data)),
+            *id
+        );
+    }
+    let top = layers.last().unwrap();
+    assert_eq!(
+        top["mediaType"],
+        "application/vnd.oci.image.layer.v1.tar+gzip"
+    );
+    let a = &top["annotations"];
+    assert_eq!(a["containerd.io/snapshot/nydus-bootstrap"], "true");
+    assert_eq!(a["containerd.io/snapshot/nydus-fs-version"], v);
+    assert_eq!(
+        a["containerd.io/snapshot/nydus-blob-ids"],
+        serde_json::to_string(&ids).unwrap()
+    );
+    let gz = fs::read(blob(layout, top["digest"].as_str().unwrap())).unwrap();
+    let mut tar_bytes = Vec::new();
+    flate2::read::GzDecoder::new(&gz[..])
+        .read_to_end(&mut tar_bytes)
+        .unwrap();
+    let mut found = None;
+    for e in tar::Archive::new(&tar_bytes[..]).entries().unwrap() {
+        let mut e = e.unwrap();
+        if e.path().unwrap().to_str() == Some("image/image.boot") {
+            let mut b = Vec::new();
+            e.read_to_end(&mut b).unwrap();
+            found = Some(b);
+        }
+    }
+    assert_eq!(
+        found.expect("image/image.boot in the layer"),
+        fs::read(boot).unwrap()
+    );
+    let config = json(&blob(
+        layout,
+        manifest["config"]["digest"].as_str().unwrap(),
+    ));
+    let mut want: Vec<String> = ids.iter().map(|i| format!("sha256:{i}")).collect();
+    want.push(format!(
+        "sha256:{}",
+        hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&tar_bytes))
+    ));
+    let got: Vec<String> = config["rootfs"]["diff_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d.as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(got, want);
+    assert_eq!(config["architecture"], "amd64");
+    assert!(config["config"].is_object(), "the source config is kept");
+}
+
+/// The same image as an OCI archive and as a docker save tar whose index lists nothing
+/// (moby #47065: read manifest.json instead) gives the same bootstrap; a layer whose bytes do
+/// not match its digest is an error naming it.
+#[test]
+fn archives_docker_save_and_bad_digests() {
+    if let Some(why) = why_skip() {
+        skip("archives_docker_save_and_bad_digests", &why);
+        return;
+    }
+    let w = scratch();
+    let img = build_image(w.path());
+    let create = |src: &Path, name: &str| -> Vec<u8> {
+        let out = w.path().join(format!("out-{name}"));
+        let boot = w.path().join(format!("{name}.boot"));
+        forge(&["create", "-t", "oci", "-D", s(&out), "-B", s(&boot), s(src)]);
+        fs::read(&boot).unwrap()
+    };
+    let from_layout = create(&img, "layout");
+
+    let archive = w.path().join("img.tar");
+    sh(&format!("tar -C {} -cf {} .", s(&img), s(&archive)));
+    assert_eq!(create(&archive, "archive"), from_layout);
+    // PATH:REF names the image
+    let named = PathBuf::from(format!("{}:t", s(&archive)));
+    assert_eq!(create(&named, "archive-named"), from_layout);
+    let err = forge_fails(&[
+        "create",
+        "-t",
+        "oci",
+        "-D",
+        s(&w.path().join("out-x")),
+        &format!("{}:nope", s(&archive)),
+    ]);
+    assert!(err.contains("nope"), "{err}");
+    let err = forge_fails(&[
+        "create",
+        "-t",
+        "oci",
+        "--platform",
+        "linux/s390x",
+        "-D",
+        s(&w.path().join("out-y")),
+        s(&archive),
+    ]);
+    assert!(
+        err.contains("linux/s390x") && err.contains("linux/amd64"),
+        "{err}"
+    );
+
+    // docker save of Docker 25.0.0: index.json without manifests, manifest.json with paths
+    let d = w.path().join("dsave");
+    sh(&format!(
+        "mkdir -p {0} && cp -r {1}/blobs {0}/",
+        s(&d),
+        s(&img)
+    ));
+    fs::write(
+        d.join("index.json"),
+        br#"{"schemaVersion":2,"manifests":[]}"#,
+    )
+    .unwrap();
+    let m = manifest_of(&img);
+    let layer_paths: Vec<String> = m["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| format!("blobs/sha256/{}", &l["digest"].as_str().unwrap()[7..]))
+        .collect();
+    let doc = serde_json::json!([{
+        "Config": format!("blobs/sha256/{}", &m["config"]["digest"].as_str().unwrap()[7..]),
+        "RepoTags": ["forge/test:t"],
+        "Layers": layer_paths,
+    }]);
+    fs::write(d.join("manifest.json"), doc.to_string()).unwrap();
+    let dtar = w.path().join("dsave.tar");
+    sh(&format!("tar -C {} -cf {} .", s(&d), s(&dtar)));
+    assert_eq!(create(&dtar, "docker-save"), from_layout);
+
+    // one byte changed in the base layer's blob
+    let bad = w.path().join("bad");
+    sh(&format!("cp -r {} {}", s(&img), s(&bad)));
+    let base = &m["layers"][0]["digest"].as_str().unwrap()[7..];
+    let p = bad.join("blobs/sha256").join(base);
+    let mut bytes = fs::read(&p).unwrap();
+    bytes[9] ^= 1; // the gzip header's OS byte: the tar still reads, the digest does not match
+    fs::write(&p, &bytes).unwrap();
+    let out = w.path().join("out-bad");
+    let err = forge_fails(&["create", "-t", "oci", "-D", s(&out), s(&bad)]);
+    assert!(
+        err.contains("layer 0") && err.contains(base) && err.contains("sha256"),
+        "{err}"
+    );
+    assert!(
+        !out.join("index.json").exists(),
+        "nothing is published after a failed check"
+    );
+}
+
+/// path, data (None: a directory), mode, uid and gid, mtime.
+type TarEntry<'a> = (&'a str, Option<&'a [u8]>, u32, u32, u64);
+
+/// Directories a tar layer only implies keep the lower layer's metadata after per-layer
+/// bootstraps are written to disk and merged (the mark is not stored; the placeholders are
+/// recognised), v5 and v6. No root needed.
+#[test]
+fn implied_directories_survive_per_layer_bootstraps() {
+    let w = scratch();
+    let tar_of = |name: &str, entries: &[TarEntry]| -> PathBuf {
+        let p = w.path().join(name);
+        let mut b = tar::Builder::new(fs::File::create(&p).unwrap());
+        for (path, data, mode, uid, mtime) in entries {
+            let mut h = tar::Header::new_ustar();
+            h.set_path(path).unwrap();
+            h.set_mode(*mode);
+            h.set_uid(u64::from(*uid));
+            h.set_gid(u64::from(*uid));
+            h.set_mtime(*mtime);
+            match data {
+                Some(d) => {
+                    h.set_entry_type(tar::EntryType::Regular);
+                    h.set_size(d.len() as u64);
+                    h.set_cksum();
+                    b.append(&h, *d).unwrap();
+                }
+                None => {
+                    h.set_entry_type(tar::EntryType::Directory);
+                    h.set_size(0);
+                    h.set_cksum();
+                    b.append(&h, &b""[..]).unwrap();
+                }
+            }
+        }
+        b.finish().unwrap();
+        p
+    };
+    let l1 = tar_of(
+        "l1.tar",
+        &[
+            ("./", None, 0o711, 0, 1_500_000_000),
+            ("a/", None, 0o750, 1000, 1_600_000_000),
+            ("a/b/", None, 0o700, 1001, 1_600_000_001),
+            ("a/b/x", Some(b"x"), 0o644, 0, 1_600_000_002),
+        ],
+    );
+    // layer 2 lists neither the root, a nor a/b; c is new and implied too
+    let l2 = tar_of(
+        "l2.tar",
+        &[
+            ("a/b/y", Some(b"y"), 0o644, 0, 1_700_000_000),
+            ("c/z", Some(b"z"), 0o644, 0, 1_700_000_000),
+        ],
+    );
+    for v in ["5", "6"] {
+        let out = w.path().join(format!("v{v}"));
+        fs::create_dir_all(&out).unwrap();
+        let mut boots = Vec::new();
+        for (i, l) in [&l1, &l2].iter().enumerate() {
+            let b = out.join(format!("l{i}.boot"));
+            forge(&[
+                "create",
+                "-t",
+                "tar-rafs",
+                "-v",
+                v,
+                "-D",
+                s(&out),
+                "-B",
+                s(&b),
+                s(l),
+            ]);
+            boots.push(b);
+        }
+        let merged = out.join("merged");
+        forge(&["merge", "-B", s(&merged), s(&boots[0]), s(&boots[1])]);
+        let meta = |p: &str| {
+            let st: serde_json::Value = serde_json::from_slice(
+                &forge(&["inspect", s(&merged), "-R", &format!("stat {p}")]).stdout,
+            )
+            .unwrap();
+            (
+                st["mode"].as_str().unwrap().to_string(),
+                st["uid"].as_u64().unwrap(),
+                st["mtime"].as_i64().unwrap(),
+            )
+        };
+        let m = |mode: &str, uid: u64, mtime: i64| (mode.to_string(), uid, mtime);
+        assert_eq!(meta("/"), m("40711", 0, 1_500_000_000), "v{v} root");
+        assert_eq!(meta("/a"), m("40750", 1000, 1_600_000_000), "v{v} a");
+        assert_eq!(meta("/a/b"), m("40700", 1001, 1_600_000_001), "v{v} a/b");
+        assert_eq!(
+            meta("/c"),
+            m("40755", 0, 0),
+            "v{v} c: new, so the placeholders"
+        );
+        assert_eq!(meta("/a/b/x").0, "100644");
+        assert_eq!(meta("/a/b/y").0, "100644");
+    }
+}

@@ -58,8 +58,13 @@ fn why_skip() -> Option<String> {
     None
 }
 
-/// Layer 1 (umoci): the base rootfs.
+/// Layer 1 (umoci): the base rootfs; with `EROFS_FORGE_BASE_ROOTFS=DIR` (e.g. a debootstrap
+/// tree) that tree is copied in first, so the same checks run on a real distribution.
 fn base_rootfs(r: &Path) {
+    if let Ok(base) = std::env::var("EROFS_FORGE_BASE_ROOTFS") {
+        sh(&format!("cp -a {base}/. {}", r.display()));
+        eprintln!("base layer: {base}");
+    }
     write(&r.join("etc/hostname"), b"forge\n");
     write(&r.join("etc/remove-me"), b"deleted in layer 2\n");
     write(&r.join("gone/deep/a"), b"the whole directory goes\n");

@@ -17,10 +17,10 @@ use crate::blob::reader::{BlobSource, ChunkReader};
 use crate::blob::writer::{persist, temp_beside};
 use crate::chunk::{Compressor, Digester};
 use crate::error::{Error, IoContext, Result};
+use crate::rafs;
 use crate::rafs::v6::encode::{write_standalone_inodes, EncodeOptions, StandaloneFile};
 use crate::rafs::v6::format::*;
 use crate::rafs::v6::layout::{self, RegularLayout};
-use crate::rafs::{self, Image};
 use crate::tree::FileType;
 
 const BLOCK: u64 = 4096;
@@ -188,7 +188,6 @@ pub fn export(opts: &CompressedExportOptions) -> Result<u64> {
             continue;
         }
         let file = compress_file(
-            &image,
             &mut reader,
             inode,
             opts.compressor,
@@ -278,14 +277,12 @@ fn parent(p: &Path) -> PathBuf {
 
 /// Compresses one file into `data`, returning its map header and indexes.
 fn compress_file(
-    image: &Image,
     reader: &mut ChunkReader,
     inode: &crate::tree::Inode,
     algo: ErofsCompressor,
     data: &mut std::fs::File,
     next_block: &mut u64,
 ) -> Result<StandaloneFile> {
-    let _ = image;
     let nclusters = inode.size.div_ceil(BLOCK);
     let mut body = Vec::with_capacity(16 + 8 * nclusters as usize);
     // map header: no tail packing, big pclusters for HEAD1, algorithm, 4 KiB logical clusters

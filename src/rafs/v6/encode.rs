@@ -166,7 +166,6 @@ pub fn encode(
 
     write_superblocks(
         &mut buf,
-        tree,
         blobs,
         opts,
         &layout,
@@ -201,7 +200,6 @@ fn chunk(chunks: &[ChunkInfo], id: u32) -> Result<&ChunkInfo> {
 #[allow(clippy::too_many_arguments)]
 fn write_superblocks(
     buf: &mut [u8],
-    tree: &Tree,
     blobs: &[BlobRecord],
     opts: &EncodeOptions,
     layout: &Layout,
@@ -337,7 +335,6 @@ fn write_superblocks(
         };
         put(buf, blob_table_offset + 256 * i as u64, entry.as_bytes());
     }
-    let _ = tree;
     Ok(())
 }
 

@@ -11,6 +11,7 @@ use std::collections::HashMap;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
+use rayon::prelude::*;
 use zerocopy::IntoBytes;
 
 use crate::blob::reader::{BlobSource, ChunkReader};
@@ -292,16 +293,19 @@ fn compress_file(
     body.push(0);
     body.extend_from_slice(&[0u8; 8]);
     let extent_len = (EXTENT_CLUSTERS * BLOCK) as usize;
+    // a window of extents is compressed in parallel, then written in order: bounded memory
+    let window = extent_len * 4 * rayon::current_num_threads().max(1);
     let mut pending: Vec<u8> = Vec::new();
     let mut chunk_iter = inode.chunks.iter();
     let mut left = inode.size;
     let mut blocks = 0u64;
     while left > 0 {
-        while (pending.len() as u64) < left.min(extent_len as u64) {
+        let want = left.min(window as u64) as usize;
+        while pending.len() < want {
             let Some(id) = chunk_iter.next() else { break };
             pending.extend_from_slice(&reader.read(*id)?);
         }
-        let take = (left.min(extent_len as u64) as usize).min(pending.len());
+        let take = want.min(pending.len());
         if take == 0 {
             return Err(Error::Corrupt {
                 what: "file data",
@@ -309,47 +313,55 @@ fn compress_file(
                 reason: "chunks end before the file".into(),
             });
         }
-        let extent: Vec<u8> = pending.drain(..take).collect();
         left -= take as u64;
-        let n = (take as u64).div_ceil(BLOCK);
-        let packed = if n >= 2 {
-            Some(algo.compress(&extent)?)
-        } else {
-            None
-        };
-        match packed {
-            Some(p) if (p.len() as u64).div_ceil(BLOCK) < n => {
-                let k = (p.len() as u64).div_ceil(BLOCK);
-                // right-aligned in its blocks: the decompressor skips the leading zeros
-                let mut buf = vec![0u8; (k * BLOCK) as usize];
-                let at = buf.len() - p.len();
-                buf[at..].copy_from_slice(&p);
-                data.write_all(&buf).ctx("write", "compressed data")?;
-                body.extend_from_slice(&lcluster_index(TYPE_HEAD1, *next_block as u32));
-                body.extend_from_slice(&lcluster_index(
-                    TYPE_NONHEAD,
-                    (D0_CBLKCNT | k as u32) | (((n - 1) as u32) << 16),
-                ));
-                for j in 2..n {
+        let extents: Vec<&[u8]> = pending[..take].chunks(extent_len).collect();
+        let packed: Vec<Option<Vec<u8>>> = extents
+            .par_iter()
+            .map(|e| {
+                if e.len() as u64 > BLOCK {
+                    algo.compress(e).map(Some)
+                } else {
+                    Ok(None)
+                }
+            })
+            .collect::<Result<_>>()?;
+        for (extent, packed) in extents.iter().zip(packed) {
+            let n = (extent.len() as u64).div_ceil(BLOCK);
+            match packed {
+                Some(p) if (p.len() as u64).div_ceil(BLOCK) < n => {
+                    let k = (p.len() as u64).div_ceil(BLOCK);
+                    // right-aligned in its blocks: the decompressor skips the leading zeros
+                    let mut buf = vec![0u8; (k * BLOCK) as usize];
+                    let at = buf.len() - p.len();
+                    buf[at..].copy_from_slice(&p);
+                    data.write_all(&buf).ctx("write", "compressed data")?;
+                    body.extend_from_slice(&lcluster_index(TYPE_HEAD1, *next_block as u32));
                     body.extend_from_slice(&lcluster_index(
                         TYPE_NONHEAD,
-                        j as u32 | (((n - j) as u32) << 16),
+                        (D0_CBLKCNT | k as u32) | (((n - 1) as u32) << 16),
                     ));
+                    for j in 2..n {
+                        body.extend_from_slice(&lcluster_index(
+                            TYPE_NONHEAD,
+                            j as u32 | (((n - j) as u32) << 16),
+                        ));
+                    }
+                    *next_block += k;
+                    blocks += k;
                 }
-                *next_block += k;
-                blocks += k;
-            }
-            _ => {
-                for piece in extent.chunks(BLOCK as usize) {
-                    let mut buf = piece.to_vec();
-                    buf.resize(BLOCK as usize, 0);
-                    data.write_all(&buf).ctx("write", "compressed data")?;
-                    body.extend_from_slice(&lcluster_index(TYPE_PLAIN, *next_block as u32));
-                    *next_block += 1;
-                    blocks += 1;
+                _ => {
+                    for piece in extent.chunks(BLOCK as usize) {
+                        let mut buf = piece.to_vec();
+                        buf.resize(BLOCK as usize, 0);
+                        data.write_all(&buf).ctx("write", "compressed data")?;
+                        body.extend_from_slice(&lcluster_index(TYPE_PLAIN, *next_block as u32));
+                        *next_block += 1;
+                        blocks += 1;
+                    }
                 }
             }
         }
+        pending.drain(..take);
     }
     Ok(StandaloneFile {
         data: None,

@@ -628,6 +628,12 @@ fn run_check(a: CheckArgs) -> Result<()> {
             report.chunks_verified
         );
     }
+    if report.chunks_unverified > 0 {
+        println!(
+            "read {} chunks whose digests the image does not record (sizes checked)",
+            report.chunks_unverified
+        );
+    }
     if let Some(path) = a.output_json {
         let doc = serde_json::json!({
             "version": concat!(env!("CARGO_PKG_NAME"), "-", env!("CARGO_PKG_VERSION")),

@@ -25,8 +25,10 @@ pub struct CheckOptions {
 pub struct CheckReport {
     /// The decoded image.
     pub image: Image,
-    /// Chunks whose data was read and verified.
+    /// Chunks whose data was read and verified against their digests.
     pub chunks_verified: u64,
+    /// Chunks read whose digest the image does not record (tarfs): size checked only.
+    pub chunks_unverified: u64,
     /// Lines describing each inode (verbose mode).
     pub listing: Vec<String>,
 }
@@ -183,6 +185,7 @@ pub fn check(opts: &CheckOptions) -> Result<CheckReport> {
         source.file = Some(opts.bootstrap.clone());
     }
     let mut verified = 0;
+    let mut unverified = 0;
     if source.file.is_some() || source.dir.is_some() {
         let mut reader = ChunkReader::new(&image, source);
         let mut seen = HashSet::new();
@@ -203,7 +206,16 @@ pub fn check(opts: &CheckOptions) -> Result<CheckReport> {
                             ),
                         });
                     }
-                    verified += 1;
+                    if image
+                        .digest_known
+                        .get(*id as usize)
+                        .copied()
+                        .unwrap_or(false)
+                    {
+                        verified += 1;
+                    } else {
+                        unverified += 1;
+                    }
                 }
             }
         }
@@ -211,6 +223,7 @@ pub fn check(opts: &CheckOptions) -> Result<CheckReport> {
     Ok(CheckReport {
         image,
         chunks_verified: verified,
+        chunks_unverified: unverified,
         listing,
     })
 }

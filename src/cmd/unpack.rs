@@ -257,6 +257,8 @@ fn write_tar(image: &Image, source: BlobSource, out: &Path) -> Result<u64> {
 
 // ---------------------------------------------------------------- directory
 
+/// Extracts into a temporary directory beside `dir`, renamed to `dir` when complete (and
+/// removed on any error): `dir` never holds a partial tree.
 fn extract(image: &Image, source: BlobSource, dir: &Path) -> Result<u64> {
     match std::fs::symlink_metadata(dir) {
         Ok(m) if !m.is_dir() => {
@@ -273,8 +275,19 @@ fn extract(image: &Image, source: BlobSource, dir: &Path) -> Result<u64> {
                 )));
             }
         }
-        Err(_) => std::fs::create_dir(dir).ctx("create", dir)?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).ctx("stat", dir),
     }
+    let tmp = crate::tempfiles::temp_dir_beside(dir)?;
+    let result = extract_into(image, source, &tmp)
+        .and_then(|n| crate::tempfiles::persist_dir(&tmp, dir).map(|_| n));
+    if result.is_err() {
+        crate::tempfiles::discard_dir(&tmp);
+    }
+    result
+}
+
+fn extract_into(image: &Image, source: BlobSource, dir: &Path) -> Result<u64> {
     let mut reader = ChunkReader::new(image, source);
     let mut first_path: HashMap<usize, PathBuf> = HashMap::new();
     let order = image.tree.numbering_order();
@@ -284,7 +297,18 @@ fn extract(image: &Image, source: BlobSource, dir: &Path) -> Result<u64> {
         let inode = &image.tree.inodes[ino];
         // names are validated by the decoder (no '/', '.', '..' or NUL), and every parent was
         // created just now as a real directory, so this path cannot leave `dir`
-        let path = dir.join(rel_path(image, e));
+        let rel = rel_path(image, e);
+        if !rel
+            .components()
+            .all(|c| matches!(c, std::path::Component::Normal(_)))
+        {
+            // the decoder rejects such names; never write through one regardless
+            return Err(Error::Unsupported {
+                path: rel,
+                reason: "entry name would leave the output directory".into(),
+            });
+        }
+        let path = dir.join(&rel);
         if e != 0 {
             if let Some(first) = first_path.get(&ino) {
                 std::fs::hard_link(first, &path).ctx("hardlink", &path)?;

@@ -738,6 +738,8 @@ impl Reader<'_> {
             match result {
                 Ok(Some(chunks)) => self.b.tree.inodes[ino].chunks = chunks,
                 Ok(None) => {}
+                // a full disk (or any output error) is the consumer's, not the archive's
+                Err(e @ Error::NoSpace { .. }) => return Err(e),
                 Err(e) => {
                     return Err(if self.s.eof {
                         at.err("the archive ends inside this entry's data (truncated archive, or a size that overruns the data)")

@@ -262,10 +262,11 @@ pub fn decode(data: &[u8]) -> Result<Image> {
     };
 
     let root = record(slot(1)?)?;
-    let mut tree = Tree::new(make_inode(&root)?);
-    if tree.inodes[0].file_type != FileType::Directory {
+    let root_inode = make_inode(&root)?;
+    if root_inode.file_type != FileType::Directory {
         return Err(corrupt("root inode", root.offset, "is not a directory"));
     }
+    let mut tree = Tree::new(root_inode);
     let mut numbers = vec![root.raw.ino.get()];
     let mut by_ino: HashMap<u64, InodeId> = HashMap::new();
     // (entry, record, depth); digests are verified after the walk

@@ -579,13 +579,32 @@ impl Decoder<'_> {
         let mut tree = Tree::new(root);
         let mut nids: Vec<u64> = vec![root_nid];
         let mut by_nid: HashMap<u64, InodeId> = HashMap::from([(root_nid, 0)]);
-        // (entry id, nid, depth, raw inode offset)
-        let mut stack = vec![(0usize, root_nid, 0usize, off, raw)];
-        while let Some((entry, nid, depth, off, raw)) = stack.pop() {
+        // (entry id, nid, depth, raw inode offset, parent nid)
+        let mut stack = vec![(0usize, root_nid, 0usize, off, raw, root_nid)];
+        while let Some((entry, nid, depth, off, raw, parent_nid)) = stack.pop() {
             if depth > MAX_DEPTH {
                 return Err(corrupt("directory", off, "nesting too deep"));
             }
             let mut children = self.dirents(nid, off, &raw)?;
+            // "." and ".." must be what they say: a ".." naming anything else is a crafted
+            // name, not a link to the parent
+            for (n, child) in &children {
+                let want = match n.as_slice() {
+                    b"." => nid,
+                    b".." => parent_nid,
+                    _ => continue,
+                };
+                if *child != want {
+                    return Err(corrupt(
+                        "dirent",
+                        off,
+                        &format!(
+                            "invalid file name {:?}: it points to nid {child}, not {want}",
+                            String::from_utf8_lossy(n)
+                        ),
+                    ));
+                }
+            }
             children.retain(|(n, _)| n != b"." && n != b"..");
             let mut subdirs = Vec::new();
             for (name, child_nid) in children {
@@ -621,7 +640,7 @@ impl Decoder<'_> {
                     .position(|s| s.0 == name && existing.is_none())
                 {
                     let (_, n, o, r) = subdirs.remove(pos);
-                    stack.push((e, n, depth + 1, o, r));
+                    stack.push((e, n, depth + 1, o, r, nid));
                 }
             }
         }

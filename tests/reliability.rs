@@ -427,7 +427,8 @@ fn unpack_rejects_crafted_dirent_names() {
     let work = scratch();
     let canary = canary(work.path());
     // (case, file to create, bytes to find, bytes to put, what the error must say)
-    let cases: [(&str, &str, &[u8], &[u8], &str); 4] = [
+    type Case<'a> = (&'a str, &'a str, &'a [u8], &'a [u8], &'a str);
+    let cases: [Case; 4] = [
         (
             "slash",
             "evilXslash",
@@ -515,4 +516,108 @@ fn tar_entries_through_a_symlink_are_rejected() {
     assert!(err.contains("sub/evil"), "{err}");
     assert!(err.contains("is not a directory"), "{err}");
     assert!(names(&out).is_empty(), "{:?}", names(&out));
+}
+
+// ------------------------------------------------------------------ limits
+
+/// A PAX header block of type `kind` (`x` or `g`) followed by its records.
+fn pax(kind: u8, records: &[(&str, Vec<u8>)]) -> Vec<u8> {
+    let mut body = Vec::new();
+    for (k, v) in records {
+        let base = k.len() + v.len() + 3;
+        let mut len = base + 1;
+        while len != base + len.to_string().len() {
+            len = base + len.to_string().len();
+        }
+        body.extend_from_slice(format!("{len} {k}=").as_bytes());
+        body.extend_from_slice(v);
+        body.push(b'\n');
+    }
+    let mut h = tar_header("PaxHeader", body.len() as u64);
+    h[156] = kind;
+    h[148..156].fill(b' ');
+    let sum: u32 = h.iter().map(|b| u32::from(*b)).sum();
+    h[148..156].copy_from_slice(format!("{sum:06o}\0 ").as_bytes());
+    let mut out = h.to_vec();
+    out.extend_from_slice(&body);
+    out.resize(out.len().div_ceil(512) * 512, 0);
+    out
+}
+
+fn read(tar: &[u8]) -> Result<erofs_forge::tree::Tree, String> {
+    struct Skip;
+    impl erofs_forge::source::tar::FileData for Skip {
+        fn file(
+            &mut self,
+            _: usize,
+            _: &mut dyn std::io::Read,
+            _: u64,
+            _: erofs_forge::source::tar::DataLocation,
+            _: &Path,
+        ) -> erofs_forge::Result<Option<Vec<u32>>> {
+            Ok(None)
+        }
+    }
+    let mut input = tar;
+    erofs_forge::source::tar::read_tar(&mut input, Path::new("t.tar"), &mut Skip)
+        .map_err(|e| e.to_string())
+}
+
+fn with_entry(mut t: Vec<u8>) -> Vec<u8> {
+    t.extend_from_slice(&tar_header("f", 0));
+    t.extend_from_slice(&[0; 1024]);
+    t
+}
+
+#[test]
+fn tar_xattr_limits_give_clear_errors() {
+    // a value over XATTR_SIZE_MAX
+    let t = with_entry(pax(b'x', &[("SCHILY.xattr.user.big", vec![b'v'; 65537])]));
+    let err = read(&t).unwrap_err();
+    assert!(err.contains("the limit is 65536"), "{err}");
+    // a name over XATTR_NAME_MAX
+    let name = format!("SCHILY.xattr.user.{}", "n".repeat(251));
+    let t = with_entry(pax(b'x', &[(name.as_str(), b"v".to_vec())]));
+    let err = read(&t).unwrap_err();
+    assert!(
+        err.contains("xattr name of 256 bytes (the limit is 255)"),
+        "{err}"
+    );
+    // too many xattr bytes on one entry
+    let many: Vec<(String, Vec<u8>)> = (0..5)
+        .map(|i| (format!("SCHILY.xattr.user.k{i}"), vec![b'v'; 60000]))
+        .collect();
+    let refs: Vec<(&str, Vec<u8>)> = many.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
+    let err = read(&with_entry(pax(b'x', &refs))).unwrap_err();
+    assert!(
+        err.contains("bytes of xattrs (the limit is 262144)"),
+        "{err}"
+    );
+    // global headers: copied into every entry, so capped at 64 KiB in all
+    let mut t = Vec::new();
+    for i in 0..3 {
+        let k = format!("SCHILY.xattr.user.g{i}");
+        t.extend(pax(b'g', &[(k.as_str(), vec![b'v'; 30000])]));
+    }
+    let err = read(&with_entry(t)).unwrap_err();
+    assert!(err.contains("global headers set"), "{err}");
+    // repeating the same global name replaces it: no growth
+    let mut t = Vec::new();
+    for _ in 0..10 {
+        t.extend(pax(b'g', &[("SCHILY.xattr.user.g", vec![b'v'; 30000])]));
+    }
+    let tree = read(&with_entry(t)).unwrap();
+    let f = tree.entries[0].children[0];
+    assert_eq!(tree.inode_of(f).xattrs.len(), 1);
+}
+
+#[test]
+fn pax_header_size_is_capped() {
+    let mut h = tar_header("PaxHeader", 17 << 20);
+    h[156] = b'x';
+    h[148..156].fill(b' ');
+    let sum: u32 = h.iter().map(|b| u32::from(*b)).sum();
+    h[148..156].copy_from_slice(format!("{sum:06o}\0 ").as_bytes());
+    let err = read(&with_entry(h.to_vec())).unwrap_err();
+    assert!(err.contains("the limit is 16777216"), "{err}");
 }

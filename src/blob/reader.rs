@@ -346,6 +346,49 @@ mod tests {
     use super::*;
     use crate::blob::writer::encode_chunk_info_v1;
 
+    fn blob(chunk_count: u32, ci_compressed_size: u64, ci_uncompressed_size: u64) -> BlobInfo {
+        BlobInfo {
+            id: "b".into(),
+            chunk_count,
+            compressor: Compressor::Zstd,
+            digester: crate::chunk::Digester::Blake3,
+            features: 0,
+            compressed_size: 0,
+            uncompressed_size: 0,
+            ci_offset: 0,
+            ci_compressed_size,
+            ci_uncompressed_size,
+            ci_compressor: Compressor::Zstd.code(),
+            mapped_blkaddr: 0,
+        }
+    }
+
+    #[test]
+    fn chunk_info_sizes_are_checked_before_allocating() {
+        // a bootstrap claiming 4 G chunks and a 96 GiB array: refused, nothing allocated
+        let err = decode_blob_meta(Vec::new(), &[0; 4096], &blob(u32::MAX, 0, 96 << 30))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("too large"), "{err}");
+        // more than 24 bytes a chunk
+        let err = decode_blob_meta(Vec::new(), &[0; 4096], &blob(10, 0, 1 << 20))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("for 10 chunks"), "{err}");
+        // the stored size must be what the blob table says
+        let err = decode_blob_meta(vec![0; 5], &[0; 4096], &blob(10, 6, 160))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("blob table says 6"), "{err}");
+    }
+
+    #[test]
+    fn ci_array_stops_at_the_chunk_count_and_whole_records() {
+        assert_eq!(decode_ci_array(&[0; 16 * 3 + 5], 10, false).len(), 3);
+        assert_eq!(decode_ci_array(&[0; 16 * 3], 2, false).len(), 2);
+        assert_eq!(decode_ci_array(&[0; 24 * 2 + 23], 10, true).len(), 2);
+    }
+
     #[test]
     fn v1_round_trip() {
         let c = ChunkInfo {

@@ -381,16 +381,21 @@ fn unpack_never_writes_outside_the_output_directory() {
     let b = std::fs::metadata(out.join("d/e/hard2")).unwrap();
     assert_eq!((a.dev(), a.ino()), (b.dev(), b.ino()));
     assert_eq!(a.nlink(), 3);
-    // unpacking again into the now non-empty directory is refused, and changes nothing
+    // unpacking again into the now non-empty directory is refused, and changes nothing; the
+    // tar asked for in the same run is not left behind either
+    let tar = work.path().join("out.tar");
     let err = forge_fails(&[
         "unpack",
         boot.to_str().unwrap(),
         "-D",
         blobs.to_str().unwrap(),
+        "-o",
+        tar.to_str().unwrap(),
         "--output-dir",
         out.to_str().unwrap(),
     ]);
     assert!(err.contains("not empty"), "{err}");
+    assert!(!tar.exists());
     // an output directory that is a symlink (to the canary) is refused
     let link_out = work.path().join("link-out");
     std::os::unix::fs::symlink(&canary, &link_out).unwrap();

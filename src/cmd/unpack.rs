@@ -34,17 +34,31 @@ pub fn unpack(opts: &UnpackOptions) -> Result<u64> {
     if from_blob && source.file.is_none() && source.dir.is_none() {
         source.file = Some(opts.bootstrap.clone());
     }
-    let mut n = 0;
-    if let Some(out) = &opts.output_tar {
-        n = write_tar(&image, source.clone(), out)?;
-    }
-    if let Some(dir) = &opts.output_dir {
-        n = extract(&image, source, dir)?;
-    }
     if opts.output_tar.is_none() && opts.output_dir.is_none() {
         return Err(Error::InvalidOption(
             "unpack needs --output or --output-dir".into(),
         ));
+    }
+    let mut n = 0;
+    // the tar stays under its temporary name until the directory (if any) is in place too
+    let tar = match &opts.output_tar {
+        Some(out) => {
+            let (tmp, count) = write_tar(&image, source.clone(), out)?;
+            n = count;
+            Some((tmp, out))
+        }
+        None => None,
+    };
+    if let Some(dir) = &opts.output_dir {
+        n = extract(&image, source, dir)?;
+    }
+    if let Some((tmp, out)) = tar {
+        if let Err(e) = persist(tmp, out) {
+            if let Some(dir) = &opts.output_dir {
+                let _ = std::fs::remove_dir_all(dir);
+            }
+            return Err(e);
+        }
     }
     Ok(n)
 }
@@ -196,7 +210,12 @@ fn pad(out: &mut dyn Write, len: u64, name: &Path) -> Result<()> {
     out.write_all(&vec![0u8; rem as usize]).ctx("write", name)
 }
 
-fn write_tar(image: &Image, source: BlobSource, out: &Path) -> Result<u64> {
+/// Writes the tar into a temporary file beside `out`; returns it (to persist) and the count.
+fn write_tar(
+    image: &Image,
+    source: BlobSource,
+    out: &Path,
+) -> Result<(tempfile::NamedTempFile, u64)> {
     let mut tmp = temp_beside(out)?;
     let mut reader = ChunkReader::new(image, source);
     let mut first_path: HashMap<usize, Vec<u8>> = HashMap::new();
@@ -251,8 +270,7 @@ fn write_tar(image: &Image, source: BlobSource, out: &Path) -> Result<u64> {
         w.write_all(&[0u8; 1024]).ctx("write", out)?;
         w.flush().ctx("write", out)?;
     }
-    persist(tmp, out)?;
-    Ok(n)
+    Ok((tmp, n))
 }
 
 // ---------------------------------------------------------------- directory

@@ -16,6 +16,15 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// The disk (or quota) holding an output is full. Reported once, without the OS error as a
+    /// cause, so that the message is not repeated.
+    #[error("no space left on device writing {path}{}", needed.map(|n| format!(" (needed at least {n} more bytes)")).unwrap_or_default())]
+    NoSpace {
+        /// The output being written (its final name when known).
+        path: PathBuf,
+        /// Bytes that could not be written when the disk filled up.
+        needed: Option<u64>,
+    },
     /// The source tree holds something the image cannot represent.
     #[error("{path}: {reason}")]
     Unsupported {
@@ -85,6 +94,28 @@ pub enum Error {
 /// Result alias for the library.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// Whether an I/O error means the filesystem is full (ENOSPC, or EDQUOT for a quota).
+pub fn is_no_space(e: &std::io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT))
+}
+
+/// The error for a failed write of an output: [`Error::NoSpace`] when the disk is full (naming
+/// `path` and the bytes still to write), [`Error::Io`] otherwise.
+pub fn write_error(source: std::io::Error, path: &std::path::Path, needed: Option<u64>) -> Error {
+    if is_no_space(&source) {
+        Error::NoSpace {
+            path: path.to_path_buf(),
+            needed,
+        }
+    } else {
+        Error::Io {
+            op: "write",
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+}
+
 /// Adds a path to a `std::io::Error`.
 pub(crate) trait IoContext<T> {
     fn ctx(self, op: &'static str, path: impl Into<PathBuf>) -> Result<T>;
@@ -92,10 +123,19 @@ pub(crate) trait IoContext<T> {
 
 impl<T> IoContext<T> for std::io::Result<T> {
     fn ctx(self, op: &'static str, path: impl Into<PathBuf>) -> Result<T> {
-        self.map_err(|source| Error::Io {
-            op,
-            path: path.into(),
-            source,
+        self.map_err(|source| {
+            if is_no_space(&source) {
+                Error::NoSpace {
+                    path: path.into(),
+                    needed: None,
+                }
+            } else {
+                Error::Io {
+                    op,
+                    path: path.into(),
+                    source,
+                }
+            }
         })
     }
 }

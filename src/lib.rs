@@ -12,6 +12,7 @@ pub mod cmd;
 pub mod error;
 pub mod rafs;
 pub mod source;
+pub mod tempfiles;
 pub mod tree;
 
 pub use error::{Error, Result};

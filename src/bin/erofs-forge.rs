@@ -322,6 +322,11 @@ struct CreateArgs {
     /// -t oci: the image to take from an index, os/arch[/variant] (default: this machine's).
     #[arg(long)]
     platform: Option<String>,
+    /// Directory for the outputs under construction (default: beside each output). Finished
+    /// outputs are moved (or, across filesystems, copied) into place only when the build
+    /// succeeds.
+    #[arg(long)]
+    tmp_dir: Option<PathBuf>,
 }
 
 fn parse_whiteout_spec(s: &str) -> Result<erofs_forge::tree::overlay::WhiteoutSpec> {
@@ -429,6 +434,7 @@ fn run_create(a: CreateArgs) -> Result<()> {
         whiteout_spec,
         output_json: a.output_json,
         threads: a.threads,
+        tmp_dir: a.tmp_dir,
     };
     let bar = if std::io::stderr().is_terminal() {
         let b = ProgressBar::new(0);
@@ -707,8 +713,32 @@ fn run_stat(a: StatArgs) -> Result<()> {
     Ok(())
 }
 
+/// On SIGINT, SIGTERM or SIGHUP: remove the temporary outputs (waiting for a rename into place
+/// that is under way), then exit with 128 + the signal number.
+fn handle_signals() {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    let mut signals = match signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP]) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("warning: cannot handle signals ({e}); an interrupted run may leave temporary files");
+            return;
+        }
+    };
+    std::thread::spawn(move || {
+        if let Some(sig) = signals.forever().next() {
+            let n = erofs_forge::tempfiles::remove_all();
+            eprintln!(
+                "interrupted by signal {sig}: removed {n} temporary file{}",
+                if n == 1 { "" } else { "s" }
+            );
+            std::process::exit(128 + sig);
+        }
+    });
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    handle_signals();
     if let Err(e) = init_logging(&cli) {
         eprintln!("error: {e:#}");
         return ExitCode::FAILURE;

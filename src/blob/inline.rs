@@ -46,22 +46,17 @@ pub fn parse_tar_header(h: &[u8], offset: u64) -> Result<(Vec<u8>, u64)> {
     Ok((h[..name_end].to_vec(), size))
 }
 
-/// Reads the bootstrap inlined at the end of `blob`.
-pub fn extract_bootstrap(blob: &Path) -> Result<Vec<u8>> {
-    let mut f = File::open(blob).ctx("open", blob)?;
-    let len = f.metadata().ctx("stat", blob)?.len();
-    if len < TAR_HEADER_SIZE as u64 {
-        return Err(Error::Corrupt {
+/// Where the bootstrap inlined in a blob of `len` bytes lies, from the blob's last 512 bytes
+/// `tail`: its offset and size. Pure: no I/O.
+pub fn bootstrap_range(tail: &[u8], len: u64) -> Result<(u64, u64)> {
+    let hdr_off = len
+        .checked_sub(TAR_HEADER_SIZE as u64)
+        .ok_or(Error::Corrupt {
             what: "inlined-meta blob",
             offset: len,
             reason: "shorter than a tar header".into(),
-        });
-    }
-    let hdr_off = len - TAR_HEADER_SIZE as u64;
-    let mut h = [0u8; TAR_HEADER_SIZE];
-    f.seek(SeekFrom::Start(hdr_off)).ctx("seek", blob)?;
-    f.read_exact(&mut h).ctx("read", blob)?;
-    let (name, size) = parse_tar_header(&h, hdr_off)?;
+        })?;
+    let (name, size) = parse_tar_header(tail, hdr_off)?;
     if name != b"image.boot" {
         return Err(Error::Corrupt {
             what: "inlined-meta blob",
@@ -79,8 +74,27 @@ pub fn extract_bootstrap(blob: &Path) -> Result<Vec<u8>> {
             reason: format!("size {size} does not fit before its header"),
         });
     }
+    Ok((hdr_off - size, size))
+}
+
+/// Reads the bootstrap inlined at the end of `blob`.
+pub fn extract_bootstrap(blob: &Path) -> Result<Vec<u8>> {
+    let mut f = File::open(blob).ctx("open", blob)?;
+    let len = f.metadata().ctx("stat", blob)?.len();
+    if len < TAR_HEADER_SIZE as u64 {
+        return Err(Error::Corrupt {
+            what: "inlined-meta blob",
+            offset: len,
+            reason: "shorter than a tar header".into(),
+        });
+    }
+    let hdr_off = len - TAR_HEADER_SIZE as u64;
+    let mut h = [0u8; TAR_HEADER_SIZE];
+    f.seek(SeekFrom::Start(hdr_off)).ctx("seek", blob)?;
+    f.read_exact(&mut h).ctx("read", blob)?;
+    let (start, size) = bootstrap_range(&h, len)?;
     let mut boot = vec![0u8; size as usize];
-    f.seek(SeekFrom::Start(hdr_off - size)).ctx("seek", blob)?;
+    f.seek(SeekFrom::Start(start)).ctx("seek", blob)?;
     f.read_exact(&mut boot).ctx("read", blob)?;
     Ok(boot)
 }

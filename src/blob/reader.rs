@@ -235,36 +235,67 @@ impl<'a> ChunkReader<'a> {
     }
 }
 
+/// Largest chunk-info array accepted: 24 bytes (a v2 record) for each chunk a blob can hold.
+pub const MAX_CI_SIZE: u64 = 24 * crate::blob::writer::MAX_CHUNKS_PER_BLOB as u64;
+
 fn read_ci(f: &File, path: &Path, blob: &BlobInfo) -> Result<Vec<CiEntry>> {
-    if blob.ci_compressed_size > 64 << 20
-        || blob.ci_uncompressed_size > 24 * u64::from(blob.chunk_count) + (64 << 20)
-    {
-        return Err(corrupt(
-            "blob meta",
-            blob.ci_offset,
-            "chunk-info array too large",
-        ));
-    }
+    check_ci_sizes(blob)?;
     let mut stored = vec![0u8; blob.ci_compressed_size as usize];
     f.read_exact_at(&mut stored, blob.ci_offset)
         .ctx("read chunk-info array of", path)?;
     let mut hdr = vec![0u8; BLOB_META_HEADER_SIZE];
     f.read_exact_at(&mut hdr, blob.ci_offset + blob.ci_compressed_size)
         .ctx("read blob meta header of", path)?;
-    let h = BlobMetaHeader::ref_from_bytes(&hdr)
-        .map_err(|_| corrupt("blob meta header", blob.ci_offset, "bad size"))?;
-    if h.magic.get() != BLOB_META_MAGIC || h.magic2.get() != BLOB_META_MAGIC {
+    decode_blob_meta(stored, &hdr, blob)
+}
+
+/// Rejects chunk-info sizes no blob of this tool or upstream's can have, before anything is
+/// allocated from them.
+fn check_ci_sizes(blob: &BlobInfo) -> Result<()> {
+    let records = u64::from(blob.chunk_count).min(crate::blob::writer::MAX_CHUNKS_PER_BLOB as u64);
+    if blob.ci_compressed_size > MAX_CI_SIZE
+        || blob.ci_uncompressed_size > MAX_CI_SIZE
+        || blob.ci_uncompressed_size > 24 * records + 4096
+    {
         return Err(corrupt(
-            "blob meta header",
-            blob.ci_offset + blob.ci_compressed_size,
-            "bad magic",
+            "blob meta",
+            blob.ci_offset,
+            &format!(
+                "chunk-info array of {} bytes ({} stored) is too large for {} chunks",
+                blob.ci_uncompressed_size, blob.ci_compressed_size, blob.chunk_count
+            ),
         ));
+    }
+    Ok(())
+}
+
+/// Decodes a blob meta from memory: `stored` is the (possibly compressed) chunk-info array and
+/// `header` the 4 KiB blob meta header that follows it; `blob` is what the bootstrap says about
+/// them. Pure: no I/O (the fuzz target drives this).
+pub fn decode_blob_meta(stored: Vec<u8>, header: &[u8], blob: &BlobInfo) -> Result<Vec<CiEntry>> {
+    check_ci_sizes(blob)?;
+    if stored.len() as u64 != blob.ci_compressed_size {
+        return Err(corrupt(
+            "blob meta",
+            blob.ci_offset,
+            &format!(
+                "{} bytes of chunk-info array, the blob table says {}",
+                stored.len(),
+                blob.ci_compressed_size
+            ),
+        ));
+    }
+    let h = BlobMetaHeader::ref_from_bytes(header)
+        .map_err(|_| corrupt("blob meta header", blob.ci_offset, "bad size"))?;
+    let hdr_at = blob.ci_offset.saturating_add(blob.ci_compressed_size);
+    if h.magic.get() != BLOB_META_MAGIC || h.magic2.get() != BLOB_META_MAGIC {
+        return Err(corrupt("blob meta header", hdr_at, "bad magic"));
     }
     if h.ci_offset.get() != blob.ci_offset || h.ci_compressed_size.get() != blob.ci_compressed_size
     {
         return Err(corrupt(
             "blob meta header",
-            blob.ci_offset + blob.ci_compressed_size,
+            hdr_at,
             "does not match the blob table",
         ));
     }
@@ -278,13 +309,19 @@ fn read_ci(f: &File, path: &Path, blob: &BlobInfo) -> Result<Vec<CiEntry>> {
     let raw = if algo == Compressor::None {
         stored
     } else {
-        algo.decompress(&stored, blob.ci_uncompressed_size as usize)?
+        algo.decompress(&stored, blob.ci_uncompressed_size as usize)
+            .map_err(|e| corrupt("chunk-info array", blob.ci_offset, &e.to_string()))?
     };
     let v2 = blob.features & features::CHUNK_INFO_V2 != 0;
+    Ok(decode_ci_array(&raw, blob.chunk_count, v2))
+}
+
+/// Decodes up to `chunk_count` records of a raw (uncompressed) chunk-info array, v1 (16-byte)
+/// or v2 (24-byte) records; a trailing partial record is ignored.
+pub fn decode_ci_array(raw: &[u8], chunk_count: u32, v2: bool) -> Vec<CiEntry> {
     let size = if v2 { 24 } else { 16 };
-    let n = (blob.chunk_count as usize).min(raw.len() / size);
-    Ok(raw
-        .chunks_exact(size)
+    let n = (chunk_count as usize).min(raw.len() / size);
+    raw.chunks_exact(size)
         .take(n)
         .map(|r| {
             if v2 {
@@ -301,13 +338,56 @@ fn read_ci(f: &File, path: &Path, blob: &BlobInfo) -> Result<Vec<CiEntry>> {
                     })
             }
         })
-        .collect())
+        .collect()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::blob::writer::encode_chunk_info_v1;
+
+    fn blob(chunk_count: u32, ci_compressed_size: u64, ci_uncompressed_size: u64) -> BlobInfo {
+        BlobInfo {
+            id: "b".into(),
+            chunk_count,
+            compressor: Compressor::Zstd,
+            digester: crate::chunk::Digester::Blake3,
+            features: 0,
+            compressed_size: 0,
+            uncompressed_size: 0,
+            ci_offset: 0,
+            ci_compressed_size,
+            ci_uncompressed_size,
+            ci_compressor: Compressor::Zstd.code(),
+            mapped_blkaddr: 0,
+        }
+    }
+
+    #[test]
+    fn chunk_info_sizes_are_checked_before_allocating() {
+        // a bootstrap claiming 4 G chunks and a 96 GiB array: refused, nothing allocated
+        let err = decode_blob_meta(Vec::new(), &[0; 4096], &blob(u32::MAX, 0, 96 << 30))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("too large"), "{err}");
+        // more than 24 bytes a chunk
+        let err = decode_blob_meta(Vec::new(), &[0; 4096], &blob(10, 0, 1 << 20))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("for 10 chunks"), "{err}");
+        // the stored size must be what the blob table says
+        let err = decode_blob_meta(vec![0; 5], &[0; 4096], &blob(10, 6, 160))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("blob table says 6"), "{err}");
+    }
+
+    #[test]
+    fn ci_array_stops_at_the_chunk_count_and_whole_records() {
+        assert_eq!(decode_ci_array(&[0; 16 * 3 + 5], 10, false).len(), 3);
+        assert_eq!(decode_ci_array(&[0; 16 * 3], 2, false).len(), 2);
+        assert_eq!(decode_ci_array(&[0; 24 * 2 + 23], 10, true).len(), 2);
+    }
 
     #[test]
     fn v1_round_trip() {

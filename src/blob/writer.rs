@@ -3,7 +3,7 @@
 //! can mirror the chunks into blob cache files (formats/blob.md §7).
 
 use std::fs::File;
-use std::io::{BufWriter, Write};
+use std::io::{BufWriter, Seek, Write};
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest as _, Sha256};
@@ -13,7 +13,8 @@ use zerocopy::IntoBytes;
 use super::format::{self, features, BlobMetaHeader, ChunkInfoV1};
 use super::ChunkInfo;
 use crate::chunk::{Compressor, Digester};
-use crate::error::{Error, IoContext, Result};
+use crate::error::{write_error, Error, IoContext, Result};
+use crate::tempfiles::Outputs;
 
 /// The largest chunk index a v6 chunk index can address (24 bits, one value reserved).
 pub const MAX_CHUNKS_PER_BLOB: usize = 0xFF_FFFF;
@@ -43,6 +44,8 @@ pub struct BlobWriterOptions {
     pub v6: bool,
     /// Align uncompressed offsets to 4 KiB in a v5 blob (`--aligned-chunk`).
     pub aligned: bool,
+    /// Write the temporary files here instead of beside their outputs (`create --tmp-dir`).
+    pub tmp_dir: Option<PathBuf>,
 }
 
 /// What the bootstrap's blob table needs to know about a finished blob.
@@ -81,40 +84,75 @@ pub struct BlobFiles {
 }
 
 impl BlobFiles {
-    /// Moves the blob to `blob_path` (if it was written) and the cache files to
-    /// `<cache_dir>/<id>.blob.data|meta`.
-    pub fn persist(self, blob_path: Option<&Path>, id: &str) -> Result<()> {
+    /// Adds the blob (as `blob_path`, if it was written) and the cache files (as
+    /// `<cache_dir>/<id>.blob.data|meta`) to the outputs to commit.
+    pub fn add_to(self, outputs: &mut Outputs, blob_path: Option<&Path>, id: &str) {
         if let (Some(tmp), Some(path)) = (self.blob, blob_path) {
-            persist(tmp, path)?;
+            outputs.add(tmp, path.to_path_buf());
         }
         if let Some(dir) = &self.cache_dir {
             if let Some(tmp) = self.cache_data {
-                persist(tmp, &dir.join(format!("{id}.blob.data")))?;
+                outputs.add(tmp, dir.join(format!("{id}.blob.data")));
             }
             if let Some(tmp) = self.cache_meta {
-                persist(tmp, &dir.join(format!("{id}.blob.meta")))?;
+                outputs.add(tmp, dir.join(format!("{id}.blob.meta")));
             }
         }
-        Ok(())
+    }
+
+    /// Renames the blob and cache files into place (see [`BlobFiles::add_to`]).
+    pub fn persist(self, blob_path: Option<&Path>, id: &str) -> Result<()> {
+        let mut outputs = Outputs::new();
+        self.add_to(&mut outputs, blob_path, id);
+        outputs.commit()
     }
 }
 
-/// Renames a finished temporary file to its final name.
+/// Renames a finished temporary file to its final name. A temporary file on another
+/// filesystem (`create --tmp-dir`) is first copied beside the final name.
 pub fn persist(tmp: NamedTempFile, path: &Path) -> Result<()> {
     use std::os::unix::fs::PermissionsExt;
     // temporary files are created 0600; outputs are ordinary readable files
     let perms = std::fs::Permissions::from_mode(0o644);
+    let tmp_path = tmp.path().to_path_buf();
     tmp.as_file()
         .set_permissions(perms)
-        .ctx("chmod", tmp.path())?;
+        .ctx("chmod", &tmp_path)?;
     // no fsync: like mkfs.erofs and nydus-image, durability across power loss is left to the
     // caller (`sync`); the rename makes outputs appear whole or not at all to other processes
-    tmp.persist(path).map_err(|e| Error::Io {
-        op: "rename into",
-        path: path.to_path_buf(),
-        source: e.error,
-    })?;
-    Ok(())
+    match tmp.persist(path) {
+        Ok(_) => {
+            crate::tempfiles::unregister(&tmp_path);
+            Ok(())
+        }
+        Err(e) if e.error.raw_os_error() == Some(libc::EXDEV) => {
+            let mut from = e.file;
+            let mut copy = temp_beside(path)?;
+            from.seek(std::io::SeekFrom::Start(0))
+                .ctx("seek", &tmp_path)?;
+            let copied = std::io::copy(&mut from, copy.as_file_mut());
+            copied.map_err(|err| {
+                let left = from
+                    .as_file()
+                    .metadata()
+                    .ok()
+                    .zip(copy.as_file().metadata().ok())
+                    .map(|(a, b)| a.len().saturating_sub(b.len()));
+                write_error(err, path, left)
+            })?;
+            drop(from);
+            crate::tempfiles::unregister(&tmp_path);
+            persist(copy, path)
+        }
+        Err(e) => {
+            crate::tempfiles::unregister(&tmp_path);
+            Err(Error::Io {
+                op: "rename into",
+                path: path.to_path_buf(),
+                source: e.error,
+            })
+        }
+    }
 }
 
 /// Creates a temporary file in the directory that will hold `final_path`.
@@ -126,13 +164,15 @@ pub fn temp_beside(final_path: &Path) -> Result<NamedTempFile> {
     temp_in(dir)
 }
 
-/// Creates a temporary file in `dir`.
+/// Creates a temporary file in `dir`, registered for removal on interruption.
 pub fn temp_in(dir: &Path) -> Result<NamedTempFile> {
-    tempfile::Builder::new()
+    let tmp = tempfile::Builder::new()
         .prefix(".erofs-forge.")
         .suffix(".tmp")
         .tempfile_in(dir)
-        .ctx("create temporary file in", dir)
+        .ctx("create temporary file in", dir)?;
+    crate::tempfiles::register(tmp.path());
+    Ok(tmp)
 }
 
 /// Writes one data blob.
@@ -147,13 +187,16 @@ pub struct BlobWriter {
     summary: Option<BlobSummary>,
     cache_meta: Option<NamedTempFile>,
     bootstrap_start: Option<u64>,
+    /// What errors name as the blob being written (its final path or directory).
+    label: PathBuf,
+    cache_label: PathBuf,
 }
 
 impl BlobWriter {
     /// Starts a blob whose temporary files go to `blob_dir` (and the cache directory).
     pub fn new(opts: BlobWriterOptions, blob_dir: &Path) -> Result<BlobWriter> {
         let out = if opts.write_blob {
-            let tmp = temp_in(blob_dir)?;
+            let tmp = temp_in(opts.tmp_dir.as_deref().unwrap_or(blob_dir))?;
             let file = tmp.reopen().ctx("open", tmp.path())?;
             Some((tmp, BufWriter::with_capacity(IO_BUF, file)))
         } else {
@@ -161,13 +204,20 @@ impl BlobWriter {
         };
         let cache = match &opts.cache_dir {
             Some(dir) => {
-                let tmp = temp_in(dir)?;
+                let tmp = temp_in(opts.tmp_dir.as_deref().unwrap_or(dir))?;
                 let file = tmp.reopen().ctx("open", tmp.path())?;
                 Some((tmp, BufWriter::with_capacity(IO_BUF, file), 0))
             }
             None => None,
         };
+        let cache_label = opts
+            .cache_dir
+            .as_ref()
+            .map(|d| d.join("<blob id>.blob.data"))
+            .unwrap_or_default();
         Ok(BlobWriter {
+            label: blob_dir.join("<blob id>"),
+            cache_label,
             opts,
             out,
             cache,
@@ -181,6 +231,11 @@ impl BlobWriter {
         })
     }
 
+    /// Names the blob in errors (default: `<blob dir>/<blob id>`).
+    pub fn set_label(&mut self, path: &Path) {
+        self.label = path.to_path_buf();
+    }
+
     /// The chunks written so far, in chunk-index order.
     pub fn chunks(&self) -> &[ChunkInfo] {
         &self.chunks
@@ -188,8 +243,11 @@ impl BlobWriter {
 
     fn emit(&mut self, bytes: &[u8]) -> Result<()> {
         self.hasher.update(bytes);
-        if let Some((tmp, w)) = &mut self.out {
-            w.write_all(bytes).ctx("write", tmp.path())?;
+        if let Some((_, w)) = &mut self.out {
+            if let Err(e) = w.write_all(bytes) {
+                let needed = (w.buffer().len() + bytes.len()) as u64;
+                return Err(write_error(e, &self.label, Some(needed)));
+            }
         }
         self.pos += bytes.len() as u64;
         Ok(())
@@ -227,9 +285,12 @@ impl BlobWriter {
         } else {
             raw.len() as u64
         };
-        if let Some((tmp, w, cache_pos)) = &mut self.cache {
-            write_zeros(w, info.uncompressed_offset - *cache_pos).ctx("write", tmp.path())?;
-            w.write_all(raw).ctx("write", tmp.path())?;
+        if let Some((_, w, cache_pos)) = &mut self.cache {
+            let gap = info.uncompressed_offset - *cache_pos;
+            if let Err(e) = write_zeros(w, gap).and_then(|_| w.write_all(raw)) {
+                let needed = w.buffer().len() as u64 + gap + raw.len() as u64;
+                return Err(write_error(e, &self.cache_label, Some(needed)));
+            }
             *cache_pos = info.uncompressed_offset + raw.len() as u64;
         }
         self.chunks.push(info);
@@ -303,12 +364,21 @@ impl BlobWriter {
             ))?;
         }
         if let Some(dir) = self.opts.cache_dir.clone() {
-            let mut tmp = temp_in(&dir)?;
+            let mut tmp = temp_in(self.opts.tmp_dir.as_deref().unwrap_or(&dir))?;
             let padded = (ci.len() as u64).div_ceil(CHUNK_ALIGN) * CHUNK_ALIGN;
             let f = tmp.as_file_mut();
-            f.write_all(&ci).ctx("write", &dir)?;
-            write_zeros(f, padded - ci.len() as u64).ctx("write", &dir)?;
-            f.write_all(header.as_bytes()).ctx("write", &dir)?;
+            let total = padded + header.as_bytes().len() as u64;
+            f.write_all(&ci)
+                .and_then(|_| write_zeros(f, padded - ci.len() as u64))
+                .and_then(|_| f.write_all(header.as_bytes()))
+                .map_err(|e| {
+                    let written = f.metadata().map(|m| m.len()).unwrap_or(0);
+                    write_error(
+                        e,
+                        &dir.join("<blob id>.blob.meta"),
+                        Some(total.saturating_sub(written)),
+                    )
+                })?;
             self.cache_meta = Some(tmp);
         }
         let summary = BlobSummary {
@@ -341,7 +411,10 @@ impl BlobWriter {
         let id = hex::encode(self.hasher.finalize_reset());
         let blob = match self.out.take() {
             Some((tmp, mut w)) => {
-                w.flush().ctx("write", tmp.path())?;
+                if let Err(e) = w.flush() {
+                    let needed = w.buffer().len() as u64;
+                    return Err(write_error(e, &self.label, Some(needed)));
+                }
                 Some(tmp)
             }
             None => None,
@@ -354,8 +427,11 @@ impl BlobWriter {
         };
         let cache_data = match cache {
             Some((tmp, mut w, cache_pos)) => {
-                write_zeros(&mut w, self.uncompressed_end - cache_pos).ctx("write", tmp.path())?;
-                w.flush().ctx("write", tmp.path())?;
+                let gap = self.uncompressed_end - cache_pos;
+                if let Err(e) = write_zeros(&mut w, gap).and_then(|_| w.flush()) {
+                    let needed = w.buffer().len() as u64 + gap;
+                    return Err(write_error(e, &self.cache_label, Some(needed)));
+                }
                 Some(tmp)
             }
             None => None,

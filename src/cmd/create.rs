@@ -7,15 +7,16 @@ use std::time::Instant;
 
 use sha2::{Digest as _, Sha256};
 
-use crate::blob::writer::{persist, temp_beside};
+use crate::blob::writer::{persist, temp_beside, temp_in};
 use crate::blob::{BlobWriter, BlobWriterOptions};
 use crate::chunk::pipeline::{self, ChunkTable, FileJob, PipelineOptions};
 use crate::chunk::{validate_chunk_size, Compressor, Digester, DEFAULT_CHUNK_SIZE};
 use crate::cmd::merge::{compact_blobs, empty_tree, record_of};
-use crate::error::{Error, IoContext, Result};
+use crate::error::{write_error, Error, IoContext, Result};
 use crate::rafs::v6::{self, BlobRecord, EncodeOptions};
 use crate::rafs::Image;
 use crate::source::tar;
+use crate::tempfiles::Outputs;
 use crate::tree::overlay::{self, WhiteoutSpec};
 use crate::tree::{DataSource, FileType, InodeId, Tree};
 
@@ -75,6 +76,10 @@ pub struct CreateOptions {
     pub output_json: Option<PathBuf>,
     /// Worker threads (0: all cores).
     pub threads: usize,
+    /// Scratch directory for the outputs under construction (default: beside each output).
+    /// On another filesystem, finished outputs are copied beside their final names before the
+    /// rename.
+    pub tmp_dir: Option<PathBuf>,
 }
 
 impl Default for CreateOptions {
@@ -98,6 +103,7 @@ impl Default for CreateOptions {
             whiteout_spec: WhiteoutSpec::Oci,
             output_json: None,
             threads: 0,
+            tmp_dir: None,
         }
     }
 }
@@ -158,6 +164,14 @@ fn validate(o: &CreateOptions) -> Result<()> {
         return bad("--blob-inline-meta is supported with --fs-version 6 only");
     }
     validate_chunk_size(o.chunk_size)?;
+    if let Some(d) = &o.tmp_dir {
+        if !d.is_dir() {
+            return Err(Error::InvalidOption(format!(
+                "--tmp-dir {} is not a directory",
+                d.display()
+            )));
+        }
+    }
     if o.source_type == SourceType::Directory && crate::source::tar::is_stdin(&o.source) {
         return bad(
             "a directory source cannot be standard input; use -t tar-rafs for a tar stream",
@@ -351,9 +365,13 @@ fn build(
             cache_dir: opts.blob_cache_dir.clone(),
             v6: opts.fs_version == 6,
             aligned: opts.aligned_chunk,
+            tmp_dir: opts.tmp_dir.clone(),
         },
         &blob_tmp_dir,
     )?;
+    if let Some(b) = &opts.blob {
+        writer.set_label(b);
+    }
     let t1 = Instant::now();
     let popts = PipelineOptions {
         chunk_size: opts.chunk_size,
@@ -530,7 +548,8 @@ fn build(
     };
     let blob_size = summary.as_ref().map(|s| s.file_size).unwrap_or(0);
     // every output is complete under a temporary name before any takes its final name
-    let boot_tmp = match bootstrap {
+    let mut outputs = Outputs::new();
+    let boot_path = match bootstrap {
         Some(bytes) => {
             let path = match (&opts.bootstrap, &opts.blob_dir) {
                 (Some(p), _) => p.clone(),
@@ -541,20 +560,18 @@ fn build(
                     ))
                 }
             };
-            let mut tmp = temp_beside(&path)?;
-            tmp.write_all(&bytes).ctx("write", tmp.path())?;
-            Some((tmp, path))
+            outputs.add(
+                write_temp(&path, &bytes, opts.tmp_dir.as_deref())?,
+                path.clone(),
+            );
+            Some(path)
         }
         None => None,
     };
-    files.persist(blob_path.as_deref(), &file_id)?;
-    let bootstrap_path = match boot_tmp {
-        Some((tmp, path)) => {
-            persist(tmp, &path)?;
-            path.display().to_string()
-        }
-        None => String::new(),
-    };
+    files.add_to(&mut outputs, blob_path.as_deref(), &file_id);
+    let bootstrap_path = boot_path
+        .map(|p| p.display().to_string())
+        .unwrap_or_default();
     timings.insert("total_build".into(), t0.elapsed().as_secs_f64());
 
     let out = CreateOutput {
@@ -572,8 +589,13 @@ fn build(
         timings,
     };
     if let Some(path) = &opts.output_json {
-        write_atomic(path, output_json(&out, &tree).as_bytes())?;
+        let json = output_json(&out, &tree);
+        outputs.add(
+            write_temp(path, json.as_bytes(), opts.tmp_dir.as_deref())?,
+            path.clone(),
+        );
     }
+    outputs.commit()?;
     Ok(out)
 }
 
@@ -763,7 +785,11 @@ fn create_tarfs(opts: &CreateOptions, progress: &dyn Progress) -> Result<CreateO
             ))
         }
     };
-    write_atomic(&path, &bytes)?;
+    let mut outputs = Outputs::new();
+    outputs.add(
+        write_temp(&path, &bytes, opts.tmp_dir.as_deref())?,
+        path.clone(),
+    );
     timings.insert("total_build".into(), t0.elapsed().as_secs_f64());
     let out = CreateOutput {
         bootstrap: path.display().to_string(),
@@ -780,8 +806,13 @@ fn create_tarfs(opts: &CreateOptions, progress: &dyn Progress) -> Result<CreateO
         timings,
     };
     if let Some(path) = &opts.output_json {
-        write_atomic(path, output_json(&out, &tree).as_bytes())?;
+        let json = output_json(&out, &tree);
+        outputs.add(
+            write_temp(path, json.as_bytes(), opts.tmp_dir.as_deref())?,
+            path.clone(),
+        );
     }
+    outputs.commit()?;
     Ok(out)
 }
 
@@ -794,9 +825,29 @@ fn parent_dir(p: &Path) -> PathBuf {
 
 /// Writes `bytes` to `path` through a temporary file in the same directory.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let mut tmp = temp_beside(path)?;
-    tmp.write_all(bytes).ctx("write", tmp.path())?;
-    persist(tmp, path)
+    persist(write_temp(path, bytes, None)?, path)
+}
+
+/// Writes `bytes` into a new temporary file (in `tmp_dir`, or beside `path`) that is to
+/// become `path`. On a full disk the error names `path` and the bytes not written.
+pub fn write_temp(
+    path: &Path,
+    bytes: &[u8],
+    tmp_dir: Option<&Path>,
+) -> Result<tempfile::NamedTempFile> {
+    let mut tmp = match tmp_dir {
+        Some(d) => temp_in(d)?,
+        None => temp_beside(path)?,
+    };
+    if let Err(e) = tmp.write_all(bytes) {
+        let written = tmp.as_file().metadata().map(|m| m.len()).unwrap_or(0);
+        return Err(write_error(
+            e,
+            path,
+            Some((bytes.len() as u64).saturating_sub(written)),
+        ));
+    }
+    Ok(tmp)
 }
 
 /// The `--output-json` document, with the fields nydusify reads (formats/cli.md).

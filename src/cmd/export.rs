@@ -104,7 +104,8 @@ pub fn export_block(opts: &ExportOptions) -> Result<ExportOutput> {
     let mut tmp = temp_beside(&out)?;
     {
         let f = tmp.as_file_mut();
-        f.write_all(&boot).ctx("write", &out)?;
+        f.write_all(&boot)
+            .map_err(|e| crate::error::write_error(e, &out, Some(boot.len() as u64)))?;
         f.set_len(end).ctx("size", &out)?;
         let mut reader = ChunkReader::new(&image, source);
         let mut done = HashSet::new();
@@ -116,7 +117,8 @@ pub fn export_block(opts: &ExportOptions) -> Result<ExportOutput> {
                 let c = image.chunks[*id as usize];
                 let data = reader.read(*id)?;
                 let at = positions[c.blob_index as usize] * block + c.uncompressed_offset;
-                f.write_all_at(&data, at).ctx("write", &out)?;
+                f.write_all_at(&data, at)
+                    .map_err(|e| crate::error::write_error(e, &out, Some(data.len() as u64)))?;
             }
         }
     }

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 
 use crate::blob::{BlobSummary, ChunkInfo};
-use crate::cmd::create::write_atomic;
+use crate::cmd::create::write_temp;
 use crate::error::{Error, Result};
 use crate::rafs::v6::BlobRecord;
 use crate::rafs::{self, BlobInfo, Image};
@@ -264,7 +264,8 @@ pub fn merge(opts: &MergeOptions) -> Result<MergeOutput> {
             ))
         }
     };
-    write_atomic(&path, &bytes)?;
+    let mut outputs = crate::tempfiles::Outputs::new();
+    outputs.add(write_temp(&path, &bytes, None)?, path.clone());
     let out = MergeOutput {
         bootstrap: path,
         blobs: blobs.iter().map(|b| b.id.clone()).collect(),
@@ -281,13 +282,10 @@ pub fn merge(opts: &MergeOptions) -> Result<MergeOutput> {
             "fs_version": out.fs_version.to_string(),
             "compressor": first.compressor.name(),
         });
-        write_atomic(
-            j,
-            serde_json::to_string_pretty(&doc)
-                .unwrap_or_default()
-                .as_bytes(),
-        )?;
+        let json = serde_json::to_string_pretty(&doc).unwrap_or_default();
+        outputs.add(write_temp(j, json.as_bytes(), None)?, j.clone());
     }
+    outputs.commit()?;
     Ok(out)
 }
 

@@ -34,17 +34,31 @@ pub fn unpack(opts: &UnpackOptions) -> Result<u64> {
     if from_blob && source.file.is_none() && source.dir.is_none() {
         source.file = Some(opts.bootstrap.clone());
     }
-    let mut n = 0;
-    if let Some(out) = &opts.output_tar {
-        n = write_tar(&image, source.clone(), out)?;
-    }
-    if let Some(dir) = &opts.output_dir {
-        n = extract(&image, source, dir)?;
-    }
     if opts.output_tar.is_none() && opts.output_dir.is_none() {
         return Err(Error::InvalidOption(
             "unpack needs --output or --output-dir".into(),
         ));
+    }
+    let mut n = 0;
+    // the tar stays under its temporary name until the directory (if any) is in place too
+    let tar = match &opts.output_tar {
+        Some(out) => {
+            let (tmp, count) = write_tar(&image, source.clone(), out)?;
+            n = count;
+            Some((tmp, out))
+        }
+        None => None,
+    };
+    if let Some(dir) = &opts.output_dir {
+        n = extract(&image, source, dir)?;
+    }
+    if let Some((tmp, out)) = tar {
+        if let Err(e) = persist(tmp, out) {
+            if let Some(dir) = &opts.output_dir {
+                let _ = std::fs::remove_dir_all(dir);
+            }
+            return Err(e);
+        }
     }
     Ok(n)
 }
@@ -196,7 +210,12 @@ fn pad(out: &mut dyn Write, len: u64, name: &Path) -> Result<()> {
     out.write_all(&vec![0u8; rem as usize]).ctx("write", name)
 }
 
-fn write_tar(image: &Image, source: BlobSource, out: &Path) -> Result<u64> {
+/// Writes the tar into a temporary file beside `out`; returns it (to persist) and the count.
+fn write_tar(
+    image: &Image,
+    source: BlobSource,
+    out: &Path,
+) -> Result<(tempfile::NamedTempFile, u64)> {
     let mut tmp = temp_beside(out)?;
     let mut reader = ChunkReader::new(image, source);
     let mut first_path: HashMap<usize, Vec<u8>> = HashMap::new();
@@ -251,12 +270,13 @@ fn write_tar(image: &Image, source: BlobSource, out: &Path) -> Result<u64> {
         w.write_all(&[0u8; 1024]).ctx("write", out)?;
         w.flush().ctx("write", out)?;
     }
-    persist(tmp, out)?;
-    Ok(n)
+    Ok((tmp, n))
 }
 
 // ---------------------------------------------------------------- directory
 
+/// Extracts into a temporary directory beside `dir`, renamed to `dir` when complete (and
+/// removed on any error): `dir` never holds a partial tree.
 fn extract(image: &Image, source: BlobSource, dir: &Path) -> Result<u64> {
     match std::fs::symlink_metadata(dir) {
         Ok(m) if !m.is_dir() => {
@@ -273,8 +293,19 @@ fn extract(image: &Image, source: BlobSource, dir: &Path) -> Result<u64> {
                 )));
             }
         }
-        Err(_) => std::fs::create_dir(dir).ctx("create", dir)?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).ctx("stat", dir),
     }
+    let tmp = crate::tempfiles::temp_dir_beside(dir)?;
+    let result = extract_into(image, source, &tmp)
+        .and_then(|n| crate::tempfiles::persist_dir(&tmp, dir).map(|_| n));
+    if result.is_err() {
+        crate::tempfiles::discard_dir(&tmp);
+    }
+    result
+}
+
+fn extract_into(image: &Image, source: BlobSource, dir: &Path) -> Result<u64> {
     let mut reader = ChunkReader::new(image, source);
     let mut first_path: HashMap<usize, PathBuf> = HashMap::new();
     let order = image.tree.numbering_order();
@@ -284,7 +315,18 @@ fn extract(image: &Image, source: BlobSource, dir: &Path) -> Result<u64> {
         let inode = &image.tree.inodes[ino];
         // names are validated by the decoder (no '/', '.', '..' or NUL), and every parent was
         // created just now as a real directory, so this path cannot leave `dir`
-        let path = dir.join(rel_path(image, e));
+        let rel = rel_path(image, e);
+        if !rel
+            .components()
+            .all(|c| matches!(c, std::path::Component::Normal(_)))
+        {
+            // the decoder rejects such names; never write through one regardless
+            return Err(Error::Unsupported {
+                path: rel,
+                reason: "entry name would leave the output directory".into(),
+            });
+        }
+        let path = dir.join(&rel);
         if e != 0 {
             if let Some(first) = first_path.get(&ino) {
                 std::fs::hard_link(first, &path).ctx("hardlink", &path)?;

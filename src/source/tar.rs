@@ -37,6 +37,37 @@ pub const MAX_LONG_NAME: u64 = 1 << 20;
 pub const MAX_SYMLINK: usize = 4095;
 /// Most segments a sparse map may have.
 pub const MAX_SPARSE_SEGMENTS: usize = 1 << 20;
+/// Longest xattr name (Linux `XATTR_NAME_MAX`).
+pub const MAX_XATTR_NAME: usize = 255;
+/// Largest xattr value (Linux `XATTR_SIZE_MAX`).
+pub const MAX_XATTR_VALUE: usize = 65536;
+/// Most xattr bytes (names and values) one entry may carry.
+pub const MAX_ENTRY_XATTRS: usize = 256 << 10;
+/// Most xattr bytes global PAX headers may set: they are copied into every later entry.
+pub const MAX_GLOBAL_XATTRS: usize = 64 << 10;
+
+/// Total size of xattr names and values.
+fn xattr_bytes(x: &[(Vec<u8>, Vec<u8>)]) -> usize {
+    x.iter().map(|(k, v)| k.len() + v.len()).sum()
+}
+
+/// Checks one xattr against the kernel's limits.
+fn check_xattr(name: &[u8], value: &[u8]) -> std::result::Result<(), String> {
+    if name.len() > MAX_XATTR_NAME {
+        return Err(format!(
+            "xattr name of {} bytes (the limit is {MAX_XATTR_NAME})",
+            name.len()
+        ));
+    }
+    if value.len() > MAX_XATTR_VALUE {
+        return Err(format!(
+            "xattr {} has a value of {} bytes (the limit is {MAX_XATTR_VALUE})",
+            String::from_utf8_lossy(name),
+            value.len()
+        ));
+    }
+    Ok(())
+}
 
 /// Compression of a tar stream, told by its first bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -366,6 +397,7 @@ impl Ext {
                 k => {
                     if let Some(name) = k.strip_prefix(b"SCHILY.xattr.") {
                         if !name.is_empty() {
+                            check_xattr(name, v)?;
                             self.xattrs.push((name.to_vec(), v.to_vec()));
                         }
                     } else if let Some(name) = k.strip_prefix(b"LIBARCHIVE.xattr.") {
@@ -384,6 +416,7 @@ impl Ext {
                             )
                         })?;
                         if !name.is_empty() {
+                            check_xattr(&name, &value)?;
                             self.xattrs.push((name, value));
                         }
                     }
@@ -516,7 +549,19 @@ impl Reader<'_> {
                         kind::PAX_GLOBAL => {
                             let mut g = std::mem::take(&mut self.global);
                             g.apply_pax(&body).map_err(|r| at.err(r))?;
-                            self.global = g.global_only();
+                            let mut g = g.global_only();
+                            // later global values replace earlier ones, and what they add up
+                            // to is copied into every entry: keep it small
+                            let mut i = Inode::new(FileType::Directory, 0);
+                            i.set_xattrs(std::mem::take(&mut g.xattrs));
+                            g.xattrs = i.xattrs;
+                            if xattr_bytes(&g.xattrs) > MAX_GLOBAL_XATTRS {
+                                return Err(at.err(format!(
+                                    "global headers set {} bytes of xattrs (the limit is {MAX_GLOBAL_XATTRS})",
+                                    xattr_bytes(&g.xattrs)
+                                )));
+                            }
+                            self.global = g;
                             entry_start = None;
                         }
                         kind::GNU_LONGNAME => long_name = Some(header::cstr(&body).to_vec()),
@@ -634,6 +679,12 @@ impl Reader<'_> {
                 0,
             ),
         };
+        if xattr_bytes(&ext.xattrs) > MAX_ENTRY_XATTRS {
+            return Err(at.err(format!(
+                "{} bytes of xattrs (the limit is {MAX_ENTRY_XATTRS})",
+                xattr_bytes(&ext.xattrs)
+            )));
+        }
         let mut xattrs = self.global.xattrs.clone();
         xattrs.extend(ext.xattrs.iter().cloned());
         inode.set_xattrs(xattrs);
@@ -738,6 +789,8 @@ impl Reader<'_> {
             match result {
                 Ok(Some(chunks)) => self.b.tree.inodes[ino].chunks = chunks,
                 Ok(None) => {}
+                // a full disk (or any output error) is the consumer's, not the archive's
+                Err(e @ Error::NoSpace { .. }) => return Err(e),
                 Err(e) => {
                     return Err(if self.s.eof {
                         at.err("the archive ends inside this entry's data (truncated archive, or a size that overruns the data)")

@@ -143,6 +143,20 @@ pub fn decode(data: &[u8]) -> Result<Image> {
         let v = u32::from_le_bytes([table[i], table[i + 1], table[i + 2], table[i + 3]]);
         Ok(u64::from(v) << 3)
     };
+    // caps on what overlapping records can make us allocate (each record's xattrs and chunk
+    // records occupy their own bytes in a well-formed image; see the v6 decoder's Budget)
+    let xattr_budget = std::cell::Cell::new((64u64 << 20) + 8 * b.len());
+    let chunk_budget = std::cell::Cell::new(b.len() / 80 + 16);
+    let spend = |budget: &std::cell::Cell<u64>, n: u64, what: &'static str, at: u64| {
+        budget.set(budget.get().checked_sub(n).ok_or_else(|| {
+            corrupt(
+                what,
+                at,
+                "more than the image can hold (overlapping records?): refusing to allocate for it",
+            )
+        })?);
+        Ok::<(), Error>(())
+    };
     let record = |offset: u64| -> Result<Record> {
         let raw: &Inode = b.get(offset, "inode")?;
         let mut at = offset + 128;
@@ -163,6 +177,7 @@ pub fn decode(data: &[u8]) -> Result<Image> {
             let total =
                 u64::from_le_bytes(b.slice(at, 8, "xattr table")?.try_into().unwrap_or([0; 8]));
             let body = b.slice(at + 8, total, "xattr table")?;
+            spend(&xattr_budget, total, "xattr table", at)?;
             let mut p = 0usize;
             while p + 4 <= body.len() {
                 let size =
@@ -182,6 +197,7 @@ pub fn decode(data: &[u8]) -> Result<Image> {
         if FileType::from_mode(raw.mode.get()) == Some(FileType::Regular) {
             let n = u64::from(raw.child_count.get());
             chunks = b.slice(at, n.saturating_mul(80), "chunk records")?;
+            spend(&chunk_budget, n, "chunk records", at)?;
         }
         Ok(Record {
             raw,
@@ -262,10 +278,11 @@ pub fn decode(data: &[u8]) -> Result<Image> {
     };
 
     let root = record(slot(1)?)?;
-    let mut tree = Tree::new(make_inode(&root)?);
-    if tree.inodes[0].file_type != FileType::Directory {
+    let root_inode = make_inode(&root)?;
+    if root_inode.file_type != FileType::Directory {
         return Err(corrupt("root inode", root.offset, "is not a directory"));
     }
+    let mut tree = Tree::new(root_inode);
     let mut numbers = vec![root.raw.ino.get()];
     let mut by_ino: HashMap<u64, InodeId> = HashMap::new();
     // (entry, record, depth); digests are verified after the walk

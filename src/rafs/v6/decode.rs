@@ -62,6 +62,41 @@ struct Decoder<'a> {
     blob_count: u32,
     /// tarfs: data sits in the tar at `blkaddr × block`; chunk records carry nothing useful
     tarfs: bool,
+    /// What the image can still make the decoder allocate (see [`Budget`]).
+    budget: Budget,
+}
+
+/// Caps on what a bootstrap can make the decoder allocate. In a well-formed image every
+/// dirent and chunk index occupies its own bytes, so their totals are bounded by the image
+/// size; crafted images whose directories or chunk tables overlap would otherwise multiply
+/// them (quadratic memory from a small input). Shared xattrs are legitimately referenced many
+/// times, so their budget is generous but finite.
+struct Budget {
+    dirents: u64,
+    chunk_indexes: u64,
+    xattr_bytes: u64,
+}
+
+impl Budget {
+    fn new(image_size: u64) -> Budget {
+        Budget {
+            dirents: image_size / 12 + 16,
+            chunk_indexes: image_size / 8 + 16,
+            xattr_bytes: (64 << 20) + 8 * image_size,
+        }
+    }
+}
+
+/// Takes `n` from a budget, or fails naming what overran it.
+fn spend(left: &mut u64, n: u64, what: &'static str, at: u64) -> Result<()> {
+    *left = left.checked_sub(n).ok_or_else(|| {
+        corrupt(
+            what,
+            at,
+            "more than the image can hold (overlapping structures?): refusing to allocate for it",
+        )
+    })?;
+    Ok(())
 }
 
 /// Decodes a v6 bootstrap.
@@ -204,6 +239,7 @@ pub fn decode(data: &[u8]) -> Result<Image> {
         chunk_ids: HashMap::new(),
         blob_count: nblobs as u32,
         tarfs: flags & super_flags::TARTFS_MODE != 0,
+        budget: Budget::new(b.len()),
     };
     let root_nid = u64::from(sb.root_nid.get());
     let (tree, nids) = d.walk(root_nid)?;
@@ -333,7 +369,7 @@ impl Decoder<'_> {
         }
     }
 
-    fn xattrs(&self, off: u64, r: &RawInode) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+    fn xattrs(&mut self, off: u64, r: &RawInode) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
         let size = r.xattr_size();
         if size == 0 {
             return Ok(Vec::new());
@@ -356,10 +392,18 @@ impl Decoder<'_> {
             let p = 12 + 4 * i;
             let id = u32::from_le_bytes([area[p], area[p + 1], area[p + 2], area[p + 3]]);
             let at = self.xattr_addr + u64::from(id) * 4;
-            out.push(self.xattr_entry(at)?.0);
+            let (pair, len) = self.xattr_entry(at)?;
+            spend(&mut self.budget.xattr_bytes, len as u64, "shared xattr", at)?;
+            out.push(pair);
         }
         while pos + 4 <= area.len() {
             let (pair, len) = self.xattr_entry(start + pos as u64)?;
+            spend(
+                &mut self.budget.xattr_bytes,
+                len as u64,
+                "xattr entry",
+                start + pos as u64,
+            )?;
             out.push(pair);
             pos += len;
         }
@@ -389,7 +433,14 @@ impl Decoder<'_> {
         Ok(((name, value.to_vec()), len as usize))
     }
 
-    fn dirents(&self, nid: u64, off: u64, r: &RawInode) -> Result<Vec<(Vec<u8>, u64)>> {
+    fn dirents(&mut self, nid: u64, off: u64, r: &RawInode) -> Result<Vec<(Vec<u8>, u64)>> {
+        // each dirent takes 12 bytes of the directory's own data: spend before copying it
+        spend(
+            &mut self.budget.dirents,
+            r.size.div_ceil(12),
+            "directory",
+            off,
+        )?;
         let data = self.flat_data(nid, off, r)?;
         let mut out = Vec::new();
         for (bi, blk) in data.chunks(self.block as usize).enumerate() {
@@ -505,6 +556,12 @@ impl Decoder<'_> {
         }
         let count = r.size.div_ceil(u64::from(self.chunk_size));
         let idx_at = (off + r.inode_size + r.xattr_size()).div_ceil(8) * 8;
+        spend(
+            &mut self.budget.chunk_indexes,
+            count,
+            "chunk indexes",
+            idx_at,
+        )?;
         let table = self
             .b
             .slice(idx_at, count.saturating_mul(8), "chunk indexes")?;
@@ -579,13 +636,32 @@ impl Decoder<'_> {
         let mut tree = Tree::new(root);
         let mut nids: Vec<u64> = vec![root_nid];
         let mut by_nid: HashMap<u64, InodeId> = HashMap::from([(root_nid, 0)]);
-        // (entry id, nid, depth, raw inode offset)
-        let mut stack = vec![(0usize, root_nid, 0usize, off, raw)];
-        while let Some((entry, nid, depth, off, raw)) = stack.pop() {
+        // (entry id, nid, depth, raw inode offset, parent nid)
+        let mut stack = vec![(0usize, root_nid, 0usize, off, raw, root_nid)];
+        while let Some((entry, nid, depth, off, raw, parent_nid)) = stack.pop() {
             if depth > MAX_DEPTH {
                 return Err(corrupt("directory", off, "nesting too deep"));
             }
             let mut children = self.dirents(nid, off, &raw)?;
+            // "." and ".." must be what they say: a ".." naming anything else is a crafted
+            // name, not a link to the parent
+            for (n, child) in &children {
+                let want = match n.as_slice() {
+                    b"." => nid,
+                    b".." => parent_nid,
+                    _ => continue,
+                };
+                if *child != want {
+                    return Err(corrupt(
+                        "dirent",
+                        off,
+                        &format!(
+                            "invalid file name {:?}: it points to nid {child}, not {want}",
+                            String::from_utf8_lossy(n)
+                        ),
+                    ));
+                }
+            }
             children.retain(|(n, _)| n != b"." && n != b"..");
             let mut subdirs = Vec::new();
             for (name, child_nid) in children {
@@ -621,7 +697,7 @@ impl Decoder<'_> {
                     .position(|s| s.0 == name && existing.is_none())
                 {
                     let (_, n, o, r) = subdirs.remove(pos);
-                    stack.push((e, n, depth + 1, o, r));
+                    stack.push((e, n, depth + 1, o, r, nid));
                 }
             }
         }

@@ -1,0 +1,140 @@
+//! Temporary outputs: every output is written under a temporary name in (or beside) its
+//! destination and renamed into place only when the whole command has succeeded.
+//!
+//! Temporary paths are registered here so that the binary can remove them when it is
+//! interrupted ([`remove_all`], called from its SIGINT/SIGTERM handler thread), and an
+//! [`Outputs`] set is renamed into place as one step: while it commits, [`remove_all`] waits,
+//! and if one rename fails the outputs already renamed are removed again.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
+
+use tempfile::NamedTempFile;
+
+use crate::error::{Error, Result};
+
+static REGISTRY: Mutex<Option<HashSet<PathBuf>>> = Mutex::new(None);
+/// Held while outputs are renamed into place, and (for good) by [`remove_all`].
+static COMMIT: Mutex<()> = Mutex::new(());
+
+fn registry() -> MutexGuard<'static, Option<HashSet<PathBuf>>> {
+    REGISTRY.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Records a temporary file or directory to remove if the process is interrupted.
+pub fn register(path: &Path) {
+    registry()
+        .get_or_insert_with(HashSet::new)
+        .insert(path.to_path_buf());
+}
+
+/// Forgets a temporary path (it was renamed into place or removed).
+pub fn unregister(path: &Path) {
+    if let Some(set) = registry().as_mut() {
+        set.remove(path);
+    }
+}
+
+/// The temporary paths currently registered.
+pub fn registered() -> Vec<PathBuf> {
+    registry()
+        .as_ref()
+        .map(|s| s.iter().cloned().collect())
+        .unwrap_or_default()
+}
+
+/// Removes every registered temporary file and directory, waiting for a commit in progress to
+/// finish first, and returns how many were removed. Meant to be called once, right before the
+/// process exits: no later commit can start, since the commit lock stays held.
+pub fn remove_all() -> usize {
+    let guard = COMMIT.lock().unwrap_or_else(|e| e.into_inner());
+    std::mem::forget(guard);
+    let paths = registry().take().unwrap_or_default();
+    let mut n = 0;
+    for p in paths {
+        let removed = match std::fs::symlink_metadata(&p) {
+            Ok(m) if m.is_dir() => std::fs::remove_dir_all(&p).is_ok(),
+            Ok(_) => std::fs::remove_file(&p).is_ok(),
+            Err(_) => false,
+        };
+        n += usize::from(removed);
+    }
+    n
+}
+
+/// Outputs complete under temporary names, to be renamed into place together.
+#[derive(Debug, Default)]
+pub struct Outputs {
+    items: Vec<(NamedTempFile, PathBuf)>,
+}
+
+impl Outputs {
+    /// An empty set.
+    pub fn new() -> Outputs {
+        Outputs::default()
+    }
+
+    /// Adds a finished temporary file and its final name.
+    pub fn add(&mut self, tmp: NamedTempFile, path: PathBuf) {
+        self.items.push((tmp, path));
+    }
+
+    /// Renames every output into place. If one fails, those already renamed are removed and
+    /// the remaining temporary files are deleted: no final name is left behind.
+    pub fn commit(self) -> Result<()> {
+        let _commit = COMMIT.lock().unwrap_or_else(|e| e.into_inner());
+        let mut done: Vec<PathBuf> = Vec::new();
+        for (tmp, path) in self.items {
+            // (a failed persist drops, and so removes, its temporary file)
+            if let Err(e) = crate::blob::writer::persist(tmp, &path) {
+                for p in &done {
+                    let _ = std::fs::remove_file(p);
+                }
+                return Err(e);
+            }
+            done.push(path);
+        }
+        Ok(())
+    }
+}
+
+/// A temporary directory beside `final_dir`, registered; renamed into place by
+/// [`persist_dir`].
+pub fn temp_dir_beside(final_dir: &Path) -> Result<PathBuf> {
+    let parent = match final_dir.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let d = tempfile::Builder::new()
+        .prefix(".erofs-forge.")
+        .suffix(".tmp")
+        .tempdir_in(parent)
+        .map_err(|source| Error::Io {
+            op: "create temporary directory in",
+            path: parent.to_path_buf(),
+            source,
+        })?
+        .keep();
+    register(&d);
+    Ok(d)
+}
+
+/// Renames a finished temporary directory to `final_dir` (which must not exist, or be an
+/// empty directory).
+pub fn persist_dir(tmp: &Path, final_dir: &Path) -> Result<()> {
+    let _commit = COMMIT.lock().unwrap_or_else(|e| e.into_inner());
+    std::fs::rename(tmp, final_dir).map_err(|source| Error::Io {
+        op: "rename into",
+        path: final_dir.to_path_buf(),
+        source,
+    })?;
+    unregister(tmp);
+    Ok(())
+}
+
+/// Removes a temporary directory after a failure.
+pub fn discard_dir(tmp: &Path) {
+    let _ = std::fs::remove_dir_all(tmp);
+    unregister(tmp);
+}

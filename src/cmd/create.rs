@@ -588,15 +588,7 @@ fn build(
         fs_version: opts.fs_version,
         timings,
     };
-    if let Some(path) = &opts.output_json {
-        let json = output_json(&out, &tree);
-        outputs.add(
-            write_temp(path, json.as_bytes(), opts.tmp_dir.as_deref())?,
-            path.clone(),
-        );
-    }
-    outputs.commit()?;
-    Ok(out)
+    publish(out, opts, outputs)
 }
 
 /// Each inode's data once, in numbering order (formats/rafs-v6.md §13).
@@ -805,15 +797,7 @@ fn create_tarfs(opts: &CreateOptions, progress: &dyn Progress) -> Result<CreateO
         fs_version: 6,
         timings,
     };
-    if let Some(path) = &opts.output_json {
-        let json = output_json(&out, &tree);
-        outputs.add(
-            write_temp(path, json.as_bytes(), opts.tmp_dir.as_deref())?,
-            path.clone(),
-        );
-    }
-    outputs.commit()?;
-    Ok(out)
+    publish(out, opts, outputs)
 }
 
 fn parent_dir(p: &Path) -> PathBuf {
@@ -850,8 +834,21 @@ pub fn write_temp(
     Ok(tmp)
 }
 
+/// Adds the `--output-json` document to `outputs` and moves every output to its final name.
+fn publish(out: CreateOutput, opts: &CreateOptions, mut outputs: Outputs) -> Result<CreateOutput> {
+    if let Some(path) = &opts.output_json {
+        let json = output_json(&out);
+        outputs.add(
+            write_temp(path, json.as_bytes(), opts.tmp_dir.as_deref())?,
+            path.clone(),
+        );
+    }
+    outputs.commit()?;
+    Ok(out)
+}
+
 /// The `--output-json` document, with the fields nydusify reads (formats/cli.md).
-pub fn output_json(out: &CreateOutput, _tree: &Tree) -> String {
+pub fn output_json(out: &CreateOutput) -> String {
     let doc = serde_json::json!({
         "version": concat!(env!("CARGO_PKG_NAME"), "-", env!("CARGO_PKG_VERSION")),
         "bootstrap": out.bootstrap,

@@ -523,17 +523,7 @@ fn build(
         let new_id = summary.as_ref().map(|s| s.id.clone()).unwrap_or_default();
         let mut tree = tree.clone();
         let (chunks, blobs) = compact_blobs(&mut tree, &table.chunks, &records(&new_id, &summary))?;
-        let boot = if opts.fs_version == 5 {
-            let v5opts = crate::rafs::v5::encode::EncodeOptions {
-                chunk_size: opts.chunk_size,
-                compressor,
-                digester: opts.digester,
-                explicit_uid_gid: !opts.repeatable,
-            };
-            crate::rafs::v5::encode::encode(&tree, &chunks, &blobs, &v5opts)?
-        } else {
-            v6::encode(&tree, &chunks, &blobs, &eopts)?
-        };
+        let boot = crate::rafs::encode(opts.fs_version, &tree, &chunks, &blobs, &eopts)?;
         let ids = blobs.iter().map(|b| b.id.clone()).collect::<Vec<_>>();
         (summary, id, files, Some(boot), ids)
     };

@@ -308,32 +308,18 @@ pub fn encode_with(
     single_device: bool,
 ) -> Result<Vec<u8>> {
     let explicit = like.flags & crate::rafs::v6::format::super_flags::EXPLICIT_UID_GID != 0;
-    if like.version == 5 {
-        crate::rafs::v5::encode::encode(
-            tree,
-            chunks,
-            blobs,
-            &crate::rafs::v5::encode::EncodeOptions {
-                chunk_size: like.chunk_size,
-                compressor: like.compressor,
-                digester: like.digester,
-                explicit_uid_gid: explicit,
-            },
-        )
-    } else {
-        crate::rafs::v6::encode(
-            tree,
-            chunks,
-            blobs,
-            &crate::rafs::v6::EncodeOptions {
-                chunk_size: like.chunk_size,
-                compressor: like.compressor,
-                digester: like.digester,
-                explicit_uid_gid: explicit,
-                block_size: u64::from(like.block_size),
-                tarfs: like.flags & crate::rafs::v6::format::super_flags::TARTFS_MODE != 0,
-                single_device,
-            },
-        )
-    }
+    let opts = crate::rafs::v6::EncodeOptions {
+        chunk_size: like.chunk_size,
+        compressor: like.compressor,
+        digester: like.digester,
+        explicit_uid_gid: explicit,
+        block_size: if like.version == 5 {
+            crate::rafs::v6::encode::BLOCK_SIZE
+        } else {
+            u64::from(like.block_size)
+        },
+        tarfs: like.flags & crate::rafs::v6::format::super_flags::TARTFS_MODE != 0,
+        single_device,
+    };
+    crate::rafs::encode(like.version, tree, chunks, blobs, &opts)
 }

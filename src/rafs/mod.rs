@@ -74,6 +74,21 @@ pub struct Image {
     pub size: u64,
 }
 
+/// Encodes a bootstrap of RAFS `version` (5 or 6).
+pub fn encode(
+    version: u32,
+    tree: &Tree,
+    chunks: &[ChunkInfo],
+    blobs: &[v6::BlobRecord],
+    opts: &v6::EncodeOptions,
+) -> Result<Vec<u8>> {
+    if version == 5 {
+        v5::encode::encode(tree, chunks, blobs, opts)
+    } else {
+        v6::encode(tree, chunks, blobs, opts)
+    }
+}
+
 /// Decodes a bootstrap of either version.
 pub fn decode(bytes: &[u8]) -> Result<Image> {
     if bytes.len() >= 4 && bytes[..4] == v5::format::RAFS_V5_MAGIC.to_le_bytes() {

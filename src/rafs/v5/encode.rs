@@ -13,18 +13,9 @@ use crate::rafs::v6::format::super_flags;
 use crate::rafs::v6::BlobRecord;
 use crate::tree::{EntryId, FileType, Tree};
 
-/// Image-wide settings of a v5 bootstrap.
-#[derive(Debug, Clone)]
-pub struct EncodeOptions {
-    /// Chunk size.
-    pub chunk_size: u32,
-    /// Compression named by the superblock.
-    pub compressor: Compressor,
-    /// Digest algorithm (chunks and inode digests).
-    pub digester: Digester,
-    /// Record uid/gid.
-    pub explicit_uid_gid: bool,
-}
+/// The settings of a v5 bootstrap: the image-wide fields of the v6 options (chunk size,
+/// compressor, digester, uid/gid); the block size, tarfs and single-device fields are v6-only.
+pub use crate::rafs::v6::EncodeOptions;
 
 fn align8(v: u64) -> u64 {
     v.div_ceil(ALIGNMENT) * ALIGNMENT

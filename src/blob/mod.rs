@@ -33,6 +33,40 @@ pub struct ChunkInfo {
 }
 
 impl ChunkInfo {
+    /// The 80-byte record describing this chunk at `file_offset` of a file (the v5 chunk
+    /// record and the v6 chunk table entry, formats/rafs-v6.md §14).
+    pub fn to_record(&self, file_offset: u64) -> crate::rafs::v6::format::ChunkRecord {
+        crate::rafs::v6::format::ChunkRecord {
+            digest: self.digest,
+            blob_index: self.blob_index.into(),
+            flags: self.flags().into(),
+            compressed_size: self.compressed_size.into(),
+            uncompressed_size: self.uncompressed_size.into(),
+            compressed_offset: self.compressed_offset.into(),
+            uncompressed_offset: self.uncompressed_offset.into(),
+            file_offset: file_offset.into(),
+            index: self.index.into(),
+            crc32: self.crc32.into(),
+        }
+    }
+
+    /// The chunk an 80-byte record describes.
+    pub fn from_record(r: &crate::rafs::v6::format::ChunkRecord) -> ChunkInfo {
+        let flags = r.flags.get();
+        ChunkInfo {
+            digest: r.digest,
+            crc32: r.crc32.get(),
+            blob_index: r.blob_index.get(),
+            index: r.index.get(),
+            compressed: flags & format::CHUNK_FLAG_COMPRESSED != 0,
+            has_crc32: flags & format::CHUNK_FLAG_HAS_CRC32 != 0,
+            compressed_offset: r.compressed_offset.get(),
+            compressed_size: r.compressed_size.get(),
+            uncompressed_offset: r.uncompressed_offset.get(),
+            uncompressed_size: r.uncompressed_size.get(),
+        }
+    }
+
     /// BlobChunkFlags of this chunk (formats/blob.md §8).
     pub fn flags(&self) -> u32 {
         (if self.has_crc32 {

@@ -247,22 +247,7 @@ pub fn decode(data: &[u8]) -> Result<Image> {
                         Some(id) => *id,
                         None => {
                             let id = chunks.len() as u32;
-                            chunks.push(ChunkInfo {
-                                digest: c.digest,
-                                crc32: c.crc32.get(),
-                                blob_index: key.0,
-                                index: key.1,
-                                has_crc32: c.flags.get()
-                                    & crate::blob::format::CHUNK_FLAG_HAS_CRC32
-                                    != 0,
-                                compressed: c.flags.get()
-                                    & crate::blob::format::CHUNK_FLAG_COMPRESSED
-                                    != 0,
-                                compressed_offset: c.compressed_offset.get(),
-                                compressed_size: c.compressed_size.get(),
-                                uncompressed_offset: c.uncompressed_offset.get(),
-                                uncompressed_size: c.uncompressed_size.get(),
-                            });
+                            chunks.push(ChunkInfo::from_record(&c));
                             chunk_ids.insert(key, id);
                             id
                         }

@@ -500,16 +500,9 @@ impl Decoder<'_> {
         let (info, known) = match record {
             Some(r) => (
                 ChunkInfo {
-                    digest: r.digest,
-                    crc32: r.crc32.get(),
                     blob_index: blob,
                     index: ci,
-                    compressed: r.flags.get() & crate::blob::format::CHUNK_FLAG_COMPRESSED != 0,
-                    has_crc32: r.flags.get() & crate::blob::format::CHUNK_FLAG_HAS_CRC32 != 0,
-                    compressed_offset: r.compressed_offset.get(),
-                    compressed_size: r.compressed_size.get(),
-                    uncompressed_offset: r.uncompressed_offset.get(),
-                    uncompressed_size: r.uncompressed_size.get(),
+                    ..ChunkInfo::from_record(r)
                 },
                 r.digest != [0; 32],
             ),
@@ -663,10 +656,9 @@ impl Decoder<'_> {
                 }
             }
             children.retain(|(n, _)| n != b"." && n != b"..");
-            let mut subdirs = Vec::new();
             for (name, child_nid) in children {
-                let existing = by_nid.get(&child_nid).copied();
-                let ino = match existing {
+                let mut subdir = None;
+                let ino = match by_nid.get(&child_nid).copied() {
                     Some(ino) => {
                         if tree.inodes[ino].file_type == FileType::Directory {
                             return Err(corrupt(
@@ -684,7 +676,7 @@ impl Decoder<'_> {
                         nids.push(child_nid);
                         by_nid.insert(child_nid, ino);
                         if is_dir {
-                            subdirs.push((name.clone(), child_nid, coff, craw));
+                            subdir = Some((coff, craw));
                         }
                         ino
                     }
@@ -692,12 +684,8 @@ impl Decoder<'_> {
                 let e = tree
                     .add_entry(entry, &name, ino)
                     .map_err(|err| corrupt("dirent", off, &err.to_string()))?;
-                if let Some(pos) = subdirs
-                    .iter()
-                    .position(|s| s.0 == name && existing.is_none())
-                {
-                    let (_, n, o, r) = subdirs.remove(pos);
-                    stack.push((e, n, depth + 1, o, r, nid));
+                if let Some((o, r)) = subdir {
+                    stack.push((e, child_nid, depth + 1, o, r, nid));
                 }
             }
         }

@@ -144,18 +144,7 @@ pub fn encode(
             let c = chunk(chunks, *id)?;
             table.insert(
                 (c.digest, c.blob_index),
-                ChunkRecord {
-                    digest: c.digest,
-                    blob_index: c.blob_index.into(),
-                    flags: c.flags().into(),
-                    compressed_size: c.compressed_size.into(),
-                    uncompressed_size: c.uncompressed_size.into(),
-                    compressed_offset: c.compressed_offset.into(),
-                    uncompressed_offset: c.uncompressed_offset.into(),
-                    file_offset: (i as u64 * u64::from(opts.chunk_size)).into(),
-                    index: c.index.into(),
-                    crc32: c.crc32.into(),
-                },
+                c.to_record(i as u64 * u64::from(opts.chunk_size)),
             );
         }
     }

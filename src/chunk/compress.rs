@@ -5,6 +5,11 @@ use crate::error::{Error, Result};
 /// The zstd level upstream uses for chunks and chunk-info arrays.
 pub const ZSTD_LEVEL: i32 = 3;
 
+thread_local! {
+    static ZSTD_CONTEXT: std::cell::RefCell<Option<zstd::bulk::Compressor<'static>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
 /// The chunk compression algorithm.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Compressor {
@@ -67,8 +72,20 @@ impl Compressor {
             Compressor::Zstd => {
                 let bound = zstd::zstd_safe::compress_bound(data.len());
                 out.resize(bound, 0);
-                let n = zstd::bulk::compress_to_buffer(data, out, ZSTD_LEVEL)
-                    .map_err(|e| codec("zstd", e))?;
+                // a context costs about as much to set up as compressing a small chunk, so each
+                // thread keeps one; zstd output does not depend on the context's history
+                let n = ZSTD_CONTEXT.with(|cell| -> Result<usize> {
+                    let mut slot = cell.borrow_mut();
+                    let ctx = match &mut *slot {
+                        Some(ctx) => ctx,
+                        None => slot.insert(
+                            zstd::bulk::Compressor::new(ZSTD_LEVEL)
+                                .map_err(|e| codec("zstd", e))?,
+                        ),
+                    };
+                    ctx.compress_to_buffer(data, out.as_mut_slice())
+                        .map_err(|e| codec("zstd", e))
+                })?;
                 out.truncate(n);
             }
         }

@@ -243,6 +243,10 @@ impl BlobWriter {
 
     fn emit(&mut self, bytes: &[u8]) -> Result<()> {
         self.hasher.update(bytes);
+        self.emit_unhashed(bytes)
+    }
+
+    fn emit_unhashed(&mut self, bytes: &[u8]) -> Result<()> {
         if let Some((_, w)) = &mut self.out {
             if let Err(e) = w.write_all(bytes) {
                 let needed = (w.buffer().len() + bytes.len()) as u64;
@@ -255,6 +259,31 @@ impl BlobWriter {
 
     /// Appends a new chunk: `stored` holds its compressed bytes, or is `None` to store `raw`.
     pub fn add_chunk(
+        &mut self,
+        digest: [u8; 32],
+        crc32: u32,
+        raw: &[u8],
+        stored: Option<&[u8]>,
+    ) -> Result<ChunkInfo> {
+        self.hasher.update(stored.unwrap_or(raw));
+        self.add_chunk_unhashed(digest, crc32, raw, stored)
+    }
+
+    /// Takes the blob-id hasher, so that chunk bytes can be hashed on another thread while
+    /// they are written with [`BlobWriter::add_chunk_unhashed`].
+    pub fn take_hasher(&mut self) -> Sha256 {
+        std::mem::take(&mut self.hasher)
+    }
+
+    /// Gives back the hasher taken with [`BlobWriter::take_hasher`], fed with every chunk's
+    /// stored bytes in order.
+    pub fn restore_hasher(&mut self, hasher: Sha256) {
+        self.hasher = hasher;
+    }
+
+    /// [`BlobWriter::add_chunk`] without hashing: the caller feeds the stored bytes (`stored`,
+    /// or `raw`) to the hasher it took, in the same order.
+    pub fn add_chunk_unhashed(
         &mut self,
         digest: [u8; 32],
         crc32: u32,
@@ -279,7 +308,7 @@ impl BlobWriter {
             uncompressed_offset: self.uncompressed_end,
             uncompressed_size: raw.len() as u32,
         };
-        self.emit(bytes)?;
+        self.emit_unhashed(bytes)?;
         self.uncompressed_end += if self.opts.v6 || self.opts.aligned {
             (raw.len() as u64).div_ceil(CHUNK_ALIGN) * CHUNK_ALIGN
         } else {

@@ -55,26 +55,36 @@ impl Compressor {
     /// when the result would not be strictly smaller: the caller then stores `data` raw.
     pub fn compress_into(self, data: &[u8], out: &mut Vec<u8>) -> Result<bool> {
         out.clear();
-        match self {
-            Compressor::None => return Ok(false),
+        Ok(self.compress_append(data, out)?.is_some())
+    }
+
+    /// Appends the compressed form of `data` to `out` and returns where it lies, or returns
+    /// `None` with `out` unchanged when it would not be strictly smaller than `data`.
+    pub fn compress_append(
+        self,
+        data: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<Option<std::ops::Range<usize>>> {
+        let start = out.len();
+        let n = match self {
+            Compressor::None => return Ok(None),
             Compressor::Lz4Block => {
                 let bound = lz4::block::compress_bound(data.len()).map_err(|e| codec("lz4", e))?;
-                out.resize(bound, 0);
-                let n = lz4::block::compress_to_buffer(
+                out.resize(start + bound, 0);
+                lz4::block::compress_to_buffer(
                     data,
                     Some(lz4::block::CompressionMode::DEFAULT),
                     false,
-                    out,
+                    &mut out[start..],
                 )
-                .map_err(|e| codec("lz4", e))?;
-                out.truncate(n);
+                .map_err(|e| codec("lz4", e))
             }
             Compressor::Zstd => {
                 let bound = zstd::zstd_safe::compress_bound(data.len());
-                out.resize(bound, 0);
+                out.resize(start + bound, 0);
                 // a context costs about as much to set up as compressing a small chunk, so each
                 // thread keeps one; zstd output does not depend on the context's history
-                let n = ZSTD_CONTEXT.with(|cell| -> Result<usize> {
+                ZSTD_CONTEXT.with(|cell| -> Result<usize> {
                     let mut slot = cell.borrow_mut();
                     let ctx = match &mut *slot {
                         Some(ctx) => ctx,
@@ -83,13 +93,25 @@ impl Compressor {
                                 .map_err(|e| codec("zstd", e))?,
                         ),
                     };
-                    ctx.compress_to_buffer(data, out.as_mut_slice())
+                    ctx.compress_to_buffer(data, &mut out[start..])
                         .map_err(|e| codec("zstd", e))
-                })?;
-                out.truncate(n);
+                })
+            }
+        };
+        match n {
+            Ok(n) if n < data.len() => {
+                out.truncate(start + n);
+                Ok(Some(start..start + n))
+            }
+            Ok(_) => {
+                out.truncate(start);
+                Ok(None)
+            }
+            Err(e) => {
+                out.truncate(start);
+                Err(e)
             }
         }
-        Ok(out.len() < data.len())
     }
 
     /// Decompresses `data` into exactly `size` bytes.
@@ -154,6 +176,21 @@ mod tests {
             assert!(!c.compress_into(b"hello", &mut out).unwrap());
         }
         assert!(!Compressor::None.compress_into(&data, &mut out).unwrap());
+    }
+
+    #[test]
+    fn append_keeps_what_was_there() {
+        let data = vec![3u8; 10_000];
+        for c in [Compressor::Lz4Block, Compressor::Zstd] {
+            let mut out = b"head".to_vec();
+            let r = c.compress_append(&data, &mut out).unwrap().unwrap();
+            assert_eq!(&out[..4], b"head");
+            assert_eq!(r.start, 4);
+            assert_eq!(r.end, out.len());
+            assert_eq!(c.decompress(&out[r.clone()], data.len()).unwrap(), data);
+            assert_eq!(c.compress_append(b"abc", &mut out).unwrap(), None);
+            assert_eq!(out.len(), r.end);
+        }
     }
 
     #[test]

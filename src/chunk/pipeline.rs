@@ -9,10 +9,11 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::File;
 use std::io::Read;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use crossbeam_channel::{bounded, unbounded, Receiver, Sender};
+use sha2::Digest as _;
 
 use super::{digest, Compressor, Digester};
 use crate::blob::{BlobWriter, ChunkInfo};
@@ -30,17 +31,6 @@ pub struct PipelineOptions {
     pub compressor: Compressor,
     /// Worker threads for digest and compression (at least 1).
     pub threads: usize,
-}
-
-/// One local file to cut into chunks (the directory source's input).
-#[derive(Debug, Clone)]
-pub struct FileJob {
-    /// The inode the chunks belong to.
-    pub inode: InodeId,
-    /// Where to read it.
-    pub path: PathBuf,
-    /// How many bytes to read.
-    pub size: u64,
 }
 
 /// The chunks already known before this run and those added by it; chunk ids index `chunks`.
@@ -73,61 +63,175 @@ impl ChunkTable {
     }
 }
 
-struct Buffers {
-    raw: Vec<u8>,
-    packed: Vec<u8>,
+/// File data a batch gathers before it goes to a worker. Small files travel together, so the
+/// per-batch costs (a task, two channel messages, a lock) are paid per MiB, not per file.
+const BATCH_BYTES: usize = 1 << 20;
+
+/// A byte range of a local file that a worker reads into its batch.
+struct Piece {
+    path: Arc<Path>,
+    offset: u64,
+    len: usize,
+    file_size: u64,
 }
 
-struct Job {
-    seq: u64,
+/// One chunk of a batch: its bytes are the next `len` bytes of the batch's `raw`.
+struct Slot {
     inode: InodeId,
-    bufs: Buffers,
-}
-
-struct Done {
-    seq: u64,
-    inode: InodeId,
+    len: u32,
     digest: [u8; 32],
     crc32: u32,
-    /// The compressed bytes are in `bufs.packed` (false: not compressed, or skipped because
-    /// an earlier chunk with the same digest is being compressed).
-    compressed: bool,
+    /// This worker compresses it (no other chunk with its digest came first).
     claimed: bool,
-    bufs: Buffers,
+    /// Where its compressed bytes are in `packed`, if compression made it smaller.
+    packed: Option<std::ops::Range<usize>>,
 }
 
-/// Cuts `files` into chunks, in the given order, writes new chunks to `blob` and returns the
-/// chunk ids of each file. `progress` is called with the byte count of each chunk committed.
-pub fn run(
-    files: &[FileJob],
-    opts: &PipelineOptions,
-    table: &mut ChunkTable,
-    blob: &mut BlobWriter,
-    progress: &(dyn Fn(u64) + Sync),
-) -> Result<HashMap<InodeId, Vec<u32>>> {
-    let (per_inode, ()) = run_with(opts, table, blob, progress, |sink| {
-        for file in files {
-            let mut f = File::open(&file.path).ctx("open", &file.path)?;
-            sink.add_file(file.inode, &mut f, file.size, &file.path)?;
-        }
-        Ok(())
-    })?;
-    Ok(per_inode)
+/// A run of consecutive chunks, processed by one worker and committed in order. Batches are
+/// recycled through a fixed pool, which bounds memory.
+#[derive(Default)]
+struct Batch {
+    seq: u64,
+    slots: Vec<Slot>,
+    /// Sum of the slots' lengths.
+    bytes: usize,
+    /// Local file ranges still to read into `raw` (directory sources); empty when the
+    /// producer filled `raw` itself (streams).
+    pieces: Vec<Piece>,
+    raw: Vec<u8>,
+    packed: Vec<u8>,
+    /// What the committer stored in the blob, in order, for the blob-id hasher: a range of
+    /// `packed` (true) or of `raw` (false).
+    stored: Vec<(bool, std::ops::Range<usize>)>,
 }
 
-/// Where a producer hands file data to the pipeline (on the reader thread).
+impl Batch {
+    fn push(&mut self, inode: InodeId, len: usize) {
+        self.slots.push(Slot::new(inode, len));
+        self.bytes += len;
+    }
+
+    fn clear(&mut self) {
+        self.bytes = 0;
+        self.slots.clear();
+        self.pieces.clear();
+        self.raw.clear();
+        self.packed.clear();
+        self.stored.clear();
+    }
+
+    /// The bytes the committer stored, in order.
+    fn stored_bytes(&self) -> impl Iterator<Item = &[u8]> {
+        self.stored.iter().map(|(packed, r)| {
+            if *packed {
+                &self.packed[r.clone()]
+            } else {
+                &self.raw[r.clone()]
+            }
+        })
+    }
+}
+
+/// What a worker hands back: the batch, or the error that stopped it.
+type Processed = (u64, Result<Batch>);
+
+/// How full batches reach the committer.
+enum Dispatch<'a> {
+    /// One thread does everything: each batch is processed and committed at once.
+    Inline {
+        committer: &'a mut (dyn AcceptBatch + Send + 'a),
+        spare: Option<Batch>,
+    },
+    /// Batches go to a worker pool; the committer runs on another thread.
+    Pool {
+        pool: &'a rayon::ThreadPool,
+        free_rx: Receiver<Batch>,
+        done_tx: Sender<Processed>,
+    },
+}
+
+/// Where a producer hands file data to the pipeline.
 pub struct ChunkSink<'a> {
     opts: &'a PipelineOptions,
-    free_rx: Receiver<Buffers>,
-    done_tx: Sender<Result<Done>>,
+    dispatch: Dispatch<'a>,
     claims: Arc<Mutex<HashSet<[u8; 32]>>>,
-    pool: &'a rayon::ThreadPool,
+    current: Option<Batch>,
     seq: u64,
     /// Set when the writer has stopped (on an error it reports itself).
     stopped: bool,
 }
 
 impl ChunkSink<'_> {
+    fn batch_limit(&self) -> usize {
+        BATCH_BYTES.max(self.opts.chunk_size as usize)
+    }
+
+    /// The batch the next chunk of `len` bytes goes into, dispatching the current one first
+    /// when the chunk would not fit, or when it holds the other kind of data (`stream`: bytes
+    /// already read, or else file ranges for the worker to read).
+    fn batch_for(&mut self, len: usize, stream: bool) -> Result<&mut Batch> {
+        let limit = self.batch_limit();
+        let full = self.current.as_ref().is_some_and(|b| {
+            let other_kind = if stream {
+                !b.pieces.is_empty()
+            } else {
+                !b.raw.is_empty()
+            };
+            !b.slots.is_empty() && (b.bytes + len > limit || other_kind)
+        });
+        if full {
+            self.dispatch_current()?;
+        }
+        if self.current.is_none() {
+            let batch = match &mut self.dispatch {
+                Dispatch::Inline { spare, .. } => spare.take().unwrap_or_default(),
+                Dispatch::Pool { free_rx, .. } => match free_rx.recv() {
+                    Ok(batch) => batch,
+                    Err(_) => {
+                        // the writer stopped on an error of its own; it reports that one
+                        self.stopped = true;
+                        return Err(Error::InvalidOption("chunk writer stopped".into()));
+                    }
+                },
+            };
+            self.current = Some(batch);
+        }
+        Ok(self.current.get_or_insert_with(Batch::default))
+    }
+
+    fn dispatch_current(&mut self) -> Result<()> {
+        let Some(mut batch) = self.current.take() else {
+            return Ok(());
+        };
+        if batch.slots.is_empty() {
+            self.current = Some(batch);
+            return Ok(());
+        }
+        batch.seq = self.seq;
+        self.seq += 1;
+        let (digester, compressor) = (self.opts.digester, self.opts.compressor);
+        match &mut self.dispatch {
+            Dispatch::Inline { committer, spare } => {
+                let batch = process(batch, digester, compressor, &self.claims)?;
+                let mut recycled = None;
+                committer.accept(batch.seq, Ok(batch), &mut |mut b| {
+                    b.clear();
+                    recycled = Some(b)
+                })?;
+                *spare = recycled;
+            }
+            Dispatch::Pool { pool, done_tx, .. } => {
+                let done_tx = done_tx.clone();
+                let claims = self.claims.clone();
+                pool.spawn(move || {
+                    let seq = batch.seq;
+                    let _ = done_tx.send((seq, process(batch, digester, compressor, &claims)));
+                });
+            }
+        }
+        Ok(())
+    }
+
     /// Reads exactly `size` bytes of `inode`'s data from `reader` and queues them as chunks.
     /// `name` is used in errors (a path, or a tar entry name).
     pub fn add_file(
@@ -139,35 +243,67 @@ impl ChunkSink<'_> {
     ) -> Result<()> {
         let mut left = size;
         while left > 0 {
-            let Ok(mut bufs) = self.free_rx.recv() else {
-                // the writer stopped on an error of its own; it reports that one
-                self.stopped = true;
-                return Err(Error::InvalidOption("chunk writer stopped".into()));
-            };
             let len = left.min(u64::from(self.opts.chunk_size)) as usize;
-            bufs.raw.resize(len, 0);
-            read_full(reader, &mut bufs.raw, name, size, size - left)?;
+            let batch = self.batch_for(len, true)?;
+            let start = batch.raw.len();
+            batch.raw.resize(start + len, 0);
+            read_full(reader, &mut batch.raw[start..], name, size, size - left)?;
+            batch.push(inode, len);
             left -= len as u64;
-            let job = Job {
-                seq: self.seq,
-                inode,
-                bufs,
-            };
-            self.seq += 1;
-            let done_tx = self.done_tx.clone();
-            let claims = self.claims.clone();
-            let (digester, compressor) = (self.opts.digester, self.opts.compressor);
-            self.pool.spawn(move || {
-                let _ = done_tx.send(process(job, digester, compressor, &claims));
-            });
         }
         Ok(())
     }
+
+    /// Queues the `size` bytes of the local file `path` as `inode`'s chunks; a worker reads
+    /// them, so reading is spread over the pool too.
+    pub fn add_path(&mut self, inode: InodeId, path: &Path, size: u64) -> Result<()> {
+        let path: Arc<Path> = Arc::from(path);
+        let mut offset = 0;
+        while offset < size {
+            let len = (size - offset).min(u64::from(self.opts.chunk_size)) as usize;
+            let batch = self.batch_for(len, false)?;
+            match batch.pieces.last_mut() {
+                Some(p) if Arc::ptr_eq(&p.path, &path) && p.offset + p.len as u64 == offset => {
+                    p.len += len
+                }
+                _ => batch.pieces.push(Piece {
+                    path: path.clone(),
+                    offset,
+                    len,
+                    file_size: size,
+                }),
+            }
+            batch.push(inode, len);
+            offset += len as u64;
+        }
+        Ok(())
+    }
+
+    /// Dispatches what the last batch holds.
+    fn finish(&mut self) -> Result<()> {
+        self.dispatch_current()
+    }
 }
 
-/// Runs `producer` on a reader thread; every file it gives the [`ChunkSink`] is chunked,
-/// digested and compressed in parallel and committed to `blob` in order. Returns the chunk ids
-/// of each inode and what the producer returned.
+impl Slot {
+    fn new(inode: InodeId, len: usize) -> Slot {
+        Slot {
+            inode,
+            len: len as u32,
+            digest: [0; 32],
+            crc32: 0,
+            claimed: false,
+            packed: None,
+        }
+    }
+}
+
+/// Runs `producer`; every file it gives the [`ChunkSink`] is chunked, digested and compressed
+/// in parallel and committed to `blob` in order. Returns the chunk ids of each inode and what
+/// the producer returned.
+///
+/// With one thread everything runs on the calling thread. With more, the producer runs on a
+/// thread of its own, `threads` workers process batches and the calling thread commits them.
 pub fn run_with<R: Send>(
     opts: &PipelineOptions,
     table: &mut ChunkTable,
@@ -176,57 +312,124 @@ pub fn run_with<R: Send>(
     producer: impl FnOnce(&mut ChunkSink<'_>) -> Result<R> + Send,
 ) -> Result<(HashMap<InodeId, Vec<u32>>, R)> {
     let threads = opts.threads.max(1);
+    // chunks the table already holds are never compressed again
+    let known: HashSet<[u8; 32]> = table.digests().collect();
+    // digests some worker is compressing or has compressed: duplicates skip it
+    let claims = Arc::new(Mutex::new(known));
+    let mut committer = Committer {
+        opts,
+        table,
+        blob,
+        progress,
+        per_inode: HashMap::new(),
+        pending: BTreeMap::new(),
+        next: 0,
+        hash_inline: threads == 1,
+    };
+    if threads == 1 {
+        let mut sink = ChunkSink {
+            opts,
+            dispatch: Dispatch::Inline {
+                committer: &mut committer,
+                spare: None,
+            },
+            claims,
+            current: None,
+            seq: 0,
+            stopped: false,
+        };
+        let produced = producer(&mut sink)?;
+        sink.finish()?;
+        drop(sink);
+        return Ok((committer.per_inode, produced));
+    }
+
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(threads)
         .thread_name(|i| format!("chunk-{i}"))
         .build()
         .map_err(|e| Error::InvalidOption(format!("cannot start {threads} threads: {e}")))?;
     let slots = 2 * threads + 2;
-    let (free_tx, free_rx) = bounded::<Buffers>(slots);
+    let (free_tx, free_rx) = bounded::<Batch>(slots);
     for _ in 0..slots {
-        let raw = Vec::with_capacity(opts.chunk_size as usize);
-        let _ = free_tx.send(Buffers {
-            raw,
-            packed: Vec::new(),
-        });
+        let _ = free_tx.send(Batch::default());
     }
-    let (done_tx, done_rx) = unbounded::<Result<Done>>();
-    // chunks the table already holds are never compressed again
-    let known: HashSet<[u8; 32]> = table.digests().collect();
+    let (done_tx, done_rx) = unbounded::<Processed>();
+    let (hash_tx, hash_rx) = unbounded::<Batch>();
+    let mut hasher = committer.blob.take_hasher();
 
     std::thread::scope(|s| {
-        let reader = s.spawn({
-            let mut sink = ChunkSink {
-                opts,
-                free_rx,
-                done_tx: done_tx.clone(),
-                // digests some worker is compressing or has compressed: duplicates skip it
-                claims: Arc::new(Mutex::new(known)),
-                pool: &pool,
-                seq: 0,
-                stopped: false,
-            };
-            move || {
-                let r = producer(&mut sink);
-                (r, sink.stopped)
+        // sha256 over the whole blob is the one strictly serial step; it runs beside the writes
+        let hashing = std::thread::Builder::new()
+            .name("blob-hash".into())
+            .spawn_scoped(s, move || {
+                for batch in hash_rx {
+                    for bytes in batch.stored_bytes() {
+                        hasher.update(bytes);
+                    }
+                    let mut batch = batch;
+                    batch.clear();
+                    // the producer may have finished already; then nobody needs the buffers
+                    let _ = free_tx.send(batch);
+                }
+                hasher
+            })
+            .map_err(|e| Error::InvalidOption(format!("cannot start the hash thread: {e}")))?;
+        let reader = std::thread::Builder::new()
+            .name("chunk-source".into())
+            .spawn_scoped(s, {
+                let mut sink = ChunkSink {
+                    opts,
+                    dispatch: Dispatch::Pool {
+                        pool: &pool,
+                        free_rx,
+                        done_tx,
+                    },
+                    claims,
+                    current: None,
+                    seq: 0,
+                    stopped: false,
+                };
+                move || {
+                    let r = producer(&mut sink).and_then(|r| sink.finish().map(|()| r));
+                    (r, sink.stopped)
+                }
+            })
+            .map_err(|e| Error::InvalidOption(format!("cannot start the reader thread: {e}")))?;
+        let committed = (|| {
+            for (seq, batch) in done_rx {
+                committer.accept(seq, batch, &mut |b| {
+                    let _ = hash_tx.send(b);
+                })?;
             }
-        });
-        drop(done_tx);
-        let committed = commit(done_rx, free_tx, opts, table, blob, progress);
+            Ok(())
+        })();
+        // ends the hash thread, which releases the free batches: that unblocks a producer
+        // waiting for one after an error
+        drop(hash_tx);
+        let hashed = hashing.join();
         let (produced, stopped) = reader.join().unwrap_or_else(|_| {
             (
                 Err(Error::InvalidOption("chunk reader thread panicked".into())),
                 false,
             )
         });
-        let per_inode = committed?;
+        committed?;
+        match hashed {
+            Ok(hasher) => committer.blob.restore_hasher(hasher),
+            Err(_) => return Err(Error::InvalidOption("blob hash thread panicked".into())),
+        }
         if stopped {
             // the writer finished without error, so it did not stop early
             return Err(Error::InvalidOption(
                 "chunk writer stopped unexpectedly".into(),
             ));
         }
-        Ok((per_inode, produced?))
+        let produced = produced?;
+        if !committer.pending.is_empty() {
+            return Err(Error::InvalidOption("chunk batches went missing".into()));
+        }
+        Ok((std::mem::take(&mut committer.per_inode), produced))
     })
 }
 
@@ -249,72 +452,372 @@ fn read_full(f: &mut dyn Read, buf: &mut [u8], name: &Path, size: u64, done: u64
     Ok(())
 }
 
+/// Reads a batch's file ranges into `raw`, in order.
+fn read_pieces(batch: &mut Batch) -> Result<()> {
+    use std::os::unix::fs::FileExt;
+    let total: usize = batch.pieces.iter().map(|p| p.len).sum();
+    batch.raw.resize(total, 0);
+    let mut at = 0;
+    let mut open: Option<(Arc<Path>, File)> = None;
+    for piece in &batch.pieces {
+        let file = match &open {
+            Some((p, f)) if Arc::ptr_eq(p, &piece.path) => f,
+            _ => {
+                let f = File::open(&piece.path).ctx("open", &*piece.path)?;
+                &open.insert((piece.path.clone(), f)).1
+            }
+        };
+        let buf = &mut batch.raw[at..at + piece.len];
+        let mut got = 0;
+        while got < buf.len() {
+            match file.read_at(&mut buf[got..], piece.offset + got as u64) {
+                Ok(0) => {
+                    return Err(Error::FileChanged {
+                        path: piece.path.to_path_buf(),
+                        expected: piece.file_size,
+                        got: piece.offset + got as u64,
+                    })
+                }
+                Ok(n) => got += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e).ctx("read", &*piece.path),
+            }
+        }
+        at += piece.len;
+    }
+    Ok(())
+}
+
 fn process(
-    mut job: Job,
+    mut batch: Batch,
     digester: Digester,
     compressor: Compressor,
     claims: &Mutex<HashSet<[u8; 32]>>,
-) -> Result<Done> {
-    let data = &job.bufs.raw;
-    let digest = digester.digest(data);
-    let crc32 = digest::crc32(data);
-    let claimed = claims
-        .lock()
-        .map(|mut set| set.insert(digest))
-        .unwrap_or(true);
-    let compressed = if claimed {
-        compressor.compress_into(data, &mut job.bufs.packed)?
-    } else {
-        false
-    };
-    Ok(Done {
-        seq: job.seq,
-        inode: job.inode,
-        digest,
-        crc32,
-        compressed,
-        claimed,
-        bufs: job.bufs,
-    })
+) -> Result<Batch> {
+    if !batch.pieces.is_empty() {
+        read_pieces(&mut batch)?;
+    }
+    let mut at = 0;
+    for slot in &mut batch.slots {
+        let data = &batch.raw[at..at + slot.len as usize];
+        slot.digest = digester.digest(data);
+        slot.crc32 = digest::crc32(data);
+        at += slot.len as usize;
+    }
+    match claims.lock() {
+        Ok(mut set) => {
+            for slot in &mut batch.slots {
+                slot.claimed = set.insert(slot.digest);
+            }
+        }
+        // a worker panicked; compressing everything is still correct
+        Err(_) => batch.slots.iter_mut().for_each(|s| s.claimed = true),
+    }
+    batch.packed.clear();
+    let mut at = 0;
+    for slot in &mut batch.slots {
+        let data = &batch.raw[at..at + slot.len as usize];
+        if slot.claimed {
+            slot.packed = compressor.compress_append(data, &mut batch.packed)?;
+        }
+        at += slot.len as usize;
+    }
+    Ok(batch)
 }
 
-fn commit(
-    done_rx: Receiver<Result<Done>>,
-    free_tx: Sender<Buffers>,
-    opts: &PipelineOptions,
-    table: &mut ChunkTable,
-    blob: &mut BlobWriter,
-    progress: &(dyn Fn(u64) + Sync),
-) -> Result<HashMap<InodeId, Vec<u32>>> {
-    let mut pending: BTreeMap<u64, Done> = BTreeMap::new();
-    let mut next = 0u64;
-    let mut per_inode: HashMap<InodeId, Vec<u32>> = HashMap::new();
-    for msg in done_rx {
-        let done = msg?;
-        pending.insert(done.seq, done);
-        while let Some(mut d) = pending.remove(&next) {
-            next += 1;
-            let size = d.bufs.raw.len() as u32;
-            let id = match table.find(&d.digest, size) {
+/// Commits processed batches to the blob strictly in sequence order.
+struct Committer<'a> {
+    opts: &'a PipelineOptions,
+    table: &'a mut ChunkTable,
+    blob: &'a mut BlobWriter,
+    progress: &'a (dyn Fn(u64) + Sync),
+    per_inode: HashMap<InodeId, Vec<u32>>,
+    /// Batches that arrived before their turn (at most the size of the batch pool). An error
+    /// waits for its turn too, so the one reported never depends on scheduling.
+    pending: BTreeMap<u64, Result<Batch>>,
+    next: u64,
+    /// Hash stored bytes here (one thread); otherwise a hash thread does it.
+    hash_inline: bool,
+}
+
+/// The committer as the inline dispatcher sees it (a trait object, so that the sink's
+/// lifetime can be shorter than the committer's borrows).
+trait AcceptBatch {
+    fn accept(
+        &mut self,
+        seq: u64,
+        batch: Result<Batch>,
+        recycle: &mut dyn FnMut(Batch),
+    ) -> Result<()>;
+}
+
+impl AcceptBatch for Committer<'_> {
+    fn accept(
+        &mut self,
+        seq: u64,
+        batch: Result<Batch>,
+        recycle: &mut dyn FnMut(Batch),
+    ) -> Result<()> {
+        self.pending.insert(seq, batch);
+        while let Some(batch) = self.pending.remove(&self.next) {
+            self.next += 1;
+            let mut batch = batch?;
+            self.commit(&mut batch)?;
+            recycle(batch);
+        }
+        Ok(())
+    }
+}
+
+impl Committer<'_> {
+    fn commit(&mut self, batch: &mut Batch) -> Result<()> {
+        let mut at = 0;
+        for i in 0..batch.slots.len() {
+            let slot = &batch.slots[i];
+            let raw_range = at..at + slot.len as usize;
+            at += slot.len as usize;
+            let (inode, len) = (slot.inode, slot.len);
+            let id = match self.table.find(&slot.digest, slot.len) {
                 Some(id) => id,
                 None => {
-                    // a later duplicate won the claim: compress here so the first copy in
-                    // sequence order is the one stored, whatever the scheduling
-                    if !d.claimed {
-                        d.compressed = opts
+                    let (digest, crc32) = (slot.digest, slot.crc32);
+                    let stored = if slot.claimed {
+                        slot.packed.clone()
+                    } else {
+                        // a later duplicate won the claim: compress here so the first copy in
+                        // sequence order is the one stored, whatever the scheduling
+                        self.opts
                             .compressor
-                            .compress_into(&d.bufs.raw, &mut d.bufs.packed)?;
-                    }
-                    let stored = d.compressed.then_some(d.bufs.packed.as_slice());
-                    let info = blob.add_chunk(d.digest, d.crc32, &d.bufs.raw, stored)?;
-                    table.push(info)
+                            .compress_append(&batch.raw[raw_range.clone()], &mut batch.packed)?
+                    };
+                    let raw = &batch.raw[raw_range.clone()];
+                    let packed = stored.clone().map(|r| &batch.packed[r]);
+                    let info = if self.hash_inline {
+                        self.blob.add_chunk(digest, crc32, raw, packed)?
+                    } else {
+                        self.blob.add_chunk_unhashed(digest, crc32, raw, packed)?
+                    };
+                    batch.stored.push(match stored {
+                        Some(r) => (true, r),
+                        None => (false, raw_range),
+                    });
+                    self.table.push(info)
                 }
             };
-            per_inode.entry(d.inode).or_default().push(id);
-            progress(u64::from(size));
-            // the reader may have finished already; then nobody needs the buffer
-            let _ = free_tx.send(d.bufs);
+            self.per_inode.entry(inode).or_default().push(id);
+            (self.progress)(u64::from(len));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::blob::BlobWriterOptions;
+
+    /// Runs the pipeline over `files` (name, bytes) written to a temp dir, half of them given
+    /// as paths and half as streams; returns the blob id, the chunk ids per file and the chunks.
+    fn build(
+        files: &[(&str, Vec<u8>)],
+        threads: usize,
+        compressor: Compressor,
+    ) -> Result<(String, Vec<Vec<u32>>, Vec<ChunkInfo>)> {
+        let dir = tempfile::tempdir().unwrap();
+        for (name, data) in files {
+            std::fs::write(dir.path().join(name), data).unwrap();
+        }
+        let opts = PipelineOptions {
+            chunk_size: 0x1000,
+            digester: Digester::Blake3,
+            compressor,
+            threads,
+        };
+        let mut blob = BlobWriter::new(
+            BlobWriterOptions {
+                compressor,
+                digester: Digester::Blake3,
+                chunk_size: 0x1000,
+                inline_meta: false,
+                blob_index: 0,
+                write_blob: true,
+                cache_dir: None,
+                v6: true,
+                aligned: false,
+                tmp_dir: None,
+            },
+            dir.path(),
+        )?;
+        let mut table = ChunkTable::default();
+        let (per_inode, ()) = run_with(&opts, &mut table, &mut blob, &|_| {}, |sink| {
+            for (i, (name, data)) in files.iter().enumerate() {
+                let path = dir.path().join(name);
+                if i % 2 == 0 {
+                    sink.add_path(i, &path, data.len() as u64)?;
+                } else {
+                    sink.add_file(i, &mut &data[..], data.len() as u64, &path)?;
+                }
+            }
+            Ok(())
+        })?;
+        blob.finish_data()?;
+        let chunks = blob.chunks().to_vec();
+        let (_, id, _) = blob.finish()?;
+        let ids = (0..files.len())
+            .map(|i| per_inode.get(&i).cloned().unwrap_or_default())
+            .collect();
+        Ok((id, ids, chunks))
+    }
+
+    fn pattern(seed: u8, len: usize) -> Vec<u8> {
+        (0..len)
+            .map(|i| (i as u8).wrapping_mul(seed) ^ (i / 7) as u8)
+            .collect()
+    }
+
+    #[test]
+    fn same_blob_at_any_thread_count_with_dedup_across_batches() {
+        // many small files (batched together), a large one (one batch per chunk) and
+        // duplicates of both, inside one batch and across batches
+        let mut files: Vec<(String, Vec<u8>)> = (0..600)
+            .map(|i| {
+                (
+                    format!("small{i}"),
+                    pattern((i % 50) as u8 + 1, 100 + i % 3000),
+                )
+            })
+            .collect();
+        files.push(("big".into(), pattern(7, 0x1000 * 300 + 17)));
+        files.push(("big-copy".into(), pattern(7, 0x1000 * 300 + 17)));
+        files.push(("empty".into(), Vec::new()));
+        let files: Vec<(&str, Vec<u8>)> =
+            files.iter().map(|(n, d)| (n.as_str(), d.clone())).collect();
+        for compressor in [Compressor::Zstd, Compressor::None] {
+            let one = build(&files, 1, compressor).unwrap();
+            for threads in [2, 3, 8] {
+                let other = build(&files, threads, compressor).unwrap();
+                assert_eq!(one.0, other.0, "blob id at {threads} threads");
+                assert_eq!(one.1, other.1, "chunk ids at {threads} threads");
+            }
+            let (_, ids, chunks) = one;
+            // 50 distinct small patterns of 3 lengths at most... each small file is one chunk
+            for (i, (_, data)) in files.iter().enumerate() {
+                let want = data.len().div_ceil(0x1000);
+                assert_eq!(ids[i].len(), want, "chunk count of file {i}");
+            }
+            let big = files.len() - 3;
+            assert_eq!(ids[big], ids[big + 1], "the copy shares every chunk");
+            // every stored chunk is unique, and the first copy in file order is the one stored
+            let mut seen = HashSet::new();
+            for c in &chunks {
+                assert!(seen.insert((c.digest, c.uncompressed_size)));
+            }
+            let first_ids: Vec<u32> = ids.iter().flatten().copied().collect();
+            let mut max = 0;
+            for id in first_ids {
+                assert!(
+                    id <= max + 1 || id < max,
+                    "chunk ids appear in first-use order"
+                );
+                max = max.max(id);
+            }
         }
     }
-    Ok(per_inode)
+
+    #[test]
+    fn a_file_that_shrank_is_named_whatever_the_threads() {
+        let files = vec![("a", pattern(3, 9000)), ("b", pattern(5, 100))];
+        for threads in [1, 2] {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("a");
+            std::fs::write(&path, &files[0].1[..5000]).unwrap();
+            let opts = PipelineOptions {
+                chunk_size: 0x1000,
+                digester: Digester::Blake3,
+                compressor: Compressor::Zstd,
+                threads,
+            };
+            let mut blob = BlobWriter::new(
+                BlobWriterOptions {
+                    compressor: Compressor::Zstd,
+                    digester: Digester::Blake3,
+                    chunk_size: 0x1000,
+                    inline_meta: false,
+                    blob_index: 0,
+                    write_blob: true,
+                    cache_dir: None,
+                    v6: true,
+                    aligned: false,
+                    tmp_dir: None,
+                },
+                dir.path(),
+            )
+            .unwrap();
+            let mut table = ChunkTable::default();
+            let err = run_with(&opts, &mut table, &mut blob, &|_| {}, |sink| {
+                sink.add_path(0, &path, 9000)?;
+                sink.add_path(1, Path::new("/nonexistent/b"), 100)
+            })
+            .unwrap_err();
+            match err {
+                Error::FileChanged {
+                    path: p,
+                    expected,
+                    got,
+                } => {
+                    assert_eq!(p, path);
+                    assert_eq!(expected, 9000);
+                    assert_eq!(got, 5000);
+                }
+                other => panic!("unexpected error at {threads} threads: {other}"),
+            }
+        }
+    }
+
+    #[test]
+    fn an_error_late_in_a_long_run_stops_the_producer() {
+        // more batches than the pool holds, then a missing file: the run must end with
+        // that error instead of waiting for a free batch forever
+        let files: Vec<(&str, Vec<u8>)> = (0..40).map(|_| ("x", pattern(9, 0x1000))).collect();
+        let err = build(&files[..1], 2, Compressor::Zstd).map(|_| ());
+        assert!(err.is_ok());
+        let dir = tempfile::tempdir().unwrap();
+        let opts = PipelineOptions {
+            chunk_size: 0x1000,
+            digester: Digester::Blake3,
+            compressor: Compressor::Zstd,
+            threads: 2,
+        };
+        let mut blob = BlobWriter::new(
+            BlobWriterOptions {
+                compressor: Compressor::Zstd,
+                digester: Digester::Blake3,
+                chunk_size: 0x1000,
+                inline_meta: false,
+                blob_index: 0,
+                write_blob: true,
+                cache_dir: None,
+                v6: true,
+                aligned: false,
+                tmp_dir: None,
+            },
+            dir.path(),
+        )
+        .unwrap();
+        let mut table = ChunkTable::default();
+        let missing = dir.path().join("missing");
+        let err = run_with(&opts, &mut table, &mut blob, &|_| {}, |sink| {
+            sink.add_path(0, &missing, 0x1000 * 4)?;
+            for i in 0..200 {
+                let data = pattern(i as u8, 0x1000 * 2);
+                sink.add_file(i + 1, &mut &data[..], data.len() as u64, Path::new("s"))?;
+            }
+            Ok(())
+        })
+        .unwrap_err();
+        assert!(
+            matches!(&err, Error::Io { path, .. } if *path == missing),
+            "{err}"
+        );
+    }
 }

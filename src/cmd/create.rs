@@ -9,7 +9,7 @@ use sha2::{Digest as _, Sha256};
 
 use crate::blob::writer::{persist, temp_beside, temp_in};
 use crate::blob::{BlobWriter, BlobWriterOptions};
-use crate::chunk::pipeline::{self, ChunkTable, FileJob, PipelineOptions};
+use crate::chunk::pipeline::{self, ChunkTable, PipelineOptions};
 use crate::chunk::{validate_chunk_size, Compressor, Digester, DEFAULT_CHUNK_SIZE};
 use crate::cmd::merge::{compact_blobs, empty_tree, record_of};
 use crate::error::{write_error, Error, IoContext, Result};
@@ -18,7 +18,7 @@ use crate::rafs::Image;
 use crate::source::tar;
 use crate::tempfiles::Outputs;
 use crate::tree::overlay::{self, WhiteoutSpec};
-use crate::tree::{DataSource, FileType, InodeId, Tree};
+use crate::tree::{FileType, InodeId};
 
 /// Blob id written into a bootstrap inlined in its own blob (its id is not known yet).
 pub const INLINE_PLACEHOLDER_ID: &str =
@@ -381,15 +381,26 @@ fn build(
     };
     let (mut tree, per_inode, file_count, data_bytes) = match opts.source_type {
         SourceType::Directory => {
-            let tree = crate::source::dir::walk(&opts.source)?;
+            // the walk feeds the pipeline as it goes, so totals are not known up front
+            progress.start(0, 0);
+            let source = &opts.source;
+            let (per_inode, (tree, files, bytes)) = pipeline::run_with(
+                &popts,
+                &mut table,
+                &mut writer,
+                &|n| progress.advance(n),
+                |sink| {
+                    let (mut files, mut bytes) = (0u64, 0u64);
+                    let tree = crate::source::dir::walk_with(source, &mut |ino, path, size| {
+                        files += 1;
+                        bytes += size;
+                        sink.add_path(ino, path, size)
+                    })?;
+                    Ok((tree, files, bytes))
+                },
+            )?;
             timings.insert("load_tree".into(), t0.elapsed().as_secs_f64());
-            let jobs = file_jobs(&tree);
-            let data_bytes: u64 = jobs.iter().map(|j| j.size).sum();
-            progress.start(jobs.len() as u64, data_bytes);
-            let per_inode = pipeline::run(&jobs, &popts, &mut table, &mut writer, &|n| {
-                progress.advance(n)
-            })?;
-            (tree, per_inode, jobs.len() as u64, data_bytes)
+            (tree, per_inode, files, bytes)
         }
         SourceType::Tar | SourceType::TarTarfs => {
             let (raw, size, expect) = match layer {
@@ -579,27 +590,6 @@ fn build(
         timings,
     };
     publish(out, opts, outputs)
-}
-
-/// Each inode's data once, in numbering order (formats/rafs-v6.md §13).
-fn file_jobs(tree: &Tree) -> Vec<FileJob> {
-    let mut seen = vec![false; tree.inodes.len()];
-    let mut jobs = Vec::new();
-    for e in tree.numbering_order() {
-        let ino = tree.entries[e].inode;
-        let inode = &tree.inodes[ino];
-        if inode.file_type != FileType::Regular || std::mem::replace(&mut seen[ino], true) {
-            continue;
-        }
-        if let DataSource::Path(p) = &inode.data {
-            jobs.push(FileJob {
-                inode: ino,
-                path: p.clone(),
-                size: inode.size,
-            });
-        }
-    }
-    jobs
 }
 
 /// Feeds tar file data to the chunk pipeline, in archive order.

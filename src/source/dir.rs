@@ -1,9 +1,10 @@
 //! Directory source: walks a local directory (never following symlinks) into a [`Tree`].
 
+use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use crate::error::{Error, IoContext, Result};
 use crate::tree::{DataSource, EntryId, FileType, Inode, InodeId, Tree};
@@ -13,6 +14,19 @@ use crate::tree::{DataSource, EntryId, FileType, Inode, InodeId, Tree};
 /// Hardlinks of every non-directory type become one inode with several names. The root keeps
 /// its own metadata (mode, owner, mtime, xattrs).
 pub fn walk(root: &Path) -> Result<Tree> {
+    walk_with(root, &mut |_, _, _| Ok(()))
+}
+
+/// [`walk`], handing each regular file with data to `on_file` (its inode, path and size) as
+/// soon as it is found, so that its data can be processed while the walk goes on.
+///
+/// Directories are read in numbering order (formats/rafs-v6.md §13: a directory's children
+/// in name order, then the subdirectories' contents, depth first), so `on_file` sees each
+/// inode once, at its first name, in the order its data goes into the blob.
+pub fn walk_with(
+    root: &Path,
+    on_file: &mut dyn FnMut(InodeId, &Path, u64) -> Result<()>,
+) -> Result<Tree> {
     let meta = std::fs::symlink_metadata(root).ctx("stat", root)?;
     if !meta.is_dir() {
         return Err(Error::Unsupported {
@@ -21,48 +35,37 @@ pub fn walk(root: &Path) -> Result<Tree> {
         });
     }
     let mut tree = Tree::new(inode_from(root, &meta)?);
-    // walkdir yields a directory's entries right after it, so the most recent directory at
-    // depth d-1 is the parent of an entry at depth d.
-    let mut dir_stack: Vec<EntryId> = vec![0];
     let mut links: HashMap<(u64, u64), InodeId> = HashMap::new();
-    for item in walkdir::WalkDir::new(root).follow_links(false).min_depth(1) {
-        let item = item.map_err(|e| {
-            let path = e.path().unwrap_or(root).to_path_buf();
-            Error::Io {
-                op: "walk",
-                path,
-                source: e
-                    .into_io_error()
-                    .unwrap_or_else(|| std::io::Error::other("walk loop")),
-            }
-        })?;
-        let path = item.path();
-        let meta = std::fs::symlink_metadata(path).ctx("stat", path)?;
-        let depth = item.depth();
-        dir_stack.truncate(depth);
-        let parent = *dir_stack.last().ok_or_else(|| Error::Unsupported {
-            path: path.to_path_buf(),
-            reason: "walk order broken".into(),
-        })?;
-        let inode = if !meta.is_dir() && meta.nlink() > 1 {
-            let key = (meta.dev(), meta.ino());
-            match links.get(&key) {
-                Some(id) => *id,
-                None => {
-                    let id = tree.add_inode(inode_from(path, &meta)?);
-                    links.insert(key, id);
-                    id
+    let mut pending: Vec<(EntryId, PathBuf)> = vec![(0, root.to_path_buf())];
+    let mut subdirs: Vec<(EntryId, PathBuf)> = Vec::new();
+    while let Some((dir, dir_path)) = pending.pop() {
+        let mut items = std::fs::read_dir(&dir_path)
+            .and_then(|rd| rd.collect::<std::io::Result<Vec<_>>>())
+            .ctx("read directory", &dir_path)?;
+        items.sort_by(|a, b| a.file_name().as_bytes().cmp(b.file_name().as_bytes()));
+        for item in items {
+            let path = item.path();
+            // stat relative to the open directory: no path lookup from the root
+            let meta = item.metadata().ctx("stat", &path)?;
+            let (inode, new) = if !meta.is_dir() && meta.nlink() > 1 {
+                match links.entry((meta.dev(), meta.ino())) {
+                    Entry::Occupied(o) => (*o.get(), false),
+                    Entry::Vacant(v) => {
+                        (*v.insert(tree.add_inode(inode_from(&path, &meta)?)), true)
+                    }
                 }
+            } else {
+                (tree.add_inode(inode_from(&path, &meta)?), true)
+            };
+            let entry = tree.add_entry(dir, item.file_name().as_bytes(), inode)?;
+            if meta.is_dir() {
+                subdirs.push((entry, path));
+            } else if new && meta.is_file() && meta.len() > 0 {
+                on_file(inode, &path, meta.len())?;
             }
-        } else {
-            tree.add_inode(inode_from(path, &meta)?)
-        };
-        let entry = tree.add_entry(parent, item.file_name().as_bytes(), inode)?;
-        if meta.is_dir() {
-            dir_stack.push(entry);
         }
+        pending.extend(subdirs.drain(..).rev());
     }
-    tree.sort();
     Ok(tree)
 }
 

@@ -1,10 +1,12 @@
-//! The chunk pipeline: a reader thread cuts files into chunks, a rayon pool digests and
-//! compresses them, and the calling thread commits them in order to the blob writer.
+//! The chunk pipeline. A producer (the directory walk, or the tar reader) groups chunks into
+//! batches of about 1 MiB; worker threads read (for directories), digest and compress whole
+//! batches; the calling thread commits them strictly in order to the blob writer, and a hash
+//! thread computes the blob id beside it. With one thread, all of it runs on the caller.
 //!
-//! Output never depends on the thread count: chunks carry a sequence number and the writer
-//! commits strictly in sequence, deduplicating against what it has already committed. Memory
-//! is bounded by a fixed pool of chunk buffers (about `2 × threads + 2` chunks, raw plus
-//! compressed), whatever the size of the files or the image.
+//! Output never depends on the thread count: batches carry a sequence number, the writer
+//! commits in sequence and deduplicates against what it has already committed. Memory is
+//! bounded by a fixed pool of `2 × threads + 2` batches (each at most max(1 MiB, chunk size)
+//! of raw data plus its compressed form), whatever the size of the files or the image.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::File;
@@ -142,11 +144,10 @@ enum Dispatch<'a> {
         committer: &'a mut (dyn AcceptBatch + Send + 'a),
         spare: Option<Batch>,
     },
-    /// Batches go to a worker pool; the committer runs on another thread.
+    /// Batches go to worker threads; the committer runs on another thread.
     Pool {
-        pool: &'a rayon::ThreadPool,
+        work_tx: Sender<Batch>,
         free_rx: Receiver<Batch>,
-        done_tx: Sender<Processed>,
     },
 }
 
@@ -220,13 +221,12 @@ impl ChunkSink<'_> {
                 })?;
                 *spare = recycled;
             }
-            Dispatch::Pool { pool, done_tx, .. } => {
-                let done_tx = done_tx.clone();
-                let claims = self.claims.clone();
-                pool.spawn(move || {
-                    let seq = batch.seq;
-                    let _ = done_tx.send((seq, process(batch, digester, compressor, &claims)));
-                });
+            Dispatch::Pool { work_tx, .. } => {
+                if work_tx.send(batch).is_err() {
+                    // the workers stopped because the writer did; it reports why
+                    self.stopped = true;
+                    return Err(Error::InvalidOption("chunk writer stopped".into()));
+                }
             }
         }
         Ok(())
@@ -344,21 +344,38 @@ pub fn run_with<R: Send>(
         return Ok((committer.per_inode, produced));
     }
 
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(threads)
-        .thread_name(|i| format!("chunk-{i}"))
-        .build()
-        .map_err(|e| Error::InvalidOption(format!("cannot start {threads} threads: {e}")))?;
     let slots = 2 * threads + 2;
     let (free_tx, free_rx) = bounded::<Batch>(slots);
     for _ in 0..slots {
         let _ = free_tx.send(Batch::default());
     }
     let (done_tx, done_rx) = unbounded::<Processed>();
+    let (work_tx, work_rx) = unbounded::<Batch>();
     let (hash_tx, hash_rx) = unbounded::<Batch>();
     let mut hasher = committer.blob.take_hasher();
 
     std::thread::scope(|s| {
+        // plain threads blocking on a channel: an idle worker sleeps at once instead of
+        // spinning for work, which would take the core from the walk or the writer
+        for i in 0..threads {
+            let (work_rx, done_tx, claims) = (work_rx.clone(), done_tx.clone(), claims.clone());
+            let (digester, compressor) = (opts.digester, opts.compressor);
+            std::thread::Builder::new()
+                .name(format!("chunk-{i}"))
+                .spawn_scoped(s, move || {
+                    for batch in work_rx {
+                        let seq = batch.seq;
+                        let processed = process(batch, digester, compressor, &claims);
+                        if done_tx.send((seq, processed)).is_err() {
+                            break;
+                        }
+                    }
+                })
+                .map_err(|e| {
+                    Error::InvalidOption(format!("cannot start {threads} threads: {e}"))
+                })?;
+        }
+        drop((work_rx, done_tx));
         // sha256 over the whole blob is the one strictly serial step; it runs beside the writes
         let hashing = std::thread::Builder::new()
             .name("blob-hash".into())
@@ -380,11 +397,7 @@ pub fn run_with<R: Send>(
             .spawn_scoped(s, {
                 let mut sink = ChunkSink {
                     opts,
-                    dispatch: Dispatch::Pool {
-                        pool: &pool,
-                        free_rx,
-                        done_tx,
-                    },
+                    dispatch: Dispatch::Pool { work_tx, free_rx },
                     claims,
                     current: None,
                     seq: 0,

@@ -476,8 +476,10 @@ fn build(
     // parent a directory drops them and a tar layer keeps them for `merge`, as nydus-image does
     let keep_as_is =
         opts.whiteout_spec == WhiteoutSpec::None || opts.source_type != SourceType::Directory;
-    let tree = match (&parent, opts.whiteout_spec) {
+    let mut tree = match (&parent, opts.whiteout_spec) {
         (None, _) if keep_as_is => tree,
+        // nothing to apply: skip copying the whole tree
+        (None, spec) if !overlay::has_whiteouts(&tree, spec) => tree,
         (lower, spec) => {
             let mut merged = lower
                 .as_ref()
@@ -509,7 +511,6 @@ fn build(
         all
     };
     let (summary, file_id, files, bootstrap, table_ids) = if opts.blob_inline_meta {
-        let mut tree = tree.clone();
         let (chunks, blobs) = compact_blobs(
             &mut tree,
             &table.chunks,
@@ -532,7 +533,6 @@ fn build(
     } else {
         let (summary, id, files) = writer.finish()?;
         let new_id = summary.as_ref().map(|s| s.id.clone()).unwrap_or_default();
-        let mut tree = tree.clone();
         let (chunks, blobs) = compact_blobs(&mut tree, &table.chunks, &records(&new_id, &summary))?;
         let boot = crate::rafs::encode(opts.fs_version, &tree, &chunks, &blobs, &eopts)?;
         let ids = blobs.iter().map(|b| b.id.clone()).collect::<Vec<_>>();

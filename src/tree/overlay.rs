@@ -54,6 +54,16 @@ fn classify<'a>(name: &'a [u8], inode: &Inode, spec: WhiteoutSpec) -> Whiteout<'
     }
 }
 
+/// Whether `tree` holds anything [`apply`] treats as a whiteout or opaque marker under `spec`.
+pub fn has_whiteouts(tree: &Tree, spec: WhiteoutSpec) -> bool {
+    tree.entries.iter().any(|e| {
+        !matches!(
+            classify(&e.name, &tree.inodes[e.inode], spec),
+            Whiteout::Not
+        )
+    })
+}
+
 /// Applies `upper` onto `lower` (both with sorted children): whiteouts remove lower entries,
 /// upper entries replace or join lower ones, directories merge. Upper inodes are copied with
 /// their chunk ids mapped through `chunk_map`. The result keeps unreachable entries in its arena:

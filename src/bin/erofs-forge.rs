@@ -763,7 +763,7 @@ fn main() -> ExitCode {
                 CompressorArg::Zstd => Compressor::Zstd,
             };
             erofs_forge::cmd::bench::stage_bound(&source, c, Digester::Blake3, chunk_size, threads)
-                .map(|(secs, bytes)| println!("{{\"seconds\": {secs}, \"bytes\": {bytes}}}"))
+                .map(|b| println!("{}", serde_json::json!(b)))
                 .map_err(Into::into)
         }
         Command::ExtractBootstrap { blob, output } => {

@@ -35,12 +35,39 @@ pub struct PipelineOptions {
     pub threads: usize,
 }
 
+/// Hashes a chunk digest by its first eight bytes: digests are already uniformly random, so
+/// running them through SipHash again buys nothing.
+#[derive(Default, Clone, Copy)]
+pub struct DigestHasher(u64);
+
+impl std::hash::Hasher for DigestHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        // the digest (or the array length before it, which this replaces)
+        let mut word = [0u8; 8];
+        let n = bytes.len().min(8);
+        word[..n].copy_from_slice(&bytes[..n]);
+        self.0 = self.0.rotate_left(5) ^ u64::from_le_bytes(word);
+    }
+    fn write_u32(&mut self, v: u32) {
+        self.0 = self.0.rotate_left(5) ^ u64::from(v);
+    }
+    fn write_usize(&mut self, v: usize) {
+        self.0 = self.0.rotate_left(5) ^ v as u64;
+    }
+}
+
+/// Builds [`DigestHasher`]s.
+pub type DigestState = std::hash::BuildHasherDefault<DigestHasher>;
+
 /// The chunks already known before this run and those added by it; chunk ids index `chunks`.
 #[derive(Debug, Default, Clone)]
 pub struct ChunkTable {
     /// Every chunk, by id.
     pub chunks: Vec<ChunkInfo>,
-    by_digest: HashMap<([u8; 32], u32), u32>,
+    by_digest: HashMap<([u8; 32], u32), u32, DigestState>,
 }
 
 impl ChunkTable {
@@ -155,7 +182,7 @@ enum Dispatch<'a> {
 pub struct ChunkSink<'a> {
     opts: &'a PipelineOptions,
     dispatch: Dispatch<'a>,
-    claims: Arc<Mutex<HashSet<[u8; 32]>>>,
+    claims: Arc<Mutex<HashSet<[u8; 32], DigestState>>>,
     current: Option<Batch>,
     seq: u64,
     /// Set when the writer has stopped (on an error it reports itself).
@@ -299,8 +326,8 @@ impl Slot {
 }
 
 /// Runs `producer`; every file it gives the [`ChunkSink`] is chunked, digested and compressed
-/// in parallel and committed to `blob` in order. Returns the chunk ids of each inode and what
-/// the producer returned.
+/// in parallel and committed to `blob` in order. Returns the chunk ids of each inode (indexed by
+/// inode id; inodes without data may be missing at the end) and what the producer returned.
 ///
 /// With one thread everything runs on the calling thread. With more, the producer runs on a
 /// thread of its own, `threads` workers process batches and the calling thread commits them.
@@ -310,10 +337,10 @@ pub fn run_with<R: Send>(
     blob: &mut BlobWriter,
     progress: &(dyn Fn(u64) + Sync),
     producer: impl FnOnce(&mut ChunkSink<'_>) -> Result<R> + Send,
-) -> Result<(HashMap<InodeId, Vec<u32>>, R)> {
+) -> Result<(Vec<Vec<u32>>, R)> {
     let threads = opts.threads.max(1);
     // chunks the table already holds are never compressed again
-    let known: HashSet<[u8; 32]> = table.digests().collect();
+    let known: HashSet<[u8; 32], DigestState> = table.digests().collect();
     // digests some worker is compressing or has compressed: duplicates skip it
     let claims = Arc::new(Mutex::new(known));
     let mut committer = Committer {
@@ -321,7 +348,7 @@ pub fn run_with<R: Send>(
         table,
         blob,
         progress,
-        per_inode: HashMap::new(),
+        per_inode: Vec::new(),
         pending: BTreeMap::new(),
         next: 0,
         hash_inline: threads == 1,
@@ -344,7 +371,7 @@ pub fn run_with<R: Send>(
         return Ok((committer.per_inode, produced));
     }
 
-    let slots = 2 * threads + 2;
+    let slots = 4 * threads + 4;
     let (free_tx, free_rx) = bounded::<Batch>(slots);
     for _ in 0..slots {
         let _ = free_tx.send(Batch::default());
@@ -505,35 +532,26 @@ fn process(
     mut batch: Batch,
     digester: Digester,
     compressor: Compressor,
-    claims: &Mutex<HashSet<[u8; 32]>>,
+    claims: &Mutex<HashSet<[u8; 32], DigestState>>,
 ) -> Result<Batch> {
     if !batch.pieces.is_empty() {
         read_pieces(&mut batch)?;
     }
-    let mut at = 0;
-    for slot in &mut batch.slots {
-        let data = &batch.raw[at..at + slot.len as usize];
-        slot.digest = digester.digest(data);
-        slot.crc32 = digest::crc32(data);
-        at += slot.len as usize;
-    }
-    match claims.lock() {
-        Ok(mut set) => {
-            for slot in &mut batch.slots {
-                slot.claimed = set.insert(slot.digest);
-            }
-        }
-        // a worker panicked; compressing everything is still correct
-        Err(_) => batch.slots.iter_mut().for_each(|s| s.claimed = true),
-    }
     batch.packed.clear();
     let mut at = 0;
+    // one chunk at a time, all three passes while it is in cache
     for slot in &mut batch.slots {
         let data = &batch.raw[at..at + slot.len as usize];
+        at += slot.len as usize;
+        slot.digest = digester.digest(data);
+        slot.crc32 = digest::crc32(data);
+        // a poisoned lock means a worker panicked; compressing is still correct
+        slot.claimed = claims
+            .lock()
+            .map_or(true, |mut set| set.insert(slot.digest));
         if slot.claimed {
             slot.packed = compressor.compress_append(data, &mut batch.packed)?;
         }
-        at += slot.len as usize;
     }
     Ok(batch)
 }
@@ -544,7 +562,8 @@ struct Committer<'a> {
     table: &'a mut ChunkTable,
     blob: &'a mut BlobWriter,
     progress: &'a (dyn Fn(u64) + Sync),
-    per_inode: HashMap<InodeId, Vec<u32>>,
+    /// Chunk ids by inode id.
+    per_inode: Vec<Vec<u32>>,
     /// Batches that arrived before their turn (at most the size of the batch pool). An error
     /// waits for its turn too, so the one reported never depends on scheduling.
     pending: BTreeMap<u64, Result<Batch>>,
@@ -617,7 +636,10 @@ impl Committer<'_> {
                     self.table.push(info)
                 }
             };
-            self.per_inode.entry(inode).or_default().push(id);
+            if inode >= self.per_inode.len() {
+                self.per_inode.resize_with(inode + 1, Vec::new);
+            }
+            self.per_inode[inode].push(id);
             (self.progress)(u64::from(len));
         }
         Ok(())
@@ -677,7 +699,7 @@ mod tests {
         let chunks = blob.chunks().to_vec();
         let (_, id, _) = blob.finish()?;
         let ids = (0..files.len())
-            .map(|i| per_inode.get(&i).cloned().unwrap_or_default())
+            .map(|i| per_inode.get(i).cloned().unwrap_or_default())
             .collect();
         Ok((id, ids, chunks))
     }

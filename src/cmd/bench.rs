@@ -13,15 +13,28 @@ use crate::chunk::{digest, Compressor, Digester};
 use crate::error::{Error, IoContext, Result};
 use crate::tree::{DataSource, FileType};
 
-/// Seconds and bytes of the stage bound of the directory `source`.
+/// What [`stage_bound`] measured.
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+pub struct StageBound {
+    /// Seconds the stage took over all threads.
+    pub seconds: f64,
+    /// Bytes of file data.
+    pub bytes: u64,
+    /// Seconds the walk before it took (not part of the bound).
+    pub walk_seconds: f64,
+}
+
+/// The stage bound of the directory `source`.
 pub fn stage_bound(
     source: &Path,
     compressor: Compressor,
     digester: Digester,
     chunk_size: u32,
     threads: usize,
-) -> Result<(f64, u64)> {
+) -> Result<StageBound> {
+    let walk_start = Instant::now();
     let tree = crate::source::dir::walk(source)?;
+    let walk_seconds = walk_start.elapsed().as_secs_f64();
     let mut seen = vec![false; tree.inodes.len()];
     let mut files = Vec::new();
     for e in tree.numbering_order() {
@@ -57,5 +70,9 @@ pub fn stage_bound(
             },
         )
     })?;
-    Ok((t.elapsed().as_secs_f64(), bytes))
+    Ok(StageBound {
+        seconds: t.elapsed().as_secs_f64(),
+        bytes,
+        walk_seconds,
+    })
 }

@@ -465,9 +465,11 @@ fn build(
             (tree, per_inode, files, bytes)
         }
     };
-    let chunk_refs: u64 = per_inode.values().map(|v| v.len() as u64).sum();
-    for (ino, ids) in per_inode {
-        tree.inodes[ino].chunks = ids;
+    let chunk_refs: u64 = per_inode.iter().map(|v| v.len() as u64).sum();
+    for (ino, ids) in per_inode.into_iter().enumerate() {
+        if !ids.is_empty() {
+            tree.inodes[ino].chunks = ids;
+        }
     }
     let data_summary = writer.finish_data()?;
     timings.insert("dump_blob".into(), t1.elapsed().as_secs_f64());

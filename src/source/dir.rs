@@ -40,11 +40,14 @@ pub fn walk_with(
     let mut subdirs: Vec<(EntryId, PathBuf)> = Vec::new();
     while let Some((dir, dir_path)) = pending.pop() {
         let mut items = std::fs::read_dir(&dir_path)
-            .and_then(|rd| rd.collect::<std::io::Result<Vec<_>>>())
+            .and_then(|rd| {
+                rd.map(|item| item.map(|item| (item.file_name(), item)))
+                    .collect::<std::io::Result<Vec<_>>>()
+            })
             .ctx("read directory", &dir_path)?;
-        items.sort_by(|a, b| a.file_name().as_bytes().cmp(b.file_name().as_bytes()));
-        for item in items {
-            let path = item.path();
+        items.sort_unstable_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
+        for (name, item) in items {
+            let path = dir_path.join(&name);
             // stat relative to the open directory: no path lookup from the root
             let meta = item.metadata().ctx("stat", &path)?;
             let (inode, new) = if !meta.is_dir() && meta.nlink() > 1 {
@@ -57,7 +60,7 @@ pub fn walk_with(
             } else {
                 (tree.add_inode(inode_from(&path, &meta)?), true)
             };
-            let entry = tree.add_entry(dir, item.file_name().as_bytes(), inode)?;
+            let entry = tree.add_entry(dir, name.as_bytes(), inode)?;
             if meta.is_dir() {
                 subdirs.push((entry, path));
             } else if new && meta.is_file() && meta.len() > 0 {

@@ -252,6 +252,25 @@ mod tests {
     use FileType::*;
 
     #[test]
+    fn has_whiteouts_sees_each_kind_under_its_spec() {
+        let plain = tree(&[("a/b", Regular), ("c", CharDevice)]);
+        assert!(!has_whiteouts(&plain, WhiteoutSpec::Oci));
+        // a 0:0 character device is a whiteout only to overlayfs
+        assert!(has_whiteouts(&plain, WhiteoutSpec::Overlayfs));
+        assert!(!has_whiteouts(&plain, WhiteoutSpec::None));
+        let oci = tree(&[("a/.wh.b", Regular)]);
+        assert!(has_whiteouts(&oci, WhiteoutSpec::Oci));
+        assert!(!has_whiteouts(&oci, WhiteoutSpec::Overlayfs));
+        let opaque = tree(&[("d/.wh..wh..opq", Regular)]);
+        assert!(has_whiteouts(&opaque, WhiteoutSpec::Oci));
+        let mut xattr = tree(&[("d/x", Regular)]);
+        let d = xattr.entries[xattr.entries[0].children[0]].inode;
+        xattr.inodes[d].set_xattrs(vec![(OVERLAY_OPAQUE_XATTR.to_vec(), b"y".to_vec())]);
+        assert!(has_whiteouts(&xattr, WhiteoutSpec::Overlayfs));
+        assert!(!has_whiteouts(&xattr, WhiteoutSpec::Oci));
+    }
+
+    #[test]
     fn oci_whiteouts_and_opaque() {
         let mut low = tree(&[
             ("a/x", Regular),

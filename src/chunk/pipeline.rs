@@ -135,6 +135,18 @@ struct Batch {
 }
 
 impl Batch {
+    /// A batch whose buffers never grow for chunks up to `limit` bytes in all: allocated once,
+    /// on one thread, they do not scatter over the allocator's per-thread arenas.
+    fn with_limit(limit: usize) -> Batch {
+        Batch {
+            raw: Vec::with_capacity(limit),
+            // the compressed chunks kept are smaller than the raw ones; the last one may
+            // briefly need its compression bound beyond that
+            packed: Vec::with_capacity(limit + limit / 128 + 4096),
+            ..Batch::default()
+        }
+    }
+
     fn push(&mut self, inode: InodeId, len: usize) {
         self.slots.push(Slot::new(inode, len));
         self.bytes += len;
@@ -212,7 +224,9 @@ impl ChunkSink<'_> {
         }
         if self.current.is_none() {
             let batch = match &mut self.dispatch {
-                Dispatch::Inline { spare, .. } => spare.take().unwrap_or_default(),
+                Dispatch::Inline { spare, .. } => {
+                    spare.take().unwrap_or_else(|| Batch::with_limit(limit))
+                }
                 Dispatch::Pool { free_rx, .. } => match free_rx.recv() {
                     Ok(batch) => batch,
                     Err(_) => {
@@ -224,7 +238,7 @@ impl ChunkSink<'_> {
             };
             self.current = Some(batch);
         }
-        Ok(self.current.get_or_insert_with(Batch::default))
+        Ok(self.current.get_or_insert_with(|| Batch::with_limit(limit)))
     }
 
     fn dispatch_current(&mut self) -> Result<()> {
@@ -374,7 +388,7 @@ pub fn run_with<R: Send>(
     let slots = 4 * threads + 4;
     let (free_tx, free_rx) = bounded::<Batch>(slots);
     for _ in 0..slots {
-        let _ = free_tx.send(Batch::default());
+        let _ = free_tx.send(Batch::with_limit(BATCH_BYTES.max(opts.chunk_size as usize)));
     }
     let (done_tx, done_rx) = unbounded::<Processed>();
     let (work_tx, work_rx) = unbounded::<Batch>();

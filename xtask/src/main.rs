@@ -318,7 +318,7 @@ fn warm(path: &Path) {
 }
 
 /// The peak memory the README promises for `create` at the default chunk size: a fixed base,
-/// a compression context per thread, the batch pool (`2 × threads + 2` batches of at most
+/// a compression context per thread, the batch pool (`4 × threads + 4` batches of at most
 /// 1 MiB raw plus as much compressed) and the metadata of each entry. It does not grow with
 /// the file data.
 fn rss_bound_kib(threads: u64, entries: u64) -> u64 {
@@ -327,7 +327,7 @@ fn rss_bound_kib(threads: u64, entries: u64) -> u64 {
     const PER_ENTRY_BYTES: u64 = 1536;
     BASE_KIB
         + threads * PER_THREAD_KIB
-        + (2 * threads + 2) * 2 * 1024
+        + (4 * threads + 4) * 2 * 1024
         + entries * PER_ENTRY_BYTES / 1024
 }
 

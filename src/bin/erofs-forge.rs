@@ -304,7 +304,8 @@ struct CreateArgs {
     /// Write the build result as JSON.
     #[arg(short = 'J', long)]
     output_json: Option<PathBuf>,
-    /// Worker threads for digest and compression (default: all cores).
+    /// Worker threads that read, digest and compress (default: all cores). With 1, the whole
+    /// build runs on one thread; output is identical at any count.
     #[arg(long, default_value = "0")]
     threads: usize,
     /// How whiteouts are spelled in the source: oci, overlayfs or none.

@@ -13,9 +13,9 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::File;
 use std::io::Read;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 
-use crossbeam_channel::{bounded, unbounded, Receiver, Sender};
+use crossbeam_channel::{unbounded, Sender};
 use sha2::{Digest as _, Sha256};
 
 use super::{digest, Compressor, Digester};
@@ -128,6 +128,7 @@ struct Batch {
     /// Local file ranges still to read into `raw` (directory sources); empty when the
     /// producer filled `raw` itself (streams).
     pieces: Vec<Piece>,
+    /// The chunks' bytes, in order, in the first `bytes` bytes (what lies beyond is stale).
     raw: Vec<u8>,
     packed: Vec<u8>,
     /// What the committer stored in the blob, in order, for the blob-id hasher: a range of
@@ -157,7 +158,8 @@ impl Batch {
         self.bytes = 0;
         self.slots.clear();
         self.pieces.clear();
-        self.raw.clear();
+        // `raw` keeps its length: its bytes are overwritten before they are read again, and
+        // zeroing a MiB per batch would cost as much as the read
         self.packed.clear();
         self.stored.clear();
     }
@@ -174,6 +176,51 @@ impl Batch {
     }
 }
 
+/// The free batches, most recently returned first: those have their pages mapped and are
+/// likely still in cache. Closed once the writer stops, which wakes a waiting producer.
+struct BatchPool {
+    state: Mutex<(Vec<Batch>, bool)>,
+    returned: Condvar,
+}
+
+impl BatchPool {
+    fn new(batches: Vec<Batch>) -> BatchPool {
+        BatchPool {
+            state: Mutex::new((batches, false)),
+            returned: Condvar::new(),
+        }
+    }
+
+    /// The next free batch, waiting for one; `None` once the pool is closed.
+    fn take(&self) -> Option<Batch> {
+        let mut state = self.state.lock().ok()?;
+        loop {
+            if state.1 {
+                return None;
+            }
+            if let Some(batch) = state.0.pop() {
+                return Some(batch);
+            }
+            state = self.returned.wait(state).ok()?;
+        }
+    }
+
+    fn give(&self, mut batch: Batch) {
+        batch.clear();
+        if let Ok(mut state) = self.state.lock() {
+            state.0.push(batch);
+        }
+        self.returned.notify_one();
+    }
+
+    fn close(&self) {
+        if let Ok(mut state) = self.state.lock() {
+            state.1 = true;
+        }
+        self.returned.notify_all();
+    }
+}
+
 /// What a worker hands back: the batch, or the error that stopped it.
 type Processed = (u64, Result<Batch>);
 
@@ -187,7 +234,7 @@ enum Dispatch<'a> {
     /// Batches go to worker threads; the committer runs on another thread.
     Pool {
         work_tx: Sender<Batch>,
-        free_rx: Receiver<Batch>,
+        pool: &'a BatchPool,
     },
 }
 
@@ -216,7 +263,7 @@ impl ChunkSink<'_> {
             let other_kind = if stream {
                 !b.pieces.is_empty()
             } else {
-                !b.raw.is_empty()
+                b.pieces.is_empty()
             };
             !b.slots.is_empty() && (b.bytes + len > limit || other_kind)
         });
@@ -228,9 +275,9 @@ impl ChunkSink<'_> {
                 Dispatch::Inline { spare, .. } => {
                     spare.take().unwrap_or_else(|| Batch::with_limit(limit))
                 }
-                Dispatch::Pool { free_rx, .. } => match free_rx.recv() {
-                    Ok(batch) => batch,
-                    Err(_) => {
+                Dispatch::Pool { pool, .. } => match pool.take() {
+                    Some(batch) => batch,
+                    None => {
                         // the writer stopped on an error of its own; it reports that one
                         self.stopped = true;
                         return Err(Error::InvalidOption("chunk writer stopped".into()));
@@ -287,9 +334,12 @@ impl ChunkSink<'_> {
         while left > 0 {
             let len = left.min(u64::from(self.opts.chunk_size)) as usize;
             let batch = self.batch_for(len, true)?;
-            let start = batch.raw.len();
-            batch.raw.resize(start + len, 0);
-            read_full(reader, &mut batch.raw[start..], name, size, size - left)?;
+            let start = batch.bytes;
+            if batch.raw.len() < start + len {
+                batch.raw.resize(start + len, 0);
+            }
+            let buf = &mut batch.raw[start..start + len];
+            read_full(reader, buf, name, size, size - left)?;
             batch.push(inode, len);
             left -= len as u64;
         }
@@ -392,10 +442,8 @@ pub fn run_with<R: Send>(
     // deep enough that batches finishing out of order do not stall the workers (with
     // 2 × threads + 2, trees of small files measured about 5% slower)
     let slots = 4 * threads + 4;
-    let (free_tx, free_rx) = bounded::<Batch>(slots);
-    for _ in 0..slots {
-        let _ = free_tx.send(Batch::with_limit(BATCH_BYTES.max(opts.chunk_size as usize)));
-    }
+    let limit = BATCH_BYTES.max(opts.chunk_size as usize);
+    let pool = &BatchPool::new((0..slots).map(|_| Batch::with_limit(limit)).collect());
     let (done_tx, done_rx) = unbounded::<Processed>();
     let (work_tx, work_rx) = unbounded::<Batch>();
     let (hash_tx, hash_rx) = unbounded::<Batch>();
@@ -405,8 +453,6 @@ pub fn run_with<R: Send>(
     } else {
         Sha256::default()
     };
-    // the committer hands batches to the hash thread, or straight back to the producer
-    let recycle_tx = (!hash_thread).then(|| free_tx.clone());
 
     std::thread::scope(|s| {
         // plain threads blocking on a channel: an idle worker sleeps at once instead of
@@ -435,20 +481,18 @@ pub fn run_with<R: Send>(
             let thread = std::thread::Builder::new()
                 .name("blob-hash".into())
                 .spawn_scoped(s, move || {
-                    for mut batch in hash_rx {
+                    for batch in hash_rx {
                         for bytes in batch.stored_bytes() {
                             hasher.update(bytes);
                         }
-                        batch.clear();
-                        // the producer may have finished already; then nobody needs it
-                        let _ = free_tx.send(batch);
+                        pool.give(batch);
                     }
                     hasher
                 })
                 .map_err(|e| Error::InvalidOption(format!("cannot start the hash thread: {e}")))?;
             Some(thread)
         } else {
-            drop((free_tx, hash_rx));
+            drop(hash_rx);
             None
         };
         let reader = std::thread::Builder::new()
@@ -456,7 +500,7 @@ pub fn run_with<R: Send>(
             .spawn_scoped(s, {
                 let mut sink = ChunkSink {
                     opts,
-                    dispatch: Dispatch::Pool { work_tx, free_rx },
+                    dispatch: Dispatch::Pool { work_tx, pool },
                     claims,
                     current: None,
                     seq: 0,
@@ -470,23 +514,21 @@ pub fn run_with<R: Send>(
             .map_err(|e| Error::InvalidOption(format!("cannot start the reader thread: {e}")))?;
         let committed = (|| {
             for (seq, batch) in done_rx {
-                committer.accept(seq, batch, &mut |mut b| match &recycle_tx {
-                    Some(free_tx) => {
-                        b.clear();
-                        // the producer may have finished already; then nobody needs it
-                        let _ = free_tx.send(b);
-                    }
-                    None => {
+                // the committer hands batches to the hash thread, or straight back
+                committer.accept(seq, batch, &mut |b| {
+                    if hash_thread {
                         let _ = hash_tx.send(b);
+                    } else {
+                        pool.give(b);
                     }
                 })?;
             }
             Ok(())
         })();
-        // ends the hash thread, which releases the free batches: that unblocks a producer
-        // waiting for one after an error
-        drop((hash_tx, recycle_tx));
+        drop(hash_tx);
         let hashed = hashing.map(|t| t.join());
+        // after an error, wakes a producer waiting for a free batch
+        pool.close();
         let (produced, stopped) = reader.join().unwrap_or_else(|_| {
             (
                 Err(Error::InvalidOption("chunk reader thread panicked".into())),
@@ -536,7 +578,9 @@ fn read_full(f: &mut dyn Read, buf: &mut [u8], name: &Path, size: u64, done: u64
 fn read_pieces(batch: &mut Batch) -> Result<()> {
     use std::os::unix::fs::FileExt;
     let total: usize = batch.pieces.iter().map(|p| p.len).sum();
-    batch.raw.resize(total, 0);
+    if batch.raw.len() < total {
+        batch.raw.resize(total, 0);
+    }
     let mut at = 0;
     let mut open: Option<(Arc<Path>, File)> = None;
     for piece in &batch.pieces {

@@ -3,7 +3,7 @@
 //! - `full-tree DIR [--big]`   build the every-entry-kind tree (root)
 //! - `debian DIR`              debootstrap a Debian bookworm minbase tree (root, network)
 //! - `kernel-check [DIR...]`   build images of each tree with each compressor and mount them
-//! - `bench [DIR...]`          time `create` at 1 and 2 threads (best of 5) next to the stage
+//! - `bench [DIR...]`          time `create` at 1 and 2 threads (median of 5) next to the stage
 //!   bound; MB/s, files/s, peak RSS, speed-up, identical output; default corpora: the sample and
 //!   whichever of target/xtask-trees/{debian,small,dedup,linux} exist
 //! - `linux DIR`               unpack the Linux 6.1 source (Debian's linux-source-6.1)
@@ -199,31 +199,31 @@ struct Measured {
     max_rss_kib: i64,
 }
 
-/// Runs of each build; the best counts.
+/// Runs of each build and of its stage bound; the medians count.
 const RUNS: usize = 5;
 
-/// The stage bound of `tree`: the seconds `erofs-forge bench-bound` reports for reading,
-/// digesting and compressing its file data alone (the walk before it is not counted); the best
-/// of [`RUNS`].
+/// The stage bound of `tree`, once: the seconds `erofs-forge bench-bound` reports for reading,
+/// digesting and compressing its file data alone (the walk before it is not counted).
 fn stage_bound(bin: &Path, tree: &Path, compressor: &str, threads: &str) -> Result<f64> {
-    let mut best = f64::MAX;
-    for _ in 0..RUNS {
-        warm(tree);
-        let out = Command::new(bin)
-            .arg("bench-bound")
-            .arg(tree)
-            .args(["--compressor", compressor, "--threads", threads])
-            .output()?;
-        if !out.status.success() {
-            bail!(
-                "bench-bound failed: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
-        best = best.min(v["seconds"].as_f64().context("bench-bound output")?);
+    warm(tree);
+    let out = Command::new(bin)
+        .arg("bench-bound")
+        .arg(tree)
+        .args(["--compressor", compressor, "--threads", threads])
+        .output()?;
+    if !out.status.success() {
+        bail!(
+            "bench-bound failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
-    Ok(best)
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    v["seconds"].as_f64().context("bench-bound output")
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
 }
 
 /// Runs `cmd` in a child of a fresh `xtask measure` process so that RUSAGE_CHILDREN covers
@@ -407,28 +407,28 @@ fn bench(trees: Vec<PathBuf>) -> Result<()> {
                         ]);
                         a
                     };
-                    // once to warm the page cache, then the best of three: the machine's
-                    // noise (other tenants, page-cache writeback) only ever adds time
+                    // once unmeasured, to warm up
                     measure(&args(&work_dir("bench")?))?;
-                    let mut m: Option<Measured> = None;
+                    // build and bound take turns, so both meet the machine in the same state;
+                    // each side reports its median run
+                    let mut samples: Vec<Measured> = Vec::new();
+                    let mut bounds = Vec::new();
                     let mut out = PathBuf::new();
-                    let mut max_rss_kib = 0;
                     for _ in 0..RUNS {
                         out = work_dir("bench")?;
                         // start each run with no dirty pages (a previous run's writeback would
                         // throttle this one's writes) and the source in the page cache
                         run(&mut Command::new("sync"))?;
                         warm(input);
-                        let sample = measure(&args(&out))?;
-                        // memory is not noise: the largest peak of all runs is reported
-                        max_rss_kib = max_rss_kib.max(sample.max_rss_kib);
-                        if m.as_ref().is_none_or(|b| sample.wall < b.wall) {
-                            m = Some(sample);
-                        }
+                        samples.push(measure(&args(&out))?);
+                        bounds.push(stage_bound(&bin, &tree, compressor, threads)?);
                     }
-                    let mut m = m.context("no run")?;
+                    // memory is not noise: the largest peak of all runs is reported
+                    let max_rss_kib = samples.iter().map(|s| s.max_rss_kib).max().unwrap_or(0);
+                    samples.sort_by(|a, b| a.wall.total_cmp(&b.wall));
+                    let mut m = samples.swap_remove(samples.len() / 2);
                     m.max_rss_kib = max_rss_kib;
-                    let bound = stage_bound(&bin, &tree, compressor, threads)?;
+                    let bound = median(bounds);
                     let d = digest_outputs(&out)?;
                     let (same, speedup) = match &first {
                         None => {
@@ -486,7 +486,7 @@ fn bench(trees: Vec<PathBuf>) -> Result<()> {
     std::fs::write(&path, serde_json::to_string_pretty(&rows)?)?;
     println!("results: {}", path.display());
     println!("ratio = stage bound time / build time (>= 1: the build is at least as fast as the bound); x1 = speedup over 1 thread;");
-    println!("max MiB = the README's peak-memory bound for that many entries (the bench fails above it); best of {RUNS} runs, page cache warm");
+    println!("max MiB = the README's peak-memory bound for that many entries (the bench fails above it); median of {RUNS} runs (build and bound taking turns), page cache warm");
     Ok(())
 }
 

@@ -66,52 +66,50 @@ impl Compressor {
         out: &mut Vec<u8>,
     ) -> Result<Option<std::ops::Range<usize>>> {
         let start = out.len();
+        out.resize(start + self.bound(data.len())?, 0);
+        let n = self.compress_to_slice(data, &mut out[start..]);
+        let n = n.inspect_err(|_| out.truncate(start))?;
+        out.truncate(start + n.unwrap_or(0));
+        Ok(n.map(|n| start..start + n))
+    }
+
+    /// The most bytes compressing `len` bytes can take (0 for `None`).
+    pub fn bound(self, len: usize) -> Result<usize> {
+        match self {
+            Compressor::None => Ok(0),
+            Compressor::Lz4Block => lz4::block::compress_bound(len).map_err(|e| codec("lz4", e)),
+            Compressor::Zstd => Ok(zstd::zstd_safe::compress_bound(len)),
+        }
+    }
+
+    /// Compresses `data` into the start of `out`, which must hold [`Compressor::bound`] bytes.
+    /// Returns the compressed length, or `None` when it would not be strictly smaller than
+    /// `data`.
+    pub fn compress_to_slice(self, data: &[u8], out: &mut [u8]) -> Result<Option<usize>> {
         let n = match self {
             Compressor::None => return Ok(None),
-            Compressor::Lz4Block => {
-                let bound = lz4::block::compress_bound(data.len()).map_err(|e| codec("lz4", e))?;
-                out.resize(start + bound, 0);
-                lz4::block::compress_to_buffer(
-                    data,
-                    Some(lz4::block::CompressionMode::DEFAULT),
-                    false,
-                    &mut out[start..],
-                )
-                .map_err(|e| codec("lz4", e))
-            }
-            Compressor::Zstd => {
-                let bound = zstd::zstd_safe::compress_bound(data.len());
-                out.resize(start + bound, 0);
-                // a context costs about as much to set up as compressing a small chunk, so each
-                // thread keeps one; zstd output does not depend on the context's history
-                ZSTD_CONTEXT.with(|cell| -> Result<usize> {
-                    let mut slot = cell.borrow_mut();
-                    let ctx = match &mut *slot {
-                        Some(ctx) => ctx,
-                        None => slot.insert(
-                            zstd::bulk::Compressor::new(ZSTD_LEVEL)
-                                .map_err(|e| codec("zstd", e))?,
-                        ),
-                    };
-                    ctx.compress_to_buffer(data, &mut out[start..])
-                        .map_err(|e| codec("zstd", e))
-                })
-            }
+            Compressor::Lz4Block => lz4::block::compress_to_buffer(
+                data,
+                Some(lz4::block::CompressionMode::DEFAULT),
+                false,
+                out,
+            )
+            .map_err(|e| codec("lz4", e))?,
+            // a context costs about as much to set up as compressing a small chunk, so each
+            // thread keeps one; zstd output does not depend on the context's history
+            Compressor::Zstd => ZSTD_CONTEXT.with(|cell| -> Result<usize> {
+                let mut slot = cell.borrow_mut();
+                let ctx = match &mut *slot {
+                    Some(ctx) => ctx,
+                    None => slot.insert(
+                        zstd::bulk::Compressor::new(ZSTD_LEVEL).map_err(|e| codec("zstd", e))?,
+                    ),
+                };
+                ctx.compress_to_buffer(data, out)
+                    .map_err(|e| codec("zstd", e))
+            })?,
         };
-        match n {
-            Ok(n) if n < data.len() => {
-                out.truncate(start + n);
-                Ok(Some(start..start + n))
-            }
-            Ok(_) => {
-                out.truncate(start);
-                Ok(None)
-            }
-            Err(e) => {
-                out.truncate(start);
-                Err(e)
-            }
-        }
+        Ok((n < data.len()).then_some(n))
     }
 
     /// Decompresses `data` into exactly `size` bytes.

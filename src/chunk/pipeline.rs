@@ -130,7 +130,9 @@ struct Batch {
     pieces: Vec<Piece>,
     /// The chunks' bytes, in order, in the first `bytes` bytes (what lies beyond is stale).
     raw: Vec<u8>,
+    /// Compressed chunks, in the first `packed_end` bytes (the rest is stale, like `raw`'s).
     packed: Vec<u8>,
+    packed_end: usize,
     /// What the committer stored in the blob, in order, for the blob-id hasher: a range of
     /// `packed` (true) or of `raw` (false).
     stored: Vec<(bool, std::ops::Range<usize>)>,
@@ -160,8 +162,28 @@ impl Batch {
         self.pieces.clear();
         // `raw` keeps its length: its bytes are overwritten before they are read again, and
         // zeroing a MiB per batch would cost as much as the read
-        self.packed.clear();
+        self.packed_end = 0;
         self.stored.clear();
+    }
+
+    /// Compresses `raw[range]` after the chunks `packed` already holds. Returns where it went,
+    /// or `None` when it does not shrink.
+    fn pack(
+        &mut self,
+        compressor: Compressor,
+        range: std::ops::Range<usize>,
+    ) -> Result<Option<std::ops::Range<usize>>> {
+        let start = self.packed_end;
+        let need = start + compressor.bound(range.len())?;
+        if self.packed.len() < need {
+            // only while the buffer is new: later uses overwrite what is there
+            self.packed.resize(need, 0);
+        }
+        let n = compressor.compress_to_slice(&self.raw[range], &mut self.packed[start..])?;
+        Ok(n.map(|n| {
+            self.packed_end += n;
+            start..start + n
+        }))
     }
 
     /// The bytes the committer stored, in order.
@@ -621,20 +643,23 @@ fn process(
     if !batch.pieces.is_empty() {
         read_pieces(&mut batch)?;
     }
-    batch.packed.clear();
+    batch.packed_end = 0;
     let mut at = 0;
     // one chunk at a time, all three passes while it is in cache
-    for slot in &mut batch.slots {
-        let data = &batch.raw[at..at + slot.len as usize];
-        at += slot.len as usize;
-        slot.digest = digester.digest(data);
+    for i in 0..batch.slots.len() {
+        let range = at..at + batch.slots[i].len as usize;
+        at = range.end;
+        let data = &batch.raw[range.clone()];
+        let chunk_digest = digester.digest(data);
+        let slot = &mut batch.slots[i];
+        slot.digest = chunk_digest;
         slot.crc32 = digest::crc32(data);
         // a poisoned lock means a worker panicked; compressing is still correct
         slot.claimed = claims
             .lock()
-            .map_or(true, |mut set| set.insert(slot.digest));
+            .map_or(true, |mut set| set.insert(chunk_digest));
         if slot.claimed {
-            slot.packed = compressor.compress_append(data, &mut batch.packed)?;
+            batch.slots[i].packed = batch.pack(compressor, range)?;
         }
     }
     Ok(batch)
@@ -702,9 +727,7 @@ impl Committer<'_> {
                     } else {
                         // a later duplicate won the claim: compress here so the first copy in
                         // sequence order is the one stored, whatever the scheduling
-                        self.opts
-                            .compressor
-                            .compress_append(&batch.raw[raw_range.clone()], &mut batch.packed)?
+                        batch.pack(self.opts.compressor, raw_range.clone())?
                     };
                     let raw = &batch.raw[raw_range.clone()];
                     let packed = stored.clone().map(|r| &batch.packed[r]);

@@ -758,24 +758,15 @@ mod tests {
     use super::*;
     use crate::blob::BlobWriterOptions;
 
-    /// Runs the pipeline over `files` (name, bytes) written to a temp dir, half of them given
-    /// as paths and half as streams; returns the blob id, the chunk ids per file and the chunks.
-    fn build(
-        files: &[(&str, Vec<u8>)],
-        threads: usize,
-        compressor: Compressor,
-    ) -> Result<(String, Vec<Vec<u32>>, Vec<ChunkInfo>)> {
-        let dir = tempfile::tempdir().unwrap();
-        for (name, data) in files {
-            std::fs::write(dir.path().join(name), data).unwrap();
-        }
+    /// Pipeline options and a v6 blob writer in `dir`, with 4 KiB chunks.
+    fn setup(dir: &Path, threads: usize, compressor: Compressor) -> (PipelineOptions, BlobWriter) {
         let opts = PipelineOptions {
             chunk_size: 0x1000,
             digester: Digester::Blake3,
             compressor,
             threads,
         };
-        let mut blob = BlobWriter::new(
+        let blob = BlobWriter::new(
             BlobWriterOptions {
                 compressor,
                 digester: Digester::Blake3,
@@ -788,8 +779,24 @@ mod tests {
                 aligned: false,
                 tmp_dir: None,
             },
-            dir.path(),
-        )?;
+            dir,
+        )
+        .unwrap();
+        (opts, blob)
+    }
+
+    /// Runs the pipeline over `files` (name, bytes) written to a temp dir, half of them given
+    /// as paths and half as streams; returns the blob id, the chunk ids per file and the chunks.
+    fn build(
+        files: &[(&str, Vec<u8>)],
+        threads: usize,
+        compressor: Compressor,
+    ) -> Result<(String, Vec<Vec<u32>>, Vec<ChunkInfo>)> {
+        let dir = tempfile::tempdir().unwrap();
+        for (name, data) in files {
+            std::fs::write(dir.path().join(name), data).unwrap();
+        }
+        let (opts, mut blob) = setup(dir.path(), threads, compressor);
         let mut table = ChunkTable::default();
         let (per_inode, ()) = run_with(&opts, &mut table, &mut blob, &|_| {}, |sink| {
             for (i, (name, data)) in files.iter().enumerate() {
@@ -873,28 +880,7 @@ mod tests {
             let dir = tempfile::tempdir().unwrap();
             let path = dir.path().join("a");
             std::fs::write(&path, &data[..5000]).unwrap();
-            let opts = PipelineOptions {
-                chunk_size: 0x1000,
-                digester: Digester::Blake3,
-                compressor: Compressor::Zstd,
-                threads,
-            };
-            let mut blob = BlobWriter::new(
-                BlobWriterOptions {
-                    compressor: Compressor::Zstd,
-                    digester: Digester::Blake3,
-                    chunk_size: 0x1000,
-                    inline_meta: false,
-                    blob_index: 0,
-                    write_blob: true,
-                    cache_dir: None,
-                    v6: true,
-                    aligned: false,
-                    tmp_dir: None,
-                },
-                dir.path(),
-            )
-            .unwrap();
+            let (opts, mut blob) = setup(dir.path(), threads, Compressor::Zstd);
             let mut table = ChunkTable::default();
             let err = run_with(&opts, &mut table, &mut blob, &|_| {}, |sink| {
                 sink.add_path(0, &path, 9000)?;
@@ -921,28 +907,7 @@ mod tests {
         // more batches than the pool holds, then a missing file: the run must end with
         // that error instead of waiting for a free batch forever
         let dir = tempfile::tempdir().unwrap();
-        let opts = PipelineOptions {
-            chunk_size: 0x1000,
-            digester: Digester::Blake3,
-            compressor: Compressor::Zstd,
-            threads: 2,
-        };
-        let mut blob = BlobWriter::new(
-            BlobWriterOptions {
-                compressor: Compressor::Zstd,
-                digester: Digester::Blake3,
-                chunk_size: 0x1000,
-                inline_meta: false,
-                blob_index: 0,
-                write_blob: true,
-                cache_dir: None,
-                v6: true,
-                aligned: false,
-                tmp_dir: None,
-            },
-            dir.path(),
-        )
-        .unwrap();
+        let (opts, mut blob) = setup(dir.path(), 2, Compressor::Zstd);
         let mut table = ChunkTable::default();
         let missing = dir.path().join("missing");
         let err = run_with(&opts, &mut table, &mut blob, &|_| {}, |sink| {

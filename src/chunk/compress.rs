@@ -55,22 +55,10 @@ impl Compressor {
     /// when the result would not be strictly smaller: the caller then stores `data` raw.
     pub fn compress_into(self, data: &[u8], out: &mut Vec<u8>) -> Result<bool> {
         out.clear();
-        Ok(self.compress_append(data, out)?.is_some())
-    }
-
-    /// Appends the compressed form of `data` to `out` and returns where it lies, or returns
-    /// `None` with `out` unchanged when it would not be strictly smaller than `data`.
-    pub fn compress_append(
-        self,
-        data: &[u8],
-        out: &mut Vec<u8>,
-    ) -> Result<Option<std::ops::Range<usize>>> {
-        let start = out.len();
-        out.resize(start + self.bound(data.len())?, 0);
-        let n = self.compress_to_slice(data, &mut out[start..]);
-        let n = n.inspect_err(|_| out.truncate(start))?;
-        out.truncate(start + n.unwrap_or(0));
-        Ok(n.map(|n| start..start + n))
+        out.resize(self.bound(data.len())?, 0);
+        let n = self.compress_to_slice(data, out)?;
+        out.truncate(n.unwrap_or(0));
+        Ok(n.is_some())
     }
 
     /// The most bytes compressing `len` bytes can take (0 for `None`).
@@ -177,18 +165,16 @@ mod tests {
     }
 
     #[test]
-    fn append_keeps_what_was_there() {
+    fn compresses_into_the_start_of_a_slice() {
         let data = vec![3u8; 10_000];
         for c in [Compressor::Lz4Block, Compressor::Zstd] {
-            let mut out = b"head".to_vec();
-            let r = c.compress_append(&data, &mut out).unwrap().unwrap();
-            assert_eq!(&out[..4], b"head");
-            assert_eq!(r.start, 4);
-            assert_eq!(r.end, out.len());
-            assert_eq!(c.decompress(&out[r.clone()], data.len()).unwrap(), data);
-            assert_eq!(c.compress_append(b"abc", &mut out).unwrap(), None);
-            assert_eq!(out.len(), r.end);
+            let mut out = vec![0xAAu8; 4 + c.bound(data.len()).unwrap()];
+            let n = c.compress_to_slice(&data, &mut out[4..]).unwrap().unwrap();
+            assert_eq!(&out[..4], &[0xAA; 4], "bytes before the slice untouched");
+            assert_eq!(c.decompress(&out[4..4 + n], data.len()).unwrap(), data);
+            assert_eq!(c.compress_to_slice(b"abc", &mut out[4..]).unwrap(), None);
         }
+        assert_eq!(Compressor::None.bound(100).unwrap(), 0);
     }
 
     #[test]

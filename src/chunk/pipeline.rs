@@ -133,8 +133,8 @@ struct Batch {
     /// Compressed chunks, in the first `packed_end` bytes (the rest is stale, like `raw`'s).
     packed: Vec<u8>,
     packed_end: usize,
-    /// What the committer stored in the blob, in order, for the blob-id hasher: a range of
-    /// `packed` (true) or of `raw` (false).
+    /// What the committer stored in the blob, in order, for the hash thread (when there is
+    /// one): a range of `packed` (true) or of `raw` (false).
     stored: Vec<(bool, std::ops::Range<usize>)>,
 }
 
@@ -736,10 +736,13 @@ impl Committer<'_> {
                     } else {
                         self.blob.add_chunk_unhashed(digest, crc32, raw, packed)?
                     };
-                    batch.stored.push(match stored {
-                        Some(r) => (true, r),
-                        None => (false, raw_range),
-                    });
+                    if !self.hash_inline {
+                        // for the hash thread
+                        batch.stored.push(match stored {
+                            Some(r) => (true, r),
+                            None => (false, raw_range),
+                        });
+                    }
                     self.table.push(info)
                 }
             };

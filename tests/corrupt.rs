@@ -7,7 +7,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::Path;
 
 use erofs_forge::blob::reader::{BlobSource, ChunkReader};
-use erofs_forge::cmd::{check, inspect};
+use erofs_forge::ops::{check, inspect};
 
 /// Everything the read side does with a decoded image, errors ignored.
 fn exercise(bytes: &[u8], blobs: &Path) {
@@ -47,7 +47,7 @@ fn unpack_both(bytes: &[u8], blobs: &Path, work: &Path) {
     let boot = work.join("boot");
     std::fs::write(&boot, bytes).unwrap();
     let _ = std::fs::remove_dir_all(work.join("dir"));
-    let _ = erofs_forge::cmd::unpack::unpack(&erofs_forge::cmd::unpack::UnpackOptions {
+    let _ = erofs_forge::ops::unpack::unpack(&erofs_forge::ops::unpack::UnpackOptions {
         bootstrap: boot,
         blobs: BlobSource {
             dir: Some(blobs.to_path_buf()),

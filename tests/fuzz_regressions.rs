@@ -5,11 +5,11 @@
 mod common;
 use common::repo;
 
-use erofs_forge::cmd::{check, inspect};
+use erofs_forge::ops::{check, inspect};
 
 /// What the `v5_bootstrap` target does to its input: force the v5 magic and version.
 fn as_v5(mut bytes: Vec<u8>) -> Vec<u8> {
-    use erofs_forge::rafs::v5::format::{RAFS_V5_MAGIC, RAFS_V5_VERSION};
+    use erofs_forge::format::rafs_v5::{RAFS_V5_MAGIC, RAFS_V5_VERSION};
     if bytes.len() < 8 {
         bytes.resize(8, 0);
     }

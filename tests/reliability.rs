@@ -549,7 +549,7 @@ fn pax(kind: u8, records: &[(&str, Vec<u8>)]) -> Vec<u8> {
     out
 }
 
-fn read(tar: &[u8]) -> Result<erofs_forge::tree::Tree, String> {
+fn read(tar: &[u8]) -> Result<erofs_forge::model::Tree, String> {
     struct Skip;
     impl erofs_forge::source::tar::FileData for Skip {
         fn file(

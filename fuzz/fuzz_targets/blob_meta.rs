@@ -4,10 +4,10 @@
 //! Input: a control byte, then chunk count (u32), uncompressed size (u32) and ci offset or blob
 //! length (u64), all little-endian; the rest is the stored chunk-info array (or the tar header).
 #![no_main]
-use erofs_forge::blob::format::{features, BLOB_META_HEADER_SIZE, BLOB_META_MAGIC};
+use erofs_forge::format::blob::{features, BLOB_META_HEADER_SIZE, BLOB_META_MAGIC};
 use erofs_forge::blob::inline::{bootstrap_range, parse_tar_header};
 use erofs_forge::blob::reader::{decode_blob_meta, decode_ci_array};
-use erofs_forge::chunk::{Compressor, Digester};
+use erofs_forge::codec::{Compressor, Digester};
 use erofs_forge::rafs::BlobInfo;
 use libfuzzer_sys::fuzz_target;
 

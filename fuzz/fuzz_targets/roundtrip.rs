@@ -8,10 +8,10 @@ use std::path::{Path, PathBuf};
 
 use arbitrary::Arbitrary;
 use erofs_forge::blob::reader::{BlobSource, ChunkReader};
-use erofs_forge::chunk::Compressor;
-use erofs_forge::cmd::create::{create, CreateOptions, NoProgress, SourceType};
+use erofs_forge::codec::Compressor;
+use erofs_forge::ops::create::{create, CreateOptions, NoProgress, SourceType};
 use erofs_forge::source::tar::read_tar;
-use erofs_forge::tree::{FileType, Tree};
+use erofs_forge::model::{FileType, Tree};
 use libfuzzer_sys::fuzz_target;
 
 const NAMES: [&str; 8] = ["a", "b", "dir", "x y", "\u{e9}t\u{e9}", ".wh.w", "c\nd", "L"];
@@ -238,7 +238,7 @@ fuzz_target!(|d: Desc| {
         Ok(i) => i,
         Err(e) => panic!("our own bootstrap does not decode: {e}"),
     };
-    if let Err(e) = erofs_forge::cmd::check::validate(&image) {
+    if let Err(e) = erofs_forge::ops::check::validate(&image) {
         panic!("our own bootstrap does not validate: {e}");
     }
     // v5 keeps only regular files hardlinked

@@ -3,10 +3,10 @@
 use std::io::Read;
 use std::path::Path;
 
-use erofs_forge::cmd::{check, inspect};
+use erofs_forge::ops::{check, inspect};
 use erofs_forge::rafs::Image;
 use erofs_forge::source::tar::{DataLocation, FileData};
-use erofs_forge::tree::InodeId;
+use erofs_forge::model::InodeId;
 
 /// Everything the read side does with a decoded image that needs no blob, errors ignored:
 /// validation, the inspect requests, path building, numbering and link counts.

@@ -4,8 +4,8 @@ use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::Path;
 
-use super::format::TAR_HEADER_SIZE;
 use crate::error::{Error, IoContext, Result};
+use crate::format::blob::TAR_HEADER_SIZE;
 
 /// Upper bound on an inlined bootstrap we are willing to load.
 pub const MAX_INLINE_BOOTSTRAP: u64 = 1 << 32;

@@ -1,9 +1,10 @@
 //! Data blobs: chunk data, blob meta, framing, blob cache files (formats/blob.md).
 
-pub mod format;
 pub mod inline;
 pub mod reader;
 pub mod writer;
+
+use crate::format::blob as format;
 
 pub use writer::{BlobSummary, BlobWriter, BlobWriterOptions};
 
@@ -35,8 +36,8 @@ pub struct ChunkInfo {
 impl ChunkInfo {
     /// The 80-byte record describing this chunk at `file_offset` of a file (the v5 chunk
     /// record and the v6 chunk table entry, formats/rafs-v6.md §14).
-    pub fn to_record(&self, file_offset: u64) -> crate::rafs::v6::format::ChunkRecord {
-        crate::rafs::v6::format::ChunkRecord {
+    pub fn to_record(&self, file_offset: u64) -> crate::format::rafs_v6::ChunkRecord {
+        crate::format::rafs_v6::ChunkRecord {
             digest: self.digest,
             blob_index: self.blob_index.into(),
             flags: self.flags().into(),
@@ -51,7 +52,7 @@ impl ChunkInfo {
     }
 
     /// The chunk an 80-byte record describes.
-    pub fn from_record(r: &crate::rafs::v6::format::ChunkRecord) -> ChunkInfo {
+    pub fn from_record(r: &crate::format::rafs_v6::ChunkRecord) -> ChunkInfo {
         let flags = r.flags.get();
         ChunkInfo {
             digest: r.digest,

@@ -8,13 +8,13 @@ use std::path::{Path, PathBuf};
 
 use zerocopy::FromBytes;
 
-use super::format::{
+use super::ChunkInfo;
+use crate::codec::Compressor;
+use crate::error::{Error, IoContext, Result};
+use crate::format::blob::{
     features, BlobMetaHeader, ChunkInfoV1, BLOB_META_HEADER_SIZE, BLOB_META_MAGIC,
 };
-use super::ChunkInfo;
-use crate::chunk::Compressor;
-use crate::error::{Error, IoContext, Result};
-use crate::rafs::bytes::corrupt;
+use crate::io::bytes::corrupt;
 use crate::rafs::{BlobInfo, Image};
 
 /// Where blobs are looked up.
@@ -183,8 +183,8 @@ impl<'a> ChunkReader<'a> {
             uncompressed_size: c.uncompressed_size,
             compressed: c.compressed,
         });
-        if loc.uncompressed_size > crate::chunk::MAX_CHUNK_SIZE
-            || loc.compressed_size > crate::chunk::MAX_CHUNK_SIZE * 2
+        if loc.uncompressed_size > crate::format::blob::MAX_CHUNK_SIZE
+            || loc.compressed_size > crate::format::blob::MAX_CHUNK_SIZE * 2
         {
             return Err(corrupt(
                 "chunk",
@@ -351,7 +351,7 @@ mod tests {
             id: "b".into(),
             chunk_count,
             compressor: Compressor::Zstd,
-            digester: crate::chunk::Digester::Blake3,
+            digester: crate::codec::Digester::Blake3,
             features: 0,
             compressed_size: 0,
             uncompressed_size: 0,

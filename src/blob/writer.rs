@@ -10,11 +10,11 @@ use sha2::{Digest as _, Sha256};
 use tempfile::NamedTempFile;
 use zerocopy::IntoBytes;
 
-use super::format::{self, features, BlobMetaHeader, ChunkInfoV1};
 use super::ChunkInfo;
-use crate::chunk::{Compressor, Digester};
+use crate::codec::{Compressor, Digester};
 use crate::error::{write_error, Error, IoContext, Result};
-use crate::tempfiles::Outputs;
+use crate::format::blob::{self as format, features, BlobMetaHeader, ChunkInfoV1};
+use crate::io::staged::Outputs;
 
 /// The largest chunk index a v6 chunk index can address (24 bits, one value reserved).
 pub const MAX_CHUNKS_PER_BLOB: usize = 0xFF_FFFF;
@@ -122,7 +122,7 @@ pub fn persist(tmp: NamedTempFile, path: &Path) -> Result<()> {
     // caller (`sync`); the rename makes outputs appear whole or not at all to other processes
     match tmp.persist(path) {
         Ok(_) => {
-            crate::tempfiles::unregister(&tmp_path);
+            crate::io::staged::unregister(&tmp_path);
             Ok(())
         }
         Err(e) if e.error.raw_os_error() == Some(libc::EXDEV) => {
@@ -141,11 +141,11 @@ pub fn persist(tmp: NamedTempFile, path: &Path) -> Result<()> {
                 write_error(err, path, left)
             })?;
             drop(from);
-            crate::tempfiles::unregister(&tmp_path);
+            crate::io::staged::unregister(&tmp_path);
             persist(copy, path)
         }
         Err(e) => {
-            crate::tempfiles::unregister(&tmp_path);
+            crate::io::staged::unregister(&tmp_path);
             Err(Error::Io {
                 op: "rename into",
                 path: path.to_path_buf(),
@@ -171,7 +171,7 @@ pub fn temp_in(dir: &Path) -> Result<NamedTempFile> {
         .suffix(".tmp")
         .tempfile_in(dir)
         .ctx("create temporary file in", dir)?;
-    crate::tempfiles::register(tmp.path());
+    crate::io::staged::register(tmp.path());
     Ok(tmp)
 }
 

@@ -18,10 +18,10 @@ use std::sync::{Arc, Condvar, Mutex};
 use crossbeam_channel::{unbounded, Sender};
 use sha2::{Digest as _, Sha256};
 
-use super::{digest, Compressor, Digester};
 use crate::blob::{BlobWriter, ChunkInfo};
+use crate::codec::{digest, Compressor, Digester};
 use crate::error::{Error, IoContext, Result};
-use crate::tree::InodeId;
+use crate::model::InodeId;
 
 /// Settings of a pipeline run.
 #[derive(Debug, Clone)]

@@ -1,15 +1,14 @@
 //! RAFS bootstraps: the encoders, the decoders, and the decoded [`Image`] model.
 
-pub mod bytes;
 pub mod v5;
 pub mod v6;
 
 use std::path::Path;
 
 use crate::blob::ChunkInfo;
-use crate::chunk::{Compressor, Digester};
+use crate::codec::{Compressor, Digester};
 use crate::error::{IoContext, Result};
-use crate::tree::Tree;
+use crate::model::Tree;
 
 /// Largest bootstrap this tool loads into memory.
 pub const MAX_BOOTSTRAP_SIZE: u64 = 1 << 32;
@@ -91,13 +90,14 @@ pub fn encode(
 
 /// Decodes a bootstrap of either version.
 pub fn decode(bytes: &[u8]) -> Result<Image> {
-    if bytes.len() >= 4 && bytes[..4] == v5::format::RAFS_V5_MAGIC.to_le_bytes() {
+    if bytes.len() >= 4 && bytes[..4] == crate::format::rafs_v5::RAFS_V5_MAGIC.to_le_bytes() {
         return v5::decode::decode(bytes);
     }
-    if bytes.len() >= 1028 && bytes[1024..1028] == v6::format::EROFS_MAGIC.to_le_bytes() {
+    if bytes.len() >= 1028 && bytes[1024..1028] == crate::format::rafs_v6::EROFS_MAGIC.to_le_bytes()
+    {
         return v6::decode::decode(bytes);
     }
-    Err(bytes::corrupt(
+    Err(crate::io::bytes::corrupt(
         "bootstrap",
         0,
         "neither a RAFS v5 nor a RAFS v6 (EROFS) superblock",
@@ -140,7 +140,8 @@ pub fn load(path: &Path) -> Result<(Image, bool)> {
 
 fn is_bootstrap(bytes: &[u8]) -> bool {
     let is_v5 = bytes.len() >= 4 && bytes[..4] == 0x5241_4653u32.to_le_bytes();
-    let is_v6 = bytes.len() >= 1028 && bytes[1024..1028] == v6::format::EROFS_MAGIC.to_le_bytes();
+    let is_v6 = bytes.len() >= 1028
+        && bytes[1024..1028] == crate::format::rafs_v6::EROFS_MAGIC.to_le_bytes();
     is_v5 || is_v6
 }
 

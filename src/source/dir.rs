@@ -7,7 +7,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, IoContext, Result};
-use crate::tree::{DataSource, EntryId, FileType, Inode, InodeId, Tree};
+use crate::model::{DataSource, EntryId, FileType, Inode, InodeId, Tree};
 
 /// Reads the directory `root` into a tree with sorted children.
 ///

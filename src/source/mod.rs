@@ -1,4 +1,4 @@
-//! Sources: each turns its input into a [`crate::tree::Tree`].
+//! Sources: each turns its input into a [`crate::model::Tree`].
 
 pub mod dir;
 pub mod oci;

@@ -13,8 +13,8 @@ use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
-use super::tar::header::{self, field, kind, Magic, BLOCK};
 use crate::error::{Error, IoContext, Result};
+use crate::format::tar::{self as header, field, kind, Magic, BLOCK};
 
 /// Largest JSON document (index, manifest, config) read into memory.
 pub const MAX_JSON: u64 = 16 << 20;

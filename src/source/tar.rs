@@ -14,8 +14,6 @@
 //! * Hardlinks (to any non-directory) share the target's inode.
 //! * Whiteouts (`.wh.*`) are ordinary entries: a layer's tar is stored as it is.
 
-pub mod header;
-
 use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::fs::File;
@@ -25,9 +23,9 @@ use std::path::{Path, PathBuf};
 
 use base64::Engine as _;
 
-use self::header::{field, kind, Magic, Segment, BLOCK};
 use crate::error::{Error, IoContext, Result};
-use crate::tree::{EntryId, FileType, Inode, InodeId, Tree};
+use crate::format::tar::{self as header, field, kind, Magic, Segment, BLOCK};
+use crate::model::{EntryId, FileType, Inode, InodeId, Tree};
 
 /// Largest PAX extended header accepted (bounded memory).
 pub const MAX_PAX_HEADER: u64 = 16 << 20;

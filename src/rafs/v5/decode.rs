@@ -5,14 +5,14 @@ use std::collections::HashMap;
 
 use zerocopy::FromBytes;
 
-use super::format::*;
 use crate::blob::ChunkInfo;
-use crate::chunk::{Compressor, Digester};
+use crate::codec::{Compressor, Digester};
 use crate::error::{Error, Result};
-use crate::rafs::bytes::{corrupt, Bytes};
-use crate::rafs::v6::format::super_flags;
+use crate::format::rafs_v5::*;
+use crate::format::rafs_v6::super_flags;
+use crate::io::bytes::{corrupt, Bytes};
+use crate::model::{FileType, Inode as TreeInode, InodeId, Tree};
 use crate::rafs::{BlobInfo, Image};
-use crate::tree::{FileType, Inode as TreeInode, InodeId, Tree};
 
 const MAX_DEPTH: usize = 4096;
 

@@ -5,13 +5,13 @@ use std::collections::HashMap;
 
 use zerocopy::IntoBytes;
 
-use super::format::*;
 use crate::blob::ChunkInfo;
-use crate::chunk::{Compressor, Digester};
+use crate::codec::{Compressor, Digester};
 use crate::error::{Error, Result};
-use crate::rafs::v6::format::super_flags;
+use crate::format::rafs_v5::*;
+use crate::format::rafs_v6::super_flags;
+use crate::model::{EntryId, FileType, Tree};
 use crate::rafs::v6::BlobRecord;
-use crate::tree::{EntryId, FileType, Tree};
 
 /// The settings of a v5 bootstrap: the image-wide fields of the v6 options (chunk size,
 /// compressor, digester, uid/gid); the block size, tarfs and single-device fields are v6-only.

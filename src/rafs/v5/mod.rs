@@ -2,4 +2,3 @@
 
 pub mod decode;
 pub mod encode;
-pub mod format;

@@ -3,14 +3,14 @@
 
 use std::collections::HashMap;
 
-use super::format::*;
 use super::layout::XATTR_PREFIXES;
 use crate::blob::ChunkInfo;
-use crate::chunk::{Compressor, Digester};
+use crate::codec::{Compressor, Digester};
 use crate::error::Result;
-use crate::rafs::bytes::{corrupt, Bytes};
+use crate::format::rafs_v6::*;
+use crate::io::bytes::{corrupt, Bytes};
+use crate::model::{FileType, Inode, InodeId, Tree};
 use crate::rafs::{BlobInfo, Image};
-use crate::tree::{FileType, Inode, InodeId, Tree};
 use zerocopy::FromBytes;
 
 type XattrPair = (Vec<u8>, Vec<u8>);

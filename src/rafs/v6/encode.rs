@@ -5,12 +5,12 @@ use std::collections::BTreeMap;
 
 use zerocopy::IntoBytes;
 
-use super::format::*;
 use super::layout::{self, DataLayout, Layout};
 use crate::blob::{BlobSummary, ChunkInfo};
-use crate::chunk::{Compressor, Digester};
+use crate::codec::{Compressor, Digester};
 use crate::error::{Error, Result};
-use crate::tree::{FileType, Tree};
+use crate::format::rafs_v6::*;
+use crate::model::{FileType, Tree};
 
 /// Metadata block size of native (non-tarfs) images.
 pub const BLOCK_SIZE: u64 = 4096;
@@ -221,7 +221,7 @@ fn write_superblocks(
     // set when every blob inlines its chunk digests, vacuously for no blob (upstream rule)
     if blobs
         .iter()
-        .all(|bl| bl.summary.features & crate::blob::format::features::INLINED_CHUNK_DIGEST != 0)
+        .all(|bl| bl.summary.features & crate::format::blob::features::INLINED_CHUNK_DIGEST != 0)
     {
         flags |= super_flags::INLINED_CHUNK_DIGEST;
     }
@@ -577,7 +577,7 @@ fn write_block_data(
     }
 }
 
-fn write_xattrs(buf: &mut [u8], at: u64, inode: &crate::tree::Inode) -> Result<()> {
+fn write_xattrs(buf: &mut [u8], at: u64, inode: &crate::model::Inode) -> Result<()> {
     let mut entries: Vec<(u8, &[u8], &[u8])> = inode
         .xattrs
         .iter()
@@ -603,7 +603,7 @@ fn write_xattrs(buf: &mut [u8], at: u64, inode: &crate::tree::Inode) -> Result<(
 /// The chunk-based format word of a regular file (formats/rafs-v6.md §9): one large chunk
 /// when the data is contiguous in one blob, so the kernel maps it in one go.
 fn chunk_format(
-    inode: &crate::tree::Inode,
+    inode: &crate::model::Inode,
     chunks: &[ChunkInfo],
     chunk_size: u32,
     block: u64,

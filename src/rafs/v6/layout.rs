@@ -4,9 +4,11 @@
 
 use std::collections::VecDeque;
 
-use super::format::{Dirent, InodeExtended, XattrEntry, XattrIbodyHeader, INODE_SLOT, ROOT_NID};
 use crate::error::{Error, Result};
-use crate::tree::{EntryId, FileType, InodeId, Tree};
+use crate::format::rafs_v6::{
+    Dirent, InodeExtended, XattrEntry, XattrIbodyHeader, INODE_SLOT, ROOT_NID,
+};
+use crate::model::{EntryId, FileType, InodeId, Tree};
 
 /// Offset of the root inode after `meta_addr`.
 const ROOT_OFFSET: u64 = ROOT_NID * INODE_SLOT;
@@ -267,7 +269,7 @@ pub fn compute(tree: &Tree, block: u64, chunk_size: u32) -> Result<Layout> {
 pub fn compute_with(
     tree: &Tree,
     block: u64,
-    regular: &dyn Fn(InodeId, &crate::tree::Inode) -> RegularLayout,
+    regular: &dyn Fn(InodeId, &crate::model::Inode) -> RegularLayout,
 ) -> Result<Layout> {
     let order = tree.numbering_order();
     if order.len() > u32::MAX as usize {

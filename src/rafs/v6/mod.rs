@@ -2,7 +2,6 @@
 
 pub mod decode;
 pub mod encode;
-pub mod format;
 pub mod layout;
 
 pub use encode::{encode, BlobRecord, EncodeOptions};

@@ -86,4 +86,4 @@ const _: () = assert!(size_of::<Inode>() == 128);
 
 /// Chunk record, 80 bytes, after each file inode (formats/rafs-v5.md §9): the same layout as
 /// the v6 chunk table entry.
-pub use crate::rafs::v6::format::ChunkRecord;
+pub use crate::format::rafs_v6::ChunkRecord;

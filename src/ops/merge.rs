@@ -5,12 +5,12 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 
 use crate::blob::{BlobSummary, ChunkInfo};
-use crate::cmd::create::write_temp;
 use crate::error::{Error, Result};
+use crate::model::overlay::{self, WhiteoutSpec};
+use crate::model::{FileType, Inode, Tree};
+use crate::ops::create::write_temp;
 use crate::rafs::v6::BlobRecord;
 use crate::rafs::{self, BlobInfo, Image};
-use crate::tree::overlay::{self, WhiteoutSpec};
-use crate::tree::{FileType, Inode, Tree};
 
 /// Options of `merge`, as nydus-image spells them.
 #[derive(Debug, Clone, Default)]
@@ -127,8 +127,7 @@ pub fn compact_blobs(
 /// Checks that an image can be stacked on `first` (same chunk size, version, uid/gid mode and
 /// digester).
 pub fn check_compatible(first: &Image, other: &Image, name: &str) -> Result<()> {
-    let explicit =
-        |i: &Image| i.flags & crate::rafs::v6::format::super_flags::EXPLICIT_UID_GID != 0;
+    let explicit = |i: &Image| i.flags & crate::format::rafs_v6::super_flags::EXPLICIT_UID_GID != 0;
     let problem = if first.chunk_size != other.chunk_size {
         Some(format!(
             "chunk size {:#x} != {:#x}",
@@ -264,7 +263,7 @@ pub fn merge(opts: &MergeOptions) -> Result<MergeOutput> {
             ))
         }
     };
-    let mut outputs = crate::tempfiles::Outputs::new();
+    let mut outputs = crate::io::staged::Outputs::new();
     outputs.add(write_temp(&path, &bytes, None)?, path.clone());
     let out = MergeOutput {
         bootstrap: path,
@@ -307,7 +306,7 @@ pub fn encode_with(
     blobs: &[BlobRecord],
     single_device: bool,
 ) -> Result<Vec<u8>> {
-    let explicit = like.flags & crate::rafs::v6::format::super_flags::EXPLICIT_UID_GID != 0;
+    let explicit = like.flags & crate::format::rafs_v6::super_flags::EXPLICIT_UID_GID != 0;
     let opts = crate::rafs::v6::EncodeOptions {
         chunk_size: like.chunk_size,
         compressor: like.compressor,
@@ -318,7 +317,7 @@ pub fn encode_with(
         } else {
             u64::from(like.block_size)
         },
-        tarfs: like.flags & crate::rafs::v6::format::super_flags::TARTFS_MODE != 0,
+        tarfs: like.flags & crate::format::rafs_v6::super_flags::TARTFS_MODE != 0,
         single_device,
     };
     crate::rafs::encode(like.version, tree, chunks, blobs, &opts)

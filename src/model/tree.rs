@@ -4,8 +4,6 @@
 //! of any file type is one inode with several names. File data never lives here: an inode says
 //! where its bytes come from ([`DataSource`]), and after the chunk pipeline which chunks hold them.
 
-pub mod overlay;
-
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;

@@ -12,11 +12,11 @@ use std::path::{Path, PathBuf};
 use serde_json::{json, Map, Value};
 use sha2::{Digest as _, Sha256};
 
-use crate::cmd::create::{self, write_atomic, CreateOptions, LayerStream, Progress, SourceType};
-use crate::cmd::merge::{self, MergeOptions};
 use crate::error::{Error, IoContext, Result};
+use crate::model::overlay::WhiteoutSpec;
+use crate::ops::create::{self, write_atomic, CreateOptions, LayerStream, Progress, SourceType};
+use crate::ops::merge::{self, MergeOptions};
 use crate::source::oci::{self, Platform, MEDIA_CONFIG, MEDIA_INDEX, MEDIA_MANIFEST};
-use crate::tree::overlay::WhiteoutSpec;
 
 /// Media type of a nydus data blob layer.
 pub const MEDIA_NYDUS_BLOB: &str = "application/vnd.oci.image.layer.nydus.blob.v1";
@@ -294,7 +294,7 @@ pub fn create_oci(
             "external_blobs": [],
             "trace": {"consumed_time": {}, "registered_events": {}},
             "fs_version": out.fs_version.to_string(),
-            "compressor": opts.compressor.unwrap_or(crate::chunk::Compressor::Zstd).name(),
+            "compressor": opts.compressor.unwrap_or(crate::codec::Compressor::Zstd).name(),
             "manifest": out.manifest,
             "image_layout": dir.display().to_string(),
         });
@@ -377,7 +377,7 @@ mod tests {
         assert_eq!(t.len() % 512, 0);
         for at in [0, 512] {
             let h: &[u8; 512] = t[at..at + 512].try_into().unwrap();
-            crate::source::tar::header::checksum_ok(h).unwrap();
+            crate::format::tar::checksum_ok(h).unwrap();
         }
         assert_eq!(
             &t[512..512 + BOOTSTRAP_IN_LAYER.len()],

@@ -3,11 +3,11 @@
 use std::collections::HashSet;
 use std::path::PathBuf;
 
-use crate::blob::format::features;
 use crate::blob::reader::{BlobSource, ChunkReader};
 use crate::error::{Error, Result};
+use crate::format::blob::features;
+use crate::model::FileType;
 use crate::rafs::{self, Image};
-use crate::tree::FileType;
 
 /// Options of `check`.
 #[derive(Debug, Clone, Default)]

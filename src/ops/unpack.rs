@@ -10,8 +10,8 @@ use std::path::{Path, PathBuf};
 use crate::blob::reader::{BlobSource, ChunkReader};
 use crate::blob::writer::{persist, temp_beside};
 use crate::error::{Error, IoContext, Result};
+use crate::model::{EntryId, FileType, Inode};
 use crate::rafs::{self, Image};
-use crate::tree::{EntryId, FileType, Inode};
 
 /// Options of `unpack`.
 #[derive(Debug, Clone, Default)]
@@ -29,7 +29,7 @@ pub struct UnpackOptions {
 /// Runs `unpack`; returns the number of entries written.
 pub fn unpack(opts: &UnpackOptions) -> Result<u64> {
     let (image, from_blob) = rafs::load(&opts.bootstrap)?;
-    crate::cmd::check::validate(&image)?;
+    crate::ops::check::validate(&image)?;
     let mut source = opts.blobs.clone();
     if from_blob && source.file.is_none() && source.dir.is_none() {
         source.file = Some(opts.bootstrap.clone());
@@ -296,11 +296,11 @@ fn extract(image: &Image, source: BlobSource, dir: &Path) -> Result<u64> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(e).ctx("stat", dir),
     }
-    let tmp = crate::tempfiles::temp_dir_beside(dir)?;
+    let tmp = crate::io::staged::temp_dir_beside(dir)?;
     let result = extract_into(image, source, &tmp)
-        .and_then(|n| crate::tempfiles::persist_dir(&tmp, dir).map(|_| n));
+        .and_then(|n| crate::io::staged::persist_dir(&tmp, dir).map(|_| n));
     if result.is_err() {
-        crate::tempfiles::discard_dir(&tmp);
+        crate::io::staged::discard_dir(&tmp);
     }
     result
 }

@@ -16,13 +16,13 @@ use zerocopy::IntoBytes;
 
 use crate::blob::reader::{BlobSource, ChunkReader};
 use crate::blob::writer::{persist, temp_beside};
-use crate::chunk::{Compressor, Digester};
+use crate::codec::{Compressor, Digester};
 use crate::error::{Error, IoContext, Result};
+use crate::format::rafs_v6::*;
+use crate::model::FileType;
 use crate::rafs;
 use crate::rafs::v6::encode::{write_standalone_inodes, EncodeOptions, StandaloneFile};
-use crate::rafs::v6::format::*;
 use crate::rafs::v6::layout::{self, RegularLayout};
-use crate::tree::FileType;
 
 const BLOCK: u64 = 4096;
 /// Logical clusters per extent: 64 KiB of input per compressed physical cluster at most.
@@ -157,7 +157,7 @@ fn file_bytes(reader: &mut ChunkReader, chunks: &[u32]) -> Result<Vec<u8>> {
 /// Writes the image; returns its size.
 pub fn export(opts: &CompressedExportOptions) -> Result<u64> {
     let (image, from_blob) = rafs::load(&opts.bootstrap)?;
-    crate::cmd::check::validate(&image)?;
+    crate::ops::check::validate(&image)?;
     let mut source = opts.blobs.clone();
     if from_blob && source.file.is_none() && source.dir.is_none() {
         source.file = Some(opts.bootstrap.clone());
@@ -246,7 +246,7 @@ pub fn export(opts: &CompressedExportOptions) -> Result<u64> {
     let cfg = opts.compressor.config();
     meta[EXT_SUPERBLOCK_OFFSET..EXT_SUPERBLOCK_OFFSET + cfg.len()].copy_from_slice(&cfg);
     let eopts = EncodeOptions {
-        chunk_size: crate::chunk::DEFAULT_CHUNK_SIZE,
+        chunk_size: crate::format::blob::DEFAULT_CHUNK_SIZE,
         compressor: Compressor::None,
         digester: Digester::Blake3,
         explicit_uid_gid: true,
@@ -279,7 +279,7 @@ fn parent(p: &Path) -> PathBuf {
 /// Compresses one file into `data`, returning its map header and indexes.
 fn compress_file(
     reader: &mut ChunkReader,
-    inode: &crate::tree::Inode,
+    inode: &crate::model::Inode,
     algo: ErofsCompressor,
     data: &mut std::fs::File,
     next_block: &mut u64,

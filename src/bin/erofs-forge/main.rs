@@ -6,8 +6,8 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
-use erofs_forge::chunk::{Compressor, Digester};
-use erofs_forge::cmd::create::{self, CreateOptions, Progress, SourceType};
+use erofs_forge::codec::{Compressor, Digester};
+use erofs_forge::ops::create::{self, CreateOptions, Progress, SourceType};
 use indicatif::{ProgressBar, ProgressStyle};
 
 #[derive(Parser)]
@@ -330,8 +330,8 @@ struct CreateArgs {
     tmp_dir: Option<PathBuf>,
 }
 
-fn parse_whiteout_spec(s: &str) -> Result<erofs_forge::tree::overlay::WhiteoutSpec> {
-    use erofs_forge::tree::overlay::WhiteoutSpec;
+fn parse_whiteout_spec(s: &str) -> Result<erofs_forge::model::overlay::WhiteoutSpec> {
+    use erofs_forge::model::overlay::WhiteoutSpec;
     Ok(match s {
         "oci" => WhiteoutSpec::Oci,
         "overlayfs" => WhiteoutSpec::Overlayfs,
@@ -451,7 +451,7 @@ fn run_create(a: CreateArgs) -> Result<()> {
     };
     let bar = Bar(bar);
     if matches!(a.source_type, SourceTypeArg::Oci) {
-        let out = erofs_forge::cmd::oci::create_oci(&opts, a.platform.as_deref(), &bar)?;
+        let out = erofs_forge::ops::oci::create_oci(&opts, a.platform.as_deref(), &bar)?;
         if let Some(b) = &bar.0 {
             b.finish_and_clear();
         }
@@ -506,7 +506,7 @@ fn run_create(a: CreateArgs) -> Result<()> {
 }
 
 fn run_merge(a: MergeArgs) -> Result<()> {
-    use erofs_forge::cmd::merge;
+    use erofs_forge::ops::merge;
     if a.prefetch_policy != "none" {
         bail!(
             "--prefetch-policy {} is not supported yet",
@@ -541,7 +541,7 @@ fn run_merge(a: MergeArgs) -> Result<()> {
 }
 
 fn run_export(a: ExportArgs) -> Result<()> {
-    use erofs_forge::cmd::{export, unpack};
+    use erofs_forge::ops::{export, unpack};
     let blobs = erofs_forge::blob::reader::BlobSource {
         dir: a.blob_dir,
         file: a.blob,
@@ -557,7 +557,7 @@ fn run_export(a: ExportArgs) -> Result<()> {
         return Ok(());
     }
     if let Some(algo) = &a.compressor {
-        use erofs_forge::cmd::export_compressed as ec;
+        use erofs_forge::ops::export_compressed as ec;
         let output = a.output.clone().unwrap_or_else(|| {
             let mut p = a.bootstrap.clone().into_os_string();
             p.push(".erofs");
@@ -600,7 +600,7 @@ fn run_export(a: ExportArgs) -> Result<()> {
 }
 
 fn run_check(a: CheckArgs) -> Result<()> {
-    use erofs_forge::cmd::check;
+    use erofs_forge::ops::check;
     let Some(bootstrap) = a.bootstrap.or(a.bootstrap_opt) else {
         bail!("no bootstrap given")
     };
@@ -658,7 +658,7 @@ fn run_check(a: CheckArgs) -> Result<()> {
 }
 
 fn run_unpack(a: UnpackArgs) -> Result<()> {
-    use erofs_forge::cmd::unpack;
+    use erofs_forge::ops::unpack;
     let Some(bootstrap) = a.bootstrap.or(a.bootstrap_opt) else {
         bail!("no bootstrap given")
     };
@@ -680,7 +680,7 @@ fn run_inspect(a: InspectArgs) -> Result<()> {
         bail!("no bootstrap given")
     };
     let (image, _) = erofs_forge::rafs::load(&bootstrap)?;
-    let v = erofs_forge::cmd::inspect::request(&image, &a.request)?;
+    let v = erofs_forge::ops::inspect::request(&image, &a.request)?;
     println!("{}", serde_json::to_string_pretty(&v)?);
     Ok(())
 }
@@ -705,7 +705,7 @@ fn run_stat(a: StatArgs) -> Result<()> {
     if list.is_empty() {
         bail!("give -B BOOTSTRAP or -D DIR");
     }
-    let v = erofs_forge::cmd::stat::stat(&list)?;
+    let v = erofs_forge::ops::stat::stat(&list)?;
     let text = serde_json::to_string_pretty(&v)?;
     match a.output_json {
         Some(p) => create::write_atomic(&p, text.as_bytes())?,
@@ -727,7 +727,7 @@ fn handle_signals() {
     };
     std::thread::spawn(move || {
         if let Some(sig) = signals.forever().next() {
-            let n = erofs_forge::tempfiles::remove_all();
+            let n = erofs_forge::io::staged::remove_all();
             eprintln!(
                 "interrupted by signal {sig}: removed {n} temporary file{}",
                 if n == 1 { "" } else { "s" }
@@ -763,7 +763,7 @@ fn main() -> ExitCode {
                 CompressorArg::Lz4Block => Compressor::Lz4Block,
                 CompressorArg::Zstd => Compressor::Zstd,
             };
-            erofs_forge::cmd::bench::stage_bound(&source, c, Digester::Blake3, chunk_size, threads)
+            erofs_forge::ops::bench::stage_bound(&source, c, Digester::Blake3, chunk_size, threads)
                 .map(|b| println!("{}", serde_json::json!(b)))
                 .map_err(Into::into)
         }

@@ -9,9 +9,9 @@ use std::time::Instant;
 
 use rayon::prelude::*;
 
-use crate::chunk::{digest, Compressor, Digester};
+use crate::codec::{digest, Compressor, Digester};
 use crate::error::{Error, IoContext, Result};
-use crate::tree::{DataSource, FileType};
+use crate::model::{DataSource, FileType};
 
 /// What [`stage_bound`] measured.
 #[derive(Debug, Clone, Copy, serde::Serialize)]

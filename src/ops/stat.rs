@@ -6,8 +6,8 @@ use std::path::PathBuf;
 use serde_json::{json, Value};
 
 use crate::error::Result;
+use crate::model::FileType;
 use crate::rafs::{self, Image};
-use crate::tree::FileType;
 
 fn image_stats(
     path: &std::path::Path,

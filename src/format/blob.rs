@@ -64,3 +64,20 @@ pub struct ChunkInfoV1 {
     pub comp_info: U64,
 }
 const _: () = assert!(size_of::<ChunkInfoV1>() == CHUNK_INFO_V1_SIZE);
+
+/// Smallest chunk size accepted (formats/blob.md §2).
+pub const MIN_CHUNK_SIZE: u32 = 0x1000;
+/// Largest chunk size accepted (formats/blob.md §2).
+pub const MAX_CHUNK_SIZE: u32 = 0x100_0000;
+/// Default chunk size.
+pub const DEFAULT_CHUNK_SIZE: u32 = 0x10_0000;
+
+/// Checks that a chunk size is a power of two within the allowed range.
+pub fn validate_chunk_size(size: u32) -> crate::Result<()> {
+    if !size.is_power_of_two() || !(MIN_CHUNK_SIZE..=MAX_CHUNK_SIZE).contains(&size) {
+        return Err(crate::Error::InvalidOption(format!(
+            "chunk size {size:#x} must be a power of two between {MIN_CHUNK_SIZE:#x} and {MAX_CHUNK_SIZE:#x}"
+        )));
+    }
+    Ok(())
+}

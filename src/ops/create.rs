@@ -10,15 +10,16 @@ use sha2::{Digest as _, Sha256};
 use crate::blob::writer::{persist, temp_beside, temp_in};
 use crate::blob::{BlobWriter, BlobWriterOptions};
 use crate::chunk::pipeline::{self, ChunkTable, PipelineOptions};
-use crate::chunk::{validate_chunk_size, Compressor, Digester, DEFAULT_CHUNK_SIZE};
-use crate::cmd::merge::{compact_blobs, empty_tree, record_of};
+use crate::codec::{Compressor, Digester};
 use crate::error::{write_error, Error, IoContext, Result};
+use crate::format::blob::{validate_chunk_size, DEFAULT_CHUNK_SIZE};
+use crate::io::staged::Outputs;
+use crate::model::overlay::{self, WhiteoutSpec};
+use crate::model::{FileType, InodeId};
+use crate::ops::merge::{compact_blobs, empty_tree, record_of};
 use crate::rafs::v6::{self, BlobRecord, EncodeOptions};
 use crate::rafs::Image;
 use crate::source::tar;
-use crate::tempfiles::Outputs;
-use crate::tree::overlay::{self, WhiteoutSpec};
-use crate::tree::{FileType, InodeId};
 
 /// Blob id written into a bootstrap inlined in its own blob (its id is not known yet).
 pub const INLINE_PLACEHOLDER_ID: &str =
@@ -233,7 +234,7 @@ fn validate(o: &CreateOptions) -> Result<()> {
 
 /// Checks that a parent or chunk dictionary can be combined with this build.
 fn check_base(opts: &CreateOptions, img: &Image, path: &Path) -> Result<()> {
-    let explicit = img.flags & crate::rafs::v6::format::super_flags::EXPLICIT_UID_GID != 0;
+    let explicit = img.flags & crate::format::rafs_v6::super_flags::EXPLICIT_UID_GID != 0;
     let problem = if img.chunk_size != opts.chunk_size {
         Some(format!(
             "its chunk size is {:#x}, this build's {:#x}",
@@ -720,7 +721,7 @@ fn create_tarfs(opts: &CreateOptions, progress: &dyn Progress) -> Result<CreateO
         compressed_size: tar_size,
         file_size: tar_size,
         uncompressed_size: tar_size,
-        features: crate::blob::format::features::TARFS | crate::blob::format::features::CAP_TAR_TOC,
+        features: crate::format::blob::features::TARFS | crate::format::blob::features::CAP_TAR_TOC,
         // no chunk-info array; upstream leaves the header default (lz4) here
         ci_compressor: Compressor::Lz4Block.code(),
         ci_offset: 0,

@@ -6,10 +6,10 @@ use std::path::Path;
 
 use serde_json::{json, Value};
 
-use crate::cmd::check::feature_names;
 use crate::error::{Error, Result};
+use crate::model::{EntryId, FileType};
+use crate::ops::check::feature_names;
 use crate::rafs::Image;
-use crate::tree::{EntryId, FileType};
 
 fn type_name(t: FileType) -> &'static str {
     match t {

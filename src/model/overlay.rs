@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 
-use super::{EntryId, FileType, Inode, InodeId, Tree};
+use super::tree::{Entry, EntryId, FileType, Inode, InodeId, Tree};
 
 /// How whiteouts are spelled in a layer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -145,7 +145,7 @@ pub fn apply(lower: &mut Tree, upper: &Tree, spec: WhiteoutSpec, chunk_map: &dyn
                 None => {
                     let mapped = map_inode(lower, uino, strip);
                     let e = lower.entries.len();
-                    lower.entries.push(super::Entry {
+                    lower.entries.push(Entry {
                         name: name.clone(),
                         parent: ldir,
                         inode: mapped,
@@ -189,7 +189,7 @@ impl Tree {
                     out.inodes.len() - 1
                 });
                 let e = out.entries.len();
-                out.entries.push(super::Entry {
+                out.entries.push(Entry {
                     name: self.entries[c].name.clone(),
                     parent: new,
                     inode: mapped,

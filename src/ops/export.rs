@@ -56,16 +56,16 @@ pub fn export_block(opts: &ExportOptions) -> Result<ExportOutput> {
             "export --block needs a RAFS v6 bootstrap".into(),
         ));
     }
-    crate::cmd::check::validate(&image)?;
+    crate::ops::check::validate(&image)?;
     let block = u64::from(image.block_size);
     let (boot, positions) = if opts.single_device {
         let records: Vec<_> = image
             .blobs
             .iter()
-            .map(crate::cmd::merge::record_of)
+            .map(crate::ops::merge::record_of)
             .collect();
         let bytes =
-            crate::cmd::merge::encode_with(&image, &image.tree, &image.chunks, &records, true)?;
+            crate::ops::merge::encode_with(&image, &image.tree, &image.chunks, &records, true)?;
         let pos = crate::rafs::v6::encode::mapped_blkaddrs(bytes.len() as u64, &records, block);
         (bytes, pos)
     } else {

@@ -111,7 +111,7 @@ fn check_exports(work: &Path, boot: &Path, blobs: &Path, expect: &Path, exact: b
             "a flipped byte must fail verification"
         );
     } else {
-        skip(
+        missing(
             "export dm-verity part",
             "veritysetup (cryptsetup-bin) is not installed",
         );
@@ -152,14 +152,18 @@ fn check_exports(work: &Path, boot: &Path, blobs: &Path, expect: &Path, exact: b
         );
         assert!(d.is_empty(), "fsck.erofs --extract:\n{}", d.join("\n"));
     } else {
-        skip("export fsck.erofs part", "fsck.erofs is not installed");
+        missing("export fsck.erofs part", "fsck.erofs is not installed");
     }
 }
 
 #[test]
+#[cfg_attr(
+    any(no_mount, no_full_tree, no_fsck_erofs, no_veritysetup),
+    ignore = "needs a kernel EROFS mount, the full fixture tree (root, setfattr, setfacl, setcap), fsck.erofs, veritysetup"
+)]
 fn single_layer_export_mounts_alone() {
     if let Some(why) = cannot_mount().or_else(cannot_build_full_tree) {
-        return skip("single_layer_export_mounts_alone", &why);
+        missing("single_layer_export_mounts_alone", &why);
     }
     let w = scratch();
     let src = w.path().join("src");
@@ -169,9 +173,13 @@ fn single_layer_export_mounts_alone() {
 }
 
 #[test]
+#[cfg_attr(
+    any(no_mount, no_fsck_erofs, no_veritysetup),
+    ignore = "needs a kernel EROFS mount, fsck.erofs, veritysetup"
+)]
 fn merged_three_layer_export_mounts_alone() {
     if let Some(why) = cannot_mount() {
-        return skip("merged_three_layer_export_mounts_alone", &why);
+        missing("merged_three_layer_export_mounts_alone", &why);
     }
     let w = scratch();
     let l: Vec<PathBuf> = (1..=3).map(|i| w.path().join(format!("l{i}"))).collect();
@@ -195,9 +203,13 @@ fn merged_three_layer_export_mounts_alone() {
 }
 
 #[test]
+#[cfg_attr(
+    any(no_mount, no_full_tree, no_fsck_erofs),
+    ignore = "needs a kernel EROFS mount, the full fixture tree (root, setfattr, setfacl, setcap), fsck.erofs"
+)]
 fn compressed_export_mounts_and_fsck_reads_it() {
     if let Some(why) = cannot_mount().or_else(cannot_build_full_tree) {
-        return skip("compressed_export_mounts_and_fsck_reads_it", &why);
+        missing("compressed_export_mounts_and_fsck_reads_it", &why);
     }
     let w = scratch();
     let src = w.path().join("src");

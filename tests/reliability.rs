@@ -50,10 +50,13 @@ impl Drop for Tmpfs {
 }
 
 #[test]
+#[cfg_attr(no_root, ignore = "needs root")]
 fn disk_full_is_reported_once_and_leaves_nothing() {
     if !is_root() {
-        println!("SKIPPED: mounting a small tmpfs needs root");
-        return;
+        missing(
+            "disk_full_is_reported_once_and_leaves_nothing",
+            "mounting a tmpfs needs root",
+        );
     }
     let work = scratch();
     let src = work.path().join("src");
@@ -66,8 +69,10 @@ fn disk_full_is_reported_once_and_leaves_nothing() {
         .status()
         .unwrap();
     if !st.success() {
-        println!("SKIPPED: cannot mount a tmpfs here");
-        return;
+        missing(
+            "disk_full_is_reported_once_and_leaves_nothing",
+            "cannot mount a tmpfs here",
+        );
     }
     let _guard = Tmpfs(mnt.clone());
     for compressor in ["none", "zstd"] {

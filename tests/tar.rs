@@ -218,10 +218,9 @@ fn fails(tar: &[u8], entry: &str, reason: &str) {
 }
 
 /// Mounts the image built in `dir` (if this machine can) and returns its manifest.
-fn mounted(dir: &Path) -> Option<(Mounted, BTreeMap<Vec<u8>, Desc>)> {
+fn mounted(dir: &Path) -> (Mounted, BTreeMap<Vec<u8>, Desc>) {
     if let Some(why) = cannot_mount() {
-        eprintln!("note: content not checked by mounting: {why}");
-        return None;
+        missing("mounting a tar-built image", &why);
     }
     let out = dir.join("out");
     let devices: Vec<PathBuf> = std::fs::read_dir(out.join("cache"))
@@ -231,7 +230,7 @@ fn mounted(dir: &Path) -> Option<(Mounted, BTreeMap<Vec<u8>, Desc>)> {
         .collect();
     let m = mount(&out.join("boot"), &devices);
     let man = manifest(m.dir.path());
-    Some((m, man))
+    (m, man)
 }
 
 fn read(m: &Mounted, p: &str) -> Vec<u8> {
@@ -279,14 +278,12 @@ fn expected_from(src: &Path, tar: &Path) -> BTreeMap<Vec<u8>, Desc> {
     m
 }
 
-fn gnu_tar_of_full_tree() -> Option<(tempfile::TempDir, PathBuf, PathBuf)> {
+fn gnu_tar_of_full_tree() -> (tempfile::TempDir, PathBuf, PathBuf) {
     if let Some(why) = cannot_mount().or_else(cannot_build_full_tree) {
-        eprintln!("SKIPPED: {why}");
-        return None;
+        missing("the full tree as a GNU tar", &why);
     }
     if !have("tar") {
-        eprintln!("SKIPPED: GNU tar is not installed");
-        return None;
+        missing("the full tree as a GNU tar", "GNU tar is not installed");
     }
     let dir = scratch();
     let src = dir.path().join("src");
@@ -305,7 +302,7 @@ fn gnu_tar_of_full_tree() -> Option<(tempfile::TempDir, PathBuf, PathBuf)> {
         "tar: {}",
         String::from_utf8_lossy(&o.stderr)
     );
-    Some((dir, src, tar))
+    (dir, src, tar)
 }
 
 fn check_mount(boot: &Path, devices: &[PathBuf], expected: &BTreeMap<Vec<u8>, Desc>, what: &str) {
@@ -321,19 +318,20 @@ fn check_mount(boot: &Path, devices: &[PathBuf], expected: &BTreeMap<Vec<u8>, De
 }
 
 #[test]
+#[cfg_attr(
+    any(no_mount, no_full_tree, no_gnu_tar, no_compressors),
+    ignore = "needs a kernel EROFS mount, the full fixture tree (root, setfattr, setfacl, setcap), GNU tar, gzip, zstd and xz"
+)]
 fn gnu_tar_of_full_tree_mounts_equal_plain_compressed_and_piped() {
-    let Some((dir, src, tar)) = gnu_tar_of_full_tree() else {
-        return skip(
-            "gnu_tar_of_full_tree_mounts_equal_plain_compressed_and_piped",
-            "see above",
-        );
-    };
+    let (dir, src, tar) = gnu_tar_of_full_tree();
     let expected = expected_from(&src, &tar);
     let mut inputs: Vec<(String, PathBuf)> = vec![("plain".into(), tar.clone())];
     for (tool, args) in [("gzip", "-c"), ("zstd", "-qc"), ("xz", "-c")] {
         if !have(tool) {
-            eprintln!("note: {tool} not installed; {tool} input not checked");
-            continue;
+            missing(
+                "gnu_tar_of_full_tree_mounts_equal_plain_compressed_and_piped",
+                tool,
+            );
         }
         let path = dir.path().join(format!("full.tar.{tool}"));
         let o = Command::new(tool).arg(args).arg(&tar).output().unwrap();
@@ -406,13 +404,12 @@ fn gnu_tar_of_full_tree_mounts_equal_plain_compressed_and_piped() {
 }
 
 #[test]
+#[cfg_attr(
+    any(no_mount, no_full_tree, no_gnu_tar),
+    ignore = "needs a kernel EROFS mount, the full fixture tree (root, setfattr, setfacl, setcap), GNU tar"
+)]
 fn tarfs_of_full_tree_mounts_with_the_tar_as_device() {
-    let Some((_dir, src, tar)) = gnu_tar_of_full_tree() else {
-        return skip(
-            "tarfs_of_full_tree_mounts_with_the_tar_as_device",
-            "see above",
-        );
-    };
+    let (_dir, src, tar) = gnu_tar_of_full_tree();
     let expected = expected_from(&src, &tar);
     let out = scratch();
     let boot = out.path().join("boot");
@@ -573,10 +570,11 @@ fn assert_same_but_deliberate(ours: &[u8], theirs: &[u8], what: &str) {
 }
 
 #[test]
+#[cfg_attr(no_mount, ignore = "needs a kernel EROFS mount")]
 fn tar_images_match_upstream() {
     let tar = upstream("source-tar-input.tar");
     if !tar.exists() {
-        return skip(
+        missing(
             "tar_images_match_upstream",
             "the shared upstream fixtures are absent",
         );
@@ -644,10 +642,11 @@ fn tar_images_match_upstream() {
         "tar-tarfs",
     );
     assert_eq!(upstream_blob("v6-tar-tarfs").len(), 64);
-    if cannot_mount().is_none() {
-        // the kernel serves what upstream's own runtime served
-        shared_mount_check_tar(&o.join("tarfs"), &tar);
+    if let Some(why) = cannot_mount() {
+        missing("tar_images_match_upstream (kernel part)", &why);
     }
+    // the kernel serves what upstream's own runtime served
+    shared_mount_check_tar(&o.join("tarfs"), &tar);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -706,6 +705,7 @@ fn traversal_and_bad_names_are_rejected_with_entry_and_offset() {
 }
 
 #[test]
+#[cfg_attr(no_mount, ignore = "needs a kernel EROFS mount")]
 fn absolute_names_and_dot_components_are_made_relative() {
     let t = Tar::default()
         .file(b"/etc/abs", b"absolute")
@@ -713,7 +713,8 @@ fn absolute_names_and_dot_components_are_made_relative() {
         .end();
     let (d, r) = build(&t, &[]);
     r.unwrap();
-    if let Some((m, man)) = mounted(d.path()) {
+    {
+        let (m, man) = mounted(d.path());
         assert_eq!(read(&m, "etc/abs"), b"absolute");
         assert_eq!(read(&m, "rel/x"), b"relative");
         // directories the tar only implies: 0755, root-owned, mtime 0
@@ -726,6 +727,7 @@ fn absolute_names_and_dot_components_are_made_relative() {
 }
 
 #[test]
+#[cfg_attr(no_mount, ignore = "needs a kernel EROFS mount")]
 fn pax_values_may_hold_newlines() {
     let t = Tar::default()
         .pax(&[
@@ -738,7 +740,8 @@ fn pax_values_may_hold_newlines() {
         .end();
     let (d, r) = build(&t, &[]);
     r.unwrap();
-    if let Some((m, man)) = mounted(d.path()) {
+    {
+        let (m, man) = mounted(d.path());
         assert_eq!(read(&m, "new\nline"), b"data");
         assert_eq!(
             man[&b"new\nline"[..]].xattrs,
@@ -766,6 +769,7 @@ fn broken_pax_records_are_rejected() {
 }
 
 #[test]
+#[cfg_attr(no_compressors, ignore = "needs gzip, zstd and xz")]
 fn truncated_and_overrunning_archives_are_rejected() {
     let full = Tar::default()
         .file(b"a", b"1")
@@ -790,7 +794,10 @@ fn truncated_and_overrunning_archives_are_rejected() {
     t.header(&hd).data(b"only a little");
     fails(&t.end(), "liar", "ends inside this entry's data");
     // compressed and truncated
-    if have("gzip") {
+    if !have("gzip") {
+        missing("truncated_and_overrunning_archives_are_rejected", "gzip");
+    }
+    {
         let dir = scratch();
         let p = dir.path().join("t.tar");
         std::fs::write(&p, &full).unwrap();
@@ -815,6 +822,7 @@ fn truncated_and_overrunning_archives_are_rejected() {
 }
 
 #[test]
+#[cfg_attr(no_mount, ignore = "needs a kernel EROFS mount")]
 fn base256_numbers_negative_and_huge() {
     // negative size
     let mut hd = h(b"neg", b'0');
@@ -840,13 +848,15 @@ fn base256_numbers_negative_and_huge() {
     hd.patch.push((136, vec![0xff; 12]));
     let (d, r) = build(&Tar::default().header(&hd).end(), &[]);
     r.unwrap();
-    if let Some((_m, man)) = mounted(d.path()) {
+    {
+        let (_m, man) = mounted(d.path());
         let e = &man[&b"ok"[..]];
         assert_eq!((e.uid, e.mtime), (4_000_000_000, (0, 0)));
     }
 }
 
 #[test]
+#[cfg_attr(no_mount, ignore = "needs a kernel EROFS mount")]
 fn hardlinks_share_the_inode_and_missing_targets_fail() {
     fails(
         &Tar::default()
@@ -868,7 +878,8 @@ fn hardlinks_share_the_inode_and_missing_targets_fail() {
         .end();
     let (d, r) = build(&t, &[]);
     r.unwrap();
-    if let Some((m, _)) = mounted(d.path()) {
+    {
+        let (m, _) = mounted(d.path());
         let ino = |p: &str| {
             std::fs::symlink_metadata(m.dir.path().join(p))
                 .unwrap()
@@ -886,6 +897,7 @@ fn hardlinks_share_the_inode_and_missing_targets_fail() {
 }
 
 #[test]
+#[cfg_attr(no_mount, ignore = "needs a kernel EROFS mount")]
 fn later_entries_replace_earlier_ones() {
     let t = Tar::default()
         .file(b"dup", b"first")
@@ -909,7 +921,8 @@ fn later_entries_replace_earlier_ones() {
         .end();
     let (d, r) = build(&t, &[]);
     r.unwrap();
-    if let Some((m, man)) = mounted(d.path()) {
+    {
+        let (m, man) = mounted(d.path());
         assert_eq!(read(&m, "dup"), b"second");
         assert_eq!(man[&b"x"[..]].kind, 'd');
         assert_eq!(man[&b"x"[..]].mode, 0o700);
@@ -928,6 +941,7 @@ fn later_entries_replace_earlier_ones() {
 }
 
 #[test]
+#[cfg_attr(no_mount, ignore = "needs a kernel EROFS mount")]
 fn whiteouts_stay_ordinary_entries_for_every_spec() {
     let t = Tar::default()
         .dir(b"dir", 0o755)
@@ -938,7 +952,8 @@ fn whiteouts_stay_ordinary_entries_for_every_spec() {
     for spec in ["oci", "overlayfs", "none"] {
         let (d, r) = build(&t, &["--whiteout-spec", spec]);
         r.unwrap();
-        if let Some((_m, man)) = mounted(d.path()) {
+        {
+            let (_m, man) = mounted(d.path());
             for p in [&b"dir/.wh..wh..opq"[..], b".wh.gone", b"kept"] {
                 assert_eq!(man[p].kind, 'f', "{spec}: {}", String::from_utf8_lossy(p));
             }
@@ -947,6 +962,7 @@ fn whiteouts_stay_ordinary_entries_for_every_spec() {
 }
 
 #[test]
+#[cfg_attr(no_mount, ignore = "needs a kernel EROFS mount")]
 fn gnu_long_names_pax_globals_and_libarchive_xattrs() {
     let long_dir = vec![b'd'; 200];
     let mut long_name = long_dir.clone();
@@ -974,7 +990,8 @@ fn gnu_long_names_pax_globals_and_libarchive_xattrs() {
         .end();
     let (d, r) = build(&t, &[]);
     r.unwrap();
-    if let Some((m, man)) = mounted(d.path()) {
+    {
+        let (m, man) = mounted(d.path());
         assert_eq!(read(&m, std::str::from_utf8(&long_name).unwrap()), b"long");
         assert_eq!(man[long_name.as_slice()].mtime, (1234, 500_000_000));
         assert_eq!(man[&b"sym"[..]].target, long_target);
@@ -993,9 +1010,13 @@ fn gnu_long_names_pax_globals_and_libarchive_xattrs() {
 }
 
 #[test]
+#[cfg_attr(
+    any(no_mount, no_gnu_tar),
+    ignore = "needs a kernel EROFS mount, GNU tar"
+)]
 fn sparse_files_from_gnu_tar_expand() {
     if !have("tar") {
-        return skip(
+        missing(
             "sparse_files_from_gnu_tar_expand",
             "GNU tar is not installed",
         );
@@ -1039,7 +1060,8 @@ fn sparse_files_from_gnu_tar_expand() {
         assert!(bytes.len() < 1 << 20, "{fmt:?}: GNU tar wrote it sparse");
         let (d, r) = build(&bytes, &[]);
         r.unwrap_or_else(|e| panic!("{fmt:?}: {e}"));
-        if let Some((m, man)) = mounted(d.path()) {
+        {
+            let (m, man) = mounted(d.path());
             assert!(read(&m, "sparse") == want, "{fmt:?}: content");
             assert_eq!(man[&b"sparse"[..]].size, 3 << 20);
         }

@@ -11,7 +11,12 @@
 //! - `roundtrip [DIR...]`      create (v5, v6 × compressors × digesters) → check → unpack → diff
 //! - `fuzz [--seconds N] [TARGET...]`  run each cargo-fuzz target (fuzz/) for N seconds, one at a
 //!   time, seeded from fuzz/seeds; prints executions per target (skips when cargo-fuzz or the
-//!   nightly features it needs are not available)
+//!   nightly features it needs are not available, or fails with `--no-skip`)
+//! - `test [--fuzz-seconds N]`  the README's test command: install what the tests need (Debian
+//!   packages as root, cargo-fuzz), fuzz each target N s (default 30), `cargo test`; fails when
+//!   any test failed or was ignored
+
+mod test;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -700,6 +705,7 @@ fn fuzz_one(target: &str, seconds: u64) -> Result<FuzzRun> {
 fn fuzz(args: &[String]) -> Result<()> {
     let mut seconds = 60u64;
     let mut targets: Vec<String> = Vec::new();
+    let mut no_skip = false;
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match a.as_str() {
@@ -710,6 +716,7 @@ fn fuzz(args: &[String]) -> Result<()> {
                     .parse()
                     .context("--seconds")?
             }
+            "--no-skip" => no_skip = true,
             t if FUZZ_TARGETS.contains(&t) => targets.push(t.to_string()),
             other => bail!("unknown fuzz argument {other:?}; targets: {FUZZ_TARGETS:?}"),
         }
@@ -718,6 +725,9 @@ fn fuzz(args: &[String]) -> Result<()> {
         targets = FUZZ_TARGETS.iter().map(|t| t.to_string()).collect();
     }
     if let Some(why) = fuzz_unavailable() {
+        if no_skip {
+            bail!("fuzz: cannot run: {why}");
+        }
         println!("fuzz: SKIPPED: {why}");
         return Ok(());
     }
@@ -793,13 +803,14 @@ fn main() -> Result<()> {
             corpus(kind, Path::new(dir))
         }
         Some("fuzz") => fuzz(&args[1..]),
+        Some("test") => test::test(&args[1..]),
         Some("roundtrip") => roundtrip(if args.len() > 1 {
             paths(1)
         } else {
             default_trees()?
         }),
         _ => {
-            eprintln!("tasks: full-tree DIR [--big] | debian DIR | linux DIR | kernel-check [TREE...] | bench [TREE...] | roundtrip [TREE...] | corpus small|dedup DIR | fuzz [--seconds N] [TARGET...]");
+            eprintln!("tasks: full-tree DIR [--big] | debian DIR | linux DIR | kernel-check [TREE...] | bench [TREE...] | roundtrip [TREE...] | corpus small|dedup DIR | fuzz [--seconds N] [--no-skip] [TARGET...] | test [--fuzz-seconds N]");
             std::process::exit(2)
         }
     }

@@ -1,0 +1,96 @@
+//! Probes, once per build, what the CLI tests need from this machine (root, the kernel's
+//! EROFS, loop devices, outside tools) and tells the tests through `--cfg no_*` flags, so that a
+//! test whose requirement is missing is marked *ignored* and counted as such in cargo's summary
+//! line, never as passed. `cargo xtask test` installs the tools first; CI fails on any ignored
+//! test. The library itself does not use these flags.
+
+use std::path::Path;
+use std::process::Command;
+
+/// Every flag this script may set (declared so `unexpected_cfgs` knows them).
+const FLAGS: &[&str] = &[
+    "no_root",
+    "no_mount",
+    "no_full_tree",
+    "no_fsck_erofs",
+    "no_veritysetup",
+    "no_umoci",
+    "no_skopeo",
+    "no_gnu_tar",
+    "no_compressors",
+];
+
+fn main() {
+    for f in FLAGS {
+        println!("cargo::rustc-check-cfg=cfg({f})");
+    }
+    // Installing a package changes these directories; the probe reruns then.
+    for dir in ["/usr/bin", "/usr/sbin", "/sbin", "/bin"] {
+        if Path::new(dir).is_dir() {
+            println!("cargo::rerun-if-changed={dir}");
+        }
+    }
+    println!("cargo::rerun-if-changed=build.rs");
+    println!("cargo::rerun-if-env-changed=PATH");
+    let root = is_root();
+    let set = |flag: &str, missing: bool| {
+        if missing {
+            println!("cargo::rustc-cfg={flag}");
+        }
+    };
+    set("no_root", !root);
+    set("no_mount", !(root && have_erofs() && have("losetup")));
+    let tree_tools = ["setfattr", "setfacl", "setcap", "python3", "mknod"];
+    set(
+        "no_full_tree",
+        !(root && tree_tools.iter().all(|t| have(t))),
+    );
+    set("no_fsck_erofs", !have("fsck.erofs"));
+    set("no_veritysetup", !have("veritysetup"));
+    set("no_umoci", !have("umoci"));
+    set("no_skopeo", !have("skopeo"));
+    set("no_gnu_tar", !gnu_tar());
+    set(
+        "no_compressors",
+        !["gzip", "zstd", "xz"].iter().all(|t| have(t)),
+    );
+}
+
+fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .and_then(|l| l.split_whitespace().nth(2).map(|u| u == "0"))
+        })
+        .unwrap_or(false)
+}
+
+fn have(tool: &str) -> bool {
+    std::env::var_os("PATH")
+        .map(|paths| std::env::split_paths(&paths).any(|d| d.join(tool).is_file()))
+        .unwrap_or(false)
+}
+
+fn gnu_tar() -> bool {
+    Command::new("tar")
+        .arg("--version")
+        .output()
+        .map(|o| o.status.success() && String::from_utf8_lossy(&o.stdout).contains("GNU tar"))
+        .unwrap_or(false)
+}
+
+/// Whether the kernel mounts EROFS (loading the module if it is one and we may).
+fn have_erofs() -> bool {
+    let listed = || {
+        std::fs::read_to_string("/proc/filesystems")
+            .map(|s| s.lines().any(|l| l.trim_end().ends_with("erofs")))
+            .unwrap_or(false)
+    };
+    if listed() {
+        return true;
+    }
+    let _ = Command::new("modprobe").arg("erofs").status();
+    listed()
+}

@@ -1,0 +1,203 @@
+//! `cargo xtask test`: the one test command of the README and of `.ci/run`.
+//!
+//! It installs what the tests need (Debian packages when run as root, cargo-fuzz), runs every
+//! fuzz target briefly, then `cargo test`, and fails when any test was ignored: the CLI tests
+//! mark themselves ignored when `build.rs` finds a requirement missing, so a skipped check can
+//! never pass as a passed one.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+
+use anyhow::{bail, Context, Result};
+
+/// Debian packages the tests call: the kernel-mount and fsck checks (erofs-utils), the full
+/// fixture tree (attr, acl, libcap2-bin, python3), dm-verity (cryptsetup-bin), tar layers (tar,
+/// gzip, zstd, xz-utils), OCI images (umoci, skopeo).
+const PACKAGES: &[&str] = &[
+    "erofs-utils",
+    "attr",
+    "acl",
+    "libcap2-bin",
+    "python3",
+    "cryptsetup-bin",
+    "tar",
+    "gzip",
+    "zstd",
+    "xz-utils",
+    "umoci",
+    "skopeo",
+];
+
+/// Runs `cargo xtask test [--fuzz-seconds N]`.
+pub fn test(args: &[String]) -> Result<()> {
+    let mut fuzz_seconds = 30u64;
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--fuzz-seconds" => {
+                fuzz_seconds = it
+                    .next()
+                    .context("--fuzz-seconds needs a value")?
+                    .parse()
+                    .context("--fuzz-seconds")?
+            }
+            other => bail!("unknown test argument {other:?}; usage: test [--fuzz-seconds N]"),
+        }
+    }
+    install_packages()?;
+    if fuzz_seconds > 0 {
+        install_cargo_fuzz()?;
+        crate::fuzz(&[
+            "--seconds".into(),
+            fuzz_seconds.to_string(),
+            "--no-skip".into(),
+        ])?;
+    } else {
+        println!("test: fuzzing not run (--fuzz-seconds 0)");
+    }
+    let summary = cargo_test()?;
+    println!(
+        "test: {} passed, {} failed, {} ignored in {} test binaries",
+        summary.passed, summary.failed, summary.ignored, summary.binaries
+    );
+    if summary.failed > 0 {
+        bail!("{} tests failed", summary.failed);
+    }
+    if summary.ignored > 0 {
+        bail!(
+            "{} tests were ignored (a requirement is missing; see build.rs):\n{}",
+            summary.ignored,
+            summary.ignored_names.join("\n")
+        );
+    }
+    Ok(())
+}
+
+fn is_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}
+
+fn install_packages() -> Result<()> {
+    let missing: Vec<&str> = PACKAGES
+        .iter()
+        .copied()
+        .filter(|p| {
+            !Command::new("dpkg")
+                .args(["-s", p])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .map(|s| s.success())
+                .unwrap_or(false)
+        })
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let have_apt = Command::new("apt-get").arg("--version").output().is_ok();
+    if !is_root() || !have_apt {
+        println!(
+            "test: cannot install {missing:?} (needs root and apt-get); tests that need them \
+             will show as ignored and make this task fail"
+        );
+        return Ok(());
+    }
+    println!("test: installing {missing:?}");
+    crate::run(Command::new("apt-get").args(["update", "-qq"]))?;
+    crate::run(
+        Command::new("apt-get")
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .args(["install", "-y", "-qq"])
+            .args(&missing),
+    )
+}
+
+fn install_cargo_fuzz() -> Result<()> {
+    let cargo = env!("CARGO");
+    let have = Command::new(cargo)
+        .args(["fuzz", "--version"])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    if !have {
+        println!("test: installing cargo-fuzz");
+        crate::run(Command::new(cargo).args(["install", "cargo-fuzz", "--locked", "--quiet"]))?;
+    }
+    Ok(())
+}
+
+/// Totals over every `test result:` line of one `cargo test` run.
+#[derive(Default, Debug, PartialEq)]
+struct Summary {
+    binaries: u64,
+    passed: u64,
+    failed: u64,
+    ignored: u64,
+    ignored_names: Vec<String>,
+}
+
+impl Summary {
+    /// Folds one line of libtest output in.
+    fn add_line(&mut self, line: &str) {
+        if let Some(rest) = line.strip_prefix("test result: ") {
+            self.binaries += 1;
+            for part in rest.split(';') {
+                let mut words = part.split_whitespace().rev();
+                let (Some(what), Some(n)) = (words.next(), words.next()) else {
+                    continue;
+                };
+                let n: u64 = n.parse().unwrap_or(0);
+                match what {
+                    "passed" => self.passed += n,
+                    "failed" => self.failed += n,
+                    "ignored" => self.ignored += n,
+                    _ => {}
+                }
+            }
+        } else if line.starts_with("test ") && line.contains(" ... ignored") {
+            self.ignored_names.push(line.to_string());
+        }
+    }
+}
+
+/// Runs `cargo test`, echoing its output, and adds up its summary lines.
+fn cargo_test() -> Result<Summary> {
+    let mut child = Command::new(env!("CARGO"))
+        .current_dir(crate::root())
+        .args(["test", "--workspace"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("spawn cargo test")?;
+    let stdout = child.stdout.take().context("cargo test stdout")?;
+    let mut summary = Summary::default();
+    for line in BufReader::new(stdout).lines() {
+        let line = line?;
+        println!("{line}");
+        summary.add_line(&line);
+    }
+    let status = child.wait()?;
+    if !status.success() && summary.failed == 0 {
+        bail!("cargo test failed ({status}) before reporting a failed test");
+    }
+    Ok(summary)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Summary;
+
+    #[test]
+    fn summary_adds_every_binary_and_names_ignored_tests() {
+        let mut s = Summary::default();
+        for l in [
+            "test a ... ok",
+            "test kernel::mounts ... ignored, needs a kernel EROFS mount",
+            "test result: ok. 3 passed; 0 failed; 1 ignored; 0 measured; 0 filtered out; finished in 0.01s",
+            "test result: FAILED. 2 passed; 1 failed; 0 ignored; 0 measured; 0 filtered out; finished in 1.00s",
+        ] {
+            s.add_line(l);
+        }
+        assert_eq!((s.binaries, s.passed, s.failed, s.ignored), (2, 5, 1, 1));
+        assert_eq!(s.ignored_names.len(), 1);
+    }
+}

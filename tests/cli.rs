@@ -1,5 +1,7 @@
 //! Command-line behaviour: option validation, JSON output, no output left on failure.
 
+#![allow(clippy::disallowed_methods)] // test scratch directories need no signal cleanup
+
 mod common;
 use common::*;
 

@@ -1,5 +1,7 @@
 //! The same input gives byte-identical output on every run and at any thread count.
 
+#![allow(clippy::disallowed_methods)] // test scratch directories need no signal cleanup
+
 mod common;
 use common::*;
 use std::path::Path;

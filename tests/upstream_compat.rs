@@ -1,6 +1,8 @@
 //! Same tree, same flags as the upstream nydus-image builds in fixtures/upstream: the blobs
 //! must be the same bytes (same ids), and the bootstrap the same bytes but for the root mtime.
 
+#![allow(clippy::disallowed_methods)] // test scratch directories need no signal cleanup
+
 mod common;
 use common::*;
 use std::path::Path;

@@ -8,7 +8,7 @@ use erofs_forge::format::blob::{features, BLOB_META_HEADER_SIZE, BLOB_META_MAGIC
 use erofs_forge::blob::inline::{bootstrap_range, parse_tar_header};
 use erofs_forge::blob::reader::{decode_blob_meta, decode_ci_array};
 use erofs_forge::codec::{Compressor, Digester};
-use erofs_forge::rafs::BlobInfo;
+use erofs_forge::model::BlobInfo;
 use libfuzzer_sys::fuzz_target;
 
 fn u32_at(d: &[u8], at: usize) -> u32 {

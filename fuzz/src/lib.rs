@@ -4,7 +4,7 @@ use std::io::Read;
 use std::path::Path;
 
 use erofs_forge::ops::{check, inspect};
-use erofs_forge::rafs::Image;
+use erofs_forge::model::Image;
 use erofs_forge::source::tar::{DataLocation, FileData};
 use erofs_forge::model::InodeId;
 

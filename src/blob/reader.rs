@@ -8,14 +8,14 @@ use std::path::{Path, PathBuf};
 
 use zerocopy::FromBytes;
 
-use super::ChunkInfo;
 use crate::codec::Compressor;
 use crate::error::{Error, IoContext, Result};
 use crate::format::blob::{
     features, BlobMetaHeader, ChunkInfoV1, BLOB_META_HEADER_SIZE, BLOB_META_MAGIC,
 };
 use crate::io::bytes::corrupt;
-use crate::rafs::{BlobInfo, Image};
+use crate::model::ChunkInfo;
+use crate::model::{BlobInfo, Image};
 
 /// Where blobs are looked up.
 #[derive(Debug, Clone, Default)]

@@ -3,18 +3,18 @@
 //! can mirror the chunks into blob cache files (formats/blob.md §7).
 
 use std::fs::File;
-use std::io::{BufWriter, Seek, Write};
+use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest as _, Sha256};
 use tempfile::NamedTempFile;
 use zerocopy::IntoBytes;
 
-use super::ChunkInfo;
 use crate::codec::{Compressor, Digester};
 use crate::error::{write_error, Error, IoContext, Result};
 use crate::format::blob::{self as format, features, BlobMetaHeader, ChunkInfoV1};
-use crate::io::staged::Outputs;
+use crate::io::staged::{temp_in, Outputs};
+use crate::model::ChunkInfo;
 
 /// The largest chunk index a v6 chunk index can address (24 bits, one value reserved).
 pub const MAX_CHUNKS_PER_BLOB: usize = 0xFF_FFFF;
@@ -106,73 +106,6 @@ impl BlobFiles {
         self.add_to(&mut outputs, blob_path, id);
         outputs.commit()
     }
-}
-
-/// Renames a finished temporary file to its final name. A temporary file on another
-/// filesystem (`create --tmp-dir`) is first copied beside the final name.
-pub fn persist(tmp: NamedTempFile, path: &Path) -> Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    // temporary files are created 0600; outputs are ordinary readable files
-    let perms = std::fs::Permissions::from_mode(0o644);
-    let tmp_path = tmp.path().to_path_buf();
-    tmp.as_file()
-        .set_permissions(perms)
-        .ctx("chmod", &tmp_path)?;
-    // no fsync: like mkfs.erofs and nydus-image, durability across power loss is left to the
-    // caller (`sync`); the rename makes outputs appear whole or not at all to other processes
-    match tmp.persist(path) {
-        Ok(_) => {
-            crate::io::staged::unregister(&tmp_path);
-            Ok(())
-        }
-        Err(e) if e.error.raw_os_error() == Some(libc::EXDEV) => {
-            let mut from = e.file;
-            let mut copy = temp_beside(path)?;
-            from.seek(std::io::SeekFrom::Start(0))
-                .ctx("seek", &tmp_path)?;
-            let copied = std::io::copy(&mut from, copy.as_file_mut());
-            copied.map_err(|err| {
-                let left = from
-                    .as_file()
-                    .metadata()
-                    .ok()
-                    .zip(copy.as_file().metadata().ok())
-                    .map(|(a, b)| a.len().saturating_sub(b.len()));
-                write_error(err, path, left)
-            })?;
-            drop(from);
-            crate::io::staged::unregister(&tmp_path);
-            persist(copy, path)
-        }
-        Err(e) => {
-            crate::io::staged::unregister(&tmp_path);
-            Err(Error::Io {
-                op: "rename into",
-                path: path.to_path_buf(),
-                source: e.error,
-            })
-        }
-    }
-}
-
-/// Creates a temporary file in the directory that will hold `final_path`.
-pub fn temp_beside(final_path: &Path) -> Result<NamedTempFile> {
-    let dir = match final_path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
-    temp_in(dir)
-}
-
-/// Creates a temporary file in `dir`, registered for removal on interruption.
-pub fn temp_in(dir: &Path) -> Result<NamedTempFile> {
-    let tmp = tempfile::Builder::new()
-        .prefix(".erofs-forge.")
-        .suffix(".tmp")
-        .tempfile_in(dir)
-        .ctx("create temporary file in", dir)?;
-    crate::io::staged::register(tmp.path());
-    Ok(tmp)
 }
 
 /// Writes one data blob.

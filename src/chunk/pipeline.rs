@@ -18,9 +18,10 @@ use std::sync::{Arc, Condvar, Mutex};
 use crossbeam_channel::{unbounded, Sender};
 use sha2::{Digest as _, Sha256};
 
-use crate::blob::{BlobWriter, ChunkInfo};
+use crate::blob::BlobWriter;
 use crate::codec::{digest, Compressor, Digester};
 use crate::error::{Error, IoContext, Result};
+use crate::model::ChunkInfo;
 use crate::model::InodeId;
 
 /// Settings of a pipeline run.
@@ -757,6 +758,7 @@ impl Committer<'_> {
 }
 
 #[cfg(test)]
+#[allow(clippy::disallowed_methods)] // test scratch directories need no signal cleanup
 mod tests {
     use super::*;
     use crate::blob::BlobWriterOptions;

@@ -12,7 +12,9 @@ use std::sync::{Mutex, MutexGuard};
 
 use tempfile::NamedTempFile;
 
-use crate::error::{Error, Result};
+use std::io::{Seek, Write};
+
+use crate::error::{write_error, Error, IoContext, Result};
 
 static REGISTRY: Mutex<Option<HashSet<PathBuf>>> = Mutex::new(None);
 /// Held while outputs are renamed into place, and (for good) by [`remove_all`].
@@ -87,7 +89,7 @@ impl Outputs {
         let mut done: Vec<PathBuf> = Vec::new();
         for (tmp, path) in self.items {
             // (a failed persist drops, and so removes, its temporary file)
-            if let Err(e) = crate::blob::writer::persist(tmp, &path) {
+            if let Err(e) = persist(tmp, &path) {
                 for p in &done {
                     let _ = std::fs::remove_file(p);
                 }
@@ -106,6 +108,7 @@ pub fn temp_dir_beside(final_dir: &Path) -> Result<PathBuf> {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
     };
+    #[allow(clippy::disallowed_methods)] // the one place temporary directories are made
     let d = tempfile::Builder::new()
         .prefix(".erofs-forge.")
         .suffix(".tmp")
@@ -137,4 +140,126 @@ pub fn persist_dir(tmp: &Path, final_dir: &Path) -> Result<()> {
 pub fn discard_dir(tmp: &Path) {
     let _ = std::fs::remove_dir_all(tmp);
     unregister(tmp);
+}
+
+/// Renames a finished temporary file to its final name. A temporary file on another
+/// filesystem (`create --tmp-dir`) is first copied beside the final name.
+pub fn persist(tmp: NamedTempFile, path: &Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    // temporary files are created 0600; outputs are ordinary readable files
+    let perms = std::fs::Permissions::from_mode(0o644);
+    let tmp_path = tmp.path().to_path_buf();
+    tmp.as_file()
+        .set_permissions(perms)
+        .ctx("chmod", &tmp_path)?;
+    // no fsync: like mkfs.erofs and nydus-image, durability across power loss is left to the
+    // caller (`sync`); the rename makes outputs appear whole or not at all to other processes
+    match tmp.persist(path) {
+        Ok(_) => {
+            unregister(&tmp_path);
+            Ok(())
+        }
+        Err(e) if e.error.raw_os_error() == Some(libc::EXDEV) => {
+            let mut from = e.file;
+            let mut copy = temp_beside(path)?;
+            from.seek(std::io::SeekFrom::Start(0))
+                .ctx("seek", &tmp_path)?;
+            let copied = std::io::copy(&mut from, copy.as_file_mut());
+            copied.map_err(|err| {
+                let left = from
+                    .as_file()
+                    .metadata()
+                    .ok()
+                    .zip(copy.as_file().metadata().ok())
+                    .map(|(a, b)| a.len().saturating_sub(b.len()));
+                write_error(err, path, left)
+            })?;
+            drop(from);
+            unregister(&tmp_path);
+            persist(copy, path)
+        }
+        Err(e) => {
+            unregister(&tmp_path);
+            Err(Error::Io {
+                op: "rename into",
+                path: path.to_path_buf(),
+                source: e.error,
+            })
+        }
+    }
+}
+
+/// Creates a temporary file in the directory that will hold `final_path`.
+pub fn temp_beside(final_path: &Path) -> Result<NamedTempFile> {
+    let dir = match final_path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    temp_in(dir)
+}
+
+/// Creates a temporary file in `dir`, registered for removal on interruption.
+#[allow(clippy::disallowed_methods)] // the one place temporary files are made
+pub fn temp_in(dir: &Path) -> Result<NamedTempFile> {
+    let tmp = tempfile::Builder::new()
+        .prefix(".erofs-forge.")
+        .suffix(".tmp")
+        .tempfile_in(dir)
+        .ctx("create temporary file in", dir)?;
+    register(tmp.path());
+    Ok(tmp)
+}
+
+/// Writes `bytes` to `path` through a temporary file in the same directory.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    persist(write_temp(path, bytes, None)?, path)
+}
+
+/// Writes `bytes` into a new temporary file (in `tmp_dir`, or beside `path`) that is to
+/// become `path`. On a full disk the error names `path` and the bytes not written.
+pub fn write_temp(path: &Path, bytes: &[u8], tmp_dir: Option<&Path>) -> Result<NamedTempFile> {
+    let mut tmp = match tmp_dir {
+        Some(d) => temp_in(d)?,
+        None => temp_beside(path)?,
+    };
+    if let Err(e) = tmp.write_all(bytes) {
+        let written = tmp.as_file().metadata().map(|m| m.len()).unwrap_or(0);
+        return Err(write_error(
+            e,
+            path,
+            Some((bytes.len() as u64).saturating_sub(written)),
+        ));
+    }
+    Ok(tmp)
+}
+
+/// A scratch directory for intermediate files: registered for removal on interruption, and
+/// removed with its contents when dropped.
+#[derive(Debug)]
+pub struct ScratchDir(tempfile::TempDir);
+
+impl ScratchDir {
+    /// Creates a scratch directory inside `dir`.
+    pub fn new_in(dir: &Path) -> Result<ScratchDir> {
+        #[allow(clippy::disallowed_methods)] // the one place scratch directories are made
+        let d = tempfile::Builder::new()
+            .prefix(".erofs-forge.")
+            .suffix(".tmp")
+            .tempdir_in(dir)
+            .ctx("create a directory in", dir)?;
+        register(d.path());
+        Ok(ScratchDir(d))
+    }
+
+    /// Where it is.
+    pub fn path(&self) -> &Path {
+        self.0.path()
+    }
+}
+
+impl Drop for ScratchDir {
+    fn drop(&mut self) {
+        // the TempDir itself removes the directory right after
+        unregister(self.0.path());
+    }
 }

@@ -1,7 +1,11 @@
-//! The in-memory model every source produces and every encoder consumes: the tree and the
-//! overlay rules that merge trees.
+//! The in-memory model every source produces and every encoder consumes: the tree, the
+//! overlay rules that merge trees, chunk descriptors and the decoded image.
 
+pub mod chunk;
+pub mod image;
 pub mod overlay;
 pub mod tree;
 
+pub use chunk::ChunkInfo;
+pub use image::{BlobInfo, Image};
 pub use tree::*;

@@ -7,7 +7,8 @@ use crate::blob::reader::{BlobSource, ChunkReader};
 use crate::error::{Error, Result};
 use crate::format::blob::features;
 use crate::model::FileType;
-use crate::rafs::{self, Image};
+use crate::model::Image;
+use crate::rafs;
 
 /// Options of `check`.
 #[derive(Debug, Clone, Default)]
@@ -148,7 +149,10 @@ pub fn validate(image: &Image) -> Result<()> {
 
 /// Runs `check`.
 pub fn check(opts: &CheckOptions) -> Result<CheckReport> {
-    let (image, from_blob) = rafs::load(&opts.bootstrap)?;
+    let rafs::Loaded {
+        image,
+        from_inline_blob: from_blob,
+    } = rafs::load(&opts.bootstrap)?;
     validate(&image)?;
     let mut listing = Vec::new();
     if opts.verbose {

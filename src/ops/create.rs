@@ -1,24 +1,23 @@
 //! `create`: build a bootstrap and a data blob from a source.
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use sha2::{Digest as _, Sha256};
 
-use crate::blob::writer::{persist, temp_beside, temp_in};
 use crate::blob::{BlobWriter, BlobWriterOptions};
 use crate::chunk::pipeline::{self, ChunkTable, PipelineOptions};
 use crate::codec::{Compressor, Digester};
-use crate::error::{write_error, Error, IoContext, Result};
+use crate::error::{Error, IoContext, Result};
 use crate::format::blob::{validate_chunk_size, DEFAULT_CHUNK_SIZE};
+use crate::io::staged::write_temp;
 use crate::io::staged::Outputs;
 use crate::model::overlay::{self, WhiteoutSpec};
+use crate::model::Image;
 use crate::model::{FileType, InodeId};
 use crate::ops::merge::{compact_blobs, empty_tree, record_of};
 use crate::rafs::v6::{self, BlobRecord, EncodeOptions};
-use crate::rafs::Image;
 use crate::source::tar;
 
 /// Blob id written into a bootstrap inlined in its own blob (its id is not known yet).
@@ -334,12 +333,12 @@ fn build(
     let mut parent: Option<Image> = None;
     for (path, is_parent) in [(&opts.parent_bootstrap, true), (&opts.chunk_dict, false)] {
         let Some(path) = path else { continue };
-        let (img, _) = crate::rafs::load(path)?;
+        let img = crate::rafs::load(path)?.image;
         check_base(opts, &img, path)?;
         let offset = base_blobs.len() as u32;
         base_blobs.extend(img.blobs.iter().map(record_of));
         for c in &img.chunks {
-            table.push(crate::blob::ChunkInfo {
+            table.push(crate::model::ChunkInfo {
                 blob_index: c.blob_index + offset,
                 ..*c
             });
@@ -788,33 +787,6 @@ fn parent_dir(p: &Path) -> PathBuf {
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
         _ => PathBuf::from("."),
     }
-}
-
-/// Writes `bytes` to `path` through a temporary file in the same directory.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    persist(write_temp(path, bytes, None)?, path)
-}
-
-/// Writes `bytes` into a new temporary file (in `tmp_dir`, or beside `path`) that is to
-/// become `path`. On a full disk the error names `path` and the bytes not written.
-pub fn write_temp(
-    path: &Path,
-    bytes: &[u8],
-    tmp_dir: Option<&Path>,
-) -> Result<tempfile::NamedTempFile> {
-    let mut tmp = match tmp_dir {
-        Some(d) => temp_in(d)?,
-        None => temp_beside(path)?,
-    };
-    if let Err(e) = tmp.write_all(bytes) {
-        let written = tmp.as_file().metadata().map(|m| m.len()).unwrap_or(0);
-        return Err(write_error(
-            e,
-            path,
-            Some((bytes.len() as u64).saturating_sub(written)),
-        ));
-    }
-    Ok(tmp)
 }
 
 /// Adds the `--output-json` document to `outputs` and moves every output to its final name.

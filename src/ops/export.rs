@@ -12,8 +12,8 @@ use std::path::{Path, PathBuf};
 use sha2::{Digest, Sha256};
 
 use crate::blob::reader::{BlobSource, ChunkReader};
-use crate::blob::writer::{persist, temp_beside};
 use crate::error::{Error, IoContext, Result};
+use crate::io::staged::{persist, temp_beside};
 use crate::rafs;
 
 /// dm-verity data and hash block size.
@@ -50,7 +50,10 @@ pub struct ExportOutput {
 
 /// Writes the block image.
 pub fn export_block(opts: &ExportOptions) -> Result<ExportOutput> {
-    let (image, from_blob) = rafs::load(&opts.bootstrap)?;
+    let rafs::Loaded {
+        image,
+        from_inline_blob: from_blob,
+    } = rafs::load(&opts.bootstrap)?;
     if image.version != 6 {
         return Err(Error::InvalidOption(
             "export --block needs a RAFS v6 bootstrap".into(),

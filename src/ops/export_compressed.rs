@@ -9,16 +9,16 @@
 
 use std::collections::HashMap;
 use std::io::{Read, Seek, SeekFrom, Write};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use rayon::prelude::*;
 use zerocopy::IntoBytes;
 
 use crate::blob::reader::{BlobSource, ChunkReader};
-use crate::blob::writer::{persist, temp_beside};
 use crate::codec::{Compressor, Digester};
 use crate::error::{Error, IoContext, Result};
 use crate::format::rafs_v6::*;
+use crate::io::staged::{persist, temp_beside};
 use crate::model::FileType;
 use crate::rafs;
 use crate::rafs::v6::encode::{write_standalone_inodes, EncodeOptions, StandaloneFile};
@@ -156,7 +156,10 @@ fn file_bytes(reader: &mut ChunkReader, chunks: &[u32]) -> Result<Vec<u8>> {
 
 /// Writes the image; returns its size.
 pub fn export(opts: &CompressedExportOptions) -> Result<u64> {
-    let (image, from_blob) = rafs::load(&opts.bootstrap)?;
+    let rafs::Loaded {
+        image,
+        from_inline_blob: from_blob,
+    } = rafs::load(&opts.bootstrap)?;
     crate::ops::check::validate(&image)?;
     let mut source = opts.blobs.clone();
     if from_blob && source.file.is_none() && source.dir.is_none() {
@@ -164,10 +167,8 @@ pub fn export(opts: &CompressedExportOptions) -> Result<u64> {
     }
     let mut reader = ChunkReader::new(&image, source);
     // compressed data goes to a scratch file beside the output, blocks numbered from 0
-    let mut data = tempfile::Builder::new()
-        .prefix(".erofs-forge.data.")
-        .tempfile_in(parent(&opts.output))
-        .ctx("create temporary file beside", &opts.output)?;
+    // (registered, so that an interruption removes it; it is dropped, and so removed, at the end)
+    let mut data = temp_beside(&opts.output)?;
     let mut files: HashMap<usize, StandaloneFile> = HashMap::new();
     let mut next_block = 0u64;
     let mut done = vec![false; image.tree.inodes.len()];
@@ -267,13 +268,6 @@ pub fn export(opts: &CompressedExportOptions) -> Result<u64> {
     }
     persist(tmp, &opts.output)?;
     Ok(total_blocks * BLOCK)
-}
-
-fn parent(p: &Path) -> PathBuf {
-    match p.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-        _ => PathBuf::from("."),
-    }
 }
 
 /// Compresses one file into `data`, returning its map header and indexes.

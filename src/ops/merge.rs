@@ -4,13 +4,15 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 
-use crate::blob::{BlobSummary, ChunkInfo};
+use crate::blob::BlobSummary;
 use crate::error::{Error, Result};
+use crate::io::staged::write_temp;
 use crate::model::overlay::{self, WhiteoutSpec};
+use crate::model::ChunkInfo;
+use crate::model::{BlobInfo, Image};
 use crate::model::{FileType, Inode, Tree};
-use crate::ops::create::write_temp;
+use crate::rafs;
 use crate::rafs::v6::BlobRecord;
-use crate::rafs::{self, BlobInfo, Image};
 
 /// Options of `merge`, as nydus-image spells them.
 #[derive(Debug, Clone, Default)]
@@ -179,15 +181,20 @@ pub fn merge(opts: &MergeOptions) -> Result<MergeOutput> {
         }
     }
     let dict_ids: Vec<String> = match &opts.chunk_dict {
-        Some(p) => rafs::load(p)?.0.blobs.into_iter().map(|b| b.id).collect(),
+        Some(p) => rafs::load(p)?
+            .image
+            .blobs
+            .into_iter()
+            .map(|b| b.id)
+            .collect(),
         None => Vec::new(),
     };
     let mut layers: Vec<(Image, Option<usize>)> = Vec::new();
     if let Some(p) = &opts.parent_bootstrap {
-        layers.push((rafs::load(p)?.0, None));
+        layers.push((rafs::load(p)?.image, None));
     }
     for (i, p) in opts.sources.iter().enumerate() {
-        layers.push((rafs::load(p)?.0, Some(i)));
+        layers.push((rafs::load(p)?.image, Some(i)));
     }
     for (img, i) in layers.iter().skip(1) {
         let name = i

@@ -13,8 +13,9 @@ use serde_json::{json, Map, Value};
 use sha2::{Digest as _, Sha256};
 
 use crate::error::{Error, IoContext, Result};
+use crate::io::staged::write_atomic;
 use crate::model::overlay::WhiteoutSpec;
-use crate::ops::create::{self, write_atomic, CreateOptions, LayerStream, Progress, SourceType};
+use crate::ops::create::{self, CreateOptions, LayerStream, Progress, SourceType};
 use crate::ops::merge::{self, MergeOptions};
 use crate::source::oci::{self, Platform, MEDIA_CONFIG, MEDIA_INDEX, MEDIA_MANIFEST};
 
@@ -123,10 +124,7 @@ pub fn create_oci(
     let blobs_dir = dir.join("blobs/sha256");
     std::fs::create_dir_all(&blobs_dir).ctx("create", &blobs_dir)?;
     // per-layer outputs are staged here and only the blobs the image uses move into blobs/
-    let work = tempfile::Builder::new()
-        .prefix(".erofs-forge-oci-")
-        .tempdir_in(&dir)
-        .ctx("create a directory in", &dir)?;
+    let work = crate::io::staged::ScratchDir::new_in(&dir)?;
 
     let mut boots = Vec::with_capacity(image.layers.len());
     for (i, l) in image.layers.iter().enumerate() {

@@ -7,7 +7,8 @@ use serde_json::{json, Value};
 
 use crate::error::Result;
 use crate::model::FileType;
-use crate::rafs::{self, Image};
+use crate::model::Image;
+use crate::rafs;
 
 fn image_stats(
     path: &std::path::Path,
@@ -65,7 +66,7 @@ pub fn stat(bootstraps: &[PathBuf]) -> Result<Value> {
     let mut seen = HashSet::new();
     let mut images = Vec::new();
     for p in bootstraps {
-        let (image, _) = rafs::load(p)?;
+        let image = rafs::load(p)?.image;
         images.push(image_stats(p, &image, &mut seen));
     }
     let sum = |k: &str| {

@@ -8,10 +8,11 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use crate::blob::reader::{BlobSource, ChunkReader};
-use crate::blob::writer::{persist, temp_beside};
 use crate::error::{Error, IoContext, Result};
+use crate::io::staged::{persist, temp_beside};
+use crate::model::Image;
 use crate::model::{EntryId, FileType, Inode};
-use crate::rafs::{self, Image};
+use crate::rafs;
 
 /// Options of `unpack`.
 #[derive(Debug, Clone, Default)]
@@ -28,7 +29,10 @@ pub struct UnpackOptions {
 
 /// Runs `unpack`; returns the number of entries written.
 pub fn unpack(opts: &UnpackOptions) -> Result<u64> {
-    let (image, from_blob) = rafs::load(&opts.bootstrap)?;
+    let rafs::Loaded {
+        image,
+        from_inline_blob: from_blob,
+    } = rafs::load(&opts.bootstrap)?;
     crate::ops::check::validate(&image)?;
     let mut source = opts.blobs.clone();
     if from_blob && source.file.is_none() && source.dir.is_none() {

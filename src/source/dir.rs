@@ -138,6 +138,7 @@ fn read_xattrs(path: &Path) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
 }
 
 #[cfg(test)]
+#[allow(clippy::disallowed_methods)] // test scratch directories need no signal cleanup
 mod tests {
     use super::*;
 

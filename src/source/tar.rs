@@ -996,7 +996,7 @@ pub struct TarfsChunks {
     /// Chunk size of the image.
     pub chunk_size: u32,
     /// Every chunk, in archive order.
-    pub chunks: Vec<crate::blob::ChunkInfo>,
+    pub chunks: Vec<crate::model::ChunkInfo>,
 }
 
 impl FileData for TarfsChunks {
@@ -1023,7 +1023,7 @@ impl FileData for TarfsChunks {
             if self.chunks.len() >= crate::blob::writer::MAX_CHUNKS_PER_BLOB {
                 return Err(Error::Limit("too many chunks in one tar".into()));
             }
-            self.chunks.push(crate::blob::ChunkInfo {
+            self.chunks.push(crate::model::ChunkInfo {
                 digest: [0; 32],
                 crc32: 0,
                 has_crc32: false,

@@ -652,7 +652,7 @@ fn run_check(a: CheckArgs) -> Result<()> {
             "fs_version": img.version.to_string(),
             "compressor": img.compressor.name(),
         });
-        create::write_atomic(&path, serde_json::to_string(&doc)?.as_bytes())?;
+        erofs_forge::io::staged::write_atomic(&path, serde_json::to_string(&doc)?.as_bytes())?;
     }
     Ok(())
 }
@@ -679,7 +679,7 @@ fn run_inspect(a: InspectArgs) -> Result<()> {
     let Some(bootstrap) = a.bootstrap.or(a.bootstrap_opt) else {
         bail!("no bootstrap given")
     };
-    let (image, _) = erofs_forge::rafs::load(&bootstrap)?;
+    let image = erofs_forge::rafs::load(&bootstrap)?.image;
     let v = erofs_forge::ops::inspect::request(&image, &a.request)?;
     println!("{}", serde_json::to_string_pretty(&v)?);
     Ok(())
@@ -708,7 +708,7 @@ fn run_stat(a: StatArgs) -> Result<()> {
     let v = erofs_forge::ops::stat::stat(&list)?;
     let text = serde_json::to_string_pretty(&v)?;
     match a.output_json {
-        Some(p) => create::write_atomic(&p, text.as_bytes())?,
+        Some(p) => erofs_forge::io::staged::write_atomic(&p, text.as_bytes())?,
         None => println!("{text}"),
     }
     Ok(())
@@ -769,7 +769,7 @@ fn main() -> ExitCode {
         }
         Command::ExtractBootstrap { blob, output } => {
             erofs_forge::blob::inline::extract_bootstrap(&blob)
-                .and_then(|b| create::write_atomic(&output, &b))
+                .and_then(|b| erofs_forge::io::staged::write_atomic(&output, &b))
                 .map_err(Into::into)
         }
     };

@@ -5,14 +5,14 @@ use std::collections::HashMap;
 
 use zerocopy::FromBytes;
 
-use crate::blob::ChunkInfo;
 use crate::codec::{Compressor, Digester};
 use crate::error::{Error, Result};
 use crate::format::rafs_v5::*;
 use crate::format::rafs_v6::super_flags;
 use crate::io::bytes::{corrupt, Bytes};
+use crate::model::ChunkInfo;
+use crate::model::{BlobInfo, Image};
 use crate::model::{FileType, Inode as TreeInode, InodeId, Tree};
-use crate::rafs::{BlobInfo, Image};
 
 const MAX_DEPTH: usize = 4096;
 

@@ -5,11 +5,11 @@ use std::collections::HashMap;
 
 use zerocopy::IntoBytes;
 
-use crate::blob::ChunkInfo;
 use crate::codec::{Compressor, Digester};
 use crate::error::{Error, Result};
 use crate::format::rafs_v5::*;
 use crate::format::rafs_v6::super_flags;
+use crate::model::ChunkInfo;
 use crate::model::{EntryId, FileType, Tree};
 use crate::rafs::v6::BlobRecord;
 

@@ -4,13 +4,13 @@
 use std::collections::HashMap;
 
 use super::layout::XATTR_PREFIXES;
-use crate::blob::ChunkInfo;
 use crate::codec::{Compressor, Digester};
 use crate::error::Result;
 use crate::format::rafs_v6::*;
 use crate::io::bytes::{corrupt, Bytes};
+use crate::model::ChunkInfo;
+use crate::model::{BlobInfo, Image};
 use crate::model::{FileType, Inode, InodeId, Tree};
-use crate::rafs::{BlobInfo, Image};
 use zerocopy::FromBytes;
 
 type XattrPair = (Vec<u8>, Vec<u8>);

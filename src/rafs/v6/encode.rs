@@ -6,10 +6,11 @@ use std::collections::BTreeMap;
 use zerocopy::IntoBytes;
 
 use super::layout::{self, DataLayout, Layout};
-use crate::blob::{BlobSummary, ChunkInfo};
+use crate::blob::BlobSummary;
 use crate::codec::{Compressor, Digester};
 use crate::error::{Error, Result};
 use crate::format::rafs_v6::*;
+use crate::model::ChunkInfo;
 use crate::model::{FileType, Tree};
 
 /// Metadata block size of native (non-tarfs) images.

@@ -1,5 +1,5 @@
 //! Applying a layer onto the tree below it, with OCI or overlayfs whiteouts
-//! (formats/layers-and-merge.md in the workspace reference; our rules in README "Layers").
+//! (our rules: README "Layers").
 
 use std::collections::HashMap;
 

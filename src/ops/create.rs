@@ -33,7 +33,7 @@ pub enum SourceType {
     /// A tar stream (plain, gzip, zstd or xz, told by its magic bytes): `tar-rafs`,
     /// `targz-rafs`. File data is chunked into a new blob.
     Tar,
-    /// An uncompressed tar whose data stays in place: `tar-tarfs` (formats/rafs-v6.md §15).
+    /// An uncompressed tar whose data stays in place: `tar-tarfs` (formats/rafs-v6.md §18).
     TarTarfs,
 }
 
@@ -667,7 +667,7 @@ impl<R: std::io::Read> std::io::Read for Hashing<R> {
 }
 
 /// `tar-tarfs`: a bootstrap with 512-byte blocks whose chunks point at the file data inside
-/// the tar, which is the image's only device (formats/rafs-v6.md §15). No blob is written; the
+/// the tar, which is the image's only device (formats/rafs-v6.md §18). No blob is written; the
 /// blob id is the sha256 of the tar.
 fn create_tarfs(opts: &CreateOptions, progress: &dyn Progress) -> Result<CreateOutput> {
     let t0 = Instant::now();
@@ -802,7 +802,7 @@ fn publish(out: CreateOutput, opts: &CreateOptions, mut outputs: Outputs) -> Res
     Ok(out)
 }
 
-/// The `--output-json` document, with the fields nydusify reads (formats/cli.md).
+/// The `--output-json` document, with the fields nydusify reads (README, `create`: `-J`).
 pub fn output_json(out: &CreateOutput) -> String {
     let doc = serde_json::json!({
         "version": concat!(env!("CARGO_PKG_NAME"), "-", env!("CARGO_PKG_VERSION")),

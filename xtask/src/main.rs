@@ -13,10 +13,12 @@
 //!   time, seeded from fuzz/seeds; prints executions per target (skips when cargo-fuzz or the
 //!   nightly features it needs are not available, or fails with `--no-skip`)
 //! - `layers`                  check src/'s imports against the layer table (no upward edge, no cycle)
+//! - `citations`               check that every `formats/*.md §N` cited in the code resolves
 //! - `test [--fuzz-seconds N]`  the README's test command: install what the tests need (Debian
 //!   packages as root, cargo-fuzz), fuzz each target N s (default 30), `cargo test`; fails when
 //!   any test failed or was ignored
 
+mod citations;
 mod layers;
 mod test;
 
@@ -807,13 +809,14 @@ fn main() -> Result<()> {
         Some("fuzz") => fuzz(&args[1..]),
         Some("test") => test::test(&args[1..]),
         Some("layers") => layers::check(&root()),
+        Some("citations") => citations::check(&root()),
         Some("roundtrip") => roundtrip(if args.len() > 1 {
             paths(1)
         } else {
             default_trees()?
         }),
         _ => {
-            eprintln!("tasks: full-tree DIR [--big] | debian DIR | linux DIR | kernel-check [TREE...] | bench [TREE...] | roundtrip [TREE...] | corpus small|dedup DIR | fuzz [--seconds N] [--no-skip] [TARGET...] | test [--fuzz-seconds N] | layers");
+            eprintln!("tasks: full-tree DIR [--big] | debian DIR | linux DIR | kernel-check [TREE...] | bench [TREE...] | roundtrip [TREE...] | corpus small|dedup DIR | fuzz [--seconds N] [--no-skip] [TARGET...] | test [--fuzz-seconds N] | layers | citations");
             std::process::exit(2)
         }
     }

@@ -18,7 +18,7 @@ pub const BLOCK_SIZE: u64 = 4096;
 /// Metadata block size of tar-tarfs images (the tar's own block size).
 pub const TARFS_BLOCK_SIZE: u64 = 512;
 /// The superblock region, blob table, `meta_addr` and chunk table keep this alignment at
-/// every block size (formats/rafs-v6.md §15).
+/// every block size (formats/rafs-v6.md §18).
 pub const META_ALIGN: u64 = 4096;
 /// Each blob of a flattened disk image starts on this boundary (formats/rafs-v6.md §15).
 pub const MAPPED_BLOB_ALIGN: u64 = 0x80000;

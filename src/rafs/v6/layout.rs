@@ -151,7 +151,7 @@ impl Allocator {
         Allocator {
             block,
             // the root sits one 4 KiB block after meta_addr whatever the block size
-            // (formats/rafs-v6.md §10), so its nid is always 128
+            // (formats/rafs-v6.md §1), so its nid is always 128
             cursor: ROOT_OFFSET,
             free: vec![VecDeque::new(); (block / INODE_SLOT) as usize],
         }

@@ -9,14 +9,14 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::Path;
 
 use erofs_forge::blob::reader::{BlobSource, ChunkReader};
-use erofs_forge::ops::{check, inspect};
+use erofs_forge::ops::inspect;
 
 /// Everything the read side does with a decoded image, errors ignored.
 fn exercise(bytes: &[u8], blobs: &Path) {
     let Ok(image) = erofs_forge::rafs::decode(bytes) else {
         return;
     };
-    let _ = check::validate(&image);
+    let _ = image.validate();
     for req in [
         "stats",
         "blobs",

@@ -7,7 +7,7 @@
 mod common;
 use common::repo;
 
-use erofs_forge::ops::{check, inspect};
+use erofs_forge::ops::inspect;
 
 /// What the `v5_bootstrap` target does to its input: force the v5 magic and version.
 fn as_v5(mut bytes: Vec<u8>) -> Vec<u8> {
@@ -23,7 +23,7 @@ fn as_v5(mut bytes: Vec<u8>) -> Vec<u8> {
 /// The blob-less read side, as the bootstrap targets drive it.
 fn exercise(bytes: &[u8]) -> Result<(), String> {
     let image = erofs_forge::rafs::decode(bytes).map_err(|e| e.to_string())?;
-    let _ = check::validate(&image);
+    let _ = image.validate();
     for req in ["stats", "blobs", "prefetch", "ls /", "icheck 1", "chunk 0"] {
         let _ = inspect::request(&image, req);
     }

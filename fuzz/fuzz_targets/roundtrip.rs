@@ -238,7 +238,7 @@ fuzz_target!(|d: Desc| {
         Ok(i) => i,
         Err(e) => panic!("our own bootstrap does not decode: {e}"),
     };
-    if let Err(e) = erofs_forge::ops::check::validate(&image) {
+    if let Err(e) = image.validate() {
         panic!("our own bootstrap does not validate: {e}");
     }
     // v5 keeps only regular files hardlinked

@@ -3,7 +3,7 @@
 use std::io::Read;
 use std::path::Path;
 
-use erofs_forge::ops::{check, inspect};
+use erofs_forge::ops::inspect;
 use erofs_forge::model::Image;
 use erofs_forge::source::tar::{DataLocation, FileData};
 use erofs_forge::model::InodeId;
@@ -19,7 +19,7 @@ pub fn exercise_bootstrap(bytes: &[u8]) {
 
 /// The blob-less read side of a decoded image.
 pub fn exercise_image(image: &Image) {
-    let _ = check::validate(image);
+    let _ = image.validate();
     for req in ["stats", "blobs", "prefetch", "ls /", "icheck 1", "chunk 0"] {
         let _ = inspect::request(image, req);
     }

@@ -1,8 +1,10 @@
 //! A decoded bootstrap: the tree, its chunks and its blob table, as every reader sees it.
 
 use super::chunk::ChunkInfo;
-use super::tree::Tree;
+use super::tree::{FileType, Tree};
 use crate::codec::{Compressor, Digester};
+use crate::error::{Error, Result};
+use crate::format::blob::features;
 
 /// A blob as a bootstrap describes it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -62,4 +64,99 @@ pub struct Image {
     pub prefetch: Vec<u64>,
     /// Size of the bootstrap.
     pub size: u64,
+}
+
+impl Image {
+    /// Checks the invariants the decoder does not already enforce while building the tree:
+    /// every reader runs it before trusting chunk addresses.
+    pub fn validate(&self) -> Result<()> {
+        let image = self;
+        let bad = |reason: String| {
+            Err(Error::Corrupt {
+                what: "image",
+                offset: 0,
+                reason,
+            })
+        };
+        for (i, c) in image.chunks.iter().enumerate() {
+            let Some(blob) = image.blobs.get(c.blob_index as usize) else {
+                return bad(format!(
+                    "chunk {i} references blob {} of {}",
+                    c.blob_index,
+                    image.blobs.len()
+                ));
+            };
+            if c.index >= blob.chunk_count && blob.features & features::TARFS == 0 {
+                return bad(format!(
+                    "chunk index {} beyond the {} chunks of blob {}",
+                    c.index, blob.chunk_count, blob.id
+                ));
+            }
+            let end = c
+                .uncompressed_offset
+                .checked_add(u64::from(c.uncompressed_size));
+            if blob.features & features::TARFS == 0
+                && end.is_none_or(|e| e > blob.uncompressed_size)
+            {
+                return bad(format!(
+                    "chunk {} of blob {} lies beyond its uncompressed size",
+                    c.index, blob.id
+                ));
+            }
+            if image.version == 6
+                && blob.features & features::TARFS == 0
+                && c.uncompressed_offset % 4096 != 0
+            {
+                return bad(format!(
+                    "chunk {} of blob {} is not 4 KiB aligned",
+                    c.index, blob.id
+                ));
+            }
+        }
+        for (d, entry) in image.tree.entries.iter().enumerate() {
+            let names = entry.children.windows(2);
+            if let Some(w) = names
+                .into_iter()
+                .find(|w| image.tree.entries[w[0]].name == image.tree.entries[w[1]].name)
+            {
+                return bad(format!(
+                    "{}: duplicate entry {:?}",
+                    image.tree.path(d).display(),
+                    String::from_utf8_lossy(&image.tree.entries[w[0]].name)
+                ));
+            }
+        }
+        for (e, entry) in image.tree.entries.iter().enumerate() {
+            let inode = &image.tree.inodes[entry.inode];
+            if inode.file_type != FileType::Regular {
+                continue;
+            }
+            let expected = if image.chunk_size == 0 {
+                0
+            } else {
+                inode.size.div_ceil(u64::from(image.chunk_size))
+            };
+            if inode.chunks.len() as u64 != expected {
+                return bad(format!(
+                    "{}: {} chunks for {} bytes",
+                    image.tree.path(e).display(),
+                    inode.chunks.len(),
+                    inode.size
+                ));
+            }
+            let sum: u64 = inode
+                .chunks
+                .iter()
+                .map(|id| u64::from(image.chunks[*id as usize].uncompressed_size))
+                .sum();
+            if sum != inode.size {
+                return bad(format!(
+                    "{}: chunks hold {sum} bytes, the file {}",
+                    image.tree.path(e).display(),
+                    inode.size
+                ));
+            }
+        }
+        Ok(())
+    }
 }

@@ -14,6 +14,7 @@ use sha2::{Digest, Sha256};
 use crate::blob::reader::{BlobSource, ChunkReader};
 use crate::error::{Error, IoContext, Result};
 use crate::io::staged::{persist, temp_beside};
+use crate::ops::opened::OpenedImage;
 use crate::rafs;
 
 /// dm-verity data and hash block size.
@@ -50,16 +51,15 @@ pub struct ExportOutput {
 
 /// Writes the block image.
 pub fn export_block(opts: &ExportOptions) -> Result<ExportOutput> {
-    let rafs::Loaded {
+    let OpenedImage {
         image,
-        from_inline_blob: from_blob,
-    } = rafs::load(&opts.bootstrap)?;
+        blobs: source,
+    } = OpenedImage::open(&opts.bootstrap, &opts.blobs)?;
     if image.version != 6 {
         return Err(Error::InvalidOption(
             "export --block needs a RAFS v6 bootstrap".into(),
         ));
     }
-    crate::ops::check::validate(&image)?;
     let block = u64::from(image.block_size);
     let (boot, positions) = if opts.single_device {
         let records: Vec<_> = image
@@ -79,10 +79,6 @@ pub fn export_block(opts: &ExportOptions) -> Result<ExportOutput> {
             .collect();
         (rafs::read_bootstrap(&opts.bootstrap)?, pos)
     };
-    let mut source = opts.blobs.clone();
-    if from_blob && source.file.is_none() && source.dir.is_none() {
-        source.file = Some(opts.bootstrap.clone());
-    }
     // every blob must sit after the bootstrap and after the blob before it
     let mut end = boot.len() as u64;
     for (b, pos) in image.blobs.iter().zip(&positions) {

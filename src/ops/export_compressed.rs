@@ -20,7 +20,7 @@ use crate::error::{Error, IoContext, Result};
 use crate::format::rafs_v6::*;
 use crate::io::staged::{persist, temp_beside};
 use crate::model::FileType;
-use crate::rafs;
+use crate::ops::opened::OpenedImage;
 use crate::rafs::v6::encode::{write_standalone_inodes, EncodeOptions, StandaloneFile};
 use crate::rafs::v6::layout::{self, RegularLayout};
 
@@ -156,15 +156,10 @@ fn file_bytes(reader: &mut ChunkReader, chunks: &[u32]) -> Result<Vec<u8>> {
 
 /// Writes the image; returns its size.
 pub fn export(opts: &CompressedExportOptions) -> Result<u64> {
-    let rafs::Loaded {
+    let OpenedImage {
         image,
-        from_inline_blob: from_blob,
-    } = rafs::load(&opts.bootstrap)?;
-    crate::ops::check::validate(&image)?;
-    let mut source = opts.blobs.clone();
-    if from_blob && source.file.is_none() && source.dir.is_none() {
-        source.file = Some(opts.bootstrap.clone());
-    }
+        blobs: source,
+    } = OpenedImage::open(&opts.bootstrap, &opts.blobs)?;
     let mut reader = ChunkReader::new(&image, source);
     // compressed data goes to a scratch file beside the output, blocks numbered from 0
     // (registered, so that an interruption removes it; it is dropped, and so removed, at the end)

@@ -8,5 +8,6 @@ pub mod export_compressed;
 pub mod inspect;
 pub mod merge;
 pub mod oci;
+pub mod opened;
 pub mod stat;
 pub mod unpack;

@@ -12,7 +12,7 @@ use crate::error::{Error, IoContext, Result};
 use crate::io::staged::{persist, temp_beside};
 use crate::model::Image;
 use crate::model::{EntryId, FileType, Inode};
-use crate::rafs;
+use crate::ops::opened::OpenedImage;
 
 /// Options of `unpack`.
 #[derive(Debug, Clone, Default)]
@@ -29,15 +29,10 @@ pub struct UnpackOptions {
 
 /// Runs `unpack`; returns the number of entries written.
 pub fn unpack(opts: &UnpackOptions) -> Result<u64> {
-    let rafs::Loaded {
+    let OpenedImage {
         image,
-        from_inline_blob: from_blob,
-    } = rafs::load(&opts.bootstrap)?;
-    crate::ops::check::validate(&image)?;
-    let mut source = opts.blobs.clone();
-    if from_blob && source.file.is_none() && source.dir.is_none() {
-        source.file = Some(opts.bootstrap.clone());
-    }
+        blobs: source,
+    } = OpenedImage::open(&opts.bootstrap, &opts.blobs)?;
     if opts.output_tar.is_none() && opts.output_dir.is_none() {
         return Err(Error::InvalidOption(
             "unpack needs --output or --output-dir".into(),

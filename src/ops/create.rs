@@ -17,6 +17,8 @@ use crate::model::overlay::{self, WhiteoutSpec};
 use crate::model::Image;
 use crate::model::{FileType, InodeId};
 use crate::ops::merge::{compact_blobs, empty_tree, record_of};
+use crate::ops::paths::bootstrap_path;
+use crate::ops::report::Report;
 use crate::rafs::v6::{self, BlobRecord, EncodeOptions};
 use crate::source::tar;
 
@@ -554,15 +556,7 @@ fn build(
     let mut outputs = Outputs::new();
     let boot_path = match bootstrap {
         Some(bytes) => {
-            let path = match (&opts.bootstrap, &opts.blob_dir) {
-                (Some(p), _) => p.clone(),
-                (None, Some(d)) => d.join(hex::encode(Sha256::digest(&bytes))),
-                (None, None) => {
-                    return Err(Error::InvalidOption(
-                        "no output path for the bootstrap".into(),
-                    ))
-                }
-            };
+            let path = bootstrap_path(opts.bootstrap.as_deref(), opts.blob_dir.as_deref(), &bytes)?;
             outputs.add(
                 write_temp(&path, &bytes, opts.tmp_dir.as_deref())?,
                 path.clone(),
@@ -750,15 +744,7 @@ fn create_tarfs(opts: &CreateOptions, progress: &dyn Progress) -> Result<CreateO
     };
     let bytes = v6::encode(&tree, &chunks.chunks, &blobs, &eopts)?;
     timings.insert("dump_bootstrap".into(), t2.elapsed().as_secs_f64());
-    let path = match (&opts.bootstrap, &opts.blob_dir) {
-        (Some(p), _) => p.clone(),
-        (None, Some(d)) => d.join(hex::encode(Sha256::digest(&bytes))),
-        (None, None) => {
-            return Err(Error::InvalidOption(
-                "no output path for the bootstrap".into(),
-            ))
-        }
-    };
+    let path = bootstrap_path(opts.bootstrap.as_deref(), opts.blob_dir.as_deref(), &bytes)?;
     let mut outputs = Outputs::new();
     outputs.add(
         write_temp(&path, &bytes, opts.tmp_dir.as_deref())?,
@@ -804,22 +790,17 @@ fn publish(out: CreateOutput, opts: &CreateOptions, mut outputs: Outputs) -> Res
 
 /// The `--output-json` document, with the fields nydusify reads (README, `create`: `-J`).
 pub fn output_json(out: &CreateOutput) -> String {
-    let doc = serde_json::json!({
-        "version": concat!(env!("CARGO_PKG_NAME"), "-", env!("CARGO_PKG_VERSION")),
-        "bootstrap": out.bootstrap,
-        "blobs": out.blobs,
-        "external_bootstrap": "",
-        "external_blobs": [],
-        "trace": {
-            "consumed_time": out.timings,
-            "registered_events": {
-                "blob_uncompressed_size": out.data_bytes,
-                "chunks": out.chunks,
-                "unique_chunks": out.unique_chunks,
-            }
-        },
-        "fs_version": out.fs_version.to_string(),
-        "compressor": out.compressor.name(),
-    });
-    serde_json::to_string_pretty(&doc).unwrap_or_default()
+    let mut report = Report::new(
+        out.bootstrap.clone(),
+        out.blobs.clone(),
+        out.fs_version,
+        out.compressor,
+    );
+    report.timings = out.timings.clone();
+    report.events = BTreeMap::from([
+        ("blob_uncompressed_size", out.data_bytes),
+        ("chunks", out.chunks),
+        ("unique_chunks", out.unique_chunks),
+    ]);
+    report.pretty()
 }

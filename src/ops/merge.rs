@@ -11,6 +11,8 @@ use crate::model::overlay::{self, WhiteoutSpec};
 use crate::model::ChunkInfo;
 use crate::model::{BlobInfo, Image};
 use crate::model::{FileType, Inode, Tree};
+use crate::ops::paths::bootstrap_path;
+use crate::ops::report::Report;
 use crate::rafs;
 use crate::rafs::v6::BlobRecord;
 
@@ -258,18 +260,7 @@ pub fn merge(opts: &MergeOptions) -> Result<MergeOutput> {
     let (chunks, blobs) = compact_blobs(&mut tree, &chunks, &blobs)?;
     let first = &layers[0].0;
     let bytes = encode(first, &tree, &chunks, &blobs)?;
-    let path = match (&opts.bootstrap, &opts.blob_dir) {
-        (Some(p), _) => p.clone(),
-        (None, Some(d)) => {
-            use sha2::Digest;
-            d.join(hex::encode(sha2::Sha256::digest(&bytes)))
-        }
-        (None, None) => {
-            return Err(Error::InvalidOption(
-                "merge needs --bootstrap or --blob-dir".into(),
-            ))
-        }
-    };
+    let path = bootstrap_path(opts.bootstrap.as_deref(), opts.blob_dir.as_deref(), &bytes)?;
     let mut outputs = crate::io::staged::Outputs::new();
     outputs.add(write_temp(&path, &bytes, None)?, path.clone());
     let out = MergeOutput {
@@ -278,17 +269,13 @@ pub fn merge(opts: &MergeOptions) -> Result<MergeOutput> {
         fs_version: first.version,
     };
     if let Some(j) = &opts.output_json {
-        let doc = serde_json::json!({
-            "version": concat!(env!("CARGO_PKG_NAME"), "-", env!("CARGO_PKG_VERSION")),
-            "bootstrap": out.bootstrap.display().to_string(),
-            "blobs": out.blobs,
-            "external_bootstrap": "",
-            "external_blobs": [],
-            "trace": {"consumed_time": {}, "registered_events": {}},
-            "fs_version": out.fs_version.to_string(),
-            "compressor": first.compressor.name(),
-        });
-        let json = serde_json::to_string_pretty(&doc).unwrap_or_default();
+        let json = Report::new(
+            out.bootstrap.display().to_string(),
+            out.blobs.clone(),
+            out.fs_version,
+            first.compressor,
+        )
+        .pretty();
         outputs.add(write_temp(j, json.as_bytes(), None)?, j.clone());
     }
     outputs.commit()?;

@@ -9,5 +9,7 @@ pub mod inspect;
 pub mod merge;
 pub mod oci;
 pub mod opened;
+pub mod paths;
+pub mod report;
 pub mod stat;
 pub mod unpack;

@@ -17,6 +17,7 @@ use crate::io::staged::write_atomic;
 use crate::model::overlay::WhiteoutSpec;
 use crate::ops::create::{self, CreateOptions, LayerStream, Progress, SourceType};
 use crate::ops::merge::{self, MergeOptions};
+use crate::ops::report::Report;
 use crate::source::oci::{self, Platform, MEDIA_CONFIG, MEDIA_INDEX, MEDIA_MANIFEST};
 
 /// Media type of a nydus data blob layer.
@@ -284,24 +285,20 @@ pub fn create_oci(
         fs_version: merged.fs_version,
     };
     if let Some(j) = &opts.output_json {
-        let doc = json!({
-            "version": concat!(env!("CARGO_PKG_NAME"), "-", env!("CARGO_PKG_VERSION")),
-            "bootstrap": out.bootstrap.as_ref().map(|p| p.display().to_string()).unwrap_or_default(),
-            "blobs": merged.blobs,
-            "external_bootstrap": "",
-            "external_blobs": [],
-            "trace": {"consumed_time": {}, "registered_events": {}},
-            "fs_version": out.fs_version.to_string(),
-            "compressor": opts.compressor.unwrap_or(crate::codec::Compressor::Zstd).name(),
-            "manifest": out.manifest,
-            "image_layout": dir.display().to_string(),
-        });
-        write_atomic(
-            j,
-            serde_json::to_string_pretty(&doc)
-                .unwrap_or_default()
-                .as_bytes(),
-        )?;
+        let mut report = Report::new(
+            out.bootstrap
+                .as_ref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default(),
+            merged.blobs.clone(),
+            out.fs_version,
+            opts.compressor.unwrap_or(crate::codec::Compressor::Zstd),
+        );
+        report.extra.insert("manifest".into(), json!(out.manifest));
+        report
+            .extra
+            .insert("image_layout".into(), json!(dir.display().to_string()));
+        write_atomic(j, report.pretty().as_bytes())?;
     }
     Ok(out)
 }

@@ -642,17 +642,13 @@ fn run_check(a: CheckArgs) -> Result<()> {
         );
     }
     if let Some(path) = a.output_json {
-        let doc = serde_json::json!({
-            "version": concat!(env!("CARGO_PKG_NAME"), "-", env!("CARGO_PKG_VERSION")),
-            "bootstrap": bootstrap.display().to_string(),
-            "blobs": img.blobs.iter().map(|b| b.id.clone()).collect::<Vec<_>>(),
-            "external_bootstrap": "",
-            "external_blobs": [],
-            "trace": {"consumed_time": {}, "registered_events": {}},
-            "fs_version": img.version.to_string(),
-            "compressor": img.compressor.name(),
-        });
-        erofs_forge::io::staged::write_atomic(&path, serde_json::to_string(&doc)?.as_bytes())?;
+        let report = erofs_forge::ops::report::Report::new(
+            bootstrap.display().to_string(),
+            img.blobs.iter().map(|b| b.id.clone()).collect(),
+            img.version,
+            img.compressor,
+        );
+        erofs_forge::io::staged::write_atomic(&path, report.compact().as_bytes())?;
     }
     Ok(())
 }

@@ -81,6 +81,20 @@ pub enum Error {
     /// A limit of the format was exceeded.
     #[error("format limit exceeded: {0}")]
     Limit(String),
+    /// Images that cannot be stacked (merged, or used as parent or chunk dictionary) because
+    /// they disagree on a setting every layer must share. nydus-image exits with code 2 for
+    /// this, which acceleration-service reads as "retry without the cache".
+    #[error("{what}: {reason}")]
+    Incompatible {
+        /// The image that does not fit, and what it was to be used as.
+        what: String,
+        /// The setting that differs, with both values.
+        reason: String,
+    },
+    /// A state the code rules out happened (a worker thread panicked, an invariant broke): a
+    /// bug in this tool, not in the input or the options.
+    #[error("internal error: {0}")]
+    Internal(String),
     /// Compression or decompression failed.
     #[error("{algo} failed: {reason}")]
     Codec {

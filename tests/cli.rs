@@ -201,3 +201,34 @@ fn check_writes_json() {
         "a49e1b43b7bb041ea8b9b3074934a2415d8060c68cad55a6eb1fa59c6a1f79a0"
     );
 }
+
+#[test]
+fn merging_incompatible_layers_exits_2_naming_the_setting() {
+    // acceleration-service reads exit code 2 from merge as "retry without the cache"
+    let out = scratch();
+    let d = out.path();
+    let sample = repo().join("fixtures/sample");
+    for (name, chunk) in [("a", "0x100000"), ("b", "0x10000")] {
+        forge(&[
+            "create",
+            "--chunk-size",
+            chunk,
+            "-D",
+            d.to_str().unwrap(),
+            "-B",
+            d.join(name).to_str().unwrap(),
+            sample.to_str().unwrap(),
+        ]);
+    }
+    let o = std::process::Command::new(bin())
+        .args(["merge", "-B"])
+        .arg(d.join("merged"))
+        .arg(d.join("a"))
+        .arg(d.join("b"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(err.contains("chunk size 0x10000, not 0x100000"), "{err}");
+    assert!(!d.join("merged").exists());
+}

@@ -554,7 +554,7 @@ pub fn run_with<R: Send>(
         pool.close();
         let (produced, stopped) = reader.join().unwrap_or_else(|_| {
             (
-                Err(Error::InvalidOption("chunk reader thread panicked".into())),
+                Err(Error::Internal("chunk reader thread panicked".into())),
                 false,
             )
         });
@@ -562,17 +562,15 @@ pub fn run_with<R: Send>(
         match hashed {
             Some(Ok(hasher)) => committer.blob.restore_hasher(hasher),
             None => {}
-            Some(Err(_)) => return Err(Error::InvalidOption("blob hash thread panicked".into())),
+            Some(Err(_)) => return Err(Error::Internal("blob hash thread panicked".into())),
         }
         if stopped {
             // the writer finished without error, so it did not stop early
-            return Err(Error::InvalidOption(
-                "chunk writer stopped unexpectedly".into(),
-            ));
+            return Err(Error::Internal("chunk writer stopped unexpectedly".into()));
         }
         let produced = produced?;
         if !committer.pending.is_empty() {
-            return Err(Error::InvalidOption("chunk batches went missing".into()));
+            return Err(Error::Internal("chunk batches went missing".into()));
         }
         Ok((std::mem::take(&mut committer.per_inode), produced))
     })

@@ -4,6 +4,7 @@
 pub mod chunk;
 pub mod image;
 pub mod overlay;
+pub mod stack;
 pub mod tree;
 
 pub use chunk::ChunkInfo;

@@ -32,30 +32,6 @@ pub struct CheckReport {
     pub listing: Vec<String>,
 }
 
-/// Names of BlobFeatures bits, for listings.
-pub fn feature_names(bits: u32) -> Vec<&'static str> {
-    const NAMES: [(u32, &str); 13] = [
-        (0x1, "aligned"),
-        (0x2, "inlined_fs_meta"),
-        (0x4, "chunk_info_v2"),
-        (0x8, "zran"),
-        (0x10, "separate"),
-        (0x20, "inlined_chunk_digest"),
-        (0x40, "tarfs"),
-        (0x80, "batch"),
-        (0x100, "encrypted"),
-        (0x800, "external"),
-        (0x1000_0000, "has_tar_header"),
-        (0x2000_0000, "has_toc"),
-        (0x4000_0000, "cap_tar_toc"),
-    ];
-    NAMES
-        .iter()
-        .filter(|(b, _)| bits & b != 0)
-        .map(|(_, n)| *n)
-        .collect()
-}
-
 /// Runs `check`.
 pub fn check(opts: &CheckOptions) -> Result<CheckReport> {
     let OpenedImage {

@@ -14,9 +14,9 @@ use crate::format::blob::{validate_chunk_size, DEFAULT_CHUNK_SIZE};
 use crate::io::staged::write_temp;
 use crate::io::staged::Outputs;
 use crate::model::overlay::{self, WhiteoutSpec};
+use crate::model::stack::{compact_blobs, empty_tree, StackKey};
 use crate::model::Image;
 use crate::model::{FileType, InodeId};
-use crate::ops::merge::{compact_blobs, empty_tree, record_of};
 use crate::ops::paths::bootstrap_path;
 use crate::ops::report::Report;
 use crate::rafs::v6::{self, BlobRecord, EncodeOptions};
@@ -235,35 +235,16 @@ fn validate(o: &CreateOptions) -> Result<()> {
 
 /// Checks that a parent or chunk dictionary can be combined with this build.
 fn check_base(opts: &CreateOptions, img: &Image, path: &Path) -> Result<()> {
-    let explicit = img.flags & crate::format::rafs_v6::super_flags::EXPLICIT_UID_GID != 0;
-    let problem = if img.chunk_size != opts.chunk_size {
-        Some(format!(
-            "its chunk size is {:#x}, this build's {:#x}",
-            img.chunk_size, opts.chunk_size
-        ))
-    } else if img.version != opts.fs_version {
-        Some(format!(
-            "it is RAFS v{}, this build v{}",
-            img.version, opts.fs_version
-        ))
-    } else if img.digester != opts.digester {
-        Some(format!(
-            "its digester is {}, this build's {}",
-            img.digester.name(),
-            opts.digester.name()
-        ))
-    } else if explicit == opts.repeatable {
-        Some("one records uid/gid and the other does not (--repeatable)".into())
-    } else {
-        None
+    let build = StackKey {
+        version: opts.fs_version,
+        chunk_size: opts.chunk_size,
+        digester: opts.digester,
+        explicit_uid_gid: !opts.repeatable,
     };
-    match problem {
-        Some(p) => Err(Error::InvalidOption(format!(
-            "{}: cannot be used as parent or chunk dictionary: {p}",
-            path.display()
-        ))),
-        None => Ok(()),
-    }
+    build.check(
+        &StackKey::of(img),
+        &format!("{} (parent or chunk dictionary)", path.display()),
+    )
 }
 
 /// A tar layer handed over as an open stream, with the digests it must have (OCI input).
@@ -338,7 +319,7 @@ fn build(
         let img = crate::rafs::load(path)?.image;
         check_base(opts, &img, path)?;
         let offset = base_blobs.len() as u32;
-        base_blobs.extend(img.blobs.iter().map(record_of));
+        base_blobs.extend(img.blobs.iter().map(BlobRecord::from));
         for c in &img.chunks {
             table.push(crate::model::ChunkInfo {
                 blob_index: c.blob_index + offset,

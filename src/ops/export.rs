@@ -65,10 +65,9 @@ pub fn export_block(opts: &ExportOptions) -> Result<ExportOutput> {
         let records: Vec<_> = image
             .blobs
             .iter()
-            .map(crate::ops::merge::record_of)
+            .map(crate::rafs::v6::BlobRecord::from)
             .collect();
-        let bytes =
-            crate::ops::merge::encode_with(&image, &image.tree, &image.chunks, &records, true)?;
+        let bytes = crate::rafs::encode_like(&image, &image.tree, &image.chunks, &records, true)?;
         let pos = crate::rafs::v6::encode::mapped_blkaddrs(bytes.len() as u64, &records, block);
         (bytes, pos)
     } else {

@@ -7,9 +7,9 @@ use std::path::Path;
 use serde_json::{json, Value};
 
 use crate::error::{Error, Result};
+use crate::format::blob::feature_names;
 use crate::model::Image;
 use crate::model::{EntryId, FileType};
-use crate::ops::check::feature_names;
 
 fn type_name(t: FileType) -> &'static str {
     match t {

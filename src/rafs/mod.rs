@@ -27,6 +27,33 @@ pub fn encode(
     }
 }
 
+/// Encodes a tree with the settings of `like` (version, chunk size, compressor, digester,
+/// uid/gid mode, tarfs), optionally as a single-device disk image (see
+/// `EncodeOptions::single_device`): merge and export re-encode decoded images this way.
+pub fn encode_like(
+    like: &Image,
+    tree: &Tree,
+    chunks: &[ChunkInfo],
+    blobs: &[v6::BlobRecord],
+    single_device: bool,
+) -> Result<Vec<u8>> {
+    use crate::format::rafs_v6::super_flags;
+    let opts = v6::EncodeOptions {
+        chunk_size: like.chunk_size,
+        compressor: like.compressor,
+        digester: like.digester,
+        explicit_uid_gid: like.flags & super_flags::EXPLICIT_UID_GID != 0,
+        block_size: if like.version == 5 {
+            v6::encode::BLOCK_SIZE
+        } else {
+            u64::from(like.block_size)
+        },
+        tarfs: like.flags & super_flags::TARTFS_MODE != 0,
+        single_device,
+    };
+    encode(like.version, tree, chunks, blobs, &opts)
+}
+
 /// Decodes a bootstrap of either version.
 pub fn decode(bytes: &[u8]) -> Result<Image> {
     if bytes.len() >= 4 && bytes[..4] == crate::format::rafs_v5::RAFS_V5_MAGIC.to_le_bytes() {

@@ -626,7 +626,7 @@ fn run_check(a: CheckArgs) -> Result<()> {
             b.uncompressed_size,
             img.chunk_size,
             b.chunk_count,
-            check::feature_names(b.features).join(" ")
+            erofs_forge::format::blob::feature_names(b.features).join(" ")
         );
     }
     if report.chunks_verified > 0 {
@@ -773,7 +773,17 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
-            ExitCode::FAILURE
+            // as nydus-image: 2 when images cannot be stacked (acceleration-service then
+            // retries without its chunk-dictionary cache)
+            let incompatible = matches!(
+                e.downcast_ref::<erofs_forge::Error>(),
+                Some(erofs_forge::Error::Incompatible { .. })
+            );
+            if incompatible {
+                ExitCode::from(2)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
 }

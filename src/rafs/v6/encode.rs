@@ -10,7 +10,7 @@ use crate::blob::BlobSummary;
 use crate::codec::{Compressor, Digester};
 use crate::error::{Error, Result};
 use crate::format::rafs_v6::*;
-use crate::model::ChunkInfo;
+use crate::model::{BlobInfo, ChunkInfo};
 use crate::model::{FileType, Tree};
 
 /// Metadata block size of native (non-tarfs) images.
@@ -68,6 +68,30 @@ pub struct BlobRecord {
     pub compressor: Compressor,
     /// Digest algorithm of the blob's chunks.
     pub digester: Digester,
+}
+
+impl From<&BlobInfo> for BlobRecord {
+    /// The record for a blob a decoded bootstrap already describes (merge, parent bootstraps,
+    /// chunk dictionaries, export).
+    fn from(b: &BlobInfo) -> BlobRecord {
+        BlobRecord {
+            id: b.id.clone(),
+            summary: BlobSummary {
+                id: b.id.clone(),
+                chunk_count: b.chunk_count,
+                compressed_size: b.compressed_size,
+                file_size: b.compressed_size,
+                uncompressed_size: b.uncompressed_size,
+                features: b.features,
+                ci_compressor: b.ci_compressor,
+                ci_offset: b.ci_offset,
+                ci_compressed_size: b.ci_compressed_size,
+                ci_uncompressed_size: b.ci_uncompressed_size,
+            },
+            compressor: b.compressor,
+            digester: b.digester,
+        }
+    }
 }
 
 fn align_up(v: u64, to: u64) -> u64 {

@@ -1,0 +1,125 @@
+//! Stacking images: what layers, parents and chunk dictionaries must share, and the blob-table
+//! compaction every operation that combines images ends with.
+
+use std::collections::HashMap;
+
+use super::chunk::ChunkInfo;
+use super::image::Image;
+use super::tree::{FileType, Inode, Tree};
+use crate::codec::Digester;
+use crate::error::{Error, Result};
+use crate::format::rafs_v6::super_flags;
+
+/// The settings every image in a stack shares: merged layers, a parent bootstrap and a chunk
+/// dictionary must all agree with the image being built on them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StackKey {
+    /// RAFS version.
+    pub version: u32,
+    /// Chunk size.
+    pub chunk_size: u32,
+    /// Chunk digest.
+    pub digester: Digester,
+    /// Whether uid/gid are recorded (false for `--repeatable` images).
+    pub explicit_uid_gid: bool,
+}
+
+impl StackKey {
+    /// The settings an image was built with.
+    pub fn of(image: &Image) -> StackKey {
+        StackKey {
+            version: image.version,
+            chunk_size: image.chunk_size,
+            digester: image.digester,
+            explicit_uid_gid: image.flags & super_flags::EXPLICIT_UID_GID != 0,
+        }
+    }
+
+    /// Checks that `other` (described by `what`, e.g. "parent bootstrap /x") stacks on an image
+    /// with these settings; the error names the first setting that differs, with both values.
+    pub fn check(&self, other: &StackKey, what: &str) -> Result<()> {
+        let reason = if other.chunk_size != self.chunk_size {
+            format!(
+                "chunk size {:#x}, not {:#x}",
+                other.chunk_size, self.chunk_size
+            )
+        } else if other.version != self.version {
+            format!("RAFS v{}, not v{}", other.version, self.version)
+        } else if other.digester != self.digester {
+            format!(
+                "digester {}, not {}",
+                other.digester.name(),
+                self.digester.name()
+            )
+        } else if other.explicit_uid_gid != self.explicit_uid_gid {
+            "one records uid/gid and the other does not (--repeatable)".to_string()
+        } else {
+            return Ok(());
+        };
+        Err(Error::Incompatible {
+            what: what.to_string(),
+            reason,
+        })
+    }
+}
+
+/// An empty tree to stack layers on (the bottom layer's root replaces this root).
+pub fn empty_tree() -> Tree {
+    Tree::new(Inode::new(FileType::Directory, 0o755))
+}
+
+/// Keeps only the blobs and chunks the tree uses; blobs are renumbered in the order the tree
+/// first uses them (numbering order), chunks in the order files reference them. `B` is whatever
+/// the caller's blob table holds per blob.
+pub fn compact_blobs<B: Clone>(
+    tree: &mut Tree,
+    chunks: &[ChunkInfo],
+    blobs: &[B],
+) -> Result<(Vec<ChunkInfo>, Vec<B>)> {
+    let mut blob_map: HashMap<u32, u32> = HashMap::new();
+    let mut chunk_map: HashMap<u32, u32> = HashMap::new();
+    let mut new_chunks = Vec::new();
+    let mut new_blobs = Vec::new();
+    let mut done = vec![false; tree.inodes.len()];
+    for e in tree.numbering_order() {
+        let ino = tree.entries[e].inode;
+        if std::mem::replace(&mut done[ino], true) {
+            continue;
+        }
+        let mut ids = Vec::with_capacity(tree.inodes[ino].chunks.len());
+        for id in &tree.inodes[ino].chunks {
+            let c = *chunks.get(*id as usize).ok_or_else(|| Error::Corrupt {
+                what: "chunk reference",
+                offset: u64::from(*id),
+                reason: "no such chunk".into(),
+            })?;
+            let nb = *blob_map.entry(c.blob_index).or_insert_with(|| {
+                new_blobs.push(c.blob_index);
+                new_blobs.len() as u32 - 1
+            });
+            let nid = *chunk_map.entry(*id).or_insert_with(|| {
+                new_chunks.push(ChunkInfo {
+                    blob_index: nb,
+                    ..c
+                });
+                new_chunks.len() as u32 - 1
+            });
+            ids.push(nid);
+        }
+        tree.inodes[ino].chunks = ids;
+    }
+    let records = new_blobs
+        .iter()
+        .map(|b| {
+            blobs
+                .get(*b as usize)
+                .cloned()
+                .ok_or_else(|| Error::Corrupt {
+                    what: "chunk",
+                    offset: u64::from(*b),
+                    reason: "blob index outside the blob table".into(),
+                })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok((new_chunks, records))
+}

@@ -18,6 +18,21 @@ pub enum WhiteoutSpec {
     None,
 }
 
+impl std::str::FromStr for WhiteoutSpec {
+    type Err = crate::Error;
+    /// The names `--whiteout-spec` takes, as nydus-image spells them.
+    fn from_str(s: &str) -> crate::Result<WhiteoutSpec> {
+        match s {
+            "oci" => Ok(WhiteoutSpec::Oci),
+            "overlayfs" => Ok(WhiteoutSpec::Overlayfs),
+            "none" => Ok(WhiteoutSpec::None),
+            _ => Err(crate::Error::InvalidOption(format!(
+                "invalid --whiteout-spec {s:?}: oci, overlayfs or none"
+            ))),
+        }
+    }
+}
+
 /// OCI whiteout prefix.
 pub const WHITEOUT_PREFIX: &[u8] = b".wh.";
 /// OCI opaque marker.

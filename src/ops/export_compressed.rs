@@ -43,9 +43,10 @@ pub enum ErofsCompressor {
     Lzma,
 }
 
-impl ErofsCompressor {
+impl std::str::FromStr for ErofsCompressor {
+    type Err = Error;
     /// Parses `lz4`, `lz4hc`, `zstd`, `lzma`.
-    pub fn parse(s: &str) -> Result<ErofsCompressor> {
+    fn from_str(s: &str) -> Result<ErofsCompressor> {
         match s {
             "lz4" => Ok(ErofsCompressor::Lz4),
             "lz4hc" => Ok(ErofsCompressor::Lz4hc),
@@ -56,7 +57,27 @@ impl ErofsCompressor {
             ))),
         }
     }
+}
 
+impl std::fmt::Display for ErofsCompressor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ErofsCompressor::Lz4 => "lz4",
+            ErofsCompressor::Lz4hc => "lz4hc",
+            ErofsCompressor::Zstd => "zstd",
+            ErofsCompressor::Lzma => "lzma",
+        })
+    }
+}
+
+/// The output `export --compressor` writes when `--output` is not given: `<bootstrap>.erofs`.
+pub fn default_output(bootstrap: &std::path::Path) -> PathBuf {
+    let mut p = bootstrap.as_os_str().to_os_string();
+    p.push(".erofs");
+    PathBuf::from(p)
+}
+
+impl ErofsCompressor {
     /// `Z_EROFS_COMPRESSION_*` code.
     fn code(self) -> u8 {
         match self {

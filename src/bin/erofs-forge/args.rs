@@ -1,0 +1,348 @@
+//! The command line as clap parses it: nydus-image's flags, spellings and aliases. Turning
+//! these into library options is `resolve.rs`'s job.
+
+use std::path::PathBuf;
+
+use clap::builder::{PossibleValuesParser, TypedValueParser};
+use clap::{Parser, Subcommand, ValueEnum};
+use erofs_forge::codec::{Compressor, Digester};
+use erofs_forge::model::overlay::WhiteoutSpec;
+use erofs_forge::ops::export_compressed::ErofsCompressor;
+
+#[derive(Parser)]
+#[command(
+    name = "erofs-forge",
+    version,
+    about = "Build nydus RAFS v6 (EROFS) images"
+)]
+pub struct Cli {
+    /// Log level: trace, debug, info, warn, error.
+    #[arg(short = 'l', long, global = true, default_value = "info")]
+    pub log_level: String,
+    /// Write logs to this file instead of stderr.
+    #[arg(short = 'L', long, global = true)]
+    pub log_file: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Build a RAFS filesystem (bootstrap + data blob) from a source.
+    Create(CreateArgs),
+    /// Overlay layer bootstraps (lowest first) into one image bootstrap.
+    Merge(MergeArgs),
+    /// Export an image as one raw disk image the kernel mounts alone (--block), or as a tar.
+    Export(ExportArgs),
+    /// Validate a bootstrap and, with its blobs, every chunk's data.
+    Check(CheckArgs),
+    /// Write an image's tree, with its data, as a tar or into a directory.
+    Unpack(UnpackArgs),
+    /// Answer one query about a bootstrap, as JSON.
+    Inspect(InspectArgs),
+    /// Dedup statistics of one or several bootstraps, as JSON.
+    Stat(StatArgs),
+    /// Benchmark helper: time read + digest + compress of a directory's file data alone.
+    #[command(hide = true)]
+    BenchBound {
+        /// Source directory.
+        source: PathBuf,
+        /// Chunk compression.
+        #[arg(long, default_value = "zstd", value_parser = compressor_parser())]
+        compressor: Compressor,
+        /// Worker threads.
+        #[arg(long, default_value = "1")]
+        threads: usize,
+        /// Chunk size.
+        #[arg(long, default_value = "0x100000", value_parser = parse_size)]
+        chunk_size: u32,
+    },
+    /// Write the bootstrap that --blob-inline-meta stored at the end of a blob.
+    ExtractBootstrap {
+        /// The blob holding an inlined bootstrap.
+        blob: PathBuf,
+        /// Where to write the bootstrap.
+        #[arg(short, long)]
+        output: PathBuf,
+    },
+}
+
+#[derive(clap::Args)]
+pub struct MergeArgs {
+    /// Layer bootstraps, lowest first.
+    #[arg(required = true)]
+    pub sources: Vec<PathBuf>,
+    /// Output bootstrap.
+    #[arg(short = 'B', long)]
+    pub bootstrap: Option<PathBuf>,
+    /// Output directory (the bootstrap is named by its sha256) when -B is not given.
+    #[arg(short = 'D', long)]
+    pub blob_dir: Option<PathBuf>,
+    /// A bootstrap below all sources.
+    #[arg(long)]
+    pub parent_bootstrap: Option<PathBuf>,
+    /// Chunk dictionary whose blobs the layers may reference.
+    #[arg(long)]
+    pub chunk_dict: Option<String>,
+    /// Per source, comma-separated: the id of the source's own blob.
+    #[arg(long)]
+    pub original_blob_ids: Option<String>,
+    /// Per source, comma-separated: a digest replacing the source's own blob id.
+    #[arg(long)]
+    pub blob_digests: Option<String>,
+    /// Per source, comma-separated: the compressed size of the source's own blob.
+    #[arg(long)]
+    pub blob_sizes: Option<String>,
+    /// Per source, comma-separated: ToC digests (accepted; this tool writes no ToC).
+    #[arg(long)]
+    pub blob_toc_digests: Option<String>,
+    /// Per source, comma-separated: ToC sizes (accepted; this tool writes no ToC).
+    #[arg(long)]
+    pub blob_toc_sizes: Option<String>,
+    /// How whiteouts are spelled in the layers: oci, overlayfs or none.
+    #[arg(long, default_value = "oci", value_parser = whiteout_parser())]
+    pub whiteout_spec: WhiteoutSpec,
+    /// Prefetch policy (only `none` so far).
+    #[arg(long, default_value = "none")]
+    pub prefetch_policy: String,
+    /// Write the result as JSON.
+    #[arg(short = 'J', long)]
+    pub output_json: Option<PathBuf>,
+}
+
+#[derive(clap::Args)]
+pub struct ExportArgs {
+    /// Write a raw block image: the bootstrap followed by every blob's uncompressed data.
+    #[arg(long, required_unless_present = "tar")]
+    pub block: bool,
+    /// Write a tar of the image's tree instead (as `unpack --output`).
+    #[arg(long, conflicts_with = "block")]
+    pub tar: Option<PathBuf>,
+    /// The bootstrap (or a blob with an inlined bootstrap).
+    #[arg(short = 'B', long)]
+    pub bootstrap: PathBuf,
+    #[command(flatten)]
+    pub blobs: BlobArgs,
+    /// Output file (default: <bootstrap>.disk).
+    #[arg(short = 'O', long)]
+    pub output: Option<PathBuf>,
+    /// Append a dm-verity hash tree and print its root hash.
+    #[arg(long)]
+    pub verity: bool,
+    /// Address the data inside the image and declare no extra device, so that every EROFS
+    /// reader (fsck.erofs, older kernels) opens it; the default keeps nydus-image's layout.
+    #[arg(long)]
+    pub single_device: bool,
+    /// Write a standalone EROFS image whose files use EROFS's own compression (lz4, lz4hc,
+    /// zstd, lzma), instead of the nydus layout with uncompressed blobs.
+    #[arg(long, requires = "block", value_parser = erofs_compressor_parser())]
+    pub compressor: Option<ErofsCompressor>,
+    /// Accepted for compatibility (the export is single-threaded I/O).
+    #[arg(long)]
+    pub threads: Option<usize>,
+}
+
+#[derive(clap::Args)]
+pub struct CheckArgs {
+    #[command(flatten)]
+    pub bootstrap: BootstrapArg,
+    // with blobs given, every chunk's data is read and verified
+    #[command(flatten)]
+    pub blobs: BlobArgs,
+    /// Print every inode and chunk.
+    #[arg(short = 'v', long)]
+    pub verbose: bool,
+    /// Write the result as JSON.
+    #[arg(short = 'J', long)]
+    pub output_json: Option<PathBuf>,
+}
+
+#[derive(clap::Args)]
+pub struct UnpackArgs {
+    #[command(flatten)]
+    pub bootstrap: BootstrapArg,
+    #[command(flatten)]
+    pub blobs: BlobArgs,
+    /// Write a tar archive here.
+    #[arg(short = 'o', long, required_unless_present = "output_dir")]
+    pub output: Option<PathBuf>,
+    /// Extract into this directory (created; must be empty if it exists).
+    #[arg(long)]
+    pub output_dir: Option<PathBuf>,
+}
+
+#[derive(clap::Args)]
+pub struct InspectArgs {
+    #[command(flatten)]
+    pub bootstrap: BootstrapArg,
+    /// The request: stats, blobs, prefetch, icheck INODE, chunk OFFSET, ls PATH, stat PATH.
+    #[arg(short = 'R', long)]
+    pub request: String,
+}
+
+#[derive(clap::Args)]
+pub struct StatArgs {
+    /// A bootstrap (repeatable).
+    #[arg(short = 'B', long = "bootstrap")]
+    pub bootstraps: Vec<PathBuf>,
+    /// A directory: every regular file in it without an extension is a bootstrap.
+    #[arg(short = 'D', long)]
+    pub blob_dir: Option<PathBuf>,
+    /// A target image evaluated after the others.
+    #[arg(short = 'T', long)]
+    pub target: Option<PathBuf>,
+    /// Write the JSON here instead of stdout.
+    #[arg(short = 'J', long)]
+    pub output_json: Option<PathBuf>,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum SourceTypeArg {
+    #[value(name = "dir-rafs", alias = "directory")]
+    DirRafs,
+    /// A tar layer (plain, gzip, zstd or xz: told by its magic bytes).
+    #[value(name = "tar-rafs")]
+    TarRafs,
+    /// Same as tar-rafs (compression is detected either way).
+    #[value(name = "targz-rafs")]
+    TargzRafs,
+    /// An uncompressed tar referenced in place: 512-byte blocks, the tar is the device.
+    #[value(name = "tar-tarfs")]
+    TarTarfs,
+    /// A whole OCI image (layout directory, OCI archive or docker save tar; PATH:REF picks
+    /// one of several), written as a nydus OCI image layout into --blob-dir.
+    #[value(name = "oci")]
+    Oci,
+}
+
+#[derive(clap::Args)]
+pub struct CreateArgs {
+    /// Source: a directory (dir-rafs), or a tar file, fifo or - for standard input (tar types).
+    pub source: PathBuf,
+    /// Source type.
+    #[arg(
+        short = 't',
+        long = "type",
+        alias = "source-type",
+        value_enum,
+        default_value = "dir-rafs"
+    )]
+    pub source_type: SourceTypeArg,
+    /// RAFS version: 5 or 6.
+    #[arg(short = 'v', long, default_value = "6")]
+    pub fs_version: u32,
+    /// Output bootstrap file.
+    #[arg(short = 'B', long)]
+    pub bootstrap: Option<PathBuf>,
+    /// Output blob file.
+    #[arg(short = 'b', long)]
+    pub blob: Option<PathBuf>,
+    /// Output directory: the blob is named by its id, the bootstrap (without -B) by its sha256.
+    #[arg(short = 'D', long)]
+    pub blob_dir: Option<PathBuf>,
+    /// Append the bootstrap to the blob instead of writing a separate file.
+    #[arg(long, alias = "inline-bootstrap")]
+    pub blob_inline_meta: bool,
+    /// Also write the uncompressed, 4 KiB-aligned blob cache (<id>.blob.data, <id>.blob.meta)
+    /// here. Alone it replaces the blob (compressor none), as nydus-image does; with -D/--blob
+    /// both are written.
+    #[arg(long)]
+    pub blob_cache_dir: Option<PathBuf>,
+    /// Chunk compression.
+    #[arg(long, value_parser = compressor_parser())]
+    pub compressor: Option<Compressor>,
+    /// Chunk digest.
+    #[arg(long, default_value = "blake3", value_parser = digester_parser())]
+    pub digester: Digester,
+    /// Chunk size: a power of two from 0x1000 to 0x1000000 (decimal or 0x hex).
+    #[arg(long, default_value = "0x100000", value_parser = parse_size)]
+    pub chunk_size: u32,
+    /// Align uncompressed chunk offsets to 4 KiB (always the case for v6).
+    #[arg(long)]
+    pub aligned_chunk: bool,
+    /// Do not record uid/gid (as nydus-image --repeatable; output is reproducible either way).
+    #[arg(long)]
+    pub repeatable: bool,
+    /// Write the build result as JSON.
+    #[arg(short = 'J', long)]
+    pub output_json: Option<PathBuf>,
+    /// Worker threads that read, digest and compress (default: all cores). With 1, the whole
+    /// build runs on one thread; output is identical at any count.
+    #[arg(long, default_value = "0")]
+    pub threads: usize,
+    /// How whiteouts are spelled in the source: oci, overlayfs or none.
+    #[arg(long, default_value = "oci", value_parser = whiteout_parser())]
+    pub whiteout_spec: WhiteoutSpec,
+    /// Build on top of this lower layer's bootstrap.
+    #[arg(long)]
+    pub parent_bootstrap: Option<PathBuf>,
+    /// Chunk dictionary: `bootstrap=PATH` or `PATH`.
+    #[arg(long)]
+    pub chunk_dict: Option<String>,
+    /// Prefetch policy (only `none` so far).
+    #[arg(long, default_value = "none")]
+    pub prefetch_policy: String,
+    /// -t oci: the image to take from an index, os/arch[/variant] (default: this machine's).
+    #[arg(long)]
+    pub platform: Option<String>,
+    /// Directory for the outputs under construction (default: beside each output). Finished
+    /// outputs are moved (or, across filesystems, copied) into place only when the build
+    /// succeeds.
+    #[arg(long)]
+    pub tmp_dir: Option<PathBuf>,
+}
+
+/// The bootstrap of a reading command: positional, or `-B/--bootstrap` (the older form).
+#[derive(clap::Args)]
+pub struct BootstrapArg {
+    /// Bootstrap (or a blob with an inlined bootstrap).
+    #[arg(required_unless_present = "bootstrap_opt")]
+    pub bootstrap: Option<PathBuf>,
+    /// Bootstrap (deprecated form).
+    #[arg(short = 'B', long = "bootstrap", conflicts_with = "bootstrap")]
+    pub bootstrap_opt: Option<PathBuf>,
+}
+
+/// Where a reading command finds the image's blobs.
+#[derive(clap::Args)]
+pub struct BlobArgs {
+    /// Directory holding the blobs (named by id, or <id>.blob.data).
+    #[arg(short = 'D', long)]
+    pub blob_dir: Option<PathBuf>,
+    /// The blob file (single-blob images; the tar for tarfs images).
+    #[arg(short = 'b', long)]
+    pub blob: Option<PathBuf>,
+}
+
+/// A parser listing `names` in `--help` and handing over the library type their `FromStr` gives.
+fn named<T>(names: &'static [&'static str]) -> impl TypedValueParser<Value = T>
+where
+    T: std::str::FromStr<Err = erofs_forge::Error> + Clone + Send + Sync + 'static,
+{
+    PossibleValuesParser::new(names).try_map(|s| s.parse::<T>())
+}
+
+fn compressor_parser() -> impl TypedValueParser<Value = Compressor> {
+    named(&["none", "lz4_block", "zstd"])
+}
+
+fn digester_parser() -> impl TypedValueParser<Value = Digester> {
+    named(&["blake3", "sha256"])
+}
+
+fn whiteout_parser() -> impl TypedValueParser<Value = WhiteoutSpec> {
+    named(&["oci", "overlayfs", "none"])
+}
+
+fn erofs_compressor_parser() -> impl TypedValueParser<Value = ErofsCompressor> {
+    named(&["lz4", "lz4hc", "zstd", "lzma"])
+}
+
+/// Sizes in decimal or `0x` hex.
+pub fn parse_size(s: &str) -> Result<u32, String> {
+    let v = match s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
+        Some(h) => u32::from_str_radix(h, 16),
+        None => s.parse(),
+    };
+    v.map_err(|e| format!("invalid size {s:?}: {e}"))
+}

@@ -1,0 +1,161 @@
+//! What the commands print, and the progress bar: nydus-image's wording where clients parse it.
+
+use std::io::IsTerminal;
+use std::path::Path;
+
+use erofs_forge::ops::create::{CreateOutput, Progress};
+use erofs_forge::ops::oci::OciOutput;
+use erofs_forge::ops::{check, export, merge};
+use indicatif::{ProgressBar, ProgressStyle};
+
+/// A progress bar on a terminal's stderr; nothing otherwise (logs and pipes stay clean).
+pub struct Bar(Option<ProgressBar>);
+
+impl Bar {
+    /// A bar if stderr is a terminal.
+    pub fn for_stderr() -> Bar {
+        if !std::io::stderr().is_terminal() {
+            return Bar(None);
+        }
+        let b = ProgressBar::new(0);
+        b.set_style(
+            ProgressStyle::with_template(
+                "{spinner} {msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec}",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        );
+        Bar(Some(b))
+    }
+
+    /// Removes the bar before the result is printed.
+    pub fn finish(&self) {
+        if let Some(b) = &self.0 {
+            b.finish_and_clear();
+        }
+    }
+}
+
+impl Progress for Bar {
+    fn start(&self, files: u64, bytes: u64) {
+        if let Some(b) = &self.0 {
+            b.set_length(bytes);
+            if files == 0 {
+                // a tar: bytes of the input read so far (of its size, when it is a file)
+                b.set_message("reading");
+                if bytes == 0 {
+                    b.set_style(
+                        ProgressStyle::with_template("{spinner} {msg} {bytes} {bytes_per_sec}")
+                            .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+                    );
+                }
+            } else {
+                b.set_message(format!("{files} files"));
+            }
+        }
+    }
+    fn advance(&self, bytes: u64) {
+        if let Some(b) = &self.0 {
+            b.inc(bytes);
+        }
+    }
+}
+
+/// `create` of one layer.
+pub fn created(out: &CreateOutput) {
+    let total = out.timings.get("total_build").copied().unwrap_or(0.0);
+    println!("meta blob path: {}", out.bootstrap);
+    if let Some(p) = &out.blob_path {
+        println!("data blob path: {}", p.display());
+    }
+    println!("data blob size: {:#x}", out.blob_size);
+    println!("data blobs: {:?}", out.blobs);
+    println!(
+        "built {} entries, {} files, {} bytes of data in {} chunks ({} unique, {}) in {:.2}s ({:.1} MB/s)",
+        out.entries,
+        out.files,
+        out.data_bytes,
+        out.chunks,
+        out.unique_chunks,
+        out.compressor.name(),
+        total,
+        out.data_bytes as f64 / 1e6 / total.max(1e-9)
+    );
+}
+
+/// `create -t oci`.
+pub fn created_oci(out: &OciOutput, blob_cache_dir: Option<&Path>) {
+    println!("image layout: {}", out.dir.display());
+    println!(
+        "source image: {} ({} layers, from {})",
+        out.platform, out.layers, out.found_in
+    );
+    println!("manifest: {}", out.manifest);
+    println!("config: {}", out.config);
+    for b in &out.blobs {
+        println!("data blob path: {}", b.display());
+    }
+    println!("bootstrap layer path: {}", out.bootstrap_layer.display());
+    match &out.bootstrap {
+        Some(p) => println!("meta blob path: {}", p.display()),
+        None => {
+            println!("meta blob path: (only inside the bootstrap layer; -B writes it as a file)")
+        }
+    }
+    if let Some(c) = blob_cache_dir {
+        println!("blob cache: {}", c.display());
+    }
+}
+
+/// `merge`.
+pub fn merged(out: &merge::MergeOutput) {
+    println!("meta blob path: {}", out.bootstrap.display());
+    println!("data blobs: {:?}", out.blobs);
+}
+
+/// `export --block` (nydus layout), with the dm-verity parameters when asked for.
+pub fn exported_block(out: &export::ExportOutput) {
+    println!("block image: {}", out.path.display());
+    let Some(root) = &out.root_hash else { return };
+    let p = out.path.display();
+    let params = format!(
+        "--no-superblock --format=1 --hash=sha256 --salt=- --data-block-size={b} --hash-block-size={b} --data-blocks={} --hash-offset={}",
+        out.data_blocks,
+        out.data_size,
+        b = export::VERITY_BLOCK
+    );
+    println!("dm-verity root hash: {root}");
+    println!("dm-verity options: {params}");
+    println!("veritysetup verify {p} {p} {root} {params}");
+}
+
+/// `check`: the listing, the blob table and how the data was checked.
+pub fn checked(report: &check::CheckReport) {
+    for line in &report.listing {
+        println!("{line}");
+    }
+    let img = &report.image;
+    println!("RAFS filesystem metadata is valid, referenced data blobs: ");
+    for (i, b) in img.blobs.iter().enumerate() {
+        println!(
+            "\t {i}: {}, compressed size {:#x}, uncompressed size {:#x}, chunk size: {:#x}, chunk count: {}, features: {}",
+            b.id,
+            b.compressed_size,
+            b.uncompressed_size,
+            img.chunk_size,
+            b.chunk_count,
+            erofs_forge::format::blob::feature_names(b.features).join(" ")
+        );
+    }
+    if report.chunks_verified > 0 {
+        println!(
+            "verified {} chunks against their digests",
+            report.chunks_verified
+        );
+    }
+    if report.chunks_unverified > 0 {
+        println!(
+            "read {} chunks whose digests the image does not record (sizes checked)",
+            report.chunks_unverified
+        );
+    }
+}

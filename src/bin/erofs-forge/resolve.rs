@@ -1,0 +1,220 @@
+//! Arguments → library options, before any I/O: the one place for nydus-image's compatibility
+//! quirks (`--chunk-dict bootstrap=PATH`, comma-separated per-layer lists, the two bootstrap
+//! spellings, options accepted but not yet supported).
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use erofs_forge::blob::reader::BlobSource;
+use erofs_forge::ops::create::{CreateOptions, SourceType};
+use erofs_forge::ops::{check, export, export_compressed, merge, unpack};
+
+use crate::args::{
+    BlobArgs, BootstrapArg, CheckArgs, CreateArgs, ExportArgs, MergeArgs, SourceTypeArg, StatArgs,
+    UnpackArgs,
+};
+
+/// What `create` builds: one layer, or a whole OCI image.
+pub enum CreatePlan {
+    /// A bootstrap and blob from a directory or a tar.
+    Layer(CreateOptions),
+    /// A nydus OCI image layout from an OCI image (`-t oci`).
+    Oci {
+        /// Options every layer is built with.
+        opts: CreateOptions,
+        /// The image to take from an index, `os/arch[/variant]`.
+        platform: Option<String>,
+    },
+}
+
+/// What `export` writes.
+pub enum ExportPlan {
+    /// A tar of the tree (`--tar`).
+    Tar(unpack::UnpackOptions),
+    /// A standalone EROFS image with native compression (`--block --compressor`).
+    Compressed(export_compressed::CompressedExportOptions),
+    /// The nydus layout as one disk image (`--block`).
+    Block(export::ExportOptions),
+}
+
+fn prefetch_policy(p: &str) -> Result<()> {
+    if p != "none" {
+        bail!("--prefetch-policy {p} is not supported yet");
+    }
+    Ok(())
+}
+
+/// `--chunk-dict` as nydus-image takes it: `bootstrap=PATH` or `PATH`.
+fn chunk_dict(d: Option<String>) -> Option<PathBuf> {
+    d.map(|d| PathBuf::from(d.strip_prefix("bootstrap=").unwrap_or(&d)))
+}
+
+fn split_list(s: &Option<String>) -> Vec<String> {
+    s.as_deref()
+        .map(|v| v.split(',').map(str::to_string).collect())
+        .unwrap_or_default()
+}
+
+impl BootstrapArg {
+    /// The bootstrap, however it was given.
+    pub fn path(self) -> Result<PathBuf> {
+        match self.bootstrap.or(self.bootstrap_opt) {
+            Some(p) => Ok(p),
+            None => bail!("no bootstrap given"),
+        }
+    }
+}
+
+impl From<BlobArgs> for BlobSource {
+    fn from(b: BlobArgs) -> BlobSource {
+        BlobSource {
+            dir: b.blob_dir,
+            file: b.blob,
+        }
+    }
+}
+
+/// `create`.
+pub fn create(a: CreateArgs) -> Result<CreatePlan> {
+    prefetch_policy(&a.prefetch_policy)?;
+    let oci = matches!(a.source_type, SourceTypeArg::Oci);
+    if a.platform.is_some() && !oci {
+        bail!("--platform applies to -t oci only");
+    }
+    let opts = CreateOptions {
+        source: a.source,
+        source_type: match a.source_type {
+            SourceTypeArg::DirRafs => SourceType::Directory,
+            // -t oci converts each layer as a tar
+            SourceTypeArg::TarRafs | SourceTypeArg::TargzRafs | SourceTypeArg::Oci => {
+                SourceType::Tar
+            }
+            SourceTypeArg::TarTarfs => SourceType::TarTarfs,
+        },
+        fs_version: a.fs_version,
+        bootstrap: a.bootstrap,
+        blob: a.blob,
+        blob_dir: a.blob_dir,
+        blob_inline_meta: a.blob_inline_meta,
+        blob_cache_dir: a.blob_cache_dir,
+        compressor: a.compressor,
+        digester: a.digester,
+        chunk_size: a.chunk_size,
+        repeatable: a.repeatable,
+        aligned_chunk: a.aligned_chunk,
+        parent_bootstrap: a.parent_bootstrap,
+        chunk_dict: chunk_dict(a.chunk_dict),
+        whiteout_spec: a.whiteout_spec,
+        output_json: a.output_json,
+        threads: a.threads,
+        tmp_dir: a.tmp_dir,
+    };
+    Ok(if oci {
+        CreatePlan::Oci {
+            opts,
+            platform: a.platform,
+        }
+    } else {
+        CreatePlan::Layer(opts)
+    })
+}
+
+/// `merge`.
+pub fn merge(a: MergeArgs) -> Result<merge::MergeOptions> {
+    prefetch_policy(&a.prefetch_policy)?;
+    let blob_sizes = split_list(&a.blob_sizes)
+        .iter()
+        .map(|s| {
+            s.trim()
+                .parse::<u64>()
+                .with_context(|| format!("invalid --blob-sizes value {s:?}"))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(merge::MergeOptions {
+        sources: a.sources,
+        bootstrap: a.bootstrap,
+        blob_dir: a.blob_dir,
+        parent_bootstrap: a.parent_bootstrap,
+        chunk_dict: chunk_dict(a.chunk_dict),
+        original_blob_ids: split_list(&a.original_blob_ids),
+        blob_digests: split_list(&a.blob_digests),
+        blob_sizes,
+        whiteout_spec: a.whiteout_spec,
+        output_json: a.output_json,
+    })
+}
+
+/// `export`.
+pub fn export(a: ExportArgs) -> ExportPlan {
+    let blobs = BlobSource::from(a.blobs);
+    if let Some(tar) = a.tar {
+        return ExportPlan::Tar(unpack::UnpackOptions {
+            bootstrap: a.bootstrap,
+            blobs,
+            output_tar: Some(tar),
+            output_dir: None,
+        });
+    }
+    if let Some(compressor) = a.compressor {
+        return ExportPlan::Compressed(export_compressed::CompressedExportOptions {
+            output: a
+                .output
+                .unwrap_or_else(|| export_compressed::default_output(&a.bootstrap)),
+            bootstrap: a.bootstrap,
+            blobs,
+            compressor,
+        });
+    }
+    ExportPlan::Block(export::ExportOptions {
+        bootstrap: a.bootstrap,
+        blobs,
+        output: a.output,
+        verity: a.verity,
+        single_device: a.single_device,
+    })
+}
+
+/// `check`, and where its JSON goes.
+pub fn check(a: CheckArgs) -> Result<(check::CheckOptions, Option<PathBuf>)> {
+    let opts = check::CheckOptions {
+        bootstrap: a.bootstrap.path()?,
+        blobs: a.blobs.into(),
+        verbose: a.verbose,
+    };
+    Ok((opts, a.output_json))
+}
+
+/// `unpack`.
+pub fn unpack(a: UnpackArgs) -> Result<unpack::UnpackOptions> {
+    Ok(unpack::UnpackOptions {
+        bootstrap: a.bootstrap.path()?,
+        blobs: a.blobs.into(),
+        output_tar: a.output,
+        output_dir: a.output_dir,
+    })
+}
+
+/// `stat`: the bootstraps to read, `-T` last; `-D DIR` adds every extension-less file there
+/// that decodes as a bootstrap, in name order.
+pub fn stat(a: StatArgs) -> Result<Vec<PathBuf>> {
+    let mut list = a.bootstraps;
+    if let Some(dir) = &a.blob_dir {
+        let mut found: Vec<PathBuf> = std::fs::read_dir(dir)
+            .with_context(|| format!("read {}", dir.display()))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.is_file() && p.extension().is_none())
+            .filter(|p| {
+                erofs_forge::rafs::read_bootstrap(p)
+                    .map(|b| erofs_forge::rafs::decode(&b).is_ok())
+                    .unwrap_or(false)
+            })
+            .collect();
+        found.sort();
+        list.extend(found);
+    }
+    list.extend(a.target);
+    if list.is_empty() {
+        bail!("give -B BOOTSTRAP or -D DIR");
+    }
+    Ok(list)
+}

@@ -1,0 +1,98 @@
+//! One library call per subcommand, between resolving its arguments and printing its result.
+
+use anyhow::Result;
+use erofs_forge::codec::Digester;
+use erofs_forge::io::staged::write_atomic;
+use erofs_forge::ops::{self, report::Report};
+
+use crate::args::Command;
+use crate::report::{self, Bar};
+use crate::resolve::{self, CreatePlan, ExportPlan};
+
+/// Runs a parsed command.
+pub fn run(command: Command) -> Result<()> {
+    match command {
+        Command::Create(a) => match resolve::create(a)? {
+            CreatePlan::Layer(opts) => {
+                let bar = Bar::for_stderr();
+                let out = ops::create::create(&opts, &bar)?;
+                bar.finish();
+                report::created(&out);
+            }
+            CreatePlan::Oci { opts, platform } => {
+                let bar = Bar::for_stderr();
+                let out = ops::oci::create_oci(&opts, platform.as_deref(), &bar)?;
+                bar.finish();
+                report::created_oci(&out, opts.blob_cache_dir.as_deref());
+            }
+        },
+        Command::Merge(a) => report::merged(&ops::merge::merge(&resolve::merge(a)?)?),
+        Command::Export(a) => match resolve::export(a) {
+            ExportPlan::Tar(opts) => {
+                println!("exported {} entries", ops::unpack::unpack(&opts)?);
+            }
+            ExportPlan::Compressed(opts) => {
+                let size = ops::export_compressed::export(&opts)?;
+                let (algo, out) = (opts.compressor, opts.output.display());
+                println!("EROFS image ({algo}): {out} ({size} bytes)");
+            }
+            ExportPlan::Block(opts) => report::exported_block(&ops::export::export_block(&opts)?),
+        },
+        Command::Check(a) => {
+            let (opts, json) = resolve::check(a)?;
+            let out = ops::check::check(&opts)?;
+            report::checked(&out);
+            if let Some(path) = json {
+                let img = &out.image;
+                let blobs = img.blobs.iter().map(|b| b.id.clone()).collect();
+                let doc = Report::new(
+                    opts.bootstrap.display().to_string(),
+                    blobs,
+                    img.version,
+                    img.compressor,
+                );
+                write_atomic(&path, doc.compact().as_bytes())?;
+            }
+        }
+        Command::Unpack(a) => {
+            let n = ops::unpack::unpack(&resolve::unpack(a)?)?;
+            println!("unpacked {n} entries");
+        }
+        Command::Inspect(a) => {
+            let image = erofs_forge::rafs::load(&a.bootstrap.path()?)?.image;
+            let v = ops::inspect::request(&image, &a.request)?;
+            println!("{}", serde_json::to_string_pretty(&v)?);
+        }
+        Command::Stat(a) => {
+            let json = a.output_json.clone();
+            let v = ops::stat::stat(&resolve::stat(a)?)?;
+            let text = serde_json::to_string_pretty(&v)?;
+            match json {
+                Some(p) => write_atomic(&p, text.as_bytes())?,
+                None => println!("{text}"),
+            }
+        }
+        Command::BenchBound {
+            source,
+            compressor,
+            threads,
+            chunk_size,
+        } => {
+            let b = ops::bench::stage_bound(
+                &source,
+                compressor,
+                Digester::Blake3,
+                chunk_size,
+                threads,
+            )?;
+            println!("{}", serde_json::json!(b));
+        }
+        Command::ExtractBootstrap { blob, output } => {
+            write_atomic(
+                &output,
+                &erofs_forge::blob::inline::extract_bootstrap(&blob)?,
+            )?;
+        }
+    }
+    Ok(())
+}

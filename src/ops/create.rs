@@ -15,7 +15,7 @@ use crate::io::staged::write_temp;
 use crate::io::staged::Outputs;
 use crate::model::overlay::{self, WhiteoutSpec};
 use crate::model::stack::{compact_blobs, empty_tree, StackKey};
-use crate::model::Image;
+use crate::model::{Image, Tree};
 use crate::model::{FileType, InodeId};
 use crate::ops::paths::bootstrap_path;
 use crate::ops::report::Report;
@@ -287,6 +287,105 @@ pub fn create_layer(
     build(opts, progress, Some(layer))
 }
 
+/// How a build runs, decided from the options before any input is read.
+struct Plan {
+    compressor: Compressor,
+    threads: usize,
+    /// `--blob-cache-dir` alone: chunks go to the cache only, stored raw, as upstream does.
+    cache_only: bool,
+}
+
+impl Plan {
+    fn new(opts: &CreateOptions) -> Plan {
+        let cache_only =
+            opts.blob_cache_dir.is_some() && opts.blob.is_none() && opts.blob_dir.is_none();
+        let compressor = match (opts.compressor, cache_only) {
+            (Some(c), false) => c,
+            (None, false) => Compressor::Zstd,
+            (_, true) => Compressor::None,
+        };
+        let threads = if opts.threads == 0 {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+        } else {
+            opts.threads
+        };
+        Plan {
+            compressor,
+            threads,
+            cache_only,
+        }
+    }
+}
+
+/// What the layer is built on: the parent bootstrap and the chunk dictionary. Their blobs come
+/// first in the blob table and their chunks seed dedup.
+#[derive(Default)]
+struct Base {
+    table: ChunkTable,
+    blobs: Vec<BlobRecord>,
+    parent: Option<Image>,
+}
+
+impl Base {
+    fn load(opts: &CreateOptions) -> Result<Base> {
+        let mut base = Base::default();
+        for (path, is_parent) in [(&opts.parent_bootstrap, true), (&opts.chunk_dict, false)] {
+            let Some(path) = path else { continue };
+            let img = crate::rafs::load(path)?.image;
+            check_base(opts, &img, path)?;
+            let offset = base.blobs.len() as u32;
+            base.blobs.extend(img.blobs.iter().map(BlobRecord::from));
+            for c in &img.chunks {
+                base.table.push(crate::model::ChunkInfo {
+                    blob_index: c.blob_index + offset,
+                    ..*c
+                });
+            }
+            if is_parent {
+                base.parent = Some(img);
+            }
+        }
+        Ok(base)
+    }
+}
+
+/// The source read into a tree, its file data streamed into the blob.
+struct Input {
+    tree: Tree,
+    /// Chunk ids of each inode's data.
+    per_inode: Vec<Vec<u32>>,
+    files: u64,
+    bytes: u64,
+}
+
+impl Input {
+    /// Gives each inode its chunk ids; returns how many chunk references there are.
+    fn attach_chunks(&mut self) -> u64 {
+        let per_inode = std::mem::take(&mut self.per_inode);
+        let refs = per_inode.iter().map(|v| v.len() as u64).sum();
+        for (ino, ids) in per_inode.into_iter().enumerate() {
+            if !ids.is_empty() {
+                self.tree.inodes[ino].chunks = ids;
+            }
+        }
+        refs
+    }
+}
+
+/// The bootstrap and blob outputs of an encoded build.
+struct Encoded {
+    summary: Option<crate::blob::BlobSummary>,
+    /// The blob's file name (its id).
+    file_id: String,
+    files: crate::blob::writer::BlobFiles,
+    /// The bootstrap, unless it went into the blob.
+    bootstrap: Option<Vec<u8>>,
+    /// Blob ids in blob-table order.
+    table_ids: Vec<String>,
+}
+
 fn build(
     opts: &CreateOptions,
     progress: &dyn Progress,
@@ -294,43 +393,35 @@ fn build(
 ) -> Result<CreateOutput> {
     let t0 = Instant::now();
     let mut timings = BTreeMap::new();
-    // blob-cache-only builds store chunks raw, as upstream does
-    let cache_only =
-        opts.blob_cache_dir.is_some() && opts.blob.is_none() && opts.blob_dir.is_none();
-    let compressor = match (opts.compressor, cache_only) {
-        (Some(c), false) => c,
-        (None, false) => Compressor::Zstd,
-        (_, true) => Compressor::None,
+    let plan = Plan::new(opts);
+    let mut base = Base::load(opts)?;
+    let mut writer = blob_writer(opts, &plan, base.blobs.len() as u32)?;
+    let t1 = Instant::now();
+    let mut input = read_input(opts, &plan, progress, layer, &mut base.table, &mut writer)?;
+    timings.insert("load_tree".into(), t0.elapsed().as_secs_f64());
+    let chunk_refs = input.attach_chunks();
+    let data_summary = writer.finish_data()?;
+    timings.insert("dump_blob".into(), t1.elapsed().as_secs_f64());
+    let mut tree = stack_on_parent(opts, base.parent.as_ref(), input.tree);
+    let t2 = Instant::now();
+    let encoded = encode(opts, &plan, &base, &mut tree, writer, data_summary)?;
+    timings.insert("dump_bootstrap".into(), t2.elapsed().as_secs_f64());
+    let (outputs, out) = outputs(opts, &plan, encoded)?;
+    timings.insert("total_build".into(), t0.elapsed().as_secs_f64());
+    let out = CreateOutput {
+        entries: tree.entries.len() as u64,
+        files: input.files,
+        data_bytes: input.bytes,
+        chunks: chunk_refs,
+        unique_chunks: base.table.chunks.len() as u64,
+        timings,
+        ..out
     };
-    let threads = if opts.threads == 0 {
-        std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(1)
-    } else {
-        opts.threads
-    };
+    publish(out, opts, outputs)
+}
 
-    // lower layer and chunk dictionary: their blobs come first, their chunks seed dedup
-    let mut table = ChunkTable::default();
-    let mut base_blobs: Vec<BlobRecord> = Vec::new();
-    let mut parent: Option<Image> = None;
-    for (path, is_parent) in [(&opts.parent_bootstrap, true), (&opts.chunk_dict, false)] {
-        let Some(path) = path else { continue };
-        let img = crate::rafs::load(path)?.image;
-        check_base(opts, &img, path)?;
-        let offset = base_blobs.len() as u32;
-        base_blobs.extend(img.blobs.iter().map(BlobRecord::from));
-        for c in &img.chunks {
-            table.push(crate::model::ChunkInfo {
-                blob_index: c.blob_index + offset,
-                ..*c
-            });
-        }
-        if is_parent {
-            parent = Some(img);
-        }
-    }
-
+/// The blob writer, its temporary files in the blob's directory (or `--tmp-dir`).
+fn blob_writer(opts: &CreateOptions, plan: &Plan, blob_index: u32) -> Result<BlobWriter> {
     let blob_tmp_dir: PathBuf = match (&opts.blob, &opts.blob_dir, &opts.blob_cache_dir) {
         (Some(b), _, _) => parent_dir(b),
         (None, Some(d), _) => d.clone(),
@@ -339,12 +430,12 @@ fn build(
     };
     let mut writer = BlobWriter::new(
         BlobWriterOptions {
-            compressor,
+            compressor: plan.compressor,
             digester: opts.digester,
             chunk_size: opts.chunk_size,
             inline_meta: opts.blob_inline_meta,
-            blob_index: base_blobs.len() as u32,
-            write_blob: !cache_only,
+            blob_index,
+            write_blob: !plan.cache_only,
             cache_dir: opts.blob_cache_dir.clone(),
             v6: opts.fs_version == 6,
             aligned: opts.aligned_chunk,
@@ -355,130 +446,165 @@ fn build(
     if let Some(b) = &opts.blob {
         writer.set_label(b);
     }
-    let t1 = Instant::now();
+    Ok(writer)
+}
+
+/// Reads the source (a directory walk, or a tar stream), its file data going through the
+/// chunk pipeline into `writer` as it is read.
+fn read_input(
+    opts: &CreateOptions,
+    plan: &Plan,
+    progress: &dyn Progress,
+    layer: Option<LayerStream<'_>>,
+    table: &mut ChunkTable,
+    writer: &mut BlobWriter,
+) -> Result<Input> {
     let popts = PipelineOptions {
         chunk_size: opts.chunk_size,
         digester: opts.digester,
-        compressor,
-        threads,
+        compressor: plan.compressor,
+        threads: plan.threads,
     };
-    let (mut tree, per_inode, file_count, data_bytes) = match opts.source_type {
-        SourceType::Directory => {
-            // the walk feeds the pipeline as it goes, so totals are not known up front
-            progress.start(0, 0);
-            let source = &opts.source;
-            let (per_inode, (tree, files, bytes)) = pipeline::run_with(
-                &popts,
-                &mut table,
-                &mut writer,
-                &|n| progress.advance(n),
-                |sink| {
-                    let (mut files, mut bytes) = (0u64, 0u64);
-                    let tree = crate::source::dir::walk_with(source, &mut |ino, path, size| {
-                        files += 1;
-                        bytes += size;
-                        sink.add_path(ino, path, size)
-                    })?;
-                    Ok((tree, files, bytes))
-                },
-            )?;
-            timings.insert("load_tree".into(), t0.elapsed().as_secs_f64());
-            (tree, per_inode, files, bytes)
-        }
+    match opts.source_type {
+        SourceType::Directory => walk_input(opts, &popts, progress, table, writer),
         SourceType::Tar | SourceType::TarTarfs => {
-            let (raw, size, expect) = match layer {
-                Some(l) => {
-                    let size = l.size;
-                    (l.raw, size, Some((l.what, l.digest, l.size, l.diff_id)))
-                }
-                None => {
-                    let (raw, size) = tar::open_raw(&opts.source)?;
-                    (raw, size, None)
-                }
-            };
-            progress.start(0, size.unwrap_or(0));
-            let report = |n: u64| progress.advance(n);
-            let mut stored = Digesting::new(
-                tar::Counting::new(raw, &report),
-                expect.as_ref().is_some_and(|e| e.1.is_some()),
-            );
-            let want_diff = expect.as_ref().is_some_and(|e| e.3.is_some());
-            let stored_ref = &mut stored;
-            let source = opts.source.clone();
-            let (per_inode, (tree, files, bytes, diff)) =
-                pipeline::run_with(&popts, &mut table, &mut writer, &|_| {}, move |sink| {
-                    let (input, compression) = tar::decompress(Box::new(stored_ref), &source)?;
-                    log::debug!(
-                        "{}: tar, compression {}",
-                        source.display(),
-                        compression.name()
-                    );
-                    let mut input = Digesting::new(input, want_diff);
-                    let mut files = PipelineFiles {
-                        sink,
-                        files: 0,
-                        bytes: 0,
-                    };
-                    let tree = tar::read_tar(&mut input, &source, &mut files)?;
-                    Ok((tree, files.files, files.bytes, input.finish()))
-                })?;
-            if let Some((what, digest, size, diff_id)) = expect {
-                // whatever follows the compressed stream counts too
-                std::io::copy(&mut stored, &mut std::io::sink()).ctx("read", &opts.source)?;
-                let (count, actual) = stored.finish();
-                let checks = [
-                    ("size", size.map(|s| s.to_string()), Some(count.to_string())),
-                    ("sha256", digest, actual),
-                    ("uncompressed sha256 (diff_id)", diff_id, diff.1),
-                ];
-                for (field, expected, actual) in checks {
-                    if let (Some(expected), Some(actual)) = (expected, actual) {
-                        if !expected.eq_ignore_ascii_case(&actual) {
-                            return Err(Error::Mismatch {
-                                what,
-                                field,
-                                expected,
-                                actual,
-                            });
-                        }
-                    }
-                }
-            }
-            timings.insert("load_tree".into(), t0.elapsed().as_secs_f64());
-            (tree, per_inode, files, bytes)
-        }
-    };
-    let chunk_refs: u64 = per_inode.iter().map(|v| v.len() as u64).sum();
-    for (ino, ids) in per_inode.into_iter().enumerate() {
-        if !ids.is_empty() {
-            tree.inodes[ino].chunks = ids;
+            tar_input(opts, &popts, progress, layer, table, writer)
         }
     }
-    let data_summary = writer.finish_data()?;
-    timings.insert("dump_blob".into(), t1.elapsed().as_secs_f64());
+}
 
-    // the layer goes on top of its parent; whiteouts are applied and never stored. Without a
-    // parent a directory drops them and a tar layer keeps them for `merge`, as nydus-image does
+fn walk_input(
+    opts: &CreateOptions,
+    popts: &PipelineOptions,
+    progress: &dyn Progress,
+    table: &mut ChunkTable,
+    writer: &mut BlobWriter,
+) -> Result<Input> {
+    // the walk feeds the pipeline as it goes, so totals are not known up front
+    progress.start(0, 0);
+    let source = &opts.source;
+    let (per_inode, (tree, files, bytes)) =
+        pipeline::run_with(popts, table, writer, &|n| progress.advance(n), |sink| {
+            let (mut files, mut bytes) = (0u64, 0u64);
+            let tree = crate::source::dir::walk_with(source, &mut |ino, path, size| {
+                files += 1;
+                bytes += size;
+                sink.add_path(ino, path, size)
+            })?;
+            Ok((tree, files, bytes))
+        })?;
+    Ok(Input {
+        tree,
+        per_inode,
+        files,
+        bytes,
+    })
+}
+
+fn tar_input(
+    opts: &CreateOptions,
+    popts: &PipelineOptions,
+    progress: &dyn Progress,
+    layer: Option<LayerStream<'_>>,
+    table: &mut ChunkTable,
+    writer: &mut BlobWriter,
+) -> Result<Input> {
+    let (raw, size, expect) = match layer {
+        Some(l) => {
+            let size = l.size;
+            (l.raw, size, Some((l.what, l.digest, l.size, l.diff_id)))
+        }
+        None => {
+            let (raw, size) = tar::open_raw(&opts.source)?;
+            (raw, size, None)
+        }
+    };
+    progress.start(0, size.unwrap_or(0));
+    let report = |n: u64| progress.advance(n);
+    let mut stored = Digesting::new(
+        tar::Counting::new(raw, &report),
+        expect.as_ref().is_some_and(|e| e.1.is_some()),
+    );
+    let want_diff = expect.as_ref().is_some_and(|e| e.3.is_some());
+    let stored_ref = &mut stored;
+    let source = opts.source.clone();
+    let (per_inode, (tree, files, bytes, diff)) =
+        pipeline::run_with(popts, table, writer, &|_| {}, move |sink| {
+            let (input, compression) = tar::decompress(Box::new(stored_ref), &source)?;
+            log::debug!(
+                "{}: tar, compression {}",
+                source.display(),
+                compression.name()
+            );
+            let mut input = Digesting::new(input, want_diff);
+            let mut files = PipelineFiles {
+                sink,
+                files: 0,
+                bytes: 0,
+            };
+            let tree = tar::read_tar(&mut input, &source, &mut files)?;
+            Ok((tree, files.files, files.bytes, input.finish()))
+        })?;
+    if let Some((what, digest, size, diff_id)) = expect {
+        // whatever follows the compressed stream counts too
+        std::io::copy(&mut stored, &mut std::io::sink()).ctx("read", &opts.source)?;
+        let (count, actual) = stored.finish();
+        let checks = [
+            ("size", size.map(|s| s.to_string()), Some(count.to_string())),
+            ("sha256", digest, actual),
+            ("uncompressed sha256 (diff_id)", diff_id, diff.1),
+        ];
+        for (field, expected, actual) in checks {
+            if let (Some(expected), Some(actual)) = (expected, actual) {
+                if !expected.eq_ignore_ascii_case(&actual) {
+                    return Err(Error::Mismatch {
+                        what,
+                        field,
+                        expected,
+                        actual,
+                    });
+                }
+            }
+        }
+    }
+    Ok(Input {
+        tree,
+        per_inode,
+        files,
+        bytes,
+    })
+}
+
+/// The layer goes on top of its parent; whiteouts are applied and never stored. Without a
+/// parent a directory drops them and a tar layer keeps them for `merge`, as nydus-image does.
+fn stack_on_parent(opts: &CreateOptions, parent: Option<&Image>, tree: Tree) -> Tree {
     let keep_as_is =
         opts.whiteout_spec == WhiteoutSpec::None || opts.source_type != SourceType::Directory;
-    let mut tree = match (&parent, opts.whiteout_spec) {
+    match (parent, opts.whiteout_spec) {
         (None, _) if keep_as_is => tree,
         // nothing to apply: skip copying the whole tree
         (None, spec) if !overlay::has_whiteouts(&tree, spec) => tree,
         (lower, spec) => {
-            let mut merged = lower
-                .as_ref()
-                .map(|p| p.tree.clone())
-                .unwrap_or_else(empty_tree);
+            let mut merged = lower.map(|p| p.tree.clone()).unwrap_or_else(empty_tree);
             overlay::apply(&mut merged, &tree, spec, &|c| c);
             merged.compact()
         }
-    };
+    }
+}
 
-    let t2 = Instant::now();
+/// Encodes the bootstrap, into the blob (inline meta) or as its own output, and finishes the
+/// blob.
+fn encode(
+    opts: &CreateOptions,
+    plan: &Plan,
+    base: &Base,
+    tree: &mut Tree,
+    mut writer: BlobWriter,
+    data_summary: Option<crate::blob::BlobSummary>,
+) -> Result<Encoded> {
     let eopts = EncodeOptions {
         chunk_size: opts.chunk_size,
-        compressor,
+        compressor: plan.compressor,
         digester: opts.digester,
         explicit_uid_gid: !opts.repeatable,
         block_size: v6::encode::BLOCK_SIZE,
@@ -486,87 +612,88 @@ fn build(
         single_device: false,
     };
     let records = |id: &str, s: &Option<crate::blob::BlobSummary>| -> Vec<BlobRecord> {
-        let mut all = base_blobs.clone();
+        let mut all = base.blobs.clone();
         all.extend(s.iter().map(|s| BlobRecord {
             id: id.to_string(),
             summary: s.clone(),
-            compressor,
+            compressor: plan.compressor,
             digester: opts.digester,
         }));
         all
     };
-    let (summary, file_id, files, bootstrap, table_ids) = if opts.blob_inline_meta {
-        let (chunks, blobs) = compact_blobs(
-            &mut tree,
-            &table.chunks,
-            &records(INLINE_PLACEHOLDER_ID, &data_summary),
-        )?;
-        let boot = v6::encode(&tree, &chunks, &blobs, &eopts)?;
+    if opts.blob_inline_meta {
+        let placeholder = records(INLINE_PLACEHOLDER_ID, &data_summary);
+        let (chunks, blobs) = compact_blobs(tree, &base.table.chunks, &placeholder)?;
+        let boot = v6::encode(tree, &chunks, &blobs, &eopts)?;
         writer.append_bootstrap(&boot)?;
-        let (summary, id, files) = writer.finish()?;
-        let ids = blobs
+        let (summary, file_id, files) = writer.finish()?;
+        let table_ids = blobs
             .iter()
             .map(|b| {
                 if b.id == INLINE_PLACEHOLDER_ID {
-                    id.clone()
+                    file_id.clone()
                 } else {
                     b.id.clone()
                 }
             })
-            .collect::<Vec<_>>();
-        (summary, id, files, None, ids)
-    } else {
-        let (summary, id, files) = writer.finish()?;
-        let new_id = summary.as_ref().map(|s| s.id.clone()).unwrap_or_default();
-        let (chunks, blobs) = compact_blobs(&mut tree, &table.chunks, &records(&new_id, &summary))?;
-        let boot = crate::rafs::encode(opts.fs_version, &tree, &chunks, &blobs, &eopts)?;
-        let ids = blobs.iter().map(|b| b.id.clone()).collect::<Vec<_>>();
-        (summary, id, files, Some(boot), ids)
-    };
-    timings.insert("dump_bootstrap".into(), t2.elapsed().as_secs_f64());
+            .collect();
+        return Ok(Encoded {
+            summary,
+            file_id,
+            files,
+            bootstrap: None,
+            table_ids,
+        });
+    }
+    let (summary, file_id, files) = writer.finish()?;
+    let new_id = summary.as_ref().map(|s| s.id.clone()).unwrap_or_default();
+    let (chunks, blobs) = compact_blobs(tree, &base.table.chunks, &records(&new_id, &summary))?;
+    let boot = crate::rafs::encode(opts.fs_version, tree, &chunks, &blobs, &eopts)?;
+    Ok(Encoded {
+        summary,
+        file_id,
+        files,
+        bootstrap: Some(boot),
+        table_ids: blobs.iter().map(|b| b.id.clone()).collect(),
+    })
+}
 
+/// Stages every output under a temporary name (none takes its final name yet) and describes
+/// them; the counters of the returned output are filled in by the caller.
+fn outputs(opts: &CreateOptions, plan: &Plan, e: Encoded) -> Result<(Outputs, CreateOutput)> {
     // a blob file exists when it holds chunks, or the inlined bootstrap
-    let blob_written = !cache_only && (summary.is_some() || opts.blob_inline_meta);
+    let blob_written = !plan.cache_only && (e.summary.is_some() || opts.blob_inline_meta);
     let blob_path = match (&opts.blob, &opts.blob_dir) {
         (Some(p), _) if blob_written => Some(p.clone()),
-        (None, Some(d)) if blob_written => Some(d.join(&file_id)),
+        (None, Some(d)) if blob_written => Some(d.join(&e.file_id)),
         _ => None,
     };
-    let blob_size = summary.as_ref().map(|s| s.file_size).unwrap_or(0);
-    // every output is complete under a temporary name before any takes its final name
     let mut outputs = Outputs::new();
-    let boot_path = match bootstrap {
-        Some(bytes) => {
-            let path = bootstrap_path(opts.bootstrap.as_deref(), opts.blob_dir.as_deref(), &bytes)?;
-            outputs.add(
-                write_temp(&path, &bytes, opts.tmp_dir.as_deref())?,
-                path.clone(),
-            );
-            Some(path)
-        }
-        None => None,
-    };
-    files.add_to(&mut outputs, blob_path.as_deref(), &file_id);
-    let bootstrap_path = boot_path
-        .map(|p| p.display().to_string())
-        .unwrap_or_default();
-    timings.insert("total_build".into(), t0.elapsed().as_secs_f64());
-
+    let mut boot_path = String::new();
+    if let Some(bytes) = &e.bootstrap {
+        let path = bootstrap_path(opts.bootstrap.as_deref(), opts.blob_dir.as_deref(), bytes)?;
+        outputs.add(
+            write_temp(&path, bytes, opts.tmp_dir.as_deref())?,
+            path.clone(),
+        );
+        boot_path = path.display().to_string();
+    }
+    e.files.add_to(&mut outputs, blob_path.as_deref(), &e.file_id);
     let out = CreateOutput {
-        bootstrap: bootstrap_path,
-        blobs: table_ids,
+        bootstrap: boot_path,
+        blobs: e.table_ids,
         blob_path,
-        blob_size,
-        entries: tree.entries.len() as u64,
-        files: file_count,
-        data_bytes,
-        chunks: chunk_refs,
-        unique_chunks: table.chunks.len() as u64,
-        compressor,
+        blob_size: e.summary.as_ref().map(|s| s.file_size).unwrap_or(0),
+        entries: 0,
+        files: 0,
+        data_bytes: 0,
+        chunks: 0,
+        unique_chunks: 0,
+        compressor: plan.compressor,
         fs_version: opts.fs_version,
-        timings,
+        timings: BTreeMap::new(),
     };
-    publish(out, opts, outputs)
+    Ok((outputs, out))
 }
 
 /// Feeds tar file data to the chunk pipeline, in archive order.

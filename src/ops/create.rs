@@ -15,8 +15,8 @@ use crate::io::staged::write_temp;
 use crate::io::staged::Outputs;
 use crate::model::overlay::{self, WhiteoutSpec};
 use crate::model::stack::{compact_blobs, empty_tree, StackKey};
-use crate::model::{Image, Tree};
 use crate::model::{FileType, InodeId};
+use crate::model::{Image, Tree};
 use crate::ops::paths::bootstrap_path;
 use crate::ops::report::Report;
 use crate::rafs::v6::{self, BlobRecord, EncodeOptions};
@@ -678,7 +678,8 @@ fn outputs(opts: &CreateOptions, plan: &Plan, e: Encoded) -> Result<(Outputs, Cr
         );
         boot_path = path.display().to_string();
     }
-    e.files.add_to(&mut outputs, blob_path.as_deref(), &e.file_id);
+    e.files
+        .add_to(&mut outputs, blob_path.as_deref(), &e.file_id);
     let out = CreateOutput {
         bootstrap: boot_path,
         blobs: e.table_ids,

@@ -8,7 +8,7 @@ use crate::io::staged::write_temp;
 use crate::model::overlay::{self, WhiteoutSpec};
 use crate::model::stack::{compact_blobs, empty_tree, StackKey};
 use crate::model::ChunkInfo;
-use crate::model::Image;
+use crate::model::{Image, Tree};
 use crate::ops::paths::bootstrap_path;
 use crate::ops::report::Report;
 use crate::rafs;
@@ -52,23 +52,7 @@ pub struct MergeOutput {
 
 /// Runs `merge`.
 pub fn merge(opts: &MergeOptions) -> Result<MergeOutput> {
-    if opts.sources.is_empty() {
-        return Err(Error::InvalidOption(
-            "merge needs at least one source bootstrap".into(),
-        ));
-    }
-    for (list, name) in [
-        (opts.original_blob_ids.len(), "--original-blob-ids"),
-        (opts.blob_digests.len(), "--blob-digests"),
-        (opts.blob_sizes.len(), "--blob-sizes"),
-    ] {
-        if list != 0 && list != opts.sources.len() {
-            return Err(Error::InvalidOption(format!(
-                "{name} needs one value per source ({} sources)",
-                opts.sources.len()
-            )));
-        }
-    }
+    check_lists(opts)?;
     let dict_ids: Vec<String> = match &opts.chunk_dict {
         Some(p) => rafs::load(p)?
             .image
@@ -78,74 +62,19 @@ pub fn merge(opts: &MergeOptions) -> Result<MergeOutput> {
             .collect(),
         None => Vec::new(),
     };
-    let mut layers: Vec<(Image, Option<usize>)> = Vec::new();
-    if let Some(p) = &opts.parent_bootstrap {
-        layers.push((rafs::load(p)?.image, None));
+    let layers = load_layers(opts)?;
+    let mut stack = Stack::default();
+    for layer in &layers {
+        stack.push(opts, layer, &dict_ids)?;
     }
-    for (i, p) in opts.sources.iter().enumerate() {
-        layers.push((rafs::load(p)?.image, Some(i)));
-    }
-    for (img, i) in layers.iter().skip(1) {
-        let name = i
-            .map(|i| opts.sources[i].display().to_string())
-            .unwrap_or_default();
-        StackKey::of(&layers[0].0).check(&StackKey::of(img), &format!("layer {name}"))?;
-    }
-
-    let mut blobs: Vec<BlobRecord> = Vec::new();
-    let mut chunks: Vec<ChunkInfo> = Vec::new();
-    let mut tree = empty_tree();
-    for (img, source) in &layers {
-        let mut own = 0;
-        let mut local_to_global = Vec::with_capacity(img.blobs.len());
-        for b in &img.blobs {
-            let mut rec = BlobRecord::from(b);
-            if let Some(i) = source.filter(|_| !dict_ids.contains(&b.id)) {
-                own += 1;
-                if own > 1 {
-                    return Err(Error::InvalidOption(format!(
-                        "{} references more than one blob of its own (a merged image is not a layer)",
-                        opts.sources[i].display()
-                    )));
-                }
-                if let Some(id) = opts.original_blob_ids.get(i) {
-                    rec.id = id.clone();
-                }
-                if let Some(d) = opts.blob_digests.get(i) {
-                    rec.id = d.trim_start_matches("sha256:").to_string();
-                }
-                if let Some(s) = opts.blob_sizes.get(i) {
-                    rec.summary.compressed_size = *s;
-                }
-            }
-            let global = match blobs.iter().position(|x| x.id == rec.id) {
-                Some(g) => g,
-                None => {
-                    blobs.push(rec);
-                    blobs.len() - 1
-                }
-            };
-            local_to_global.push(global as u32);
-        }
-        let offset = chunks.len() as u32;
-        for c in &img.chunks {
-            let g = *local_to_global
-                .get(c.blob_index as usize)
-                .ok_or_else(|| Error::Corrupt {
-                    what: "chunk",
-                    offset: u64::from(c.index),
-                    reason: "blob index outside the blob table".into(),
-                })?;
-            chunks.push(ChunkInfo {
-                blob_index: g,
-                ..*c
-            });
-        }
-        overlay::apply(&mut tree, &img.tree, opts.whiteout_spec, &|id| id + offset);
-    }
+    let Stack {
+        tree,
+        chunks,
+        blobs,
+    } = stack;
     let mut tree = tree.compact();
     let (chunks, blobs) = compact_blobs(&mut tree, &chunks, &blobs)?;
-    let first = &layers[0].0;
+    let first = &layers[0].image;
     let bytes = rafs::encode_like(first, &tree, &chunks, &blobs, false)?;
     let path = bootstrap_path(opts.bootstrap.as_deref(), opts.blob_dir.as_deref(), &bytes)?;
     let mut outputs = crate::io::staged::Outputs::new();
@@ -167,4 +96,137 @@ pub fn merge(opts: &MergeOptions) -> Result<MergeOutput> {
     }
     outputs.commit()?;
     Ok(out)
+}
+
+/// One value per source in each per-source list, or none at all.
+fn check_lists(opts: &MergeOptions) -> Result<()> {
+    if opts.sources.is_empty() {
+        return Err(Error::InvalidOption(
+            "merge needs at least one source bootstrap".into(),
+        ));
+    }
+    for (list, name) in [
+        (opts.original_blob_ids.len(), "--original-blob-ids"),
+        (opts.blob_digests.len(), "--blob-digests"),
+        (opts.blob_sizes.len(), "--blob-sizes"),
+    ] {
+        if list != 0 && list != opts.sources.len() {
+            return Err(Error::InvalidOption(format!(
+                "{name} needs one value per source ({} sources)",
+                opts.sources.len()
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// A layer to stack: its image, and which source it is (`None` for the parent bootstrap).
+struct Layer {
+    image: Image,
+    source: Option<usize>,
+}
+
+/// The parent bootstrap (if any) and the sources, bottom first, checked to stack on the first.
+fn load_layers(opts: &MergeOptions) -> Result<Vec<Layer>> {
+    let mut layers = Vec::new();
+    if let Some(p) = &opts.parent_bootstrap {
+        layers.push(Layer {
+            image: rafs::load(p)?.image,
+            source: None,
+        });
+    }
+    for (i, p) in opts.sources.iter().enumerate() {
+        layers.push(Layer {
+            image: rafs::load(p)?.image,
+            source: Some(i),
+        });
+    }
+    let first = StackKey::of(&layers[0].image);
+    for l in layers.iter().skip(1) {
+        let name = l
+            .source
+            .map(|i| opts.sources[i].display().to_string())
+            .unwrap_or_default();
+        first.check(&StackKey::of(&l.image), &format!("layer {name}"))?;
+    }
+    Ok(layers)
+}
+
+/// The merged tree so far, with the chunks and blobs its layers brought.
+struct Stack {
+    tree: Tree,
+    chunks: Vec<ChunkInfo>,
+    blobs: Vec<BlobRecord>,
+}
+
+impl Default for Stack {
+    fn default() -> Stack {
+        Stack {
+            tree: empty_tree(),
+            chunks: Vec::new(),
+            blobs: Vec::new(),
+        }
+    }
+}
+
+impl Stack {
+    /// Puts `layer` on top: its blobs join the table (once each), its chunks follow the ones
+    /// before, and its tree is applied with the overlay rules.
+    fn push(&mut self, opts: &MergeOptions, layer: &Layer, dict_ids: &[String]) -> Result<()> {
+        let img = &layer.image;
+        let mut own = 0;
+        let mut local_to_global = Vec::with_capacity(img.blobs.len());
+        for b in &img.blobs {
+            let mut rec = BlobRecord::from(b);
+            if let Some(i) = layer.source.filter(|_| !dict_ids.contains(&b.id)) {
+                own += 1;
+                if own > 1 {
+                    return Err(Error::InvalidOption(format!(
+                        "{} references more than one blob of its own (a merged image is not a layer)",
+                        opts.sources[i].display()
+                    )));
+                }
+                rename_own_blob(opts, i, &mut rec);
+            }
+            let global = match self.blobs.iter().position(|x| x.id == rec.id) {
+                Some(g) => g,
+                None => {
+                    self.blobs.push(rec);
+                    self.blobs.len() - 1
+                }
+            };
+            local_to_global.push(global as u32);
+        }
+        let offset = self.chunks.len() as u32;
+        for c in &img.chunks {
+            let g = *local_to_global
+                .get(c.blob_index as usize)
+                .ok_or_else(|| Error::Corrupt {
+                    what: "chunk",
+                    offset: u64::from(c.index),
+                    reason: "blob index outside the blob table".into(),
+                })?;
+            self.chunks.push(ChunkInfo {
+                blob_index: g,
+                ..*c
+            });
+        }
+        overlay::apply(&mut self.tree, &img.tree, opts.whiteout_spec, &|id| {
+            id + offset
+        });
+        Ok(())
+    }
+}
+
+/// Source `i`'s own blob takes the id and size the converter passes for it.
+fn rename_own_blob(opts: &MergeOptions, i: usize, rec: &mut BlobRecord) {
+    if let Some(id) = opts.original_blob_ids.get(i) {
+        rec.id = id.clone();
+    }
+    if let Some(d) = opts.blob_digests.get(i) {
+        rec.id = d.trim_start_matches("sha256:").to_string();
+    }
+    if let Some(s) = opts.blob_sizes.get(i) {
+        rec.summary.compressed_size = *s;
+    }
 }

@@ -185,35 +185,12 @@ pub fn export(opts: &CompressedExportOptions) -> Result<u64> {
     // compressed data goes to a scratch file beside the output, blocks numbered from 0
     // (registered, so that an interruption removes it; it is dropped, and so removed, at the end)
     let mut data = temp_beside(&opts.output)?;
-    let mut files: HashMap<usize, StandaloneFile> = HashMap::new();
-    let mut next_block = 0u64;
-    let mut done = vec![false; image.tree.inodes.len()];
-    for e in image.tree.numbering_order() {
-        let ino = image.tree.entries[e].inode;
-        let inode = &image.tree.inodes[ino];
-        if inode.file_type != FileType::Regular || std::mem::replace(&mut done[ino], true) {
-            continue;
-        }
-        if inode.size < BLOCK {
-            let bytes = file_bytes(&mut reader, &inode.chunks)?;
-            files.insert(
-                ino,
-                StandaloneFile {
-                    data: Some(bytes),
-                    ..Default::default()
-                },
-            );
-            continue;
-        }
-        let file = compress_file(
-            &mut reader,
-            inode,
-            opts.compressor,
-            data.as_file_mut(),
-            &mut next_block,
-        )?;
-        files.insert(ino, file);
-    }
+    let (mut files, data_blocks) = compress_files(
+        &image.tree,
+        &mut reader,
+        opts.compressor,
+        data.as_file_mut(),
+    )?;
     let lay = layout::compute_with(&image.tree, BLOCK, &|ino, inode| match files.get(&ino) {
         Some(f) if f.data.is_some() => RegularLayout::Data(inode.size),
         Some(f) => RegularLayout::Slots(f.body.len() as u64 / 8),
@@ -221,47 +198,15 @@ pub fn export(opts: &CompressedExportOptions) -> Result<u64> {
     })?;
     let meta_end = (lay.end).div_ceil(BLOCK) * BLOCK;
     let data_start = meta_end / BLOCK;
-    // index block addresses were relative to the data area
-    for f in files.values_mut() {
-        for idx in f.body.chunks_exact_mut(8).skip(2) {
-            let kind = u16::from_le_bytes([idx[0], idx[1]]) & 3;
-            if kind == TYPE_PLAIN || kind == TYPE_HEAD1 {
-                let rel = u32::from_le_bytes([idx[4], idx[5], idx[6], idx[7]]);
-                let abs = u32::try_from(u64::from(rel) + data_start)
-                    .map_err(|_| Error::Limit("image larger than 2^32 blocks".into()))?;
-                idx[4..8].copy_from_slice(&abs.to_le_bytes());
-            }
-        }
-    }
+    relocate_indexes(&mut files, data_start)?;
+    let total_blocks = data_start + data_blocks;
     let mut meta = vec![0u8; meta_end as usize];
-    let total_blocks = data_start + next_block;
-    let sb = SuperBlock {
-        magic: EROFS_MAGIC.into(),
-        checksum: 0.into(),
-        feature_compat: 0.into(),
-        blkszbits: 12,
-        extslots: 0,
-        root_nid: (ROOT_NID as u16).into(),
-        inos: (lay.order.len() as u64).into(),
-        build_time: 0.into(),
-        build_time_nsec: 0.into(),
-        blocks: u32::try_from(total_blocks)
-            .map_err(|_| Error::Limit("image larger than 2^32 blocks".into()))?
-            .into(),
-        meta_blkaddr: 0.into(),
-        xattr_blkaddr: 0.into(),
-        uuid: [0; 16],
-        volume_name: [0; 16],
-        // zero padding (right-aligned compressed data), compression configs / big pclusters
-        feature_incompat: (FEATURE_INCOMPAT_ZERO_PADDING | FEATURE_INCOMPAT_COMPR_CFGS).into(),
-        u1: (1u16 << opts.compressor.code()).into(),
-        extra_devices: 0.into(),
-        devt_slotoff: 0.into(),
-        reserved: [0; 38],
-    };
-    meta[SUPERBLOCK_OFFSET..SUPERBLOCK_OFFSET + 128].copy_from_slice(sb.as_bytes());
-    let cfg = opts.compressor.config();
-    meta[EXT_SUPERBLOCK_OFFSET..EXT_SUPERBLOCK_OFFSET + cfg.len()].copy_from_slice(&cfg);
+    write_superblock(
+        &mut meta,
+        opts.compressor,
+        lay.order.len() as u64,
+        total_blocks,
+    )?;
     let eopts = EncodeOptions {
         chunk_size: crate::format::blob::DEFAULT_CHUNK_SIZE,
         compressor: Compressor::None,
@@ -280,10 +225,94 @@ pub fn export(opts: &CompressedExportOptions) -> Result<u64> {
         let dpath = data.path().to_path_buf();
         let f = data.as_file_mut();
         f.seek(SeekFrom::Start(0)).ctx("seek", dpath)?;
-        std::io::copy(&mut f.take(next_block * BLOCK), out).ctx("write", &opts.output)?;
+        std::io::copy(&mut f.take(data_blocks * BLOCK), out).ctx("write", &opts.output)?;
     }
     persist(tmp, &opts.output)?;
     Ok(total_blocks * BLOCK)
+}
+
+/// Every regular file's body: small files inline, the others compressed into `data` (blocks
+/// numbered from 0). Returns the bodies by inode and the data blocks written.
+fn compress_files(
+    tree: &crate::model::Tree,
+    reader: &mut ChunkReader,
+    algo: ErofsCompressor,
+    data: &mut std::fs::File,
+) -> Result<(HashMap<usize, StandaloneFile>, u64)> {
+    let mut files: HashMap<usize, StandaloneFile> = HashMap::new();
+    let mut next_block = 0u64;
+    let mut done = vec![false; tree.inodes.len()];
+    for e in tree.numbering_order() {
+        let ino = tree.entries[e].inode;
+        let inode = &tree.inodes[ino];
+        if inode.file_type != FileType::Regular || std::mem::replace(&mut done[ino], true) {
+            continue;
+        }
+        let file = if inode.size < BLOCK {
+            StandaloneFile {
+                data: Some(file_bytes(reader, &inode.chunks)?),
+                ..Default::default()
+            }
+        } else {
+            compress_file(reader, inode, algo, data, &mut next_block)?
+        };
+        files.insert(ino, file);
+    }
+    Ok((files, next_block))
+}
+
+/// Index block addresses were relative to the data area; the data area starts at block
+/// `data_start`.
+fn relocate_indexes(files: &mut HashMap<usize, StandaloneFile>, data_start: u64) -> Result<()> {
+    for f in files.values_mut() {
+        for idx in f.body.chunks_exact_mut(8).skip(2) {
+            let kind = u16::from_le_bytes([idx[0], idx[1]]) & 3;
+            if kind == TYPE_PLAIN || kind == TYPE_HEAD1 {
+                let rel = u32::from_le_bytes([idx[4], idx[5], idx[6], idx[7]]);
+                let abs = u32::try_from(u64::from(rel) + data_start)
+                    .map_err(|_| Error::Limit("image larger than 2^32 blocks".into()))?;
+                idx[4..8].copy_from_slice(&abs.to_le_bytes());
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The superblock and the compression configuration after it.
+fn write_superblock(
+    meta: &mut [u8],
+    algo: ErofsCompressor,
+    inodes: u64,
+    total_blocks: u64,
+) -> Result<()> {
+    let sb = SuperBlock {
+        magic: EROFS_MAGIC.into(),
+        checksum: 0.into(),
+        feature_compat: 0.into(),
+        blkszbits: 12,
+        extslots: 0,
+        root_nid: (ROOT_NID as u16).into(),
+        inos: inodes.into(),
+        build_time: 0.into(),
+        build_time_nsec: 0.into(),
+        blocks: u32::try_from(total_blocks)
+            .map_err(|_| Error::Limit("image larger than 2^32 blocks".into()))?
+            .into(),
+        meta_blkaddr: 0.into(),
+        xattr_blkaddr: 0.into(),
+        uuid: [0; 16],
+        volume_name: [0; 16],
+        // zero padding (right-aligned compressed data), compression configs / big pclusters
+        feature_incompat: (FEATURE_INCOMPAT_ZERO_PADDING | FEATURE_INCOMPAT_COMPR_CFGS).into(),
+        u1: (1u16 << algo.code()).into(),
+        extra_devices: 0.into(),
+        devt_slotoff: 0.into(),
+        reserved: [0; 38],
+    };
+    meta[SUPERBLOCK_OFFSET..SUPERBLOCK_OFFSET + 128].copy_from_slice(sb.as_bytes());
+    let cfg = algo.config();
+    meta[EXT_SUPERBLOCK_OFFSET..EXT_SUPERBLOCK_OFFSET + cfg.len()].copy_from_slice(&cfg);
+    Ok(())
 }
 
 /// Compresses one file into `data`, returning its map header and indexes.

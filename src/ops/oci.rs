@@ -99,7 +99,67 @@ pub fn create_oci(
         Some(p) => Platform::parse(p)?,
         None => Platform::host(),
     };
-    let image = oci::open_image(&opts.source, &want)?;
+    let image = open_source(opts, &want)?;
+    let blobs_dir = dir.join("blobs/sha256");
+    std::fs::create_dir_all(&blobs_dir).ctx("create", &blobs_dir)?;
+    // per-layer outputs are staged here and only the blobs the image uses move into blobs/
+    let work = crate::io::staged::ScratchDir::new_in(&dir)?;
+    let boots = convert_layers(opts, &image, work.path(), progress)?;
+    let image_boot = work.path().join("image.boot");
+    let merged = merge::merge(&MergeOptions {
+        sources: boots,
+        bootstrap: Some(image_boot.clone()),
+        whiteout_spec: WhiteoutSpec::Oci,
+        ..MergeOptions::default()
+    })?;
+    let mut layers = place_blobs(&merged.blobs, work.path(), &blobs_dir)?;
+    let boot_bytes = std::fs::read(&image_boot).ctx("read", &image_boot)?;
+    let boot_layer = layers.add_bootstrap(&blobs_dir, &boot_bytes, &merged, &image_boot)?;
+    let config = write_config(opts, &image, &layers.diff_ids, &blobs_dir)?;
+    let manifest = write_manifest(&image, &config, layers.layers, &blobs_dir)?;
+    let p = image.platform.clone().unwrap_or(want);
+    write_index(&dir, &image, &p, &manifest)?;
+    let plain = match &opts.bootstrap {
+        Some(p) => {
+            write_atomic(p, &boot_bytes)?;
+            Some(p.clone())
+        }
+        None => None,
+    };
+    let out = OciOutput {
+        dir: dir.clone(),
+        platform: p.to_string(),
+        found_in: image.found_in,
+        layers: image.layers.len(),
+        manifest: format!("sha256:{}", manifest.hex),
+        config: format!("sha256:{}", config.hex),
+        blobs: layers.blob_paths,
+        bootstrap_layer: boot_layer,
+        bootstrap: plain,
+        fs_version: merged.fs_version,
+    };
+    if let Some(j) = &opts.output_json {
+        let mut report = Report::new(
+            out.bootstrap
+                .as_ref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default(),
+            merged.blobs.clone(),
+            out.fs_version,
+            opts.compressor.unwrap_or(crate::codec::Compressor::Zstd),
+        );
+        report.extra.insert("manifest".into(), json!(out.manifest));
+        report
+            .extra
+            .insert("image_layout".into(), json!(dir.display().to_string()));
+        write_atomic(j, report.pretty().as_bytes())?;
+    }
+    Ok(out)
+}
+
+/// Opens the source image and checks that every layer is one this tool can read.
+fn open_source(opts: &CreateOptions, want: &Platform) -> Result<oci::Image> {
+    let image = oci::open_image(&opts.source, want)?;
     log::info!(
         "{}: {} layers of the {} image (from {})",
         opts.source.display(),
@@ -122,22 +182,27 @@ pub fn create_oci(
             });
         }
     }
-    let blobs_dir = dir.join("blobs/sha256");
-    std::fs::create_dir_all(&blobs_dir).ctx("create", &blobs_dir)?;
-    // per-layer outputs are staged here and only the blobs the image uses move into blobs/
-    let work = crate::io::staged::ScratchDir::new_in(&dir)?;
+    Ok(image)
+}
 
+/// Builds each layer (its digests checked as it streams) into `work`; returns their bootstraps.
+fn convert_layers(
+    opts: &CreateOptions,
+    image: &oci::Image,
+    work: &Path,
+    progress: &dyn Progress,
+) -> Result<Vec<PathBuf>> {
     let mut boots = Vec::with_capacity(image.layers.len());
     for (i, l) in image.layers.iter().enumerate() {
         let (raw, _) = image.store.reader(&l.name)?;
         let where_ = image.store.describe(&l.name);
-        let boot = work.path().join(format!("layer-{i}.boot"));
+        let boot = work.join(format!("layer-{i}.boot"));
         let lopts = CreateOptions {
             source: where_.clone(),
             source_type: SourceType::Tar,
             bootstrap: Some(boot.clone()),
             blob: None,
-            blob_dir: Some(work.path().to_path_buf()),
+            blob_dir: Some(work.to_path_buf()),
             output_json: None,
             ..opts.clone()
         };
@@ -160,54 +225,83 @@ pub fn create_oci(
         );
         boots.push(boot);
     }
-    let image_boot = work.path().join("image.boot");
-    let merged = merge::merge(&MergeOptions {
-        sources: boots,
-        bootstrap: Some(image_boot.clone()),
-        whiteout_spec: WhiteoutSpec::Oci,
-        ..MergeOptions::default()
-    })?;
+    Ok(boots)
+}
 
-    // data blobs, in the merged blob table's order
-    let mut layers: Vec<Value> = Vec::new();
-    let mut diff_ids: Vec<Value> = Vec::new();
-    let mut blob_paths = Vec::new();
-    for id in &merged.blobs {
-        let staged = work.path().join(id);
+/// The manifest's layers and the config's diff_ids, as they are added.
+struct Layers {
+    layers: Vec<Value>,
+    diff_ids: Vec<Value>,
+    blob_paths: Vec<PathBuf>,
+}
+
+/// Moves the data blobs the merged image uses into `blobs_dir`, in its blob table's order.
+fn place_blobs(ids: &[String], work: &Path, blobs_dir: &Path) -> Result<Layers> {
+    let mut out = Layers {
+        layers: Vec::new(),
+        diff_ids: Vec::new(),
+        blob_paths: Vec::new(),
+    };
+    for id in ids {
+        let staged = work.join(id);
         let dest = blobs_dir.join(id);
         if !dest.exists() {
             std::fs::rename(&staged, &dest).ctx("move into place", &staged)?;
         }
         let size = std::fs::metadata(&dest).ctx("stat", &dest)?.len();
-        layers.push(json!({
+        out.layers.push(json!({
             "mediaType": MEDIA_NYDUS_BLOB,
             "digest": format!("sha256:{id}"),
             "size": size,
             "annotations": { ANNOTATION_BLOB: "true" },
         }));
-        diff_ids.push(json!(format!("sha256:{id}")));
-        blob_paths.push(dest);
+        out.diff_ids.push(json!(format!("sha256:{id}")));
+        out.blob_paths.push(dest);
     }
+    Ok(out)
+}
 
-    // the bootstrap layer: a gzipped tar holding image/image.boot
-    let boot_bytes = std::fs::read(&image_boot).ctx("read", &image_boot)?;
-    let tar = bootstrap_tar(&boot_bytes);
-    let tar_digest = hex::encode(Sha256::digest(&tar));
-    let gz = gzip(&tar).ctx("compress", &image_boot)?;
-    let boot_layer = put_blob(&blobs_dir, &gz)?;
-    layers.push(json!({
-        "mediaType": MEDIA_LAYER_GZIP,
-        "digest": format!("sha256:{}", boot_layer.0),
-        "size": gz.len(),
-        "annotations": {
-            ANNOTATION_BOOTSTRAP: "true",
-            ANNOTATION_FS_VERSION: merged.fs_version.to_string(),
-            ANNOTATION_BLOB_IDS: serde_json::to_string(&merged.blobs).unwrap_or_default(),
-        },
-    }));
-    diff_ids.push(json!(format!("sha256:{tar_digest}")));
+impl Layers {
+    /// Adds the bootstrap layer, a gzipped tar holding `image/image.boot`; returns its path.
+    fn add_bootstrap(
+        &mut self,
+        blobs_dir: &Path,
+        boot_bytes: &[u8],
+        merged: &merge::MergeOutput,
+        image_boot: &Path,
+    ) -> Result<PathBuf> {
+        let tar = bootstrap_tar(boot_bytes);
+        let tar_digest = hex::encode(Sha256::digest(&tar));
+        let gz = gzip(&tar).ctx("compress", image_boot)?;
+        let (hex, path) = put_blob(blobs_dir, &gz)?;
+        self.layers.push(json!({
+            "mediaType": MEDIA_LAYER_GZIP,
+            "digest": format!("sha256:{hex}"),
+            "size": gz.len(),
+            "annotations": {
+                ANNOTATION_BOOTSTRAP: "true",
+                ANNOTATION_FS_VERSION: merged.fs_version.to_string(),
+                ANNOTATION_BLOB_IDS: serde_json::to_string(&merged.blobs).unwrap_or_default(),
+            },
+        }));
+        self.diff_ids.push(json!(format!("sha256:{tar_digest}")));
+        Ok(path)
+    }
+}
 
-    // the source config with the new layers' diff_ids
+/// A document written into `blobs/sha256`: its digest (hex) and size.
+struct Written {
+    hex: String,
+    size: usize,
+}
+
+/// The source config with the new layers' diff_ids.
+fn write_config(
+    opts: &CreateOptions,
+    image: &oci::Image,
+    diff_ids: &[Value],
+    blobs_dir: &Path,
+) -> Result<Written> {
     let mut config = image.config.clone();
     let obj = config.as_object_mut().ok_or_else(|| Error::Unsupported {
         path: opts.source.clone(),
@@ -217,9 +311,20 @@ pub fn create_oci(
         "rootfs".into(),
         json!({ "type": "layers", "diff_ids": diff_ids }),
     );
-    let config_bytes = to_json(&config);
-    let (config_hex, _) = put_blob(&blobs_dir, &config_bytes)?;
+    let bytes = to_json(&config);
+    let (hex, _) = put_blob(blobs_dir, &bytes)?;
+    Ok(Written {
+        hex,
+        size: bytes.len(),
+    })
+}
 
+fn write_manifest(
+    image: &oci::Image,
+    config: &Written,
+    layers: Vec<Value>,
+    blobs_dir: &Path,
+) -> Result<Written> {
     let mut manifest = Map::new();
     manifest.insert("schemaVersion".into(), json!(2));
     manifest.insert("mediaType".into(), json!(MEDIA_MANIFEST));
@@ -227,19 +332,25 @@ pub fn create_oci(
         "config".into(),
         json!({
             "mediaType": MEDIA_CONFIG,
-            "digest": format!("sha256:{config_hex}"),
-            "size": config_bytes.len(),
+            "digest": format!("sha256:{}", config.hex),
+            "size": config.size,
         }),
     );
     manifest.insert("layers".into(), Value::Array(layers));
     if let Some(a) = &image.manifest_annotations {
         manifest.insert("annotations".into(), a.clone());
     }
-    let manifest_bytes = to_json(&Value::Object(manifest));
-    let (manifest_hex, _) = put_blob(&blobs_dir, &manifest_bytes)?;
+    let bytes = to_json(&Value::Object(manifest));
+    let (hex, _) = put_blob(blobs_dir, &bytes)?;
+    Ok(Written {
+        hex,
+        size: bytes.len(),
+    })
+}
 
+/// `oci-layout` and `index.json`, naming the one manifest for `p`.
+fn write_index(dir: &Path, image: &oci::Image, p: &Platform, manifest: &Written) -> Result<()> {
     let mut platform_doc = Map::new();
-    let p = image.platform.clone().unwrap_or(want);
     platform_doc.insert("architecture".into(), json!(p.architecture));
     platform_doc.insert("os".into(), json!(p.os));
     if let Some(v) = &p.variant {
@@ -248,8 +359,8 @@ pub fn create_oci(
     platform_doc.insert("os.features".into(), json!([OS_FEATURE_NYDUS]));
     let mut entry = Map::new();
     entry.insert("mediaType".into(), json!(MEDIA_MANIFEST));
-    entry.insert("digest".into(), json!(format!("sha256:{manifest_hex}")));
-    entry.insert("size".into(), json!(manifest_bytes.len()));
+    entry.insert("digest".into(), json!(format!("sha256:{}", manifest.hex)));
+    entry.insert("size".into(), json!(manifest.size));
     entry.insert("platform".into(), Value::Object(platform_doc));
     if let Some(a) = &image.index_annotations {
         entry.insert("annotations".into(), a.clone());
@@ -263,44 +374,7 @@ pub fn create_oci(
         &dir.join("oci-layout"),
         &to_json(&json!({ "imageLayoutVersion": "1.0.0" })),
     )?;
-    write_atomic(&dir.join("index.json"), &to_json(&index))?;
-
-    let plain = match &opts.bootstrap {
-        Some(p) => {
-            write_atomic(p, &boot_bytes)?;
-            Some(p.clone())
-        }
-        None => None,
-    };
-    let out = OciOutput {
-        dir: dir.clone(),
-        platform: p.to_string(),
-        found_in: image.found_in,
-        layers: image.layers.len(),
-        manifest: format!("sha256:{manifest_hex}"),
-        config: format!("sha256:{config_hex}"),
-        blobs: blob_paths,
-        bootstrap_layer: boot_layer.1,
-        bootstrap: plain,
-        fs_version: merged.fs_version,
-    };
-    if let Some(j) = &opts.output_json {
-        let mut report = Report::new(
-            out.bootstrap
-                .as_ref()
-                .map(|p| p.display().to_string())
-                .unwrap_or_default(),
-            merged.blobs.clone(),
-            out.fs_version,
-            opts.compressor.unwrap_or(crate::codec::Compressor::Zstd),
-        );
-        report.extra.insert("manifest".into(), json!(out.manifest));
-        report
-            .extra
-            .insert("image_layout".into(), json!(dir.display().to_string()));
-        write_atomic(j, report.pretty().as_bytes())?;
-    }
-    Ok(out)
+    write_atomic(&dir.join("index.json"), &to_json(&index))
 }
 
 /// Compact JSON (keys sorted: serde_json's map is ordered by key), so output is reproducible.

@@ -53,6 +53,34 @@ impl<'a> Bytes<'a> {
     }
 }
 
+/// A cap on what decoding may allocate from counts and sizes found in the input. In a
+/// well-formed image every dirent, chunk record and xattr table occupies its own bytes, so
+/// their totals are bounded by the image size; crafted images whose structures overlap would
+/// otherwise multiply them (quadratic memory from a small input).
+#[derive(Debug, Clone, Copy)]
+pub struct Budget {
+    left: u64,
+}
+
+impl Budget {
+    /// A budget of `n` units.
+    pub fn new(n: u64) -> Budget {
+        Budget { left: n }
+    }
+
+    /// Takes `n`, or fails naming what overran it.
+    pub fn spend(&mut self, n: u64, what: &'static str, at: u64) -> Result<()> {
+        self.left = self.left.checked_sub(n).ok_or_else(|| {
+            corrupt(
+                what,
+                at,
+                "more than the image can hold (overlapping structures?): refusing to allocate for it",
+            )
+        })?;
+        Ok(())
+    }
+}
+
 /// A `Corrupt` error.
 pub fn corrupt(what: &'static str, offset: u64, reason: &str) -> Error {
     Error::Corrupt {

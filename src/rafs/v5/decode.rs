@@ -9,7 +9,7 @@ use crate::codec::{Compressor, Digester};
 use crate::error::{Error, Result};
 use crate::format::rafs_v5::*;
 use crate::format::rafs_v6::super_flags;
-use crate::io::bytes::{corrupt, Bytes};
+use crate::io::bytes::{corrupt, Budget, Bytes};
 use crate::model::ChunkInfo;
 use crate::model::{BlobInfo, Image};
 use crate::model::{FileType, Inode as TreeInode, InodeId, Tree};
@@ -28,6 +28,50 @@ struct Record<'a> {
 /// Decodes a v5 bootstrap.
 pub fn decode(data: &[u8]) -> Result<Image> {
     let b = Bytes::new(data);
+    let sb = superblock(b)?;
+    let flags = sb.flags.get();
+    let (compressor, digester) = algorithms(flags);
+    let blobs = blob_table(b, sb, compressor, digester)?;
+    let entries = u64::from(sb.inode_table_entries.get());
+    let table = b.slice(
+        sb.inode_table_offset.get(),
+        entries.saturating_mul(4),
+        "inode table",
+    )?;
+    let mut d = Decoder {
+        b,
+        table_offset: sb.inode_table_offset.get(),
+        table,
+        entries,
+        explicit_uid_gid: flags & super_flags::EXPLICIT_UID_GID != 0,
+        blob_count: blobs.len(),
+        chunks: Vec::new(),
+        chunk_ids: HashMap::new(),
+        // xattr tables and chunk records occupy their own bytes in a well-formed image
+        xattr_budget: Budget::new((64u64 << 20) + 8 * b.len()),
+        chunk_budget: Budget::new(b.len() / 80 + 16),
+    };
+    let walked = d.walk()?;
+    verify_digests(&walked.tree, &d.chunks, digester, &walked.digests)?;
+    Ok(Image {
+        version: 5,
+        tree: walked.tree,
+        digest_known: vec![true; d.chunks.len()],
+        chunks: d.chunks,
+        blobs,
+        chunk_size: sb.block_size.get(),
+        flags,
+        compressor,
+        digester,
+        block_size: 0,
+        inode_numbers: walked.numbers,
+        prefetch: Vec::new(),
+        size: data.len() as u64,
+    })
+}
+
+/// The superblock, its magic, version, size and chunk size checked.
+fn superblock(b: Bytes<'_>) -> Result<&SuperBlock> {
     let sb: &SuperBlock = b.get(0, "RAFS v5 superblock")?;
     if sb.magic.get() != RAFS_V5_MAGIC || sb.fs_version.get() != RAFS_V5_VERSION {
         return Err(corrupt("RAFS v5 superblock", 0, "bad magic or version"));
@@ -47,7 +91,11 @@ pub fn decode(data: &[u8]) -> Result<Image> {
             &format!("invalid chunk size {chunk_size:#x}"),
         ));
     }
-    let flags = sb.flags.get();
+    Ok(sb)
+}
+
+/// Compression and digest named by the superblock flags (formats/rafs-v5.md §2).
+fn algorithms(flags: u64) -> (Compressor, Digester) {
     let compressor = if flags & super_flags::COMPRESSION_NONE != 0 {
         Compressor::None
     } else if flags & super_flags::COMPRESSION_ZSTD != 0 {
@@ -60,8 +108,16 @@ pub fn decode(data: &[u8]) -> Result<Image> {
     } else {
         Digester::Blake3
     };
+    (compressor, digester)
+}
 
-    // blob tables
+/// The blob table (NUL-terminated ids) and, when present, the extended blob table.
+fn blob_table(
+    b: Bytes<'_>,
+    sb: &SuperBlock,
+    compressor: Compressor,
+    digester: Digester,
+) -> Result<Vec<BlobInfo>> {
     let bt = b.slice(
         sb.blob_table_offset.get(),
         u64::from(sb.blob_table_size.get()),
@@ -95,69 +151,78 @@ pub fn decode(data: &[u8]) -> Result<Image> {
     }
     let mut blobs = Vec::new();
     for (i, id) in ids.into_iter().enumerate() {
-        let (chunk_count, features, usize_, csize) = if next > 0 {
-            let e: &ExtBlobEntry = b.get(
-                sb.extended_blob_table_offset.get() + 64 * i as u64,
-                "extended blob table entry",
-            )?;
-            (
-                e.chunk_count.get(),
-                e.features.get(),
-                e.uncompressed_size.get(),
-                e.compressed_size.get(),
-            )
-        } else {
-            (0, 0, 0, 0)
-        };
-        blobs.push(BlobInfo {
+        let mut blob = BlobInfo {
             id,
-            chunk_count,
+            chunk_count: 0,
             compressor,
             digester,
-            features,
-            compressed_size: csize,
-            uncompressed_size: usize_,
+            features: 0,
+            compressed_size: 0,
+            uncompressed_size: 0,
             ci_offset: 0,
             ci_compressed_size: 0,
             ci_uncompressed_size: 0,
             ci_compressor: 0,
             mapped_blkaddr: 0,
-        });
+        };
+        if next > 0 {
+            let e: &ExtBlobEntry = b.get(
+                sb.extended_blob_table_offset.get() + 64 * i as u64,
+                "extended blob table entry",
+            )?;
+            blob.chunk_count = e.chunk_count.get();
+            blob.features = e.features.get();
+            blob.uncompressed_size = e.uncompressed_size.get();
+            blob.compressed_size = e.compressed_size.get();
+        }
+        blobs.push(blob);
     }
+    Ok(blobs)
+}
 
-    let entries = u64::from(sb.inode_table_entries.get());
-    let table = b.slice(
-        sb.inode_table_offset.get(),
-        entries.saturating_mul(4),
-        "inode table",
-    )?;
-    let slot = |index: u64| -> Result<u64> {
-        if index == 0 || index > entries {
+/// Reads inode records, bounded by the image and by allocation budgets.
+struct Decoder<'a> {
+    b: Bytes<'a>,
+    table_offset: u64,
+    table: &'a [u8],
+    entries: u64,
+    explicit_uid_gid: bool,
+    blob_count: usize,
+    chunks: Vec<ChunkInfo>,
+    /// (blob index, chunk index) → chunk id: a chunk shared by files is one chunk.
+    chunk_ids: HashMap<(u32, u32), u32>,
+    xattr_budget: Budget,
+    chunk_budget: Budget,
+}
+
+/// The tree a walk rebuilt.
+struct Walked {
+    tree: Tree,
+    /// On-disk inode number of each tree inode.
+    numbers: Vec<u64>,
+    /// (entry, stored digest, record offset), checked after the walk.
+    digests: Vec<(usize, [u8; 32], u64)>,
+}
+
+impl<'a> Decoder<'a> {
+    /// Offset of the record at inode-table index `index` (1-based).
+    fn slot(&self, index: u64) -> Result<u64> {
+        if index == 0 || index > self.entries {
             return Err(corrupt(
                 "inode table",
-                sb.inode_table_offset.get(),
+                self.table_offset,
                 &format!("inode index {index} out of range"),
             ));
         }
         let i = (index - 1) as usize * 4;
-        let v = u32::from_le_bytes([table[i], table[i + 1], table[i + 2], table[i + 3]]);
+        let t = self.table;
+        let v = u32::from_le_bytes([t[i], t[i + 1], t[i + 2], t[i + 3]]);
         Ok(u64::from(v) << 3)
-    };
-    // caps on what overlapping records can make us allocate (each record's xattrs and chunk
-    // records occupy their own bytes in a well-formed image; see the v6 decoder's Budget)
-    let xattr_budget = std::cell::Cell::new((64u64 << 20) + 8 * b.len());
-    let chunk_budget = std::cell::Cell::new(b.len() / 80 + 16);
-    let spend = |budget: &std::cell::Cell<u64>, n: u64, what: &'static str, at: u64| {
-        budget.set(budget.get().checked_sub(n).ok_or_else(|| {
-            corrupt(
-                what,
-                at,
-                "more than the image can hold (overlapping records?): refusing to allocate for it",
-            )
-        })?);
-        Ok::<(), Error>(())
-    };
-    let record = |offset: u64| -> Result<Record> {
+    }
+
+    /// The inode record at `offset`, with its name, symlink target, xattrs and chunk records.
+    fn record(&mut self, offset: u64) -> Result<Record<'a>> {
+        let b = self.b;
         let raw: &Inode = b.get(offset, "inode")?;
         let mut at = offset + 128;
         let name_len = u64::from(raw.name_size.get());
@@ -174,30 +239,14 @@ pub fn decode(data: &[u8]) -> Result<Image> {
         }
         let mut xattrs = Vec::new();
         if raw.flags.get() & inode_flags::XATTR != 0 {
-            let total =
-                u64::from_le_bytes(b.slice(at, 8, "xattr table")?.try_into().unwrap_or([0; 8]));
-            let body = b.slice(at + 8, total, "xattr table")?;
-            spend(&xattr_budget, total, "xattr table", at)?;
-            let mut p = 0usize;
-            while p + 4 <= body.len() {
-                let size =
-                    u32::from_le_bytes([body[p], body[p + 1], body[p + 2], body[p + 3]]) as usize;
-                let pair = body.get(p + 4..p + 4 + size).ok_or_else(|| {
-                    corrupt("xattr pair", at + 8 + p as u64, "overruns the table")
-                })?;
-                let nul = pair.iter().position(|c| *c == 0).ok_or_else(|| {
-                    corrupt("xattr pair", at + 8 + p as u64, "no NUL after the name")
-                })?;
-                xattrs.push((pair[..nul].to_vec(), pair[nul + 1..].to_vec()));
-                p += 4 + size;
-            }
+            let total = self.xattrs(at, &mut xattrs)?;
             at += (8 + total).div_ceil(8) * 8;
         }
         let mut chunks: &[u8] = &[];
         if FileType::from_mode(raw.mode.get()) == Some(FileType::Regular) {
             let n = u64::from(raw.child_count.get());
             chunks = b.slice(at, n.saturating_mul(80), "chunk records")?;
-            spend(&chunk_budget, n, "chunk records", at)?;
+            self.chunk_budget.spend(n, "chunk records", at)?;
         }
         Ok(Record {
             raw,
@@ -207,12 +256,33 @@ pub fn decode(data: &[u8]) -> Result<Image> {
             chunks,
             offset,
         })
-    };
+    }
 
-    let mut chunks: Vec<ChunkInfo> = Vec::new();
-    let mut chunk_ids: HashMap<(u32, u32), u32> = HashMap::new();
-    let explicit = flags & super_flags::EXPLICIT_UID_GID != 0;
-    let mut make_inode = |r: &Record| -> Result<TreeInode> {
+    /// The xattr table at `at` (formats/rafs-v5.md §8); returns its size.
+    fn xattrs(&mut self, at: u64, out: &mut Vec<(Vec<u8>, Vec<u8>)>) -> Result<u64> {
+        let b = self.b;
+        let total = u64::from_le_bytes(b.slice(at, 8, "xattr table")?.try_into().unwrap_or([0; 8]));
+        let body = b.slice(at + 8, total, "xattr table")?;
+        self.xattr_budget.spend(total, "xattr table", at)?;
+        let mut p = 0usize;
+        while p + 4 <= body.len() {
+            let size =
+                u32::from_le_bytes([body[p], body[p + 1], body[p + 2], body[p + 3]]) as usize;
+            let pair = body
+                .get(p + 4..p + 4 + size)
+                .ok_or_else(|| corrupt("xattr pair", at + 8 + p as u64, "overruns the table"))?;
+            let nul = pair
+                .iter()
+                .position(|c| *c == 0)
+                .ok_or_else(|| corrupt("xattr pair", at + 8 + p as u64, "no NUL after the name"))?;
+            out.push((pair[..nul].to_vec(), pair[nul + 1..].to_vec()));
+            p += 4 + size;
+        }
+        Ok(total)
+    }
+
+    /// The tree inode a record describes; a regular file's chunks join the chunk list.
+    fn inode(&mut self, r: &Record) -> Result<TreeInode> {
         let mode = r.raw.mode.get();
         let ft = FileType::from_mode(mode).ok_or_else(|| {
             corrupt(
@@ -222,7 +292,7 @@ pub fn decode(data: &[u8]) -> Result<Image> {
             )
         })?;
         let mut i = TreeInode::new(ft, (mode & 0o7777) as u16);
-        if explicit {
+        if self.explicit_uid_gid {
             i.uid = r.raw.uid.get();
             i.gid = r.raw.gid.get();
         }
@@ -233,26 +303,8 @@ pub fn decode(data: &[u8]) -> Result<Image> {
             FileType::Regular => {
                 i.size = r.raw.size.get();
                 for (k, rec) in r.chunks.chunks_exact(80).enumerate() {
-                    let c = ChunkRecord::read_from_bytes(rec)
-                        .map_err(|_| corrupt("chunk record", r.offset, "bad"))?;
-                    let key = (c.blob_index.get(), c.index.get());
-                    if key.0 as usize >= blobs.len() {
-                        return Err(corrupt(
-                            "chunk record",
-                            r.offset + 128 + 80 * k as u64,
-                            "blob index outside the blob table",
-                        ));
-                    }
-                    let id = match chunk_ids.get(&key) {
-                        Some(id) => *id,
-                        None => {
-                            let id = chunks.len() as u32;
-                            chunks.push(ChunkInfo::from_record(&c));
-                            chunk_ids.insert(key, id);
-                            id
-                        }
-                    };
-                    i.chunks.push(id);
+                    i.chunks
+                        .push(self.chunk(rec, r.offset + 128 + 80 * k as u64)?);
                 }
             }
             FileType::Symlink => i.target = r.target.to_vec(),
@@ -260,76 +312,89 @@ pub fn decode(data: &[u8]) -> Result<Image> {
             _ => {}
         }
         Ok(i)
-    };
-
-    let root = record(slot(1)?)?;
-    let root_inode = make_inode(&root)?;
-    if root_inode.file_type != FileType::Directory {
-        return Err(corrupt("root inode", root.offset, "is not a directory"));
     }
-    let mut tree = Tree::new(root_inode);
-    let mut numbers = vec![root.raw.ino.get()];
-    let mut by_ino: HashMap<u64, InodeId> = HashMap::new();
-    // (entry, record, depth); digests are verified after the walk
-    let mut stack = vec![(0usize, root, 0usize)];
-    let mut records: Vec<(usize, [u8; 32], u64)> = Vec::new();
-    let mut visited = 0u64;
-    while let Some((entry, rec, depth)) = stack.pop() {
-        records.push((entry, rec.raw.digest, rec.offset));
-        if FileType::from_mode(rec.raw.mode.get()) != Some(FileType::Directory) {
-            continue;
-        }
-        if depth > MAX_DEPTH {
-            return Err(corrupt("directory", rec.offset, "nesting too deep"));
-        }
-        let first = u64::from(rec.raw.child_index.get());
-        let count = u64::from(rec.raw.child_count.get());
-        visited += count;
-        if visited > entries {
+
+    /// The id of the chunk an 80-byte record at `at` describes.
+    fn chunk(&mut self, rec: &[u8], at: u64) -> Result<u32> {
+        let c =
+            ChunkRecord::read_from_bytes(rec).map_err(|_| corrupt("chunk record", at, "bad"))?;
+        let key = (c.blob_index.get(), c.index.get());
+        if key.0 as usize >= self.blob_count {
             return Err(corrupt(
-                "directory",
-                rec.offset,
-                "more children than inode table entries (a loop?)",
+                "chunk record",
+                at,
+                "blob index outside the blob table",
             ));
         }
-        for idx in first..first.saturating_add(count) {
-            let child = record(slot(idx)?)?;
-            let ino = child.raw.ino.get();
-            let is_reg = FileType::from_mode(child.raw.mode.get()) == Some(FileType::Regular);
-            let inode_id = match by_ino.get(&ino) {
-                Some(id) if is_reg && child.raw.nlink.get() > 1 => *id,
-                _ => {
-                    let id = tree.add_inode(make_inode(&child)?);
-                    numbers.push(ino);
-                    if is_reg {
-                        by_ino.insert(ino, id);
-                    }
-                    id
-                }
-            };
-            let e = tree
-                .add_entry(entry, child.name, inode_id)
-                .map_err(|err| corrupt("inode name", child.offset + 128, &err.to_string()))?;
-            stack.push((e, child, depth + 1));
+        if let Some(id) = self.chunk_ids.get(&key) {
+            return Ok(*id);
         }
+        let id = self.chunks.len() as u32;
+        self.chunks.push(ChunkInfo::from_record(&c));
+        self.chunk_ids.insert(key, id);
+        Ok(id)
     }
-    tree.sort();
-    verify_digests(&tree, &chunks, digester, &records)?;
-    Ok(Image {
-        version: 5,
-        tree,
-        digest_known: vec![true; chunks.len()],
-        chunks,
-        blobs,
-        chunk_size,
-        flags,
-        compressor,
-        digester,
-        block_size: 0,
-        inode_numbers: numbers,
-        prefetch: Vec::new(),
-        size: data.len() as u64,
-    })
+
+    /// Rebuilds the tree from the root record, depth first; hardlinked regular files (same
+    /// ino, nlink > 1) share one inode.
+    fn walk(&mut self) -> Result<Walked> {
+        let root = self.record(self.slot(1)?)?;
+        let root_inode = self.inode(&root)?;
+        if root_inode.file_type != FileType::Directory {
+            return Err(corrupt("root inode", root.offset, "is not a directory"));
+        }
+        let mut w = Walked {
+            tree: Tree::new(root_inode),
+            numbers: vec![root.raw.ino.get()],
+            digests: Vec::new(),
+        };
+        let mut by_ino: HashMap<u64, InodeId> = HashMap::new();
+        // (entry, record, depth)
+        let mut stack = vec![(0usize, root, 0usize)];
+        let mut visited = 0u64;
+        while let Some((entry, rec, depth)) = stack.pop() {
+            w.digests.push((entry, rec.raw.digest, rec.offset));
+            if FileType::from_mode(rec.raw.mode.get()) != Some(FileType::Directory) {
+                continue;
+            }
+            if depth > MAX_DEPTH {
+                return Err(corrupt("directory", rec.offset, "nesting too deep"));
+            }
+            let first = u64::from(rec.raw.child_index.get());
+            let count = u64::from(rec.raw.child_count.get());
+            visited += count;
+            if visited > self.entries {
+                return Err(corrupt(
+                    "directory",
+                    rec.offset,
+                    "more children than inode table entries (a loop?)",
+                ));
+            }
+            for idx in first..first.saturating_add(count) {
+                let child = self.record(self.slot(idx)?)?;
+                let ino = child.raw.ino.get();
+                let is_reg = FileType::from_mode(child.raw.mode.get()) == Some(FileType::Regular);
+                let inode_id = match by_ino.get(&ino) {
+                    Some(id) if is_reg && child.raw.nlink.get() > 1 => *id,
+                    _ => {
+                        let id = w.tree.add_inode(self.inode(&child)?);
+                        w.numbers.push(ino);
+                        if is_reg {
+                            by_ino.insert(ino, id);
+                        }
+                        id
+                    }
+                };
+                let e = w
+                    .tree
+                    .add_entry(entry, child.name, inode_id)
+                    .map_err(|err| corrupt("inode name", child.offset + 128, &err.to_string()))?;
+                stack.push((e, child, depth + 1));
+            }
+        }
+        w.tree.sort();
+        Ok(w)
+    }
 }
 
 /// Recomputes each inode digest from the decoded tree and compares it with the stored one.

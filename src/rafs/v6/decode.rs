@@ -7,7 +7,7 @@ use super::layout::XATTR_PREFIXES;
 use crate::codec::{Compressor, Digester};
 use crate::error::Result;
 use crate::format::rafs_v6::*;
-use crate::io::bytes::{corrupt, Bytes};
+use crate::io::bytes::{corrupt, Budget, Bytes};
 use crate::model::ChunkInfo;
 use crate::model::{BlobInfo, Image};
 use crate::model::{FileType, Inode, InodeId, Tree};
@@ -63,40 +63,25 @@ struct Decoder<'a> {
     /// tarfs: data sits in the tar at `blkaddr × block`; chunk records carry nothing useful
     tarfs: bool,
     /// What the image can still make the decoder allocate (see [`Budget`]).
-    budget: Budget,
+    budget: Budgets,
 }
 
-/// Caps on what a bootstrap can make the decoder allocate. In a well-formed image every
-/// dirent and chunk index occupies its own bytes, so their totals are bounded by the image
-/// size; crafted images whose directories or chunk tables overlap would otherwise multiply
-/// them (quadratic memory from a small input). Shared xattrs are legitimately referenced many
-/// times, so their budget is generous but finite.
-struct Budget {
-    dirents: u64,
-    chunk_indexes: u64,
-    xattr_bytes: u64,
+/// Caps on what a bootstrap can make the decoder allocate ([`Budget`]). Shared xattrs are
+/// legitimately referenced many times, so their budget is generous but finite.
+struct Budgets {
+    dirents: Budget,
+    chunk_indexes: Budget,
+    xattr_bytes: Budget,
 }
 
-impl Budget {
-    fn new(image_size: u64) -> Budget {
-        Budget {
-            dirents: image_size / 12 + 16,
-            chunk_indexes: image_size / 8 + 16,
-            xattr_bytes: (64 << 20) + 8 * image_size,
+impl Budgets {
+    fn new(image_size: u64) -> Budgets {
+        Budgets {
+            dirents: Budget::new(image_size / 12 + 16),
+            chunk_indexes: Budget::new(image_size / 8 + 16),
+            xattr_bytes: Budget::new((64 << 20) + 8 * image_size),
         }
     }
-}
-
-/// Takes `n` from a budget, or fails naming what overran it.
-fn spend(left: &mut u64, n: u64, what: &'static str, at: u64) -> Result<()> {
-    *left = left.checked_sub(n).ok_or_else(|| {
-        corrupt(
-            what,
-            at,
-            "more than the image can hold (overlapping structures?): refusing to allocate for it",
-        )
-    })?;
-    Ok(())
 }
 
 /// Decodes a v6 bootstrap.
@@ -239,7 +224,7 @@ pub fn decode(data: &[u8]) -> Result<Image> {
         chunk_ids: HashMap::new(),
         blob_count: nblobs as u32,
         tarfs: flags & super_flags::TARTFS_MODE != 0,
-        budget: Budget::new(b.len()),
+        budget: Budgets::new(b.len()),
     };
     let root_nid = u64::from(sb.root_nid.get());
     let (tree, nids) = d.walk(root_nid)?;
@@ -393,17 +378,16 @@ impl Decoder<'_> {
             let id = u32::from_le_bytes([area[p], area[p + 1], area[p + 2], area[p + 3]]);
             let at = self.xattr_addr + u64::from(id) * 4;
             let (pair, len) = self.xattr_entry(at)?;
-            spend(&mut self.budget.xattr_bytes, len as u64, "shared xattr", at)?;
+            self.budget
+                .xattr_bytes
+                .spend(len as u64, "shared xattr", at)?;
             out.push(pair);
         }
         while pos + 4 <= area.len() {
             let (pair, len) = self.xattr_entry(start + pos as u64)?;
-            spend(
-                &mut self.budget.xattr_bytes,
-                len as u64,
-                "xattr entry",
-                start + pos as u64,
-            )?;
+            self.budget
+                .xattr_bytes
+                .spend(len as u64, "xattr entry", start + pos as u64)?;
             out.push(pair);
             pos += len;
         }
@@ -435,12 +419,9 @@ impl Decoder<'_> {
 
     fn dirents(&mut self, nid: u64, off: u64, r: &RawInode) -> Result<Vec<(Vec<u8>, u64)>> {
         // each dirent takes 12 bytes of the directory's own data: spend before copying it
-        spend(
-            &mut self.budget.dirents,
-            r.size.div_ceil(12),
-            "directory",
-            off,
-        )?;
+        self.budget
+            .dirents
+            .spend(r.size.div_ceil(12), "directory", off)?;
         let data = self.flat_data(nid, off, r)?;
         let mut out = Vec::new();
         for (bi, blk) in data.chunks(self.block as usize).enumerate() {
@@ -549,12 +530,9 @@ impl Decoder<'_> {
         }
         let count = r.size.div_ceil(u64::from(self.chunk_size));
         let idx_at = (off + r.inode_size + r.xattr_size()).div_ceil(8) * 8;
-        spend(
-            &mut self.budget.chunk_indexes,
-            count,
-            "chunk indexes",
-            idx_at,
-        )?;
+        self.budget
+            .chunk_indexes
+            .spend(count, "chunk indexes", idx_at)?;
         let table = self
             .b
             .slice(idx_at, count.saturating_mul(8), "chunk indexes")?;

@@ -84,6 +84,50 @@ pub mod super_flags {
     pub const TARTFS_MODE: u64 = 0x200;
     /// Not encrypted.
     pub const ENCRYPTION_NONE: u64 = 0x0100_0000;
+
+    use crate::codec::{Compressor, Digester};
+
+    /// The one mapping between chunk algorithms and RafsSuperFlags, for v5 and v6 alike
+    /// (formats/blob.md §8).
+    pub fn of_compressor(c: Compressor) -> u64 {
+        match c {
+            Compressor::None => COMPRESSION_NONE,
+            Compressor::Lz4Block => COMPRESSION_LZ4,
+            Compressor::Zstd => COMPRESSION_ZSTD,
+        }
+    }
+
+    /// The digest flag of `d`.
+    pub fn of_digester(d: Digester) -> u64 {
+        match d {
+            Digester::Blake3 => HASH_BLAKE3,
+            Digester::Sha256 => HASH_SHA256,
+        }
+    }
+
+    /// The compressor `flags` name, tested in upstream's order (none, lz4, zstd). Flags naming
+    /// none fall back to lz4_block, as upstream's conversion does for both versions (the v6
+    /// decoder here used to fall back to zstd, for no stated reason).
+    pub fn compressor(flags: u64) -> Compressor {
+        if flags & COMPRESSION_NONE != 0 {
+            Compressor::None
+        } else if flags & COMPRESSION_LZ4 != 0 {
+            Compressor::Lz4Block
+        } else if flags & COMPRESSION_ZSTD != 0 {
+            Compressor::Zstd
+        } else {
+            Compressor::Lz4Block
+        }
+    }
+
+    /// The digester `flags` name (blake3 unless sha256 is set, as upstream).
+    pub fn digester(flags: u64) -> Digester {
+        if flags & HASH_SHA256 != 0 {
+            Digester::Sha256
+        } else {
+            Digester::Blake3
+        }
+    }
 }
 
 /// EROFS superblock, 128 bytes at offset 1024 (formats/rafs-v6.md §2).

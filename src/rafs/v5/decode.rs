@@ -96,19 +96,7 @@ fn superblock(b: Bytes<'_>) -> Result<&SuperBlock> {
 
 /// Compression and digest named by the superblock flags (formats/rafs-v5.md §2).
 fn algorithms(flags: u64) -> (Compressor, Digester) {
-    let compressor = if flags & super_flags::COMPRESSION_NONE != 0 {
-        Compressor::None
-    } else if flags & super_flags::COMPRESSION_ZSTD != 0 {
-        Compressor::Zstd
-    } else {
-        Compressor::Lz4Block
-    };
-    let digester = if flags & super_flags::HASH_SHA256 != 0 {
-        Digester::Sha256
-    } else {
-        Digester::Blake3
-    };
-    (compressor, digester)
+    (super_flags::compressor(flags), super_flags::digester(flags))
 }
 
 /// The blob table (NUL-terminated ids) and, when present, the extended blob table.

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 
 use zerocopy::IntoBytes;
 
-use crate::codec::{Compressor, Digester};
+use crate::codec::Digester;
 use crate::error::{Error, Result};
 use crate::format::rafs_v5::*;
 use crate::format::rafs_v6::super_flags;
@@ -219,14 +219,8 @@ pub fn encode(
 
     // write pass
     let mut buf = Vec::with_capacity(total as usize);
-    let mut flags = match opts.compressor {
-        Compressor::None => super_flags::COMPRESSION_NONE,
-        Compressor::Lz4Block => super_flags::COMPRESSION_LZ4,
-        Compressor::Zstd => super_flags::COMPRESSION_ZSTD,
-    } | match opts.digester {
-        Digester::Blake3 => super_flags::HASH_BLAKE3,
-        Digester::Sha256 => super_flags::HASH_SHA256,
-    };
+    let mut flags =
+        super_flags::of_compressor(opts.compressor) | super_flags::of_digester(opts.digester);
     if opts.explicit_uid_gid {
         flags |= super_flags::EXPLICIT_UID_GID;
     }

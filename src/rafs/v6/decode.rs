@@ -102,12 +102,8 @@ pub fn decode(data: &[u8]) -> Result<Image> {
     let block = 1u64 << bits;
     let ext: &ExtSuperBlock = b.get(EXT_SUPERBLOCK_OFFSET as u64, "RAFS v6 extended superblock")?;
     let flags = ext.flags.get();
-    let compressor = compressor_from_flags(flags);
-    let digester = if flags & super_flags::HASH_SHA256 != 0 {
-        Digester::Sha256
-    } else {
-        Digester::Blake3
-    };
+    let compressor = super_flags::compressor(flags);
+    let digester = super_flags::digester(flags);
     let chunk_size = ext.chunk_size.get();
     let is_rafs = sb.feature_compat.get() & FEATURE_COMPAT_RAFS_V6 != 0;
     if is_rafs && (!chunk_size.is_power_of_two() || !(0x1000..=0x100_0000).contains(&chunk_size)) {
@@ -243,16 +239,6 @@ pub fn decode(data: &[u8]) -> Result<Image> {
         prefetch,
         size: data.len() as u64,
     })
-}
-
-fn compressor_from_flags(flags: u64) -> Compressor {
-    if flags & super_flags::COMPRESSION_NONE != 0 {
-        Compressor::None
-    } else if flags & super_flags::COMPRESSION_LZ4 != 0 {
-        Compressor::Lz4Block
-    } else {
-        Compressor::Zstd
-    }
 }
 
 fn trim_id(raw: &[u8]) -> Option<String> {

@@ -1,7 +1,7 @@
 //! Second pass of the v6 encoder: writes the bootstrap at the places the layout assigned
 //! (formats/rafs-v6.md).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use zerocopy::IntoBytes;
 
@@ -194,9 +194,11 @@ pub fn encode(
     } else {
         Vec::new()
     };
-    write_inodes(
-        &mut buf, tree, chunks, opts, &layout, meta_addr, &mapped, None,
-    )?;
+    let data = FileData::Chunks {
+        chunks,
+        mapped: &mapped,
+    };
+    InodeWriter::new(tree, opts, &layout, meta_addr, data).write_all(&mut buf)?;
     for (i, rec) in table.values().enumerate() {
         put(&mut buf, chunk_table_offset + 80 * i as u64, rec.as_bytes());
     }
@@ -224,32 +226,7 @@ fn write_superblocks(
     total: u64,
 ) -> Result<()> {
     let b = opts.block_size;
-    let mut flags = super_flags::ENCRYPTION_NONE
-        | match opts.compressor {
-            Compressor::None => super_flags::COMPRESSION_NONE,
-            Compressor::Lz4Block => super_flags::COMPRESSION_LZ4,
-            Compressor::Zstd => super_flags::COMPRESSION_ZSTD,
-        }
-        | match opts.digester {
-            Digester::Blake3 => super_flags::HASH_BLAKE3,
-            Digester::Sha256 => super_flags::HASH_SHA256,
-        };
-    if opts.explicit_uid_gid {
-        flags |= super_flags::EXPLICIT_UID_GID;
-    }
-    if opts.tarfs {
-        flags |= super_flags::TARTFS_MODE;
-    }
-    if layout.xattr_size.iter().any(|s| *s > 0) {
-        flags |= super_flags::HAS_XATTR;
-    }
-    // set when every blob inlines its chunk digests, vacuously for no blob (upstream rule)
-    if blobs
-        .iter()
-        .all(|bl| bl.summary.features & crate::format::blob::features::INLINED_CHUNK_DIGEST != 0)
-    {
-        flags |= super_flags::INLINED_CHUNK_DIGEST;
-    }
+    let flags = rafs_flags(blobs, opts, layout);
     let data_blocks: u64 = blobs
         .iter()
         .map(|bl| bl.summary.uncompressed_size / b)
@@ -306,6 +283,42 @@ fn write_superblocks(
     };
     put(buf, EXT_SUPERBLOCK_OFFSET as u64, ext.as_bytes());
 
+    write_blob_tables(buf, blobs, opts, blob_table_offset, total)
+}
+
+/// RafsSuperFlags of the image (formats/blob.md §8).
+fn rafs_flags(blobs: &[BlobRecord], opts: &EncodeOptions, layout: &Layout) -> u64 {
+    let mut flags = super_flags::ENCRYPTION_NONE
+        | super_flags::of_compressor(opts.compressor)
+        | super_flags::of_digester(opts.digester);
+    if opts.explicit_uid_gid {
+        flags |= super_flags::EXPLICIT_UID_GID;
+    }
+    if opts.tarfs {
+        flags |= super_flags::TARTFS_MODE;
+    }
+    if layout.xattr_size.iter().any(|s| *s > 0) {
+        flags |= super_flags::HAS_XATTR;
+    }
+    // set when every blob inlines its chunk digests, vacuously for no blob (upstream rule)
+    if blobs
+        .iter()
+        .all(|bl| bl.summary.features & crate::format::blob::features::INLINED_CHUNK_DIGEST != 0)
+    {
+        flags |= super_flags::INLINED_CHUNK_DIGEST;
+    }
+    flags
+}
+
+/// The device table and the blob table: one slot and one entry per blob.
+fn write_blob_tables(
+    buf: &mut [u8],
+    blobs: &[BlobRecord],
+    opts: &EncodeOptions,
+    blob_table_offset: u64,
+    total: u64,
+) -> Result<()> {
+    let b = opts.block_size;
     let mapped_all = mapped_blkaddrs(total, blobs, b);
     for (i, bl) in blobs.iter().enumerate() {
         let s = &bl.summary;
@@ -370,86 +383,145 @@ pub(crate) fn write_standalone_inodes(
     tree: &Tree,
     opts: &EncodeOptions,
     layout: &Layout,
-    files: &std::collections::HashMap<usize, StandaloneFile>,
+    files: &HashMap<usize, StandaloneFile>,
 ) -> Result<()> {
-    write_inodes(buf, tree, &[], opts, layout, 0, &[], Some(files))
+    InodeWriter::new(tree, opts, layout, 0, FileData::Standalone(files)).write_all(buf)
 }
 
-#[allow(clippy::too_many_arguments)]
-fn write_inodes(
-    buf: &mut [u8],
-    tree: &Tree,
-    chunks: &[ChunkInfo],
-    opts: &EncodeOptions,
-    layout: &Layout,
+/// Where regular files' data lives, which decides what follows their inodes.
+enum FileData<'a> {
+    /// RAFS: chunks in blobs; chunk indexes follow each file's inode. `mapped` holds each
+    /// blob's block address in a single-device disk image (empty otherwise).
+    Chunks {
+        chunks: &'a [ChunkInfo],
+        mapped: &'a [u64],
+    },
+    /// A standalone EROFS image: each file's inline data or compressed body, by inode.
+    Standalone(&'a HashMap<usize, StandaloneFile>),
+}
+
+/// The on-disk layout, `i_u` and link count of one inode.
+struct Shape {
+    layout: DataLayout,
+    u: u32,
+    nlink: u32,
+}
+
+/// Writes the inodes the first pass placed, with what follows each (xattrs, inline data,
+/// dirents, chunk indexes).
+struct InodeWriter<'a> {
+    tree: &'a Tree,
+    opts: &'a EncodeOptions,
+    layout: &'a Layout,
     meta_addr: u64,
-    mapped: &[u64],
-    standalone: Option<&std::collections::HashMap<usize, StandaloneFile>>,
-) -> Result<()> {
-    let b = opts.block_size;
-    let links = tree.link_counts();
-    let nid_of = |ino: usize| -> u64 {
-        layout.inodes[ino]
+    data: FileData<'a>,
+    links: Vec<u32>,
+}
+
+impl<'a> InodeWriter<'a> {
+    fn new(
+        tree: &'a Tree,
+        opts: &'a EncodeOptions,
+        layout: &'a Layout,
+        meta_addr: u64,
+        data: FileData<'a>,
+    ) -> InodeWriter<'a> {
+        InodeWriter {
+            tree,
+            opts,
+            layout,
+            meta_addr,
+            data,
+            links: tree.link_counts(),
+        }
+    }
+
+    fn nid_of(&self, ino: usize) -> u64 {
+        self.layout.inodes[ino]
             .map(|p| p.offset / INODE_SLOT)
             .unwrap_or(0)
-    };
-    let mut written = vec![false; tree.inodes.len()];
-    for e in &layout.order {
-        let ino = tree.entries[*e].inode;
-        if std::mem::replace(&mut written[ino], true) {
-            continue;
+    }
+
+    /// Every inode once, in layout order.
+    fn write_all(&self, buf: &mut [u8]) -> Result<()> {
+        let mut written = vec![false; self.tree.inodes.len()];
+        for e in &self.layout.order {
+            let ino = self.tree.entries[*e].inode;
+            if std::mem::replace(&mut written[ino], true) {
+                continue;
+            }
+            let Some(place) = self.layout.inodes[ino] else {
+                continue;
+            };
+            let abs = self.meta_addr + place.offset;
+            let shape = self.shape(*e, ino, &place)?;
+            put(buf, abs, self.raw_inode(ino, &place, &shape).as_bytes());
+            let xattr_bytes = self.layout.xattr_size[ino];
+            if xattr_bytes > 0 {
+                write_xattrs(buf, abs + 64, &self.tree.inodes[ino])?;
+            }
+            self.write_body(buf, *e, ino, &place, abs + 64 + xattr_bytes)?;
         }
-        let inode = &tree.inodes[ino];
-        let Some(place) = layout.inodes[ino] else {
-            continue;
-        };
-        let abs = meta_addr + place.offset;
-        let xattr_bytes = layout.xattr_size[ino];
-        let (fmt_layout, u, nlink) = match inode.file_type {
+        Ok(())
+    }
+
+    fn shape(&self, e: usize, ino: usize, place: &layout::InodePlace) -> Result<Shape> {
+        let b = self.opts.block_size;
+        let inode = &self.tree.inodes[ino];
+        let data_block = ((self.meta_addr + place.data_offset) / b) as u32;
+        let (layout, u, nlink) = match inode.file_type {
             FileType::Directory => {
-                let subdirs = tree.entries[*e]
+                let subdirs = self.tree.entries[e]
                     .children
                     .iter()
-                    .filter(|c| tree.is_dir(**c))
+                    .filter(|c| self.tree.is_dir(**c))
                     .count();
-                let u = (meta_addr + place.data_offset) / b;
-                (place.layout, u as u32, 2 + subdirs as u32)
+                (place.layout, data_block, 2 + subdirs as u32)
             }
-            FileType::Symlink => (
-                (place.layout),
-                ((meta_addr + place.data_offset) / b) as u32,
-                links[ino],
-            ),
-            FileType::Regular => match standalone.and_then(|f| f.get(&ino)) {
-                Some(f) if f.data.is_some() => (
-                    place.layout,
-                    ((meta_addr + place.data_offset) / b) as u32,
-                    links[ino],
-                ),
-                Some(f) => (DataLayout::CompressedFull, f.compressed_blocks, links[ino]),
-                None => (
+            FileType::Symlink => (place.layout, data_block, self.links[ino]),
+            FileType::Regular => match &self.data {
+                FileData::Standalone(files) => match files.get(&ino) {
+                    Some(f) if f.data.is_some() => (place.layout, data_block, self.links[ino]),
+                    Some(f) => (
+                        DataLayout::CompressedFull,
+                        f.compressed_blocks,
+                        self.links[ino],
+                    ),
+                    None => (
+                        DataLayout::ChunkBased,
+                        chunk_format(inode, &[], self.opts.chunk_size, b)?,
+                        self.links[ino],
+                    ),
+                },
+                FileData::Chunks { chunks, .. } => (
                     DataLayout::ChunkBased,
-                    chunk_format(inode, chunks, opts.chunk_size, b)?,
-                    links[ino],
+                    chunk_format(inode, chunks, self.opts.chunk_size, b)?,
+                    self.links[ino],
                 ),
             },
             FileType::CharDevice | FileType::BlockDevice => {
-                (DataLayout::FlatPlain, inode.rdev, links[ino])
+                (DataLayout::FlatPlain, inode.rdev, self.links[ino])
             }
-            FileType::Fifo | FileType::Socket => (DataLayout::FlatPlain, 0, links[ino]),
+            FileType::Fifo | FileType::Socket => (DataLayout::FlatPlain, 0, self.links[ino]),
         };
-        let layout_bits = match fmt_layout {
+        Ok(Shape { layout, u, nlink })
+    }
+
+    fn raw_inode(&self, ino: usize, place: &layout::InodePlace, shape: &Shape) -> InodeExtended {
+        let inode = &self.tree.inodes[ino];
+        let xattr_bytes = self.layout.xattr_size[ino];
+        let layout_bits = match shape.layout {
             DataLayout::FlatPlain => LAYOUT_FLAT_PLAIN,
             DataLayout::FlatInline => LAYOUT_FLAT_INLINE,
             DataLayout::ChunkBased => LAYOUT_CHUNK_BASED,
             DataLayout::CompressedFull => LAYOUT_COMPRESSED_FULL,
         };
-        let (uid, gid) = if opts.explicit_uid_gid {
+        let (uid, gid) = if self.opts.explicit_uid_gid {
             (inode.uid, inode.gid)
         } else {
             (0, 0)
         };
-        let raw = InodeExtended {
+        InodeExtended {
             format: (INODE_EXTENDED | layout_bits << 1).into(),
             xattr_icount: (if xattr_bytes == 0 {
                 0
@@ -460,125 +532,114 @@ fn write_inodes(
             mode: (inode.mode() as u16).into(),
             reserved: 0.into(),
             size: place.size.into(),
-            u: u.into(),
+            u: shape.u.into(),
             ino: place.index.into(),
             uid: uid.into(),
             gid: gid.into(),
             // negative times (before 1970) cannot be stored: they become the epoch
             mtime: (inode.mtime.max(0) as u64).into(),
             mtime_nsec: (if inode.mtime < 0 { 0 } else { inode.mtime_nsec }).into(),
-            nlink: nlink.into(),
+            nlink: shape.nlink.into(),
             reserved2: [0; 16],
-        };
-        put(buf, abs, raw.as_bytes());
-        let body = abs + 64;
-        if xattr_bytes > 0 {
-            write_xattrs(buf, body, inode)?;
         }
-        let after = body + xattr_bytes;
-        match inode.file_type {
-            FileType::Directory => {
-                let list = layout::dirents(tree, *e);
-                let names: Vec<&[u8]> = list.iter().map(|d| d.0).collect();
-                let (blocks, size) = layout::pack_dirents(&names, b);
-                let mut block_data = Vec::with_capacity(blocks.len());
-                for range in &blocks {
-                    let mut blk = Vec::new();
-                    let count = range.len();
-                    let mut nameoff = (12 * count) as u16;
-                    for i in range.clone() {
-                        let target = tree.entries[list[i].1].inode;
-                        let d = Dirent {
-                            nid: nid_of(target).into(),
-                            nameoff: nameoff.into(),
-                            file_type: dirent_type(tree.inodes[target].file_type),
-                            reserved: 0,
-                        };
-                        blk.extend_from_slice(d.as_bytes());
-                        nameoff += list[i].0.len() as u16;
-                    }
-                    for i in range.clone() {
-                        blk.extend_from_slice(list[i].0);
-                    }
-                    block_data.push(blk);
-                }
-                debug_assert_eq!(size, place.size);
-                write_block_data(
-                    buf,
-                    &block_data,
-                    place.layout,
-                    meta_addr + place.data_offset,
-                    after,
-                    b,
-                );
+    }
+
+    /// What follows the inode (and its xattrs) at `after`, or goes to its data blocks.
+    fn write_body(
+        &self,
+        buf: &mut [u8],
+        e: usize,
+        ino: usize,
+        place: &layout::InodePlace,
+        after: u64,
+    ) -> Result<()> {
+        let b = self.opts.block_size;
+        let inode = &self.tree.inodes[ino];
+        let data = self.meta_addr + place.data_offset;
+        let in_blocks = |bytes: &[u8]| -> Vec<Vec<u8>> {
+            bytes.chunks(b as usize).map(|c| c.to_vec()).collect()
+        };
+        match (inode.file_type, &self.data) {
+            (FileType::Directory, _) => {
+                let blocks = self.dirent_blocks(e, place);
+                write_block_data(buf, &blocks, place.layout, data, after, b);
             }
-            FileType::Symlink => {
-                let blocks: Vec<Vec<u8>> = inode
-                    .target
-                    .chunks(b as usize)
-                    .map(|c| c.to_vec())
-                    .collect();
-                write_block_data(
-                    buf,
-                    &blocks,
-                    place.layout,
-                    meta_addr + place.data_offset,
-                    after,
-                    b,
-                );
+            (FileType::Symlink, _) => {
+                write_block_data(buf, &in_blocks(&inode.target), place.layout, data, after, b);
             }
-            FileType::Regular if standalone.is_some() => {
-                if let Some(f) = standalone.and_then(|f| f.get(&ino)) {
-                    match &f.data {
-                        Some(data) => {
-                            let blocks: Vec<Vec<u8>> =
-                                data.chunks(b as usize).map(|c| c.to_vec()).collect();
-                            write_block_data(
-                                buf,
-                                &blocks,
-                                place.layout,
-                                meta_addr + place.data_offset,
-                                after,
-                                b,
-                            );
-                        }
-                        None => put(buf, after.div_ceil(8) * 8, &f.body),
-                    }
-                }
-            }
-            FileType::Regular => {
+            (FileType::Regular, FileData::Standalone(files)) => match files.get(&ino) {
+                Some(StandaloneFile {
+                    data: Some(bytes), ..
+                }) => write_block_data(buf, &in_blocks(bytes), place.layout, data, after, b),
+                Some(f) => put(buf, after.div_ceil(8) * 8, &f.body),
+                None => {}
+            },
+            (FileType::Regular, FileData::Chunks { chunks, mapped }) => {
                 let mut off = after.div_ceil(8) * 8;
                 for id in &inode.chunks {
-                    let c = chunk(chunks, *id)?;
-                    let idx = if opts.single_device {
-                        let base = mapped.get(c.blob_index as usize).copied().unwrap_or(0);
-                        ChunkIndex {
-                            blob_ci_lo: 0.into(),
-                            blob_ci_hi: 0.into(),
-                            blkaddr: u32::try_from(base + c.uncompressed_offset / b)
-                                .map_err(|_| {
-                                    Error::Limit("disk image larger than 2^32 blocks".into())
-                                })?
-                                .into(),
-                        }
-                    } else {
-                        let hi = (c.blob_index + 1) as u16 | (((c.index >> 16) & 0xff) as u16) << 8;
-                        ChunkIndex {
-                            blob_ci_lo: (c.index as u16).into(),
-                            blob_ci_hi: hi.into(),
-                            blkaddr: u32::try_from(c.uncompressed_offset / b)
-                                .map_err(|_| Error::Limit("blob larger than 2^32 blocks".into()))?
-                                .into(),
-                        }
-                    };
+                    let idx = self.chunk_index(chunk(chunks, *id)?, mapped)?;
                     put(buf, off, idx.as_bytes());
                     off += 8;
                 }
             }
             _ => {}
         }
+        Ok(())
     }
-    Ok(())
+
+    /// A directory's dirent blocks: per block, the dirents, then their names.
+    fn dirent_blocks(&self, e: usize, place: &layout::InodePlace) -> Vec<Vec<u8>> {
+        let tree = self.tree;
+        let list = layout::dirents(tree, e);
+        let names: Vec<&[u8]> = list.iter().map(|d| d.0).collect();
+        let (blocks, size) = layout::pack_dirents(&names, self.opts.block_size);
+        let mut block_data = Vec::with_capacity(blocks.len());
+        for range in &blocks {
+            let mut blk = Vec::new();
+            let mut nameoff = (12 * range.len()) as u16;
+            for i in range.clone() {
+                let target = tree.entries[list[i].1].inode;
+                let d = Dirent {
+                    nid: self.nid_of(target).into(),
+                    nameoff: nameoff.into(),
+                    file_type: dirent_type(tree.inodes[target].file_type),
+                    reserved: 0,
+                };
+                blk.extend_from_slice(d.as_bytes());
+                nameoff += list[i].0.len() as u16;
+            }
+            for i in range.clone() {
+                blk.extend_from_slice(list[i].0);
+            }
+            block_data.push(blk);
+        }
+        debug_assert_eq!(size, place.size);
+        block_data
+    }
+
+    /// The chunk index of `c`: by blob and chunk index, or (single device) by the block where
+    /// its data sits in the disk image.
+    fn chunk_index(&self, c: &ChunkInfo, mapped: &[u64]) -> Result<ChunkIndex> {
+        let b = self.opts.block_size;
+        if self.opts.single_device {
+            let base = mapped.get(c.blob_index as usize).copied().unwrap_or(0);
+            return Ok(ChunkIndex {
+                blob_ci_lo: 0.into(),
+                blob_ci_hi: 0.into(),
+                blkaddr: u32::try_from(base + c.uncompressed_offset / b)
+                    .map_err(|_| Error::Limit("disk image larger than 2^32 blocks".into()))?
+                    .into(),
+            });
+        }
+        let hi = (c.blob_index + 1) as u16 | (((c.index >> 16) & 0xff) as u16) << 8;
+        Ok(ChunkIndex {
+            blob_ci_lo: (c.index as u16).into(),
+            blob_ci_hi: hi.into(),
+            blkaddr: u32::try_from(c.uncompressed_offset / b)
+                .map_err(|_| Error::Limit("blob larger than 2^32 blocks".into()))?
+                .into(),
+        })
+    }
 }
 
 /// Writes directory or symlink data: full blocks at `data`, and the partial tail either after

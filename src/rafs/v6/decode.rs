@@ -114,7 +114,56 @@ pub fn decode(data: &[u8]) -> Result<Image> {
         ));
     }
 
-    // blob table and device table
+    let nblobs = blob_count(sb, ext, is_rafs)?;
+    let blobs = blob_table(b, sb, ext, nblobs)?;
+    let records = if is_rafs {
+        chunk_records(b, ext)?
+    } else {
+        HashMap::new()
+    };
+    let prefetch = if is_rafs {
+        prefetch_table(b, ext)?
+    } else {
+        Vec::new()
+    };
+
+    let mut d = Decoder {
+        b,
+        block,
+        meta_addr: u64::from(sb.meta_blkaddr.get()) * block,
+        xattr_addr: u64::from(sb.xattr_blkaddr.get()) * block,
+        epoch: sb.build_time.get(),
+        chunk_size: if is_rafs { chunk_size } else { 0 },
+        explicit_uid_gid: !is_rafs || flags & super_flags::EXPLICIT_UID_GID != 0,
+        records,
+        chunks: Vec::new(),
+        digest_known: Vec::new(),
+        chunk_ids: HashMap::new(),
+        blob_count: nblobs as u32,
+        tarfs: flags & super_flags::TARTFS_MODE != 0,
+        budget: Budgets::new(b.len()),
+    };
+    let root_nid = u64::from(sb.root_nid.get());
+    let (tree, nids) = d.walk(root_nid)?;
+    Ok(Image {
+        version: 6,
+        tree,
+        chunks: d.chunks,
+        digest_known: d.digest_known,
+        blobs,
+        chunk_size,
+        flags,
+        compressor,
+        digester,
+        block_size: block as u32,
+        inode_numbers: nids,
+        prefetch,
+        size: data.len() as u64,
+    })
+}
+
+/// Blobs in the blob table, which must match the device count.
+fn blob_count(sb: &SuperBlock, ext: &ExtSuperBlock, is_rafs: bool) -> Result<u64> {
     let nblobs_dev = u64::from(sb.extra_devices.get());
     let blob_table_size = if is_rafs {
         u64::from(ext.blob_table_size.get())
@@ -136,6 +185,16 @@ pub fn decode(data: &[u8]) -> Result<Image> {
             &format!("{nblobs_dev} extra devices but {nblobs} blobs in the blob table"),
         ));
     }
+    Ok(nblobs)
+}
+
+/// The blob table, with each blob's device slot.
+fn blob_table(
+    b: Bytes<'_>,
+    sb: &SuperBlock,
+    ext: &ExtSuperBlock,
+    nblobs: u64,
+) -> Result<Vec<BlobInfo>> {
     let devt = u64::from(sb.devt_slotoff.get()) * 128;
     let mut blobs = Vec::new();
     for i in 0..nblobs {
@@ -177,68 +236,42 @@ pub fn decode(data: &[u8]) -> Result<Image> {
             mapped_blkaddr: slot.mapped_blkaddr.get(),
         });
     }
+    Ok(blobs)
+}
 
-    // chunk table
+/// The chunk table's records by (blob index, chunk index).
+fn chunk_records(b: Bytes<'_>, ext: &ExtSuperBlock) -> Result<HashMap<(u32, u32), ChunkRecord>> {
     let mut records = HashMap::new();
-    if is_rafs && ext.chunk_table_size.get() > 0 {
-        let off = ext.chunk_table_offset.get();
-        let size = ext.chunk_table_size.get();
-        if size % 80 != 0 {
-            return Err(corrupt("chunk table", off, "size is not a multiple of 80"));
-        }
-        let table = b.slice(off, size, "chunk table")?;
-        for (i, rec) in table.chunks_exact(80).enumerate() {
-            let r = ChunkRecord::read_from_bytes(rec)
-                .map_err(|_| corrupt("chunk table", off + 80 * i as u64, "bad record"))?;
-            records.insert((r.blob_index.get(), r.index.get()), r);
-        }
+    if ext.chunk_table_size.get() == 0 {
+        return Ok(records);
     }
-    let prefetch = if is_rafs && ext.prefetch_table_size.get() > 0 {
-        let t = b.slice(
-            ext.prefetch_table_offset.get(),
-            u64::from(ext.prefetch_table_size.get()),
-            "prefetch table",
-        )?;
-        t.chunks_exact(4)
-            .map(|c| u64::from(u32::from_le_bytes([c[0], c[1], c[2], c[3]])))
-            .collect()
-    } else {
-        Vec::new()
-    };
+    let off = ext.chunk_table_offset.get();
+    let size = ext.chunk_table_size.get();
+    if size % 80 != 0 {
+        return Err(corrupt("chunk table", off, "size is not a multiple of 80"));
+    }
+    let table = b.slice(off, size, "chunk table")?;
+    for (i, rec) in table.chunks_exact(80).enumerate() {
+        let r = ChunkRecord::read_from_bytes(rec)
+            .map_err(|_| corrupt("chunk table", off + 80 * i as u64, "bad record"))?;
+        records.insert((r.blob_index.get(), r.index.get()), r);
+    }
+    Ok(records)
+}
 
-    let mut d = Decoder {
-        b,
-        block,
-        meta_addr: u64::from(sb.meta_blkaddr.get()) * block,
-        xattr_addr: u64::from(sb.xattr_blkaddr.get()) * block,
-        epoch: sb.build_time.get(),
-        chunk_size: if is_rafs { chunk_size } else { 0 },
-        explicit_uid_gid: !is_rafs || flags & super_flags::EXPLICIT_UID_GID != 0,
-        records,
-        chunks: Vec::new(),
-        digest_known: Vec::new(),
-        chunk_ids: HashMap::new(),
-        blob_count: nblobs as u32,
-        tarfs: flags & super_flags::TARTFS_MODE != 0,
-        budget: Budgets::new(b.len()),
-    };
-    let root_nid = u64::from(sb.root_nid.get());
-    let (tree, nids) = d.walk(root_nid)?;
-    Ok(Image {
-        version: 6,
-        tree,
-        chunks: d.chunks,
-        digest_known: d.digest_known,
-        blobs,
-        chunk_size,
-        flags,
-        compressor,
-        digester,
-        block_size: block as u32,
-        inode_numbers: nids,
-        prefetch,
-        size: data.len() as u64,
-    })
+/// The prefetch table's entries (nids).
+fn prefetch_table(b: Bytes<'_>, ext: &ExtSuperBlock) -> Result<Vec<u64>> {
+    if ext.prefetch_table_size.get() == 0 {
+        return Ok(Vec::new());
+    }
+    let t = b.slice(
+        ext.prefetch_table_offset.get(),
+        u64::from(ext.prefetch_table_size.get()),
+        "prefetch table",
+    )?;
+    Ok(t.chunks_exact(4)
+        .map(|c| u64::from(u32::from_le_bytes([c[0], c[1], c[2], c[3]])))
+        .collect())
 }
 
 fn trim_id(raw: &[u8]) -> Option<String> {

@@ -175,17 +175,7 @@ pub fn encode(
     opts: &EncodeOptions,
 ) -> Result<Vec<u8>> {
     let order = tree.numbering_order();
-    // the same namespaces as v6 (and nydus-image) accept, checked before anything is written
-    for &e in &order {
-        for (name, value) in &tree.inode_of(e).xattrs {
-            if crate::rafs::v6::layout::split_xattr_name(name).is_none() || value.len() > 65536 {
-                return Err(Error::Unsupported {
-                    path: tree.path(e),
-                    reason: format!("xattr {:?} cannot be stored", String::from_utf8_lossy(name)),
-                });
-            }
-        }
-    }
+    check_xattrs(tree, &order)?;
     let num = number(tree, &order);
     let dfs = dfs_order(tree);
     let digest = digests(tree, chunks, opts.digester, &dfs)?;
@@ -195,16 +185,7 @@ pub fn encode(
     let inode_table_offset = SUPERBLOCK_SIZE;
     let prefetch_offset = inode_table_offset + align8(4 * entries);
     let blob_table_offset = prefetch_offset;
-    let mut blob_table = Vec::new();
-    for (i, b) in blobs.iter().enumerate() {
-        blob_table.extend_from_slice(&0u32.to_le_bytes());
-        blob_table.extend_from_slice(&0u32.to_le_bytes());
-        blob_table.extend_from_slice(b.id.as_bytes());
-        if i + 1 < blobs.len() {
-            blob_table.push(0);
-        }
-    }
-    blob_table.resize(align8(blob_table.len() as u64) as usize, 0);
+    let blob_table = blob_table(blobs);
     let ext_offset = blob_table_offset + blob_table.len() as u64;
     let mut offsets = vec![0u64; tree.entries.len()];
     let mut pos = ext_offset + 64 * blobs.len() as u64;
@@ -264,11 +245,99 @@ pub fn encode(
         };
         buf.extend_from_slice(e.as_bytes());
     }
+    let records = Records {
+        tree,
+        chunks,
+        opts,
+        num: &num,
+        digest: &digest,
+    };
     for &e in &dfs {
         debug_assert_eq!(buf.len() as u64, offsets[e]);
+        records.write(&mut buf, e);
+    }
+    debug_assert_eq!(buf.len() as u64, total);
+    Ok(buf)
+}
+
+/// The same xattr namespaces as v6 (and nydus-image) accept, checked before anything is written.
+fn check_xattrs(tree: &Tree, order: &[EntryId]) -> Result<()> {
+    for &e in order {
+        for (name, value) in &tree.inode_of(e).xattrs {
+            if crate::rafs::v6::layout::split_xattr_name(name).is_none() || value.len() > 65536 {
+                return Err(Error::Unsupported {
+                    path: tree.path(e),
+                    reason: format!("xattr {:?} cannot be stored", String::from_utf8_lossy(name)),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The blob table: per blob, 8 reserved bytes and its id, NUL-separated, padded to 8
+/// (formats/rafs-v5.md §5).
+fn blob_table(blobs: &[BlobRecord]) -> Vec<u8> {
+    let mut t = Vec::new();
+    for (i, b) in blobs.iter().enumerate() {
+        t.extend_from_slice(&0u32.to_le_bytes());
+        t.extend_from_slice(&0u32.to_le_bytes());
+        t.extend_from_slice(b.id.as_bytes());
+        if i + 1 < blobs.len() {
+            t.push(0);
+        }
+    }
+    t.resize(align8(t.len() as u64) as usize, 0);
+    t
+}
+
+/// Writes inode records (formats/rafs-v5.md §7): the inode, its name, symlink target, xattr
+/// table and chunk records.
+struct Records<'a> {
+    tree: &'a Tree,
+    chunks: &'a [ChunkInfo],
+    opts: &'a EncodeOptions,
+    num: &'a Numbering,
+    digest: &'a [[u8; 32]],
+}
+
+impl Records<'_> {
+    fn write(&self, buf: &mut Vec<u8>, e: EntryId) {
+        let inode = self.tree.inode_of(e);
+        let name: &[u8] = if e == 0 {
+            b"/"
+        } else {
+            &self.tree.entries[e].name
+        };
+        buf.extend_from_slice(self.raw_inode(e, name).as_bytes());
+        push_padded(buf, name);
+        if inode.file_type == FileType::Symlink {
+            push_padded(buf, &inode.target);
+        }
+        if !inode.xattrs.is_empty() {
+            let mut x = Vec::new();
+            x.extend_from_slice(&xattr_payload(&inode.xattrs).to_le_bytes());
+            for (k, v) in &inode.xattrs {
+                x.extend_from_slice(&((k.len() + 1 + v.len()) as u32).to_le_bytes());
+                x.extend_from_slice(k);
+                x.push(0);
+                x.extend_from_slice(v);
+            }
+            push_padded(buf, &x);
+        }
+        if inode.file_type == FileType::Regular {
+            for (i, id) in inode.chunks.iter().enumerate() {
+                let c = &self.chunks[*id as usize];
+                let r = c.to_record(i as u64 * u64::from(self.opts.chunk_size));
+                buf.extend_from_slice(r.as_bytes());
+            }
+        }
+    }
+
+    fn raw_inode(&self, e: EntryId, name: &[u8]) -> Inode {
+        let (tree, num) = (self.tree, self.num);
         let inode = tree.inode_of(e);
         let entry = &tree.entries[e];
-        let name: &[u8] = if e == 0 { b"/" } else { &entry.name };
         let xattr_len = if inode.xattrs.is_empty() {
             0
         } else {
@@ -298,13 +367,13 @@ pub fn encode(
         if !inode.xattrs.is_empty() {
             iflags |= inode_flags::XATTR;
         }
-        let (uid, gid) = if opts.explicit_uid_gid {
+        let (uid, gid) = if self.opts.explicit_uid_gid {
             (inode.uid, inode.gid)
         } else {
             (0, 0)
         };
-        let raw = Inode {
-            digest: digest[e],
+        Inode {
+            digest: self.digest[e],
             parent: (if e == 0 { 0 } else { num.ino[entry.parent] }).into(),
             ino: num.ino[e].into(),
             uid: uid.into(),
@@ -323,33 +392,8 @@ pub fn encode(
             mtime_nsec: inode.mtime_nsec.into(),
             mtime: (inode.mtime.max(0) as u64).into(),
             reserved: [0; 8],
-        };
-        buf.extend_from_slice(raw.as_bytes());
-        push_padded(&mut buf, name);
-        if inode.file_type == FileType::Symlink {
-            push_padded(&mut buf, &inode.target);
-        }
-        if !inode.xattrs.is_empty() {
-            let mut x = Vec::new();
-            x.extend_from_slice(&xattr_payload(&inode.xattrs).to_le_bytes());
-            for (k, v) in &inode.xattrs {
-                x.extend_from_slice(&((k.len() + 1 + v.len()) as u32).to_le_bytes());
-                x.extend_from_slice(k);
-                x.push(0);
-                x.extend_from_slice(v);
-            }
-            push_padded(&mut buf, &x);
-        }
-        if inode.file_type == FileType::Regular {
-            for (i, id) in inode.chunks.iter().enumerate() {
-                let c = &chunks[*id as usize];
-                let r = c.to_record(i as u64 * u64::from(opts.chunk_size));
-                buf.extend_from_slice(r.as_bytes());
-            }
         }
     }
-    debug_assert_eq!(buf.len() as u64, total);
-    Ok(buf)
 }
 
 fn push_padded(buf: &mut Vec<u8>, bytes: &[u8]) {

@@ -447,6 +447,49 @@ struct Reader<'a> {
     global: Ext,
 }
 
+/// A sparse file's map of data segments and its real (expanded) size.
+struct Sparse {
+    map: Vec<Segment>,
+    real: u64,
+}
+
+/// A symlink's target, or a device's number, checked.
+fn special_data(h: &[u8; BLOCK], at: &At, link: Vec<u8>, inode: &mut Inode) -> Result<()> {
+    let num = |f: (usize, usize), what: &str| header::unsigned(header::raw(h, f), what);
+    match inode.file_type {
+        FileType::Symlink => {
+            if link.is_empty() {
+                return Err(at.err("symlink with an empty target"));
+            }
+            if link.contains(&0) {
+                return Err(at.err("symlink target holds a NUL byte"));
+            }
+            if link.len() > MAX_SYMLINK {
+                return Err(at.err(format!(
+                    "symlink target is {} bytes long, the limit is {MAX_SYMLINK}",
+                    link.len()
+                )));
+            }
+            inode.target = link;
+        }
+        FileType::CharDevice | FileType::BlockDevice => {
+            let major = num(field::DEVMAJOR, "device major").map_err(|r| at.err(r))?;
+            let minor = num(field::DEVMINOR, "device minor").map_err(|r| at.err(r))?;
+            inode.rdev = u32::try_from(major)
+                .ok()
+                .zip(u32::try_from(minor).ok())
+                .and_then(|(ma, mi)| crate::source::dir::encode_rdev(libc::makedev(ma, mi)))
+                .ok_or_else(|| {
+                    at.err(format!(
+                        "device {major}:{minor} cannot be stored (major ≤ 4095, minor ≤ 1048575)"
+                    ))
+                })?;
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
 /// What an error is about: the entry name and the offset of its first header.
 struct At {
     name: Vec<u8>,
@@ -602,31 +645,15 @@ impl Reader<'_> {
         header_size: u64,
         files: &mut dyn FileData,
     ) -> Result<()> {
-        let num = |f: (usize, usize), what: &str| header::unsigned(header::raw(h, f), what);
         let stored = ext.size.unwrap_or(header_size);
         let mut t = h[field::TYPEFLAG];
         if t == kind::REGULAR_OLD && at.name.ends_with(b"/") {
             t = kind::DIRECTORY;
         }
         // old GNU sparse: more map blocks follow the header, before the data
-        let mut sparse: Option<(Vec<Segment>, u64)> = None;
+        let mut sparse = None;
         if t == kind::GNU_SPARSE {
-            let mut map =
-                header::gnu_sparse_entries(h, field::GNU_SPARSE, 4).map_err(|r| at.err(r))?;
-            let real = num(field::GNU_REALSIZE, "sparse real size").map_err(|r| at.err(r))?;
-            let mut more = h[field::GNU_ISEXTENDED] != 0;
-            let mut blk = [0u8; BLOCK];
-            while more {
-                if self.s.fill(&mut blk)? < BLOCK {
-                    return Err(at.err("the archive ends inside a sparse map"));
-                }
-                map.extend(header::gnu_sparse_entries(&blk, 0, 21).map_err(|r| at.err(r))?);
-                if map.len() > MAX_SPARSE_SEGMENTS {
-                    return Err(at.err("sparse map too large"));
-                }
-                more = blk[504] != 0;
-            }
-            sparse = Some((map, real));
+            sparse = Some(self.gnu_sparse_map(h, &at)?);
             t = kind::REGULAR;
         }
         let pax_sparse =
@@ -636,7 +663,6 @@ impl Reader<'_> {
                 at.name = n.clone();
             }
         }
-
         let comps: Vec<Vec<u8>> = header::split_path(&at.name)
             .map_err(|r| at.err(r))?
             .into_iter()
@@ -657,7 +683,92 @@ impl Reader<'_> {
         if comps.is_empty() && file_type != FileType::Directory {
             return Err(at.err("names the root directory but is not a directory"));
         }
+        let mut inode = self.metadata(h, &at, &ext, file_type)?;
+        special_data(h, &at, link, &mut inode)?;
 
+        // the data: sparse maps of PAX 1.0 sit at its start
+        let mut left = stored;
+        if pax_sparse && file_type == FileType::Regular {
+            sparse = Some(self.pax_sparse_map(&at, &ext, stored, &mut left)?);
+        }
+        if let Some(sp) = &sparse {
+            header::check_sparse_map(&sp.map, sp.real, left).map_err(|r| at.err(r))?;
+        }
+        if file_type == FileType::Regular {
+            inode.size = sparse.as_ref().map(|s| s.real).unwrap_or(left);
+        }
+        let size = inode.size;
+        let ino = self.b.tree.add_inode(inode);
+        self.b.put(&comps, ino).map_err(|r| at.err(r))?;
+        if file_type == FileType::Regular && size > 0 {
+            left = self.file_data(&at, ino, sparse, left, files)?;
+        }
+        // data of other types (a directory's GNU dump, for instance) is skipped
+        if !self.s.skip(left)? || !self.s.skip(pad(stored))? {
+            return Err(at.err(
+                "the archive ends inside this entry's data (truncated archive, or a size that overruns the data)",
+            ));
+        }
+        Ok(())
+    }
+
+    /// An old GNU sparse header's map, with the extension blocks that follow it.
+    fn gnu_sparse_map(&mut self, h: &[u8; BLOCK], at: &At) -> Result<Sparse> {
+        let mut map = header::gnu_sparse_entries(h, field::GNU_SPARSE, 4).map_err(|r| at.err(r))?;
+        let real = header::unsigned(header::raw(h, field::GNU_REALSIZE), "sparse real size")
+            .map_err(|r| at.err(r))?;
+        let mut more = h[field::GNU_ISEXTENDED] != 0;
+        let mut blk = [0u8; BLOCK];
+        while more {
+            if self.s.fill(&mut blk)? < BLOCK {
+                return Err(at.err("the archive ends inside a sparse map"));
+            }
+            map.extend(header::gnu_sparse_entries(&blk, 0, 21).map_err(|r| at.err(r))?);
+            if map.len() > MAX_SPARSE_SEGMENTS {
+                return Err(at.err("sparse map too large"));
+            }
+            more = blk[504] != 0;
+        }
+        Ok(Sparse { map, real })
+    }
+
+    /// A PAX sparse file's map: in the records (0.0, 0.1) or at the start of the data (1.0,
+    /// whose bytes are taken off `left`).
+    fn pax_sparse_map(
+        &mut self,
+        at: &At,
+        ext: &Ext,
+        stored: u64,
+        left: &mut u64,
+    ) -> Result<Sparse> {
+        let real = ext
+            .sparse_size
+            .ok_or_else(|| at.err("PAX sparse file without GNU.sparse.size/realsize"))?;
+        let nums = if ext.sparse_major == Some(1) {
+            let (nums, used) = self.sparse_map_from_data(at, stored)?;
+            *left -= used;
+            nums
+        } else if let Some(m) = &ext.sparse_map {
+            m.clone()
+        } else {
+            ext.sparse_pairs.clone()
+        };
+        if nums.len() % 2 != 0 {
+            return Err(at.err("sparse map has an odd number of values"));
+        }
+        let map = nums
+            .chunks(2)
+            .map(|p| Segment {
+                offset: p[0],
+                len: p[1],
+            })
+            .collect();
+        Ok(Sparse { map, real })
+    }
+
+    /// Mode, owner, mtime (PAX records over global ones over the header) and xattrs.
+    fn metadata(&self, h: &[u8; BLOCK], at: &At, ext: &Ext, file_type: FileType) -> Result<Inode> {
+        let num = |f: (usize, usize), what: &str| header::unsigned(header::raw(h, f), what);
         let mode = num(field::MODE, "mode").map_err(|r| at.err(r))?;
         let mut inode = Inode::new(file_type, (mode & 0o7777) as u16);
         let owner = |v: Option<u64>, f, what: &str| -> Result<u32> {
@@ -686,125 +797,64 @@ impl Reader<'_> {
         let mut xattrs = self.global.xattrs.clone();
         xattrs.extend(ext.xattrs.iter().cloned());
         inode.set_xattrs(xattrs);
-        match file_type {
-            FileType::Symlink => {
-                if link.is_empty() {
-                    return Err(at.err("symlink with an empty target"));
-                }
-                if link.contains(&0) {
-                    return Err(at.err("symlink target holds a NUL byte"));
-                }
-                if link.len() > MAX_SYMLINK {
-                    return Err(at.err(format!(
-                        "symlink target is {} bytes long, the limit is {MAX_SYMLINK}",
-                        link.len()
-                    )));
-                }
-                inode.target = link;
-            }
-            FileType::CharDevice | FileType::BlockDevice => {
-                let major = num(field::DEVMAJOR, "device major").map_err(|r| at.err(r))?;
-                let minor = num(field::DEVMINOR, "device minor").map_err(|r| at.err(r))?;
-                inode.rdev = u32::try_from(major)
-                    .ok()
-                    .zip(u32::try_from(minor).ok())
-                    .and_then(|(ma, mi)| crate::source::dir::encode_rdev(libc::makedev(ma, mi)))
-                    .ok_or_else(|| {
-                        at.err(format!("device {major}:{minor} cannot be stored (major ≤ 4095, minor ≤ 1048575)"))
-                    })?;
-            }
-            _ => {}
-        }
+        Ok(inode)
+    }
 
-        // the data: sparse maps of PAX 1.0 sit at its start
-        let mut left = stored;
-        if pax_sparse && file_type == FileType::Regular {
-            let real = ext
-                .sparse_size
-                .ok_or_else(|| at.err("PAX sparse file without GNU.sparse.size/realsize"))?;
-            let nums = if ext.sparse_major == Some(1) {
-                let (nums, used) = self.sparse_map_from_data(&at, stored)?;
-                left -= used;
-                nums
-            } else if let Some(m) = &ext.sparse_map {
-                m.clone()
-            } else {
-                ext.sparse_pairs.clone()
-            };
-            if nums.len() % 2 != 0 {
-                return Err(at.err("sparse map has an odd number of values"));
-            }
-            let map = nums
-                .chunks(2)
-                .map(|p| Segment {
-                    offset: p[0],
-                    len: p[1],
-                })
-                .collect();
-            sparse = Some((map, real));
-        }
-        if let Some((map, real)) = &sparse {
-            header::check_sparse_map(map, *real, left).map_err(|r| at.err(r))?;
-        }
-        if file_type == FileType::Regular {
-            inode.size = sparse.as_ref().map(|s| s.1).unwrap_or(left);
-        }
-        let size = inode.size;
-        let ino = self.b.tree.add_inode(inode);
-        self.b.put(&comps, ino).map_err(|r| at.err(r))?;
-
+    /// Streams a regular file's data (expanding a sparse map) to `files`; returns the stored
+    /// bytes it left unread.
+    fn file_data(
+        &mut self,
+        at: &At,
+        ino: InodeId,
+        sparse: Option<Sparse>,
+        left: u64,
+        files: &mut dyn FileData,
+    ) -> Result<u64> {
+        let size = self.b.tree.inodes[ino].size;
         let data_offset = self.s.pos;
-        if file_type == FileType::Regular && size > 0 {
-            let path = PathBuf::from(OsStr::from_bytes(&at.name));
-            let mut data = DataReader {
-                s: &mut self.s,
-                left,
-            };
-            let result = match sparse {
-                Some((map, real)) => {
-                    let mut sr = SparseReader {
-                        data: &mut data,
-                        map,
-                        next: 0,
-                        pos: 0,
-                        size: real,
-                    };
-                    let loc = DataLocation {
-                        offset: data_offset,
-                        sparse: true,
-                    };
-                    files.file(ino, &mut sr, real, loc, &path)
-                }
-                None => {
-                    let loc = DataLocation {
-                        offset: data_offset,
-                        sparse: false,
-                    };
-                    files.file(ino, &mut data, size, loc, &path)
-                }
-            };
-            left = data.left;
-            match result {
-                Ok(Some(chunks)) => self.b.tree.inodes[ino].chunks = chunks,
-                Ok(None) => {}
-                // a full disk (or any output error) is the consumer's, not the archive's
-                Err(e @ Error::NoSpace { .. }) => return Err(e),
-                Err(e) => {
-                    return Err(if self.s.eof {
-                        at.err("the archive ends inside this entry's data (truncated archive, or a size that overruns the data)")
-                    } else {
-                        at.err(format!("reading its data: {e}"))
-                    })
-                }
+        let path = PathBuf::from(OsStr::from_bytes(&at.name));
+        let mut data = DataReader {
+            s: &mut self.s,
+            left,
+        };
+        let result = match sparse {
+            Some(Sparse { map, real }) => {
+                let mut sr = SparseReader {
+                    data: &mut data,
+                    map,
+                    next: 0,
+                    pos: 0,
+                    size: real,
+                };
+                let loc = DataLocation {
+                    offset: data_offset,
+                    sparse: true,
+                };
+                files.file(ino, &mut sr, real, loc, &path)
+            }
+            None => {
+                let loc = DataLocation {
+                    offset: data_offset,
+                    sparse: false,
+                };
+                files.file(ino, &mut data, size, loc, &path)
+            }
+        };
+        let left = data.left;
+        match result {
+            Ok(Some(chunks)) => self.b.tree.inodes[ino].chunks = chunks,
+            Ok(None) => {}
+            // a full disk (or any output error) is the consumer's, not the archive's
+            Err(e @ Error::NoSpace { .. }) => return Err(e),
+            Err(e) => {
+                return Err(if self.s.eof {
+                    at.err("the archive ends inside this entry's data (truncated archive, or a size that overruns the data)")
+                } else {
+                    at.err(format!("reading its data: {e}"))
+                })
             }
         }
-        // data of other types (a directory's GNU dump, for instance) is skipped
-        if !self.s.skip(left)? || !self.s.skip(pad(stored))? {
-            return Err(at.err(
-                "the archive ends inside this entry's data (truncated archive, or a size that overruns the data)",
-            ));
-        }
-        Ok(())
+        Ok(left)
     }
 
     fn hardlink(&mut self, at: &At, comps: &[Vec<u8>], link: &[u8], stored: u64) -> Result<()> {

@@ -518,38 +518,9 @@ impl Reader<'_> {
         let mut long_link: Option<Vec<u8>> = None;
         let mut entry_start: Option<u64> = None;
         loop {
-            let off = self.s.pos;
-            let got = self.s.fill(&mut h)?;
-            if got == 0 {
-                let reason = if off == 0 {
-                    "the input is empty, not a tar archive"
-                } else {
-                    "the archive ends without its end-of-archive block (truncated?)"
-                };
-                return Err(Error::Corrupt {
-                    what: "tar archive",
-                    offset: off,
-                    reason: reason.into(),
-                });
-            }
-            if got < BLOCK {
-                return Err(Error::Corrupt {
-                    what: "tar archive",
-                    offset: off,
-                    reason: format!("the archive ends inside a header ({got} of 512 bytes)"),
-                });
-            }
-            if header::is_zero(&h) {
-                if entry_start.is_some() {
-                    return Err(Error::Corrupt {
-                        what: "tar archive",
-                        offset: off,
-                        reason: "the archive ends after extended headers without their entry"
-                            .into(),
-                    });
-                }
-                return self.s.drain();
-            }
+            let Some(off) = self.next_header(&mut h, entry_start.is_some())? else {
+                return Ok(());
+            };
             let raw_name = header_name(&h);
             let at = At {
                 name: raw_name.clone(),
@@ -588,21 +559,7 @@ impl Reader<'_> {
                     match t {
                         kind::PAX_LOCAL => local.apply_pax(&body).map_err(|r| at.err(r))?,
                         kind::PAX_GLOBAL => {
-                            let mut g = std::mem::take(&mut self.global);
-                            g.apply_pax(&body).map_err(|r| at.err(r))?;
-                            let mut g = g.global_only();
-                            // later global values replace earlier ones, and what they add up
-                            // to is copied into every entry: keep it small
-                            let mut i = Inode::new(FileType::Directory, 0);
-                            i.set_xattrs(std::mem::take(&mut g.xattrs));
-                            g.xattrs = i.xattrs;
-                            if xattr_bytes(&g.xattrs) > MAX_GLOBAL_XATTRS {
-                                return Err(at.err(format!(
-                                    "global headers set {} bytes of xattrs (the limit is {MAX_GLOBAL_XATTRS})",
-                                    xattr_bytes(&g.xattrs)
-                                )));
-                            }
-                            self.global = g;
+                            self.apply_global(&body, &at)?;
                             entry_start = None;
                         }
                         kind::GNU_LONGNAME => long_name = Some(header::cstr(&body).to_vec()),
@@ -633,6 +590,61 @@ impl Reader<'_> {
             entry_start = None;
             self.entry(&h, at, link, ext, size, files)?;
         }
+    }
+
+    /// Reads the next header block into `h` and returns its offset; `None` at the
+    /// end-of-archive block (the rest of the stream is drained). `pending` says extended
+    /// headers are waiting for their entry.
+    fn next_header(&mut self, h: &mut [u8; BLOCK], pending: bool) -> Result<Option<u64>> {
+        let off = self.s.pos;
+        let got = self.s.fill(h)?;
+        let end = |reason: String| Error::Corrupt {
+            what: "tar archive",
+            offset: off,
+            reason,
+        };
+        if got == 0 {
+            return Err(end(if off == 0 {
+                "the input is empty, not a tar archive".into()
+            } else {
+                "the archive ends without its end-of-archive block (truncated?)".into()
+            }));
+        }
+        if got < BLOCK {
+            return Err(end(format!(
+                "the archive ends inside a header ({got} of 512 bytes)"
+            )));
+        }
+        if header::is_zero(h) {
+            if pending {
+                return Err(end(
+                    "the archive ends after extended headers without their entry".into(),
+                ));
+            }
+            self.s.drain()?;
+            return Ok(None);
+        }
+        Ok(Some(off))
+    }
+
+    /// A global PAX header: its values replace earlier global ones.
+    fn apply_global(&mut self, body: &[u8], at: &At) -> Result<()> {
+        let mut g = std::mem::take(&mut self.global);
+        g.apply_pax(body).map_err(|r| at.err(r))?;
+        let mut g = g.global_only();
+        // later global values replace earlier ones, and what they add up to is copied into
+        // every entry: keep it small
+        let mut i = Inode::new(FileType::Directory, 0);
+        i.set_xattrs(std::mem::take(&mut g.xattrs));
+        g.xattrs = i.xattrs;
+        if xattr_bytes(&g.xattrs) > MAX_GLOBAL_XATTRS {
+            return Err(at.err(format!(
+                "global headers set {} bytes of xattrs (the limit is {MAX_GLOBAL_XATTRS})",
+                xattr_bytes(&g.xattrs)
+            )));
+        }
+        self.global = g;
+        Ok(())
     }
 
     #[allow(clippy::too_many_arguments)]

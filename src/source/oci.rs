@@ -176,14 +176,7 @@ fn index_tar(path: &Path) -> Result<HashMap<String, (u64, u64)>> {
     let mut pax: HashMap<Vec<u8>, Vec<u8>> = HashMap::new();
     loop {
         let mut h = [0u8; BLOCK];
-        let mut got = 0;
-        while got < BLOCK {
-            let n = r.read(&mut h[got..]).ctx("read", path)?;
-            if n == 0 {
-                break;
-            }
-            got += n;
-        }
+        let got = read_block(&mut r, &mut h, path)?;
         if got == 0 && pos == 0 {
             return Err(corrupt(0, "empty file: not an image archive".into()));
         }
@@ -191,16 +184,7 @@ fn index_tar(path: &Path) -> Result<HashMap<String, (u64, u64)>> {
             break;
         }
         if pos == 0 {
-            let c = super::tar::Compression::detect(&h[..6]);
-            if c != super::tar::Compression::None {
-                return Err(Error::Unsupported {
-                    path: path.to_path_buf(),
-                    reason: format!(
-                        "a {}-compressed archive: image archives are read in place, decompress it first",
-                        c.name()
-                    ),
-                });
-            }
+            refuse_compressed(path, &h)?;
         }
         header::checksum_ok(&h).map_err(|e| corrupt(pos, e))?;
         let at = pos;
@@ -258,12 +242,7 @@ fn index_tar(path: &Path) -> Result<HashMap<String, (u64, u64)>> {
                     }
                     kind::HARDLINK => links.push((name, normalise(&link))),
                     kind::SYMLINK => {
-                        let dir = name.rsplit_once('/').map(|(d, _)| d).unwrap_or("");
-                        let target = if link.starts_with('/') {
-                            normalise(&link)
-                        } else {
-                            normalise(&format!("{dir}/{link}"))
-                        };
+                        let target = symlink_target(&name, &link);
                         links.push((name, target));
                     }
                     _ => {}
@@ -278,10 +257,54 @@ fn index_tar(path: &Path) -> Result<HashMap<String, (u64, u64)>> {
         }
         pos += padded;
     }
-    // links to links resolve in a few rounds; cycles and dangling links stay out
+    resolve_links(&mut files, &links);
+    Ok(files)
+}
+
+/// Fills `h` as far as the file allows; returns how many bytes it got.
+fn read_block(r: &mut impl Read, h: &mut [u8; BLOCK], path: &Path) -> Result<usize> {
+    let mut got = 0;
+    while got < BLOCK {
+        let n = r.read(&mut h[got..]).ctx("read", path)?;
+        if n == 0 {
+            break;
+        }
+        got += n;
+    }
+    Ok(got)
+}
+
+/// Image archives are read in place: a compressed one is refused with what it is.
+fn refuse_compressed(path: &Path, h: &[u8; BLOCK]) -> Result<()> {
+    let c = super::tar::Compression::detect(&h[..6]);
+    if c != super::tar::Compression::None {
+        return Err(Error::Unsupported {
+            path: path.to_path_buf(),
+            reason: format!(
+                "a {}-compressed archive: image archives are read in place, decompress it first",
+                c.name()
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// Where a symlink entry `name` pointing at `link` leads, as an archive path.
+fn symlink_target(name: &str, link: &str) -> String {
+    let dir = name.rsplit_once('/').map(|(d, _)| d).unwrap_or("");
+    if link.starts_with('/') {
+        normalise(link)
+    } else {
+        normalise(&format!("{dir}/{link}"))
+    }
+}
+
+/// Links to files take the files' data; links to links resolve in a few rounds; cycles and
+/// dangling links stay out.
+fn resolve_links(files: &mut HashMap<String, (u64, u64)>, links: &[(String, String)]) {
     for _ in 0..8 {
         let mut changed = false;
-        for (name, target) in &links {
+        for (name, target) in links {
             if !files.contains_key(name) {
                 if let Some(v) = files.get(target).copied() {
                     files.insert(name.clone(), v);
@@ -293,7 +316,6 @@ fn index_tar(path: &Path) -> Result<HashMap<String, (u64, u64)>> {
             break;
         }
     }
-    Ok(files)
 }
 
 /// An image platform: `os/architecture[/variant]`.
@@ -688,6 +710,20 @@ fn from_docker_manifest(store: Store, want: &Platform, reference: Option<&str>) 
             }
         )));
     };
+    let layers = docker_layers(e, &config, &mpath)?;
+    Ok(Image {
+        store,
+        layers,
+        config,
+        manifest_annotations: None,
+        index_annotations: None,
+        platform,
+        found_in: "manifest.json",
+    })
+}
+
+/// The layers of a `docker save` manifest entry, each with the diff_id its config gives.
+fn docker_layers(e: &Value, config: &Value, mpath: &Path) -> Result<Vec<Layer>> {
     let names: Vec<&str> = e
         .get("Layers")
         .and_then(Value::as_array)
@@ -701,7 +737,7 @@ fn from_docker_manifest(store: Store, want: &Platform, reference: Option<&str>) 
         .unwrap_or_default();
     if diff_ids.len() != names.len() {
         return Err(Error::Unsupported {
-            path: mpath,
+            path: mpath.to_path_buf(),
             reason: format!(
                 "{} layers but the config lists {} diff_ids",
                 names.len(),
@@ -711,7 +747,7 @@ fn from_docker_manifest(store: Store, want: &Platform, reference: Option<&str>) 
     }
     let mut layers = Vec::with_capacity(names.len());
     for (name, diff_id) in names.into_iter().zip(diff_ids) {
-        let (_, diff_hex) = blob_name(diff_id, &mpath)?;
+        let (_, diff_hex) = blob_name(diff_id, mpath)?;
         // newer docker stores layers as blobs named by their digest
         let digest = normalise(name)
             .strip_prefix("blobs/sha256/")
@@ -725,15 +761,7 @@ fn from_docker_manifest(store: Store, want: &Platform, reference: Option<&str>) 
             diff_id: Some(diff_hex),
         });
     }
-    Ok(Image {
-        store,
-        layers,
-        config,
-        manifest_annotations: None,
-        index_annotations: None,
-        platform,
-        found_in: "manifest.json",
-    })
+    Ok(layers)
 }
 
 #[cfg(test)]

@@ -15,7 +15,7 @@ use std::io::Read;
 use std::path::Path;
 use std::sync::{Arc, Condvar, Mutex};
 
-use crossbeam_channel::{unbounded, Sender};
+use crossbeam_channel::{unbounded, Receiver, Sender};
 use sha2::{Digest as _, Sha256};
 
 use crate::blob::BlobWriter;
@@ -247,6 +247,10 @@ impl BatchPool {
 /// What a worker hands back: the batch, or the error that stopped it.
 type Processed = (u64, Result<Batch>);
 
+/// Digests claimed by some worker (or already in the table): their duplicates are not
+/// compressed again.
+type Claims = Arc<Mutex<HashSet<[u8; 32], DigestState>>>;
+
 /// How full batches reach the committer.
 enum Dispatch<'a> {
     /// One thread does everything: each batch is processed and committed at once.
@@ -265,7 +269,7 @@ enum Dispatch<'a> {
 pub struct ChunkSink<'a> {
     opts: &'a PipelineOptions,
     dispatch: Dispatch<'a>,
-    claims: Arc<Mutex<HashSet<[u8; 32], DigestState>>>,
+    claims: Claims,
     current: Option<Batch>,
     seq: u64,
     /// Set when the writer has stopped (on an error it reports itself).
@@ -413,6 +417,83 @@ impl Slot {
     }
 }
 
+/// `--threads 1`: the producer, the chunk work and the commits all on the calling thread.
+fn run_inline<R>(
+    opts: &PipelineOptions,
+    mut committer: Committer<'_>,
+    claims: Claims,
+    producer: impl FnOnce(&mut ChunkSink<'_>) -> Result<R>,
+) -> Result<(Vec<Vec<u32>>, R)> {
+    let mut sink = ChunkSink {
+        opts,
+        dispatch: Dispatch::Inline {
+            committer: &mut committer,
+            spare: None,
+        },
+        claims,
+        current: None,
+        seq: 0,
+        stopped: false,
+    };
+    let produced = producer(&mut sink)?;
+    sink.finish()?;
+    drop(sink);
+    Ok((committer.per_inode, produced))
+}
+
+/// Starts the workers: each takes batches from the work channel, digests and compresses
+/// them, and sends them to the committer.
+fn spawn_workers<'scope>(
+    s: &'scope std::thread::Scope<'scope, '_>,
+    opts: &PipelineOptions,
+    threads: usize,
+    channels: (Receiver<Batch>, Sender<Processed>),
+    claims: &Claims,
+) -> Result<()> {
+    let (work_rx, done_tx) = channels;
+    // plain threads blocking on a channel: an idle worker sleeps at once instead of
+    // spinning for work, which would take the core from the walk or the writer
+    for i in 0..threads {
+        let (work_rx, done_tx, claims) = (work_rx.clone(), done_tx.clone(), claims.clone());
+        let (digester, compressor) = (opts.digester, opts.compressor);
+        std::thread::Builder::new()
+            .name(format!("chunk-{i}"))
+            .spawn_scoped(s, move || {
+                for batch in work_rx {
+                    let seq = batch.seq;
+                    let processed = process(batch, digester, compressor, &claims);
+                    if done_tx.send((seq, processed)).is_err() {
+                        break;
+                    }
+                }
+            })
+            .map_err(|e| Error::InvalidOption(format!("cannot start {threads} threads: {e}")))?;
+    }
+    Ok(())
+}
+
+/// Hashes the blob's stored bytes beside the committer, in order, and hands each batch back
+/// to the pool.
+fn spawn_hasher<'scope>(
+    s: &'scope std::thread::Scope<'scope, '_>,
+    hash_rx: Receiver<Batch>,
+    mut hasher: Sha256,
+    pool: &'scope BatchPool,
+) -> Result<std::thread::ScopedJoinHandle<'scope, Sha256>> {
+    std::thread::Builder::new()
+        .name("blob-hash".into())
+        .spawn_scoped(s, move || {
+            for batch in hash_rx {
+                for bytes in batch.stored_bytes() {
+                    hasher.update(bytes);
+                }
+                pool.give(batch);
+            }
+            hasher
+        })
+        .map_err(|e| Error::InvalidOption(format!("cannot start the hash thread: {e}")))
+}
+
 /// Runs `producer`; every file it gives the [`ChunkSink`] is chunked, digested and compressed
 /// in parallel and committed to `blob` in order. Returns the chunk ids of each inode (indexed by
 /// inode id; inodes without data may be missing at the end) and what the producer returned.
@@ -445,21 +526,7 @@ pub fn run_with<R: Send>(
         hash_inline: threads == 1 || opts.compressor != Compressor::None,
     };
     if threads == 1 {
-        let mut sink = ChunkSink {
-            opts,
-            dispatch: Dispatch::Inline {
-                committer: &mut committer,
-                spare: None,
-            },
-            claims,
-            current: None,
-            seq: 0,
-            stopped: false,
-        };
-        let produced = producer(&mut sink)?;
-        sink.finish()?;
-        drop(sink);
-        return Ok((committer.per_inode, produced));
+        return run_inline(opts, committer, claims, producer);
     }
 
     // deep enough that batches finishing out of order do not stall the workers (with
@@ -471,49 +538,17 @@ pub fn run_with<R: Send>(
     let (work_tx, work_rx) = unbounded::<Batch>();
     let (hash_tx, hash_rx) = unbounded::<Batch>();
     let hash_thread = !committer.hash_inline;
-    let mut hasher = if hash_thread {
+    let hasher = if hash_thread {
         committer.blob.take_hasher()
     } else {
         Sha256::default()
     };
 
     std::thread::scope(|s| {
-        // plain threads blocking on a channel: an idle worker sleeps at once instead of
-        // spinning for work, which would take the core from the walk or the writer
-        for i in 0..threads {
-            let (work_rx, done_tx, claims) = (work_rx.clone(), done_tx.clone(), claims.clone());
-            let (digester, compressor) = (opts.digester, opts.compressor);
-            std::thread::Builder::new()
-                .name(format!("chunk-{i}"))
-                .spawn_scoped(s, move || {
-                    for batch in work_rx {
-                        let seq = batch.seq;
-                        let processed = process(batch, digester, compressor, &claims);
-                        if done_tx.send((seq, processed)).is_err() {
-                            break;
-                        }
-                    }
-                })
-                .map_err(|e| {
-                    Error::InvalidOption(format!("cannot start {threads} threads: {e}"))
-                })?;
-        }
-        drop((work_rx, done_tx));
+        spawn_workers(s, opts, threads, (work_rx, done_tx), &claims)?;
         // hashes the blob beside the committer and hands batches back to the producer
         let hashing = if hash_thread {
-            let thread = std::thread::Builder::new()
-                .name("blob-hash".into())
-                .spawn_scoped(s, move || {
-                    for batch in hash_rx {
-                        for bytes in batch.stored_bytes() {
-                            hasher.update(bytes);
-                        }
-                        pool.give(batch);
-                    }
-                    hasher
-                })
-                .map_err(|e| Error::InvalidOption(format!("cannot start the hash thread: {e}")))?;
-            Some(thread)
+            Some(spawn_hasher(s, hash_rx, hasher, pool)?)
         } else {
             drop(hash_rx);
             None

@@ -1,6 +1,9 @@
 //! The erofs-forge command line (nydus-image compatible): parse (`args`), resolve into library
 //! options (`resolve`), run the library operation (`run`), print (`report`).
 
+#![forbid(unsafe_code)]
+#![warn(clippy::too_many_lines)]
+
 mod args;
 mod report;
 mod resolve;

@@ -2,10 +2,7 @@
 //! mounted tree equals the source (contents, modes, owners, mtimes, xattrs, hardlinks, devices,
 //! symlinks). Data is read through the blob cache file, as the kernel needs it uncompressed.
 
-#![allow(clippy::disallowed_methods)] // test scratch directories need no signal cleanup
-
-mod common;
-use common::*;
+use crate::common::*;
 use std::path::PathBuf;
 
 fn build_and_check(source: &std::path::Path, extra: &[&str], compressor: &str) {

@@ -1,10 +1,7 @@
 //! Same tree, same flags as the upstream nydus-image builds in fixtures/upstream: the blobs
 //! must be the same bytes (same ids), and the bootstrap the same bytes but for the root mtime.
 
-#![allow(clippy::disallowed_methods)] // test scratch directories need no signal cleanup
-
-mod common;
-use common::*;
+use crate::common::*;
 use std::path::Path;
 use std::process::Command;
 

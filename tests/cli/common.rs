@@ -1,6 +1,5 @@
 //! Helpers shared by the CLI tests: running the binary, building fixture trees, mounting
 //! images with the kernel and comparing trees entry by entry.
-#![allow(dead_code)]
 
 use std::collections::BTreeMap;
 use std::os::unix::ffi::OsStrExt;

@@ -1,10 +1,7 @@
 //! Images written by the upstream nydus-image (fixtures/upstream): `check` accepts them (and
 //! rejects the one upstream got wrong), `unpack` gives exactly what upstream's runtime serves.
 
-#![allow(clippy::disallowed_methods)] // test scratch directories need no signal cleanup
-
-mod common;
-use common::*;
+use crate::common::*;
 use std::path::Path;
 use std::process::Command;
 

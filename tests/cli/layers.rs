@@ -2,10 +2,7 @@
 //! --parent-bootstrap and --chunk-dict store only new chunks. Checked by unpacking (v5 and v6)
 //! and, as root, by mounting the merged v6 image with every blob's cache as a device.
 
-#![allow(clippy::disallowed_methods)] // test scratch directories need no signal cleanup
-
-mod common;
-use common::*;
+use crate::common::*;
 use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};

@@ -1,9 +1,6 @@
 //! The same input gives byte-identical output on every run and at any thread count.
 
-#![allow(clippy::disallowed_methods)] // test scratch directories need no signal cleanup
-
-mod common;
-use common::*;
+use crate::common::*;
 use std::path::Path;
 
 fn build(source: &Path, threads: &str, extra: &[&str]) -> Vec<(String, Vec<u8>)> {

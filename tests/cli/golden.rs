@@ -1,10 +1,7 @@
 //! The worked example of formats/rafs-v6.md: one 5-byte file. Its blob id is known from the
 //! upstream nydus-image, and the bootstrap layout from the format notes.
 
-#![allow(clippy::disallowed_methods)] // test scratch directories need no signal cleanup
-
-mod common;
-use common::*;
+use crate::common::*;
 
 #[test]
 fn one_file_example_matches_upstream_blob_and_layout() {

@@ -1,10 +1,7 @@
 //! Corrupt bootstraps: flipped bytes and truncations at many offsets of v5 and v6 images must
 //! give an error or a valid result from decode, check, inspect and unpack; never a panic.
 
-#![allow(clippy::disallowed_methods)] // test scratch directories need no signal cleanup
-
-mod common;
-use common::*;
+use crate::common::*;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::Path;
 

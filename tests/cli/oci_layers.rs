@@ -10,10 +10,7 @@
 //! Needs root (devices, owners), umoci and, for the mount checks, a kernel with EROFS;
 //! otherwise it says SKIPPED and why.
 
-#![allow(clippy::disallowed_methods)] // test scratch directories need no signal cleanup
-
-mod common;
-use common::*;
+use crate::common::*;
 
 use std::fs;
 use std::io::Read;

@@ -1,10 +1,7 @@
 //! Hostile and unlucky conditions: a full disk, a build killed midway, outputs that cannot be
 //! written, and images crafted to make `unpack --output-dir` write outside its directory.
 
-#![allow(clippy::disallowed_methods)] // test scratch directories need no signal cleanup
-
-mod common;
-use common::*;
+use crate::common::*;
 
 use std::io::Write;
 use std::os::unix::fs::MetadataExt;

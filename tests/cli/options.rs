@@ -1,9 +1,6 @@
 //! Command-line behaviour: option validation, JSON output, no output left on failure.
 
-#![allow(clippy::disallowed_methods)] // test scratch directories need no signal cleanup
-
-mod common;
-use common::*;
+use crate::common::*;
 
 #[test]
 fn rejects_bad_chunk_size_and_missing_outputs() {

@@ -2,10 +2,7 @@
 //! xz, through a pipe) mounted by the kernel, tarfs images with the tar as their device,
 //! upstream byte compatibility, and archives crafted to be hostile.
 
-#![allow(clippy::disallowed_methods)] // test scratch directories need no signal cleanup
-
-mod common;
-use common::*;
+use crate::common::*;
 
 use std::collections::BTreeMap;
 use std::io::Write;

@@ -2,10 +2,7 @@
 //! the same transformation as its target and must get an error or a result, never a panic.
 //! The inputs live under fixtures/fuzz/<target>/.
 
-#![allow(clippy::disallowed_methods)] // test scratch directories need no signal cleanup
-
-mod common;
-use common::repo;
+use crate::common::repo;
 
 use erofs_forge::ops::inspect;
 

@@ -2,10 +2,7 @@
 //! our single-device layout, which fsck.erofs also reads), with a dm-verity tree that
 //! veritysetup accepts and that catches a flipped byte.
 
-#![allow(clippy::disallowed_methods)] // test scratch directories need no signal cleanup
-
-mod common;
-use common::*;
+use crate::common::*;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 

@@ -1,10 +1,7 @@
 //! create → check (every chunk verified) → unpack gives back the source tree, for v5 and v6,
 //! each compressor and each digester; the tar output is read back by an independent tar reader.
 
-#![allow(clippy::disallowed_methods)] // test scratch directories need no signal cleanup
-
-mod common;
-use common::*;
+use crate::common::*;
 use std::collections::BTreeMap;
 use std::io::Read;
 use std::path::Path;

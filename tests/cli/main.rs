@@ -1,0 +1,22 @@
+//! The command-line tests, one crate (one binary to link) with a module per area. Tests that
+//! need root, the kernel's EROFS or an outside tool carry `cfg_attr(no_..., ignore)` from
+//! `build.rs`, so cargo's summary counts them as ignored where they cannot run.
+
+// test scratch directories need no signal cleanup (the library's staged outputs do)
+#![allow(clippy::disallowed_methods)]
+
+mod common;
+mod corrupt;
+mod export;
+mod fuzz_regressions;
+mod golden;
+mod kernel_mount;
+mod layers;
+mod oci_layers;
+mod options;
+mod reliability;
+mod reproducible;
+mod roundtrip;
+mod tar;
+mod upstream_compat;
+mod upstream_read;

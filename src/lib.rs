@@ -6,6 +6,7 @@
 //! ([`chunk::pipeline`]) cuts file data into chunks, digests, deduplicates and compresses them
 //! into a blob ([`blob`]); an encoder ([`rafs`]) writes the bootstrap. Operations live in [`ops`].
 #![forbid(unsafe_code)]
+#![deny(missing_docs)]
 #![warn(clippy::too_many_lines)]
 
 pub mod blob;

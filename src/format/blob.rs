@@ -41,17 +41,29 @@ pub const CHUNK_FLAG_HAS_CRC32: u32 = 0x10;
 #[derive(Debug, Clone, Copy, FromBytes, IntoBytes, Immutable, KnownLayout, Unaligned)]
 #[repr(C)]
 pub struct BlobMetaHeader {
+    /// Magic number identifying the structure.
     pub magic: U32,
+    /// BlobFeatures bits (formats/blob.md §8).
     pub features: U32,
+    /// Compression of the chunk-info array (algorithm code).
     pub ci_compressor: U32,
+    /// Number of chunk-info records.
     pub ci_entries: U32,
+    /// Offset of the chunk-info array in the blob.
     pub ci_offset: U64,
+    /// Stored size of the chunk-info array.
     pub ci_compressed_size: U64,
+    /// Size of the chunk-info array uncompressed.
     pub ci_uncompressed_size: U64,
+    /// Offset of the zran context table (0: none).
     pub ci_zran_offset: U64,
+    /// Size of the zran context table.
     pub ci_zran_size: U64,
+    /// Number of zran contexts.
     pub ci_zran_count: U32,
+    /// Reserved: zeros.
     pub reserved: [u8; 4032],
+    /// The magic number again, closing the header.
     pub magic2: U32,
 }
 const _: () = assert!(size_of::<BlobMetaHeader>() == BLOB_META_HEADER_SIZE);
@@ -60,7 +72,11 @@ const _: () = assert!(size_of::<BlobMetaHeader>() == BLOB_META_HEADER_SIZE);
 #[derive(Debug, Clone, Copy, Default, FromBytes, IntoBytes, Immutable, KnownLayout, Unaligned)]
 #[repr(C)]
 pub struct ChunkInfoV1 {
+    /// Uncompressed offset (bits 12-43, 4 KiB aligned) and size - 1 (bits 44-63, high bits
+    /// 8-11) (formats/blob.md §3.2).
     pub uncomp_info: U64,
+    /// Compressed offset (bits 0-39) and size - 1 (bits 44-63, high bits 40-43); the chunk is
+    /// compressed exactly when the two sizes differ.
     pub comp_info: U64,
 }
 const _: () = assert!(size_of::<ChunkInfoV1>() == CHUNK_INFO_V1_SIZE);

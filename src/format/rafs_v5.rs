@@ -28,20 +28,35 @@ pub mod inode_flags {
 #[derive(Debug, Clone, Copy, FromBytes, IntoBytes, Immutable, KnownLayout, Unaligned)]
 #[repr(C)]
 pub struct SuperBlock {
+    /// Magic number identifying the structure.
     pub magic: U32,
+    /// RAFS version (0x500).
     pub fs_version: U32,
+    /// Superblock size (8192).
     pub sb_size: U32,
+    /// Chunk size.
     pub block_size: U32,
+    /// RafsSuperFlags (formats/blob.md §8).
     pub flags: U64,
+    /// Number of distinct inodes.
     pub inodes_count: U64,
+    /// Offset of the inode table.
     pub inode_table_offset: U64,
+    /// Offset of the prefetch table.
     pub prefetch_table_offset: U64,
+    /// Offset of the blob table.
     pub blob_table_offset: U64,
+    /// Entries in the inode table.
     pub inode_table_entries: U32,
+    /// Entries in the prefetch table.
     pub prefetch_table_entries: U32,
+    /// Size of the blob table in bytes.
     pub blob_table_size: U32,
+    /// Entries in the extended blob table.
     pub extended_blob_table_entries: U32,
+    /// Offset of the extended blob table.
     pub extended_blob_table_offset: U64,
+    /// Reserved: zeros.
     pub reserved: [u8; 8112],
 }
 const _: () = assert!(size_of::<SuperBlock>() == 8192);
@@ -50,10 +65,15 @@ const _: () = assert!(size_of::<SuperBlock>() == 8192);
 #[derive(Debug, Clone, Copy, FromBytes, IntoBytes, Immutable, KnownLayout, Unaligned)]
 #[repr(C)]
 pub struct ExtBlobEntry {
+    /// Chunks the blob holds.
     pub chunk_count: U32,
+    /// BlobFeatures bits (formats/blob.md §8).
     pub features: U32,
+    /// Size of the uncompressed data.
     pub uncompressed_size: U64,
+    /// Size of the stored (compressed) data.
     pub compressed_size: U64,
+    /// Reserved: zeros.
     pub reserved: [u8; 40],
 }
 const _: () = assert!(size_of::<ExtBlobEntry>() == 64);
@@ -62,24 +82,43 @@ const _: () = assert!(size_of::<ExtBlobEntry>() == 64);
 #[derive(Debug, Clone, Copy, Default, FromBytes, IntoBytes, Immutable, KnownLayout, Unaligned)]
 #[repr(C)]
 pub struct Inode {
+    /// Digest (of the inode's content for inodes, of the uncompressed bytes for chunks).
     pub digest: [u8; 32],
+    /// Inode number of the parent directory.
     pub parent: U64,
+    /// Inode number.
     pub ino: U64,
+    /// Owner user id.
     pub uid: U32,
+    /// Owner group id.
     pub gid: U32,
+    /// Project id (0).
     pub projid: U32,
+    /// File type and permission bits (`st_mode`).
     pub mode: U32,
+    /// Size in bytes (for directories, of their entries).
     pub size: U64,
+    /// 512-byte blocks the inode occupies.
     pub blocks: U64,
+    /// Inode flags (formats/rafs-v5.md §4).
     pub flags: U64,
+    /// Hard link count.
     pub nlink: U32,
+    /// Directories: inode-table index of the first child.
     pub child_index: U32,
+    /// Directories: number of children; regular files: number of chunk records.
     pub child_count: U32,
+    /// Length of the name that follows the inode.
     pub name_size: U16,
+    /// Length of the symlink target that follows the name.
     pub symlink_size: U16,
+    /// Device number (devices only).
     pub rdev: U32,
+    /// Modification time, nanoseconds.
     pub mtime_nsec: U32,
+    /// Modification time, seconds since the epoch.
     pub mtime: U64,
+    /// Reserved: zeros.
     pub reserved: [u8; 8],
 }
 const _: () = assert!(size_of::<Inode>() == 128);

@@ -134,24 +134,43 @@ pub mod super_flags {
 #[derive(Debug, Clone, Copy, FromBytes, IntoBytes, Immutable, KnownLayout, Unaligned)]
 #[repr(C)]
 pub struct SuperBlock {
+    /// Magic number identifying the structure.
     pub magic: U32,
+    /// CRC32C of the superblock block (0: unchecked).
     pub checksum: U32,
+    /// Compatible feature bits.
     pub feature_compat: U32,
+    /// log2 of the block size.
     pub blkszbits: u8,
+    /// Superblock extension slots (0).
     pub extslots: u8,
+    /// nid of the root directory.
     pub root_nid: U16,
+    /// Number of inodes.
     pub inos: U64,
+    /// Build time, seconds (0: reproducible).
     pub build_time: U64,
+    /// Build time, nanoseconds.
     pub build_time_nsec: U32,
+    /// Blocks of data addressed by the image.
     pub blocks: U32,
+    /// Block address of the metadata area.
     pub meta_blkaddr: U32,
+    /// Block address of the shared xattr area.
     pub xattr_blkaddr: U32,
+    /// Filesystem UUID (zeros).
     pub uuid: [u8; 16],
+    /// Volume name (zeros).
     pub volume_name: [u8; 16],
+    /// Incompatible feature bits.
     pub feature_incompat: U32,
+    /// Available compression algorithms (bitmap) or LZ4 max distance.
     pub u1: U16,
+    /// Devices besides the primary one (one per blob).
     pub extra_devices: U16,
+    /// Device table slot offset (in 128-byte slots).
     pub devt_slotoff: U16,
+    /// Reserved: zeros.
     pub reserved: [u8; 38],
 }
 const _: () = assert!(size_of::<SuperBlock>() == 128);
@@ -160,15 +179,25 @@ const _: () = assert!(size_of::<SuperBlock>() == 128);
 #[derive(Debug, Clone, Copy, FromBytes, IntoBytes, Immutable, KnownLayout, Unaligned)]
 #[repr(C)]
 pub struct ExtSuperBlock {
+    /// RafsSuperFlags (formats/blob.md §8).
     pub flags: U64,
+    /// Offset of the blob table.
     pub blob_table_offset: U64,
+    /// Size of the blob table in bytes.
     pub blob_table_size: U32,
+    /// Chunk size.
     pub chunk_size: U32,
+    /// Offset of the chunk table.
     pub chunk_table_offset: U64,
+    /// Size of the chunk table in bytes.
     pub chunk_table_size: U64,
+    /// Offset of the prefetch table.
     pub prefetch_table_offset: U64,
+    /// Size of the prefetch table in bytes.
     pub prefetch_table_size: U32,
+    /// Padding: zeros.
     pub padding: U32,
+    /// Reserved: zeros.
     pub reserved: [u8; 200],
 }
 const _: () = assert!(size_of::<ExtSuperBlock>() == 256);
@@ -177,9 +206,13 @@ const _: () = assert!(size_of::<ExtSuperBlock>() == 256);
 #[derive(Debug, Clone, Copy, FromBytes, IntoBytes, Immutable, KnownLayout, Unaligned)]
 #[repr(C)]
 pub struct DeviceSlot {
+    /// The blob id, NUL padded.
     pub tag: [u8; 64],
+    /// Blocks of the blob's uncompressed data.
     pub blocks: U32,
+    /// Block address of the blob in a flattened disk image.
     pub mapped_blkaddr: U32,
+    /// Reserved: zeros.
     pub reserved: [u8; 56],
 }
 const _: () = assert!(size_of::<DeviceSlot>() == 128);
@@ -188,25 +221,45 @@ const _: () = assert!(size_of::<DeviceSlot>() == 128);
 #[derive(Debug, Clone, Copy, FromBytes, IntoBytes, Immutable, KnownLayout, Unaligned)]
 #[repr(C)]
 pub struct BlobEntry {
+    /// The blob id, NUL padded.
     pub blob_id: [u8; 64],
+    /// Index of this entry in the table.
     pub blob_index: U32,
+    /// Chunk size.
     pub chunk_size: U32,
+    /// Chunks the blob holds.
     pub chunk_count: U32,
+    /// Compression of the blob's chunks (algorithm code).
     pub compression_algo: U32,
+    /// Digest of the blob's chunks (algorithm code).
     pub digest_algo: U32,
+    /// BlobFeatures bits (formats/blob.md §8).
     pub features: U32,
+    /// Size of the stored (compressed) data.
     pub compressed_size: U64,
+    /// Size of the uncompressed data.
     pub uncompressed_size: U64,
+    /// Size of the blob's ToC (0: none).
     pub blob_toc_size: U32,
+    /// Compression of the chunk-info array (algorithm code).
     pub ci_compressor: U32,
+    /// Offset of the chunk-info array in the blob.
     pub ci_offset: U64,
+    /// Stored size of the chunk-info array.
     pub ci_compressed_size: U64,
+    /// Size of the chunk-info array uncompressed.
     pub ci_uncompressed_size: U64,
+    /// sha256 of the blob's ToC.
     pub blob_toc_digest: [u8; 32],
+    /// sha256 of the blob meta (separate-meta blobs).
     pub blob_meta_digest: [u8; 32],
+    /// Size of the blob meta (separate-meta blobs).
     pub blob_meta_size: U64,
+    /// Cipher IV (encrypted blobs).
     pub cipher_iv: [u8; 8],
+    /// Cipher algorithm (0: none).
     pub cipher_algo: U32,
+    /// Reserved: zeros.
     pub reserved: [u8; 36],
 }
 const _: () = assert!(size_of::<BlobEntry>() == 256);
@@ -215,18 +268,31 @@ const _: () = assert!(size_of::<BlobEntry>() == 256);
 #[derive(Debug, Clone, Copy, Default, FromBytes, IntoBytes, Immutable, KnownLayout, Unaligned)]
 #[repr(C)]
 pub struct InodeExtended {
+    /// i_format: inode version and data layout (formats/rafs-v6.md §6.1).
     pub format: U16,
+    /// Inline xattr area size, in 4-byte units beyond the 12-byte header.
     pub xattr_icount: U16,
+    /// File type and permission bits (`st_mode`).
     pub mode: U16,
+    /// Reserved: zeros.
     pub reserved: U16,
+    /// Size in bytes (for directories, of their entries).
     pub size: U64,
+    /// Layout-dependent: block address, chunk format, rdev or compressed blocks.
     pub u: U32,
+    /// Inode number.
     pub ino: U32,
+    /// Owner user id.
     pub uid: U32,
+    /// Owner group id.
     pub gid: U32,
+    /// Modification time, seconds since the epoch.
     pub mtime: U64,
+    /// Modification time, nanoseconds.
     pub mtime_nsec: U32,
+    /// Hard link count.
     pub nlink: U32,
+    /// Reserved: zeros.
     pub reserved2: [u8; 16],
 }
 const _: () = assert!(size_of::<InodeExtended>() == 64);
@@ -235,16 +301,27 @@ const _: () = assert!(size_of::<InodeExtended>() == 64);
 #[derive(Debug, Clone, Copy, Default, FromBytes, IntoBytes, Immutable, KnownLayout, Unaligned)]
 #[repr(C)]
 pub struct InodeCompact {
+    /// i_format: inode version and data layout (formats/rafs-v6.md §6.1).
     pub format: U16,
+    /// Inline xattr area size, in 4-byte units beyond the 12-byte header.
     pub xattr_icount: U16,
+    /// File type and permission bits (`st_mode`).
     pub mode: U16,
+    /// Hard link count.
     pub nlink: U16,
+    /// Size in bytes (for directories, of their entries).
     pub size: U32,
+    /// Modification time, seconds since the epoch.
     pub mtime: U32,
+    /// Layout-dependent: block address, chunk format, rdev or compressed blocks.
     pub u: U32,
+    /// Inode number.
     pub ino: U32,
+    /// Owner user id.
     pub uid: U16,
+    /// Owner group id.
     pub gid: U16,
+    /// Reserved: zeros.
     pub reserved: U32,
 }
 const _: () = assert!(size_of::<InodeCompact>() == 32);
@@ -253,9 +330,13 @@ const _: () = assert!(size_of::<InodeCompact>() == 32);
 #[derive(Debug, Clone, Copy, Default, FromBytes, IntoBytes, Immutable, KnownLayout, Unaligned)]
 #[repr(C)]
 pub struct Dirent {
+    /// nid of the entry's inode.
     pub nid: U64,
+    /// Offset of the entry's name in the block.
     pub nameoff: U16,
+    /// File type (formats/rafs-v6.md §7).
     pub file_type: u8,
+    /// Reserved: zeros.
     pub reserved: u8,
 }
 const _: () = assert!(size_of::<Dirent>() == 12);
@@ -277,8 +358,11 @@ const _: () = assert!(size_of::<ChunkIndex>() == 8);
 #[derive(Debug, Clone, Copy, Default, FromBytes, IntoBytes, Immutable, KnownLayout, Unaligned)]
 #[repr(C)]
 pub struct XattrIbodyHeader {
+    /// Bloom filter of names (0: unused).
     pub name_filter: U32,
+    /// Shared xattrs referenced after the header.
     pub shared_count: u8,
+    /// Reserved: zeros.
     pub reserved: [u8; 7],
 }
 const _: () = assert!(size_of::<XattrIbodyHeader>() == 12);
@@ -287,8 +371,11 @@ const _: () = assert!(size_of::<XattrIbodyHeader>() == 12);
 #[derive(Debug, Clone, Copy, Default, FromBytes, IntoBytes, Immutable, KnownLayout, Unaligned)]
 #[repr(C)]
 pub struct XattrEntry {
+    /// Length of the name suffix.
     pub name_len: u8,
+    /// Index of the name prefix.
     pub name_index: u8,
+    /// Length of the value.
     pub value_size: U16,
 }
 const _: () = assert!(size_of::<XattrEntry>() == 4);
@@ -297,15 +384,25 @@ const _: () = assert!(size_of::<XattrEntry>() == 4);
 #[derive(Debug, Clone, Copy, Default, FromBytes, IntoBytes, Immutable, KnownLayout, Unaligned)]
 #[repr(C)]
 pub struct ChunkRecord {
+    /// Digest (of the inode's content for inodes, of the uncompressed bytes for chunks).
     pub digest: [u8; 32],
+    /// Index of the chunk's blob in the blob table.
     pub blob_index: U32,
+    /// Chunk flags (formats/blob.md §8).
     pub flags: U32,
+    /// Size of the stored (compressed) data.
     pub compressed_size: U32,
+    /// Size of the uncompressed data.
     pub uncompressed_size: U32,
+    /// Offset of the stored bytes in the blob.
     pub compressed_offset: U64,
+    /// Offset in the blob's uncompressed view.
     pub uncompressed_offset: U64,
+    /// Offset of the chunk within its file.
     pub file_offset: U64,
+    /// Index of the chunk within its blob.
     pub index: U32,
+    /// CRC-32C of the uncompressed bytes (when the flags say so).
     pub crc32: U32,
 }
 const _: () = assert!(size_of::<ChunkRecord>() == 80);

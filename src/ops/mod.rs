@@ -3,6 +3,7 @@
 pub mod bench;
 pub mod check;
 pub mod create;
+pub mod dump;
 pub mod export;
 pub mod export_compressed;
 pub mod inspect;

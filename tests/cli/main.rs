@@ -7,6 +7,7 @@
 
 mod common;
 mod corrupt;
+mod dump;
 mod export;
 mod fuzz_regressions;
 mod golden;

@@ -62,6 +62,17 @@ pub mod file_type {
     pub const LNK: u8 = 7;
 }
 
+/// RafsSuperFlags as a type (formats/blob.md §8): the bits are [`super_flags`]' constants.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct SuperFlags(pub u64);
+
+impl SuperFlags {
+    /// Whether every bit of `bits` is set.
+    pub const fn contains(self, bits: u64) -> bool {
+        self.0 & bits == bits
+    }
+}
+
 /// RafsSuperFlags bits (formats/blob.md §8).
 pub mod super_flags {
     /// Chunks stored uncompressed.

@@ -5,6 +5,7 @@ use super::tree::{FileType, Tree};
 use crate::codec::{Compressor, Digester};
 use crate::error::{Error, Result};
 use crate::format::blob::features;
+use crate::format::rafs_v6::SuperFlags;
 
 /// A blob as a bootstrap describes it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -51,7 +52,7 @@ pub struct Image {
     /// Chunk size.
     pub chunk_size: u32,
     /// RafsSuperFlags.
-    pub flags: u64,
+    pub flags: SuperFlags,
     /// Compression named by the superblock.
     pub compressor: Compressor,
     /// Digest named by the superblock.

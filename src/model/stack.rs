@@ -31,7 +31,7 @@ impl StackKey {
             version: image.version,
             chunk_size: image.chunk_size,
             digester: image.digester,
-            explicit_uid_gid: image.flags & super_flags::EXPLICIT_UID_GID != 0,
+            explicit_uid_gid: image.flags.contains(super_flags::EXPLICIT_UID_GID),
         }
     }
 

@@ -19,7 +19,7 @@ pub fn dump(image: &Image) -> String {
         image.chunk_size,
         image.compressor.name(),
         image.digester.name(),
-        image.flags
+        image.flags.0
     );
     let _ = writeln!(out, "blobs {}", image.blobs.len());
     for (i, b) in image.blobs.iter().enumerate() {

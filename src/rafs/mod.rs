@@ -42,13 +42,13 @@ pub fn encode_like(
         chunk_size: like.chunk_size,
         compressor: like.compressor,
         digester: like.digester,
-        explicit_uid_gid: like.flags & super_flags::EXPLICIT_UID_GID != 0,
+        explicit_uid_gid: like.flags.contains(super_flags::EXPLICIT_UID_GID),
         block_size: if like.version == 5 {
             v6::encode::BLOCK_SIZE
         } else {
             u64::from(like.block_size)
         },
-        tarfs: like.flags & super_flags::TARTFS_MODE != 0,
+        tarfs: like.flags.contains(super_flags::TARTFS_MODE),
         single_device,
     };
     encode(like.version, tree, chunks, blobs, &opts)

@@ -8,7 +8,7 @@ use zerocopy::FromBytes;
 use crate::codec::{Compressor, Digester};
 use crate::error::{Error, Result};
 use crate::format::rafs_v5::*;
-use crate::format::rafs_v6::super_flags;
+use crate::format::rafs_v6::{super_flags, SuperFlags};
 use crate::io::bytes::{corrupt, Budget, Bytes};
 use crate::model::ChunkInfo;
 use crate::model::{BlobInfo, Image};
@@ -60,7 +60,7 @@ pub fn decode(data: &[u8]) -> Result<Image> {
         chunks: d.chunks,
         blobs,
         chunk_size: sb.block_size.get(),
-        flags,
+        flags: SuperFlags(flags),
         compressor,
         digester,
         block_size: 0,

@@ -152,7 +152,7 @@ pub fn decode(data: &[u8]) -> Result<Image> {
         digest_known: d.digest_known,
         blobs,
         chunk_size,
-        flags,
+        flags: SuperFlags(flags),
         compressor,
         digester,
         block_size: block as u32,

@@ -17,6 +17,7 @@ use zerocopy::IntoBytes;
 use crate::blob::reader::{BlobSource, ChunkReader};
 use crate::codec::{Compressor, Digester};
 use crate::error::{Error, IoContext, Result};
+use crate::format::erofs_z::*;
 use crate::format::rafs_v6::*;
 use crate::io::staged::{persist, temp_beside};
 use crate::model::FileType;
@@ -89,28 +90,33 @@ impl ErofsCompressor {
 
     /// The per-algorithm configuration record written after the superblock.
     fn config(self) -> Vec<u8> {
-        let mut v = Vec::new();
         match self {
-            ErofsCompressor::Lz4 | ErofsCompressor::Lz4hc => {
-                v.extend_from_slice(&14u16.to_le_bytes());
-                v.extend_from_slice(&65535u16.to_le_bytes()); // max_distance
-                v.extend_from_slice(&(EXTENT_CLUSTERS as u16).to_le_bytes()); // max_pclusterblks
-                v.extend_from_slice(&[0u8; 10]);
+            ErofsCompressor::Lz4 | ErofsCompressor::Lz4hc => Lz4Config {
+                size: 14.into(),
+                max_distance: 65535.into(),
+                max_pclusterblks: (EXTENT_CLUSTERS as u16).into(),
+                reserved: [0; 10],
             }
-            ErofsCompressor::Lzma => {
-                v.extend_from_slice(&14u16.to_le_bytes());
-                v.extend_from_slice(&LZMA_DICT.to_le_bytes()); // dict_size
-                v.extend_from_slice(&0u16.to_le_bytes()); // format
-                v.extend_from_slice(&[0u8; 8]);
+            .as_bytes()
+            .to_vec(),
+            ErofsCompressor::Lzma => LzmaConfig {
+                size: 14.into(),
+                dict_size: LZMA_DICT.into(),
+                format: 0.into(),
+                reserved: [0; 8],
             }
-            ErofsCompressor::Zstd => {
-                v.extend_from_slice(&6u16.to_le_bytes());
-                v.push(0); // format
-                v.push(17 - 10); // windowlog - 10: frames of at most 64 KiB fit a 128 KiB window
-                v.extend_from_slice(&[0u8; 4]);
+            .as_bytes()
+            .to_vec(),
+            ErofsCompressor::Zstd => ZstdConfig {
+                size: 6.into(),
+                format: 0,
+                // frames of at most 64 KiB fit a 128 KiB window
+                windowlog: 17 - 10,
+                reserved: [0; 4],
             }
+            .as_bytes()
+            .to_vec(),
         }
-        v
     }
 
     fn compress(self, input: &[u8]) -> Result<Vec<u8>> {
@@ -154,17 +160,15 @@ pub struct CompressedExportOptions {
 }
 
 fn lcluster_index(kind: u16, blkaddr_or_delta: u32) -> [u8; 8] {
+    let idx = LclusterIndex {
+        advise: kind.into(),
+        clusterofs: 0.into(),
+        u: blkaddr_or_delta.into(),
+    };
     let mut e = [0u8; 8];
-    e[0..2].copy_from_slice(&kind.to_le_bytes());
-    e[4..8].copy_from_slice(&blkaddr_or_delta.to_le_bytes());
+    e.copy_from_slice(idx.as_bytes());
     e
 }
-
-const TYPE_PLAIN: u16 = 0;
-const TYPE_HEAD1: u16 = 1;
-const TYPE_NONHEAD: u16 = 2;
-const D0_CBLKCNT: u32 = 1 << 11;
-const ADVISE_BIG_PCLUSTER_1: u16 = 0x0002;
 
 /// Reads a small file's data through its chunks, in order.
 fn file_bytes(reader: &mut ChunkReader, chunks: &[u32]) -> Result<Vec<u8>> {
@@ -326,11 +330,14 @@ fn compress_file(
     let nclusters = inode.size.div_ceil(BLOCK);
     let mut body = Vec::with_capacity(16 + 8 * nclusters as usize);
     // map header: no tail packing, big pclusters for HEAD1, algorithm, 4 KiB logical clusters
-    body.extend_from_slice(&0u32.to_le_bytes());
-    body.extend_from_slice(&ADVISE_BIG_PCLUSTER_1.to_le_bytes());
-    body.push(algo.code());
-    body.push(0);
-    body.extend_from_slice(&[0u8; 8]);
+    let header = MapHeader {
+        fragment_off: 0.into(),
+        advise: ADVISE_BIG_PCLUSTER_1.into(),
+        algorithm: algo.code(),
+        clusterbits: 0,
+    };
+    body.extend_from_slice(header.as_bytes());
+    body.extend_from_slice(&[0u8; 8]); // reserved
     let extent_len = (EXTENT_CLUSTERS * BLOCK) as usize;
     // a window of extents is compressed in parallel, then written in order: bounded memory
     let window = extent_len * 4 * rayon::current_num_threads().max(1);

@@ -14,8 +14,8 @@ use crate::format::blob::{
     features, BlobMetaHeader, ChunkInfoV1, BLOB_META_HEADER_SIZE, BLOB_META_MAGIC,
 };
 use crate::io::bytes::corrupt;
-use crate::model::ChunkInfo;
 use crate::model::{BlobInfo, Image};
+use crate::model::{ChunkId, ChunkInfo};
 
 /// Where blobs are looked up.
 #[derive(Debug, Clone, Default)]
@@ -165,12 +165,12 @@ impl<'a> ChunkReader<'a> {
     }
 
     /// The uncompressed bytes of chunk `id`, checked against its digest when known.
-    pub fn read(&mut self, id: u32) -> Result<Vec<u8>> {
+    pub fn read(&mut self, id: ChunkId) -> Result<Vec<u8>> {
         let c: ChunkInfo = *self
             .image
             .chunks
-            .get(id as usize)
-            .ok_or_else(|| corrupt("chunk", u64::from(id), "no such chunk"))?;
+            .get(id.index())
+            .ok_or_else(|| corrupt("chunk", u64::from(id.get()), "no such chunk"))?;
         let blob = self.blob(c.blob_index)?;
         let ci = self
             .ci_entries(c.blob_index)?
@@ -220,7 +220,7 @@ impl<'a> ChunkReader<'a> {
         if self
             .image
             .digest_known
-            .get(id as usize)
+            .get(id.index())
             .copied()
             .unwrap_or(false)
             && blob.digester.digest(&data) != c.digest

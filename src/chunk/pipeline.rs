@@ -22,7 +22,7 @@ use crate::blob::BlobWriter;
 use crate::codec::{digest, Compressor, Digester};
 use crate::error::{Error, IoContext, Result};
 use crate::model::ChunkInfo;
-use crate::model::InodeId;
+use crate::model::{ChunkId, InodeId};
 
 /// Settings of a pipeline run.
 #[derive(Debug, Clone)]
@@ -69,13 +69,13 @@ pub type DigestState = std::hash::BuildHasherDefault<DigestHasher>;
 pub struct ChunkTable {
     /// Every chunk, by id.
     pub chunks: Vec<ChunkInfo>,
-    by_digest: HashMap<([u8; 32], u32), u32, DigestState>,
+    by_digest: HashMap<([u8; 32], u32), ChunkId, DigestState>,
 }
 
 impl ChunkTable {
     /// Records a chunk and returns its id.
-    pub fn push(&mut self, info: ChunkInfo) -> u32 {
-        let id = self.chunks.len() as u32;
+    pub fn push(&mut self, info: ChunkInfo) -> ChunkId {
+        let id = ChunkId::new(self.chunks.len() as u32);
         self.by_digest
             .entry((info.digest, info.uncompressed_size))
             .or_insert(id);
@@ -89,7 +89,7 @@ impl ChunkTable {
     }
 
     /// The id of a known chunk with this digest and size.
-    pub fn find(&self, digest: &[u8; 32], size: u32) -> Option<u32> {
+    pub fn find(&self, digest: &[u8; 32], size: u32) -> Option<ChunkId> {
         self.by_digest.get(&(*digest, size)).copied()
     }
 }
@@ -423,7 +423,7 @@ fn run_inline<R>(
     mut committer: Committer<'_>,
     claims: Claims,
     producer: impl FnOnce(&mut ChunkSink<'_>) -> Result<R>,
-) -> Result<(Vec<Vec<u32>>, R)> {
+) -> Result<(Vec<Vec<ChunkId>>, R)> {
     let mut sink = ChunkSink {
         opts,
         dispatch: Dispatch::Inline {
@@ -506,7 +506,7 @@ pub fn run_with<R: Send>(
     blob: &mut BlobWriter,
     progress: &(dyn Fn(u64) + Sync),
     producer: impl FnOnce(&mut ChunkSink<'_>) -> Result<R> + Send,
-) -> Result<(Vec<Vec<u32>>, R)> {
+) -> Result<(Vec<Vec<ChunkId>>, R)> {
     let threads = opts.threads.max(1);
     // chunks the table already holds are never compressed again
     let known: HashSet<[u8; 32], DigestState> = table.digests().collect();
@@ -706,7 +706,7 @@ struct Committer<'a> {
     blob: &'a mut BlobWriter,
     progress: &'a (dyn Fn(u64) + Sync),
     /// Chunk ids by inode id.
-    per_inode: Vec<Vec<u32>>,
+    per_inode: Vec<Vec<ChunkId>>,
     /// Batches that arrived before their turn (at most the size of the batch pool). An error
     /// waits for its turn too, so the one reported never depends on scheduling.
     pending: BTreeMap<u64, Result<Batch>>,
@@ -780,10 +780,10 @@ impl Committer<'_> {
                     self.table.push(info)
                 }
             };
-            if inode >= self.per_inode.len() {
-                self.per_inode.resize_with(inode + 1, Vec::new);
+            if inode.index() >= self.per_inode.len() {
+                self.per_inode.resize_with(inode.index() + 1, Vec::new);
             }
-            self.per_inode[inode].push(id);
+            self.per_inode[inode.index()].push(id);
             (self.progress)(u64::from(len));
         }
         Ok(())
@@ -829,7 +829,7 @@ mod tests {
         files: &[(&str, Vec<u8>)],
         threads: usize,
         compressor: Compressor,
-    ) -> Result<(String, Vec<Vec<u32>>, Vec<ChunkInfo>)> {
+    ) -> Result<(String, Vec<Vec<ChunkId>>, Vec<ChunkInfo>)> {
         let dir = tempfile::tempdir().unwrap();
         for (name, data) in files {
             std::fs::write(dir.path().join(name), data).unwrap();
@@ -840,9 +840,9 @@ mod tests {
             for (i, (name, data)) in files.iter().enumerate() {
                 let path = dir.path().join(name);
                 if i % 2 == 0 {
-                    sink.add_path(i, &path, data.len() as u64)?;
+                    sink.add_path(InodeId::new(i), &path, data.len() as u64)?;
                 } else {
-                    sink.add_file(i, &mut &data[..], data.len() as u64, &path)?;
+                    sink.add_file(InodeId::new(i), &mut &data[..], data.len() as u64, &path)?;
                 }
             }
             Ok(())
@@ -899,7 +899,7 @@ mod tests {
             for c in &chunks {
                 assert!(seen.insert((c.digest, c.uncompressed_size)));
             }
-            let first_ids: Vec<u32> = ids.iter().flatten().copied().collect();
+            let first_ids: Vec<u32> = ids.iter().flatten().map(|id| id.get()).collect();
             let mut max = 0;
             for id in first_ids {
                 assert!(
@@ -921,8 +921,8 @@ mod tests {
             let (opts, mut blob) = setup(dir.path(), threads, Compressor::Zstd);
             let mut table = ChunkTable::default();
             let err = run_with(&opts, &mut table, &mut blob, &|_| {}, |sink| {
-                sink.add_path(0, &path, 9000)?;
-                sink.add_path(1, Path::new("/nonexistent/b"), 100)
+                sink.add_path(InodeId::new(0), &path, 9000)?;
+                sink.add_path(InodeId::new(1), Path::new("/nonexistent/b"), 100)
             })
             .unwrap_err();
             match err {
@@ -949,10 +949,15 @@ mod tests {
         let mut table = ChunkTable::default();
         let missing = dir.path().join("missing");
         let err = run_with(&opts, &mut table, &mut blob, &|_| {}, |sink| {
-            sink.add_path(0, &missing, 0x1000 * 4)?;
+            sink.add_path(InodeId::new(0), &missing, 0x1000 * 4)?;
             for i in 0..200 {
                 let data = pattern(i as u8, 0x1000 * 2);
-                sink.add_file(i + 1, &mut &data[..], data.len() as u64, Path::new("s"))?;
+                sink.add_file(
+                    InodeId::new(i + 1),
+                    &mut &data[..],
+                    data.len() as u64,
+                    Path::new("s"),
+                )?;
             }
             Ok(())
         })

@@ -1,7 +1,7 @@
 //! A decoded bootstrap: the tree, its chunks and its blob table, as every reader sees it.
 
 use super::chunk::ChunkInfo;
-use super::tree::{FileType, Tree};
+use super::tree::{EntryId, FileType, Tree};
 use crate::codec::{Compressor, Digester};
 use crate::error::{Error, Result};
 use crate::format::blob::features;
@@ -118,17 +118,17 @@ impl Image {
             let names = entry.children.windows(2);
             if let Some(w) = names
                 .into_iter()
-                .find(|w| image.tree.entries[w[0]].name == image.tree.entries[w[1]].name)
+                .find(|w| image.tree[w[0]].name == image.tree[w[1]].name)
             {
                 return bad(format!(
                     "{}: duplicate entry {:?}",
-                    image.tree.path(d).display(),
-                    String::from_utf8_lossy(&image.tree.entries[w[0]].name)
+                    image.tree.path(EntryId::new(d)).display(),
+                    String::from_utf8_lossy(&image.tree[w[0]].name)
                 ));
             }
         }
         for (e, entry) in image.tree.entries.iter().enumerate() {
-            let inode = &image.tree.inodes[entry.inode];
+            let inode = &image.tree[entry.inode];
             if inode.file_type != FileType::Regular {
                 continue;
             }
@@ -140,7 +140,7 @@ impl Image {
             if inode.chunks.len() as u64 != expected {
                 return bad(format!(
                     "{}: {} chunks for {} bytes",
-                    image.tree.path(e).display(),
+                    image.tree.path(EntryId::new(e)).display(),
                     inode.chunks.len(),
                     inode.size
                 ));
@@ -148,12 +148,12 @@ impl Image {
             let sum: u64 = inode
                 .chunks
                 .iter()
-                .map(|id| u64::from(image.chunks[*id as usize].uncompressed_size))
+                .map(|id| u64::from(image.chunks[id.index()].uncompressed_size))
                 .sum();
             if sum != inode.size {
                 return bad(format!(
                     "{}: chunks hold {sum} bytes, the file {}",
-                    image.tree.path(e).display(),
+                    image.tree.path(EntryId::new(e)).display(),
                     inode.size
                 ));
             }

@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 
-use super::tree::{Entry, EntryId, FileType, Inode, InodeId, Tree};
+use super::tree::{ChunkId, Entry, EntryId, FileType, Inode, InodeId, Tree};
 
 /// How whiteouts are spelled in a layer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -71,23 +71,25 @@ fn classify<'a>(name: &'a [u8], inode: &Inode, spec: WhiteoutSpec) -> Whiteout<'
 
 /// Whether `tree` holds anything [`apply`] treats as a whiteout or opaque marker under `spec`.
 pub fn has_whiteouts(tree: &Tree, spec: WhiteoutSpec) -> bool {
-    tree.entries.iter().any(|e| {
-        !matches!(
-            classify(&e.name, &tree.inodes[e.inode], spec),
-            Whiteout::Not
-        )
-    })
+    tree.entries
+        .iter()
+        .any(|e| !matches!(classify(&e.name, &tree[e.inode], spec), Whiteout::Not))
 }
 
 /// Applies `upper` onto `lower` (both with sorted children): whiteouts remove lower entries,
 /// upper entries replace or join lower ones, directories merge. Upper inodes are copied with
 /// their chunk ids mapped through `chunk_map`. The result keeps unreachable entries in its arena:
 /// call [`Tree::compact`] afterwards.
-pub fn apply(lower: &mut Tree, upper: &Tree, spec: WhiteoutSpec, chunk_map: &dyn Fn(u32) -> u32) {
+pub fn apply(
+    lower: &mut Tree,
+    upper: &Tree,
+    spec: WhiteoutSpec,
+    chunk_map: &dyn Fn(ChunkId) -> ChunkId,
+) {
     let mut inode_map: HashMap<InodeId, InodeId> = HashMap::new();
     let mut map_inode = |lower: &mut Tree, ino: InodeId, strip_opaque: bool| -> InodeId {
         *inode_map.entry(ino).or_insert_with(|| {
-            let mut inode = upper.inodes[ino].clone();
+            let mut inode = upper[ino].clone();
             inode.chunks = inode.chunks.iter().map(|c| chunk_map(*c)).collect();
             if strip_opaque {
                 inode.xattrs.retain(|(k, _)| k != OVERLAY_OPAQUE_XATTR);
@@ -96,77 +98,77 @@ pub fn apply(lower: &mut Tree, upper: &Tree, spec: WhiteoutSpec, chunk_map: &dyn
         })
     };
     // the upper root's attributes replace the lower root's, unless the layer only implies it
-    if !upper.inode_of(0).is_implied_dir() {
+    if !upper.inode_of(EntryId::ROOT).is_implied_dir() {
         let root = map_inode(
             lower,
-            upper.entries[0].inode,
+            upper[EntryId::ROOT].inode,
             spec == WhiteoutSpec::Overlayfs,
         );
-        lower.entries[0].inode = root;
+        lower[EntryId::ROOT].inode = root;
     }
-    let mut stack: Vec<(EntryId, EntryId)> = vec![(0, 0)];
+    let mut stack: Vec<(EntryId, EntryId)> = vec![(EntryId::ROOT, EntryId::ROOT)];
     while let Some((ldir, udir)) = stack.pop() {
         let mut kept = Vec::new();
         // whiteouts first, so they never hide siblings from the same layer
-        for &u in &upper.entries[udir].children {
-            let name = upper.entries[u].name.as_slice();
+        for &u in &upper[udir].children {
+            let name = upper[u].name.as_slice();
             let uinode = upper.inode_of(u);
             match classify(name, uinode, spec) {
-                Whiteout::Opaque => lower.entries[ldir].children.clear(),
+                Whiteout::Opaque => lower[ldir].children.clear(),
                 Whiteout::Remove(target) => {
-                    let keep: Vec<EntryId> = lower.entries[ldir]
+                    let keep: Vec<EntryId> = lower[ldir]
                         .children
                         .iter()
                         .copied()
-                        .filter(|c| lower.entries[*c].name != target)
+                        .filter(|c| lower[*c].name != target)
                         .collect();
-                    lower.entries[ldir].children = keep;
+                    lower[ldir].children = keep;
                 }
                 Whiteout::OpaqueDir => {
-                    let existing = lower.entries[ldir]
+                    let existing = lower[ldir]
                         .children
                         .iter()
                         .copied()
-                        .find(|c| lower.entries[*c].name == name);
+                        .find(|c| lower[*c].name == name);
                     if let Some(l) = existing {
-                        lower.entries[l].children.clear();
+                        lower[l].children.clear();
                     }
                     kept.push((u, true));
                 }
                 Whiteout::Not => kept.push((u, false)),
             }
         }
-        let mut by_name: HashMap<Vec<u8>, EntryId> = lower.entries[ldir]
+        let mut by_name: HashMap<Vec<u8>, EntryId> = lower[ldir]
             .children
             .iter()
-            .map(|c| (lower.entries[*c].name.clone(), *c))
+            .map(|c| (lower[*c].name.clone(), *c))
             .collect();
         for (u, strip) in kept {
-            let uino = upper.entries[u].inode;
-            let is_dir = upper.inodes[uino].file_type == FileType::Directory;
-            let name = upper.entries[u].name.clone();
+            let uino = upper[u].inode;
+            let is_dir = upper[uino].file_type == FileType::Directory;
+            let name = upper[u].name.clone();
             let target = match by_name.get(&name) {
                 Some(&l) => {
                     let lower_is_dir = lower.inode_of(l).file_type == FileType::Directory;
                     // a directory the layer only implies leaves the lower one as it was
-                    if !(is_dir && lower_is_dir && upper.inodes[uino].is_implied_dir()) {
-                        lower.entries[l].inode = map_inode(lower, uino, strip);
+                    if !(is_dir && lower_is_dir && upper[uino].is_implied_dir()) {
+                        lower[l].inode = map_inode(lower, uino, strip);
                     }
                     if !(is_dir && lower_is_dir) {
-                        lower.entries[l].children.clear();
+                        lower[l].children.clear();
                     }
                     l
                 }
                 None => {
                     let mapped = map_inode(lower, uino, strip);
-                    let e = lower.entries.len();
+                    let e = EntryId::new(lower.entries.len());
                     lower.entries.push(Entry {
                         name: name.clone(),
                         parent: ldir,
                         inode: mapped,
                         children: Vec::new(),
                     });
-                    lower.entries[ldir].children.push(e);
+                    lower[ldir].children.push(e);
                     by_name.insert(name, e);
                     e
                 }
@@ -175,17 +177,17 @@ pub fn apply(lower: &mut Tree, upper: &Tree, spec: WhiteoutSpec, chunk_map: &dyn
                 stack.push((target, u));
             }
         }
-        let names: Vec<Vec<u8>> = lower.entries[ldir]
+        let names: Vec<Vec<u8>> = lower[ldir]
             .children
             .iter()
-            .map(|c| lower.entries[*c].name.clone())
+            .map(|c| lower[*c].name.clone())
             .collect();
         let mut pairs: Vec<(Vec<u8>, EntryId)> = names
             .into_iter()
-            .zip(lower.entries[ldir].children.iter().copied())
+            .zip(lower[ldir].children.iter().copied())
             .collect();
         pairs.sort();
-        lower.entries[ldir].children = pairs.into_iter().map(|p| p.1).collect();
+        lower[ldir].children = pairs.into_iter().map(|p| p.1).collect();
     }
 }
 
@@ -193,24 +195,25 @@ impl Tree {
     /// A copy holding only the entries reachable from the root and the inodes they use, in
     /// the same order; chunk ids are kept.
     pub fn compact(&self) -> Tree {
-        let mut out = Tree::new(self.inodes[self.entries[0].inode].clone());
-        let mut inode_map: HashMap<InodeId, InodeId> = HashMap::from([(self.entries[0].inode, 0)]);
-        let mut stack = vec![(0usize, 0usize)];
+        let mut out = Tree::new(self[self[EntryId::ROOT].inode].clone());
+        let mut inode_map: HashMap<InodeId, InodeId> =
+            HashMap::from([(self[EntryId::ROOT].inode, InodeId::new(0))]);
+        let mut stack = vec![(EntryId::ROOT, EntryId::ROOT)];
         while let Some((old, new)) = stack.pop() {
-            for &c in &self.entries[old].children {
-                let ino = self.entries[c].inode;
+            for &c in &self[old].children {
+                let ino = self[c].inode;
                 let mapped = *inode_map.entry(ino).or_insert_with(|| {
-                    out.inodes.push(self.inodes[ino].clone());
-                    out.inodes.len() - 1
+                    out.inodes.push(self[ino].clone());
+                    InodeId::new(out.inodes.len() - 1)
                 });
-                let e = out.entries.len();
+                let e = EntryId::new(out.entries.len());
                 out.entries.push(Entry {
-                    name: self.entries[c].name.clone(),
+                    name: self[c].name.clone(),
                     parent: new,
                     inode: mapped,
                     children: Vec::new(),
                 });
-                out.entries[new].children.push(e);
+                out[new].children.push(e);
                 stack.push((c, e));
             }
         }
@@ -225,14 +228,14 @@ mod tests {
     fn tree(spec: &[(&str, FileType)]) -> Tree {
         let mut t = Tree::new(Inode::new(FileType::Directory, 0o755));
         for (path, ft) in spec {
-            let mut parent = 0;
+            let mut parent = EntryId::ROOT;
             let parts: Vec<&str> = path.split('/').collect();
             for (i, p) in parts.iter().enumerate() {
-                let found = t.entries[parent]
+                let found = t[parent]
                     .children
                     .iter()
                     .copied()
-                    .find(|c| t.entries[*c].name == p.as_bytes());
+                    .find(|c| t[*c].name == p.as_bytes());
                 parent = match found {
                     Some(f) => f,
                     None => {
@@ -257,7 +260,9 @@ mod tests {
 
     fn paths(t: &Tree) -> Vec<String> {
         let t = t.compact();
-        let mut v: Vec<String> = (1..t.entries.len())
+        let mut v: Vec<String> = t
+            .entry_ids()
+            .skip(1)
             .map(|e| t.path(e).display().to_string())
             .collect();
         v.sort();
@@ -279,8 +284,8 @@ mod tests {
         let opaque = tree(&[("d/.wh..wh..opq", Regular)]);
         assert!(has_whiteouts(&opaque, WhiteoutSpec::Oci));
         let mut xattr = tree(&[("d/x", Regular)]);
-        let d = xattr.entries[xattr.entries[0].children[0]].inode;
-        xattr.inodes[d].set_xattrs(vec![(OVERLAY_OPAQUE_XATTR.to_vec(), b"y".to_vec())]);
+        let d = xattr[xattr[EntryId::ROOT].children[0]].inode;
+        xattr[d].set_xattrs(vec![(OVERLAY_OPAQUE_XATTR.to_vec(), b"y".to_vec())]);
         assert!(has_whiteouts(&xattr, WhiteoutSpec::Overlayfs));
         assert!(!has_whiteouts(&xattr, WhiteoutSpec::Oci));
     }
@@ -307,14 +312,14 @@ mod tests {
     fn overlayfs_whiteouts_and_opaque_dirs() {
         let mut low = tree(&[("a/x", Regular), ("b", Regular)]);
         let mut up = tree(&[("a/new", Regular), ("b", CharDevice)]);
-        let a = up.entries[0].children[0];
-        let ino = up.entries[a].inode;
-        up.inodes[ino].xattrs = vec![(OVERLAY_OPAQUE_XATTR.to_vec(), b"y".to_vec())];
+        let a = up[EntryId::ROOT].children[0];
+        let ino = up[a].inode;
+        up[ino].xattrs = vec![(OVERLAY_OPAQUE_XATTR.to_vec(), b"y".to_vec())];
         apply(&mut low, &up, WhiteoutSpec::Overlayfs, &|c| c);
         assert_eq!(paths(&low), vec!["/a", "/a/new"]);
         let t = low.compact();
         assert!(
-            t.inode_of(t.entries[0].children[0]).xattrs.is_empty(),
+            t.inode_of(t[EntryId::ROOT].children[0]).xattrs.is_empty(),
             "opaque xattr dropped"
         );
     }
@@ -326,7 +331,7 @@ mod tests {
         apply(&mut low, &up, WhiteoutSpec::Oci, &|c| c);
         assert_eq!(paths(&low), vec!["/d", "/f", "/f/now-a-dir"]);
         let t = low.compact();
-        assert_eq!(t.inode_of(t.entries[0].children[0]).file_type, Symlink);
+        assert_eq!(t.inode_of(t[EntryId::ROOT].children[0]).file_type, Symlink);
     }
 
     #[test]
@@ -339,13 +344,13 @@ mod tests {
 
     fn dir_meta(t: &Tree, path: &str) -> (u16, u32, i64) {
         let t = t.compact();
-        let mut e = 0;
+        let mut e = EntryId::ROOT;
         for c in path.split('/').filter(|c| !c.is_empty()) {
-            e = t.entries[e]
+            e = t[e]
                 .children
                 .iter()
                 .copied()
-                .find(|x| t.entries[*x].name == c.as_bytes())
+                .find(|x| t[*x].name == c.as_bytes())
                 .unwrap();
         }
         let i = t.inode_of(e);
@@ -353,20 +358,20 @@ mod tests {
     }
 
     fn set_meta(t: &mut Tree, path: &str, perm: u16, uid: u32, mtime: i64) {
-        let mut e = 0;
+        let mut e = EntryId::ROOT;
         for c in path.split('/').filter(|c| !c.is_empty()) {
-            e = t.entries[e]
+            e = t[e]
                 .children
                 .iter()
                 .copied()
-                .find(|x| t.entries[*x].name == c.as_bytes())
+                .find(|x| t[*x].name == c.as_bytes())
                 .unwrap();
         }
-        let ino = t.entries[e].inode;
-        t.inodes[ino].permissions = perm;
-        t.inodes[ino].uid = uid;
-        t.inodes[ino].mtime = mtime;
-        t.inodes[ino].implied = false;
+        let ino = t[e].inode;
+        t[ino].permissions = perm;
+        t[ino].uid = uid;
+        t[ino].mtime = mtime;
+        t[ino].implied = false;
     }
 
     #[test]
@@ -378,14 +383,14 @@ mod tests {
         let mut up = tree(&[("a/new", Regular), ("b/new", Regular)]);
         // "a" and the root as the tar reader marks them; "b" as a bootstrap gives it back
         // (no mark, but exactly the placeholders)
-        let root = up.entries[0].inode;
-        up.inodes[root] = Inode::implied_dir();
-        let a = up.entries[0].children[0];
-        let ai = up.entries[a].inode;
-        up.inodes[ai] = Inode::implied_dir();
-        let b = up.entries[0].children[1];
-        let bi = up.entries[b].inode;
-        up.inodes[bi] = Inode::new(Directory, 0o755);
+        let root = up[EntryId::ROOT].inode;
+        up[root] = Inode::implied_dir();
+        let a = up[EntryId::ROOT].children[0];
+        let ai = up[a].inode;
+        up[ai] = Inode::implied_dir();
+        let b = up[EntryId::ROOT].children[1];
+        let bi = up[b].inode;
+        up[bi] = Inode::new(Directory, 0o755);
         apply(&mut low, &up, WhiteoutSpec::Oci, &|c| c);
         assert_eq!(dir_meta(&low, ""), (0o700, 0, 11));
         assert_eq!(dir_meta(&low, "a"), (0o750, 7, 22));
@@ -408,9 +413,9 @@ mod tests {
         // an implied directory over a file replaces the file
         let mut low = tree(&[("f", Regular)]);
         let mut up = tree(&[("f/inner", Regular)]);
-        let f = up.entries[0].children[0];
-        let fi = up.entries[f].inode;
-        up.inodes[fi] = Inode::implied_dir();
+        let f = up[EntryId::ROOT].children[0];
+        let fi = up[f].inode;
+        up[fi] = Inode::implied_dir();
         apply(&mut low, &up, WhiteoutSpec::Oci, &|c| c);
         assert_eq!(paths(&low), vec!["/f", "/f/inner"]);
         assert_eq!(dir_meta(&low, "f"), (0o755, 0, 0));

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 
 use super::chunk::ChunkInfo;
 use super::image::Image;
-use super::tree::{FileType, Inode, Tree};
+use super::tree::{ChunkId, FileType, Inode, Tree};
 use crate::codec::Digester;
 use crate::error::{Error, Result};
 use crate::format::rafs_v6::super_flags;
@@ -77,20 +77,20 @@ pub fn compact_blobs<B: Clone>(
     blobs: &[B],
 ) -> Result<(Vec<ChunkInfo>, Vec<B>)> {
     let mut blob_map: HashMap<u32, u32> = HashMap::new();
-    let mut chunk_map: HashMap<u32, u32> = HashMap::new();
+    let mut chunk_map: HashMap<ChunkId, ChunkId> = HashMap::new();
     let mut new_chunks = Vec::new();
     let mut new_blobs = Vec::new();
     let mut done = vec![false; tree.inodes.len()];
     for e in tree.numbering_order() {
-        let ino = tree.entries[e].inode;
-        if std::mem::replace(&mut done[ino], true) {
+        let ino = tree[e].inode;
+        if std::mem::replace(&mut done[ino.index()], true) {
             continue;
         }
-        let mut ids = Vec::with_capacity(tree.inodes[ino].chunks.len());
-        for id in &tree.inodes[ino].chunks {
-            let c = *chunks.get(*id as usize).ok_or_else(|| Error::Corrupt {
+        let mut ids = Vec::with_capacity(tree[ino].chunks.len());
+        for id in &tree[ino].chunks {
+            let c = *chunks.get(id.index()).ok_or_else(|| Error::Corrupt {
                 what: "chunk reference",
-                offset: u64::from(*id),
+                offset: u64::from(id.get()),
                 reason: "no such chunk".into(),
             })?;
             let nb = *blob_map.entry(c.blob_index).or_insert_with(|| {
@@ -102,11 +102,11 @@ pub fn compact_blobs<B: Clone>(
                     blob_index: nb,
                     ..c
                 });
-                new_chunks.len() as u32 - 1
+                ChunkId::new(new_chunks.len() as u32 - 1)
             });
             ids.push(nid);
         }
-        tree.inodes[ino].chunks = ids;
+        tree[ino].chunks = ids;
     }
     let records = new_blobs
         .iter()

@@ -10,10 +10,66 @@ use std::path::PathBuf;
 
 use crate::error::{Error, Result};
 
-/// Index of an [`Entry`] in [`Tree::entries`]. The root is always 0.
-pub type EntryId = usize;
+/// Index of an [`Entry`] in [`Tree::entries`]. The root is always [`EntryId::ROOT`].
+///
+/// Entries, inodes and chunks each have their own id type so that passing one where another
+/// is meant does not compile.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct EntryId(usize);
+
+impl EntryId {
+    /// The root directory's entry.
+    pub const ROOT: EntryId = EntryId(0);
+
+    /// The id of the entry at `index` in [`Tree::entries`].
+    pub fn new(index: usize) -> EntryId {
+        EntryId(index)
+    }
+
+    /// The position of this entry in [`Tree::entries`].
+    pub fn index(self) -> usize {
+        self.0
+    }
+}
+
 /// Index of an [`Inode`] in [`Tree::inodes`].
-pub type InodeId = usize;
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct InodeId(usize);
+
+impl InodeId {
+    /// The id of the inode at `index` in [`Tree::inodes`].
+    pub fn new(index: usize) -> InodeId {
+        InodeId(index)
+    }
+
+    /// The position of this inode in [`Tree::inodes`].
+    pub fn index(self) -> usize {
+        self.0
+    }
+}
+
+/// Index of a chunk in the chunk table a tree's files refer to (the pipeline's or an image's
+/// `chunks`, a slice of [`crate::model::ChunkInfo`]). Stored as `u32`: the on-disk formats
+/// count chunks in 32 bits.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ChunkId(u32);
+
+impl ChunkId {
+    /// The id of the chunk at `index` in its chunk table.
+    pub fn new(index: u32) -> ChunkId {
+        ChunkId(index)
+    }
+
+    /// The position of this chunk in its chunk table.
+    pub fn index(self) -> usize {
+        self.0 as usize
+    }
+
+    /// The id as the 32-bit number the formats store.
+    pub fn get(self) -> u32 {
+        self.0
+    }
+}
 
 /// The longest name a directory entry may have (EROFS and RAFS both store at most 255 bytes).
 pub const MAX_NAME_LEN: usize = 255;
@@ -101,7 +157,7 @@ pub struct Inode {
     /// Where the file data comes from.
     pub data: DataSource,
     /// Chunks holding the file data, in file order (filled by the chunk pipeline).
-    pub chunks: Vec<u32>,
+    pub chunks: Vec<ChunkId>,
     /// A directory a tar layer only implies (a parent of listed entries, never listed
     /// itself). Its metadata are placeholders: when layers are merged it takes the lower
     /// layer's directory instead ([`overlay::apply`]). Not stored in images.
@@ -199,18 +255,28 @@ impl Tree {
         Tree {
             entries: vec![Entry {
                 name: Vec::new(),
-                parent: 0,
-                inode: 0,
+                parent: EntryId::ROOT,
+                inode: InodeId(0),
                 children: Vec::new(),
             }],
             inodes: vec![root],
         }
     }
 
+    /// Every entry id, in arena order (parents before their children).
+    pub fn entry_ids(&self) -> impl DoubleEndedIterator<Item = EntryId> + use<> {
+        (0..self.entries.len()).map(EntryId)
+    }
+
+    /// Every inode id, in arena order.
+    pub fn inode_ids(&self) -> impl DoubleEndedIterator<Item = InodeId> + use<> {
+        (0..self.inodes.len()).map(InodeId)
+    }
+
     /// Adds an inode and returns its id.
     pub fn add_inode(&mut self, inode: Inode) -> InodeId {
         self.inodes.push(inode);
-        self.inodes.len() - 1
+        InodeId(self.inodes.len() - 1)
     }
 
     /// Adds a name for `inode` in directory `parent`. Names are checked here, so that every
@@ -236,28 +302,28 @@ impl Tree {
                 ),
             });
         }
-        let id = self.entries.len();
+        let id = EntryId(self.entries.len());
         self.entries.push(Entry {
             name: name.to_vec(),
             parent,
             inode,
             children: Vec::new(),
         });
-        self.entries[parent].children.push(id);
+        self[parent].children.push(id);
         Ok(id)
     }
 
     /// The inode of an entry.
     pub fn inode_of(&self, entry: EntryId) -> &Inode {
-        &self.inodes[self.entries[entry].inode]
+        &self[self[entry].inode]
     }
 
     /// The path of an entry, `/` for the root.
     pub fn path(&self, mut entry: EntryId) -> PathBuf {
         let mut parts = Vec::new();
-        while entry != 0 {
-            parts.push(self.entries[entry].name.as_slice());
-            entry = self.entries[entry].parent;
+        while entry != EntryId::ROOT {
+            parts.push(self[entry].name.as_slice());
+            entry = self[entry].parent;
         }
         let mut path = PathBuf::from("/");
         for p in parts.iter().rev() {
@@ -276,7 +342,7 @@ impl Tree {
     pub fn sort(&mut self) {
         let names: Vec<Vec<u8>> = self.entries.iter().map(|e| e.name.clone()).collect();
         for e in &mut self.entries {
-            e.children.sort_by(|a, b| names[*a].cmp(&names[*b]));
+            e.children.sort_by(|a, b| names[a.0].cmp(&names[b.0]));
         }
     }
 
@@ -290,10 +356,10 @@ impl Tree {
     /// RAFS assigns inode indexes in and the order file data goes into the blob.
     pub fn numbering_order(&self) -> Vec<EntryId> {
         let mut order = Vec::with_capacity(self.entries.len());
-        order.push(0);
-        let mut stack = vec![0usize];
+        order.push(EntryId::ROOT);
+        let mut stack = vec![EntryId::ROOT];
         while let Some(dir) = stack.pop() {
-            let children = &self.entries[dir].children;
+            let children = &self[dir].children;
             order.extend_from_slice(children);
             stack.extend(children.iter().rev().filter(|c| self.is_dir(**c)));
         }
@@ -303,22 +369,23 @@ impl Tree {
     /// Drops entries no longer reachable from the root (left behind when a source replaced a
     /// directory by something else), renumbering the rest. Inode ids do not change.
     pub fn prune_unreachable(&mut self) {
-        let mut map = vec![usize::MAX; self.entries.len()];
+        // whether an old entry was already kept (an entry reached twice is kept once)
+        let mut seen = vec![false; self.entries.len()];
         let mut kept: Vec<Entry> = Vec::with_capacity(self.entries.len());
-        map[0] = 0;
-        kept.push(self.entries[0].clone());
+        seen[0] = true;
+        kept.push(self[EntryId::ROOT].clone());
         let mut i = 0;
         while i < kept.len() {
             let children = std::mem::take(&mut kept[i].children);
             let mut new_children = Vec::with_capacity(children.len());
             for c in children {
-                if map[c] != usize::MAX {
+                if seen[c.0] {
                     continue;
                 }
-                let id = kept.len();
-                map[c] = id;
-                let mut e = self.entries[c].clone();
-                e.parent = i;
+                seen[c.0] = true;
+                let id = EntryId(kept.len());
+                let mut e = self[c].clone();
+                e.parent = EntryId(i);
                 kept.push(e);
                 new_children.push(id);
             }
@@ -332,9 +399,54 @@ impl Tree {
     pub fn link_counts(&self) -> Vec<u32> {
         let mut counts = vec![0u32; self.inodes.len()];
         for e in &self.entries {
-            counts[e.inode] += 1;
+            counts[e.inode.0] += 1;
         }
         counts
+    }
+}
+
+// Ids print as their bare number: dumps and error messages show them that way.
+impl std::fmt::Display for EntryId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::fmt::Display for InodeId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::fmt::Display for ChunkId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::ops::Index<EntryId> for Tree {
+    type Output = Entry;
+    fn index(&self, id: EntryId) -> &Entry {
+        &self.entries[id.0]
+    }
+}
+
+impl std::ops::IndexMut<EntryId> for Tree {
+    fn index_mut(&mut self, id: EntryId) -> &mut Entry {
+        &mut self.entries[id.0]
+    }
+}
+
+impl std::ops::Index<InodeId> for Tree {
+    type Output = Inode;
+    fn index(&self, id: InodeId) -> &Inode {
+        &self.inodes[id.0]
+    }
+}
+
+impl std::ops::IndexMut<InodeId> for Tree {
+    fn index_mut(&mut self, id: InodeId) -> &mut Inode {
+        &mut self.inodes[id.0]
     }
 }
 
@@ -352,19 +464,19 @@ mod tests {
         let a = t.add_inode(dir());
         let f = t.add_inode(Inode::new(FileType::Regular, 0o644));
         let b = t.add_inode(dir());
-        let ea = t.add_entry(0, b"a", a).unwrap();
-        t.add_entry(0, b"z", f).unwrap();
-        let eb = t.add_entry(0, b"b", b).unwrap();
+        let ea = t.add_entry(EntryId::ROOT, b"a", a).unwrap();
+        t.add_entry(EntryId::ROOT, b"z", f).unwrap();
+        let eb = t.add_entry(EntryId::ROOT, b"b", b).unwrap();
         t.add_entry(ea, b"in-a", f).unwrap();
         t.add_entry(eb, b"in-b", f).unwrap();
         t.sort();
         let names: Vec<&[u8]> = t
             .numbering_order()
             .iter()
-            .map(|e| t.entries[*e].name.as_slice())
+            .map(|e| t[*e].name.as_slice())
             .collect();
         assert_eq!(names, vec![&b""[..], b"a", b"b", b"z", b"in-a", b"in-b"]);
-        assert_eq!(t.link_counts()[f], 3);
+        assert_eq!(t.link_counts()[f.index()], 3);
     }
 
     #[test]
@@ -372,17 +484,17 @@ mod tests {
         let mut t = Tree::new(dir());
         let a = t.add_inode(dir());
         let f = t.add_inode(Inode::new(FileType::Regular, 0o644));
-        let ea = t.add_entry(0, b"a", a).unwrap();
+        let ea = t.add_entry(EntryId::ROOT, b"a", a).unwrap();
         t.add_entry(ea, b"x", f).unwrap();
-        t.add_entry(0, b"y", f).unwrap();
-        assert_eq!(t.link_counts()[f], 2);
+        t.add_entry(EntryId::ROOT, b"y", f).unwrap();
+        assert_eq!(t.link_counts()[f.index()], 2);
         // "a" becomes a file: its child is detached
-        t.entries[ea].children.clear();
-        t.entries[ea].inode = f;
+        t[ea].children.clear();
+        t[ea].inode = f;
         t.prune_unreachable();
         assert_eq!(t.entries.len(), 3);
-        assert_eq!(t.link_counts()[f], 2);
-        assert_eq!(t.path(2), PathBuf::from("/y"));
+        assert_eq!(t.link_counts()[f.index()], 2);
+        assert_eq!(t.path(EntryId::new(2)), PathBuf::from("/y"));
     }
 
     #[test]
@@ -390,10 +502,10 @@ mod tests {
         let mut t = Tree::new(dir());
         let f = t.add_inode(Inode::new(FileType::Regular, 0o644));
         for bad in [&b""[..], b".", b"..", b"a/b", b"a\0b"] {
-            assert!(t.add_entry(0, bad, f).is_err(), "{bad:?}");
+            assert!(t.add_entry(EntryId::ROOT, bad, f).is_err(), "{bad:?}");
         }
-        assert!(t.add_entry(0, &[b'n'; 256], f).is_err());
-        assert!(t.add_entry(0, &[b'n'; 255], f).is_ok());
+        assert!(t.add_entry(EntryId::ROOT, &[b'n'; 256], f).is_err());
+        assert!(t.add_entry(EntryId::ROOT, &[b'n'; 255], f).is_ok());
     }
 
     #[test]

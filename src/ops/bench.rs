@@ -38,9 +38,9 @@ pub fn stage_bound(
     let mut seen = vec![false; tree.inodes.len()];
     let mut files = Vec::new();
     for e in tree.numbering_order() {
-        let ino = tree.entries[e].inode;
-        let i = &tree.inodes[ino];
-        if i.file_type == FileType::Regular && !std::mem::replace(&mut seen[ino], true) {
+        let ino = tree[e].inode;
+        let i = &tree[ino];
+        if i.file_type == FileType::Regular && !std::mem::replace(&mut seen[ino.index()], true) {
             if let DataSource::Path(p) = &i.data {
                 files.push((p.clone(), i.size));
             }

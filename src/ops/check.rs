@@ -45,7 +45,7 @@ pub fn check(opts: &CheckOptions) -> Result<CheckReport> {
             listing.push(format!(
                 "inode: {} ino {} mode {:o} uid {} gid {} size {} xattrs {} chunks {}",
                 image.tree.path(e).display(),
-                image.inode_numbers[image.tree.entries[e].inode],
+                image.inode_numbers[image.tree[e].inode.index()],
                 i.mode(),
                 i.uid,
                 i.gid,
@@ -54,7 +54,7 @@ pub fn check(opts: &CheckOptions) -> Result<CheckReport> {
                 i.chunks.len()
             ));
             for id in &i.chunks {
-                let c = &image.chunks[*id as usize];
+                let c = &image.chunks[id.index()];
                 listing.push(format!(
                     "\t chunk: blob {} index {} digest {} compressed {:#x}+{:#x} uncompressed {:#x}+{:#x}",
                     c.blob_index,
@@ -77,7 +77,7 @@ pub fn check(opts: &CheckOptions) -> Result<CheckReport> {
             for id in &inode.chunks {
                 if seen.insert(*id) {
                     let data = reader.read(*id)?;
-                    let c = &image.chunks[*id as usize];
+                    let c = &image.chunks[id.index()];
                     if data.len() != c.uncompressed_size as usize {
                         return Err(Error::Corrupt {
                             what: "chunk data",
@@ -90,12 +90,7 @@ pub fn check(opts: &CheckOptions) -> Result<CheckReport> {
                             ),
                         });
                     }
-                    if image
-                        .digest_known
-                        .get(*id as usize)
-                        .copied()
-                        .unwrap_or(false)
-                    {
+                    if image.digest_known.get(id.index()).copied().unwrap_or(false) {
                         verified += 1;
                     } else {
                         unverified += 1;

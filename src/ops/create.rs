@@ -15,7 +15,7 @@ use crate::io::staged::write_temp;
 use crate::io::staged::Outputs;
 use crate::model::overlay::{self, WhiteoutSpec};
 use crate::model::stack::{compact_blobs, empty_tree, StackKey};
-use crate::model::{FileType, InodeId};
+use crate::model::{ChunkId, FileType, InodeId};
 use crate::model::{Image, Tree};
 use crate::ops::paths::bootstrap_path;
 use crate::ops::report::Report;
@@ -355,7 +355,7 @@ impl Base {
 struct Input {
     tree: Tree,
     /// Chunk ids of each inode's data.
-    per_inode: Vec<Vec<u32>>,
+    per_inode: Vec<Vec<ChunkId>>,
     files: u64,
     bytes: u64,
 }
@@ -365,9 +365,9 @@ impl Input {
     fn attach_chunks(&mut self) -> u64 {
         let per_inode = std::mem::take(&mut self.per_inode);
         let refs = per_inode.iter().map(|v| v.len() as u64).sum();
-        for (ino, ids) in per_inode.into_iter().enumerate() {
+        for (ino, ids) in self.tree.inode_ids().zip(per_inode) {
             if !ids.is_empty() {
-                self.tree.inodes[ino].chunks = ids;
+                self.tree[ino].chunks = ids;
             }
         }
         refs
@@ -712,7 +712,7 @@ impl tar::FileData for PipelineFiles<'_, '_> {
         size: u64,
         _location: tar::DataLocation,
         name: &Path,
-    ) -> Result<Option<Vec<u32>>> {
+    ) -> Result<Option<Vec<ChunkId>>> {
         self.sink.add_file(inode, data, size, name)?;
         self.files += 1;
         self.bytes += size;

@@ -41,19 +41,19 @@ pub fn dump(image: &Image) -> String {
     let tree = &image.tree;
     let links = tree.link_counts();
     for e in tree.numbering_order() {
-        let ino = tree.entries[e].inode;
-        let inode = &tree.inodes[ino];
+        let ino = tree[e].inode;
+        let inode = &tree[ino];
         let _ = write!(
             out,
             "{} ino {} {:?} {:o} {}:{} size {} paths {} mtime {}.{:09}",
             escape(tree.path(e).as_os_str().as_encoded_bytes()),
-            image.inode_numbers.get(ino).copied().unwrap_or(0),
+            image.inode_numbers.get(ino.index()).copied().unwrap_or(0),
             inode.file_type,
             inode.mode(),
             inode.uid,
             inode.gid,
             inode.size,
-            links[ino],
+            links[ino.index()],
             inode.mtime,
             inode.mtime_nsec
         );
@@ -71,7 +71,7 @@ pub fn dump(image: &Image) -> String {
             let _ = writeln!(out, "    xattr {}={}", escape(k), escape(v));
         }
         for id in &inode.chunks {
-            let Some(c) = image.chunks.get(*id as usize) else {
+            let Some(c) = image.chunks.get(id.index()) else {
                 let _ = writeln!(out, "    chunk {id}: missing");
                 continue;
             };

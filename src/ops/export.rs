@@ -112,7 +112,7 @@ pub fn export_block(opts: &ExportOptions) -> Result<ExportOutput> {
                 if !done.insert(*id) {
                     continue;
                 }
-                let c = image.chunks[*id as usize];
+                let c = image.chunks[id.index()];
                 let data = reader.read(*id)?;
                 let at = positions[c.blob_index as usize] * block + c.uncompressed_offset;
                 f.write_all_at(&data, at)

@@ -20,7 +20,7 @@ use crate::error::{Error, IoContext, Result};
 use crate::format::erofs_z::*;
 use crate::format::rafs_v6::*;
 use crate::io::staged::{persist, temp_beside};
-use crate::model::FileType;
+use crate::model::{ChunkId, FileType, InodeId};
 use crate::ops::opened::OpenedImage;
 use crate::rafs::v6::encode::{write_standalone_inodes, EncodeOptions, StandaloneFile};
 use crate::rafs::v6::layout::{self, RegularLayout};
@@ -171,7 +171,7 @@ fn lcluster_index(kind: u16, blkaddr_or_delta: u32) -> [u8; 8] {
 }
 
 /// Reads a small file's data through its chunks, in order.
-fn file_bytes(reader: &mut ChunkReader, chunks: &[u32]) -> Result<Vec<u8>> {
+fn file_bytes(reader: &mut ChunkReader, chunks: &[ChunkId]) -> Result<Vec<u8>> {
     let mut out = Vec::new();
     for id in chunks {
         out.extend_from_slice(&reader.read(*id)?);
@@ -242,14 +242,14 @@ fn compress_files(
     reader: &mut ChunkReader,
     algo: ErofsCompressor,
     data: &mut std::fs::File,
-) -> Result<(HashMap<usize, StandaloneFile>, u64)> {
-    let mut files: HashMap<usize, StandaloneFile> = HashMap::new();
+) -> Result<(HashMap<InodeId, StandaloneFile>, u64)> {
+    let mut files: HashMap<InodeId, StandaloneFile> = HashMap::new();
     let mut next_block = 0u64;
     let mut done = vec![false; tree.inodes.len()];
     for e in tree.numbering_order() {
-        let ino = tree.entries[e].inode;
-        let inode = &tree.inodes[ino];
-        if inode.file_type != FileType::Regular || std::mem::replace(&mut done[ino], true) {
+        let ino = tree[e].inode;
+        let inode = &tree[ino];
+        if inode.file_type != FileType::Regular || std::mem::replace(&mut done[ino.index()], true) {
             continue;
         }
         let file = if inode.size < BLOCK {
@@ -267,7 +267,7 @@ fn compress_files(
 
 /// Index block addresses were relative to the data area; the data area starts at block
 /// `data_start`.
-fn relocate_indexes(files: &mut HashMap<usize, StandaloneFile>, data_start: u64) -> Result<()> {
+fn relocate_indexes(files: &mut HashMap<InodeId, StandaloneFile>, data_start: u64) -> Result<()> {
     for f in files.values_mut() {
         for idx in f.body.chunks_exact_mut(8).skip(2) {
             let kind = u16::from_le_bytes([idx[0], idx[1]]) & 3;

@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 use crate::error::{Error, Result};
 use crate::format::blob::feature_names;
 use crate::model::Image;
-use crate::model::{EntryId, FileType};
+use crate::model::{EntryId, FileType, InodeId};
 
 fn type_name(t: FileType) -> &'static str {
     match t {
@@ -25,17 +25,17 @@ fn type_name(t: FileType) -> &'static str {
 
 /// Finds the entry at an absolute path (`/` is the root).
 pub fn lookup(image: &Image, path: &str) -> Result<EntryId> {
-    let mut e = 0;
+    let mut e = EntryId::ROOT;
     for comp in Path::new(path).components() {
         use std::path::Component;
         match comp {
             Component::RootDir | Component::CurDir => {}
-            Component::ParentDir => e = image.tree.entries[e].parent,
+            Component::ParentDir => e = image.tree[e].parent,
             Component::Normal(name) => {
-                let children = &image.tree.entries[e].children;
+                let children = &image.tree[e].children;
                 let tree = &image.tree;
                 let found = children
-                    .binary_search_by(|c| tree.entries[*c].name.as_slice().cmp(name.as_bytes()))
+                    .binary_search_by(|c| tree[*c].name.as_slice().cmp(name.as_bytes()))
                     .map_err(|_| {
                         Error::InvalidOption(format!("{path}: no such file or directory"))
                     })?;
@@ -52,8 +52,8 @@ fn lossy(b: &[u8]) -> String {
 }
 
 fn stat_json(image: &Image, e: EntryId) -> Value {
-    let ino = image.tree.entries[e].inode;
-    let i = &image.tree.inodes[ino];
+    let ino = image.tree[e].inode;
+    let i = &image.tree[ino];
     let xattrs: BTreeMap<String, String> =
         i.xattrs.iter().map(|(k, v)| (lossy(k), lossy(v))).collect();
     let chunks: Vec<Value> = i
@@ -61,7 +61,7 @@ fn stat_json(image: &Image, e: EntryId) -> Value {
         .iter()
         .enumerate()
         .map(|(n, id)| {
-            let c = &image.chunks[*id as usize];
+            let c = &image.chunks[id.index()];
             json!({
                 "file_offset": n as u64 * u64::from(image.chunk_size),
                 "blob_index": c.blob_index,
@@ -79,7 +79,7 @@ fn stat_json(image: &Image, e: EntryId) -> Value {
     let nlink = image.tree.entries.iter().filter(|x| x.inode == ino).count();
     json!({
         "path": image.tree.path(e).to_string_lossy(),
-        "inode": image.inode_numbers.get(ino),
+        "inode": image.inode_numbers.get(ino.index()),
         "type": type_name(i.file_type),
         "mode": format!("{:o}", i.mode()),
         "uid": i.uid,
@@ -170,14 +170,14 @@ pub fn request(image: &Image, req: &str) -> Result<Value> {
         }
         "ls" => {
             let e = lookup(image, arg.unwrap_or("/"))?;
-            let entries: Vec<Value> = image.tree.entries[e]
+            let entries: Vec<Value> = image.tree[e]
                 .children
                 .iter()
                 .map(|c| {
                     let i = image.tree.inode_of(*c);
                     json!({
-                        "name": lossy(&image.tree.entries[*c].name),
-                        "inode": image.inode_numbers.get(image.tree.entries[*c].inode),
+                        "name": lossy(&image.tree[*c].name),
+                        "inode": image.inode_numbers.get(image.tree[*c].inode.index()),
                         "type": type_name(i.file_type),
                         "mode": format!("{:o}", i.mode()),
                         "size": i.size,
@@ -209,8 +209,9 @@ fn paths_of(image: &Image, number: u64) -> Vec<String> {
         .iter()
         .position(|n| *n == number)
         .map(|ino| {
-            let mut paths: Vec<String> = (0..image.tree.entries.len())
-                .filter(|e| image.tree.entries[*e].inode == ino)
+            let ino = InodeId::new(ino);
+            let mut paths: Vec<String> = (image.tree.entry_ids())
+                .filter(|e| image.tree[*e].inode == ino)
                 .map(|e| image.tree.path(e).to_string_lossy().into_owned())
                 .collect();
             paths.sort();

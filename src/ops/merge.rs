@@ -7,7 +7,7 @@ use crate::error::{Error, Result};
 use crate::io::staged::write_temp;
 use crate::model::overlay::{self, WhiteoutSpec};
 use crate::model::stack::{compact_blobs, empty_tree, StackKey};
-use crate::model::ChunkInfo;
+use crate::model::{ChunkId, ChunkInfo};
 use crate::model::{Image, Tree};
 use crate::ops::paths::bootstrap_path;
 use crate::ops::report::Report;
@@ -212,7 +212,7 @@ impl Stack {
             });
         }
         overlay::apply(&mut self.tree, &img.tree, opts.whiteout_spec, &|id| {
-            id + offset
+            ChunkId::new(id.get() + offset)
         });
         Ok(())
     }

@@ -11,7 +11,7 @@ use crate::blob::reader::{BlobSource, ChunkReader};
 use crate::error::{Error, IoContext, Result};
 use crate::io::staged::{persist, temp_beside};
 use crate::model::Image;
-use crate::model::{EntryId, FileType, Inode};
+use crate::model::{EntryId, FileType, Inode, InodeId};
 use crate::ops::opened::OpenedImage;
 
 /// Options of `unpack`.
@@ -217,16 +217,16 @@ fn write_tar(
 ) -> Result<(tempfile::NamedTempFile, u64)> {
     let mut tmp = temp_beside(out)?;
     let mut reader = ChunkReader::new(image, source);
-    let mut first_path: HashMap<usize, Vec<u8>> = HashMap::new();
+    let mut first_path: HashMap<InodeId, Vec<u8>> = HashMap::new();
     let mut n = 0;
     {
         let mut w = BufWriter::with_capacity(1 << 20, tmp.as_file_mut());
         for e in image.tree.numbering_order() {
-            let ino = image.tree.entries[e].inode;
-            let inode = &image.tree.inodes[ino];
+            let ino = image.tree[e].inode;
+            let inode = &image.tree[ino];
             let mut name = b"./".to_vec();
             name.extend_from_slice(rel_path(image, e).as_os_str().as_bytes());
-            if inode.file_type == FileType::Directory && e != 0 {
+            if inode.file_type == FileType::Directory && e != EntryId::ROOT {
                 name.push(b'/');
             }
             let (kind, link, size) = if let Some(first) = first_path
@@ -306,12 +306,12 @@ fn extract(image: &Image, source: BlobSource, dir: &Path) -> Result<u64> {
 
 fn extract_into(image: &Image, source: BlobSource, dir: &Path) -> Result<u64> {
     let mut reader = ChunkReader::new(image, source);
-    let mut first_path: HashMap<usize, PathBuf> = HashMap::new();
+    let mut first_path: HashMap<InodeId, PathBuf> = HashMap::new();
     let order = image.tree.numbering_order();
     let mut n = 0;
     for &e in &order {
-        let ino = image.tree.entries[e].inode;
-        let inode = &image.tree.inodes[ino];
+        let ino = image.tree[e].inode;
+        let inode = &image.tree[ino];
         // names are validated by the decoder (no '/', '.', '..' or NUL), and every parent was
         // created just now as a real directory, so this path cannot leave `dir`
         let rel = rel_path(image, e);
@@ -326,7 +326,7 @@ fn extract_into(image: &Image, source: BlobSource, dir: &Path) -> Result<u64> {
             });
         }
         let path = dir.join(&rel);
-        if e != 0 {
+        if e != EntryId::ROOT {
             if let Some(first) = first_path.get(&ino) {
                 std::fs::hard_link(first, &path).ctx("hardlink", &path)?;
                 n += 1;

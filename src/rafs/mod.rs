@@ -140,7 +140,7 @@ mod tests {
     use super::*;
     use crate::blob::BlobSummary;
     use crate::codec::{Compressor, Digester};
-    use crate::model::{FileType, Inode};
+    use crate::model::{ChunkId, EntryId, FileType, Inode};
 
     fn sample() -> (Tree, Vec<ChunkInfo>) {
         let data = b"0123456789";
@@ -151,22 +151,22 @@ mod tests {
         (file.uid, file.gid, file.size) = (1000, 100, data.len() as u64);
         (file.mtime, file.mtime_nsec) = (1_704_164_645, 123_456_789);
         file.set_xattrs(vec![(b"user.x".to_vec(), b"y".to_vec())]);
-        file.chunks = vec![0];
+        file.chunks = vec![ChunkId::new(0)];
         let file = tree.add_inode(file);
-        tree.add_entry(0, b"a", file).unwrap();
+        tree.add_entry(EntryId::ROOT, b"a", file).unwrap();
         let mut link = Inode::new(FileType::Symlink, 0o777);
         link.target = b"a".to_vec();
         let link = tree.add_inode(link);
-        tree.add_entry(0, b"l", link).unwrap();
+        tree.add_entry(EntryId::ROOT, b"l", link).unwrap();
         let dir = tree.add_inode(Inode::new(FileType::Directory, 0o700));
-        let d = tree.add_entry(0, b"d", dir).unwrap();
+        let d = tree.add_entry(EntryId::ROOT, b"d", dir).unwrap();
         let mut dev = Inode::new(FileType::CharDevice, 0o600);
         dev.rdev = 0x103;
         let dev = tree.add_inode(dev);
         tree.add_entry(d, b"c", dev).unwrap();
         tree.add_entry(d, b"a2", file).unwrap();
         let fifo = tree.add_inode(Inode::new(FileType::Fifo, 0o644));
-        tree.add_entry(0, b"f", fifo).unwrap();
+        tree.add_entry(EntryId::ROOT, b"f", fifo).unwrap();
         tree.sort();
         let chunk = ChunkInfo {
             digest: Digester::Blake3.digest(data),
@@ -243,7 +243,7 @@ mod tests {
                     assert_eq!(x.size, y.size, "{what}: size");
                     assert_eq!((x.mtime, x.mtime_nsec), (y.mtime, y.mtime_nsec), "{what}");
                     let digests = |i: &Inode, c: &[ChunkInfo]| -> Vec<[u8; 32]> {
-                        i.chunks.iter().map(|id| c[*id as usize].digest).collect()
+                        i.chunks.iter().map(|id| c[id.index()].digest).collect()
                     };
                     assert_eq!(digests(x, &chunks), digests(y, &image.chunks), "{what}");
                 }
@@ -258,8 +258,8 @@ mod tests {
                 .into_iter()
                 .find(|e| got.path(*e).ends_with("a2"));
             assert_eq!(
-                a.map(|e| got.entries[e].inode),
-                a2.map(|e| got.entries[e].inode),
+                a.map(|e| got[e].inode),
+                a2.map(|e| got[e].inode),
                 "v{version}: hardlink"
             );
         }

@@ -36,7 +36,7 @@ pub fn walk_with(
     }
     let mut tree = Tree::new(inode_from(root, &meta)?);
     let mut links: HashMap<(u64, u64), InodeId> = HashMap::new();
-    let mut pending: Vec<(EntryId, PathBuf)> = vec![(0, root.to_path_buf())];
+    let mut pending: Vec<(EntryId, PathBuf)> = vec![(EntryId::ROOT, root.to_path_buf())];
     let mut subdirs: Vec<(EntryId, PathBuf)> = Vec::new();
     while let Some((dir, dir_path)) = pending.pop() {
         let mut items = std::fs::read_dir(&dir_path)
@@ -157,16 +157,16 @@ mod tests {
         std::os::unix::fs::symlink("a", d.path().join("l")).unwrap();
         std::fs::hard_link(d.path().join("l"), d.path().join("m")).unwrap();
         let t = walk(d.path()).unwrap();
-        let names: Vec<&[u8]> = t.entries[0]
+        let names: Vec<&[u8]> = t[EntryId::ROOT]
             .children
             .iter()
-            .map(|c| t.entries[*c].name.as_slice())
+            .map(|c| t[*c].name.as_slice())
             .collect();
         assert_eq!(names, vec![&b"a"[..], b"b", b"l", b"m"]);
-        let ino = |i: usize| t.entries[t.entries[0].children[i]].inode;
+        let ino = |i: usize| t[t[EntryId::ROOT].children[i]].inode;
         assert_eq!(ino(0), ino(1));
         assert_eq!(ino(2), ino(3));
         assert_ne!(ino(0), ino(2));
-        assert_eq!(t.inodes[ino(2)].target, b"a");
+        assert_eq!(t[ino(2)].target, b"a");
     }
 }

@@ -25,7 +25,7 @@ use base64::Engine as _;
 
 use crate::error::{Error, IoContext, Result};
 use crate::format::tar::{self as header, field, kind, Magic, Segment, BLOCK};
-use crate::model::{EntryId, FileType, Inode, InodeId, Tree};
+use crate::model::{ChunkId, EntryId, FileType, Inode, InodeId, Tree};
 
 /// Largest PAX extended header accepted (bounded memory).
 pub const MAX_PAX_HEADER: u64 = 16 << 20;
@@ -198,7 +198,7 @@ pub trait FileData {
         size: u64,
         location: DataLocation,
         name: &Path,
-    ) -> Result<Option<Vec<u32>>>;
+    ) -> Result<Option<Vec<ChunkId>>>;
 }
 
 /// Reads the tar stream `input` (already decompressed) into a tree. `source` names the input in
@@ -822,7 +822,7 @@ impl Reader<'_> {
         left: u64,
         files: &mut dyn FileData,
     ) -> Result<u64> {
-        let size = self.b.tree.inodes[ino].size;
+        let size = self.b.tree[ino].size;
         let data_offset = self.s.pos;
         let path = PathBuf::from(OsStr::from_bytes(&at.name));
         let mut data = DataReader {
@@ -854,7 +854,7 @@ impl Reader<'_> {
         };
         let left = data.left;
         match result {
-            Ok(Some(chunks)) => self.b.tree.inodes[ino].chunks = chunks,
+            Ok(Some(chunks)) => self.b.tree[ino].chunks = chunks,
             Ok(None) => {}
             // a full disk (or any output error) is the consumer's, not the archive's
             Err(e @ Error::NoSpace { .. }) => return Err(e),
@@ -888,7 +888,7 @@ impl Reader<'_> {
                 String::from_utf8_lossy(link)
             )));
         }
-        let ino = self.b.tree.entries[target].inode;
+        let ino = self.b.tree[target].inode;
         let comps: Vec<&[u8]> = comps.iter().map(|c| c.as_slice()).collect();
         if self.b.find(&comps) != Some(target) {
             let owned: Vec<Vec<u8>> = comps.iter().map(|c| c.to_vec()).collect();
@@ -974,7 +974,7 @@ impl Builder {
     }
 
     fn find<C: AsRef<[u8]>>(&self, comps: &[C]) -> Option<EntryId> {
-        let mut e = 0;
+        let mut e = EntryId::ROOT;
         for c in comps {
             if !self.tree.is_dir(e) {
                 return None;
@@ -987,12 +987,12 @@ impl Builder {
     /// Puts `inode` at `comps`, creating implied parent directories and replacing what was
     /// there (a directory replacing a directory keeps its children).
     fn put(&mut self, comps: &[Vec<u8>], inode: InodeId) -> std::result::Result<(), String> {
-        let is_dir = self.tree.inodes[inode].file_type == FileType::Directory;
+        let is_dir = self.tree[inode].file_type == FileType::Directory;
         let Some((name, parents)) = comps.split_last() else {
-            self.tree.entries[0].inode = inode;
+            self.tree[EntryId::ROOT].inode = inode;
             return Ok(());
         };
-        let mut dir = 0;
+        let mut dir = EntryId::ROOT;
         for (i, c) in parents.iter().enumerate() {
             dir = match self.child(dir, c) {
                 Some(e) if self.tree.is_dir(e) => e,
@@ -1013,7 +1013,7 @@ impl Builder {
                 if !(is_dir && self.tree.is_dir(e)) {
                     self.detach_children(e);
                 }
-                self.tree.entries[e].inode = inode;
+                self.tree[e].inode = inode;
             }
             None => {
                 self.add(dir, name, inode)?;
@@ -1041,7 +1041,7 @@ impl Builder {
         let mut stack = vec![e];
         while let Some(d) = stack.pop() {
             self.index.remove(&d);
-            stack.extend(std::mem::take(&mut self.tree.entries[d].children));
+            stack.extend(std::mem::take(&mut self.tree[d].children));
         }
     }
 }
@@ -1069,7 +1069,7 @@ impl FileData for TarfsChunks {
         size: u64,
         location: DataLocation,
         name: &Path,
-    ) -> Result<Option<Vec<u32>>> {
+    ) -> Result<Option<Vec<ChunkId>>> {
         if location.sparse {
             return Err(Error::Unsupported {
                 path: name.to_path_buf(),
@@ -1097,7 +1097,7 @@ impl FileData for TarfsChunks {
                 uncompressed_offset: location.offset + done,
                 uncompressed_size: len,
             });
-            ids.push(id);
+            ids.push(ChunkId::new(id));
             done += u64::from(len);
         }
         Ok(Some(ids))
@@ -1137,7 +1137,7 @@ mod tests {
             size: u64,
             _location: DataLocation,
             name: &Path,
-        ) -> Result<Option<Vec<u32>>> {
+        ) -> Result<Option<Vec<ChunkId>>> {
             let n = std::io::copy(data, &mut std::io::sink()).ctx("read", name)?;
             assert_eq!(n, size);
             Ok(None)
@@ -1185,16 +1185,16 @@ mod tests {
     fn reads_a_small_archive() {
         let t = sample();
         let tree = read_tar(&mut t.as_slice(), Path::new("t"), &mut Discard).unwrap();
-        let d = tree.entries[0].children[0];
-        assert_eq!(tree.entries[d].name, b"d");
-        let names: Vec<&[u8]> = tree.entries[d]
+        let d = tree[EntryId::ROOT].children[0];
+        assert_eq!(tree[d].name, b"d");
+        let names: Vec<&[u8]> = tree[d]
             .children
             .iter()
-            .map(|c| tree.entries[*c].name.as_slice())
+            .map(|c| tree[*c].name.as_slice())
             .collect();
         assert_eq!(names, vec![&b"f\nx"[..], b"h"]);
-        let (f, h) = (tree.entries[d].children[0], tree.entries[d].children[1]);
-        assert_eq!(tree.entries[f].inode, tree.entries[h].inode);
+        let (f, h) = (tree[d].children[0], tree[d].children[1]);
+        assert_eq!(tree[f].inode, tree[h].inode);
         let inode = tree.inode_of(f);
         assert_eq!(inode.size, 700);
         assert_eq!(inode.xattrs, vec![(b"user.a".to_vec(), b"\n".to_vec())]);

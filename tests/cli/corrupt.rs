@@ -24,7 +24,7 @@ fn exercise(bytes: &[u8], blobs: &Path) {
     ] {
         let _ = inspect::request(&image, req);
     }
-    for e in 0..image.tree.entries.len().min(64) {
+    for e in image.tree.entry_ids().take(64) {
         let p = image.tree.path(e);
         let _ = inspect::request(&image, &format!("stat {}", p.display()));
     }
@@ -37,7 +37,7 @@ fn exercise(bytes: &[u8], blobs: &Path) {
         },
     );
     for id in 0..image.chunks.len().min(16) {
-        let _ = reader.read(id as u32);
+        let _ = reader.read(erofs_forge::model::ChunkId::new(id as u32));
     }
 }
 

@@ -558,12 +558,12 @@ fn read(tar: &[u8]) -> Result<erofs_forge::model::Tree, String> {
     impl erofs_forge::source::tar::FileData for Skip {
         fn file(
             &mut self,
-            _: usize,
+            _: erofs_forge::model::InodeId,
             _: &mut dyn std::io::Read,
             _: u64,
             _: erofs_forge::source::tar::DataLocation,
             _: &Path,
-        ) -> erofs_forge::Result<Option<Vec<u32>>> {
+        ) -> erofs_forge::Result<Option<Vec<erofs_forge::model::ChunkId>>> {
             Ok(None)
         }
     }
@@ -616,7 +616,7 @@ fn tar_xattr_limits_give_clear_errors() {
         t.extend(pax(b'g', &[("SCHILY.xattr.user.g", vec![b'v'; 30000])]));
     }
     let tree = read(&with_entry(t)).unwrap();
-    let f = tree.entries[0].children[0];
+    let f = tree[erofs_forge::model::EntryId::ROOT].children[0];
     assert_eq!(tree.inode_of(f).xattrs.len(), 1);
 }
 

@@ -12,7 +12,7 @@ use crate::format::rafs_v6::{super_flags, SuperFlags};
 use crate::io::bytes::{corrupt, Budget, Bytes};
 use crate::model::ChunkInfo;
 use crate::model::{BlobInfo, Image};
-use crate::model::{FileType, Inode as TreeInode, InodeId, Tree};
+use crate::model::{ChunkId, EntryId, FileType, Inode as TreeInode, InodeId, Tree};
 
 const MAX_DEPTH: usize = 4096;
 
@@ -178,7 +178,7 @@ struct Decoder<'a> {
     blob_count: usize,
     chunks: Vec<ChunkInfo>,
     /// (blob index, chunk index) → chunk id: a chunk shared by files is one chunk.
-    chunk_ids: HashMap<(u32, u32), u32>,
+    chunk_ids: HashMap<(u32, u32), ChunkId>,
     xattr_budget: Budget,
     chunk_budget: Budget,
 }
@@ -189,7 +189,7 @@ struct Walked {
     /// On-disk inode number of each tree inode.
     numbers: Vec<u64>,
     /// (entry, stored digest, record offset), checked after the walk.
-    digests: Vec<(usize, [u8; 32], u64)>,
+    digests: Vec<(EntryId, [u8; 32], u64)>,
 }
 
 impl<'a> Decoder<'a> {
@@ -303,7 +303,7 @@ impl<'a> Decoder<'a> {
     }
 
     /// The id of the chunk an 80-byte record at `at` describes.
-    fn chunk(&mut self, rec: &[u8], at: u64) -> Result<u32> {
+    fn chunk(&mut self, rec: &[u8], at: u64) -> Result<ChunkId> {
         let c =
             ChunkRecord::read_from_bytes(rec).map_err(|_| corrupt("chunk record", at, "bad"))?;
         let key = (c.blob_index.get(), c.index.get());
@@ -317,7 +317,7 @@ impl<'a> Decoder<'a> {
         if let Some(id) = self.chunk_ids.get(&key) {
             return Ok(*id);
         }
-        let id = self.chunks.len() as u32;
+        let id = ChunkId::new(self.chunks.len() as u32);
         self.chunks.push(ChunkInfo::from_record(&c));
         self.chunk_ids.insert(key, id);
         Ok(id)
@@ -338,7 +338,7 @@ impl<'a> Decoder<'a> {
         };
         let mut by_ino: HashMap<u64, InodeId> = HashMap::new();
         // (entry, record, depth)
-        let mut stack = vec![(0usize, root, 0usize)];
+        let mut stack = vec![(EntryId::ROOT, root, 0usize)];
         let mut visited = 0u64;
         while let Some((entry, rec, depth)) = stack.pop() {
             w.digests.push((entry, rec.raw.digest, rec.offset));
@@ -390,30 +390,30 @@ fn verify_digests(
     tree: &Tree,
     chunks: &[ChunkInfo],
     digester: Digester,
-    records: &[(usize, [u8; 32], u64)],
+    records: &[(EntryId, [u8; 32], u64)],
 ) -> Result<()> {
     let mut computed = vec![[0u8; 32]; tree.entries.len()];
-    let stored: HashMap<usize, ([u8; 32], u64)> =
+    let stored: HashMap<EntryId, ([u8; 32], u64)> =
         records.iter().map(|(e, d, o)| (*e, (*d, *o))).collect();
     // children have larger entry ids than their parents: walk backwards
-    for e in (0..tree.entries.len()).rev() {
+    for e in (0..tree.entries.len()).rev().map(EntryId::new) {
         let inode = tree.inode_of(e);
         let mut input = Vec::new();
         match inode.file_type {
             FileType::Regular => inode
                 .chunks
                 .iter()
-                .for_each(|id| input.extend_from_slice(&chunks[*id as usize].digest)),
+                .for_each(|id| input.extend_from_slice(&chunks[id.index()].digest)),
             FileType::Symlink => input.extend_from_slice(&inode.target),
-            FileType::Directory => tree.entries[e]
+            FileType::Directory => tree[e]
                 .children
                 .iter()
-                .for_each(|c| input.extend_from_slice(&computed[*c])),
+                .for_each(|c| input.extend_from_slice(&computed[c.index()])),
             _ => {}
         }
-        computed[e] = digester.digest(&input);
+        computed[e.index()] = digester.digest(&input);
         if let Some((d, off)) = stored.get(&e) {
-            if *d != computed[e] {
+            if *d != computed[e.index()] {
                 return Err(Error::Corrupt {
                     what: "inode digest",
                     offset: *off,

@@ -10,7 +10,7 @@ use crate::error::{Error, Result};
 use crate::format::rafs_v5::*;
 use crate::format::rafs_v6::super_flags;
 use crate::model::ChunkInfo;
-use crate::model::{EntryId, FileType, Tree};
+use crate::model::{EntryId, FileType, InodeId, Tree};
 use crate::rafs::v6::BlobRecord;
 
 /// The settings of a v5 bootstrap: the image-wide fields of the v6 options (chunk size,
@@ -44,34 +44,31 @@ struct Numbering {
 fn number(tree: &Tree, order: &[EntryId]) -> Numbering {
     let mut index = vec![0u32; tree.entries.len()];
     let mut ino = vec![0u64; tree.entries.len()];
-    let mut first: HashMap<usize, EntryId> = HashMap::new();
-    let mut groups: HashMap<usize, u32> = HashMap::new();
+    let mut first: HashMap<InodeId, EntryId> = HashMap::new();
+    let mut groups: HashMap<InodeId, u32> = HashMap::new();
     let mut unique = 0;
     for (i, e) in order.iter().enumerate() {
-        index[*e] = i as u32 + 1;
-        let inode = tree.entries[*e].inode;
-        if tree.inodes[inode].file_type == FileType::Regular {
+        index[e.index()] = i as u32 + 1;
+        let inode = tree[*e].inode;
+        if tree[inode].file_type == FileType::Regular {
             *groups.entry(inode).or_default() += 1;
             if let Some(f) = first.get(&inode) {
-                ino[*e] = u64::from(index[*f]);
+                ino[e.index()] = u64::from(index[f.index()]);
                 continue;
             }
             first.insert(inode, *e);
         }
-        ino[*e] = u64::from(index[*e]);
+        ino[e.index()] = u64::from(index[e.index()]);
         unique += 1;
     }
     let nlink = (0..tree.entries.len())
         .map(|e| {
-            let inode = tree.entries[e].inode;
-            match tree.inodes[inode].file_type {
+            let e = EntryId::new(e);
+            let inode = tree[e].inode;
+            match tree[inode].file_type {
                 FileType::Regular => groups.get(&inode).copied().unwrap_or(1),
                 FileType::Directory => {
-                    2 + tree.entries[e]
-                        .children
-                        .iter()
-                        .filter(|c| tree.is_dir(**c))
-                        .count() as u32
+                    2 + tree[e].children.iter().filter(|c| tree.is_dir(**c)).count() as u32
                 }
                 _ => 1,
             }
@@ -80,17 +77,11 @@ fn number(tree: &Tree, order: &[EntryId]) -> Numbering {
     // replay the numbering walk: a directory's children are numbered when it is popped
     let mut child_index = vec![0u32; tree.entries.len()];
     let mut numbered = 1u32;
-    let mut stack = vec![0usize];
+    let mut stack = vec![EntryId::ROOT];
     while let Some(d) = stack.pop() {
-        child_index[d] = numbered + 1;
-        numbered += tree.entries[d].children.len() as u32;
-        stack.extend(
-            tree.entries[d]
-                .children
-                .iter()
-                .rev()
-                .filter(|c| tree.is_dir(**c)),
-        );
+        child_index[d.index()] = numbered + 1;
+        numbered += tree[d].children.len() as u32;
+        stack.extend(tree[d].children.iter().rev().filter(|c| tree.is_dir(**c)));
     }
     Numbering {
         index,
@@ -104,20 +95,20 @@ fn number(tree: &Tree, order: &[EntryId]) -> Numbering {
 /// Depth-first pre-order: a directory, then each child subtree in name order.
 fn dfs_order(tree: &Tree) -> Vec<EntryId> {
     let mut out = Vec::with_capacity(tree.entries.len());
-    let mut stack = vec![0usize];
+    let mut stack = vec![EntryId::ROOT];
     while let Some(e) = stack.pop() {
         out.push(e);
-        stack.extend(tree.entries[e].children.iter().rev());
+        stack.extend(tree[e].children.iter().rev());
     }
     out
 }
 
 fn record_size(tree: &Tree, e: EntryId) -> u64 {
     let inode = tree.inode_of(e);
-    let name_len = if e == 0 {
+    let name_len = if e == EntryId::ROOT {
         1
     } else {
-        tree.entries[e].name.len() as u64
+        tree[e].name.len() as u64
     };
     let mut size = 128 + align8(name_len);
     if inode.file_type == FileType::Symlink {
@@ -146,9 +137,9 @@ fn digests(
         match inode.file_type {
             FileType::Regular => {
                 for id in &inode.chunks {
-                    let c = chunks.get(*id as usize).ok_or_else(|| Error::Corrupt {
+                    let c = chunks.get(id.index()).ok_or_else(|| Error::Corrupt {
                         what: "chunk reference",
-                        offset: u64::from(*id),
+                        offset: u64::from(id.get()),
                         reason: "no such chunk".into(),
                     })?;
                     input.extend_from_slice(&c.digest);
@@ -156,13 +147,13 @@ fn digests(
             }
             FileType::Symlink => input.extend_from_slice(&inode.target),
             FileType::Directory => {
-                for c in &tree.entries[e].children {
-                    input.extend_from_slice(&d[*c]);
+                for c in &tree[e].children {
+                    input.extend_from_slice(&d[c.index()]);
                 }
             }
             _ => {}
         }
-        d[e] = digester.digest(&input);
+        d[e.index()] = digester.digest(&input);
     }
     Ok(d)
 }
@@ -190,7 +181,7 @@ pub fn encode(
     let mut offsets = vec![0u64; tree.entries.len()];
     let mut pos = ext_offset + 64 * blobs.len() as u64;
     for &e in &dfs {
-        offsets[e] = pos;
+        offsets[e.index()] = pos;
         pos += record_size(tree, e);
     }
     if pos > (1 << 31) {
@@ -229,7 +220,7 @@ pub fn encode(
     // inode table: by index, the record of the first path of each ino
     let mut table = vec![0u32; align8(4 * entries) as usize / 4];
     for &e in &order {
-        table[num.index[e] as usize - 1] = (offsets[e] >> 3) as u32;
+        table[num.index[e.index()] as usize - 1] = (offsets[e.index()] >> 3) as u32;
     }
     for t in &table {
         buf.extend_from_slice(&t.to_le_bytes());
@@ -253,7 +244,7 @@ pub fn encode(
         digest: &digest,
     };
     for &e in &dfs {
-        debug_assert_eq!(buf.len() as u64, offsets[e]);
+        debug_assert_eq!(buf.len() as u64, offsets[e.index()]);
         records.write(&mut buf, e);
     }
     debug_assert_eq!(buf.len() as u64, total);
@@ -304,10 +295,10 @@ struct Records<'a> {
 impl Records<'_> {
     fn write(&self, buf: &mut Vec<u8>, e: EntryId) {
         let inode = self.tree.inode_of(e);
-        let name: &[u8] = if e == 0 {
+        let name: &[u8] = if e == EntryId::ROOT {
             b"/"
         } else {
-            &self.tree.entries[e].name
+            &self.tree[e].name
         };
         buf.extend_from_slice(self.raw_inode(e, name).as_bytes());
         push_padded(buf, name);
@@ -327,7 +318,7 @@ impl Records<'_> {
         }
         if inode.file_type == FileType::Regular {
             for (i, id) in inode.chunks.iter().enumerate() {
-                let c = &self.chunks[*id as usize];
+                let c = &self.chunks[id.index()];
                 let r = c.to_record(i as u64 * u64::from(self.opts.chunk_size));
                 buf.extend_from_slice(r.as_bytes());
             }
@@ -337,7 +328,7 @@ impl Records<'_> {
     fn raw_inode(&self, e: EntryId, name: &[u8]) -> Inode {
         let (tree, num) = (self.tree, self.num);
         let inode = tree.inode_of(e);
-        let entry = &tree.entries[e];
+        let entry = &tree[e];
         let xattr_len = if inode.xattrs.is_empty() {
             0
         } else {
@@ -348,11 +339,11 @@ impl Records<'_> {
                 let names: u64 = entry
                     .children
                     .iter()
-                    .map(|c| tree.entries[*c].name.len() as u64 + 8)
+                    .map(|c| tree[*c].name.len() as u64 + 8)
                     .sum();
                 (
                     names.max(1).div_ceil(4096) * 4096,
-                    num.child_index[e],
+                    num.child_index[e.index()],
                     entry.children.len() as u32,
                 )
             }
@@ -373,9 +364,14 @@ impl Records<'_> {
             (0, 0)
         };
         Inode {
-            digest: self.digest[e],
-            parent: (if e == 0 { 0 } else { num.ino[entry.parent] }).into(),
-            ino: num.ino[e].into(),
+            digest: self.digest[e.index()],
+            parent: (if e == EntryId::ROOT {
+                0
+            } else {
+                num.ino[entry.parent.index()]
+            })
+            .into(),
+            ino: num.ino[e.index()].into(),
             uid: uid.into(),
             gid: gid.into(),
             projid: 0.into(),
@@ -383,7 +379,7 @@ impl Records<'_> {
             size: size.into(),
             blocks: (size + xattr_len).div_ceil(512).into(),
             flags: iflags.into(),
-            nlink: num.nlink[e].into(),
+            nlink: num.nlink[e.index()].into(),
             child_index: child_index.into(),
             child_count: child_count.into(),
             name_size: (name.len() as u16).into(),

@@ -10,7 +10,7 @@ use crate::format::rafs_v6::*;
 use crate::io::bytes::{corrupt, Budget, Bytes};
 use crate::model::ChunkInfo;
 use crate::model::{BlobInfo, Image};
-use crate::model::{FileType, Inode, InodeId, Tree};
+use crate::model::{ChunkId, EntryId, FileType, Inode, InodeId, Tree};
 use zerocopy::FromBytes;
 
 type XattrPair = (Vec<u8>, Vec<u8>);
@@ -58,7 +58,7 @@ struct Decoder<'a> {
     records: HashMap<(u32, u32), ChunkRecord>,
     chunks: Vec<ChunkInfo>,
     digest_known: Vec<bool>,
-    chunk_ids: HashMap<(u32, u32, u32), u32>,
+    chunk_ids: HashMap<(u32, u32, u32), ChunkId>,
     blob_count: u32,
     /// tarfs: data sits in the tar at `blkaddr × block`; chunk records carry nothing useful
     tarfs: bool,
@@ -488,7 +488,7 @@ impl Decoder<'_> {
         Ok(out)
     }
 
-    fn chunk_id(&mut self, blob: u32, ci: u32, blkaddr: u32, usize_hint: u32) -> Result<u32> {
+    fn chunk_id(&mut self, blob: u32, ci: u32, blkaddr: u32, usize_hint: u32) -> Result<ChunkId> {
         if let Some(id) = self.chunk_ids.get(&(blob, ci, blkaddr)) {
             return Ok(*id);
         }
@@ -522,14 +522,14 @@ impl Decoder<'_> {
                 false,
             ),
         };
-        let id = self.chunks.len() as u32;
+        let id = ChunkId::new(self.chunks.len() as u32);
         self.chunks.push(info);
         self.digest_known.push(known);
         self.chunk_ids.insert((blob, ci, blkaddr), id);
         Ok(id)
     }
 
-    fn file_chunks(&mut self, nid: u64, off: u64, r: &RawInode) -> Result<Vec<u32>> {
+    fn file_chunks(&mut self, nid: u64, off: u64, r: &RawInode) -> Result<Vec<ChunkId>> {
         if r.layout() != LAYOUT_CHUNK_BASED {
             return Err(corrupt(
                 "inode",
@@ -625,9 +625,9 @@ impl Decoder<'_> {
         }
         let mut tree = Tree::new(root);
         let mut nids: Vec<u64> = vec![root_nid];
-        let mut by_nid: HashMap<u64, InodeId> = HashMap::from([(root_nid, 0)]);
+        let mut by_nid: HashMap<u64, InodeId> = HashMap::from([(root_nid, InodeId::new(0))]);
         // (entry id, nid, depth, raw inode offset, parent nid)
-        let mut stack = vec![(0usize, root_nid, 0usize, off, raw, root_nid)];
+        let mut stack = vec![(EntryId::ROOT, root_nid, 0usize, off, raw, root_nid)];
         while let Some((entry, nid, depth, off, raw, parent_nid)) = stack.pop() {
             if depth > MAX_DEPTH {
                 return Err(corrupt("directory", off, "nesting too deep"));
@@ -657,7 +657,7 @@ impl Decoder<'_> {
                 let mut subdir = None;
                 let ino = match by_nid.get(&child_nid).copied() {
                     Some(ino) => {
-                        if tree.inodes[ino].file_type == FileType::Directory {
+                        if tree[ino].file_type == FileType::Directory {
                             return Err(corrupt(
                                 "dirent",
                                 off,

@@ -11,7 +11,7 @@ use crate::codec::{Compressor, Digester};
 use crate::error::{Error, Result};
 use crate::format::rafs_v6::*;
 use crate::model::{BlobInfo, ChunkInfo};
-use crate::model::{FileType, Tree};
+use crate::model::{ChunkId, EntryId, FileType, InodeId, Tree};
 
 /// Metadata block size of native (non-tarfs) images.
 pub const BLOCK_SIZE: u64 = 4096;
@@ -205,10 +205,10 @@ pub fn encode(
     Ok(buf)
 }
 
-fn chunk(chunks: &[ChunkInfo], id: u32) -> Result<&ChunkInfo> {
-    chunks.get(id as usize).ok_or_else(|| Error::Corrupt {
+fn chunk(chunks: &[ChunkInfo], id: ChunkId) -> Result<&ChunkInfo> {
+    chunks.get(id.index()).ok_or_else(|| Error::Corrupt {
         what: "chunk reference",
-        offset: u64::from(id),
+        offset: u64::from(id.get()),
         reason: "no such chunk".into(),
     })
 }
@@ -383,7 +383,7 @@ pub(crate) fn write_standalone_inodes(
     tree: &Tree,
     opts: &EncodeOptions,
     layout: &Layout,
-    files: &HashMap<usize, StandaloneFile>,
+    files: &HashMap<InodeId, StandaloneFile>,
 ) -> Result<()> {
     InodeWriter::new(tree, opts, layout, 0, FileData::Standalone(files)).write_all(buf)
 }
@@ -397,7 +397,7 @@ enum FileData<'a> {
         mapped: &'a [u64],
     },
     /// A standalone EROFS image: each file's inline data or compressed body, by inode.
-    Standalone(&'a HashMap<usize, StandaloneFile>),
+    Standalone(&'a HashMap<InodeId, StandaloneFile>),
 }
 
 /// The on-disk layout, `i_u` and link count of one inode.
@@ -436,8 +436,9 @@ impl<'a> InodeWriter<'a> {
         }
     }
 
-    fn nid_of(&self, ino: usize) -> u64 {
-        self.layout.inodes[ino]
+    fn nid_of(&self, ino: InodeId) -> u64 {
+        self.layout
+            .place(ino)
             .map(|p| p.offset / INODE_SLOT)
             .unwrap_or(0)
     }
@@ -446,70 +447,74 @@ impl<'a> InodeWriter<'a> {
     fn write_all(&self, buf: &mut [u8]) -> Result<()> {
         let mut written = vec![false; self.tree.inodes.len()];
         for e in &self.layout.order {
-            let ino = self.tree.entries[*e].inode;
-            if std::mem::replace(&mut written[ino], true) {
+            let ino = self.tree[*e].inode;
+            if std::mem::replace(&mut written[ino.index()], true) {
                 continue;
             }
-            let Some(place) = self.layout.inodes[ino] else {
+            let Some(place) = self.layout.place(ino) else {
                 continue;
             };
             let abs = self.meta_addr + place.offset;
             let shape = self.shape(*e, ino, &place)?;
             put(buf, abs, self.raw_inode(ino, &place, &shape).as_bytes());
-            let xattr_bytes = self.layout.xattr_size[ino];
+            let xattr_bytes = self.layout.xattr_size[ino.index()];
             if xattr_bytes > 0 {
-                write_xattrs(buf, abs + 64, &self.tree.inodes[ino])?;
+                write_xattrs(buf, abs + 64, &self.tree[ino])?;
             }
             self.write_body(buf, *e, ino, &place, abs + 64 + xattr_bytes)?;
         }
         Ok(())
     }
 
-    fn shape(&self, e: usize, ino: usize, place: &layout::InodePlace) -> Result<Shape> {
+    fn shape(&self, e: EntryId, ino: InodeId, place: &layout::InodePlace) -> Result<Shape> {
         let b = self.opts.block_size;
-        let inode = &self.tree.inodes[ino];
+        let inode = &self.tree[ino];
         let data_block = ((self.meta_addr + place.data_offset) / b) as u32;
         let (layout, u, nlink) = match inode.file_type {
             FileType::Directory => {
-                let subdirs = self.tree.entries[e]
+                let subdirs = self.tree[e]
                     .children
                     .iter()
                     .filter(|c| self.tree.is_dir(**c))
                     .count();
                 (place.layout, data_block, 2 + subdirs as u32)
             }
-            FileType::Symlink => (place.layout, data_block, self.links[ino]),
+            FileType::Symlink => (place.layout, data_block, self.links[ino.index()]),
             FileType::Regular => match &self.data {
                 FileData::Standalone(files) => match files.get(&ino) {
-                    Some(f) if f.data.is_some() => (place.layout, data_block, self.links[ino]),
+                    Some(f) if f.data.is_some() => {
+                        (place.layout, data_block, self.links[ino.index()])
+                    }
                     Some(f) => (
                         DataLayout::CompressedFull,
                         f.compressed_blocks,
-                        self.links[ino],
+                        self.links[ino.index()],
                     ),
                     None => (
                         DataLayout::ChunkBased,
                         chunk_format(inode, &[], self.opts.chunk_size, b)?,
-                        self.links[ino],
+                        self.links[ino.index()],
                     ),
                 },
                 FileData::Chunks { chunks, .. } => (
                     DataLayout::ChunkBased,
                     chunk_format(inode, chunks, self.opts.chunk_size, b)?,
-                    self.links[ino],
+                    self.links[ino.index()],
                 ),
             },
             FileType::CharDevice | FileType::BlockDevice => {
-                (DataLayout::FlatPlain, inode.rdev, self.links[ino])
+                (DataLayout::FlatPlain, inode.rdev, self.links[ino.index()])
             }
-            FileType::Fifo | FileType::Socket => (DataLayout::FlatPlain, 0, self.links[ino]),
+            FileType::Fifo | FileType::Socket => {
+                (DataLayout::FlatPlain, 0, self.links[ino.index()])
+            }
         };
         Ok(Shape { layout, u, nlink })
     }
 
-    fn raw_inode(&self, ino: usize, place: &layout::InodePlace, shape: &Shape) -> InodeExtended {
-        let inode = &self.tree.inodes[ino];
-        let xattr_bytes = self.layout.xattr_size[ino];
+    fn raw_inode(&self, ino: InodeId, place: &layout::InodePlace, shape: &Shape) -> InodeExtended {
+        let inode = &self.tree[ino];
+        let xattr_bytes = self.layout.xattr_size[ino.index()];
         let layout_bits = match shape.layout {
             DataLayout::FlatPlain => LAYOUT_FLAT_PLAIN,
             DataLayout::FlatInline => LAYOUT_FLAT_INLINE,
@@ -548,13 +553,13 @@ impl<'a> InodeWriter<'a> {
     fn write_body(
         &self,
         buf: &mut [u8],
-        e: usize,
-        ino: usize,
+        e: EntryId,
+        ino: InodeId,
         place: &layout::InodePlace,
         after: u64,
     ) -> Result<()> {
         let b = self.opts.block_size;
-        let inode = &self.tree.inodes[ino];
+        let inode = &self.tree[ino];
         let data = self.meta_addr + place.data_offset;
         let in_blocks = |bytes: &[u8]| -> Vec<Vec<u8>> {
             bytes.chunks(b as usize).map(|c| c.to_vec()).collect()
@@ -588,7 +593,7 @@ impl<'a> InodeWriter<'a> {
     }
 
     /// A directory's dirent blocks: per block, the dirents, then their names.
-    fn dirent_blocks(&self, e: usize, place: &layout::InodePlace) -> Vec<Vec<u8>> {
+    fn dirent_blocks(&self, e: EntryId, place: &layout::InodePlace) -> Vec<Vec<u8>> {
         let tree = self.tree;
         let list = layout::dirents(tree, e);
         let names: Vec<&[u8]> = list.iter().map(|d| d.0).collect();
@@ -598,11 +603,11 @@ impl<'a> InodeWriter<'a> {
             let mut blk = Vec::new();
             let mut nameoff = (12 * range.len()) as u16;
             for i in range.clone() {
-                let target = tree.entries[list[i].1].inode;
+                let target = tree[list[i].1].inode;
                 let d = Dirent {
                     nid: self.nid_of(target).into(),
                     nameoff: nameoff.into(),
-                    file_type: dirent_type(tree.inodes[target].file_type),
+                    file_type: dirent_type(tree[target].file_type),
                     reserved: 0,
                 };
                 blk.extend_from_slice(d.as_bytes());

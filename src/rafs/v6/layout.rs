@@ -74,7 +74,7 @@ pub fn split_xattr_name(name: &[u8]) -> Option<(u8, &[u8])> {
 
 /// Bytes of the inline xattr area of an inode (0 if it has none).
 pub fn xattr_area_size(tree: &Tree, inode: InodeId, entry: EntryId) -> Result<u64> {
-    let xattrs = &tree.inodes[inode].xattrs;
+    let xattrs = &tree[inode].xattrs;
     if xattrs.is_empty() {
         return Ok(0);
     }
@@ -106,15 +106,11 @@ pub fn xattr_area_size(tree: &Tree, inode: InodeId, entry: EntryId) -> Result<u6
 
 /// Sorted directory entries of a directory, `.` and `..` included: (name, entry it points to).
 pub fn dirents(tree: &Tree, dir: EntryId) -> Vec<(&[u8], EntryId)> {
-    let e = &tree.entries[dir];
+    let e = &tree[dir];
     let mut list: Vec<(&[u8], EntryId)> = Vec::with_capacity(e.children.len() + 2);
     list.push((b".", dir));
     list.push((b"..", e.parent));
-    list.extend(
-        e.children
-            .iter()
-            .map(|c| (tree.entries[*c].name.as_slice(), *c)),
-    );
+    list.extend(e.children.iter().map(|c| (tree[*c].name.as_slice(), *c)));
     list.sort_by(|a, b| a.0.cmp(b.0));
     list
 }
@@ -258,6 +254,13 @@ pub enum RegularLayout {
     Data(u64),
 }
 
+impl Layout {
+    /// Where inode `ino` was placed, if it is reachable.
+    pub fn place(&self, ino: InodeId) -> Option<InodePlace> {
+        self.inodes.get(ino.index()).copied().flatten()
+    }
+}
+
 /// Computes the layout of `tree` with metadata block size `block` and chunk size `chunk_size`.
 pub fn compute(tree: &Tree, block: u64, chunk_size: u32) -> Result<Layout> {
     compute_with(tree, block, &|_, inode| {
@@ -276,44 +279,44 @@ pub fn compute_with(
         return Err(Error::Limit("more than 2^32 entries".into()));
     }
     let mut first_index = vec![0u32; tree.inodes.len()];
-    let mut first_entry = vec![usize::MAX; tree.inodes.len()];
+    let mut first_entry: Vec<Option<EntryId>> = vec![None; tree.inodes.len()];
     for (i, e) in order.iter().enumerate() {
-        let ino = tree.entries[*e].inode;
-        if first_entry[ino] == usize::MAX {
-            first_entry[ino] = *e;
+        let ino = tree[*e].inode.index();
+        if first_entry[ino].is_none() {
+            first_entry[ino] = Some(*e);
             first_index[ino] = i as u32 + 1;
         }
     }
     let mut xattr_size = vec![0u64; tree.inodes.len()];
     for (ino, e) in first_entry.iter().enumerate() {
-        if *e != usize::MAX {
-            xattr_size[ino] = xattr_area_size(tree, ino, *e)?;
+        if let Some(e) = e {
+            xattr_size[ino] = xattr_area_size(tree, InodeId::new(ino), *e)?;
         }
     }
 
     let mut alloc = Allocator::new(block);
     let mut places: Vec<Option<InodePlace>> = vec![None; tree.inodes.len()];
-    let inode_bytes = |ino: InodeId| size_of::<InodeExtended>() as u64 + xattr_size[ino];
+    let inode_bytes = |ino: InodeId| size_of::<InodeExtended>() as u64 + xattr_size[ino.index()];
 
     // Depth first: a directory is placed when entered, then its non-directory children in
     // name order, then each child directory in turn.
-    let mut stack = vec![0usize];
+    let mut stack = vec![EntryId::ROOT];
     while let Some(dir) = stack.pop() {
-        let dino = tree.entries[dir].inode;
+        let dino = tree[dir].inode;
         let names: Vec<&[u8]> = dirents(tree, dir).iter().map(|d| d.0).collect();
         let (_, d_size) = pack_dirents(&names, block);
         let (offset, data_offset, layout) = alloc.place_with_data(inode_bytes(dino), d_size);
-        places[dino] = Some(InodePlace {
+        places[dino.index()] = Some(InodePlace {
             offset,
             data_offset,
             layout,
-            index: first_index[dino],
+            index: first_index[dino.index()],
             size: d_size,
         });
-        for child in &tree.entries[dir].children {
-            let ino = tree.entries[*child].inode;
-            let inode = &tree.inodes[ino];
-            if inode.file_type == FileType::Directory || places[ino].is_some() {
+        for child in &tree[dir].children {
+            let ino = tree[*child].inode;
+            let inode = &tree[ino];
+            if inode.file_type == FileType::Directory || places[ino.index()].is_some() {
                 continue;
             }
             let place = match inode.file_type {
@@ -324,7 +327,7 @@ pub fn compute_with(
                             offset: alloc.place_file(total),
                             data_offset: 0,
                             layout: DataLayout::ChunkBased,
-                            index: first_index[ino],
+                            index: first_index[ino.index()],
                             size: inode.size,
                         }
                     }
@@ -335,7 +338,7 @@ pub fn compute_with(
                             offset,
                             data_offset,
                             layout,
-                            index: first_index[ino],
+                            index: first_index[ino.index()],
                             size: d,
                         }
                     }
@@ -347,7 +350,7 @@ pub fn compute_with(
                         offset,
                         data_offset,
                         layout,
-                        index: first_index[ino],
+                        index: first_index[ino.index()],
                         size: d,
                     }
                 }
@@ -355,19 +358,13 @@ pub fn compute_with(
                     offset: alloc.place_special(inode_bytes(ino)),
                     data_offset: 0,
                     layout: DataLayout::FlatPlain,
-                    index: first_index[ino],
+                    index: first_index[ino.index()],
                     size: 0,
                 },
             };
-            places[ino] = Some(place);
+            places[ino.index()] = Some(place);
         }
-        stack.extend(
-            tree.entries[dir]
-                .children
-                .iter()
-                .rev()
-                .filter(|c| tree.is_dir(**c)),
-        );
+        stack.extend(tree[dir].children.iter().rev().filter(|c| tree.is_dir(**c)));
     }
     Ok(Layout {
         inodes: places,

@@ -4,10 +4,10 @@
 //! Input: a control byte, then chunk count (u32), uncompressed size (u32) and ci offset or blob
 //! length (u64), all little-endian; the rest is the stored chunk-info array (or the tar header).
 #![no_main]
-use erofs_forge::format::blob::{features, BLOB_META_HEADER_SIZE, BLOB_META_MAGIC};
 use erofs_forge::blob::inline::{bootstrap_range, parse_tar_header};
 use erofs_forge::blob::reader::{decode_blob_meta, decode_ci_array};
 use erofs_forge::codec::{Compressor, Digester};
+use erofs_forge::format::blob::{features, BLOB_META_HEADER_SIZE, BLOB_META_MAGIC};
 use erofs_forge::model::BlobInfo;
 use libfuzzer_sys::fuzz_target;
 
@@ -70,7 +70,11 @@ fuzz_target!(|data: &[u8]| {
         mapped_blkaddr: 0,
     };
     let mut header = vec![0u8; BLOB_META_HEADER_SIZE];
-    let magic = if ctl & 0x10 != 0 { 0x1234_5678 } else { BLOB_META_MAGIC };
+    let magic = if ctl & 0x10 != 0 {
+        0x1234_5678
+    } else {
+        BLOB_META_MAGIC
+    };
     header[0..4].copy_from_slice(&magic.to_le_bytes());
     header[4..8].copy_from_slice(&blob.features.to_le_bytes());
     header[8..12].copy_from_slice(&ci_compressor.to_le_bytes());

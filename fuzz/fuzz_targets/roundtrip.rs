@@ -9,12 +9,21 @@ use std::path::{Path, PathBuf};
 use arbitrary::Arbitrary;
 use erofs_forge::blob::reader::{BlobSource, ChunkReader};
 use erofs_forge::codec::Compressor;
+use erofs_forge::model::{EntryId, FileType, InodeId, Tree};
 use erofs_forge::ops::create::{create, CreateOptions, NoProgress, SourceType};
 use erofs_forge::source::tar::read_tar;
-use erofs_forge::model::{FileType, Tree};
 use libfuzzer_sys::fuzz_target;
 
-const NAMES: [&str; 8] = ["a", "b", "dir", "x y", "\u{e9}t\u{e9}", ".wh.w", "c\nd", "L"];
+const NAMES: [&str; 8] = [
+    "a",
+    "b",
+    "dir",
+    "x y",
+    "\u{e9}t\u{e9}",
+    ".wh.w",
+    "c\nd",
+    "L",
+];
 const TARGETS: [&str; 5] = ["a", "../../etc/passwd", "/abs/olute", "dir/x y", "T"];
 
 #[derive(Arbitrary, Debug)]
@@ -135,7 +144,8 @@ fn write_tar(d: &Desc) -> Vec<u8> {
             _ => {
                 h.set_entry_type(tar::EntryType::Fifo);
                 h.set_size(0);
-                b.append_data(&mut h, &path, std::io::empty()).expect("fifo");
+                b.append_data(&mut h, &path, std::io::empty())
+                    .expect("fifo");
             }
         }
     }
@@ -158,16 +168,14 @@ struct Seen {
     group: PathBuf,
 }
 
-fn flatten(tree: &Tree, link_all: bool) -> BTreeMap<PathBuf, (Seen, usize)> {
-    let mut first: HashMap<usize, PathBuf> = HashMap::new();
-    let mut paths: Vec<(PathBuf, usize)> = (0..tree.entries.len())
-        .map(|e| (tree.path(e), e))
-        .collect();
+fn flatten(tree: &Tree, link_all: bool) -> BTreeMap<PathBuf, (Seen, InodeId)> {
+    let mut first: HashMap<InodeId, PathBuf> = HashMap::new();
+    let mut paths: Vec<(PathBuf, EntryId)> = tree.entry_ids().map(|e| (tree.path(e), e)).collect();
     paths.sort();
     let mut out = BTreeMap::new();
     for (p, e) in paths {
-        let ino = tree.entries[e].inode;
-        let i = &tree.inodes[ino];
+        let ino = tree[e].inode;
+        let i = &tree[ino];
         let linked = link_all || i.file_type == FileType::Regular;
         let group = if linked {
             first.entry(ino).or_insert_with(|| p.clone()).clone()
@@ -244,7 +252,7 @@ fuzz_target!(|d: Desc| {
     // v5 keeps only regular files hardlinked
     let want = flatten(&expected, !d.v5);
     let got = flatten(&image.tree, !d.v5);
-    let strip = |m: &BTreeMap<PathBuf, (Seen, usize)>| -> Vec<(PathBuf, String)> {
+    let strip = |m: &BTreeMap<PathBuf, (Seen, InodeId)>| -> Vec<(PathBuf, String)> {
         m.iter()
             .map(|(p, (s, _))| (p.clone(), format!("{s:?}")))
             .collect()
@@ -262,7 +270,7 @@ fuzz_target!(|d: Desc| {
             continue;
         }
         let mut data = Vec::new();
-        for id in &image.tree.inodes[*ino].chunks {
+        for id in &image.tree[*ino].chunks {
             match reader.read(*id) {
                 Ok(c) => data.extend_from_slice(&c),
                 Err(e) => panic!("{}: chunk {id}: {e}", p.display()),

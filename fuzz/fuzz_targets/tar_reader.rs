@@ -7,7 +7,11 @@ use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
     let mut input = data;
-    if let Ok(tree) = read_tar(&mut input, Path::new("fuzz.tar"), &mut erofs_forge_fuzz::Discard) {
+    if let Ok(tree) = read_tar(
+        &mut input,
+        Path::new("fuzz.tar"),
+        &mut erofs_forge_fuzz::Discard,
+    ) {
         let order = tree.numbering_order();
         assert_eq!(order.len(), tree.entries.len());
         for e in order {

@@ -3,10 +3,10 @@
 use std::io::Read;
 use std::path::Path;
 
-use erofs_forge::ops::inspect;
 use erofs_forge::model::Image;
-use erofs_forge::source::tar::{DataLocation, FileData};
 use erofs_forge::model::InodeId;
+use erofs_forge::ops::inspect;
+use erofs_forge::source::tar::{DataLocation, FileData};
 
 /// Everything the read side does with a decoded image that needs no blob, errors ignored:
 /// validation, the inspect requests, path building, numbering and link counts.
@@ -26,7 +26,7 @@ pub fn exercise_image(image: &Image) {
     let order = image.tree.numbering_order();
     assert_eq!(order.len(), image.tree.entries.len());
     let _ = image.tree.link_counts();
-    for e in 0..image.tree.entries.len().min(32) {
+    for e in image.tree.entry_ids().take(32) {
         let p = image.tree.path(e);
         let _ = inspect::request(image, &format!("stat {}", p.display()));
     }
@@ -44,7 +44,7 @@ impl FileData for Discard {
         _size: u64,
         _location: DataLocation,
         _name: &Path,
-    ) -> erofs_forge::Result<Option<Vec<u32>>> {
+    ) -> erofs_forge::Result<Option<Vec<erofs_forge::model::ChunkId>>> {
         let _ = std::io::copy(&mut data.take(1 << 20), &mut std::io::sink());
         Ok(None)
     }
@@ -65,13 +65,14 @@ impl FileData for Capture {
         _size: u64,
         _location: DataLocation,
         name: &Path,
-    ) -> erofs_forge::Result<Option<Vec<u32>>> {
+    ) -> erofs_forge::Result<Option<Vec<erofs_forge::model::ChunkId>>> {
         let mut v = Vec::new();
-        data.read_to_end(&mut v).map_err(|e| erofs_forge::Error::Io {
-            op: "read",
-            path: name.to_path_buf(),
-            source: e,
-        })?;
+        data.read_to_end(&mut v)
+            .map_err(|e| erofs_forge::Error::Io {
+                op: "read",
+                path: name.to_path_buf(),
+                source: e,
+            })?;
         self.files.insert(inode, v);
         Ok(None)
     }

@@ -108,8 +108,15 @@ pub fn temp_dir_beside(final_dir: &Path) -> Result<PathBuf> {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
     };
-    #[allow(clippy::disallowed_methods)] // the one place temporary directories are made
-    let d = tempfile::Builder::new()
+    let d = temp_dir_in(parent)?.keep();
+    register(&d);
+    Ok(d)
+}
+
+/// A new temporary directory in `parent`, named like every temporary output.
+#[allow(clippy::disallowed_methods)] // the one place temporary directories are made
+fn temp_dir_in(parent: &Path) -> Result<tempfile::TempDir> {
+    tempfile::Builder::new()
         .prefix(".erofs-forge.")
         .suffix(".tmp")
         .tempdir_in(parent)
@@ -117,10 +124,7 @@ pub fn temp_dir_beside(final_dir: &Path) -> Result<PathBuf> {
             op: "create temporary directory in",
             path: parent.to_path_buf(),
             source,
-        })?
-        .keep();
-    register(&d);
-    Ok(d)
+        })
 }
 
 /// Renames a finished temporary directory to `final_dir` (which must not exist, or be an
@@ -241,12 +245,7 @@ pub struct ScratchDir(tempfile::TempDir);
 impl ScratchDir {
     /// Creates a scratch directory inside `dir`.
     pub fn new_in(dir: &Path) -> Result<ScratchDir> {
-        #[allow(clippy::disallowed_methods)] // the one place scratch directories are made
-        let d = tempfile::Builder::new()
-            .prefix(".erofs-forge.")
-            .suffix(".tmp")
-            .tempdir_in(dir)
-            .ctx("create a directory in", dir)?;
+        let d = temp_dir_in(dir)?;
         register(d.path());
         Ok(ScratchDir(d))
     }

@@ -12,7 +12,7 @@ use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::PathBuf;
 
 use rayon::prelude::*;
-use zerocopy::IntoBytes;
+use zerocopy::{FromBytes, IntoBytes};
 
 use crate::blob::reader::{BlobSource, ChunkReader};
 use crate::codec::{Compressor, Digester};
@@ -159,15 +159,12 @@ pub struct CompressedExportOptions {
     pub compressor: ErofsCompressor,
 }
 
-fn lcluster_index(kind: u16, blkaddr_or_delta: u32) -> [u8; 8] {
-    let idx = LclusterIndex {
+fn lcluster_index(kind: u16, blkaddr_or_delta: u32) -> LclusterIndex {
+    LclusterIndex {
         advise: kind.into(),
         clusterofs: 0.into(),
         u: blkaddr_or_delta.into(),
-    };
-    let mut e = [0u8; 8];
-    e.copy_from_slice(idx.as_bytes());
-    e
+    }
 }
 
 /// Reads a small file's data through its chunks, in order.
@@ -269,13 +266,16 @@ fn compress_files(
 /// `data_start`.
 fn relocate_indexes(files: &mut HashMap<InodeId, StandaloneFile>, data_start: u64) -> Result<()> {
     for f in files.values_mut() {
-        for idx in f.body.chunks_exact_mut(8).skip(2) {
-            let kind = u16::from_le_bytes([idx[0], idx[1]]) & 3;
+        // after the map header and its reserved word
+        for raw in f.body.chunks_exact_mut(8).skip(2) {
+            let Ok(idx) = LclusterIndex::mut_from_bytes(raw) else {
+                continue;
+            };
+            let kind = idx.advise.get() & 3;
             if kind == TYPE_PLAIN || kind == TYPE_HEAD1 {
-                let rel = u32::from_le_bytes([idx[4], idx[5], idx[6], idx[7]]);
-                let abs = u32::try_from(u64::from(rel) + data_start)
+                let abs = u32::try_from(u64::from(idx.u.get()) + data_start)
                     .map_err(|_| Error::Limit("image larger than 2^32 blocks".into()))?;
-                idx[4..8].copy_from_slice(&abs.to_le_bytes());
+                idx.u = abs.into();
             }
         }
     }
@@ -381,16 +381,21 @@ fn compress_file(
                     let at = buf.len() - p.len();
                     buf[at..].copy_from_slice(&p);
                     data.write_all(&buf).ctx("write", "compressed data")?;
-                    body.extend_from_slice(&lcluster_index(TYPE_HEAD1, *next_block as u32));
-                    body.extend_from_slice(&lcluster_index(
-                        TYPE_NONHEAD,
-                        (D0_CBLKCNT | k as u32) | (((n - 1) as u32) << 16),
-                    ));
-                    for j in 2..n {
-                        body.extend_from_slice(&lcluster_index(
+                    body.extend_from_slice(
+                        lcluster_index(TYPE_HEAD1, *next_block as u32).as_bytes(),
+                    );
+                    body.extend_from_slice(
+                        lcluster_index(
                             TYPE_NONHEAD,
-                            j as u32 | (((n - j) as u32) << 16),
-                        ));
+                            (D0_CBLKCNT | k as u32) | (((n - 1) as u32) << 16),
+                        )
+                        .as_bytes(),
+                    );
+                    for j in 2..n {
+                        body.extend_from_slice(
+                            lcluster_index(TYPE_NONHEAD, j as u32 | (((n - j) as u32) << 16))
+                                .as_bytes(),
+                        );
                     }
                     *next_block += k;
                     blocks += k;
@@ -400,7 +405,9 @@ fn compress_file(
                         let mut buf = piece.to_vec();
                         buf.resize(BLOCK as usize, 0);
                         data.write_all(&buf).ctx("write", "compressed data")?;
-                        body.extend_from_slice(&lcluster_index(TYPE_PLAIN, *next_block as u32));
+                        body.extend_from_slice(
+                            lcluster_index(TYPE_PLAIN, *next_block as u32).as_bytes(),
+                        );
                         *next_block += 1;
                         blocks += 1;
                     }

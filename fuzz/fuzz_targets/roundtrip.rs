@@ -176,22 +176,22 @@ fn flatten(tree: &Tree, link_all: bool) -> BTreeMap<PathBuf, (Seen, InodeId)> {
     for (p, e) in paths {
         let ino = tree[e].inode;
         let i = &tree[ino];
-        let linked = link_all || i.file_type == FileType::Regular;
+        let linked = link_all || i.file_type() == FileType::Regular;
         let group = if linked {
             first.entry(ino).or_insert_with(|| p.clone()).clone()
         } else {
             p.clone()
         };
         let seen = Seen {
-            file_type: i.file_type,
+            file_type: i.file_type(),
             permissions: i.permissions,
             uid: i.uid,
             gid: i.gid,
             mtime: i.mtime,
             mtime_nsec: i.mtime_nsec,
-            size: i.size,
-            rdev: i.rdev,
-            target: i.target.clone(),
+            size: i.size(),
+            rdev: i.rdev(),
+            target: i.target().to_vec(),
             xattrs: i.xattrs.clone(),
             group,
         };
@@ -270,7 +270,7 @@ fuzz_target!(|d: Desc| {
             continue;
         }
         let mut data = Vec::new();
-        for id in &image.tree[*ino].chunks {
+        for id in image.tree[*ino].chunks() {
             match reader.read(*id) {
                 Ok(c) => data.extend_from_slice(&c),
                 Err(e) => panic!("{}: chunk {id}: {e}", p.display()),

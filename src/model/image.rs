@@ -129,32 +129,32 @@ impl Image {
         }
         for (e, entry) in image.tree.entries.iter().enumerate() {
             let inode = &image.tree[entry.inode];
-            if inode.file_type != FileType::Regular {
+            if inode.file_type() != FileType::Regular {
                 continue;
             }
             let expected = if image.chunk_size == 0 {
                 0
             } else {
-                inode.size.div_ceil(u64::from(image.chunk_size))
+                inode.size().div_ceil(u64::from(image.chunk_size))
             };
-            if inode.chunks.len() as u64 != expected {
+            if inode.chunks().len() as u64 != expected {
                 return bad(format!(
                     "{}: {} chunks for {} bytes",
                     image.tree.path(EntryId::new(e)).display(),
-                    inode.chunks.len(),
-                    inode.size
+                    inode.chunks().len(),
+                    inode.size()
                 ));
             }
             let sum: u64 = inode
-                .chunks
+                .chunks()
                 .iter()
                 .map(|id| u64::from(image.chunks[id.index()].uncompressed_size))
                 .sum();
-            if sum != inode.size {
+            if sum != inode.size() {
                 return bad(format!(
                     "{}: chunks hold {sum} bytes, the file {}",
                     image.tree.path(EntryId::new(e)).display(),
-                    inode.size
+                    inode.size()
                 ));
             }
         }

@@ -53,11 +53,13 @@ fn classify<'a>(name: &'a [u8], inode: &Inode, spec: WhiteoutSpec) -> Whiteout<'
         WhiteoutSpec::Oci if name.starts_with(WHITEOUT_PREFIX) => {
             Whiteout::Remove(&name[WHITEOUT_PREFIX.len()..])
         }
-        WhiteoutSpec::Overlayfs if inode.file_type == FileType::CharDevice && inode.rdev == 0 => {
+        WhiteoutSpec::Overlayfs
+            if inode.file_type() == FileType::CharDevice && inode.rdev() == 0 =>
+        {
             Whiteout::Remove(name)
         }
         WhiteoutSpec::Overlayfs
-            if inode.file_type == FileType::Directory
+            if inode.file_type() == FileType::Directory
                 && inode
                     .xattrs
                     .iter()
@@ -90,7 +92,9 @@ pub fn apply(
     let mut map_inode = |lower: &mut Tree, ino: InodeId, strip_opaque: bool| -> InodeId {
         *inode_map.entry(ino).or_insert_with(|| {
             let mut inode = upper[ino].clone();
-            inode.chunks = inode.chunks.iter().map(|c| chunk_map(*c)).collect();
+            if let Some(f) = inode.file_mut() {
+                f.chunks = f.chunks.iter().map(|c| chunk_map(*c)).collect();
+            }
             if strip_opaque {
                 inode.xattrs.retain(|(k, _)| k != OVERLAY_OPAQUE_XATTR);
             }
@@ -108,36 +112,8 @@ pub fn apply(
     }
     let mut stack: Vec<(EntryId, EntryId)> = vec![(EntryId::ROOT, EntryId::ROOT)];
     while let Some((ldir, udir)) = stack.pop() {
-        let mut kept = Vec::new();
         // whiteouts first, so they never hide siblings from the same layer
-        for &u in &upper[udir].children {
-            let name = upper[u].name.as_slice();
-            let uinode = upper.inode_of(u);
-            match classify(name, uinode, spec) {
-                Whiteout::Opaque => lower[ldir].children.clear(),
-                Whiteout::Remove(target) => {
-                    let keep: Vec<EntryId> = lower[ldir]
-                        .children
-                        .iter()
-                        .copied()
-                        .filter(|c| lower[*c].name != target)
-                        .collect();
-                    lower[ldir].children = keep;
-                }
-                Whiteout::OpaqueDir => {
-                    let existing = lower[ldir]
-                        .children
-                        .iter()
-                        .copied()
-                        .find(|c| lower[*c].name == name);
-                    if let Some(l) = existing {
-                        lower[l].children.clear();
-                    }
-                    kept.push((u, true));
-                }
-                Whiteout::Not => kept.push((u, false)),
-            }
-        }
+        let kept = apply_whiteouts(lower, ldir, upper, udir, spec);
         let mut by_name: HashMap<Vec<u8>, EntryId> = lower[ldir]
             .children
             .iter()
@@ -145,11 +121,11 @@ pub fn apply(
             .collect();
         for (u, strip) in kept {
             let uino = upper[u].inode;
-            let is_dir = upper[uino].file_type == FileType::Directory;
+            let is_dir = upper[uino].is_dir();
             let name = upper[u].name.clone();
             let target = match by_name.get(&name) {
                 Some(&l) => {
-                    let lower_is_dir = lower.inode_of(l).file_type == FileType::Directory;
+                    let lower_is_dir = lower.inode_of(l).is_dir();
                     // a directory the layer only implies leaves the lower one as it was
                     if !(is_dir && lower_is_dir && upper[uino].is_implied_dir()) {
                         lower[l].inode = map_inode(lower, uino, strip);
@@ -221,9 +197,52 @@ impl Tree {
     }
 }
 
+/// Applies the whiteouts among `udir`'s children to the lower directory `ldir`, and returns
+/// the upper children left to copy, each with whether it is an opaque directory (whose
+/// opaque xattr is then stripped).
+fn apply_whiteouts(
+    lower: &mut Tree,
+    ldir: EntryId,
+    upper: &Tree,
+    udir: EntryId,
+    spec: WhiteoutSpec,
+) -> Vec<(EntryId, bool)> {
+    let mut kept = Vec::new();
+    for &u in &upper[udir].children {
+        let name = upper[u].name.as_slice();
+        let uinode = upper.inode_of(u);
+        match classify(name, uinode, spec) {
+            Whiteout::Opaque => lower[ldir].children.clear(),
+            Whiteout::Remove(target) => {
+                let keep: Vec<EntryId> = lower[ldir]
+                    .children
+                    .iter()
+                    .copied()
+                    .filter(|c| lower[*c].name != target)
+                    .collect();
+                lower[ldir].children = keep;
+            }
+            Whiteout::OpaqueDir => {
+                let existing = lower[ldir]
+                    .children
+                    .iter()
+                    .copied()
+                    .find(|c| lower[*c].name == name);
+                if let Some(l) = existing {
+                    lower[l].children.clear();
+                }
+                kept.push((u, true));
+            }
+            Whiteout::Not => kept.push((u, false)),
+        }
+    }
+    kept
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::tree::InodeKind;
 
     fn tree(spec: &[(&str, FileType)]) -> Tree {
         let mut t = Tree::new(Inode::new(FileType::Directory, 0o755));
@@ -244,10 +263,7 @@ mod tests {
                         } else {
                             FileType::Directory
                         };
-                        let mut inode = Inode::new(ft, 0o644);
-                        if ft == FileType::CharDevice {
-                            inode.rdev = 0;
-                        }
+                        let inode = Inode::new(ft, 0o644);
                         let ino = t.add_inode(inode);
                         t.add_entry(parent, p.as_bytes(), ino).unwrap()
                     }
@@ -331,7 +347,10 @@ mod tests {
         apply(&mut low, &up, WhiteoutSpec::Oci, &|c| c);
         assert_eq!(paths(&low), vec!["/d", "/f", "/f/now-a-dir"]);
         let t = low.compact();
-        assert_eq!(t.inode_of(t[EntryId::ROOT].children[0]).file_type, Symlink);
+        assert_eq!(
+            t.inode_of(t[EntryId::ROOT].children[0]).file_type(),
+            Symlink
+        );
     }
 
     #[test]
@@ -371,7 +390,7 @@ mod tests {
         t[ino].permissions = perm;
         t[ino].uid = uid;
         t[ino].mtime = mtime;
-        t[ino].implied = false;
+        t[ino].kind = InodeKind::Directory { implied: false };
     }
 
     #[test]

@@ -86,8 +86,8 @@ pub fn compact_blobs<B: Clone>(
         if std::mem::replace(&mut done[ino.index()], true) {
             continue;
         }
-        let mut ids = Vec::with_capacity(tree[ino].chunks.len());
-        for id in &tree[ino].chunks {
+        let mut ids = Vec::with_capacity(tree[ino].chunks().len());
+        for id in tree[ino].chunks() {
             let c = *chunks.get(id.index()).ok_or_else(|| Error::Corrupt {
                 what: "chunk reference",
                 offset: u64::from(id.get()),
@@ -106,7 +106,9 @@ pub fn compact_blobs<B: Clone>(
             });
             ids.push(nid);
         }
-        tree[ino].chunks = ids;
+        if let Some(f) = tree[ino].file_mut() {
+            f.chunks = ids;
+        }
     }
     let records = new_blobs
         .iter()

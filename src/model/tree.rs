@@ -131,11 +131,101 @@ pub enum DataSource {
     Path(PathBuf),
 }
 
+/// A regular file's data: its size, where its bytes come from, and (after the chunk pipeline)
+/// which chunks hold them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RegularFile {
+    /// Size in bytes.
+    pub size: u64,
+    /// Where the file data comes from.
+    pub data: DataSource,
+    /// Chunks holding the file data, in file order (filled by the chunk pipeline).
+    pub chunks: Vec<ChunkId>,
+}
+
+/// What an inode is, with the data only that kind has: a size and chunks for regular files, a
+/// target for symlinks, a device number for devices. Keeping them apart means a directory
+/// cannot carry chunks or a symlink a device number.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum InodeKind {
+    /// Regular file.
+    Regular(RegularFile),
+    /// Directory.
+    Directory {
+        /// A directory a tar layer only implies (a parent of listed entries, never listed
+        /// itself). Its metadata are placeholders: when layers are merged it takes the lower
+        /// layer's directory instead ([`crate::model::overlay::apply`]). Not stored in images.
+        implied: bool,
+    },
+    /// Symbolic link.
+    Symlink {
+        /// The link target (raw bytes).
+        target: Vec<u8>,
+    },
+    /// Character device.
+    CharDevice {
+        /// Device number in the Linux `new_encode_dev` form.
+        rdev: u32,
+    },
+    /// Block device.
+    BlockDevice {
+        /// Device number in the Linux `new_encode_dev` form.
+        rdev: u32,
+    },
+    /// Named pipe.
+    Fifo,
+    /// Unix socket.
+    Socket,
+}
+
+impl InodeKind {
+    /// A kind of the given type with empty per-kind data (size 0, no chunks, empty target,
+    /// device 0, not implied).
+    pub fn empty(file_type: FileType) -> InodeKind {
+        match file_type {
+            FileType::Regular => InodeKind::Regular(RegularFile {
+                size: 0,
+                data: DataSource::None,
+                chunks: Vec::new(),
+            }),
+            FileType::Directory => InodeKind::Directory { implied: false },
+            FileType::Symlink => InodeKind::Symlink { target: Vec::new() },
+            FileType::CharDevice => InodeKind::CharDevice { rdev: 0 },
+            FileType::BlockDevice => InodeKind::BlockDevice { rdev: 0 },
+            FileType::Fifo => InodeKind::Fifo,
+            FileType::Socket => InodeKind::Socket,
+        }
+    }
+
+    /// A device of the given type (`CharDevice` or `BlockDevice`); any other type gets its
+    /// empty kind, the number dropped.
+    pub fn device(file_type: FileType, rdev: u32) -> InodeKind {
+        match file_type {
+            FileType::CharDevice => InodeKind::CharDevice { rdev },
+            FileType::BlockDevice => InodeKind::BlockDevice { rdev },
+            other => InodeKind::empty(other),
+        }
+    }
+
+    /// The file type, without the per-kind data.
+    pub fn file_type(&self) -> FileType {
+        match self {
+            InodeKind::Regular(_) => FileType::Regular,
+            InodeKind::Directory { .. } => FileType::Directory,
+            InodeKind::Symlink { .. } => FileType::Symlink,
+            InodeKind::CharDevice { .. } => FileType::CharDevice,
+            InodeKind::BlockDevice { .. } => FileType::BlockDevice,
+            InodeKind::Fifo => FileType::Fifo,
+            InodeKind::Socket => FileType::Socket,
+        }
+    }
+}
+
 /// Metadata of one inode, shared by all names of a hardlink group.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Inode {
-    /// File type.
-    pub file_type: FileType,
+    /// What the inode is, with its per-kind data.
+    pub kind: InodeKind,
     /// Permission bits including suid/sgid/sticky (`0o7777`).
     pub permissions: u16,
     /// Owner.
@@ -146,49 +236,83 @@ pub struct Inode {
     pub mtime: i64,
     /// Nanoseconds part of the modification time.
     pub mtime_nsec: u32,
-    /// Size in bytes (regular files only; 0 otherwise).
-    pub size: u64,
-    /// Device number in the Linux `new_encode_dev` form (character and block devices only).
-    pub rdev: u32,
-    /// Symlink target (symlinks only).
-    pub target: Vec<u8>,
     /// Extended attributes, sorted by name, names unique.
     pub xattrs: Vec<(Vec<u8>, Vec<u8>)>,
-    /// Where the file data comes from.
-    pub data: DataSource,
-    /// Chunks holding the file data, in file order (filled by the chunk pipeline).
-    pub chunks: Vec<ChunkId>,
-    /// A directory a tar layer only implies (a parent of listed entries, never listed
-    /// itself). Its metadata are placeholders: when layers are merged it takes the lower
-    /// layer's directory instead ([`overlay::apply`]). Not stored in images.
-    pub implied: bool,
 }
 
 impl Inode {
-    /// A new inode of the given type with everything else zero or empty.
-    pub fn new(file_type: FileType, permissions: u16) -> Inode {
+    /// A new inode of the given kind with everything else zero or empty.
+    pub fn with_kind(kind: InodeKind, permissions: u16) -> Inode {
         Inode {
-            file_type,
+            kind,
             permissions: permissions & 0o7777,
             uid: 0,
             gid: 0,
             mtime: 0,
             mtime_nsec: 0,
-            size: 0,
-            rdev: 0,
-            target: Vec::new(),
             xattrs: Vec::new(),
-            data: DataSource::None,
-            chunks: Vec::new(),
-            implied: false,
         }
+    }
+
+    /// A new inode of the given type with empty per-kind data and everything else zero.
+    pub fn new(file_type: FileType, permissions: u16) -> Inode {
+        Inode::with_kind(InodeKind::empty(file_type), permissions)
     }
 
     /// A directory implied by a tar layer: 0755, 0:0, mtime 0, no xattrs, marked implied.
     pub fn implied_dir() -> Inode {
-        Inode {
-            implied: true,
-            ..Inode::new(FileType::Directory, 0o755)
+        Inode::with_kind(InodeKind::Directory { implied: true }, 0o755)
+    }
+
+    /// The file type.
+    pub fn file_type(&self) -> FileType {
+        self.kind.file_type()
+    }
+
+    /// Whether this is a directory.
+    pub fn is_dir(&self) -> bool {
+        matches!(self.kind, InodeKind::Directory { .. })
+    }
+
+    /// The regular file's data, if this is a regular file.
+    pub fn file(&self) -> Option<&RegularFile> {
+        match &self.kind {
+            InodeKind::Regular(f) => Some(f),
+            _ => None,
+        }
+    }
+
+    /// The regular file's data, mutable, if this is a regular file.
+    pub fn file_mut(&mut self) -> Option<&mut RegularFile> {
+        match &mut self.kind {
+            InodeKind::Regular(f) => Some(f),
+            _ => None,
+        }
+    }
+
+    /// The size in bytes of a regular file; 0 for every other kind.
+    pub fn size(&self) -> u64 {
+        self.file().map_or(0, |f| f.size)
+    }
+
+    /// The chunks of a regular file; empty for every other kind.
+    pub fn chunks(&self) -> &[ChunkId] {
+        self.file().map_or(&[], |f| f.chunks.as_slice())
+    }
+
+    /// The device number of a device; 0 for every other kind.
+    pub fn rdev(&self) -> u32 {
+        match self.kind {
+            InodeKind::CharDevice { rdev } | InodeKind::BlockDevice { rdev } => rdev,
+            _ => 0,
+        }
+    }
+
+    /// The target of a symlink; empty for every other kind.
+    pub fn target(&self) -> &[u8] {
+        match &self.kind {
+            InodeKind::Symlink { target } => target,
+            _ => &[],
         }
     }
 
@@ -196,19 +320,23 @@ impl Inode {
     /// reader, or, for a layer loaded back from a bootstrap (where the mark is not stored),
     /// a directory with exactly the implied placeholders (0755, 0:0, mtime 0.0, no xattrs).
     pub fn is_implied_dir(&self) -> bool {
-        self.file_type == FileType::Directory
-            && (self.implied
-                || (self.permissions == 0o755
+        match self.kind {
+            InodeKind::Directory { implied: true } => true,
+            InodeKind::Directory { implied: false } => {
+                self.permissions == 0o755
                     && self.uid == 0
                     && self.gid == 0
                     && self.mtime == 0
                     && self.mtime_nsec == 0
-                    && self.xattrs.is_empty()))
+                    && self.xattrs.is_empty()
+            }
+            _ => false,
+        }
     }
 
     /// The full `st_mode` (type and permission bits).
     pub fn mode(&self) -> u32 {
-        self.file_type.mode_bits() | u32::from(self.permissions)
+        self.file_type().mode_bits() | u32::from(self.permissions)
     }
 
     /// Sets the xattrs, sorted by name (later duplicates replace earlier ones).
@@ -251,7 +379,7 @@ pub struct Tree {
 impl Tree {
     /// A tree holding only a root directory with the given inode.
     pub fn new(root: Inode) -> Tree {
-        debug_assert_eq!(root.file_type, FileType::Directory);
+        debug_assert_eq!(root.file_type(), FileType::Directory);
         Tree {
             entries: vec![Entry {
                 name: Vec::new(),
@@ -348,7 +476,7 @@ impl Tree {
 
     /// Whether an entry is a directory.
     pub fn is_dir(&self, entry: EntryId) -> bool {
-        self.inode_of(entry).file_type == FileType::Directory
+        self.inode_of(entry).is_dir()
     }
 
     /// Entries in numbering order: the root, then for each directory (depth first, in name

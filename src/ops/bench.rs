@@ -11,7 +11,7 @@ use rayon::prelude::*;
 
 use crate::codec::{digest, Compressor, Digester};
 use crate::error::{Error, IoContext, Result};
-use crate::model::{DataSource, FileType};
+use crate::model::DataSource;
 
 /// What [`stage_bound`] measured.
 #[derive(Debug, Clone, Copy, serde::Serialize)]
@@ -40,9 +40,11 @@ pub fn stage_bound(
     for e in tree.numbering_order() {
         let ino = tree[e].inode;
         let i = &tree[ino];
-        if i.file_type == FileType::Regular && !std::mem::replace(&mut seen[ino.index()], true) {
-            if let DataSource::Path(p) = &i.data {
-                files.push((p.clone(), i.size));
+        if let Some(f) = i.file() {
+            if let DataSource::Path(p) = &f.data {
+                if !std::mem::replace(&mut seen[ino.index()], true) {
+                    files.push((p.clone(), f.size));
+                }
             }
         }
     }

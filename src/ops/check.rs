@@ -49,11 +49,11 @@ pub fn check(opts: &CheckOptions) -> Result<CheckReport> {
                 i.mode(),
                 i.uid,
                 i.gid,
-                i.size,
+                i.size(),
                 i.xattrs.len(),
-                i.chunks.len()
+                i.chunks().len()
             ));
-            for id in &i.chunks {
+            for id in i.chunks() {
                 let c = &image.chunks[id.index()];
                 listing.push(format!(
                     "\t chunk: blob {} index {} digest {} compressed {:#x}+{:#x} uncompressed {:#x}+{:#x}",
@@ -74,7 +74,7 @@ pub fn check(opts: &CheckOptions) -> Result<CheckReport> {
         let mut reader = ChunkReader::new(&image, source);
         let mut seen = HashSet::new();
         for inode in &image.tree.inodes {
-            for id in &inode.chunks {
+            for id in inode.chunks() {
                 if seen.insert(*id) {
                     let data = reader.read(*id)?;
                     let c = &image.chunks[id.index()];

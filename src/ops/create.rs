@@ -366,8 +366,8 @@ impl Input {
         let per_inode = std::mem::take(&mut self.per_inode);
         let refs = per_inode.iter().map(|v| v.len() as u64).sum();
         for (ino, ids) in self.tree.inode_ids().zip(per_inode) {
-            if !ids.is_empty() {
-                self.tree[ino].chunks = ids;
+            if let (false, Some(f)) = (ids.is_empty(), self.tree[ino].file_mut()) {
+                f.chunks = ids;
             }
         }
         refs
@@ -810,7 +810,7 @@ fn create_tarfs(opts: &CreateOptions, progress: &dyn Progress) -> Result<CreateO
     let file_count = tree
         .inodes
         .iter()
-        .filter(|i| i.file_type == FileType::Regular && !i.chunks.is_empty())
+        .filter(|i| i.file_type() == FileType::Regular && !i.chunks().is_empty())
         .count() as u64;
     let data_bytes: u64 = chunks
         .chunks

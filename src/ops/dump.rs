@@ -48,21 +48,21 @@ pub fn dump(image: &Image) -> String {
             "{} ino {} {:?} {:o} {}:{} size {} paths {} mtime {}.{:09}",
             escape(tree.path(e).as_os_str().as_encoded_bytes()),
             image.inode_numbers.get(ino.index()).copied().unwrap_or(0),
-            inode.file_type,
+            inode.file_type(),
             inode.mode(),
             inode.uid,
             inode.gid,
-            inode.size,
+            inode.size(),
             links[ino.index()],
             inode.mtime,
             inode.mtime_nsec
         );
-        match inode.file_type {
+        match inode.file_type() {
             FileType::Symlink => {
-                let _ = write!(out, " -> {}", escape(&inode.target));
+                let _ = write!(out, " -> {}", escape(inode.target()));
             }
             FileType::CharDevice | FileType::BlockDevice => {
-                let _ = write!(out, " rdev {:#x}", inode.rdev);
+                let _ = write!(out, " rdev {:#x}", inode.rdev());
             }
             _ => {}
         }
@@ -70,7 +70,7 @@ pub fn dump(image: &Image) -> String {
         for (k, v) in &inode.xattrs {
             let _ = writeln!(out, "    xattr {}={}", escape(k), escape(v));
         }
-        for id in &inode.chunks {
+        for id in inode.chunks() {
             let Some(c) = image.chunks.get(id.index()) else {
                 let _ = writeln!(out, "    chunk {id}: missing");
                 continue;

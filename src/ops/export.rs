@@ -108,7 +108,7 @@ pub fn export_block(opts: &ExportOptions) -> Result<ExportOutput> {
         let mut reader = ChunkReader::new(&image, source);
         let mut done = HashSet::new();
         for inode in &image.tree.inodes {
-            for id in &inode.chunks {
+            for id in inode.chunks() {
                 if !done.insert(*id) {
                     continue;
                 }

@@ -193,7 +193,7 @@ pub fn export(opts: &CompressedExportOptions) -> Result<u64> {
         data.as_file_mut(),
     )?;
     let lay = layout::compute_with(&image.tree, BLOCK, &|ino, inode| match files.get(&ino) {
-        Some(f) if f.data.is_some() => RegularLayout::Data(inode.size),
+        Some(f) if f.data.is_some() => RegularLayout::Data(inode.size()),
         Some(f) => RegularLayout::Slots(f.body.len() as u64 / 8),
         None => RegularLayout::Data(0),
     })?;
@@ -246,12 +246,13 @@ fn compress_files(
     for e in tree.numbering_order() {
         let ino = tree[e].inode;
         let inode = &tree[ino];
-        if inode.file_type != FileType::Regular || std::mem::replace(&mut done[ino.index()], true) {
+        if inode.file_type() != FileType::Regular || std::mem::replace(&mut done[ino.index()], true)
+        {
             continue;
         }
-        let file = if inode.size < BLOCK {
+        let file = if inode.size() < BLOCK {
             StandaloneFile {
-                data: Some(file_bytes(reader, &inode.chunks)?),
+                data: Some(file_bytes(reader, inode.chunks())?),
                 ..Default::default()
             }
         } else {
@@ -327,7 +328,7 @@ fn compress_file(
     data: &mut std::fs::File,
     next_block: &mut u64,
 ) -> Result<StandaloneFile> {
-    let nclusters = inode.size.div_ceil(BLOCK);
+    let nclusters = inode.size().div_ceil(BLOCK);
     let mut body = Vec::with_capacity(16 + 8 * nclusters as usize);
     // map header: no tail packing, big pclusters for HEAD1, algorithm, 4 KiB logical clusters
     let header = MapHeader {
@@ -342,8 +343,8 @@ fn compress_file(
     // a window of extents is compressed in parallel, then written in order: bounded memory
     let window = extent_len * 4 * rayon::current_num_threads().max(1);
     let mut pending: Vec<u8> = Vec::new();
-    let mut chunk_iter = inode.chunks.iter();
-    let mut left = inode.size;
+    let mut chunk_iter = inode.chunks().iter();
+    let mut left = inode.size();
     let mut blocks = 0u64;
     while left > 0 {
         let want = left.min(window as u64) as usize;
@@ -355,7 +356,7 @@ fn compress_file(
         if take == 0 {
             return Err(Error::Corrupt {
                 what: "file data",
-                offset: inode.size - left,
+                offset: inode.size() - left,
                 reason: "chunks end before the file".into(),
             });
         }

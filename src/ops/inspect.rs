@@ -57,7 +57,7 @@ fn stat_json(image: &Image, e: EntryId) -> Value {
     let xattrs: BTreeMap<String, String> =
         i.xattrs.iter().map(|(k, v)| (lossy(k), lossy(v))).collect();
     let chunks: Vec<Value> = i
-        .chunks
+        .chunks()
         .iter()
         .enumerate()
         .map(|(n, id)| {
@@ -80,16 +80,16 @@ fn stat_json(image: &Image, e: EntryId) -> Value {
     json!({
         "path": image.tree.path(e).to_string_lossy(),
         "inode": image.inode_numbers.get(ino.index()),
-        "type": type_name(i.file_type),
+        "type": type_name(i.file_type()),
         "mode": format!("{:o}", i.mode()),
         "uid": i.uid,
         "gid": i.gid,
-        "size": i.size,
+        "size": i.size(),
         "mtime": i.mtime,
         "mtime_nsec": i.mtime_nsec,
         "nlink": nlink,
-        "rdev": i.rdev,
-        "target": (i.file_type == FileType::Symlink).then(|| lossy(&i.target)),
+        "rdev": i.rdev(),
+        "target": (i.file_type() == FileType::Symlink).then(|| lossy(i.target())),
         "xattrs": xattrs,
         "chunks": chunks,
     })
@@ -106,7 +106,7 @@ pub fn request(image: &Image, req: &str) -> Result<Value> {
         "stats" => {
             let mut counts: BTreeMap<&str, u64> = BTreeMap::new();
             for i in &image.tree.inodes {
-                *counts.entry(type_name(i.file_type)).or_default() += 1;
+                *counts.entry(type_name(i.file_type())).or_default() += 1;
             }
             Ok(json!({
                 "inodes_count": image.tree.inodes.len(),
@@ -178,9 +178,9 @@ pub fn request(image: &Image, req: &str) -> Result<Value> {
                     json!({
                         "name": lossy(&image.tree[*c].name),
                         "inode": image.inode_numbers.get(image.tree[*c].inode.index()),
-                        "type": type_name(i.file_type),
+                        "type": type_name(i.file_type()),
                         "mode": format!("{:o}", i.mode()),
-                        "size": i.size,
+                        "size": i.size(),
                     })
                 })
                 .collect();

@@ -18,12 +18,12 @@ fn image_stats(
     let (mut dirs, mut files, mut symlinks, mut others, mut file_size, mut refs) =
         (0u64, 0u64, 0u64, 0u64, 0u64, 0u64);
     for i in &image.tree.inodes {
-        match i.file_type {
+        match i.file_type() {
             FileType::Directory => dirs += 1,
             FileType::Regular => {
                 files += 1;
-                file_size += i.size;
-                refs += i.chunks.len() as u64;
+                file_size += i.size();
+                refs += i.chunks().len() as u64;
             }
             FileType::Symlink => symlinks += 1,
             _ => others += 1,

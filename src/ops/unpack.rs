@@ -74,7 +74,7 @@ fn write_file_data(
     out: &mut dyn Write,
     name: &Path,
 ) -> Result<()> {
-    for id in &inode.chunks {
+    for id in inode.chunks() {
         let data = reader.read(*id)?;
         out.write_all(&data).ctx("write", name)?;
     }
@@ -159,8 +159,8 @@ fn header(e: &TarEntry, pax: &mut Vec<u8>) -> [u8; 512] {
     }
     h[257..263].copy_from_slice(b"ustar\0");
     h[263..265].copy_from_slice(b"00");
-    if matches!(i.file_type, FileType::CharDevice | FileType::BlockDevice) && e.kind != b'1' {
-        let dev = u64::from(i.rdev);
+    if matches!(i.file_type(), FileType::CharDevice | FileType::BlockDevice) && e.kind != b'1' {
+        let dev = u64::from(i.rdev());
         let major = (dev >> 8) & 0xfff;
         let minor = (dev & 0xff) | ((dev >> 12) & 0xfff00);
         octal(&mut h[329..337], major);
@@ -226,20 +226,20 @@ fn write_tar(
             let inode = &image.tree[ino];
             let mut name = b"./".to_vec();
             name.extend_from_slice(rel_path(image, e).as_os_str().as_bytes());
-            if inode.file_type == FileType::Directory && e != EntryId::ROOT {
+            if inode.file_type() == FileType::Directory && e != EntryId::ROOT {
                 name.push(b'/');
             }
             let (kind, link, size) = if let Some(first) = first_path
                 .get(&ino)
-                .filter(|_| inode.file_type != FileType::Directory)
+                .filter(|_| inode.file_type() != FileType::Directory)
             {
                 (b'1', first.clone(), 0)
             } else {
                 first_path.insert(ino, name.clone());
-                match inode.file_type {
-                    FileType::Regular => (b'0', Vec::new(), inode.size),
+                match inode.file_type() {
+                    FileType::Regular => (b'0', Vec::new(), inode.size()),
                     FileType::Directory => (b'5', Vec::new(), 0),
-                    FileType::Symlink => (b'2', inode.target.clone(), 0),
+                    FileType::Symlink => (b'2', inode.target().to_vec(), 0),
                     FileType::CharDevice => (b'3', Vec::new(), 0),
                     FileType::BlockDevice => (b'4', Vec::new(), 0),
                     FileType::Fifo => (b'6', Vec::new(), 0),
@@ -332,7 +332,7 @@ fn extract_into(image: &Image, source: BlobSource, dir: &Path) -> Result<u64> {
                 n += 1;
                 continue;
             }
-            match inode.file_type {
+            match inode.file_type() {
                 FileType::Directory => std::fs::create_dir(&path).ctx("create directory", &path)?,
                 FileType::Regular => {
                     let f = std::fs::OpenOptions::new()
@@ -345,7 +345,7 @@ fn extract_into(image: &Image, source: BlobSource, dir: &Path) -> Result<u64> {
                     w.flush().ctx("write", &path)?;
                 }
                 FileType::Symlink => {
-                    std::os::unix::fs::symlink(OsStr::from_bytes(&inode.target), &path)
+                    std::os::unix::fs::symlink(OsStr::from_bytes(inode.target()), &path)
                         .ctx("symlink", &path)?
                 }
                 FileType::CharDevice
@@ -357,7 +357,7 @@ fn extract_into(image: &Image, source: BlobSource, dir: &Path) -> Result<u64> {
             }
             first_path.insert(ino, path.clone());
         }
-        if inode.file_type != FileType::Directory {
+        if inode.file_type() != FileType::Directory {
             set_metadata(inode, &path)?;
         }
         n += 1;
@@ -365,7 +365,7 @@ fn extract_into(image: &Image, source: BlobSource, dir: &Path) -> Result<u64> {
     // directories last and deepest first, so creating children does not change their mtime
     for &e in order.iter().rev() {
         let inode = image.tree.inode_of(e);
-        if inode.file_type == FileType::Directory {
+        if inode.file_type() == FileType::Directory {
             set_metadata(inode, &dir.join(rel_path(image, e)))?;
         }
     }
@@ -374,13 +374,13 @@ fn extract_into(image: &Image, source: BlobSource, dir: &Path) -> Result<u64> {
 
 fn make_node(inode: &Inode, path: &Path) -> Result<()> {
     use nix::sys::stat::{mknod, Mode, SFlag};
-    let kind = match inode.file_type {
+    let kind = match inode.file_type() {
         FileType::CharDevice => SFlag::S_IFCHR,
         FileType::BlockDevice => SFlag::S_IFBLK,
         FileType::Fifo => SFlag::S_IFIFO,
         _ => SFlag::S_IFSOCK,
     };
-    let dev = u64::from(inode.rdev);
+    let dev = u64::from(inode.rdev());
     let major = (dev >> 8) & 0xfff;
     let minor = (dev & 0xff) | ((dev >> 12) & 0xfff00);
     let rdev = nix::sys::stat::makedev(major, minor);
@@ -419,7 +419,7 @@ fn set_metadata(inode: &Inode, path: &Path) -> Result<()> {
             );
         }
     }
-    if inode.file_type != FileType::Symlink {
+    if inode.file_type() != FileType::Symlink {
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(
             path,

@@ -140,28 +140,37 @@ mod tests {
     use super::*;
     use crate::blob::BlobSummary;
     use crate::codec::{Compressor, Digester};
-    use crate::model::{ChunkId, EntryId, FileType, Inode};
+    use crate::model::{ChunkId, DataSource, EntryId, FileType, Inode, InodeKind, RegularFile};
 
     fn sample() -> (Tree, Vec<ChunkInfo>) {
         let data = b"0123456789";
         let mut root = Inode::new(FileType::Directory, 0o755);
         root.mtime = 1_704_164_645;
         let mut tree = Tree::new(root);
-        let mut file = Inode::new(FileType::Regular, 0o640);
-        (file.uid, file.gid, file.size) = (1000, 100, data.len() as u64);
+        let mut file = Inode::with_kind(
+            InodeKind::Regular(RegularFile {
+                size: data.len() as u64,
+                data: DataSource::None,
+                chunks: vec![ChunkId::new(0)],
+            }),
+            0o640,
+        );
+        (file.uid, file.gid) = (1000, 100);
         (file.mtime, file.mtime_nsec) = (1_704_164_645, 123_456_789);
         file.set_xattrs(vec![(b"user.x".to_vec(), b"y".to_vec())]);
-        file.chunks = vec![ChunkId::new(0)];
         let file = tree.add_inode(file);
         tree.add_entry(EntryId::ROOT, b"a", file).unwrap();
-        let mut link = Inode::new(FileType::Symlink, 0o777);
-        link.target = b"a".to_vec();
+        let link = Inode::with_kind(
+            InodeKind::Symlink {
+                target: b"a".to_vec(),
+            },
+            0o777,
+        );
         let link = tree.add_inode(link);
         tree.add_entry(EntryId::ROOT, b"l", link).unwrap();
         let dir = tree.add_inode(Inode::new(FileType::Directory, 0o700));
         let d = tree.add_entry(EntryId::ROOT, b"d", dir).unwrap();
-        let mut dev = Inode::new(FileType::CharDevice, 0o600);
-        dev.rdev = 0x103;
+        let dev = Inode::with_kind(InodeKind::CharDevice { rdev: 0x103 }, 0o600);
         let dev = tree.add_inode(dev);
         tree.add_entry(d, b"c", dev).unwrap();
         tree.add_entry(d, b"a2", file).unwrap();
@@ -236,14 +245,14 @@ mod tests {
                 let what = format!("v{version} {}", want.path(a).display());
                 assert_eq!(x.mode(), y.mode(), "{what}: mode");
                 assert_eq!((x.uid, x.gid), (y.uid, y.gid), "{what}: owner");
-                assert_eq!(x.target, y.target, "{what}: target");
-                assert_eq!(x.rdev, y.rdev, "{what}: rdev");
+                assert_eq!(x.target(), y.target(), "{what}: target");
+                assert_eq!(x.rdev(), y.rdev(), "{what}: rdev");
                 assert_eq!(x.xattrs, y.xattrs, "{what}: xattrs");
-                if x.file_type == FileType::Regular {
-                    assert_eq!(x.size, y.size, "{what}: size");
+                if x.file_type() == FileType::Regular {
+                    assert_eq!(x.size(), y.size(), "{what}: size");
                     assert_eq!((x.mtime, x.mtime_nsec), (y.mtime, y.mtime_nsec), "{what}");
                     let digests = |i: &Inode, c: &[ChunkInfo]| -> Vec<[u8; 32]> {
-                        i.chunks.iter().map(|id| c[id.index()].digest).collect()
+                        i.chunks().iter().map(|id| c[id.index()].digest).collect()
                     };
                     assert_eq!(digests(x, &chunks), digests(y, &image.chunks), "{what}");
                 }

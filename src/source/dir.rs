@@ -7,7 +7,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, IoContext, Result};
-use crate::model::{DataSource, EntryId, FileType, Inode, InodeId, Tree};
+use crate::model::{DataSource, EntryId, FileType, Inode, InodeId, InodeKind, RegularFile, Tree};
 
 /// Reads the directory `root` into a tree with sorted children.
 ///
@@ -78,33 +78,36 @@ fn inode_from(path: &Path, meta: &std::fs::Metadata) -> Result<Inode> {
         path: path.to_path_buf(),
         reason: format!("unknown file type in mode {mode:#o}"),
     })?;
-    let mut inode = Inode::new(file_type, (mode & 0o7777) as u16);
+    let kind = match file_type {
+        FileType::Regular => InodeKind::Regular(RegularFile {
+            size: meta.size(),
+            data: match meta.size() {
+                0 => DataSource::None,
+                _ => DataSource::Path(path.to_path_buf()),
+            },
+            chunks: Vec::new(),
+        }),
+        FileType::Symlink => InodeKind::Symlink {
+            target: std::fs::read_link(path)
+                .ctx("readlink", path)?
+                .as_os_str()
+                .as_bytes()
+                .to_vec(),
+        },
+        FileType::CharDevice | FileType::BlockDevice => {
+            let rdev = encode_rdev(meta.rdev()).ok_or_else(|| Error::Unsupported {
+                path: path.to_path_buf(),
+                reason: format!("device number {:#x} does not fit in 32 bits", meta.rdev()),
+            })?;
+            InodeKind::device(file_type, rdev)
+        }
+        other => InodeKind::empty(other),
+    };
+    let mut inode = Inode::with_kind(kind, (mode & 0o7777) as u16);
     inode.uid = meta.uid();
     inode.gid = meta.gid();
     inode.mtime = meta.mtime();
     inode.mtime_nsec = meta.mtime_nsec().clamp(0, 999_999_999) as u32;
-    match file_type {
-        FileType::Regular => {
-            inode.size = meta.size();
-            if inode.size > 0 {
-                inode.data = DataSource::Path(path.to_path_buf());
-            }
-        }
-        FileType::Symlink => {
-            inode.target = std::fs::read_link(path)
-                .ctx("readlink", path)?
-                .as_os_str()
-                .as_bytes()
-                .to_vec();
-        }
-        FileType::CharDevice | FileType::BlockDevice => {
-            inode.rdev = encode_rdev(meta.rdev()).ok_or_else(|| Error::Unsupported {
-                path: path.to_path_buf(),
-                reason: format!("device number {:#x} does not fit in 32 bits", meta.rdev()),
-            })?;
-        }
-        _ => {}
-    }
     inode.set_xattrs(read_xattrs(path)?);
     Ok(inode)
 }
@@ -167,6 +170,6 @@ mod tests {
         assert_eq!(ino(0), ino(1));
         assert_eq!(ino(2), ino(3));
         assert_ne!(ino(0), ino(2));
-        assert_eq!(t[ino(2)].target, b"a");
+        assert_eq!(t[ino(2)].target(), b"a");
     }
 }

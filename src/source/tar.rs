@@ -25,7 +25,7 @@ use base64::Engine as _;
 
 use crate::error::{Error, IoContext, Result};
 use crate::format::tar::{self as header, field, kind, Magic, Segment, BLOCK};
-use crate::model::{ChunkId, EntryId, FileType, Inode, InodeId, Tree};
+use crate::model::{ChunkId, EntryId, FileType, Inode, InodeId, InodeKind, Tree};
 
 /// Largest PAX extended header accepted (bounded memory).
 pub const MAX_PAX_HEADER: u64 = 16 << 20;
@@ -456,7 +456,7 @@ struct Sparse {
 /// A symlink's target, or a device's number, checked.
 fn special_data(h: &[u8; BLOCK], at: &At, link: Vec<u8>, inode: &mut Inode) -> Result<()> {
     let num = |f: (usize, usize), what: &str| header::unsigned(header::raw(h, f), what);
-    match inode.file_type {
+    match inode.file_type() {
         FileType::Symlink => {
             if link.is_empty() {
                 return Err(at.err("symlink with an empty target"));
@@ -470,12 +470,12 @@ fn special_data(h: &[u8; BLOCK], at: &At, link: Vec<u8>, inode: &mut Inode) -> R
                     link.len()
                 )));
             }
-            inode.target = link;
+            inode.kind = InodeKind::Symlink { target: link };
         }
         FileType::CharDevice | FileType::BlockDevice => {
             let major = num(field::DEVMAJOR, "device major").map_err(|r| at.err(r))?;
             let minor = num(field::DEVMINOR, "device minor").map_err(|r| at.err(r))?;
-            inode.rdev = u32::try_from(major)
+            let rdev = u32::try_from(major)
                 .ok()
                 .zip(u32::try_from(minor).ok())
                 .and_then(|(ma, mi)| crate::source::dir::encode_rdev(libc::makedev(ma, mi)))
@@ -484,6 +484,7 @@ fn special_data(h: &[u8; BLOCK], at: &At, link: Vec<u8>, inode: &mut Inode) -> R
                         "device {major}:{minor} cannot be stored (major ≤ 4095, minor ≤ 1048575)"
                     ))
                 })?;
+            inode.kind = InodeKind::device(inode.file_type(), rdev);
         }
         _ => {}
     }
@@ -706,10 +707,10 @@ impl Reader<'_> {
         if let Some(sp) = &sparse {
             header::check_sparse_map(&sp.map, sp.real, left).map_err(|r| at.err(r))?;
         }
-        if file_type == FileType::Regular {
-            inode.size = sparse.as_ref().map(|s| s.real).unwrap_or(left);
+        if let Some(f) = inode.file_mut() {
+            f.size = sparse.as_ref().map(|s| s.real).unwrap_or(left);
         }
-        let size = inode.size;
+        let size = inode.size();
         let ino = self.b.tree.add_inode(inode);
         self.b.put(&comps, ino).map_err(|r| at.err(r))?;
         if file_type == FileType::Regular && size > 0 {
@@ -822,7 +823,7 @@ impl Reader<'_> {
         left: u64,
         files: &mut dyn FileData,
     ) -> Result<u64> {
-        let size = self.b.tree[ino].size;
+        let size = self.b.tree[ino].size();
         let data_offset = self.s.pos;
         let path = PathBuf::from(OsStr::from_bytes(&at.name));
         let mut data = DataReader {
@@ -854,7 +855,11 @@ impl Reader<'_> {
         };
         let left = data.left;
         match result {
-            Ok(Some(chunks)) => self.b.tree[ino].chunks = chunks,
+            Ok(Some(chunks)) => {
+                if let Some(f) = self.b.tree[ino].file_mut() {
+                    f.chunks = chunks;
+                }
+            }
             Ok(None) => {}
             // a full disk (or any output error) is the consumer's, not the archive's
             Err(e @ Error::NoSpace { .. }) => return Err(e),
@@ -987,7 +992,7 @@ impl Builder {
     /// Puts `inode` at `comps`, creating implied parent directories and replacing what was
     /// there (a directory replacing a directory keeps its children).
     fn put(&mut self, comps: &[Vec<u8>], inode: InodeId) -> std::result::Result<(), String> {
-        let is_dir = self.tree[inode].file_type == FileType::Directory;
+        let is_dir = self.tree[inode].file_type() == FileType::Directory;
         let Some((name, parents)) = comps.split_last() else {
             self.tree[EntryId::ROOT].inode = inode;
             return Ok(());
@@ -1196,7 +1201,7 @@ mod tests {
         let (f, h) = (tree[d].children[0], tree[d].children[1]);
         assert_eq!(tree[f].inode, tree[h].inode);
         let inode = tree.inode_of(f);
-        assert_eq!(inode.size, 700);
+        assert_eq!(inode.size(), 700);
         assert_eq!(inode.xattrs, vec![(b"user.a".to_vec(), b"\n".to_vec())]);
     }
 

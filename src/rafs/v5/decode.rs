@@ -12,7 +12,10 @@ use crate::format::rafs_v6::{super_flags, SuperFlags};
 use crate::io::bytes::{corrupt, Budget, Bytes};
 use crate::model::ChunkInfo;
 use crate::model::{BlobInfo, Image};
-use crate::model::{ChunkId, EntryId, FileType, Inode as TreeInode, InodeId, Tree};
+use crate::model::{
+    ChunkId, DataSource, EntryId, FileType, Inode as TreeInode, InodeId, InodeKind, RegularFile,
+    Tree,
+};
 
 const MAX_DEPTH: usize = 4096;
 
@@ -279,7 +282,24 @@ impl<'a> Decoder<'a> {
                 &format!("unknown file type in mode {mode:#o}"),
             )
         })?;
-        let mut i = TreeInode::new(ft, (mode & 0o7777) as u16);
+        let kind = match ft {
+            FileType::Regular => {
+                let mut chunks = Vec::with_capacity(r.chunks.len() / 80);
+                for (k, rec) in r.chunks.chunks_exact(80).enumerate() {
+                    chunks.push(self.chunk(rec, r.offset + 128 + 80 * k as u64)?);
+                }
+                InodeKind::Regular(RegularFile {
+                    size: r.raw.size.get(),
+                    data: DataSource::None,
+                    chunks,
+                })
+            }
+            FileType::Symlink => InodeKind::Symlink {
+                target: r.target.to_vec(),
+            },
+            _ => InodeKind::device(ft, r.raw.rdev.get()),
+        };
+        let mut i = TreeInode::with_kind(kind, (mode & 0o7777) as u16);
         if self.explicit_uid_gid {
             i.uid = r.raw.uid.get();
             i.gid = r.raw.gid.get();
@@ -287,18 +307,6 @@ impl<'a> Decoder<'a> {
         i.mtime = r.raw.mtime.get() as i64;
         i.mtime_nsec = r.raw.mtime_nsec.get().min(999_999_999);
         i.set_xattrs(r.xattrs.clone());
-        match ft {
-            FileType::Regular => {
-                i.size = r.raw.size.get();
-                for (k, rec) in r.chunks.chunks_exact(80).enumerate() {
-                    i.chunks
-                        .push(self.chunk(rec, r.offset + 128 + 80 * k as u64)?);
-                }
-            }
-            FileType::Symlink => i.target = r.target.to_vec(),
-            FileType::CharDevice | FileType::BlockDevice => i.rdev = r.raw.rdev.get(),
-            _ => {}
-        }
         Ok(i)
     }
 
@@ -328,7 +336,7 @@ impl<'a> Decoder<'a> {
     fn walk(&mut self) -> Result<Walked> {
         let root = self.record(self.slot(1)?)?;
         let root_inode = self.inode(&root)?;
-        if root_inode.file_type != FileType::Directory {
+        if root_inode.file_type() != FileType::Directory {
             return Err(corrupt("root inode", root.offset, "is not a directory"));
         }
         let mut w = Walked {
@@ -399,12 +407,12 @@ fn verify_digests(
     for e in (0..tree.entries.len()).rev().map(EntryId::new) {
         let inode = tree.inode_of(e);
         let mut input = Vec::new();
-        match inode.file_type {
+        match inode.file_type() {
             FileType::Regular => inode
-                .chunks
+                .chunks()
                 .iter()
                 .for_each(|id| input.extend_from_slice(&chunks[id.index()].digest)),
-            FileType::Symlink => input.extend_from_slice(&inode.target),
+            FileType::Symlink => input.extend_from_slice(inode.target()),
             FileType::Directory => tree[e]
                 .children
                 .iter()

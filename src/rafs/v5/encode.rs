@@ -50,7 +50,7 @@ fn number(tree: &Tree, order: &[EntryId]) -> Numbering {
     for (i, e) in order.iter().enumerate() {
         index[e.index()] = i as u32 + 1;
         let inode = tree[*e].inode;
-        if tree[inode].file_type == FileType::Regular {
+        if tree[inode].file_type() == FileType::Regular {
             *groups.entry(inode).or_default() += 1;
             if let Some(f) = first.get(&inode) {
                 ino[e.index()] = u64::from(index[f.index()]);
@@ -65,7 +65,7 @@ fn number(tree: &Tree, order: &[EntryId]) -> Numbering {
         .map(|e| {
             let e = EntryId::new(e);
             let inode = tree[e].inode;
-            match tree[inode].file_type {
+            match tree[inode].file_type() {
                 FileType::Regular => groups.get(&inode).copied().unwrap_or(1),
                 FileType::Directory => {
                     2 + tree[e].children.iter().filter(|c| tree.is_dir(**c)).count() as u32
@@ -111,14 +111,14 @@ fn record_size(tree: &Tree, e: EntryId) -> u64 {
         tree[e].name.len() as u64
     };
     let mut size = 128 + align8(name_len);
-    if inode.file_type == FileType::Symlink {
-        size += align8(inode.target.len() as u64);
+    if inode.file_type() == FileType::Symlink {
+        size += align8(inode.target().len() as u64);
     }
     if !inode.xattrs.is_empty() {
         size += align8(8 + xattr_payload(&inode.xattrs));
     }
-    if inode.file_type == FileType::Regular {
-        size += 80 * inode.chunks.len() as u64;
+    if inode.file_type() == FileType::Regular {
+        size += 80 * inode.chunks().len() as u64;
     }
     size
 }
@@ -134,9 +134,9 @@ fn digests(
     for &e in dfs.iter().rev() {
         let inode = tree.inode_of(e);
         let mut input = Vec::new();
-        match inode.file_type {
+        match inode.file_type() {
             FileType::Regular => {
-                for id in &inode.chunks {
+                for id in inode.chunks() {
                     let c = chunks.get(id.index()).ok_or_else(|| Error::Corrupt {
                         what: "chunk reference",
                         offset: u64::from(id.get()),
@@ -145,7 +145,7 @@ fn digests(
                     input.extend_from_slice(&c.digest);
                 }
             }
-            FileType::Symlink => input.extend_from_slice(&inode.target),
+            FileType::Symlink => input.extend_from_slice(inode.target()),
             FileType::Directory => {
                 for c in &tree[e].children {
                     input.extend_from_slice(&d[c.index()]);
@@ -302,8 +302,8 @@ impl Records<'_> {
         };
         buf.extend_from_slice(self.raw_inode(e, name).as_bytes());
         push_padded(buf, name);
-        if inode.file_type == FileType::Symlink {
-            push_padded(buf, &inode.target);
+        if inode.file_type() == FileType::Symlink {
+            push_padded(buf, inode.target());
         }
         if !inode.xattrs.is_empty() {
             let mut x = Vec::new();
@@ -316,8 +316,8 @@ impl Records<'_> {
             }
             push_padded(buf, &x);
         }
-        if inode.file_type == FileType::Regular {
-            for (i, id) in inode.chunks.iter().enumerate() {
+        if inode.file_type() == FileType::Regular {
+            for (i, id) in inode.chunks().iter().enumerate() {
                 let c = &self.chunks[id.index()];
                 let r = c.to_record(i as u64 * u64::from(self.opts.chunk_size));
                 buf.extend_from_slice(r.as_bytes());
@@ -334,7 +334,7 @@ impl Records<'_> {
         } else {
             align8(xattr_payload(&inode.xattrs))
         };
-        let (size, child_index, child_count) = match inode.file_type {
+        let (size, child_index, child_count) = match inode.file_type() {
             FileType::Directory => {
                 let names: u64 = entry
                     .children
@@ -347,12 +347,12 @@ impl Records<'_> {
                     entry.children.len() as u32,
                 )
             }
-            FileType::Regular => (inode.size, 0, inode.chunks.len() as u32),
-            FileType::Symlink => (inode.target.len() as u64, 0, 0),
+            FileType::Regular => (inode.size(), 0, inode.chunks().len() as u32),
+            FileType::Symlink => (inode.target().len() as u64, 0, 0),
             _ => (0, 0, 0),
         };
         let mut iflags = 0;
-        if inode.file_type == FileType::Symlink {
+        if inode.file_type() == FileType::Symlink {
             iflags |= inode_flags::SYMLINK;
         }
         if !inode.xattrs.is_empty() {
@@ -383,8 +383,8 @@ impl Records<'_> {
             child_index: child_index.into(),
             child_count: child_count.into(),
             name_size: (name.len() as u16).into(),
-            symlink_size: (inode.target.len() as u16).into(),
-            rdev: inode.rdev.into(),
+            symlink_size: (inode.target().len() as u16).into(),
+            rdev: inode.rdev().into(),
             mtime_nsec: inode.mtime_nsec.into(),
             mtime: (inode.mtime.max(0) as u64).into(),
             reserved: [0; 8],

@@ -10,7 +10,9 @@ use crate::format::rafs_v6::*;
 use crate::io::bytes::{corrupt, Budget, Bytes};
 use crate::model::ChunkInfo;
 use crate::model::{BlobInfo, Image};
-use crate::model::{ChunkId, EntryId, FileType, Inode, InodeId, Tree};
+use crate::model::{
+    ChunkId, DataSource, EntryId, FileType, Inode, InodeId, InodeKind, RegularFile, Tree,
+};
 use zerocopy::FromBytes;
 
 type XattrPair = (Vec<u8>, Vec<u8>);
@@ -593,7 +595,23 @@ impl Decoder<'_> {
                 &format!("unknown file type in mode {mode:#o}"),
             )
         })?;
-        let mut inode = Inode::new(ft, (mode & 0o7777) as u16);
+        let kind = match ft {
+            FileType::Regular => InodeKind::Regular(RegularFile {
+                size: r.size,
+                data: DataSource::None,
+                chunks: self.file_chunks(nid, off, &r)?,
+            }),
+            FileType::Symlink => {
+                if r.size > 4096 {
+                    return Err(corrupt("symlink", off, "target longer than 4096 bytes"));
+                }
+                InodeKind::Symlink {
+                    target: self.flat_data(nid, off, &r)?,
+                }
+            }
+            _ => InodeKind::device(ft, r.u),
+        };
+        let mut inode = Inode::with_kind(kind, (mode & 0o7777) as u16);
         if self.explicit_uid_gid {
             inode.uid = r.uid;
             inode.gid = r.gid;
@@ -601,26 +619,12 @@ impl Decoder<'_> {
         inode.mtime = r.mtime;
         inode.mtime_nsec = r.mtime_nsec;
         inode.set_xattrs(self.xattrs(off, &r)?);
-        match ft {
-            FileType::Regular => {
-                inode.size = r.size;
-                inode.chunks = self.file_chunks(nid, off, &r)?;
-            }
-            FileType::Symlink => {
-                if r.size > 4096 {
-                    return Err(corrupt("symlink", off, "target longer than 4096 bytes"));
-                }
-                inode.target = self.flat_data(nid, off, &r)?;
-            }
-            FileType::CharDevice | FileType::BlockDevice => inode.rdev = r.u,
-            _ => {}
-        }
         Ok((inode, off, r))
     }
 
     fn walk(&mut self, root_nid: u64) -> Result<(Tree, Vec<u64>)> {
         let (root, off, raw) = self.inode(root_nid)?;
-        if root.file_type != FileType::Directory {
+        if root.file_type() != FileType::Directory {
             return Err(corrupt("root inode", off, "is not a directory"));
         }
         let mut tree = Tree::new(root);
@@ -657,7 +661,7 @@ impl Decoder<'_> {
                 let mut subdir = None;
                 let ino = match by_nid.get(&child_nid).copied() {
                     Some(ino) => {
-                        if tree[ino].file_type == FileType::Directory {
+                        if tree[ino].file_type() == FileType::Directory {
                             return Err(corrupt(
                                 "dirent",
                                 off,
@@ -668,7 +672,7 @@ impl Decoder<'_> {
                     }
                     None => {
                         let (inode, coff, craw) = self.inode(child_nid)?;
-                        let is_dir = inode.file_type == FileType::Directory;
+                        let is_dir = inode.file_type() == FileType::Directory;
                         let ino = tree.add_inode(inode);
                         nids.push(child_nid);
                         by_nid.insert(child_nid, ino);

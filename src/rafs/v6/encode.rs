@@ -162,10 +162,10 @@ pub fn encode(
     let mut table: BTreeMap<([u8; 32], u32), ChunkRecord> = BTreeMap::new();
     for e in &layout.order {
         let inode = tree.inode_of(*e);
-        if inode.file_type != FileType::Regular {
+        if inode.file_type() != FileType::Regular {
             continue;
         }
-        for (i, id) in inode.chunks.iter().enumerate() {
+        for (i, id) in inode.chunks().iter().enumerate() {
             let c = chunk(chunks, *id)?;
             table.insert(
                 (c.digest, c.blob_index),
@@ -470,7 +470,7 @@ impl<'a> InodeWriter<'a> {
         let b = self.opts.block_size;
         let inode = &self.tree[ino];
         let data_block = ((self.meta_addr + place.data_offset) / b) as u32;
-        let (layout, u, nlink) = match inode.file_type {
+        let (layout, u, nlink) = match inode.file_type() {
             FileType::Directory => {
                 let subdirs = self.tree[e]
                     .children
@@ -503,7 +503,7 @@ impl<'a> InodeWriter<'a> {
                 ),
             },
             FileType::CharDevice | FileType::BlockDevice => {
-                (DataLayout::FlatPlain, inode.rdev, self.links[ino.index()])
+                (DataLayout::FlatPlain, inode.rdev(), self.links[ino.index()])
             }
             FileType::Fifo | FileType::Socket => {
                 (DataLayout::FlatPlain, 0, self.links[ino.index()])
@@ -564,13 +564,20 @@ impl<'a> InodeWriter<'a> {
         let in_blocks = |bytes: &[u8]| -> Vec<Vec<u8>> {
             bytes.chunks(b as usize).map(|c| c.to_vec()).collect()
         };
-        match (inode.file_type, &self.data) {
+        match (inode.file_type(), &self.data) {
             (FileType::Directory, _) => {
                 let blocks = self.dirent_blocks(e, place);
                 write_block_data(buf, &blocks, place.layout, data, after, b);
             }
             (FileType::Symlink, _) => {
-                write_block_data(buf, &in_blocks(&inode.target), place.layout, data, after, b);
+                write_block_data(
+                    buf,
+                    &in_blocks(inode.target()),
+                    place.layout,
+                    data,
+                    after,
+                    b,
+                );
             }
             (FileType::Regular, FileData::Standalone(files)) => match files.get(&ino) {
                 Some(StandaloneFile {
@@ -581,7 +588,7 @@ impl<'a> InodeWriter<'a> {
             },
             (FileType::Regular, FileData::Chunks { chunks, mapped }) => {
                 let mut off = after.div_ceil(8) * 8;
-                for id in &inode.chunks {
+                for id in inode.chunks() {
                     let idx = self.chunk_index(chunk(chunks, *id)?, mapped)?;
                     put(buf, off, idx.as_bytes());
                     off += 8;
@@ -607,7 +614,7 @@ impl<'a> InodeWriter<'a> {
                 let d = Dirent {
                     nid: self.nid_of(target).into(),
                     nameoff: nameoff.into(),
-                    file_type: dirent_type(tree[target].file_type),
+                    file_type: dirent_type(tree[target].file_type()),
                     reserved: 0,
                 };
                 blk.extend_from_slice(d.as_bytes());
@@ -701,7 +708,7 @@ fn chunk_format(
 ) -> Result<u32> {
     let mut contiguous = true;
     let mut prev: Option<&ChunkInfo> = None;
-    for id in &inode.chunks {
+    for id in inode.chunks() {
         let c = chunk(chunks, *id)?;
         if let Some(p) = prev {
             if p.blob_index != c.blob_index
@@ -712,8 +719,8 @@ fn chunk_format(
         }
         prev = Some(c);
     }
-    let size = if contiguous && inode.size > u64::from(chunk_size) {
-        inode.size.next_power_of_two()
+    let size = if contiguous && inode.size() > u64::from(chunk_size) {
+        inode.size().next_power_of_two()
     } else {
         u64::from(chunk_size)
     };

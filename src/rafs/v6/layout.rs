@@ -264,7 +264,7 @@ impl Layout {
 /// Computes the layout of `tree` with metadata block size `block` and chunk size `chunk_size`.
 pub fn compute(tree: &Tree, block: u64, chunk_size: u32) -> Result<Layout> {
     compute_with(tree, block, &|_, inode| {
-        RegularLayout::Slots(inode.size.div_ceil(u64::from(chunk_size)))
+        RegularLayout::Slots(inode.size().div_ceil(u64::from(chunk_size)))
     })
 }
 
@@ -316,10 +316,10 @@ pub fn compute_with(
         for child in &tree[dir].children {
             let ino = tree[*child].inode;
             let inode = &tree[ino];
-            if inode.file_type == FileType::Directory || places[ino.index()].is_some() {
+            if inode.file_type() == FileType::Directory || places[ino.index()].is_some() {
                 continue;
             }
-            let place = match inode.file_type {
+            let place = match inode.file_type() {
                 FileType::Regular => match regular(ino, inode) {
                     RegularLayout::Slots(count) => {
                         let total = inode_bytes(ino).div_ceil(8) * 8 + 8 * count;
@@ -328,7 +328,7 @@ pub fn compute_with(
                             data_offset: 0,
                             layout: DataLayout::ChunkBased,
                             index: first_index[ino.index()],
-                            size: inode.size,
+                            size: inode.size(),
                         }
                     }
                     RegularLayout::Data(d) => {
@@ -344,7 +344,7 @@ pub fn compute_with(
                     }
                 },
                 FileType::Symlink => {
-                    let d = inode.target.len() as u64;
+                    let d = inode.target().len() as u64;
                     let (offset, data_offset, layout) = alloc.place_with_data(inode_bytes(ino), d);
                     InodePlace {
                         offset,

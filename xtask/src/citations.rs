@@ -78,41 +78,63 @@ fn collect(dir: &Path, files: &mut Vec<std::path::PathBuf>) -> Result<()> {
     Ok(())
 }
 
-/// Runs `cargo xtask citations`.
-pub fn check(root: &Path) -> Result<()> {
+/// What a scan of a source tree found.
+#[derive(Debug, Default)]
+pub struct Scan {
+    /// Citations seen.
+    pub citations: usize,
+    /// Files read.
+    pub files: usize,
+    /// One line per citation that does not resolve, `file:line: why`.
+    pub unresolved: Vec<String>,
+}
+
+/// Reads every Rust file under `root`'s source folders and checks each citation against
+/// `root/formats/`.
+pub fn scan(root: &Path) -> Result<Scan> {
     let mut files = Vec::new();
     for d in ["src", "tests", "xtask/src", "fuzz/src", "fuzz/fuzz_targets"] {
         collect(&root.join(d), &mut files)?;
     }
     files.sort();
-    let mut bad = Vec::new();
-    let mut n = 0;
+    let mut out = Scan {
+        files: files.len(),
+        ..Scan::default()
+    };
     for file in &files {
         let text = std::fs::read_to_string(file)?;
         for c in citations(&text) {
-            n += 1;
+            out.citations += 1;
             let at = format!("{}:{}", file.strip_prefix(root)?.display(), c.line);
             let Ok(doc) = std::fs::read_to_string(root.join("formats").join(&c.doc)) else {
-                bad.push(format!("{at}: formats/{} does not exist", c.doc));
+                out.unresolved
+                    .push(format!("{at}: formats/{} does not exist", c.doc));
                 continue;
             };
             if let Some(s) = &c.section {
                 if !sections(&doc).contains(s) {
-                    bad.push(format!("{at}: formats/{} has no §{s}", c.doc));
+                    out.unresolved
+                        .push(format!("{at}: formats/{} has no §{s}", c.doc));
                 }
             }
         }
     }
-    if !bad.is_empty() {
+    Ok(out)
+}
+
+/// Runs `cargo xtask citations`.
+pub fn check(root: &Path) -> Result<()> {
+    let scan = scan(root)?;
+    if !scan.unresolved.is_empty() {
         bail!(
             "{} citations do not resolve:\n{}",
-            bad.len(),
-            bad.join("\n")
+            scan.unresolved.len(),
+            scan.unresolved.join("\n")
         );
     }
     println!(
-        "citations: {n} citations in {} files, all resolve",
-        files.len()
+        "citations: {} citations in {} files, all resolve",
+        scan.citations, scan.files
     );
     Ok(())
 }
@@ -137,5 +159,32 @@ mod tests {
         );
         let s = sections("# T\n## §1 A\n### §1.2 B\ntext §9\n## §10 C");
         assert_eq!(s.into_iter().collect::<Vec<_>>(), ["1", "1.2", "10"]);
+    }
+
+    #[test]
+    fn a_missing_section_and_a_missing_file_are_reported_with_their_place() {
+        let root = std::env::temp_dir().join(format!("xtask-citations-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        std::fs::create_dir_all(root.join("formats")).unwrap();
+        std::fs::create_dir_all(root.join("src/a")).unwrap();
+        std::fs::write(root.join("formats/x.md"), "# X\n## §1 One\n### §1.1 Sub\n").unwrap();
+        std::fs::write(
+            root.join("src/a/b.rs"),
+            "// formats/x.md §1.1 ok\n// formats/x.md §2 gone\n\n// formats/y.md §1\n",
+        )
+        .unwrap();
+        let scan = scan(&root).unwrap();
+        assert_eq!((scan.citations, scan.files), (3, 1));
+        assert_eq!(
+            scan.unresolved,
+            [
+                "src/a/b.rs:2: formats/x.md has no §2",
+                "src/a/b.rs:4: formats/y.md does not exist"
+            ]
+        );
+        assert!(check(&root).is_err());
+        std::fs::write(root.join("src/a/b.rs"), "// formats/x.md §1\n").unwrap();
+        assert!(check(&root).is_ok());
+        std::fs::remove_dir_all(&root).unwrap();
     }
 }

@@ -231,4 +231,19 @@ mod tests {
         );
         assert_eq!(violations(&[edge("model", "nowhere")]).len(), 1);
     }
+
+    #[test]
+    fn an_upward_import_in_a_source_tree_fails_the_check_naming_its_file() {
+        let root = std::env::temp_dir().join(format!("xtask-layers-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        std::fs::create_dir_all(root.join("src/format")).unwrap();
+        std::fs::create_dir_all(root.join("src/ops")).unwrap();
+        std::fs::write(root.join("src/ops/a.rs"), "use crate::format::x;\n").unwrap();
+        assert!(check(&root).is_ok());
+        std::fs::write(root.join("src/format/x.rs"), "\nuse crate::ops::a;\n").unwrap();
+        let err = check(&root).unwrap_err().to_string();
+        assert!(err.contains("1 imports break"), "{err}");
+        assert!(err.contains("format/x.rs:2"), "{err}");
+        std::fs::remove_dir_all(&root).unwrap();
+    }
 }

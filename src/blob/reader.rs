@@ -249,6 +249,37 @@ fn read_ci(f: &File, path: &Path, blob: &BlobInfo) -> Result<Vec<CiEntry>> {
     decode_blob_meta(stored, &hdr, blob)
 }
 
+/// The `<id>.blob.meta` file a blob cache holds (formats/blob.md §7), rebuilt from the data
+/// blob at `path`: the chunk-info array uncompressed, zeros up to a 4 KiB boundary, then the
+/// blob meta header. nydus-snapshotter's converter ships the same bytes in a v6 image's
+/// bootstrap layer, as `image/<blob id>.blob.meta`.
+pub fn cache_meta_file(path: &Path, blob: &BlobInfo) -> Result<Vec<u8>> {
+    let f = File::open(path).ctx("open", path)?;
+    check_ci_sizes(blob)?;
+    let mut stored = vec![0u8; blob.ci_compressed_size as usize];
+    f.read_exact_at(&mut stored, blob.ci_offset)
+        .ctx("read chunk-info array of", path)?;
+    let mut out = match Compressor::from_code(blob.ci_compressor) {
+        Some(Compressor::None) => stored,
+        Some(algo) => algo
+            .decompress(&stored, blob.ci_uncompressed_size as usize)
+            .map_err(|e| corrupt("chunk-info array", blob.ci_offset, &e.to_string()))?,
+        None => {
+            return Err(corrupt(
+                "blob meta header",
+                blob.ci_offset,
+                "unknown chunk-info compression",
+            ))
+        }
+    };
+    out.resize(out.len().div_ceil(4096) * 4096, 0);
+    let at = out.len();
+    out.resize(at + BLOB_META_HEADER_SIZE, 0);
+    f.read_exact_at(&mut out[at..], blob.ci_offset + blob.ci_compressed_size)
+        .ctx("read blob meta header of", path)?;
+    Ok(out)
+}
+
 /// Rejects chunk-info sizes no blob of this tool or upstream's can have, before anything is
 /// allocated from them.
 fn check_ci_sizes(blob: &BlobInfo) -> Result<()> {

@@ -3,8 +3,10 @@
 //!
 //! Each layer is built like `create -t tar-rafs` (its bytes checked against its descriptor
 //! while they are read), the per-layer bootstraps are merged like `merge`, and the result is
-//! laid out as nydusify lays out a converted image: one layer per nydus data blob, then the
-//! image bootstrap as a gzipped tar holding `image/image.boot`.
+//! laid out as nydus-snapshotter's converter (used by nydusify and acceleration-service) lays
+//! out a converted image: one layer per nydus data blob, then the image bootstrap as a gzipped
+//! tar holding `image/image.boot` and, for RAFS v6, each blob's `image/<id>.blob.meta`
+//! (formats/oci.md §4).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -30,12 +32,14 @@ pub const ANNOTATION_BLOB: &str = "containerd.io/snapshot/nydus-blob";
 pub const ANNOTATION_BOOTSTRAP: &str = "containerd.io/snapshot/nydus-bootstrap";
 /// Annotation giving the RAFS version of the bootstrap layer (`"5"` or `"6"`).
 pub const ANNOTATION_FS_VERSION: &str = "containerd.io/snapshot/nydus-fs-version";
-/// Annotation listing the blob ids the bootstrap references (a JSON array of hex strings).
-pub const ANNOTATION_BLOB_IDS: &str = "containerd.io/snapshot/nydus-blob-ids";
 /// The platform feature an index gives nydus manifests.
 pub const OS_FEATURE_NYDUS: &str = "nydus.remoteimage.v1";
 /// Where the bootstrap lies inside the bootstrap layer.
 pub const BOOTSTRAP_IN_LAYER: &str = "image/image.boot";
+/// The history entry the converter appends to the config for the bootstrap layer.
+const BOOTSTRAP_HISTORY_CREATED_BY: &str = "Nydus Converter";
+/// Its comment.
+const BOOTSTRAP_HISTORY_COMMENT: &str = "Nydus Bootstrap Layer";
 
 /// What `create -t oci` produced.
 #[derive(Debug, Clone)]
@@ -114,7 +118,14 @@ pub fn create_oci(
     })?;
     let mut layers = place_blobs(&merged.blobs, work.path(), &blobs_dir)?;
     let boot_bytes = std::fs::read(&image_boot).ctx("read", &image_boot)?;
-    let boot_layer = layers.add_bootstrap(&blobs_dir, &boot_bytes, &merged, &image_boot)?;
+    let mut files = vec![LayerFile {
+        name: BOOTSTRAP_IN_LAYER.into(),
+        bytes: boot_bytes.clone(),
+    }];
+    if merged.fs_version == 6 {
+        files.extend(blob_meta_files(&image_boot, &blobs_dir)?);
+    }
+    let boot_layer = layers.add_bootstrap(&blobs_dir, &files, &merged, &image_boot)?;
     let config = write_config(opts, &image, &layers.diff_ids, &blobs_dir)?;
     let manifest = write_manifest(&image, &config, layers.layers, &blobs_dir)?;
     let p = image.platform.clone().unwrap_or(want);
@@ -261,16 +272,38 @@ fn place_blobs(ids: &[String], work: &Path, blobs_dir: &Path) -> Result<Layers> 
     Ok(out)
 }
 
+/// A file of the bootstrap layer: its path in the tar and its bytes.
+struct LayerFile {
+    name: String,
+    bytes: Vec<u8>,
+}
+
+/// `image/<blob id>.blob.meta` for each blob of the image (RAFS v6): the blob cache's meta
+/// file, which the snapshotter puts beside the bootstrap so that the kernel (fscache) and
+/// nydusd find each blob's chunk table without fetching the blob first.
+fn blob_meta_files(image_boot: &Path, blobs_dir: &Path) -> Result<Vec<LayerFile>> {
+    let image = crate::rafs::load(image_boot)?.image;
+    let mut out = Vec::with_capacity(image.blobs.len());
+    for b in &image.blobs {
+        out.push(LayerFile {
+            name: format!("image/{}.blob.meta", b.id),
+            bytes: crate::blob::reader::cache_meta_file(&blobs_dir.join(&b.id), b)?,
+        });
+    }
+    Ok(out)
+}
+
 impl Layers {
-    /// Adds the bootstrap layer, a gzipped tar holding `image/image.boot`; returns its path.
+    /// Adds the bootstrap layer, a gzipped tar holding `files` under `image/`; returns its
+    /// path.
     fn add_bootstrap(
         &mut self,
         blobs_dir: &Path,
-        boot_bytes: &[u8],
+        files: &[LayerFile],
         merged: &merge::MergeOutput,
         image_boot: &Path,
     ) -> Result<PathBuf> {
-        let tar = bootstrap_tar(boot_bytes);
+        let tar = bootstrap_tar(files).ctx("write the bootstrap layer for", image_boot)?;
         let tar_digest = hex::encode(Sha256::digest(&tar));
         let gz = gzip(&tar).ctx("compress", image_boot)?;
         let (hex, path) = put_blob(blobs_dir, &gz)?;
@@ -281,7 +314,6 @@ impl Layers {
             "annotations": {
                 ANNOTATION_BOOTSTRAP: "true",
                 ANNOTATION_FS_VERSION: merged.fs_version.to_string(),
-                ANNOTATION_BLOB_IDS: serde_json::to_string(&merged.blobs).unwrap_or_default(),
             },
         }));
         self.diff_ids.push(json!(format!("sha256:{tar_digest}")));
@@ -311,6 +343,14 @@ fn write_config(
         "rootfs".into(),
         json!({ "type": "layers", "diff_ids": diff_ids }),
     );
+    // the converter appends one history entry for the bootstrap layer and keeps the rest
+    let history = obj.entry("history").or_insert_with(|| json!([]));
+    if let Some(h) = history.as_array_mut() {
+        h.push(json!({
+            "created_by": BOOTSTRAP_HISTORY_CREATED_BY,
+            "comment": BOOTSTRAP_HISTORY_COMMENT,
+        }));
+    }
     let bytes = to_json(&config);
     let (hex, _) = put_blob(blobs_dir, &bytes)?;
     Ok(Written {
@@ -397,42 +437,33 @@ fn gzip(data: &[u8]) -> std::io::Result<Vec<u8>> {
     enc.finish()
 }
 
-/// A ustar header: name, mode, size, type; owner 0:0, mtime 0.
-fn ustar_header(name: &str, mode: u32, size: u64, typeflag: u8) -> [u8; 512] {
-    let mut h = [0u8; 512];
-    let put = |h: &mut [u8; 512], at: usize, len: usize, v: u64| {
-        let s = format!("{:0w$o}", v, w = len - 1);
-        h[at..at + len - 1].copy_from_slice(s.as_bytes());
-    };
-    h[..name.len()].copy_from_slice(name.as_bytes());
-    put(&mut h, 100, 8, u64::from(mode));
-    put(&mut h, 108, 8, 0);
-    put(&mut h, 116, 8, 0);
-    put(&mut h, 124, 12, size);
-    put(&mut h, 136, 12, 0);
-    h[156] = typeflag;
-    h[257..263].copy_from_slice(b"ustar\0");
-    h[263..265].copy_from_slice(b"00");
-    h[148..156].copy_from_slice(b"        ");
-    let sum: u64 = h.iter().map(|b| u64::from(*b)).sum();
-    let s = format!("{sum:06o}\0 ");
-    h[148..156].copy_from_slice(s.as_bytes());
-    h
-}
-
-/// The bootstrap layer's tar: the directory `image/` and `image/image.boot`.
-fn bootstrap_tar(boot: &[u8]) -> Vec<u8> {
-    let mut t = Vec::with_capacity(boot.len() + 4096);
-    t.extend_from_slice(&ustar_header("image/", 0o755, 0, b'5'));
-    t.extend_from_slice(&ustar_header(
-        BOOTSTRAP_IN_LAYER,
-        0o644,
-        boot.len() as u64,
-        b'0',
-    ));
-    t.extend_from_slice(boot);
-    t.resize(t.len().div_ceil(512) * 512 + 1024, 0);
-    t
+/// The bootstrap layer's tar, as the converter writes it: the directory `image` (0755), then
+/// each file (0444); owner 0:0, mtime 0, ustar.
+fn bootstrap_tar(files: &[LayerFile]) -> std::io::Result<Vec<u8>> {
+    let mut t = tar::Builder::new(Vec::new());
+    let mut dir = tar::Header::new_ustar();
+    dir.set_path("image")?;
+    dir.set_entry_type(tar::EntryType::Directory);
+    dir.set_mode(0o755);
+    dir.set_size(0);
+    dir.set_mtime(0);
+    dir.set_uid(0);
+    dir.set_gid(0);
+    dir.set_cksum();
+    t.append(&dir, std::io::empty())?;
+    for f in files {
+        let mut h = tar::Header::new_ustar();
+        h.set_path(&f.name)?;
+        h.set_entry_type(tar::EntryType::Regular);
+        h.set_mode(0o444);
+        h.set_size(f.bytes.len() as u64);
+        h.set_mtime(0);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_cksum();
+        t.append(&h, f.bytes.as_slice())?;
+    }
+    t.into_inner()
 }
 
 #[cfg(test)]
@@ -441,18 +472,32 @@ mod tests {
 
     #[test]
     fn bootstrap_tar_reads_back() {
-        let boot = vec![7u8; 1000];
-        let t = bootstrap_tar(&boot);
+        let files = [
+            LayerFile {
+                name: BOOTSTRAP_IN_LAYER.into(),
+                bytes: vec![7u8; 1000],
+            },
+            LayerFile {
+                name: "image/ab.blob.meta".into(),
+                bytes: vec![1u8; 8192],
+            },
+        ];
+        let t = bootstrap_tar(&files).unwrap();
         assert_eq!(t.len() % 512, 0);
-        for at in [0, 512] {
+        for at in [0, 512, 2048] {
             let h: &[u8; 512] = t[at..at + 512].try_into().unwrap();
             crate::format::tar::checksum_ok(h).unwrap();
         }
+        assert_eq!(&t[..6], b"image\0");
+        assert_eq!(t[156], b'5');
         assert_eq!(
             &t[512..512 + BOOTSTRAP_IN_LAYER.len()],
             BOOTSTRAP_IN_LAYER.as_bytes()
         );
-        assert_eq!(&t[1024..2024], &boot[..]);
+        assert_eq!(&t[512 + 100..512 + 107], b"0000444");
+        assert_eq!(&t[1024..2024], &[7u8; 1000][..]);
+        assert_eq!(&t[2048..2066], b"image/ab.blob.meta");
+        assert_eq!(&t[2560..2560 + 8192], &[1u8; 8192][..]);
         assert_eq!(gzip(&t).unwrap(), gzip(&t).unwrap());
     }
 

@@ -7,7 +7,9 @@
 //! image. Also: the OCI layout written, OCI-archive and docker-save (index without manifests,
 //! moby #47065) inputs, and a layer whose bytes do not match its digest.
 //!
-//! Needs root (devices, owners), umoci and, for the mount checks, a kernel with EROFS;
+//! The layout is also read by a real OCI client: `skopeo inspect` and `skopeo copy`.
+//!
+//! Needs root (devices, owners), umoci, skopeo and, for the mount checks, a kernel with EROFS;
 //! otherwise it says SKIPPED and why.
 
 use crate::common::*;
@@ -53,6 +55,10 @@ fn why_skip() -> Option<String> {
     let have = Command::new("umoci").arg("--version").output();
     if !have.map(|o| o.status.success()).unwrap_or(false) {
         return Some("umoci is not installed".into());
+    }
+    let have = Command::new("skopeo").arg("--version").output();
+    if !have.map(|o| o.status.success()).unwrap_or(false) {
+        return Some("skopeo is not installed".into());
     }
     None
 }
@@ -206,7 +212,10 @@ fn unpack_check(what: &str, boot: &Path, blobs: &Path, expect: &Path, scratch: &
 }
 
 #[test]
-#[cfg_attr(any(no_mount, no_umoci), ignore = "needs a kernel EROFS mount, umoci")]
+#[cfg_attr(
+    any(no_mount, no_umoci, no_skopeo),
+    ignore = "needs a kernel EROFS mount, umoci, skopeo"
+)]
 fn oci_image_layers_match_umoci() {
     if let Some(why) = why_skip() {
         missing("oci_image_layers_match_umoci", &why);
@@ -301,7 +310,8 @@ fn oci_image_layers_match_umoci() {
         assert!(printed.contains("bootstrap layer path:"), "{printed}");
         let blobs = layout.join("blobs/sha256");
         forge(&["check", s(&boot), "-D", s(&blobs)]);
-        check_layout(&layout, &boot, v);
+        check_layout(&layout, &boot, &cache2, v);
+        skopeo_reads(&layout, w.path(), v);
         // the merged bootstraps are the same filesystem (the blob ids are the same too)
         assert_eq!(blob_ids(&boot), blob_ids(&merged));
         if v == "6" {
@@ -317,9 +327,62 @@ fn oci_image_layers_match_umoci() {
     }
 }
 
-/// The layout `create -t oci` wrote: nydus media types and annotations, config diff_ids,
-/// the bootstrap layer holding exactly the image bootstrap.
-fn check_layout(layout: &Path, boot: &Path, v: &str) {
+/// skopeo (a real OCI client) inspects the layout and copies it to another layout: the
+/// layers it lists are the manifest's, and the copy holds the same manifest and blobs.
+fn skopeo_reads(layout: &Path, w: &Path, v: &str) {
+    let manifest = manifest_of(layout);
+    let digests: Vec<&str> = manifest["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["digest"].as_str().unwrap())
+        .collect();
+    let out = Command::new("skopeo")
+        .args(["inspect", &format!("oci:{}:t", s(layout))])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "skopeo inspect: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let seen: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let listed: Vec<&str> = seen["Layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l.as_str().unwrap())
+        .collect();
+    assert_eq!(
+        listed, digests,
+        "skopeo inspect lists the manifest's layers"
+    );
+    assert_eq!(seen["Architecture"], "amd64");
+    let copy = w.join(format!("skopeo-copy-v{v}"));
+    run(Command::new("skopeo").args([
+        "copy",
+        "--quiet",
+        &format!("oci:{}:t", s(layout)),
+        &format!("oci:{}:t", s(&copy)),
+    ]));
+    assert_eq!(
+        manifest_of(&copy),
+        manifest,
+        "skopeo copy keeps the manifest"
+    );
+    for d in digests {
+        assert_eq!(
+            fs::read(blob(&copy, d)).unwrap(),
+            fs::read(blob(layout, d)).unwrap(),
+            "skopeo copy keeps layer {d}"
+        );
+    }
+}
+
+/// The layout `create -t oci` wrote, as nydus-snapshotter's converter writes one: nydus media
+/// types and annotations, config diff_ids and history, the bootstrap layer holding exactly the
+/// image bootstrap and, for v6, each blob's cache meta file (equal to `--blob-cache-dir`'s).
+fn check_layout(layout: &Path, boot: &Path, cache: &Path, v: &str) {
     assert_eq!(
         json(&layout.join("oci-layout"))["imageLayoutVersion"],
         "1.0.0"
@@ -361,28 +424,40 @@ fn check_layout(layout: &Path, boot: &Path, v: &str) {
     let a = &top["annotations"];
     assert_eq!(a["containerd.io/snapshot/nydus-bootstrap"], "true");
     assert_eq!(a["containerd.io/snapshot/nydus-fs-version"], v);
-    assert_eq!(
-        a["containerd.io/snapshot/nydus-blob-ids"],
-        serde_json::to_string(&ids).unwrap()
-    );
+    assert_eq!(a.as_object().unwrap().len(), 2, "{a}");
     let gz = fs::read(blob(layout, top["digest"].as_str().unwrap())).unwrap();
     let mut tar_bytes = Vec::new();
     flate2::read::GzDecoder::new(&gz[..])
         .read_to_end(&mut tar_bytes)
         .unwrap();
-    let mut found = None;
+    let mut entries = Vec::new();
     for e in tar::Archive::new(&tar_bytes[..]).entries().unwrap() {
         let mut e = e.unwrap();
-        if e.path().unwrap().to_str() == Some("image/image.boot") {
-            let mut b = Vec::new();
-            e.read_to_end(&mut b).unwrap();
-            found = Some(b);
+        let h = e.header().clone();
+        let mut b = Vec::new();
+        e.read_to_end(&mut b).unwrap();
+        let path = e.path().unwrap().to_str().unwrap().to_string();
+        entries.push((path, h.mode().unwrap(), b));
+    }
+    let mut want_entries = vec![
+        ("image".to_string(), 0o755, Vec::new()),
+        (
+            "image/image.boot".to_string(),
+            0o444,
+            fs::read(boot).unwrap(),
+        ),
+    ];
+    if v == "6" {
+        for id in &ids {
+            let meta = fs::read(cache.join(format!("{id}.blob.meta"))).unwrap();
+            want_entries.push((format!("image/{id}.blob.meta"), 0o444, meta));
         }
     }
-    assert_eq!(
-        found.expect("image/image.boot in the layer"),
-        fs::read(boot).unwrap()
-    );
+    assert_eq!(entries.len(), want_entries.len());
+    for (got, want) in entries.iter().zip(&want_entries) {
+        assert_eq!((&got.0, got.1), (&want.0, want.1));
+        assert!(got.2 == want.2, "{}: content differs", got.0);
+    }
     let config = json(&blob(
         layout,
         manifest["config"]["digest"].as_str().unwrap(),
@@ -401,6 +476,11 @@ fn check_layout(layout: &Path, boot: &Path, v: &str) {
     assert_eq!(got, want);
     assert_eq!(config["architecture"], "amd64");
     assert!(config["config"].is_object(), "the source config is kept");
+    let history = config["history"].as_array().unwrap();
+    assert_eq!(
+        history.last().unwrap(),
+        &serde_json::json!({"created_by": "Nydus Converter", "comment": "Nydus Bootstrap Layer"})
+    );
 }
 
 /// The same image as an OCI archive and as a docker save tar whose index lists nothing

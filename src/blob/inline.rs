@@ -6,44 +6,22 @@ use std::path::Path;
 
 use crate::error::{Error, IoContext, Result};
 use crate::format::blob::TAR_HEADER_SIZE;
+use crate::format::tar;
 
 /// Upper bound on an inlined bootstrap we are willing to load.
 pub const MAX_INLINE_BOOTSTRAP: u64 = 1 << 32;
 
 /// Parses a framing tar header: its name and the size of the section before it.
 pub fn parse_tar_header(h: &[u8], offset: u64) -> Result<(Vec<u8>, u64)> {
-    let corrupt = |reason: &str| Error::Corrupt {
+    let corrupt = |reason: String| Error::Corrupt {
         what: "blob tar header",
         offset,
-        reason: reason.to_string(),
+        reason,
     };
-    if h.len() != TAR_HEADER_SIZE {
-        return Err(corrupt("truncated"));
-    }
-    let stored: u32 = std::str::from_utf8(&h[148..155])
-        .ok()
-        .and_then(|s| u32::from_str_radix(s.trim_matches(|c: char| c == ' ' || c == '\0'), 8).ok())
-        .ok_or_else(|| corrupt("bad checksum field"))?;
-    let sum: u32 = h
-        .iter()
-        .enumerate()
-        .map(|(i, b)| {
-            if (148..156).contains(&i) {
-                32
-            } else {
-                u32::from(*b)
-            }
-        })
-        .sum();
-    if sum != stored {
-        return Err(corrupt("checksum mismatch"));
-    }
-    let size = std::str::from_utf8(&h[124..135])
-        .ok()
-        .and_then(|s| u64::from_str_radix(s.trim_matches(|c: char| c == ' ' || c == '\0'), 8).ok())
-        .ok_or_else(|| corrupt("bad size field"))?;
-    let name_end = h[..100].iter().position(|b| *b == 0).unwrap_or(100);
-    Ok((h[..name_end].to_vec(), size))
+    let h: &[u8; TAR_HEADER_SIZE] = h.try_into().map_err(|_| corrupt("truncated".to_string()))?;
+    tar::checksum_ok(h).map_err(corrupt)?;
+    let size = tar::unsigned(tar::raw(h, tar::field::SIZE), "size").map_err(corrupt)?;
+    Ok((tar::cstr(tar::raw(h, tar::field::NAME)).to_vec(), size))
 }
 
 /// Where the bootstrap inlined in a blob of `len` bytes lies, from the blob's last 512 bytes

@@ -439,18 +439,16 @@ pub fn encode_chunk_info_v1(c: &ChunkInfo) -> ChunkInfoV1 {
     }
 }
 
-/// A GNU tar header placed after a framed section (formats/blob.md §4).
+/// A GNU tar header placed after a framed section (formats/blob.md §4): name, size, mtime 0,
+/// the crate's own checksum (seven digits and a NUL), as upstream writes it.
 pub fn tar_header(name: &str, size: u64) -> [u8; format::TAR_HEADER_SIZE] {
-    let mut h = [0u8; format::TAR_HEADER_SIZE];
-    h[..name.len()].copy_from_slice(name.as_bytes());
-    h[124..136].copy_from_slice(format!("{size:011o}\0").as_bytes());
-    h[136..148].copy_from_slice(b"00000000000\0");
-    h[156] = b'0';
-    h[257..265].copy_from_slice(b"ustar  \0");
-    h[148..156].copy_from_slice(b"        ");
-    let sum: u32 = h.iter().map(|b| u32::from(*b)).sum();
-    h[148..156].copy_from_slice(format!("{sum:07o}\0").as_bytes());
-    h
+    let mut h = ::tar::Header::new_gnu();
+    crate::format::tar::set_name(&mut h, name.as_bytes());
+    h.set_size(size);
+    h.set_mtime(0);
+    h.set_entry_type(::tar::EntryType::Regular);
+    h.set_cksum();
+    *h.as_bytes()
 }
 
 #[cfg(test)]
@@ -480,14 +478,24 @@ mod tests {
 
     #[test]
     fn tar_header_matches_gnu_layout() {
+        use crate::format::tar::{field, raw};
         let h = tar_header("blob.meta", 4112);
-        assert_eq!(&h[..9], b"blob.meta");
-        assert_eq!(&h[124..136], b"00000010020\0");
-        assert_eq!(&h[257..265], b"ustar  \0");
-        // checksum over the header with the field as spaces
-        let mut copy = h;
-        copy[148..156].copy_from_slice(b"        ");
-        let sum: u32 = copy.iter().map(|b| u32::from(*b)).sum();
-        assert_eq!(&h[148..156], format!("{sum:07o}\0").as_bytes());
+        assert_eq!(crate::format::tar::cstr(raw(&h, field::NAME)), b"blob.meta");
+        assert_eq!(raw(&h, field::SIZE), b"00000010020\0");
+        assert_eq!(raw(&h, field::MTIME), b"00000000000\0");
+        assert_eq!(raw(&h, field::MODE), &[0; 8]);
+        assert_eq!(raw(&h, field::MAGIC), b"ustar  \0");
+        assert_eq!(h[field::TYPEFLAG], b'0');
+        crate::format::tar::checksum_ok(&h).unwrap();
+        // upstream's form: seven digits and a NUL
+        let sum: u32 = h
+            .iter()
+            .enumerate()
+            .map(|(i, b)| match i {
+                148..=155 => 32,
+                _ => u32::from(*b),
+            })
+            .sum();
+        assert_eq!(raw(&h, field::CHKSUM), format!("{sum:07o}\0").as_bytes());
     }
 }

@@ -196,6 +196,48 @@ pub fn unsigned(bytes: &[u8], what: &str) -> Result<u64, String> {
     u64::try_from(v).map_err(|_| format!("{what} is negative ({v})"))
 }
 
+// ---------------------------------------------------------------- writing
+//
+// Every tar the tool writes is built on the `tar` crate's `Header`; these helpers cover the
+// bytes the crate spells differently from what the tool has always written (formats/tar.md §5).
+
+/// Copies `name` into the header's `name[100]` field byte for byte (truncated to 100 bytes).
+/// The crate's `set_path` normalises the path (`./a` becomes `a`), which would change the
+/// names `unpack` writes.
+pub fn set_name(h: &mut ::tar::Header, name: &[u8]) {
+    let field = &mut h.as_old_mut().name;
+    let n = name.len().min(field.len());
+    field[..n].copy_from_slice(&name[..n]);
+}
+
+/// Whether `value` fits an octal field of `len` bytes (`len - 1` digits and a NUL). Larger
+/// values go into a PAX record: the crate's setters would switch to GNU base-256 instead.
+pub fn fits_octal(value: u64, len: usize) -> bool {
+    let digits = len.saturating_sub(1).min(21) as u32;
+    value < 1u64 << (3 * digits)
+}
+
+/// Sets the checksum as GNU tar writes it in ustar headers: six octal digits, NUL, space.
+/// The crate's `set_cksum` writes seven digits and a NUL, a different byte sequence.
+pub fn set_ustar_checksum(h: &mut ::tar::Header) {
+    h.as_old_mut().cksum = *b"        ";
+    let sum: u32 = h.as_bytes().iter().map(|b| u32::from(*b)).sum();
+    let text = format!("{sum:06o}\0 ");
+    h.as_old_mut().cksum.copy_from_slice(text.as_bytes());
+}
+
+/// Appends one PAX record `"<len> <key>=<value>\n"`, the length counting itself.
+pub fn push_pax_record(out: &mut Vec<u8>, key: &str, value: &[u8]) {
+    let body = key.len() + value.len() + 3;
+    let mut len = body + 1;
+    while len != body + len.to_string().len() {
+        len = body + len.to_string().len();
+    }
+    out.extend_from_slice(format!("{len} {key}=").as_bytes());
+    out.extend_from_slice(value);
+    out.push(b'\n');
+}
+
 /// One `key=value` record of a PAX extended header.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PaxRecord<'a> {
@@ -509,5 +551,59 @@ mod tests {
     fn url_decoding() {
         assert_eq!(url_decode(b"user.a%3Db%25").unwrap(), b"user.a=b%");
         assert!(url_decode(b"user.%G1").is_err());
+    }
+
+    // Where the `tar` crate's header setters spell bytes differently from what the tool writes
+    // (formats/tar.md §5): each test shows the crate's bytes next to ours.
+
+    #[test]
+    fn crate_set_path_drops_dot_slash() {
+        let mut h = ::tar::Header::new_ustar();
+        h.set_path("./etc/passwd").unwrap();
+        assert_eq!(cstr(&h.as_old().name), b"etc/passwd");
+        let mut ours = ::tar::Header::new_ustar();
+        set_name(&mut ours, b"./etc/passwd");
+        assert_eq!(cstr(&ours.as_old().name), b"./etc/passwd");
+    }
+
+    #[test]
+    fn crate_set_cksum_is_seven_digits_and_nul() {
+        let mut h = ::tar::Header::new_ustar();
+        h.set_size(5);
+        let mut ours = h.clone();
+        h.set_cksum();
+        set_ustar_checksum(&mut ours);
+        assert_eq!(h.as_old().cksum[7], 0);
+        assert_eq!(&ours.as_old().cksum[6..], b"\0 ");
+        assert_eq!(&h.as_old().cksum[1..7], &ours.as_old().cksum[..6]);
+        checksum_ok(ours.as_bytes()).unwrap();
+    }
+
+    #[test]
+    fn crate_large_numbers_are_base256() {
+        let mut h = ::tar::Header::new_ustar();
+        h.set_uid(1 << 21);
+        h.set_size(1 << 33);
+        assert_eq!(h.as_old().uid[0], 0x80);
+        assert_eq!(h.as_old().size[0], 0x80);
+        assert!(fits_octal((1 << 21) - 1, 8) && !fits_octal(1 << 21, 8));
+        assert!(fits_octal((1 << 33) - 1, 12) && !fits_octal(1 << 33, 12));
+    }
+
+    #[test]
+    fn crate_long_names_are_gnu_longname_not_pax() {
+        // the crate writes no PAX headers: a name too long for ustar's prefix + name becomes a
+        // GNU `L` entry, which POSIX readers may not know; unpack writes a PAX `path`
+        let mut b = ::tar::Builder::new(Vec::new());
+        let mut h = ::tar::Header::new_ustar();
+        h.set_size(0);
+        let long = "d/".repeat(150) + "f";
+        b.append_data(&mut h, &long, std::io::empty()).unwrap();
+        let out = b.into_inner().unwrap();
+        let first: &[u8; BLOCK] = out[..BLOCK].try_into().unwrap();
+        assert_eq!(first[field::TYPEFLAG], kind::GNU_LONGNAME);
+        let mut records = Vec::new();
+        push_pax_record(&mut records, "path", long.as_bytes());
+        assert_eq!(pax_records(&records).unwrap()[0].value, long.as_bytes());
     }
 }

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 
 use crate::blob::reader::{BlobSource, ChunkReader};
 use crate::error::{Error, IoContext, Result};
+use crate::format::tar as tarfmt;
 use crate::io::staged::{persist, temp_beside};
 use crate::model::Image;
 use crate::model::{EntryId, FileType, Inode, InodeId};
@@ -83,29 +84,6 @@ fn write_file_data(
 
 // ---------------------------------------------------------------- tar
 
-fn octal(field: &mut [u8], v: u64) -> bool {
-    let digits = field.len() - 1;
-    let s = format!("{v:0digits$o}");
-    if s.len() > digits {
-        return false;
-    }
-    field[..digits].copy_from_slice(s.as_bytes());
-    field[digits] = 0;
-    true
-}
-
-fn pax_record(out: &mut Vec<u8>, key: &str, value: &[u8]) {
-    // the length prefix counts itself
-    let body = key.len() + value.len() + 3;
-    let mut len = body + 1;
-    while len != body + len.to_string().len() {
-        len = body + len.to_string().len();
-    }
-    out.extend_from_slice(format!("{len} {key}=").as_bytes());
-    out.extend_from_slice(value);
-    out.push(b'\n');
-}
-
 struct TarEntry<'a> {
     name: Vec<u8>,
     kind: u8,
@@ -114,94 +92,103 @@ struct TarEntry<'a> {
     size: u64,
 }
 
-fn header(e: &TarEntry, pax: &mut Vec<u8>) -> [u8; 512] {
-    let mut h = [0u8; 512];
-    let i = e.inode;
-    if e.name.len() <= 100 && e.name.is_ascii() {
-        h[..e.name.len()].copy_from_slice(&e.name);
+/// Sets a numeric field through `set` when the value fits its octal field, else records it in
+/// the PAX header and stores 0 (formats/tar.md §5).
+fn number_or_pax(
+    h: &mut ::tar::Header,
+    pax: &mut Vec<u8>,
+    field: (&str, usize, u64),
+    set: fn(&mut ::tar::Header, u64),
+) {
+    let (key, len, value) = field;
+    if tarfmt::fits_octal(value, len) {
+        set(h, value);
     } else {
-        pax_record(pax, "path", &e.name);
-        let short: Vec<u8> = e.name.iter().take(100).copied().collect();
-        h[..short.len()].copy_from_slice(&short);
+        tarfmt::push_pax_record(pax, key, value.to_string().as_bytes());
+        set(h, 0);
     }
-    octal(&mut h[100..108], u64::from(i.permissions));
-    if !octal(&mut h[108..116], u64::from(i.uid)) {
-        pax_record(pax, "uid", i.uid.to_string().as_bytes());
-        octal(&mut h[108..116], 0);
+}
+
+fn header(e: &TarEntry, pax: &mut Vec<u8>) -> Result<::tar::Header> {
+    let mut h = ::tar::Header::new_ustar();
+    let i = e.inode;
+    if e.name.len() > 100 || !e.name.is_ascii() {
+        tarfmt::push_pax_record(pax, "path", &e.name);
     }
-    if !octal(&mut h[116..124], u64::from(i.gid)) {
-        pax_record(pax, "gid", i.gid.to_string().as_bytes());
-        octal(&mut h[116..124], 0);
-    }
-    if !octal(&mut h[124..136], e.size) {
-        pax_record(pax, "size", e.size.to_string().as_bytes());
-        octal(&mut h[124..136], 0);
-    }
+    tarfmt::set_name(&mut h, &e.name);
+    h.set_mode(u32::from(i.permissions));
+    let old = h.as_old();
+    let (uid_len, size_len) = (old.uid.len(), old.size.len());
+    number_or_pax(&mut h, pax, ("uid", uid_len, u64::from(i.uid)), |h, v| {
+        h.set_uid(v)
+    });
+    number_or_pax(&mut h, pax, ("gid", uid_len, u64::from(i.gid)), |h, v| {
+        h.set_gid(v)
+    });
+    number_or_pax(&mut h, pax, ("size", size_len, e.size), |h, v| {
+        h.set_size(v)
+    });
     let secs = i.mtime.max(0) as u64;
     if i.mtime_nsec != 0 {
-        pax_record(
-            pax,
-            "mtime",
-            format!("{}.{:09}", i.mtime, i.mtime_nsec).as_bytes(),
-        );
+        let text = format!("{}.{:09}", i.mtime, i.mtime_nsec);
+        tarfmt::push_pax_record(pax, "mtime", text.as_bytes());
     }
-    if !octal(&mut h[136..148], secs) {
-        pax_record(pax, "mtime", i.mtime.to_string().as_bytes());
-        octal(&mut h[136..148], 0);
+    if tarfmt::fits_octal(secs, size_len) {
+        h.set_mtime(secs);
+    } else {
+        tarfmt::push_pax_record(pax, "mtime", i.mtime.to_string().as_bytes());
+        h.set_mtime(0);
     }
-    h[156] = e.kind;
+    h.set_entry_type(::tar::EntryType::new(e.kind));
     if !e.link.is_empty() {
         if e.link.len() <= 100 && e.link.is_ascii() {
-            h[157..157 + e.link.len()].copy_from_slice(&e.link);
+            h.set_link_name_literal(&e.link).map_err(internal)?;
         } else {
-            pax_record(pax, "linkpath", &e.link);
+            tarfmt::push_pax_record(pax, "linkpath", &e.link);
         }
     }
-    h[257..263].copy_from_slice(b"ustar\0");
-    h[263..265].copy_from_slice(b"00");
     if matches!(i.file_type(), FileType::CharDevice | FileType::BlockDevice) && e.kind != b'1' {
         let dev = u64::from(i.rdev());
         let major = (dev >> 8) & 0xfff;
         let minor = (dev & 0xff) | ((dev >> 12) & 0xfff00);
-        octal(&mut h[329..337], major);
-        octal(&mut h[337..345], minor);
+        h.set_device_major(major as u32).map_err(internal)?;
+        h.set_device_minor(minor as u32).map_err(internal)?;
     }
     for (k, v) in &i.xattrs {
         let key = format!("SCHILY.xattr.{}", String::from_utf8_lossy(k));
-        pax_record(pax, &key, v);
+        tarfmt::push_pax_record(pax, &key, v);
     }
+    tarfmt::set_ustar_checksum(&mut h);
+    Ok(h)
+}
+
+/// A header setter refusing a value the caller checked: an impossible state.
+fn internal(e: std::io::Error) -> Error {
+    Error::Internal(format!("tar header: {e}"))
+}
+
+/// The `x` header carrying an entry's PAX records.
+fn pax_header(len: u64) -> ::tar::Header {
+    let mut h = ::tar::Header::new_ustar();
+    tarfmt::set_name(&mut h, b"././@PaxHeader");
+    h.set_mode(0o644);
+    h.set_uid(0);
+    h.set_gid(0);
+    h.set_size(len);
+    h.set_mtime(0);
+    h.set_entry_type(::tar::EntryType::XHeader);
+    tarfmt::set_ustar_checksum(&mut h);
     h
 }
 
-fn checksum(h: &mut [u8; 512]) {
-    h[148..156].copy_from_slice(b"        ");
-    let sum: u32 = h.iter().map(|b| u32::from(*b)).sum();
-    let s = format!("{sum:06o}\0 ");
-    h[148..156].copy_from_slice(s.as_bytes());
-}
-
-fn emit(out: &mut dyn Write, e: &TarEntry, name: &Path) -> Result<()> {
+fn emit<W: Write>(out: &mut ::tar::Builder<W>, e: &TarEntry, name: &Path) -> Result<()> {
     let mut pax = Vec::new();
-    let mut h = header(e, &mut pax);
+    let h = header(e, &mut pax)?;
     if !pax.is_empty() {
-        let mut ph = [0u8; 512];
-        let pname = b"././@PaxHeader";
-        ph[..pname.len()].copy_from_slice(pname);
-        octal(&mut ph[100..108], 0o644);
-        octal(&mut ph[108..116], 0);
-        octal(&mut ph[116..124], 0);
-        octal(&mut ph[124..136], pax.len() as u64);
-        octal(&mut ph[136..148], 0);
-        ph[156] = b'x';
-        ph[257..263].copy_from_slice(b"ustar\0");
-        ph[263..265].copy_from_slice(b"00");
-        checksum(&mut ph);
-        out.write_all(&ph).ctx("write", name)?;
-        out.write_all(&pax).ctx("write", name)?;
-        pad(out, pax.len() as u64, name)?;
+        out.append(&pax_header(pax.len() as u64), pax.as_slice())
+            .ctx("write", name)?;
     }
-    checksum(&mut h);
-    out.write_all(&h).ctx("write", name)
+    out.append(&h, std::io::empty()).ctx("write", name)
 }
 
 fn pad(out: &mut dyn Write, len: u64, name: &Path) -> Result<()> {
@@ -220,7 +207,7 @@ fn write_tar(
     let mut first_path: HashMap<InodeId, Vec<u8>> = HashMap::new();
     let mut n = 0;
     {
-        let mut w = BufWriter::with_capacity(1 << 20, tmp.as_file_mut());
+        let mut w = ::tar::Builder::new(BufWriter::with_capacity(1 << 20, tmp.as_file_mut()));
         for e in image.tree.numbering_order() {
             let ino = image.tree[e].inode;
             let inode = &image.tree[ino];
@@ -261,13 +248,17 @@ fn write_tar(
             };
             emit(&mut w, &entry, out)?;
             if kind == b'0' {
-                write_file_data(&mut reader, inode, &mut w, out)?;
-                pad(&mut w, size, out)?;
+                // data is streamed chunk by chunk past the builder, which pads only what it copies
+                write_file_data(&mut reader, inode, w.get_mut(), out)?;
+                pad(w.get_mut(), size, out)?;
             }
             n += 1;
         }
-        w.write_all(&[0u8; 1024]).ctx("write", out)?;
-        w.flush().ctx("write", out)?;
+        // the builder ends the archive with two zero blocks
+        w.into_inner()
+            .ctx("write", out)?
+            .flush()
+            .ctx("write", out)?;
     }
     Ok((tmp, n))
 }

@@ -160,6 +160,8 @@ fn normalise(name: &str) -> String {
 
 /// Indexes a plain tar: every regular file's data offset and size, and links resolved to the
 /// files they point at (old `docker save` links identical layers to one another).
+/// Hand-read rather than with the `tar` crate, to bound the memory a hostile header can claim
+/// (formats/tar.md §6).
 fn index_tar(path: &Path) -> Result<HashMap<String, (u64, u64)>> {
     let f = File::open(path).ctx("open", path)?;
     let mut r = BufReader::with_capacity(64 << 10, f);

@@ -13,6 +13,9 @@
 //!   directory keeps the children.
 //! * Hardlinks (to any non-directory) share the target's inode.
 //! * Whiteouts (`.wh.*`) are ordinary entries: a layer's tar is stored as it is.
+//!
+//! It is hand-written rather than built on the `tar` crate for the reasons, each with its test
+//! below, in formats/tar.md §6 (PAX values with newlines, PAX sparse files, bounded memory).
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
@@ -1149,39 +1152,42 @@ mod tests {
         }
     }
 
+    fn header_with_link(name: &[u8], kind: u8, size: usize, link: &[u8]) -> [u8; BLOCK] {
+        let mut h = ::tar::Header::new_ustar();
+        header::set_name(&mut h, name);
+        h.set_mode(0o644);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_size(size as u64);
+        h.set_mtime(0);
+        h.set_entry_type(::tar::EntryType::new(kind));
+        h.set_link_name_literal(link).unwrap();
+        header::set_ustar_checksum(&mut h);
+        *h.as_bytes()
+    }
+
     fn header(name: &[u8], kind: u8, size: usize) -> [u8; BLOCK] {
-        let mut b = [0u8; BLOCK];
-        b[..name.len()].copy_from_slice(name);
-        b[100..108].copy_from_slice(b"0000644\0");
-        b[108..116].copy_from_slice(b"0000000\0");
-        b[116..124].copy_from_slice(b"0000000\0");
-        b[124..136].copy_from_slice(format!("{size:011o}\0").as_bytes());
-        b[136..148].copy_from_slice(b"00000000000\0");
-        b[156] = kind;
-        b[257..265].copy_from_slice(b"ustar\x0000");
-        b[148..156].fill(b' ');
-        let sum: u32 = b.iter().map(|x| u32::from(*x)).sum();
-        b[148..156].copy_from_slice(format!("{sum:06o}\0 ").as_bytes());
-        b
+        header_with_link(name, kind, size, b"")
+    }
+
+    /// Appends a header and its data, padded to whole blocks.
+    fn put(t: &mut Vec<u8>, name: &[u8], kind: u8, data: &[u8]) {
+        t.extend_from_slice(&header(name, kind, data.len()));
+        t.extend_from_slice(data);
+        t.resize(t.len().div_ceil(BLOCK) * BLOCK, 0);
     }
 
     fn sample() -> Vec<u8> {
         let mut t = Vec::new();
         t.extend_from_slice(&header(b"d/", b'5', 0));
-        let pax = b"14 path=d/f\nx\n25 SCHILY.xattr.user.a=\n\n";
-        t.extend_from_slice(&header(b"PaxHeaders/f", b'x', pax.len()));
-        t.extend_from_slice(pax);
-        t.resize(t.len().div_ceil(BLOCK) * BLOCK, 0);
-        t.extend_from_slice(&header(b"f", b'0', 700));
-        t.extend_from_slice(&[b'z'; 700]);
-        t.resize(t.len().div_ceil(BLOCK) * BLOCK, 0);
-        t.extend_from_slice(&header(b"d/h", b'1', 0));
-        let start = t.len() - BLOCK;
-        t[start + 157..start + 162].copy_from_slice(b"d/f\nx");
-        // the checksum covers the link name: recompute
-        t[start + 148..start + 156].fill(b' ');
-        let sum: u32 = t[start..].iter().map(|x| u32::from(*x)).sum();
-        t[start + 148..start + 156].copy_from_slice(format!("{sum:06o}\0 ").as_bytes());
+        put(
+            &mut t,
+            b"PaxHeaders/f",
+            b'x',
+            b"14 path=d/f\nx\n25 SCHILY.xattr.user.a=\n\n",
+        );
+        put(&mut t, b"f", b'0', &[b'z'; 700]);
+        t.extend_from_slice(&header_with_link(b"d/h", b'1', 0, b"d/f\nx"));
         t.extend_from_slice(&[0u8; 1024]);
         t
     }
@@ -1236,5 +1242,123 @@ mod tests {
         let mut out = Vec::new();
         r.read_to_end(&mut out).unwrap();
         assert_eq!(out, b"\0\0abc\0\0\0XY\0\0");
+    }
+
+    // Why this reader is hand-written rather than `tar::Archive` (formats/tar.md §6): each test
+    // feeds the same bytes to both and shows what the crate gets wrong or cannot bound.
+
+    /// Keeps every file's data.
+    #[derive(Default)]
+    struct Collect(Vec<(Vec<u8>, DataLocation)>);
+    impl FileData for Collect {
+        fn file(
+            &mut self,
+            _inode: InodeId,
+            data: &mut dyn Read,
+            _size: u64,
+            location: DataLocation,
+            name: &Path,
+        ) -> Result<Option<Vec<ChunkId>>> {
+            let mut v = Vec::new();
+            data.read_to_end(&mut v).ctx("read", name)?;
+            self.0.push((v, location));
+            Ok(None)
+        }
+    }
+
+    #[test]
+    fn crate_cuts_pax_values_at_newlines() {
+        let t = sample();
+        // ours: the name `d/f\nx` and the xattr value `\n` (reads_a_small_archive)
+        read_tar(&mut t.as_slice(), Path::new("t"), &mut Discard).unwrap();
+        // the crate splits PAX records at every newline: the path record is lost
+        let mut archive = ::tar::Archive::new(t.as_slice());
+        let paths: Vec<Vec<u8>> = archive
+            .entries()
+            .unwrap()
+            .map(|e| e.map(|e| e.path_bytes().into_owned()))
+            .collect::<std::io::Result<_>>()
+            .unwrap_or_default();
+        assert!(!paths.iter().any(|p| p == b"d/f\nx"), "{paths:?}");
+    }
+
+    #[test]
+    fn crate_does_not_expand_pax_sparse_files() {
+        // PAX sparse 1.0: the map is at the start of the data, the real name in GNU.sparse.name
+        let mut t = Vec::new();
+        let pax = b"22 GNU.sparse.major=1\n22 GNU.sparse.minor=0\n21 GNU.sparse.name=f\n26 GNU.sparse.realsize=12\n";
+        put(&mut t, b"PaxHeaders/f", b'x', pax);
+        let mut data = b"1\n2\n3\n".to_vec();
+        data.resize(BLOCK, 0);
+        data.extend_from_slice(b"abc");
+        put(&mut t, b"GNUSparseFile.0/f", b'0', &data);
+        t.extend_from_slice(&[0u8; 1024]);
+        let mut ours = Collect::default();
+        let tree = read_tar(&mut t.as_slice(), Path::new("t"), &mut ours).unwrap();
+        let f = tree[EntryId::ROOT].children[0];
+        assert_eq!(tree[f].name, b"f");
+        assert_eq!(ours.0[0].0, b"\0\0abc\0\0\0\0\0\0\0");
+        // the crate hands out the stored bytes, map included, under the placeholder name
+        let mut archive = ::tar::Archive::new(t.as_slice());
+        let mut e = archive.entries().unwrap().next().unwrap().unwrap();
+        assert_eq!(&*e.path_bytes(), b"GNUSparseFile.0/f");
+        let mut got = Vec::new();
+        e.read_to_end(&mut got).unwrap();
+        assert_eq!(got, data);
+    }
+
+    /// Counts the bytes a reader pulls from its input.
+    struct Counted<'a>(&'a [u8], &'a std::cell::Cell<usize>);
+    impl Read for Counted<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            let n = self.0.read(buf)?;
+            self.1.set(self.1.get() + n);
+            Ok(n)
+        }
+    }
+
+    #[test]
+    fn crate_buffers_any_pax_header_whole() {
+        // one comment record just over our limit: the crate reads all of it into memory (it
+        // has no limit, so a header claiming terabytes grows until memory runs out)
+        let len = MAX_PAX_HEADER as usize + 4096;
+        let mut record = format!("{len} comment=").into_bytes();
+        record.resize(len - 1, b'a');
+        record.push(b'\n');
+        let mut t = Vec::new();
+        put(&mut t, b"PaxHeaders/f", b'x', &record);
+        put(&mut t, b"f", b'0', b"x");
+        t.extend_from_slice(&[0u8; 1024]);
+        let used = std::cell::Cell::new(0);
+        let err = read_tar(&mut Counted(&t, &used), Path::new("t"), &mut Discard).unwrap_err();
+        assert!(err.to_string().contains("the limit is"), "{err}");
+        assert!(used.get() <= 1 << 20, "ours read {} bytes", used.get());
+        let crate_used = std::cell::Cell::new(0);
+        let mut archive = ::tar::Archive::new(Counted(&t, &crate_used));
+        let e = archive.entries().unwrap().next().unwrap().unwrap();
+        assert_eq!(&*e.path_bytes(), b"f");
+        assert!(
+            crate_used.get() > len,
+            "the crate read {} bytes",
+            crate_used.get()
+        );
+    }
+
+    #[test]
+    fn crate_gives_the_same_data_offsets() {
+        // where the crate can do it: exact data offsets for tarfs (raw_file_position)
+        let t = sample();
+        let mut ours = Collect::default();
+        read_tar(&mut t.as_slice(), Path::new("t"), &mut ours).unwrap();
+        let mut archive = ::tar::Archive::new(t.as_slice());
+        let offsets: Vec<u64> = archive
+            .entries()
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .filter(|e| e.header().entry_type().is_file())
+            .map(|e| e.raw_file_position())
+            .collect();
+        assert_eq!(offsets, vec![ours.0[0].1.offset]);
+        assert_eq!(ours.0[0].1.offset, 4 * BLOCK as u64);
     }
 }

@@ -1,11 +1,17 @@
-//! Reading a bootstrap that `--blob-inline-meta` appended to a blob (formats/blob.md §4, §5).
+//! Reading a bootstrap that `--blob-inline-meta` appended to a blob (formats/blob.md §4, §5),
+//! directly before the last tar header or, in a `--features blob-toc` blob, through the ToC
+//! (formats/blob.md §9).
 
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::Path;
 
+use sha2::{Digest as _, Sha256};
+use zerocopy::FromBytes;
+
+use crate::codec::Compressor;
 use crate::error::{Error, IoContext, Result};
-use crate::format::blob::TAR_HEADER_SIZE;
+use crate::format::blob::{self as format, TocEntry, TAR_HEADER_SIZE, TOC_ENTRY_SIZE};
 use crate::format::tar;
 
 /// Upper bound on an inlined bootstrap we are willing to load.
@@ -55,6 +61,82 @@ pub fn bootstrap_range(tail: &[u8], len: u64) -> Result<(u64, u64)> {
     Ok((hdr_off - size, size))
 }
 
+/// Upper bound on a ToC we are willing to load (8192 entries).
+pub const MAX_TOC: u64 = 1 << 20;
+
+/// Finds the `image.boot` entry in the ToC bytes `toc` (stored at `toc_offset`, so every
+/// section must end before it) and checks its sizes. Pure: no I/O.
+pub fn toc_bootstrap_entry(toc: &[u8], toc_offset: u64) -> Result<TocEntry> {
+    let corrupt = |reason: String| Error::Corrupt {
+        what: "blob ToC",
+        offset: toc_offset,
+        reason,
+    };
+    let entries = <[TocEntry]>::ref_from_bytes(toc).map_err(|_| {
+        corrupt(format!(
+            "{} bytes are not a whole number of {TOC_ENTRY_SIZE}-byte entries",
+            toc.len()
+        ))
+    })?;
+    let entry = entries
+        .iter()
+        .find(|e| e.name() == format::BOOT_SECTION.as_bytes())
+        .ok_or_else(|| corrupt("no image.boot entry".into()))?;
+    let (offset, stored) = (entry.compressed_offset.get(), entry.compressed_size.get());
+    if offset
+        .checked_add(stored)
+        .is_none_or(|end| end > toc_offset)
+    {
+        return Err(corrupt(format!(
+            "image.boot entry {offset}+{stored} does not end before the ToC"
+        )));
+    }
+    if entry.uncompressed_size.get() > MAX_INLINE_BOOTSTRAP {
+        return Err(corrupt("image.boot entry is too large".into()));
+    }
+    Ok(*entry)
+}
+
+/// Reads the bootstrap of a `blob-toc` blob whose ToC (`toc_size` bytes) ends at `toc_end`:
+/// decompressed as its ToC entry says and checked against the entry's sha256.
+fn bootstrap_via_toc(f: &mut File, blob: &Path, toc_end: u64, toc_size: u64) -> Result<Vec<u8>> {
+    if toc_size > toc_end || toc_size > MAX_TOC {
+        return Err(Error::Corrupt {
+            what: "rafs.blob.toc section",
+            offset: toc_end,
+            reason: format!("size {toc_size} does not fit before its header"),
+        });
+    }
+    let toc_offset = toc_end - toc_size;
+    let toc = read_at(f, blob, toc_offset, toc_size)?;
+    let entry = toc_bootstrap_entry(&toc, toc_offset)?;
+    let offset = entry.compressed_offset.get();
+    let stored = read_at(f, blob, offset, entry.compressed_size.get())?;
+    let corrupt = |reason: String| Error::Corrupt {
+        what: "image.boot section",
+        offset,
+        reason,
+    };
+    let compressor = match entry.flags.get() {
+        format::TOC_FLAG_NONE => Compressor::None,
+        format::TOC_FLAG_ZSTD => Compressor::Zstd,
+        format::TOC_FLAG_LZ4_BLOCK => Compressor::Lz4Block,
+        other => return Err(corrupt(format!("unknown ToC compression flags {other:#x}"))),
+    };
+    let boot = compressor.decompress(&stored, entry.uncompressed_size.get() as usize)?;
+    if Sha256::digest(&boot).as_slice() != entry.uncompressed_digest {
+        return Err(corrupt("sha256 differs from its ToC entry".into()));
+    }
+    Ok(boot)
+}
+
+fn read_at(f: &mut File, blob: &Path, offset: u64, len: u64) -> Result<Vec<u8>> {
+    let mut buf = vec![0u8; len as usize];
+    f.seek(SeekFrom::Start(offset)).ctx("seek", blob)?;
+    f.read_exact(&mut buf).ctx("read", blob)?;
+    Ok(buf)
+}
+
 /// Reads the bootstrap inlined at the end of `blob`.
 pub fn extract_bootstrap(blob: &Path) -> Result<Vec<u8>> {
     let mut f = File::open(blob).ctx("open", blob)?;
@@ -67,12 +149,39 @@ pub fn extract_bootstrap(blob: &Path) -> Result<Vec<u8>> {
         });
     }
     let hdr_off = len - TAR_HEADER_SIZE as u64;
-    let mut h = [0u8; TAR_HEADER_SIZE];
-    f.seek(SeekFrom::Start(hdr_off)).ctx("seek", blob)?;
-    f.read_exact(&mut h).ctx("read", blob)?;
+    let h = read_at(&mut f, blob, hdr_off, TAR_HEADER_SIZE as u64)?;
+    let (name, size) = parse_tar_header(&h, hdr_off)?;
+    if name == format::TOC_SECTION.as_bytes() {
+        return bootstrap_via_toc(&mut f, blob, hdr_off, size);
+    }
     let (start, size) = bootstrap_range(&h, len)?;
-    let mut boot = vec![0u8; size as usize];
-    f.seek(SeekFrom::Start(start)).ctx("seek", blob)?;
-    f.read_exact(&mut boot).ctx("read", blob)?;
-    Ok(boot)
+    read_at(&mut f, blob, start, size)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use zerocopy::{FromZeros, IntoBytes};
+
+    fn entry(name: &str, offset: u64, stored: u64) -> TocEntry {
+        let mut e = TocEntry::new_zeroed();
+        e.name[..name.len()].copy_from_slice(name.as_bytes());
+        e.flags = format::TOC_FLAG_NONE.into();
+        e.compressed_offset = offset.into();
+        e.compressed_size = stored.into();
+        e.uncompressed_size = stored.into();
+        e
+    }
+
+    #[test]
+    fn toc_entry_for_the_bootstrap_must_fit_before_the_toc() {
+        let toc = [entry("image.blob", 0, 10), entry("image.boot", 10, 90)];
+        let found = toc_bootstrap_entry(toc.as_bytes(), 100).unwrap();
+        assert_eq!(found.compressed_offset.get(), 10);
+        assert!(toc_bootstrap_entry(toc.as_bytes(), 99).is_err());
+        assert!(toc_bootstrap_entry(&toc.as_bytes()[..200], 100).is_err());
+        assert!(toc_bootstrap_entry(toc[..1].as_bytes(), 100).is_err());
+        let huge = [entry("image.boot", u64::MAX, 2)];
+        assert!(toc_bootstrap_entry(huge.as_bytes(), 100).is_err());
+    }
 }

@@ -8,11 +8,11 @@ use std::path::{Path, PathBuf};
 
 use sha2::{Digest as _, Sha256};
 use tempfile::NamedTempFile;
-use zerocopy::IntoBytes;
+use zerocopy::{FromZeros, IntoBytes};
 
 use crate::codec::{Compressor, Digester};
 use crate::error::{write_error, Error, IoContext, Result};
-use crate::format::blob::{self as format, features, BlobMetaHeader, ChunkInfoV1};
+use crate::format::blob::{self as format, features, BlobMetaHeader, ChunkInfoV1, TocEntry};
 use crate::io::staged::{temp_in, Outputs};
 use crate::model::ChunkInfo;
 
@@ -33,6 +33,9 @@ pub struct BlobWriterOptions {
     pub chunk_size: u32,
     /// Frame sections with tar headers and append the bootstrap (`--blob-inline-meta`).
     pub inline_meta: bool,
+    /// With `inline_meta`: also the chunk digests, a zstd bootstrap and a ToC, as upstream's
+    /// `--features blob-toc` (formats/blob.md §9).
+    pub toc: bool,
     /// Index this blob gets in the bootstrap's blob table.
     pub blob_index: u32,
     /// Write the blob file (false: only hash it, for blob-cache-only builds).
@@ -120,6 +123,8 @@ pub struct BlobWriter {
     summary: Option<BlobSummary>,
     cache_meta: Option<NamedTempFile>,
     bootstrap_start: Option<u64>,
+    /// ToC entries of the sections written so far (`toc` blobs only).
+    toc: Vec<TocEntry>,
     /// What errors name as the blob being written (its final path or directory).
     label: PathBuf,
     cache_label: PathBuf,
@@ -161,6 +166,7 @@ impl BlobWriter {
             summary: None,
             cache_meta: None,
             bootstrap_start: None,
+            toc: Vec::new(),
         })
     }
 
@@ -284,10 +290,13 @@ impl BlobWriter {
             return Ok(Some(summary));
         }
         let mut feature_bits = features::ALIGNED | features::CAP_TAR_TOC;
+        let toc = self.opts.inline_meta && self.opts.toc;
+        if toc {
+            feature_bits |= features::HAS_TOC | features::INLINED_CHUNK_DIGEST;
+        }
         if self.opts.inline_meta {
             feature_bits |= features::INLINED_FS_META | features::HAS_TAR_HEADER;
-            let size = self.pos;
-            self.emit(&tar_header("image.blob", size))?;
+            self.frame_chunk_data(toc)?;
         }
         let ci: Vec<u8> = self
             .chunks
@@ -325,24 +334,16 @@ impl BlobWriter {
                 stored_len + format::BLOB_META_HEADER_SIZE as u64,
             ))?;
         }
-        if let Some(dir) = self.opts.cache_dir.clone() {
-            let mut tmp = temp_in(self.opts.tmp_dir.as_deref().unwrap_or(&dir))?;
-            let padded = (ci.len() as u64).div_ceil(CHUNK_ALIGN) * CHUNK_ALIGN;
-            let f = tmp.as_file_mut();
-            let total = padded + header.as_bytes().len() as u64;
-            f.write_all(&ci)
-                .and_then(|_| write_zeros(f, padded - ci.len() as u64))
-                .and_then(|_| f.write_all(header.as_bytes()))
-                .map_err(|e| {
-                    let written = f.metadata().map(|m| m.len()).unwrap_or(0);
-                    write_error(
-                        e,
-                        &dir.join("<blob id>.blob.meta"),
-                        Some(total.saturating_sub(written)),
-                    )
-                })?;
-            self.cache_meta = Some(tmp);
+        if toc {
+            let ci_place = Place {
+                offset: ci_offset,
+                stored: stored_len,
+                size: ci.len() as u64,
+            };
+            self.add_meta_toc_entries(&ci, ci_compressor, ci_place, &header);
+            self.append_chunk_digests()?;
         }
+        self.write_cache_meta(&ci, &header)?;
         let summary = BlobSummary {
             id: String::new(),
             chunk_count: self.chunks.len() as u32,
@@ -359,11 +360,120 @@ impl BlobWriter {
         Ok(Some(summary))
     }
 
-    /// Appends an inlined bootstrap and its `image.boot` tar header (formats/blob.md §5).
+    /// Frames the chunk data with its `image.blob` header; in a ToC blob also its ToC entry.
+    fn frame_chunk_data(&mut self, toc: bool) -> Result<()> {
+        let size = self.pos;
+        self.emit(&tar_header("image.blob", size))?;
+        if toc {
+            // as upstream: the digest covers the data and its tar header, and the uncompressed
+            // size is that of the chunk data (formats/blob.md §9)
+            let digest = self.hasher.clone().finalize().into();
+            let place = Place {
+                offset: 0,
+                stored: size,
+                size: self.uncompressed_end,
+            };
+            self.toc.push(toc_entry("image.blob", None, digest, place));
+        }
+        Ok(())
+    }
+
+    /// The ToC entries of the ci array (`blob.meta`) and of the blob-meta header.
+    fn add_meta_toc_entries(
+        &mut self,
+        ci: &[u8],
+        ci_compressor: u32,
+        ci_place: Place,
+        header: &BlobMetaHeader,
+    ) {
+        let compressor = Compressor::from_code(ci_compressor).unwrap_or(Compressor::None);
+        let ci_digest = Sha256::digest(ci).into();
+        let entry = toc_entry("blob.meta", Some(compressor), ci_digest, ci_place);
+        self.toc.push(entry);
+        let header_digest = Sha256::digest(header.as_bytes()).into();
+        let size = format::BLOB_META_HEADER_SIZE as u64;
+        let place = Place {
+            offset: ci_place.offset + ci_place.stored,
+            stored: size,
+            size,
+        };
+        let entry = toc_entry("blob.meta.header", None, header_digest, place);
+        self.toc.push(entry);
+    }
+
+    /// Writes `<id>.blob.meta` for the blob cache: the raw ci array, padding, the header.
+    fn write_cache_meta(&mut self, ci: &[u8], header: &BlobMetaHeader) -> Result<()> {
+        let Some(dir) = self.opts.cache_dir.clone() else {
+            return Ok(());
+        };
+        let mut tmp = temp_in(self.opts.tmp_dir.as_deref().unwrap_or(&dir))?;
+        let padded = (ci.len() as u64).div_ceil(CHUNK_ALIGN) * CHUNK_ALIGN;
+        let f = tmp.as_file_mut();
+        let total = padded + header.as_bytes().len() as u64;
+        f.write_all(ci)
+            .and_then(|_| write_zeros(f, padded - ci.len() as u64))
+            .and_then(|_| f.write_all(header.as_bytes()))
+            .map_err(|e| {
+                let written = f.metadata().map(|m| m.len()).unwrap_or(0);
+                write_error(
+                    e,
+                    &dir.join("<blob id>.blob.meta"),
+                    Some(total.saturating_sub(written)),
+                )
+            })?;
+        self.cache_meta = Some(tmp);
+        Ok(())
+    }
+
+    /// Appends the chunk digests, in chunk-index order, and their `blob.digest` header.
+    fn append_chunk_digests(&mut self) -> Result<()> {
+        let digests: Vec<u8> = self.chunks.iter().flat_map(|c| c.digest).collect();
+        let (offset, len) = (self.pos, digests.len() as u64);
+        self.emit(&digests)?;
+        self.emit(&tar_header("blob.digest", len))?;
+        let digest = Sha256::digest(&digests).into();
+        let place = Place {
+            offset,
+            stored: len,
+            size: len,
+        };
+        self.toc.push(toc_entry("blob.digest", None, digest, place));
+        Ok(())
+    }
+
+    /// Appends an inlined bootstrap and its `image.boot` tar header (formats/blob.md §5); in a
+    /// ToC blob zstd-compressed, then the ToC and its `rafs.blob.toc` header (§9).
     pub fn append_bootstrap(&mut self, bootstrap: &[u8]) -> Result<()> {
         self.bootstrap_start = Some(self.pos);
-        self.emit(bootstrap)?;
-        self.emit(&tar_header("image.boot", bootstrap.len() as u64))
+        if !self.opts.toc {
+            self.emit(bootstrap)?;
+            return self.emit(&tar_header(format::BOOT_SECTION, bootstrap.len() as u64));
+        }
+        let mut stored = Vec::new();
+        let compressor = if Compressor::Zstd.compress_into(bootstrap, &mut stored)? {
+            Compressor::Zstd
+        } else {
+            stored = bootstrap.to_vec();
+            Compressor::None
+        };
+        let offset = self.pos;
+        self.emit(&stored)?;
+        self.emit(&tar_header(format::BOOT_SECTION, stored.len() as u64))?;
+        let digest = Sha256::digest(bootstrap).into();
+        let place = Place {
+            offset,
+            stored: stored.len() as u64,
+            size: bootstrap.len() as u64,
+        };
+        let entry = toc_entry(format::BOOT_SECTION, Some(compressor), digest, place);
+        self.toc.push(entry);
+        let toc: Vec<u8> = self
+            .toc
+            .iter()
+            .flat_map(|e| e.as_bytes().to_vec())
+            .collect();
+        self.emit(&toc)?;
+        self.emit(&tar_header(format::TOC_SECTION, toc.len() as u64))
     }
 
     /// Flushes everything. Returns the final summary (`None` when the blob has no chunks), the
@@ -421,6 +531,36 @@ fn write_zeros(w: &mut impl Write, mut n: u64) -> std::io::Result<()> {
         n -= k as u64;
     }
     Ok(())
+}
+
+/// Where a section lies, for its ToC entry.
+#[derive(Debug, Clone, Copy)]
+struct Place {
+    offset: u64,
+    stored: u64,
+    size: u64,
+}
+
+/// A ToC entry: `compressor` `None` writes the "none" flag (formats/blob.md §9).
+fn toc_entry(
+    name: &str,
+    compressor: Option<Compressor>,
+    digest: [u8; 32],
+    place: Place,
+) -> TocEntry {
+    let flags = match compressor {
+        Some(Compressor::Zstd) => format::TOC_FLAG_ZSTD,
+        Some(Compressor::Lz4Block) => format::TOC_FLAG_LZ4_BLOCK,
+        Some(Compressor::None) | None => format::TOC_FLAG_NONE,
+    };
+    let mut e = TocEntry::new_zeroed();
+    e.flags = flags.into();
+    e.name[..name.len()].copy_from_slice(name.as_bytes());
+    e.uncompressed_digest = digest;
+    e.compressed_offset = place.offset.into();
+    e.compressed_size = place.stored.into();
+    e.uncompressed_size = place.size.into();
+    e
 }
 
 /// Packs a chunk into a v1 chunk-info record (formats/blob.md §3.2).

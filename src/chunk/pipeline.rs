@@ -810,6 +810,7 @@ mod tests {
                 digester: Digester::Blake3,
                 chunk_size: 0x1000,
                 inline_meta: false,
+                toc: false,
                 blob_index: 0,
                 write_blob: true,
                 cache_dir: None,

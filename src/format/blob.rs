@@ -32,6 +32,51 @@ pub mod features {
     pub const CAP_TAR_TOC: u32 = 0x4000_0000;
 }
 
+/// Size of one ToC entry (formats/blob.md §9).
+pub const TOC_ENTRY_SIZE: usize = 128;
+/// ToC entry flag: the section is stored uncompressed.
+pub const TOC_FLAG_NONE: u32 = 0x1;
+/// ToC entry flag: the section is zstd-compressed.
+pub const TOC_FLAG_ZSTD: u32 = 0x2;
+/// ToC entry flag: the section is lz4_block-compressed.
+pub const TOC_FLAG_LZ4_BLOCK: u32 = 0x4;
+/// Tar name (and ToC entry name) of the ToC section, the last of a `blob-toc` blob.
+pub const TOC_SECTION: &str = "rafs.blob.toc";
+/// Tar name of the inlined bootstrap section.
+pub const BOOT_SECTION: &str = "image.boot";
+
+/// One ToC entry of a `--features blob-toc` blob: where a section lies and what it holds
+/// (formats/blob.md §9).
+#[derive(Debug, Clone, Copy, FromBytes, IntoBytes, Immutable, KnownLayout, Unaligned)]
+#[repr(C)]
+pub struct TocEntry {
+    /// `TOC_FLAG_*`: how the section is compressed.
+    pub flags: U32,
+    /// Zero.
+    pub reserved1: U32,
+    /// Section name, NUL-padded.
+    pub name: [u8; 16],
+    /// sha256 of the section's uncompressed bytes.
+    pub uncompressed_digest: [u8; 32],
+    /// Offset of the stored section in the blob.
+    pub compressed_offset: U64,
+    /// Stored size.
+    pub compressed_size: U64,
+    /// Size once decompressed.
+    pub uncompressed_size: U64,
+    /// Zero.
+    pub reserved2: [u8; 48],
+}
+const _: () = assert!(std::mem::size_of::<TocEntry>() == TOC_ENTRY_SIZE);
+
+impl TocEntry {
+    /// The name without its NUL padding.
+    pub fn name(&self) -> &[u8] {
+        let end = self.name.iter().position(|b| *b == 0).unwrap_or(16);
+        &self.name[..end]
+    }
+}
+
 /// BlobChunkFlags: stored bytes are compressed.
 pub const CHUNK_FLAG_COMPRESSED: u32 = 0x01;
 /// BlobChunkFlags: the crc32 field is valid.

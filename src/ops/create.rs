@@ -56,6 +56,9 @@ pub struct CreateOptions {
     pub blob_dir: Option<PathBuf>,
     /// Append the bootstrap to the blob.
     pub blob_inline_meta: bool,
+    /// With `blob_inline_meta`: end the blob as upstream's `--features blob-toc` does (chunk
+    /// digests, zstd bootstrap, ToC; formats/blob.md §9).
+    pub blob_toc: bool,
     /// Also write `<id>.blob.data` / `<id>.blob.meta` here.
     pub blob_cache_dir: Option<PathBuf>,
     /// Chunk compression; `None` means the default (zstd, or none in blob-cache-only mode).
@@ -94,6 +97,7 @@ impl Default for CreateOptions {
             blob: None,
             blob_dir: None,
             blob_inline_meta: false,
+            blob_toc: false,
             blob_cache_dir: None,
             compressor: None,
             digester: Digester::Blake3,
@@ -161,6 +165,11 @@ fn validate(o: &CreateOptions) -> Result<()> {
     let bad = |m: &str| Err(Error::InvalidOption(m.to_string()));
     if o.fs_version != 5 && o.fs_version != 6 {
         return bad("--fs-version must be 5 or 6");
+    }
+    if o.blob_toc && !o.blob_inline_meta {
+        return bad(
+            "--features blob-toc needs --blob-inline-meta: the ToC frames the inlined meta",
+        );
     }
     if o.fs_version == 5 && o.blob_inline_meta {
         return bad("--blob-inline-meta is supported with --fs-version 6 only");
@@ -434,6 +443,7 @@ fn blob_writer(opts: &CreateOptions, plan: &Plan, blob_index: u32) -> Result<Blo
             digester: opts.digester,
             chunk_size: opts.chunk_size,
             inline_meta: opts.blob_inline_meta,
+            toc: opts.blob_toc,
             blob_index,
             write_blob: !plan.cache_only,
             cache_dir: opts.blob_cache_dir.clone(),

@@ -100,11 +100,20 @@ pub fn load(path: &Path) -> Result<Loaded> {
         bytes
     };
     let mut image = decode(&bytes)?;
-    if from_blob {
-        let name = path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
+    let file_name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    // an inlined bootstrap saved on its own names its blob as upstream does: the file name cut
+    // at the first dot, when that is a blob id (`<id>.boot`, `<id>.image.boot`; blob.md §9)
+    let stem = file_name.split('.').next().unwrap_or_default();
+    let named_by_id = stem.len() == 64 && stem.bytes().all(|c| c.is_ascii_hexdigit());
+    if from_blob || named_by_id {
+        let name = if from_blob {
+            file_name
+        } else {
+            stem.to_string()
+        };
         for b in &mut image.blobs {
             if !b.id.is_empty() && b.id.bytes().all(|c| c == b'x') {
                 b.id = name.clone();

@@ -5,7 +5,7 @@ use crate::common::*;
 use std::path::Path;
 use std::process::Command;
 
-fn manifest_diff(expected: &Path, actual: &Path) {
+pub(crate) fn manifest_diff(expected: &Path, actual: &Path) {
     let out = Command::new("python3")
         .arg(repo().join("tests/tools/manifest.py"))
         .arg("diff")
@@ -130,4 +130,70 @@ fn upstream_broken_v5_image_is_rejected() {
     let boot = upstream("v5-tar-rafs/bootstrap");
     let err = forge_fails(&["check", boot.to_str().unwrap()]);
     assert!(err.contains("offset"), "the error names an offset: {err}");
+}
+
+/// The converter's `--features blob-toc` layer: read through its ToC (formats/blob.md §9) by
+/// every reader, as the blob, as its extracted `<id>.boot`, and as a merge source.
+#[test]
+#[cfg_attr(no_root, ignore = "needs root")]
+fn blob_toc_layer_is_read_exactly() {
+    let d = upstream("v6-blob-toc");
+    let x = scratch();
+    // the converter names the layer by the sha256 of the whole blob
+    let id = "57e08e46708f192e558a0ec1359d2032402f1f548686dc2148da6c2019f5c7ce";
+    let blob = x.path().join(id);
+    std::fs::copy(d.join("blob.rafs"), &blob).unwrap();
+    let dir = x.path().to_str().unwrap();
+    let out = forge(&["check", "-B", blob.to_str().unwrap(), "-D", dir]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("has_toc") && text.contains(id) && text.contains("verified 7 chunks"),
+        "{text}"
+    );
+    let boot = x.path().join(format!("{id}.boot"));
+    forge(&[
+        "extract-bootstrap",
+        blob.to_str().unwrap(),
+        "-o",
+        boot.to_str().unwrap(),
+    ]);
+    assert!(std::fs::read(&boot).unwrap() == std::fs::read(d.join("image.boot")).unwrap());
+    // saved as `<id>.boot`, the placeholder id becomes the file name cut at the first dot
+    let out = forge(&["check", "-B", boot.to_str().unwrap(), "-D", dir]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("verified 7 chunks"));
+    for source in [&blob, &boot] {
+        let tree = x
+            .path()
+            .join(format!("tree-{}", source.extension().is_some()));
+        forge(&[
+            "unpack",
+            source.to_str().unwrap(),
+            "-D",
+            dir,
+            "--output-dir",
+            tree.to_str().unwrap(),
+        ]);
+        manifest_diff(&d.join("expected.txt"), &tree);
+    }
+    let merged = x.path().join("merged.boot");
+    forge(&[
+        "merge",
+        "-B",
+        merged.to_str().unwrap(),
+        boot.to_str().unwrap(),
+    ]);
+    let out = forge(&["check", "-B", merged.to_str().unwrap(), "-D", dir]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("verified 7 chunks"));
+    let disk = x.path().join("layer.disk");
+    forge(&[
+        "export",
+        "--block",
+        "-B",
+        blob.to_str().unwrap(),
+        "-D",
+        dir,
+        "-O",
+        disk.to_str().unwrap(),
+    ]);
+    assert!(disk.metadata().unwrap().len() > 0);
 }

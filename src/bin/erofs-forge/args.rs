@@ -196,6 +196,14 @@ pub struct StatArgs {
     pub output_json: Option<PathBuf>,
 }
 
+/// `create --features` values.
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum FeatureArg {
+    /// A table of contents at the end of an inline-meta blob.
+    #[value(name = "blob-toc")]
+    BlobToc,
+}
+
 #[derive(Clone, Copy, ValueEnum)]
 pub enum SourceTypeArg {
     #[value(name = "dir-rafs", alias = "directory")]
@@ -243,6 +251,10 @@ pub struct CreateArgs {
     /// Append the bootstrap to the blob instead of writing a separate file.
     #[arg(long, alias = "inline-bootstrap")]
     pub blob_inline_meta: bool,
+    /// Image features, comma-separated or repeated. blob-toc (with --blob-inline-meta): end
+    /// the blob with chunk digests, a zstd bootstrap and a table of contents, as nydus-image.
+    #[arg(long, value_enum, value_delimiter = ',')]
+    pub features: Vec<FeatureArg>,
     /// Also write the uncompressed, 4 KiB-aligned blob cache (<id>.blob.data, <id>.blob.meta)
     /// here. Alone it replaces the blob (compressor none), as nydus-image does; with -D/--blob
     /// both are written.

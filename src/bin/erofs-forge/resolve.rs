@@ -10,8 +10,8 @@ use erofs_forge::ops::create::{CreateOptions, SourceType};
 use erofs_forge::ops::{check, export, export_compressed, merge, unpack};
 
 use crate::args::{
-    BlobArgs, BootstrapArg, CheckArgs, CreateArgs, ExportArgs, MergeArgs, SourceTypeArg, StatArgs,
-    UnpackArgs,
+    BlobArgs, BootstrapArg, CheckArgs, CreateArgs, ExportArgs, FeatureArg, MergeArgs,
+    SourceTypeArg, StatArgs, UnpackArgs,
 };
 
 /// What `create` builds: one layer, or a whole OCI image.
@@ -96,6 +96,7 @@ pub fn create(a: CreateArgs) -> Result<CreatePlan> {
         blob: a.blob,
         blob_dir: a.blob_dir,
         blob_inline_meta: a.blob_inline_meta,
+        blob_toc: a.features.contains(&FeatureArg::BlobToc),
         blob_cache_dir: a.blob_cache_dir,
         compressor: a.compressor,
         digester: a.digester,

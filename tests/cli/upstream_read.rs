@@ -150,6 +150,8 @@ fn blob_toc_layer_is_read_exactly() {
         text.contains("has_toc") && text.contains(id) && text.contains("verified 7 chunks"),
         "{text}"
     );
+    let out = forge(&["inspect", "-B", blob.to_str().unwrap(), "-R", "blobs"]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains(id));
     let boot = x.path().join(format!("{id}.boot"));
     forge(&[
         "extract-bootstrap",

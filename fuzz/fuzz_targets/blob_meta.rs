@@ -7,8 +7,8 @@
 use erofs_forge::blob::inline::{bootstrap_range, parse_tar_header};
 use erofs_forge::blob::reader::{decode_blob_meta, decode_ci_array};
 use erofs_forge::codec::{Compressor, Digester};
-use erofs_forge::format::blob::{features, BLOB_META_HEADER_SIZE, BLOB_META_MAGIC};
-use erofs_forge::model::BlobInfo;
+use erofs_forge::format::blob::{BlobFeatures, BLOB_META_HEADER_SIZE, BLOB_META_MAGIC};
+use erofs_forge::model::BlobEntry;
 use libfuzzer_sys::fuzz_target;
 
 fn u32_at(d: &[u8], at: usize) -> u32 {
@@ -55,12 +55,16 @@ fuzz_target!(|data: &[u8]| {
     }
     let v2 = ctl & 2 != 0;
     let ci_compressor = u32::from((ctl >> 2) & 3);
-    let blob = BlobInfo {
+    let mut features = BlobFeatures::ALIGNED;
+    if v2 {
+        features |= BlobFeatures::CHUNK_INFO_V2;
+    }
+    let blob = BlobEntry {
         id: "fuzz".into(),
         chunk_count,
         compressor: Compressor::Zstd,
         digester: Digester::Blake3,
-        features: features::ALIGNED | if v2 { features::CHUNK_INFO_V2 } else { 0 },
+        features,
         compressed_size: 0,
         uncompressed_size: 0,
         ci_offset: word,
@@ -76,7 +80,7 @@ fuzz_target!(|data: &[u8]| {
         BLOB_META_MAGIC
     };
     header[0..4].copy_from_slice(&magic.to_le_bytes());
-    header[4..8].copy_from_slice(&blob.features.to_le_bytes());
+    header[4..8].copy_from_slice(&blob.features.bits().to_le_bytes());
     header[8..12].copy_from_slice(&ci_compressor.to_le_bytes());
     header[12..16].copy_from_slice(&chunk_count.to_le_bytes());
     let off = if ctl & 0x20 != 0 { word ^ 1 } else { word };

@@ -4,4 +4,4 @@ pub mod inline;
 pub mod reader;
 pub mod writer;
 
-pub use writer::{BlobSummary, BlobWriter, BlobWriterOptions};
+pub use writer::{BlobWriter, BlobWriterOptions, WrittenBlob};

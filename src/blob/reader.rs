@@ -11,10 +11,10 @@ use zerocopy::FromBytes;
 use crate::codec::Compressor;
 use crate::error::{Error, IoContext, Result};
 use crate::format::blob::{
-    features, BlobMetaHeader, ChunkInfoV1, BLOB_META_HEADER_SIZE, BLOB_META_MAGIC,
+    BlobFeatures, BlobMetaHeader, ChunkInfoV1, BLOB_META_HEADER_SIZE, BLOB_META_MAGIC,
 };
 use crate::io::bytes::corrupt;
-use crate::model::{BlobInfo, Image};
+use crate::model::{BlobEntry, Image};
 use crate::model::{ChunkId, ChunkInfo};
 
 /// Where blobs are looked up.
@@ -96,7 +96,7 @@ impl<'a> ChunkReader<'a> {
         }
     }
 
-    fn blob(&self, index: u32) -> Result<&'a BlobInfo> {
+    fn blob(&self, index: u32) -> Result<&'a BlobEntry> {
         self.image.blobs.get(index as usize).ok_or_else(|| {
             corrupt(
                 "chunk",
@@ -117,7 +117,7 @@ impl<'a> ChunkReader<'a> {
             .ok_or_else(|| Error::InvalidOption("blob vanished".into()))
     }
 
-    fn find(&self, blob: &BlobInfo) -> Result<Opened> {
+    fn find(&self, blob: &BlobEntry) -> Result<Opened> {
         if let Some(f) = &self.source.file {
             return Ok(Opened::Blob(File::open(f).ctx("open blob", f)?, f.clone()));
         }
@@ -148,17 +148,15 @@ impl<'a> ChunkReader<'a> {
     pub fn ci_entries(&mut self, index: u32) -> Result<&[CiEntry]> {
         if !self.ci.contains_key(&index) {
             let blob = self.blob(index)?;
-            let entries = if self.image.version == 6
-                && blob.ci_uncompressed_size > 0
-                && blob.features & features::TARFS == 0
-            {
-                match self.open(index)? {
-                    Opened::Blob(f, p) => read_ci(f, p, blob)?,
-                    Opened::CacheData(..) => Vec::new(),
-                }
-            } else {
-                Vec::new()
-            };
+            let entries =
+                if self.image.version == 6 && blob.ci_uncompressed_size > 0 && !blob.is_tarfs() {
+                    match self.open(index)? {
+                        Opened::Blob(f, p) => read_ci(f, p, blob)?,
+                        Opened::CacheData(..) => Vec::new(),
+                    }
+                } else {
+                    Vec::new()
+                };
             self.ci.insert(index, entries);
         }
         Ok(self.ci.get(&index).map(Vec::as_slice).unwrap_or(&[]))
@@ -192,7 +190,7 @@ impl<'a> ChunkReader<'a> {
                 "chunk larger than 16 MiB",
             ));
         }
-        let tarfs = blob.features & features::TARFS != 0;
+        let tarfs = blob.is_tarfs();
         let data = match self.open(c.blob_index)? {
             Opened::Blob(f, p) => {
                 let mut buf = vec![0u8; loc.compressed_size as usize];
@@ -238,7 +236,7 @@ impl<'a> ChunkReader<'a> {
 /// Largest chunk-info array accepted: 24 bytes (a v2 record) for each chunk a blob can hold.
 pub const MAX_CI_SIZE: u64 = 24 * crate::blob::writer::MAX_CHUNKS_PER_BLOB as u64;
 
-fn read_ci(f: &File, path: &Path, blob: &BlobInfo) -> Result<Vec<CiEntry>> {
+fn read_ci(f: &File, path: &Path, blob: &BlobEntry) -> Result<Vec<CiEntry>> {
     check_ci_sizes(blob)?;
     let mut stored = vec![0u8; blob.ci_compressed_size as usize];
     f.read_exact_at(&mut stored, blob.ci_offset)
@@ -253,7 +251,7 @@ fn read_ci(f: &File, path: &Path, blob: &BlobInfo) -> Result<Vec<CiEntry>> {
 /// blob at `path`: the chunk-info array uncompressed, zeros up to a 4 KiB boundary, then the
 /// blob meta header. nydus-snapshotter's converter ships the same bytes in a v6 image's
 /// bootstrap layer, as `image/<blob id>.blob.meta`.
-pub fn cache_meta_file(path: &Path, blob: &BlobInfo) -> Result<Vec<u8>> {
+pub fn cache_meta_file(path: &Path, blob: &BlobEntry) -> Result<Vec<u8>> {
     let f = File::open(path).ctx("open", path)?;
     check_ci_sizes(blob)?;
     let mut stored = vec![0u8; blob.ci_compressed_size as usize];
@@ -282,7 +280,7 @@ pub fn cache_meta_file(path: &Path, blob: &BlobInfo) -> Result<Vec<u8>> {
 
 /// Rejects chunk-info sizes no blob of this tool or upstream's can have, before anything is
 /// allocated from them.
-fn check_ci_sizes(blob: &BlobInfo) -> Result<()> {
+fn check_ci_sizes(blob: &BlobEntry) -> Result<()> {
     let records = u64::from(blob.chunk_count).min(crate::blob::writer::MAX_CHUNKS_PER_BLOB as u64);
     if blob.ci_compressed_size > MAX_CI_SIZE
         || blob.ci_uncompressed_size > MAX_CI_SIZE
@@ -303,7 +301,7 @@ fn check_ci_sizes(blob: &BlobInfo) -> Result<()> {
 /// Decodes a blob meta from memory: `stored` is the (possibly compressed) chunk-info array and
 /// `header` the 4 KiB blob meta header that follows it; `blob` is what the bootstrap says about
 /// them. Pure: no I/O (the fuzz target drives this).
-pub fn decode_blob_meta(stored: Vec<u8>, header: &[u8], blob: &BlobInfo) -> Result<Vec<CiEntry>> {
+pub fn decode_blob_meta(stored: Vec<u8>, header: &[u8], blob: &BlobEntry) -> Result<Vec<CiEntry>> {
     check_ci_sizes(blob)?;
     if stored.len() as u64 != blob.ci_compressed_size {
         return Err(corrupt(
@@ -343,7 +341,7 @@ pub fn decode_blob_meta(stored: Vec<u8>, header: &[u8], blob: &BlobInfo) -> Resu
         algo.decompress(&stored, blob.ci_uncompressed_size as usize)
             .map_err(|e| corrupt("chunk-info array", blob.ci_offset, &e.to_string()))?
     };
-    let v2 = blob.features & features::CHUNK_INFO_V2 != 0;
+    let v2 = blob.features.contains(BlobFeatures::CHUNK_INFO_V2);
     Ok(decode_ci_array(&raw, blob.chunk_count, v2))
 }
 
@@ -377,20 +375,13 @@ mod tests {
     use super::*;
     use crate::blob::writer::encode_chunk_info_v1;
 
-    fn blob(chunk_count: u32, ci_compressed_size: u64, ci_uncompressed_size: u64) -> BlobInfo {
-        BlobInfo {
-            id: "b".into(),
+    fn blob(chunk_count: u32, ci_compressed_size: u64, ci_uncompressed_size: u64) -> BlobEntry {
+        BlobEntry {
             chunk_count,
-            compressor: Compressor::Zstd,
-            digester: crate::codec::Digester::Blake3,
-            features: 0,
-            compressed_size: 0,
-            uncompressed_size: 0,
-            ci_offset: 0,
             ci_compressed_size,
             ci_uncompressed_size,
             ci_compressor: Compressor::Zstd.code(),
-            mapped_blkaddr: 0,
+            ..BlobEntry::new("b".into(), Compressor::Zstd, crate::codec::Digester::Blake3)
         }
     }
 

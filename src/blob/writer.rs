@@ -12,9 +12,9 @@ use zerocopy::{FromZeros, IntoBytes};
 
 use crate::codec::{Compressor, Digester};
 use crate::error::{write_error, Error, IoContext, Result};
-use crate::format::blob::{self as format, features, BlobMetaHeader, ChunkInfoV1, TocEntry};
+use crate::format::blob::{self as format, BlobFeatures, BlobMetaHeader, ChunkInfoV1, TocEntry};
 use crate::io::staged::{temp_in, Outputs};
-use crate::model::ChunkInfo;
+use crate::model::{BlobEntry, ChunkInfo};
 
 /// The largest chunk index a v6 chunk index can address (24 bits, one value reserved).
 pub const MAX_CHUNKS_PER_BLOB: usize = 0xFF_FFFF;
@@ -51,30 +51,15 @@ pub struct BlobWriterOptions {
     pub tmp_dir: Option<PathBuf>,
 }
 
-/// What the bootstrap's blob table needs to know about a finished blob.
+/// A finished blob: its blob-table entry and what is only the writer's to know.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BlobSummary {
-    /// Blob id: sha256 of the blob file, lowercase hex.
-    pub id: String,
-    /// Number of chunks in the blob.
-    pub chunk_count: u32,
-    /// The size the blob table records: the file size, or with an inlined bootstrap the
-    /// offset where the bootstrap starts.
-    pub compressed_size: u64,
+pub struct WrittenBlob {
+    /// The blob-table entry. Its `compressed_size` is the file size, or with an inlined
+    /// bootstrap the offset where the bootstrap starts; its id is empty until
+    /// [`BlobWriter::finish`].
+    pub entry: BlobEntry,
     /// Size of the whole blob file.
     pub file_size: u64,
-    /// Size of the virtual uncompressed blob.
-    pub uncompressed_size: u64,
-    /// BlobFeatures.
-    pub features: u32,
-    /// Compression of the chunk-info array.
-    pub ci_compressor: u32,
-    /// Offset of the chunk-info array.
-    pub ci_offset: u64,
-    /// Stored size of the chunk-info array.
-    pub ci_compressed_size: u64,
-    /// Size of the chunk-info array before compression.
-    pub ci_uncompressed_size: u64,
 }
 
 /// Temporary output files of a blob, renamed into place by [`BlobFiles::persist`].
@@ -120,7 +105,7 @@ pub struct BlobWriter {
     pos: u64,
     uncompressed_end: u64,
     chunks: Vec<ChunkInfo>,
-    summary: Option<BlobSummary>,
+    written: Option<WrittenBlob>,
     cache_meta: Option<NamedTempFile>,
     bootstrap_start: Option<u64>,
     /// ToC entries of the sections written so far (`toc` blobs only).
@@ -163,7 +148,7 @@ impl BlobWriter {
             pos: 0,
             uncompressed_end: 0,
             chunks: Vec::new(),
-            summary: None,
+            written: None,
             cache_meta: None,
             bootstrap_start: None,
             toc: Vec::new(),
@@ -268,34 +253,23 @@ impl BlobWriter {
     /// Writes the blob meta after the last chunk. Returns what the blob table needs; with
     /// inlined meta the id is not final until [`BlobWriter::finish`].
     /// Returns `None` for a blob without chunks (no blob is recorded then).
-    pub fn finish_data(&mut self) -> Result<Option<BlobSummary>> {
+    pub fn finish_data(&mut self) -> Result<Option<WrittenBlob>> {
         if self.chunks.is_empty() {
             return Ok(None);
         }
         if !self.opts.v6 {
             // a v5 blob is chunk data only (formats/blob.md §1)
-            let summary = BlobSummary {
-                id: String::new(),
-                chunk_count: self.chunks.len() as u32,
-                compressed_size: self.pos,
-                file_size: self.pos,
-                uncompressed_size: self.uncompressed_end,
-                features: features::CAP_TAR_TOC,
-                ci_compressor: 0,
-                ci_offset: 0,
-                ci_compressed_size: 0,
-                ci_uncompressed_size: 0,
-            };
-            self.summary = Some(summary.clone());
-            return Ok(Some(summary));
+            let mut entry = self.entry();
+            entry.features = BlobFeatures::CAP_TAR_TOC;
+            return Ok(Some(self.record(entry)));
         }
-        let mut feature_bits = features::ALIGNED | features::CAP_TAR_TOC;
+        let mut feature_bits = BlobFeatures::ALIGNED | BlobFeatures::CAP_TAR_TOC;
         let toc = self.opts.inline_meta && self.opts.toc;
         if toc {
-            feature_bits |= features::HAS_TOC | features::INLINED_CHUNK_DIGEST;
+            feature_bits |= BlobFeatures::HAS_TOC | BlobFeatures::INLINED_CHUNK_DIGEST;
         }
         if self.opts.inline_meta {
-            feature_bits |= features::INLINED_FS_META | features::HAS_TAR_HEADER;
+            feature_bits |= BlobFeatures::INLINED_FS_META | BlobFeatures::HAS_TAR_HEADER;
             self.frame_chunk_data(toc)?;
         }
         let ci: Vec<u8> = self
@@ -312,7 +286,7 @@ impl BlobWriter {
         let ci_offset = self.pos;
         let header = BlobMetaHeader {
             magic: format::BLOB_META_MAGIC.into(),
-            features: feature_bits.into(),
+            features: feature_bits.bits().into(),
             ci_compressor: ci_compressor.into(),
             ci_entries: (self.chunks.len() as u32).into(),
             ci_offset: ci_offset.into(),
@@ -344,20 +318,35 @@ impl BlobWriter {
             self.append_chunk_digests()?;
         }
         self.write_cache_meta(&ci, &header)?;
-        let summary = BlobSummary {
-            id: String::new(),
-            chunk_count: self.chunks.len() as u32,
-            compressed_size: self.pos,
-            file_size: self.pos,
-            uncompressed_size: self.uncompressed_end,
+        let entry = BlobEntry {
             features: feature_bits,
             ci_compressor,
             ci_offset,
             ci_compressed_size: stored_len,
             ci_uncompressed_size: ci.len() as u64,
+            ..self.entry()
         };
-        self.summary = Some(summary.clone());
-        Ok(Some(summary))
+        Ok(Some(self.record(entry)))
+    }
+
+    /// The entry of the chunks written so far, without features or chunk-info array.
+    fn entry(&self) -> BlobEntry {
+        BlobEntry {
+            chunk_count: self.chunks.len() as u32,
+            compressed_size: self.pos,
+            uncompressed_size: self.uncompressed_end,
+            ..BlobEntry::new(String::new(), self.opts.compressor, self.opts.digester)
+        }
+    }
+
+    /// Keeps `entry` as the blob's, for [`BlobWriter::finish`] to complete.
+    fn record(&mut self, entry: BlobEntry) -> WrittenBlob {
+        let written = WrittenBlob {
+            entry,
+            file_size: self.pos,
+        };
+        self.written = Some(written.clone());
+        written
     }
 
     /// Frames the chunk data with its `image.blob` header; in a ToC blob also its ToC entry.
@@ -476,10 +465,10 @@ impl BlobWriter {
         self.emit(&tar_header(format::TOC_SECTION, toc.len() as u64))
     }
 
-    /// Flushes everything. Returns the final summary (`None` when the blob has no chunks), the
+    /// Flushes everything. Returns the finished blob (`None` when the blob has no chunks), the
     /// id of the bytes written (the file name of an inline-meta blob even without chunks) and
     /// the temporary files to persist.
-    pub fn finish(mut self) -> Result<(Option<BlobSummary>, String, BlobFiles)> {
+    pub fn finish(mut self) -> Result<(Option<WrittenBlob>, String, BlobFiles)> {
         let id = hex::encode(self.hasher.finalize_reset());
         let blob = match self.out.take() {
             Some((tmp, mut w)) => {
@@ -492,7 +481,7 @@ impl BlobWriter {
             None => None,
         };
         // a blob without chunks is not recorded in the bootstrap: no cache files for it
-        let cache = if self.summary.is_some() {
+        let cache = if self.written.is_some() {
             self.cache.take()
         } else {
             None
@@ -508,10 +497,10 @@ impl BlobWriter {
             }
             None => None,
         };
-        let summary = self.summary.take().map(|mut s| {
-            s.id = id.clone();
-            s.file_size = self.pos;
-            s
+        let written = self.written.take().map(|mut w| {
+            w.entry.id = id.clone();
+            w.file_size = self.pos;
+            w
         });
         let files = BlobFiles {
             blob,
@@ -519,7 +508,7 @@ impl BlobWriter {
             cache_meta: self.cache_meta.take(),
             cache_dir: self.opts.cache_dir.clone(),
         };
-        Ok((summary, id, files))
+        Ok((written, id, files))
     }
 }
 

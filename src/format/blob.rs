@@ -12,24 +12,57 @@ pub const CHUNK_INFO_V1_SIZE: usize = 16;
 /// Size of a framing tar header (formats/blob.md §4).
 pub const TAR_HEADER_SIZE: usize = 512;
 
-/// BlobFeatures bits (formats/blob.md §8).
-pub mod features {
+/// BlobFeatures: what a blob holds and how it is framed (formats/blob.md §8).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct BlobFeatures(pub u32);
+
+impl BlobFeatures {
+    /// No feature.
+    pub const NONE: BlobFeatures = BlobFeatures(0);
     /// Uncompressed chunk offsets are 4 KiB aligned.
-    pub const ALIGNED: u32 = 0x1;
+    pub const ALIGNED: BlobFeatures = BlobFeatures(0x1);
     /// The bootstrap is inlined in the blob.
-    pub const INLINED_FS_META: u32 = 0x2;
+    pub const INLINED_FS_META: BlobFeatures = BlobFeatures(0x2);
     /// Chunk-info records are v2 (24 bytes).
-    pub const CHUNK_INFO_V2: u32 = 0x4;
+    pub const CHUNK_INFO_V2: BlobFeatures = BlobFeatures(0x4);
     /// Chunk digest array present.
-    pub const INLINED_CHUNK_DIGEST: u32 = 0x20;
+    pub const INLINED_CHUNK_DIGEST: BlobFeatures = BlobFeatures(0x20);
     /// Tar-tarfs blob.
-    pub const TARFS: u32 = 0x40;
+    pub const TARFS: BlobFeatures = BlobFeatures(0x40);
     /// Sections are framed by tar headers.
-    pub const HAS_TAR_HEADER: u32 = 0x1000_0000;
+    pub const HAS_TAR_HEADER: BlobFeatures = BlobFeatures(0x1000_0000);
     /// Table of contents present.
-    pub const HAS_TOC: u32 = 0x2000_0000;
+    pub const HAS_TOC: BlobFeatures = BlobFeatures(0x2000_0000);
     /// Written by a builder that knows tar framing; always set.
-    pub const CAP_TAR_TOC: u32 = 0x4000_0000;
+    pub const CAP_TAR_TOC: BlobFeatures = BlobFeatures(0x4000_0000);
+
+    /// Whether every bit of `other` is set.
+    pub const fn contains(self, other: BlobFeatures) -> bool {
+        self.0 & other.0 == other.0
+    }
+
+    /// The raw bits, as the blob table and the blob meta header store them.
+    pub const fn bits(self) -> u32 {
+        self.0
+    }
+
+    /// Names of the bits set, for listings.
+    pub fn names(self) -> Vec<&'static str> {
+        feature_names(self.0)
+    }
+}
+
+impl std::ops::BitOr for BlobFeatures {
+    type Output = BlobFeatures;
+    fn bitor(self, rhs: BlobFeatures) -> BlobFeatures {
+        BlobFeatures(self.0 | rhs.0)
+    }
+}
+
+impl std::ops::BitOrAssign for BlobFeatures {
+    fn bitor_assign(&mut self, rhs: BlobFeatures) {
+        self.0 |= rhs.0;
+    }
 }
 
 /// Size of one ToC entry (formats/blob.md §9).
@@ -144,7 +177,7 @@ pub fn validate_chunk_size(size: u32) -> crate::Result<()> {
 }
 
 /// Names of BlobFeatures bits, for listings.
-pub fn feature_names(bits: u32) -> Vec<&'static str> {
+fn feature_names(bits: u32) -> Vec<&'static str> {
     const NAMES: [(u32, &str); 13] = [
         (0x1, "aligned"),
         (0x2, "inlined_fs_meta"),

@@ -4,13 +4,16 @@ use super::chunk::ChunkInfo;
 use super::tree::{EntryId, FileType, Tree};
 use crate::codec::{Compressor, Digester};
 use crate::error::{Error, Result};
-use crate::format::blob::features;
+use crate::format::blob::BlobFeatures;
 use crate::format::rafs_v6::SuperFlags;
 
-/// A blob as a bootstrap describes it.
+/// One entry of the blob table: a blob as a bootstrap describes it (formats/rafs-v6.md §5,
+/// formats/rafs-v5.md §6). The blob writer returns it, the encoders write it, the decoders read
+/// it back, merge carries it between tables.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BlobInfo {
-    /// Blob id (file name in a blob directory).
+pub struct BlobEntry {
+    /// Blob id (file name in a blob directory); 64 `x` inside an inlined bootstrap until the
+    /// blob's own id is known.
     pub id: String,
     /// Chunks the blob holds.
     pub chunk_count: u32,
@@ -18,8 +21,8 @@ pub struct BlobInfo {
     pub compressor: Compressor,
     /// Chunk digest.
     pub digester: Digester,
-    /// BlobFeatures bits.
-    pub features: u32,
+    /// What the blob holds and how it is framed.
+    pub features: BlobFeatures,
     /// Compressed size (the blob file, or where an inlined bootstrap starts).
     pub compressed_size: u64,
     /// Size of the uncompressed view.
@@ -30,10 +33,37 @@ pub struct BlobInfo {
     pub ci_compressed_size: u64,
     /// Size of the chunk-info array uncompressed.
     pub ci_uncompressed_size: u64,
-    /// Compression of the chunk-info array.
+    /// Compression of the chunk-info array (algorithm code, kept raw: upstream writes codes
+    /// for arrays that do not exist).
     pub ci_compressor: u32,
-    /// Block address in a flattened disk image (v6 device table).
+    /// Block address in a flattened disk image, as the v6 device table read back says (the
+    /// encoders compute it from the layout instead).
     pub mapped_blkaddr: u32,
+}
+
+impl BlobEntry {
+    /// An empty entry (no chunks, no features, no chunk-info array) for a blob `id`.
+    pub fn new(id: String, compressor: Compressor, digester: Digester) -> BlobEntry {
+        BlobEntry {
+            id,
+            chunk_count: 0,
+            compressor,
+            digester,
+            features: BlobFeatures::NONE,
+            compressed_size: 0,
+            uncompressed_size: 0,
+            ci_offset: 0,
+            ci_compressed_size: 0,
+            ci_uncompressed_size: 0,
+            ci_compressor: 0,
+            mapped_blkaddr: 0,
+        }
+    }
+
+    /// Whether this is a tar-tarfs blob (chunks address the tar in place).
+    pub fn is_tarfs(&self) -> bool {
+        self.features.contains(BlobFeatures::TARFS)
+    }
 }
 
 /// A decoded bootstrap: the tree, where its chunks are, and the image-wide settings.
@@ -48,7 +78,7 @@ pub struct Image {
     /// Whether each chunk's digest is known (false for v6 chunks found only by index).
     pub digest_known: Vec<bool>,
     /// The blob table.
-    pub blobs: Vec<BlobInfo>,
+    pub blobs: Vec<BlobEntry>,
     /// Chunk size.
     pub chunk_size: u32,
     /// RafsSuperFlags.
@@ -87,7 +117,7 @@ impl Image {
                     image.blobs.len()
                 ));
             };
-            if c.index >= blob.chunk_count && blob.features & features::TARFS == 0 {
+            if c.index >= blob.chunk_count && !blob.is_tarfs() {
                 return bad(format!(
                     "chunk index {} beyond the {} chunks of blob {}",
                     c.index, blob.chunk_count, blob.id
@@ -96,18 +126,13 @@ impl Image {
             let end = c
                 .uncompressed_offset
                 .checked_add(u64::from(c.uncompressed_size));
-            if blob.features & features::TARFS == 0
-                && end.is_none_or(|e| e > blob.uncompressed_size)
-            {
+            if !blob.is_tarfs() && end.is_none_or(|e| e > blob.uncompressed_size) {
                 return bad(format!(
                     "chunk {} of blob {} lies beyond its uncompressed size",
                     c.index, blob.id
                 ));
             }
-            if image.version == 6
-                && blob.features & features::TARFS == 0
-                && c.uncompressed_offset % 4096 != 0
-            {
+            if image.version == 6 && !blob.is_tarfs() && c.uncompressed_offset % 4096 != 0 {
                 return bad(format!(
                     "chunk {} of blob {} is not 4 KiB aligned",
                     c.index, blob.id

@@ -8,5 +8,5 @@ pub mod stack;
 pub mod tree;
 
 pub use chunk::ChunkInfo;
-pub use image::{BlobInfo, Image};
+pub use image::{BlobEntry, Image};
 pub use tree::*;

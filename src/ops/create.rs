@@ -6,20 +6,21 @@ use std::time::Instant;
 
 use sha2::{Digest as _, Sha256};
 
+use crate::blob::WrittenBlob;
 use crate::blob::{BlobWriter, BlobWriterOptions};
 use crate::chunk::pipeline::{self, ChunkTable, PipelineOptions};
 use crate::codec::{Compressor, Digester};
 use crate::error::{Error, IoContext, Result};
-use crate::format::blob::{validate_chunk_size, DEFAULT_CHUNK_SIZE};
+use crate::format::blob::{validate_chunk_size, BlobFeatures, DEFAULT_CHUNK_SIZE};
 use crate::io::staged::write_temp;
 use crate::io::staged::Outputs;
 use crate::model::overlay::{self, WhiteoutSpec};
 use crate::model::stack::{compact_blobs, empty_tree, StackKey};
+use crate::model::{BlobEntry, Image, Tree};
 use crate::model::{ChunkId, FileType, InodeId};
-use crate::model::{Image, Tree};
 use crate::ops::paths::bootstrap_path;
 use crate::ops::report::Report;
-use crate::rafs::v6::{self, BlobRecord, EncodeOptions};
+use crate::rafs::v6::{self, EncodeOptions};
 use crate::source::tar;
 
 /// Blob id written into a bootstrap inlined in its own blob (its id is not known yet).
@@ -333,7 +334,7 @@ impl Plan {
 #[derive(Default)]
 struct Base {
     table: ChunkTable,
-    blobs: Vec<BlobRecord>,
+    blobs: Vec<BlobEntry>,
     parent: Option<Image>,
 }
 
@@ -345,7 +346,7 @@ impl Base {
             let img = crate::rafs::load(path)?.image;
             check_base(opts, &img, path)?;
             let offset = base.blobs.len() as u32;
-            base.blobs.extend(img.blobs.iter().map(BlobRecord::from));
+            base.blobs.extend(img.blobs.iter().cloned());
             for c in &img.chunks {
                 base.table.push(crate::model::ChunkInfo {
                     blob_index: c.blob_index + offset,
@@ -385,7 +386,7 @@ impl Input {
 
 /// The bootstrap and blob outputs of an encoded build.
 struct Encoded {
-    summary: Option<crate::blob::BlobSummary>,
+    written: Option<WrittenBlob>,
     /// The blob's file name (its id).
     file_id: String,
     files: crate::blob::writer::BlobFiles,
@@ -409,11 +410,11 @@ fn build(
     let mut input = read_input(opts, &plan, progress, layer, &mut base.table, &mut writer)?;
     timings.insert("load_tree".into(), t0.elapsed().as_secs_f64());
     let chunk_refs = input.attach_chunks();
-    let data_summary = writer.finish_data()?;
+    let data = writer.finish_data()?;
     timings.insert("dump_blob".into(), t1.elapsed().as_secs_f64());
     let mut tree = stack_on_parent(opts, base.parent.as_ref(), input.tree);
     let t2 = Instant::now();
-    let encoded = encode(opts, &plan, &base, &mut tree, writer, data_summary)?;
+    let encoded = encode(opts, &plan, &base, &mut tree, writer, data)?;
     timings.insert("dump_bootstrap".into(), t2.elapsed().as_secs_f64());
     let (outputs, out) = outputs(opts, &plan, encoded)?;
     timings.insert("total_build".into(), t0.elapsed().as_secs_f64());
@@ -610,7 +611,7 @@ fn encode(
     base: &Base,
     tree: &mut Tree,
     mut writer: BlobWriter,
-    data_summary: Option<crate::blob::BlobSummary>,
+    data: Option<WrittenBlob>,
 ) -> Result<Encoded> {
     let eopts = EncodeOptions {
         chunk_size: opts.chunk_size,
@@ -621,22 +622,20 @@ fn encode(
         tarfs: false,
         single_device: false,
     };
-    let records = |id: &str, s: &Option<crate::blob::BlobSummary>| -> Vec<BlobRecord> {
+    let records = |id: &str, w: &Option<WrittenBlob>| -> Vec<BlobEntry> {
         let mut all = base.blobs.clone();
-        all.extend(s.iter().map(|s| BlobRecord {
+        all.extend(w.iter().map(|w| BlobEntry {
             id: id.to_string(),
-            summary: s.clone(),
-            compressor: plan.compressor,
-            digester: opts.digester,
+            ..w.entry.clone()
         }));
         all
     };
     if opts.blob_inline_meta {
-        let placeholder = records(INLINE_PLACEHOLDER_ID, &data_summary);
+        let placeholder = records(INLINE_PLACEHOLDER_ID, &data);
         let (chunks, blobs) = compact_blobs(tree, &base.table.chunks, &placeholder)?;
         let boot = v6::encode(tree, &chunks, &blobs, &eopts)?;
         writer.append_bootstrap(&boot)?;
-        let (summary, file_id, files) = writer.finish()?;
+        let (written, file_id, files) = writer.finish()?;
         let table_ids = blobs
             .iter()
             .map(|b| {
@@ -648,19 +647,22 @@ fn encode(
             })
             .collect();
         return Ok(Encoded {
-            summary,
+            written,
             file_id,
             files,
             bootstrap: None,
             table_ids,
         });
     }
-    let (summary, file_id, files) = writer.finish()?;
-    let new_id = summary.as_ref().map(|s| s.id.clone()).unwrap_or_default();
-    let (chunks, blobs) = compact_blobs(tree, &base.table.chunks, &records(&new_id, &summary))?;
+    let (written, file_id, files) = writer.finish()?;
+    let new_id = written
+        .as_ref()
+        .map(|w| w.entry.id.clone())
+        .unwrap_or_default();
+    let (chunks, blobs) = compact_blobs(tree, &base.table.chunks, &records(&new_id, &written))?;
     let boot = crate::rafs::encode(opts.fs_version, tree, &chunks, &blobs, &eopts)?;
     Ok(Encoded {
-        summary,
+        written,
         file_id,
         files,
         bootstrap: Some(boot),
@@ -672,7 +674,7 @@ fn encode(
 /// them; the counters of the returned output are filled in by the caller.
 fn outputs(opts: &CreateOptions, plan: &Plan, e: Encoded) -> Result<(Outputs, CreateOutput)> {
     // a blob file exists when it holds chunks, or the inlined bootstrap
-    let blob_written = !plan.cache_only && (e.summary.is_some() || opts.blob_inline_meta);
+    let blob_written = !plan.cache_only && (e.written.is_some() || opts.blob_inline_meta);
     let blob_path = match (&opts.blob, &opts.blob_dir) {
         (Some(p), _) if blob_written => Some(p.clone()),
         (None, Some(d)) if blob_written => Some(d.join(&e.file_id)),
@@ -694,7 +696,7 @@ fn outputs(opts: &CreateOptions, plan: &Plan, e: Encoded) -> Result<(Outputs, Cr
         bootstrap: boot_path,
         blobs: e.table_ids,
         blob_path,
-        blob_size: e.summary.as_ref().map(|s| s.file_size).unwrap_or(0),
+        blob_size: e.written.as_ref().map(|w| w.file_size).unwrap_or(0),
         entries: 0,
         files: 0,
         data_bytes: 0,
@@ -827,28 +829,18 @@ fn create_tarfs(opts: &CreateOptions, progress: &dyn Progress) -> Result<CreateO
         .iter()
         .map(|c| u64::from(c.uncompressed_size))
         .sum();
-    let summary = crate::blob::BlobSummary {
-        id: id.clone(),
-        chunk_count: chunks.chunks.len() as u32,
-        compressed_size: tar_size,
-        file_size: tar_size,
-        uncompressed_size: tar_size,
-        features: crate::format::blob::features::TARFS | crate::format::blob::features::CAP_TAR_TOC,
-        // no chunk-info array; upstream leaves the header default (lz4) here
-        ci_compressor: Compressor::Lz4Block.code(),
-        ci_offset: 0,
-        ci_compressed_size: 0,
-        ci_uncompressed_size: 0,
-    };
     // like upstream, a tar without file data needs no device
-    let blobs: Vec<BlobRecord> = if chunks.chunks.is_empty() {
+    let blobs: Vec<BlobEntry> = if chunks.chunks.is_empty() {
         Vec::new()
     } else {
-        vec![BlobRecord {
-            id: id.clone(),
-            summary,
-            compressor: Compressor::None,
-            digester: Digester::Sha256,
+        vec![BlobEntry {
+            chunk_count: chunks.chunks.len() as u32,
+            compressed_size: tar_size,
+            uncompressed_size: tar_size,
+            features: BlobFeatures::TARFS | BlobFeatures::CAP_TAR_TOC,
+            // no chunk-info array; upstream leaves the header default (lz4) here
+            ci_compressor: Compressor::Lz4Block.code(),
+            ..BlobEntry::new(id.clone(), Compressor::None, Digester::Sha256)
         }]
     };
     let t2 = Instant::now();

@@ -5,7 +5,6 @@
 
 use std::fmt::Write as _;
 
-use crate::format::blob::feature_names;
 use crate::model::{FileType, Image};
 
 /// The dump of `image`.
@@ -34,7 +33,7 @@ pub fn dump(image: &Image) -> String {
             b.ci_offset,
             b.ci_compressed_size,
             b.ci_uncompressed_size,
-            feature_names(b.features).join(",")
+            b.features.names().join(",")
         );
     }
     let _ = writeln!(out, "prefetch {:?}", image.prefetch);

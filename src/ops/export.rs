@@ -62,13 +62,9 @@ pub fn export_block(opts: &ExportOptions) -> Result<ExportOutput> {
     }
     let block = u64::from(image.block_size);
     let (boot, positions) = if opts.single_device {
-        let records: Vec<_> = image
-            .blobs
-            .iter()
-            .map(crate::rafs::v6::BlobRecord::from)
-            .collect();
-        let bytes = crate::rafs::encode_like(&image, &image.tree, &image.chunks, &records, true)?;
-        let pos = crate::rafs::v6::encode::mapped_blkaddrs(bytes.len() as u64, &records, block);
+        let bytes =
+            crate::rafs::encode_like(&image, &image.tree, &image.chunks, &image.blobs, true)?;
+        let pos = crate::rafs::v6::encode::mapped_blkaddrs(bytes.len() as u64, &image.blobs, block);
         (bytes, pos)
     } else {
         let pos = image

@@ -7,7 +7,6 @@ use std::path::Path;
 use serde_json::{json, Value};
 
 use crate::error::{Error, Result};
-use crate::format::blob::feature_names;
 use crate::model::Image;
 use crate::model::{EntryId, FileType, InodeId};
 
@@ -133,7 +132,7 @@ pub fn request(image: &Image, req: &str) -> Result<Value> {
                         "readahead_offset": 0,
                         "readahead_size": 0,
                         "chunk_count": b.chunk_count,
-                        "features": feature_names(b.features),
+                        "features": b.features.names(),
                         "compressor": b.compressor.name(),
                         "digester": b.digester.name(),
                     })

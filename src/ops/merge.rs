@@ -7,12 +7,11 @@ use crate::error::{Error, Result};
 use crate::io::staged::write_temp;
 use crate::model::overlay::{self, WhiteoutSpec};
 use crate::model::stack::{compact_blobs, empty_tree, StackKey};
+use crate::model::{BlobEntry, Image, Tree};
 use crate::model::{ChunkId, ChunkInfo};
-use crate::model::{Image, Tree};
 use crate::ops::paths::bootstrap_path;
 use crate::ops::report::Report;
 use crate::rafs;
-use crate::rafs::v6::BlobRecord;
 
 /// Options of `merge`, as nydus-image spells them.
 #[derive(Debug, Clone, Default)]
@@ -156,7 +155,7 @@ fn load_layers(opts: &MergeOptions) -> Result<Vec<Layer>> {
 struct Stack {
     tree: Tree,
     chunks: Vec<ChunkInfo>,
-    blobs: Vec<BlobRecord>,
+    blobs: Vec<BlobEntry>,
 }
 
 impl Default for Stack {
@@ -177,7 +176,7 @@ impl Stack {
         let mut own = 0;
         let mut local_to_global = Vec::with_capacity(img.blobs.len());
         for b in &img.blobs {
-            let mut rec = BlobRecord::from(b);
+            let mut rec = b.clone();
             if let Some(i) = layer.source.filter(|_| !dict_ids.contains(&b.id)) {
                 own += 1;
                 if own > 1 {
@@ -219,7 +218,7 @@ impl Stack {
 }
 
 /// Source `i`'s own blob takes the id and size the converter passes for it.
-fn rename_own_blob(opts: &MergeOptions, i: usize, rec: &mut BlobRecord) {
+fn rename_own_blob(opts: &MergeOptions, i: usize, rec: &mut BlobEntry) {
     if let Some(id) = opts.original_blob_ids.get(i) {
         rec.id = id.clone();
     }
@@ -227,6 +226,6 @@ fn rename_own_blob(opts: &MergeOptions, i: usize, rec: &mut BlobRecord) {
         rec.id = d.trim_start_matches("sha256:").to_string();
     }
     if let Some(s) = opts.blob_sizes.get(i) {
-        rec.summary.compressed_size = *s;
+        rec.compressed_size = *s;
     }
 }

@@ -7,7 +7,7 @@ use std::path::Path;
 
 use crate::error::{IoContext, Result};
 use crate::model::Tree;
-use crate::model::{ChunkInfo, Image};
+use crate::model::{BlobEntry, ChunkInfo, Image};
 
 /// Largest bootstrap this tool loads into memory.
 pub const MAX_BOOTSTRAP_SIZE: u64 = 1 << 32;
@@ -17,7 +17,7 @@ pub fn encode(
     version: u32,
     tree: &Tree,
     chunks: &[ChunkInfo],
-    blobs: &[v6::BlobRecord],
+    blobs: &[BlobEntry],
     opts: &v6::EncodeOptions,
 ) -> Result<Vec<u8>> {
     if version == 5 {
@@ -34,7 +34,7 @@ pub fn encode_like(
     like: &Image,
     tree: &Tree,
     chunks: &[ChunkInfo],
-    blobs: &[v6::BlobRecord],
+    blobs: &[BlobEntry],
     single_device: bool,
 ) -> Result<Vec<u8>> {
     use crate::format::rafs_v6::super_flags;
@@ -147,8 +147,8 @@ mod tests {
     //! Encode → decode round trips of a small tree holding every entry kind, both versions.
 
     use super::*;
-    use crate::blob::BlobSummary;
     use crate::codec::{Compressor, Digester};
+    use crate::model::BlobEntry;
     use crate::model::{ChunkId, DataSource, EntryId, FileType, Inode, InodeKind, RegularFile};
 
     fn sample() -> (Tree, Vec<ChunkInfo>) {
@@ -201,24 +201,13 @@ mod tests {
         (tree, vec![chunk])
     }
 
-    fn blob() -> v6::BlobRecord {
-        let id = "ab".repeat(32);
-        v6::BlobRecord {
-            id: id.clone(),
-            summary: BlobSummary {
-                id,
-                chunk_count: 1,
-                compressed_size: 10,
-                file_size: 10,
-                uncompressed_size: 4096,
-                features: 0,
-                ci_compressor: 0,
-                ci_offset: 0,
-                ci_compressed_size: 0,
-                ci_uncompressed_size: 0,
-            },
-            compressor: Compressor::None,
-            digester: Digester::Blake3,
+    fn blob() -> BlobEntry {
+        BlobEntry {
+            chunk_count: 1,
+            compressed_size: 10,
+            uncompressed_size: 4096,
+            features: crate::format::blob::BlobFeatures::CAP_TAR_TOC,
+            ..BlobEntry::new("ab".repeat(32), Compressor::None, Digester::Blake3)
         }
     }
 
@@ -239,7 +228,16 @@ mod tests {
             let image = decode(&bytes).unwrap();
             image.validate().unwrap();
             assert_eq!(image.version, version);
-            assert_eq!(image.blobs[0].id, "ab".repeat(32));
+            // the device slot's address is the layout's, not the entry's
+            let mapped_blkaddr = image.blobs[0].mapped_blkaddr;
+            assert_eq!(
+                image.blobs,
+                [BlobEntry {
+                    mapped_blkaddr,
+                    ..blob()
+                }],
+                "v{version}"
+            );
             let (want, got) = (&tree, &image.tree);
             let paths = |t: &Tree| -> Vec<_> {
                 t.numbering_order().into_iter().map(|e| t.path(e)).collect()

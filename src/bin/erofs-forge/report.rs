@@ -143,7 +143,7 @@ pub fn checked(report: &check::CheckReport) {
             b.uncompressed_size,
             img.chunk_size,
             b.chunk_count,
-            erofs_forge::format::blob::feature_names(b.features).join(" ")
+            b.features.names().join(" ")
         );
     }
     if report.chunks_verified > 0 {

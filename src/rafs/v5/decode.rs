@@ -7,11 +7,12 @@ use zerocopy::FromBytes;
 
 use crate::codec::{Compressor, Digester};
 use crate::error::{Error, Result};
+use crate::format::blob::BlobFeatures;
 use crate::format::rafs_v5::*;
 use crate::format::rafs_v6::{super_flags, SuperFlags};
 use crate::io::bytes::{corrupt, Budget, Bytes};
 use crate::model::ChunkInfo;
-use crate::model::{BlobInfo, Image};
+use crate::model::{BlobEntry, Image};
 use crate::model::{
     ChunkId, DataSource, EntryId, FileType, Inode as TreeInode, InodeId, InodeKind, RegularFile,
     Tree,
@@ -108,7 +109,7 @@ fn blob_table(
     sb: &SuperBlock,
     compressor: Compressor,
     digester: Digester,
-) -> Result<Vec<BlobInfo>> {
+) -> Result<Vec<BlobEntry>> {
     let bt = b.slice(
         sb.blob_table_offset.get(),
         u64::from(sb.blob_table_size.get()),
@@ -142,27 +143,14 @@ fn blob_table(
     }
     let mut blobs = Vec::new();
     for (i, id) in ids.into_iter().enumerate() {
-        let mut blob = BlobInfo {
-            id,
-            chunk_count: 0,
-            compressor,
-            digester,
-            features: 0,
-            compressed_size: 0,
-            uncompressed_size: 0,
-            ci_offset: 0,
-            ci_compressed_size: 0,
-            ci_uncompressed_size: 0,
-            ci_compressor: 0,
-            mapped_blkaddr: 0,
-        };
+        let mut blob = BlobEntry::new(id, compressor, digester);
         if next > 0 {
             let e: &ExtBlobEntry = b.get(
                 sb.extended_blob_table_offset.get() + 64 * i as u64,
                 "extended blob table entry",
             )?;
             blob.chunk_count = e.chunk_count.get();
-            blob.features = e.features.get();
+            blob.features = BlobFeatures(e.features.get());
             blob.uncompressed_size = e.uncompressed_size.get();
             blob.compressed_size = e.compressed_size.get();
         }

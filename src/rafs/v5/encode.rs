@@ -9,9 +9,8 @@ use crate::codec::Digester;
 use crate::error::{Error, Result};
 use crate::format::rafs_v5::*;
 use crate::format::rafs_v6::super_flags;
-use crate::model::ChunkInfo;
+use crate::model::{BlobEntry, ChunkInfo};
 use crate::model::{EntryId, FileType, InodeId, Tree};
-use crate::rafs::v6::BlobRecord;
 
 /// The settings of a v5 bootstrap: the image-wide fields of the v6 options (chunk size,
 /// compressor, digester, uid/gid); the block size, tarfs and single-device fields are v6-only.
@@ -162,7 +161,7 @@ fn digests(
 pub fn encode(
     tree: &Tree,
     chunks: &[ChunkInfo],
-    blobs: &[BlobRecord],
+    blobs: &[BlobEntry],
     opts: &EncodeOptions,
 ) -> Result<Vec<u8>> {
     let order = tree.numbering_order();
@@ -228,10 +227,10 @@ pub fn encode(
     buf.extend_from_slice(&blob_table);
     for b in blobs {
         let e = ExtBlobEntry {
-            chunk_count: b.summary.chunk_count.into(),
-            features: b.summary.features.into(),
-            uncompressed_size: b.summary.uncompressed_size.into(),
-            compressed_size: b.summary.compressed_size.into(),
+            chunk_count: b.chunk_count.into(),
+            features: b.features.bits().into(),
+            uncompressed_size: b.uncompressed_size.into(),
+            compressed_size: b.compressed_size.into(),
             reserved: [0; 40],
         };
         buf.extend_from_slice(e.as_bytes());
@@ -268,7 +267,7 @@ fn check_xattrs(tree: &Tree, order: &[EntryId]) -> Result<()> {
 
 /// The blob table: per blob, 8 reserved bytes and its id, NUL-separated, padded to 8
 /// (formats/rafs-v5.md §5).
-fn blob_table(blobs: &[BlobRecord]) -> Vec<u8> {
+fn blob_table(blobs: &[BlobEntry]) -> Vec<u8> {
     let mut t = Vec::new();
     for (i, b) in blobs.iter().enumerate() {
         t.extend_from_slice(&0u32.to_le_bytes());

@@ -6,10 +6,11 @@ use std::collections::HashMap;
 use super::layout::XATTR_PREFIXES;
 use crate::codec::{Compressor, Digester};
 use crate::error::Result;
+use crate::format::blob::BlobFeatures;
 use crate::format::rafs_v6::*;
 use crate::io::bytes::{corrupt, Budget, Bytes};
 use crate::model::ChunkInfo;
-use crate::model::{BlobInfo, Image};
+use crate::model::{BlobEntry as Blob, Image};
 use crate::model::{
     ChunkId, DataSource, EntryId, FileType, Inode, InodeId, InodeKind, RegularFile, Tree,
 };
@@ -196,7 +197,7 @@ fn blob_table(
     sb: &SuperBlock,
     ext: &ExtSuperBlock,
     nblobs: u64,
-) -> Result<Vec<BlobInfo>> {
+) -> Result<Vec<Blob>> {
     let devt = u64::from(sb.devt_slotoff.get()) * 128;
     let mut blobs = Vec::new();
     for i in 0..nblobs {
@@ -223,12 +224,12 @@ fn blob_table(
         };
         let id = trim_id(&e.blob_id)
             .ok_or_else(|| corrupt("blob table entry", off, "blob id is not text"))?;
-        blobs.push(BlobInfo {
+        blobs.push(Blob {
             id,
             chunk_count: e.chunk_count.get(),
             compressor,
             digester,
-            features: e.features.get(),
+            features: BlobFeatures(e.features.get()),
             compressed_size: e.compressed_size.get(),
             uncompressed_size: e.uncompressed_size.get(),
             ci_offset: e.ci_offset.get(),

@@ -6,11 +6,11 @@ use std::collections::{BTreeMap, HashMap};
 use zerocopy::IntoBytes;
 
 use super::layout::{self, DataLayout, Layout};
-use crate::blob::BlobSummary;
 use crate::codec::{Compressor, Digester};
 use crate::error::{Error, Result};
+use crate::format::blob::BlobFeatures;
 use crate::format::rafs_v6::*;
-use crate::model::{BlobInfo, ChunkInfo};
+use crate::model::{BlobEntry, ChunkInfo};
 use crate::model::{ChunkId, EntryId, FileType, InodeId, Tree};
 
 /// Metadata block size of native (non-tarfs) images.
@@ -45,53 +45,16 @@ pub struct EncodeOptions {
 
 /// Block address of each blob in a flattened disk image: after the bootstrap, each on a 512 KiB
 /// boundary after the one before (formats/rafs-v6.md §15).
-pub fn mapped_blkaddrs(bootstrap_size: u64, blobs: &[BlobRecord], block: u64) -> Vec<u64> {
+pub fn mapped_blkaddrs(bootstrap_size: u64, blobs: &[BlobEntry], block: u64) -> Vec<u64> {
     let mut pos = bootstrap_size;
     blobs
         .iter()
         .map(|bl| {
             let mapped = align_up(pos, MAPPED_BLOB_ALIGN) / block;
-            pos = (mapped + bl.summary.uncompressed_size / block) * block;
+            pos = (mapped + bl.uncompressed_size / block) * block;
             mapped
         })
         .collect()
-}
-
-/// A blob as the bootstrap's blob table and device table describe it.
-#[derive(Debug, Clone)]
-pub struct BlobRecord {
-    /// Id written into the tables (the real id, or 64 `x` inside an inlined bootstrap).
-    pub id: String,
-    /// What the blob writer reported.
-    pub summary: BlobSummary,
-    /// Compression of the blob's chunks.
-    pub compressor: Compressor,
-    /// Digest algorithm of the blob's chunks.
-    pub digester: Digester,
-}
-
-impl From<&BlobInfo> for BlobRecord {
-    /// The record for a blob a decoded bootstrap already describes (merge, parent bootstraps,
-    /// chunk dictionaries, export).
-    fn from(b: &BlobInfo) -> BlobRecord {
-        BlobRecord {
-            id: b.id.clone(),
-            summary: BlobSummary {
-                id: b.id.clone(),
-                chunk_count: b.chunk_count,
-                compressed_size: b.compressed_size,
-                file_size: b.compressed_size,
-                uncompressed_size: b.uncompressed_size,
-                features: b.features,
-                ci_compressor: b.ci_compressor,
-                ci_offset: b.ci_offset,
-                ci_compressed_size: b.ci_compressed_size,
-                ci_uncompressed_size: b.ci_uncompressed_size,
-            },
-            compressor: b.compressor,
-            digester: b.digester,
-        }
-    }
 }
 
 fn align_up(v: u64, to: u64) -> u64 {
@@ -130,7 +93,7 @@ fn put(buf: &mut [u8], offset: u64, bytes: &[u8]) {
 pub fn encode(
     tree: &Tree,
     chunks: &[ChunkInfo],
-    blobs: &[BlobRecord],
+    blobs: &[BlobEntry],
     opts: &EncodeOptions,
 ) -> Result<Vec<u8>> {
     let b = opts.block_size;
@@ -216,7 +179,7 @@ fn chunk(chunks: &[ChunkInfo], id: ChunkId) -> Result<&ChunkInfo> {
 #[allow(clippy::too_many_arguments)]
 fn write_superblocks(
     buf: &mut [u8],
-    blobs: &[BlobRecord],
+    blobs: &[BlobEntry],
     opts: &EncodeOptions,
     layout: &Layout,
     meta_addr: u64,
@@ -227,10 +190,7 @@ fn write_superblocks(
 ) -> Result<()> {
     let b = opts.block_size;
     let flags = rafs_flags(blobs, opts, layout);
-    let data_blocks: u64 = blobs
-        .iter()
-        .map(|bl| bl.summary.uncompressed_size / b)
-        .sum();
+    let data_blocks: u64 = blobs.iter().map(|bl| bl.uncompressed_size / b).sum();
     let sb = SuperBlock {
         magic: EROFS_MAGIC.into(),
         checksum: 0.into(),
@@ -246,7 +206,7 @@ fn write_superblocks(
             mapped_blkaddrs(total, blobs, b)
                 .last()
                 .zip(blobs.last())
-                .map(|(m, bl)| m + bl.summary.uncompressed_size / b)
+                .map(|(m, bl)| m + bl.uncompressed_size / b)
                 .unwrap_or(total / b)
         } else {
             data_blocks
@@ -287,7 +247,7 @@ fn write_superblocks(
 }
 
 /// RafsSuperFlags of the image (formats/blob.md §8).
-fn rafs_flags(blobs: &[BlobRecord], opts: &EncodeOptions, layout: &Layout) -> u64 {
+fn rafs_flags(blobs: &[BlobEntry], opts: &EncodeOptions, layout: &Layout) -> u64 {
     let mut flags = super_flags::ENCRYPTION_NONE
         | super_flags::of_compressor(opts.compressor)
         | super_flags::of_digester(opts.digester);
@@ -303,7 +263,7 @@ fn rafs_flags(blobs: &[BlobRecord], opts: &EncodeOptions, layout: &Layout) -> u6
     // set when every blob inlines its chunk digests, vacuously for no blob (upstream rule)
     if blobs
         .iter()
-        .all(|bl| bl.summary.features & crate::format::blob::features::INLINED_CHUNK_DIGEST != 0)
+        .all(|bl| bl.features.contains(BlobFeatures::INLINED_CHUNK_DIGEST))
     {
         flags |= super_flags::INLINED_CHUNK_DIGEST;
     }
@@ -313,7 +273,7 @@ fn rafs_flags(blobs: &[BlobRecord], opts: &EncodeOptions, layout: &Layout) -> u6
 /// The device table and the blob table: one slot and one entry per blob.
 fn write_blob_tables(
     buf: &mut [u8],
-    blobs: &[BlobRecord],
+    blobs: &[BlobEntry],
     opts: &EncodeOptions,
     blob_table_offset: u64,
     total: u64,
@@ -321,7 +281,7 @@ fn write_blob_tables(
     let b = opts.block_size;
     let mapped_all = mapped_blkaddrs(total, blobs, b);
     for (i, bl) in blobs.iter().enumerate() {
-        let s = &bl.summary;
+        let s = bl;
         let blocks = s.uncompressed_size / b;
         let mapped = mapped_all[i];
         let id = id_bytes(&bl.id)?;
@@ -338,14 +298,14 @@ fn write_blob_tables(
             DEVICE_TABLE_OFFSET as u64 + 128 * i as u64,
             slot.as_bytes(),
         );
-        let entry = BlobEntry {
+        let entry = crate::format::rafs_v6::BlobEntry {
             blob_id: id,
             blob_index: (i as u32).into(),
             chunk_size: opts.chunk_size.into(),
             chunk_count: s.chunk_count.into(),
             compression_algo: bl.compressor.code().into(),
             digest_algo: bl.digester.code().into(),
-            features: s.features.into(),
+            features: s.features.bits().into(),
             compressed_size: s.compressed_size.into(),
             uncompressed_size: s.uncompressed_size.into(),
             blob_toc_size: 0.into(),

@@ -4,4 +4,4 @@ pub mod decode;
 pub mod encode;
 pub mod layout;
 
-pub use encode::{encode, BlobRecord, EncodeOptions};
+pub use encode::{encode, EncodeOptions};

@@ -4,6 +4,7 @@
 pub mod chunk;
 pub mod image;
 pub mod overlay;
+pub mod prefetch;
 pub mod stack;
 pub mod tree;
 

@@ -15,6 +15,7 @@ use crate::format::blob::{validate_chunk_size, BlobFeatures, DEFAULT_CHUNK_SIZE}
 use crate::io::staged::write_temp;
 use crate::io::staged::Outputs;
 use crate::model::overlay::{self, WhiteoutSpec};
+use crate::model::prefetch::Prefetch;
 use crate::model::stack::{compact_blobs, empty_tree, StackKey};
 use crate::model::{BlobEntry, Image, Tree};
 use crate::model::{ChunkId, FileType, InodeId};
@@ -86,6 +87,8 @@ pub struct CreateOptions {
     /// On another filesystem, finished outputs are copied beside their final names before the
     /// rename.
     pub tmp_dir: Option<PathBuf>,
+    /// `--prefetch-policy` and the patterns read for it.
+    pub prefetch: Prefetch,
 }
 
 impl Default for CreateOptions {
@@ -111,6 +114,7 @@ impl Default for CreateOptions {
             output_json: None,
             threads: 0,
             tmp_dir: None,
+            prefetch: Prefetch::default(),
         }
     }
 }
@@ -494,14 +498,25 @@ fn walk_input(
     // the walk feeds the pipeline as it goes, so totals are not known up front
     progress.start(0, 0);
     let source = &opts.source;
+    // prefetched files go first (upstream's blob layout), so their order is known only after
+    // the walk: then the walk collects and the data follows it
+    let deferred = opts.prefetch.reorders_data();
     let (per_inode, (tree, files, bytes)) =
         pipeline::run_with(popts, table, writer, &|n| progress.advance(n), |sink| {
             let (mut files, mut bytes) = (0u64, 0u64);
+            let mut later = Vec::new();
             let tree = crate::source::dir::walk_with(source, &mut |ino, path, size| {
                 files += 1;
                 bytes += size;
+                if deferred {
+                    later.push((ino, (path.to_path_buf(), size)));
+                    return Ok(());
+                }
                 sink.add_path(ino, path, size)
             })?;
+            for (ino, (path, size)) in opts.prefetch.data_order(&tree, later) {
+                sink.add_path(ino, &path, size)?;
+            }
             Ok((tree, files, bytes))
         })?;
     Ok(Input {
@@ -621,6 +636,7 @@ fn encode(
         block_size: v6::encode::BLOCK_SIZE,
         tarfs: false,
         single_device: false,
+        prefetch: opts.prefetch.table(tree),
     };
     let records = |id: &str, w: &Option<WrittenBlob>| -> Vec<BlobEntry> {
         let mut all = base.blobs.clone();
@@ -852,6 +868,7 @@ fn create_tarfs(opts: &CreateOptions, progress: &dyn Progress) -> Result<CreateO
         block_size: v6::encode::TARFS_BLOCK_SIZE,
         tarfs: true,
         single_device: false,
+        prefetch: opts.prefetch.table(&tree),
     };
     let bytes = v6::encode(&tree, &chunks.chunks, &blobs, &eopts)?;
     timings.insert("dump_bootstrap".into(), t2.elapsed().as_secs_f64());

@@ -62,8 +62,14 @@ pub fn export_block(opts: &ExportOptions) -> Result<ExportOutput> {
     }
     let block = u64::from(image.block_size);
     let (boot, positions) = if opts.single_device {
-        let bytes =
-            crate::rafs::encode_like(&image, &image.tree, &image.chunks, &image.blobs, true)?;
+        let bytes = crate::rafs::encode_like(
+            &image,
+            &image.tree,
+            &image.chunks,
+            &image.blobs,
+            true,
+            Vec::new(),
+        )?;
         let pos = crate::rafs::v6::encode::mapped_blkaddrs(bytes.len() as u64, &image.blobs, block);
         (bytes, pos)
     } else {

@@ -216,6 +216,7 @@ pub fn export(opts: &CompressedExportOptions) -> Result<u64> {
         block_size: BLOCK,
         tarfs: false,
         single_device: false,
+        prefetch: Vec::new(),
     };
     write_standalone_inodes(&mut meta, &image.tree, &eopts, &lay, &files)?;
 

@@ -143,10 +143,7 @@ pub fn request(image: &Image, req: &str) -> Result<Value> {
             image
                 .prefetch
                 .iter()
-                .map(|n| {
-                    let paths: Vec<String> = paths_of(image, *n);
-                    json!({"inode": n, "path": paths})
-                })
+                .map(|n| json!({"inode": n, "path": prefetch_paths(image, *n)}))
                 .collect(),
         )),
         "icheck" => {
@@ -200,6 +197,35 @@ fn parse_u64(s: &str) -> Option<u64> {
         Some(h) => u64::from_str_radix(h, 16).ok(),
         None => s.parse().ok(),
     }
+}
+
+/// Paths of a prefetch table entry as nydus-image prints them: directories end in `/`; in v6 a
+/// file lists all its hardlinks, in v5 its first path, with a `/` appended as to a directory.
+fn prefetch_paths(image: &Image, number: u64) -> Vec<String> {
+    let Some(ino) = image.inode_numbers.iter().position(|n| *n == number) else {
+        return Vec::new();
+    };
+    let ino = InodeId::new(ino);
+    let tree = &image.tree;
+    let named = |e: EntryId| {
+        let path = tree.path(e).to_string_lossy().into_owned();
+        let dir = image.version == 5 || tree[ino].file_type() == FileType::Directory;
+        if e == EntryId::ROOT || !dir {
+            path
+        } else {
+            path + "/"
+        }
+    };
+    let mut entries = tree
+        .numbering_order()
+        .into_iter()
+        .filter(|e| tree[*e].inode == ino);
+    if image.version == 5 {
+        return entries.next().map(named).into_iter().collect();
+    }
+    let mut paths: Vec<String> = entries.map(named).collect();
+    paths.sort();
+    paths
 }
 
 fn paths_of(image: &Image, number: u64) -> Vec<String> {

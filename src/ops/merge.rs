@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use crate::error::{Error, Result};
 use crate::io::staged::write_temp;
 use crate::model::overlay::{self, WhiteoutSpec};
+use crate::model::prefetch::Prefetch;
 use crate::model::stack::{compact_blobs, empty_tree, StackKey};
 use crate::model::{BlobEntry, Image, Tree};
 use crate::model::{ChunkId, ChunkInfo};
@@ -36,6 +37,8 @@ pub struct MergeOptions {
     pub whiteout_spec: WhiteoutSpec,
     /// Write the result as JSON.
     pub output_json: Option<PathBuf>,
+    /// `--prefetch-policy` and the patterns read for it: the merged tree's prefetch table.
+    pub prefetch: Prefetch,
 }
 
 /// What merge produced.
@@ -74,7 +77,8 @@ pub fn merge(opts: &MergeOptions) -> Result<MergeOutput> {
     let mut tree = tree.compact();
     let (chunks, blobs) = compact_blobs(&mut tree, &chunks, &blobs)?;
     let first = &layers[0].image;
-    let bytes = rafs::encode_like(first, &tree, &chunks, &blobs, false)?;
+    let table = opts.prefetch.table(&tree);
+    let bytes = rafs::encode_like(first, &tree, &chunks, &blobs, false, table)?;
     let path = bootstrap_path(opts.bootstrap.as_deref(), opts.blob_dir.as_deref(), &bytes)?;
     let mut outputs = crate::io::staged::Outputs::new();
     outputs.add(write_temp(&path, &bytes, None)?, path.clone());

@@ -114,6 +114,7 @@ pub fn create_oci(
         sources: boots,
         bootstrap: Some(image_boot.clone()),
         whiteout_spec: WhiteoutSpec::Oci,
+        prefetch: opts.prefetch.clone(),
         ..MergeOptions::default()
     })?;
     let mut layers = place_blobs(&merged.blobs, work.path(), &blobs_dir)?;

@@ -29,13 +29,15 @@ pub fn encode(
 
 /// Encodes a tree with the settings of `like` (version, chunk size, compressor, digester,
 /// uid/gid mode, tarfs), optionally as a single-device disk image (see
-/// `EncodeOptions::single_device`): merge and export re-encode decoded images this way.
+/// `EncodeOptions::single_device`), with a prefetch table naming `prefetch`: merge and export
+/// re-encode decoded images this way.
 pub fn encode_like(
     like: &Image,
     tree: &Tree,
     chunks: &[ChunkInfo],
     blobs: &[BlobEntry],
     single_device: bool,
+    prefetch: Vec<crate::model::EntryId>,
 ) -> Result<Vec<u8>> {
     use crate::format::rafs_v6::super_flags;
     let opts = v6::EncodeOptions {
@@ -50,6 +52,7 @@ pub fn encode_like(
         },
         tarfs: like.flags.contains(super_flags::TARTFS_MODE),
         single_device,
+        prefetch,
     };
     encode(like.version, tree, chunks, blobs, &opts)
 }
@@ -222,6 +225,7 @@ mod tests {
             block_size: v6::encode::BLOCK_SIZE,
             tarfs: false,
             single_device: false,
+            prefetch: Vec::new(),
         };
         for version in [5, 6] {
             let bytes = encode(version, &tree, &chunks, &[blob()], &opts).unwrap();

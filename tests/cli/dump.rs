@@ -14,6 +14,9 @@ const FIXTURES: &[(&str, &str)] = &[
     ("v6-lz4_block", "bootstrap"),
     ("v6-tar-rafs", "bootstrap"),
     ("v6-tar-tarfs", "bootstrap"),
+    ("v6-prefetch-fs", "bootstrap"),
+    ("v5-prefetch-fs", "bootstrap"),
+    ("v6-merge-prefetch", "bootstrap"),
     (
         "v6-inline-meta",
         "blobs/cad085d9a07308fa3fad4ce9350fb7bdd6bc7ca8aa9f0e175ee763254100c618",

@@ -16,6 +16,7 @@ mod kernel_mount;
 mod layers;
 mod oci_layers;
 mod options;
+mod prefetch;
 mod reliability;
 mod reproducible;
 mod roundtrip;

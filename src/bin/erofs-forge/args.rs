@@ -7,6 +7,7 @@ use clap::builder::{PossibleValuesParser, TypedValueParser};
 use clap::{Parser, Subcommand, ValueEnum};
 use erofs_forge::codec::{Compressor, Digester};
 use erofs_forge::model::overlay::WhiteoutSpec;
+use erofs_forge::model::prefetch::PrefetchPolicy;
 use erofs_forge::ops::export_compressed::ErofsCompressor;
 
 #[derive(Parser)]
@@ -102,9 +103,11 @@ pub struct MergeArgs {
     /// How whiteouts are spelled in the layers: oci, overlayfs or none.
     #[arg(long, default_value = "oci", value_parser = whiteout_parser())]
     pub whiteout_spec: WhiteoutSpec,
-    /// Prefetch policy (only `none` so far).
-    #[arg(long, default_value = "none")]
-    pub prefetch_policy: String,
+    /// Prefetch policy: fs (prefetch table and data order), blob (data order only) or none.
+    /// With fs or blob, prefetch patterns (absolute paths, one a line) are read from stdin
+    /// until EOF, unless stdin is a terminal.
+    #[arg(long, default_value = "none", value_parser = prefetch_parser())]
+    pub prefetch_policy: PrefetchPolicy,
     /// Write the result as JSON.
     #[arg(short = 'J', long)]
     pub output_json: Option<PathBuf>,
@@ -291,9 +294,11 @@ pub struct CreateArgs {
     /// Chunk dictionary: `bootstrap=PATH` or `PATH`.
     #[arg(long)]
     pub chunk_dict: Option<String>,
-    /// Prefetch policy (only `none` so far).
-    #[arg(long, default_value = "none")]
-    pub prefetch_policy: String,
+    /// Prefetch policy: fs (prefetch table and data order), blob (data order only) or none.
+    /// With fs or blob, prefetch patterns (absolute paths, one a line) are read from stdin
+    /// until EOF, unless stdin is a terminal.
+    #[arg(long, default_value = "none", value_parser = prefetch_parser())]
+    pub prefetch_policy: PrefetchPolicy,
     /// -t oci: the image to take from an index, os/arch[/variant] (default: this machine's).
     #[arg(long)]
     pub platform: Option<String>,
@@ -340,6 +345,10 @@ fn compressor_parser() -> impl TypedValueParser<Value = Compressor> {
 
 fn digester_parser() -> impl TypedValueParser<Value = Digester> {
     named(&["blake3", "sha256"])
+}
+
+fn prefetch_parser() -> impl TypedValueParser<Value = PrefetchPolicy> {
+    named(&["fs", "blob", "none"])
 }
 
 fn whiteout_parser() -> impl TypedValueParser<Value = WhiteoutSpec> {

@@ -2,10 +2,12 @@
 //! quirks (`--chunk-dict bootstrap=PATH`, comma-separated per-layer lists, the two bootstrap
 //! spellings, options accepted but not yet supported).
 
+use std::io::{IsTerminal, Read};
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use erofs_forge::blob::reader::BlobSource;
+use erofs_forge::model::prefetch::{Prefetch, PrefetchPolicy};
 use erofs_forge::ops::create::{CreateOptions, SourceType};
 use erofs_forge::ops::{check, export, export_compressed, merge, unpack};
 
@@ -37,11 +39,19 @@ pub enum ExportPlan {
     Block(export::ExportOptions),
 }
 
-fn prefetch_policy(p: &str) -> Result<()> {
-    if p != "none" {
-        bail!("--prefetch-policy {p} is not supported yet");
+/// The prefetch patterns of `policy`, read from stdin until EOF as nydus-image reads them:
+/// clients pipe a list (or `/` without a newline). Nothing is read for `none`, nor from a
+/// terminal, where waiting for EOF would only hang.
+fn prefetch(policy: PrefetchPolicy) -> Result<Prefetch> {
+    let mut text = Vec::new();
+    let stdin = std::io::stdin();
+    if policy != PrefetchPolicy::None && !stdin.is_terminal() {
+        stdin
+            .lock()
+            .read_to_end(&mut text)
+            .context("failed to read prefetch patterns from stdin")?;
     }
-    Ok(())
+    Ok(Prefetch::new(policy, &String::from_utf8_lossy(&text)))
 }
 
 /// `--chunk-dict` as nydus-image takes it: `bootstrap=PATH` or `PATH`.
@@ -76,8 +86,12 @@ impl From<BlobArgs> for BlobSource {
 
 /// `create`.
 pub fn create(a: CreateArgs) -> Result<CreatePlan> {
-    prefetch_policy(&a.prefetch_policy)?;
     let oci = matches!(a.source_type, SourceTypeArg::Oci);
+    if matches!(a.source_type, SourceTypeArg::TarTarfs) && a.prefetch_policy == PrefetchPolicy::Blob
+    {
+        // as nydus-image: a tarfs blob is the tar itself, its data order is not ours
+        bail!("conversion type tar-tarfs conflicts with '--prefetch-policy blob'");
+    }
     if a.platform.is_some() && !oci {
         bail!("--platform applies to -t oci only");
     }
@@ -109,6 +123,7 @@ pub fn create(a: CreateArgs) -> Result<CreatePlan> {
         output_json: a.output_json,
         threads: a.threads,
         tmp_dir: a.tmp_dir,
+        prefetch: prefetch(a.prefetch_policy)?,
     };
     Ok(if oci {
         CreatePlan::Oci {
@@ -122,7 +137,6 @@ pub fn create(a: CreateArgs) -> Result<CreatePlan> {
 
 /// `merge`.
 pub fn merge(a: MergeArgs) -> Result<merge::MergeOptions> {
-    prefetch_policy(&a.prefetch_policy)?;
     let blob_sizes = split_list(&a.blob_sizes)
         .iter()
         .map(|s| {
@@ -142,6 +156,7 @@ pub fn merge(a: MergeArgs) -> Result<merge::MergeOptions> {
         blob_sizes,
         whiteout_spec: a.whiteout_spec,
         output_json: a.output_json,
+        prefetch: prefetch(a.prefetch_policy)?,
     })
 }
 

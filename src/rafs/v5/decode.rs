@@ -69,9 +69,26 @@ pub fn decode(data: &[u8]) -> Result<Image> {
         digester,
         block_size: 0,
         inode_numbers: walked.numbers,
-        prefetch: Vec::new(),
+        prefetch: prefetch_table(b, sb)?,
         size: data.len() as u64,
     })
+}
+
+/// The prefetch table's inode numbers, up to the first 0 entry (formats/rafs-v5.md §4).
+fn prefetch_table(b: Bytes<'_>, sb: &SuperBlock) -> Result<Vec<u64>> {
+    let entries = u64::from(sb.prefetch_table_entries.get());
+    if entries == 0 {
+        return Ok(Vec::new());
+    }
+    let t = b.slice(
+        sb.prefetch_table_offset.get(),
+        4 * entries,
+        "prefetch table",
+    )?;
+    Ok(t.chunks_exact(4)
+        .map(|c| u64::from(u32::from_le_bytes([c[0], c[1], c[2], c[3]])))
+        .take_while(|n| *n != 0)
+        .collect())
 }
 
 /// The superblock, its magic, version, size and chunk size checked.

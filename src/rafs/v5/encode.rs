@@ -174,7 +174,8 @@ pub fn encode(
     let entries = order.len() as u64;
     let inode_table_offset = SUPERBLOCK_SIZE;
     let prefetch_offset = inode_table_offset + align8(4 * entries);
-    let blob_table_offset = prefetch_offset;
+    let prefetch = prefetch_table(opts, &num);
+    let blob_table_offset = prefetch_offset + prefetch.len() as u64;
     let blob_table = blob_table(blobs);
     let ext_offset = blob_table_offset + blob_table.len() as u64;
     let mut offsets = vec![0u64; tree.entries.len()];
@@ -209,7 +210,7 @@ pub fn encode(
         prefetch_table_offset: prefetch_offset.into(),
         blob_table_offset: blob_table_offset.into(),
         inode_table_entries: (entries as u32).into(),
-        prefetch_table_entries: 0.into(),
+        prefetch_table_entries: (opts.prefetch.len() as u32).into(),
         blob_table_size: (blob_table.len() as u32).into(),
         extended_blob_table_entries: (blobs.len() as u32).into(),
         extended_blob_table_offset: ext_offset.into(),
@@ -224,6 +225,7 @@ pub fn encode(
     for t in &table {
         buf.extend_from_slice(&t.to_le_bytes());
     }
+    buf.extend_from_slice(&prefetch);
     buf.extend_from_slice(&blob_table);
     for b in blobs {
         let e = ExtBlobEntry {
@@ -263,6 +265,18 @@ fn check_xattrs(tree: &Tree, order: &[EntryId]) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The prefetch table: the `i_ino` of each entry it names, zero padded to 8 bytes
+/// (formats/rafs-v5.md §4).
+fn prefetch_table(opts: &EncodeOptions, num: &Numbering) -> Vec<u8> {
+    let mut t: Vec<u8> = opts
+        .prefetch
+        .iter()
+        .flat_map(|e| (num.ino[e.index()] as u32).to_le_bytes())
+        .collect();
+    t.resize(align8(t.len() as u64) as usize, 0);
+    t
 }
 
 /// The blob table: per blob, 8 reserved bytes and its id, NUL-separated, padded to 8

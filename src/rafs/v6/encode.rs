@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use zerocopy::IntoBytes;
+use zerocopy::{FromBytes, IntoBytes};
 
 use super::layout::{self, DataLayout, Layout};
 use crate::codec::{Compressor, Digester};
@@ -41,6 +41,8 @@ pub struct EncodeOptions {
     /// Address chunks inside the image itself, at the blobs' mapped block addresses, and
     /// declare no extra device: a disk image any EROFS reader opens (`export --single-device`).
     pub single_device: bool,
+    /// Entries the prefetch table names, in table order (empty: no table).
+    pub prefetch: Vec<EntryId>,
 }
 
 /// Block address of each blob in a flattened disk image: after the bootstrap, each on a 512 KiB
@@ -114,10 +116,19 @@ pub fn encode(
     let nblobs = blobs.len() as u64;
     let blob_table_offset = align_up(DEVICE_TABLE_OFFSET as u64 + 128 * nblobs, META_ALIGN);
     let blob_table_size = 256 * nblobs;
+    // like upstream, no prefetch table without a blob table (formats/rafs-v6.md §6)
+    let prefetch_size = if blobs.is_empty() {
+        0
+    } else {
+        4 * opts.prefetch.len() as u64
+    };
     let meta_addr = if blobs.is_empty() {
         0
     } else {
-        align_up(blob_table_offset + blob_table_size, META_ALIGN)
+        align_up(
+            blob_table_offset + blob_table_size + prefetch_size,
+            META_ALIGN,
+        )
     };
     let inode_end = meta_addr + layout.end;
 
@@ -152,6 +163,15 @@ pub fn encode(
         chunk_table_size,
         total,
     )?;
+    if prefetch_size > 0 {
+        write_prefetch_table(
+            &mut buf,
+            tree,
+            opts,
+            &layout,
+            blob_table_offset + blob_table_size,
+        )?;
+    }
     let mapped = if opts.single_device {
         mapped_blkaddrs(total, blobs, opts.block_size)
     } else {
@@ -166,6 +186,36 @@ pub fn encode(
         put(&mut buf, chunk_table_offset + 80 * i as u64, rec.as_bytes());
     }
     Ok(buf)
+}
+
+/// The prefetch table at `offset`: the nid of each entry it names, right after the blob table
+/// with no padding, and its place in the extended superblock (formats/rafs-v6.md §6).
+fn write_prefetch_table(
+    buf: &mut [u8],
+    tree: &Tree,
+    opts: &EncodeOptions,
+    layout: &Layout,
+    offset: u64,
+) -> Result<()> {
+    let mut table = Vec::with_capacity(4 * opts.prefetch.len());
+    for e in &opts.prefetch {
+        let place = layout.place(tree[*e].inode).ok_or_else(|| {
+            Error::Internal(format!(
+                "prefetch entry {} has no inode",
+                tree.path(*e).display()
+            ))
+        })?;
+        let nid = u32::try_from(place.offset / INODE_SLOT)
+            .map_err(|_| Error::Limit("a prefetched inode's nid exceeds 32 bits".into()))?;
+        table.extend_from_slice(&nid.to_le_bytes());
+    }
+    put(buf, offset, &table);
+    let range = EXT_SUPERBLOCK_OFFSET..EXT_SUPERBLOCK_OFFSET + size_of::<ExtSuperBlock>();
+    let ext = ExtSuperBlock::mut_from_bytes(&mut buf[range])
+        .map_err(|_| Error::Internal("extended superblock out of place".into()))?;
+    ext.prefetch_table_offset = offset.into();
+    ext.prefetch_table_size = (table.len() as u32).into();
+    Ok(())
 }
 
 fn chunk(chunks: &[ChunkInfo], id: ChunkId) -> Result<&ChunkInfo> {

@@ -101,6 +101,7 @@ impl Image {
     /// Checks the invariants the decoder does not already enforce while building the tree:
     /// every reader runs it before trusting chunk addresses.
     pub fn validate(&self) -> Result<()> {
+        self.validate_prefetch()?;
         let image = self;
         let bad = |reason: String| {
             Err(Error::Corrupt {
@@ -184,5 +185,21 @@ impl Image {
             }
         }
         Ok(())
+    }
+
+    /// Every prefetch table entry names an inode of the image (readers prefetch by it).
+    fn validate_prefetch(&self) -> Result<()> {
+        if self.prefetch.is_empty() {
+            return Ok(());
+        }
+        let known: std::collections::HashSet<u64> = self.inode_numbers.iter().copied().collect();
+        match self.prefetch.iter().find(|n| !known.contains(n)) {
+            Some(n) => Err(Error::Corrupt {
+                what: "prefetch table",
+                offset: 0,
+                reason: format!("entry {n} names no inode of the image"),
+            }),
+            None => Ok(()),
+        }
     }
 }

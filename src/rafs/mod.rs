@@ -284,4 +284,46 @@ mod tests {
             );
         }
     }
+
+    #[test]
+    fn prefetch_tables_survive_encode_and_decode_in_both_versions() {
+        let (tree, chunks) = sample();
+        let find = |name: &str| {
+            tree.numbering_order()
+                .into_iter()
+                .find(|e| tree.path(*e) == std::path::Path::new(name))
+                .unwrap()
+        };
+        let opts = v6::EncodeOptions {
+            chunk_size: 0x10_0000,
+            compressor: Compressor::None,
+            digester: Digester::Blake3,
+            explicit_uid_gid: true,
+            block_size: v6::encode::BLOCK_SIZE,
+            tarfs: false,
+            single_device: false,
+            prefetch: vec![find("/d"), find("/a"), EntryId::ROOT],
+        };
+        for version in [5, 6] {
+            let bytes = encode(version, &tree, &chunks, &[blob()], &opts).unwrap();
+            let mut image = decode(&bytes).unwrap();
+            image.validate().unwrap();
+            let number = |path: &str| {
+                let e = image
+                    .tree
+                    .numbering_order()
+                    .into_iter()
+                    .find(|e| image.tree.path(*e) == std::path::Path::new(path))
+                    .unwrap();
+                image.inode_numbers[image.tree[e].inode.index()]
+            };
+            let want = vec![number("/d"), number("/a"), number("/")];
+            assert_eq!(image.prefetch, want, "v{version}");
+            image.prefetch.push(1 << 30);
+            assert!(
+                image.validate().is_err(),
+                "v{version}: a dangling entry is refused"
+            );
+        }
+    }
 }

@@ -279,6 +279,41 @@ fn converter_call_with_root_pattern_and_no_newline() {
 }
 
 #[test]
+fn converter_pack_with_blob_toc_carries_the_table_upstream_wrote() {
+    // the converter's exact Pack argv, stdin `/` without a newline, as v6-blob-toc was built
+    let out = scratch();
+    let blob = out.path().join("blob.rafs");
+    let tar = upstream("source-tar-input.tar");
+    forge_with_stdin(
+        &[
+            "create",
+            "--log-level",
+            "warn",
+            "--prefetch-policy",
+            "fs",
+            "--blob",
+            blob.to_str().unwrap(),
+            "--whiteout-spec",
+            "none",
+            "--fs-version",
+            "6",
+            "--type",
+            "tar-rafs",
+            "--blob-inline-meta",
+            "--features",
+            "blob-toc",
+            "--compressor",
+            "zstd",
+            tar.to_str().unwrap(),
+        ],
+        b"/",
+    );
+    let theirs = prefetch_of(&upstream("v6-blob-toc/blob.rafs"));
+    assert_eq!(theirs, serde_json::json!([{"inode": 128, "path": ["/"]}]));
+    assert_eq!(prefetch_of(&blob), theirs);
+}
+
+#[test]
 fn policy_none_and_terminals_never_wait_for_stdin() {
     let out = scratch();
     let boot = out.path().join("boot");

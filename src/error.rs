@@ -25,6 +25,12 @@ pub enum Error {
         /// Bytes that could not be written when the disk filled up.
         needed: Option<u64>,
     },
+    /// The reader of a stream output (a FIFO, a pipe) went away before everything was written.
+    #[error("broken pipe writing {path}")]
+    BrokenPipe {
+        /// The output being written.
+        path: PathBuf,
+    },
     /// The source tree holds something the image cannot represent.
     #[error("{path}: {reason}")]
     Unsupported {
@@ -116,7 +122,11 @@ pub fn is_no_space(e: &std::io::Error) -> bool {
 /// The error for a failed write of an output: [`Error::NoSpace`] when the disk is full (naming
 /// `path` and the bytes still to write), [`Error::Io`] otherwise.
 pub fn write_error(source: std::io::Error, path: &std::path::Path, needed: Option<u64>) -> Error {
-    if is_no_space(&source) {
+    if source.kind() == std::io::ErrorKind::BrokenPipe {
+        Error::BrokenPipe {
+            path: path.to_path_buf(),
+        }
+    } else if is_no_space(&source) {
         Error::NoSpace {
             path: path.to_path_buf(),
             needed,
@@ -138,7 +148,9 @@ pub(crate) trait IoContext<T> {
 impl<T> IoContext<T> for std::io::Result<T> {
     fn ctx(self, op: &'static str, path: impl Into<PathBuf>) -> Result<T> {
         self.map_err(|source| {
-            if is_no_space(&source) {
+            if source.kind() == std::io::ErrorKind::BrokenPipe {
+                Error::BrokenPipe { path: path.into() }
+            } else if is_no_space(&source) {
                 Error::NoSpace {
                     path: path.into(),
                     needed: None,

@@ -13,7 +13,7 @@ use zerocopy::{FromZeros, IntoBytes};
 use crate::codec::{Compressor, Digester};
 use crate::error::{write_error, Error, IoContext, Result};
 use crate::format::blob::{self as format, BlobFeatures, BlobMetaHeader, ChunkInfoV1, TocEntry};
-use crate::io::staged::{temp_in, Outputs};
+use crate::io::staged::{is_stream, temp_in, Outputs, Staged};
 use crate::model::{BlobEntry, ChunkInfo};
 
 /// The largest chunk index a v6 chunk index can address (24 bits, one value reserved).
@@ -49,6 +49,9 @@ pub struct BlobWriterOptions {
     pub aligned: bool,
     /// Write the temporary files here instead of beside their outputs (`create --tmp-dir`).
     pub tmp_dir: Option<PathBuf>,
+    /// The blob's final name when it is known up front (`--blob`): a stream there (a FIFO the
+    /// client reads) is written in place, in order, instead of through a temporary file.
+    pub blob_path: Option<PathBuf>,
 }
 
 /// A finished blob: its blob-table entry and what is only the writer's to know.
@@ -65,7 +68,7 @@ pub struct WrittenBlob {
 /// Temporary output files of a blob, renamed into place by [`BlobFiles::persist`].
 #[derive(Debug)]
 pub struct BlobFiles {
-    blob: Option<NamedTempFile>,
+    blob: Option<Staged>,
     cache_data: Option<NamedTempFile>,
     cache_meta: Option<NamedTempFile>,
     cache_dir: Option<PathBuf>,
@@ -99,7 +102,7 @@ impl BlobFiles {
 /// Writes one data blob.
 pub struct BlobWriter {
     opts: BlobWriterOptions,
-    out: Option<(NamedTempFile, BufWriter<File>)>,
+    out: Option<(Staged, BufWriter<File>)>,
     cache: Option<(NamedTempFile, BufWriter<File>, u64)>,
     hasher: Sha256,
     pos: u64,
@@ -119,9 +122,12 @@ impl BlobWriter {
     /// Starts a blob whose temporary files go to `blob_dir` (and the cache directory).
     pub fn new(opts: BlobWriterOptions, blob_dir: &Path) -> Result<BlobWriter> {
         let out = if opts.write_blob {
-            let tmp = temp_in(opts.tmp_dir.as_deref().unwrap_or(blob_dir))?;
-            let file = tmp.reopen().ctx("open", tmp.path())?;
-            Some((tmp, BufWriter::with_capacity(IO_BUF, file)))
+            let staged = match &opts.blob_path {
+                Some(path) if is_stream(path) => Staged::create(path, None)?,
+                _ => Staged::Temp(temp_in(opts.tmp_dir.as_deref().unwrap_or(blob_dir))?),
+            };
+            let file = staged.writer()?;
+            Some((staged, BufWriter::with_capacity(IO_BUF, file)))
         } else {
             None
         };

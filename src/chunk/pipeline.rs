@@ -817,6 +817,7 @@ mod tests {
                 v6: true,
                 aligned: false,
                 tmp_dir: None,
+                blob_path: None,
             },
             dir,
         )

@@ -1,12 +1,20 @@
 //! Temporary outputs: every output is written under a temporary name in (or beside) its
 //! destination and renamed into place only when the whole command has succeeded.
 //!
+//! An output that already exists and is not a regular file (a FIFO a client reads, a character
+//! device such as `/dev/null` or `/dev/stdout`) is a stream: it is never renamed over or
+//! unlinked, but opened and written in place, in order ([`Staged::Stream`]). Outputs that must
+//! be written out of order (seeks, a hash tree read back) are staged in a temporary file as
+//! usual and copied into the stream in one sequential pass by [`persist`].
+//!
 //! Temporary paths are registered here so that the binary can remove them when it is
 //! interrupted ([`remove_all`], called from its SIGINT/SIGTERM handler thread), and an
 //! [`Outputs`] set is renamed into place as one step: while it commits, [`remove_all`] waits,
 //! and if one rename fails the outputs already renamed are removed again.
 
 use std::collections::HashSet;
+use std::fs::File;
+use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 
@@ -65,10 +73,100 @@ pub fn remove_all() -> usize {
     n
 }
 
-/// Outputs complete under temporary names, to be renamed into place together.
+/// Whether `path` names an existing stream output: a FIFO or a device (possibly through a
+/// symlink such as `/dev/stdout`), or anything under `/dev` or `/proc` (where `/dev/stdout` may
+/// lead to a regular file that must not be replaced either).
+pub fn is_stream(path: &Path) -> bool {
+    let Ok(meta) = std::fs::metadata(path) else {
+        return false;
+    };
+    let t = meta.file_type();
+    if t.is_dir() {
+        return false;
+    }
+    t.is_fifo()
+        || t.is_char_device()
+        || t.is_block_device()
+        || path.starts_with("/dev")
+        || path.starts_with("/proc")
+}
+
+/// Opens a stream output for writing in place: no creation, no truncation (a FIFO's reader,
+/// or whatever the device is, sees the bytes in the order they are written).
+pub fn open_stream(path: &Path) -> Result<File> {
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(path)
+        .ctx("open", path)
+}
+
+/// An output being written.
+#[derive(Debug)]
+pub enum Staged {
+    /// A temporary file, renamed to the output's name on commit.
+    Temp(NamedTempFile),
+    /// The output itself, a stream written in place and in order (see [`is_stream`]).
+    Stream {
+        /// The open stream.
+        file: File,
+        /// Its name, for errors.
+        path: PathBuf,
+    },
+}
+
+impl Staged {
+    /// Starts the output `path`: in place if it is a stream, else a temporary file in
+    /// `tmp_dir` (or beside `path`).
+    pub fn create(path: &Path, tmp_dir: Option<&Path>) -> Result<Staged> {
+        if is_stream(path) {
+            return Ok(Staged::Stream {
+                file: open_stream(path)?,
+                path: path.to_path_buf(),
+            });
+        }
+        let tmp = match tmp_dir {
+            Some(d) => temp_in(d)?,
+            None => temp_beside(path)?,
+        };
+        Ok(Staged::Temp(tmp))
+    }
+
+    /// The file the bytes go to.
+    pub fn file_mut(&mut self) -> &mut File {
+        match self {
+            Staged::Temp(t) => t.as_file_mut(),
+            Staged::Stream { file, .. } => file,
+        }
+    }
+
+    /// A second handle on the file the bytes go to (for a buffered writer).
+    pub fn writer(&self) -> Result<File> {
+        match self {
+            Staged::Temp(t) => t.reopen().ctx("open", t.path()),
+            Staged::Stream { file, path } => file.try_clone().ctx("open", path),
+        }
+    }
+
+    /// Puts the output in place: renames a temporary file to `path`; a stream is already
+    /// written.
+    pub fn commit(self, path: &Path) -> Result<()> {
+        match self {
+            Staged::Temp(t) => persist(t, path),
+            Staged::Stream { .. } => Ok(()),
+        }
+    }
+}
+
+impl From<NamedTempFile> for Staged {
+    fn from(t: NamedTempFile) -> Staged {
+        Staged::Temp(t)
+    }
+}
+
+/// Outputs complete under temporary names (or streamed already), to be put in place together.
 #[derive(Debug, Default)]
 pub struct Outputs {
-    items: Vec<(NamedTempFile, PathBuf)>,
+    items: Vec<(Staged, PathBuf)>,
 }
 
 impl Outputs {
@@ -77,9 +175,9 @@ impl Outputs {
         Outputs::default()
     }
 
-    /// Adds a finished temporary file and its final name.
-    pub fn add(&mut self, tmp: NamedTempFile, path: PathBuf) {
-        self.items.push((tmp, path));
+    /// Adds a finished output and its final name.
+    pub fn add(&mut self, tmp: impl Into<Staged>, path: PathBuf) {
+        self.items.push((tmp.into(), path));
     }
 
     /// Renames every output into place. If one fails, those already renamed are removed and
@@ -88,14 +186,17 @@ impl Outputs {
         let _commit = COMMIT.lock().unwrap_or_else(|e| e.into_inner());
         let mut done: Vec<PathBuf> = Vec::new();
         for (tmp, path) in self.items {
+            let streamed = matches!(tmp, Staged::Stream { .. });
             // (a failed persist drops, and so removes, its temporary file)
-            if let Err(e) = persist(tmp, &path) {
+            if let Err(e) = tmp.commit(&path) {
                 for p in &done {
                     let _ = std::fs::remove_file(p);
                 }
                 return Err(e);
             }
-            done.push(path);
+            if !streamed {
+                done.push(path);
+            }
         }
         Ok(())
     }
@@ -147,9 +248,13 @@ pub fn discard_dir(tmp: &Path) {
 }
 
 /// Renames a finished temporary file to its final name. A temporary file on another
-/// filesystem (`create --tmp-dir`) is first copied beside the final name.
+/// filesystem (`create --tmp-dir`) is first copied beside the final name. A stream (see
+/// [`is_stream`]) is not replaced: the file is copied into it in order, then removed.
 pub fn persist(tmp: NamedTempFile, path: &Path) -> Result<()> {
     use std::os::unix::fs::PermissionsExt;
+    if is_stream(path) {
+        return copy_into_stream(tmp, path);
+    }
     // temporary files are created 0600; outputs are ordinary readable files
     let perms = std::fs::Permissions::from_mode(0o644);
     let tmp_path = tmp.path().to_path_buf();
@@ -193,6 +298,18 @@ pub fn persist(tmp: NamedTempFile, path: &Path) -> Result<()> {
     }
 }
 
+/// Copies a finished temporary file into the stream `path` from its start, then removes it.
+fn copy_into_stream(tmp: NamedTempFile, path: &Path) -> Result<()> {
+    let tmp_path = tmp.path().to_path_buf();
+    let mut from = tmp.reopen().ctx("open", &tmp_path)?;
+    let mut to = open_stream(path)?;
+    let result = std::io::copy(&mut from, &mut to);
+    drop(tmp);
+    unregister(&tmp_path);
+    result.map_err(|e| write_error(e, path, None))?;
+    Ok(())
+}
+
 /// Creates a temporary file in the directory that will hold `final_path`.
 pub fn temp_beside(final_path: &Path) -> Result<NamedTempFile> {
     let dir = match final_path.parent() {
@@ -214,27 +331,27 @@ pub fn temp_in(dir: &Path) -> Result<NamedTempFile> {
     Ok(tmp)
 }
 
-/// Writes `bytes` to `path` through a temporary file in the same directory.
+/// Writes `bytes` to `path` through a temporary file in the same directory (or in place, if
+/// `path` is a stream).
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    persist(write_temp(path, bytes, None)?, path)
+    write_temp(path, bytes, None)?.commit(path)
 }
 
 /// Writes `bytes` into a new temporary file (in `tmp_dir`, or beside `path`) that is to
-/// become `path`. On a full disk the error names `path` and the bytes not written.
-pub fn write_temp(path: &Path, bytes: &[u8], tmp_dir: Option<&Path>) -> Result<NamedTempFile> {
-    let mut tmp = match tmp_dir {
-        Some(d) => temp_in(d)?,
-        None => temp_beside(path)?,
-    };
-    if let Err(e) = tmp.write_all(bytes) {
-        let written = tmp.as_file().metadata().map(|m| m.len()).unwrap_or(0);
+/// become `path`, or straight into `path` if it is a stream. On a full disk the error names
+/// `path` and the bytes not written.
+pub fn write_temp(path: &Path, bytes: &[u8], tmp_dir: Option<&Path>) -> Result<Staged> {
+    let mut out = Staged::create(path, tmp_dir)?;
+    let f = out.file_mut();
+    if let Err(e) = f.write_all(bytes) {
+        let written = f.metadata().map(|m| m.len()).unwrap_or(0);
         return Err(write_error(
             e,
             path,
             Some((bytes.len() as u64).saturating_sub(written)),
         ));
     }
-    Ok(tmp)
+    Ok(out)
 }
 
 /// A scratch directory for intermediate files: registered for removal on interruption, and

@@ -455,6 +455,7 @@ fn blob_writer(opts: &CreateOptions, plan: &Plan, blob_index: u32) -> Result<Blo
             v6: opts.fs_version == 6,
             aligned: opts.aligned_chunk,
             tmp_dir: opts.tmp_dir.clone(),
+            blob_path: opts.blob.clone(),
         },
         &blob_tmp_dir,
     )?;

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use crate::blob::reader::{BlobSource, ChunkReader};
 use crate::error::{Error, IoContext, Result};
 use crate::format::tar as tarfmt;
-use crate::io::staged::{persist, temp_beside};
+use crate::io::staged::Staged;
 use crate::model::Image;
 use crate::model::{EntryId, FileType, Inode, InodeId};
 use crate::ops::opened::OpenedImage;
@@ -53,7 +53,7 @@ pub fn unpack(opts: &UnpackOptions) -> Result<u64> {
         n = extract(&image, source, dir)?;
     }
     if let Some((tmp, out)) = tar {
-        if let Err(e) = persist(tmp, out) {
+        if let Err(e) = tmp.commit(out) {
             if let Some(dir) = &opts.output_dir {
                 let _ = std::fs::remove_dir_all(dir);
             }
@@ -196,18 +196,15 @@ fn pad(out: &mut dyn Write, len: u64, name: &Path) -> Result<()> {
     out.write_all(&vec![0u8; rem as usize]).ctx("write", name)
 }
 
-/// Writes the tar into a temporary file beside `out`; returns it (to persist) and the count.
-fn write_tar(
-    image: &Image,
-    source: BlobSource,
-    out: &Path,
-) -> Result<(tempfile::NamedTempFile, u64)> {
-    let mut tmp = temp_beside(out)?;
+/// Writes the tar into a temporary file beside `out` (or straight into `out`, a stream such as
+/// a FIFO, in one sequential pass); returns it (to commit) and the count.
+fn write_tar(image: &Image, source: BlobSource, out: &Path) -> Result<(Staged, u64)> {
+    let mut tmp = Staged::create(out, None)?;
     let mut reader = ChunkReader::new(image, source);
     let mut first_path: HashMap<InodeId, Vec<u8>> = HashMap::new();
     let mut n = 0;
     {
-        let mut w = ::tar::Builder::new(BufWriter::with_capacity(1 << 20, tmp.as_file_mut()));
+        let mut w = ::tar::Builder::new(BufWriter::with_capacity(1 << 20, tmp.file_mut()));
         for e in image.tree.numbering_order() {
             let ino = image.tree[e].inode;
             let inode = &image.tree[ino];

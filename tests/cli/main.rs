@@ -10,6 +10,7 @@ mod common;
 mod corrupt;
 mod dump;
 mod export;
+mod fifo;
 mod fuzz_regressions;
 mod golden;
 mod kernel_mount;

@@ -323,8 +323,9 @@ pub struct BootstrapArg {
 /// Where a reading command finds the image's blobs.
 #[derive(clap::Args)]
 pub struct BlobArgs {
-    /// Directory holding the blobs (named by id, or <id>.blob.data).
-    #[arg(short = 'D', long)]
+    /// Directory holding the blobs (named by id, or <id>.blob.data). `--localfs-dir` is
+    /// nydus-image's name for it in `export` (the snapshotter's tarfs export passes it).
+    #[arg(short = 'D', long, alias = "localfs-dir")]
     pub blob_dir: Option<PathBuf>,
     /// The blob file (single-blob images; the tar for tarfs images).
     #[arg(short = 'b', long)]

@@ -1,0 +1,394 @@
+//! FIFO outputs and inputs, set up as nydus-snapshotter's converter and buildkit do (issue 13):
+//! a FIFO output is read to EOF by a thread and must receive exactly the bytes a regular-file
+//! run writes (never be replaced by a regular file); a FIFO input is fed by a thread; a reader
+//! that goes away makes the run fail at once with a one-line error.
+
+use crate::common::*;
+use std::fs::OpenOptions;
+use std::io::{Read, Write};
+use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+const TAR: &str = "fixtures/upstream/source-tar-input.tar";
+const TARGZ: &str = "fixtures/upstream/source-tar-input.tar.gz";
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+fn fixture(rel: &str) -> PathBuf {
+    repo().join(rel)
+}
+
+fn mkfifo(p: &Path) -> PathBuf {
+    nix::unistd::mkfifo(p, nix::sys::stat::Mode::from_bits_truncate(0o644)).unwrap();
+    p.to_path_buf()
+}
+
+/// A FIFO input fed with `bytes` by a thread (errors ignored: the tool may stop reading).
+fn feed(fifo: &Path, bytes: Vec<u8>) -> JoinHandle<()> {
+    let fifo = fifo.to_path_buf();
+    std::thread::spawn(move || {
+        if let Ok(mut f) = OpenOptions::new().write(true).open(&fifo) {
+            let _ = f.write_all(&bytes);
+        }
+    })
+}
+
+/// A FIFO output read by a thread: to EOF, or only `limit` bytes before it closes its end.
+fn drain(fifo: &Path, limit: Option<usize>) -> JoinHandle<Vec<u8>> {
+    let fifo = fifo.to_path_buf();
+    std::thread::spawn(move || {
+        let mut f = std::fs::File::open(&fifo).unwrap();
+        let mut out = Vec::new();
+        match limit {
+            Some(n) => {
+                out.resize(n, 0);
+                f.read_exact(&mut out).unwrap();
+            }
+            None => {
+                f.read_to_end(&mut out).unwrap();
+            }
+        }
+        out
+    })
+}
+
+/// Unblocks a thread still waiting to open `fifo` (the tool never opened its end), so that a
+/// failing run cannot hang the test.
+fn release(fifo: &Path) {
+    let nb = libc::O_NONBLOCK;
+    let _ = OpenOptions::new().write(true).custom_flags(nb).open(fifo);
+    let _ = OpenOptions::new().read(true).custom_flags(nb).open(fifo);
+}
+
+/// Runs erofs-forge with `stdin` bytes, killing it after two minutes.
+fn run(args: &[&str], stdin: &[u8]) -> Output {
+    let mut child = Command::new(bin())
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn erofs-forge");
+    let mut input = child.stdin.take().unwrap();
+    let bytes = stdin.to_vec();
+    let feeder = std::thread::spawn(move || {
+        let _ = input.write_all(&bytes);
+    });
+    let start = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "erofs-forge {args:?} hangs"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    feeder.join().unwrap();
+    child.wait_with_output().unwrap()
+}
+
+/// Runs with FIFO inputs fed and FIFO outputs drained; returns the run and what each output
+/// FIFO received, after checking that every FIFO is still a FIFO.
+fn run_fifos(
+    args: &[&str],
+    stdin: &[u8],
+    inputs: &[(&Path, Vec<u8>)],
+    outputs: &[&Path],
+) -> (Output, Vec<Vec<u8>>) {
+    let feeders: Vec<_> = inputs.iter().map(|(p, b)| feed(p, b.clone())).collect();
+    let readers: Vec<_> = outputs.iter().map(|p| drain(p, None)).collect();
+    let out = run(args, stdin);
+    for p in inputs
+        .iter()
+        .map(|(p, _)| *p)
+        .chain(outputs.iter().copied())
+    {
+        release(p);
+        let t = std::fs::symlink_metadata(p).unwrap().file_type();
+        assert!(t.is_fifo(), "{} is no longer a FIFO", p.display());
+    }
+    for f in feeders {
+        f.join().unwrap();
+    }
+    let got = readers.into_iter().map(|r| r.join().unwrap()).collect();
+    (out, got)
+}
+
+fn ok(out: &Output) {
+    assert!(
+        out.status.success(),
+        "failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Only the FIFOs (and what the test put there) remain: no temporary file was left.
+fn only(dir: &Path, names: &[&str]) {
+    let mut left: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    left.sort();
+    let mut want: Vec<String> = names.iter().map(|s| s.to_string()).collect();
+    want.sort();
+    assert_eq!(left, want, "files left in {}", dir.display());
+}
+
+/// The converter's Pack: tar FIFO in, blob FIFO out (inline meta), patterns on stdin; the
+/// bytes equal a run with regular files.
+#[test]
+fn converter_pack_through_fifos() {
+    let tmp = scratch();
+    let w = tmp.path();
+    let tar = std::fs::read(fixture(TAR)).unwrap();
+    let reference = w.join("ref.rafs");
+    let common = [
+        "create",
+        "--log-level",
+        "warn",
+        "--whiteout-spec",
+        "none",
+        "--fs-version",
+        "6",
+        "--type",
+        "tar-rafs",
+        "--blob-inline-meta",
+    ];
+    let mut args = common.to_vec();
+    let tar_path = fixture(TAR);
+    args.extend(["--blob", s(&reference), s(&tar_path)]);
+    ok(&run(&args, b"/"));
+
+    let fifos = w.join("fifos");
+    std::fs::create_dir(&fifos).unwrap();
+    let input = mkfifo(&fifos.join("blob.targz"));
+    let blob = mkfifo(&fifos.join("blob.rafs"));
+    let mut args = common.to_vec();
+    args.extend(["--blob", s(&blob), s(&input)]);
+    let (out, got) = run_fifos(&args, b"/", &[(&input, tar)], &[&blob]);
+    ok(&out);
+    assert_eq!(got[0], std::fs::read(&reference).unwrap());
+    only(&fifos, &["blob.rafs", "blob.targz"]);
+}
+
+/// Separate bootstrap, blob and `-J` outputs all FIFOs, input a gzipped tar on stdin.
+#[test]
+fn every_create_output_a_fifo() {
+    let tmp = scratch();
+    let w = tmp.path();
+    let targz = std::fs::read(fixture(TARGZ)).unwrap();
+    let refdir = w.join("ref");
+    std::fs::create_dir(&refdir).unwrap();
+    let args = |d: &Path| -> Vec<String> {
+        let (b, m, j) = (d.join("b"), d.join("m"), d.join("j"));
+        [
+            "create",
+            "--type",
+            "tar-rafs",
+            "--fs-version",
+            "5",
+            "--log-level",
+            "warn",
+            "--blob",
+            s(&b),
+            "--bootstrap",
+            s(&m),
+            "-J",
+            s(&j),
+            "-",
+        ]
+        .iter()
+        .map(|a| a.to_string())
+        .collect()
+    };
+    let a = args(&refdir);
+    let a: Vec<&str> = a.iter().map(|x| x.as_str()).collect();
+    ok(&run(&a, &targz));
+
+    let fifos = w.join("fifos");
+    std::fs::create_dir(&fifos).unwrap();
+    let outs: Vec<PathBuf> = ["b", "m", "j"]
+        .iter()
+        .map(|n| mkfifo(&fifos.join(n)))
+        .collect();
+    let a2 = args(&fifos);
+    let a2: Vec<&str> = a2.iter().map(|x| x.as_str()).collect();
+    let refs: Vec<&Path> = outs.iter().map(|p| p.as_path()).collect();
+    let (out, got) = run_fifos(&a2, &targz, &[], &refs);
+    ok(&out);
+    for (name, bytes) in ["b", "m"].iter().zip(&got) {
+        assert_eq!(bytes, &std::fs::read(refdir.join(name)).unwrap(), "{name}");
+    }
+    // the JSON names its paths (equal once the directories are swapped) and timings
+    let json = |text: String| {
+        let mut v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        v.as_object_mut().unwrap().remove("trace");
+        v
+    };
+    let want = std::fs::read_to_string(refdir.join("j"))
+        .unwrap()
+        .replace(s(&refdir), s(&fifos));
+    assert_eq!(json(String::from_utf8(got[2].clone()).unwrap()), json(want));
+    only(&fifos, &["b", "j", "m"]);
+}
+
+/// The snapshotter's tarfs call: the tar through a FIFO, the bootstrap to a FIFO.
+#[test]
+fn tarfs_from_a_fifo() {
+    let tmp = scratch();
+    let w = tmp.path();
+    let tar = std::fs::read(fixture(TAR)).unwrap();
+    let reference = w.join("ref.boot");
+    let tar_path = fixture(TAR);
+    ok(&run(
+        &[
+            "create",
+            "--type",
+            "tar-tarfs",
+            "--bootstrap",
+            s(&reference),
+            s(&tar_path),
+        ],
+        b"",
+    ));
+    let input = mkfifo(&w.join("layer_1_tar.fifo"));
+    let boot = mkfifo(&w.join("B.tmp"));
+    let (out, got) = run_fifos(
+        &[
+            "create",
+            "--type",
+            "tar-tarfs",
+            "--bootstrap",
+            s(&boot),
+            s(&input),
+        ],
+        b"",
+        &[(&input, tar)],
+        &[&boot],
+    );
+    ok(&out);
+    assert_eq!(got[0], std::fs::read(&reference).unwrap());
+}
+
+/// buildkit's decompress: `unpack --output` a FIFO, and `export --block --output` a FIFO (its
+/// image is written out of order, then copied into the FIFO in order).
+#[test]
+fn unpack_and_export_to_fifos() {
+    let tmp = scratch();
+    let w = tmp.path();
+    let boot = w.join("image.boot");
+    let blobs = w.join("blobs");
+    std::fs::create_dir(&blobs).unwrap();
+    let tar_path = fixture(TAR);
+    ok(&run(
+        &[
+            "create",
+            "--type",
+            "tar-rafs",
+            "-D",
+            s(&blobs),
+            "--bootstrap",
+            s(&boot),
+            s(&tar_path),
+        ],
+        b"",
+    ));
+    let reg = w.join("reg");
+    std::fs::create_dir(&reg).unwrap();
+    let fifos = w.join("fifos");
+    std::fs::create_dir(&fifos).unwrap();
+    for (cmd, extra) in [("unpack", vec![]), ("export", vec!["--block"])] {
+        let args = |out: &Path| {
+            let mut a = vec![cmd.to_string()];
+            a.extend(extra.iter().map(|x| x.to_string()));
+            a.extend(
+                [
+                    "--bootstrap",
+                    s(&boot),
+                    "--blob-dir",
+                    s(&blobs),
+                    "--output",
+                    s(out),
+                ]
+                .iter()
+                .map(|x| x.to_string()),
+            );
+            a
+        };
+        let r = reg.join(cmd);
+        let a = args(&r);
+        ok(&run(&a.iter().map(|x| x.as_str()).collect::<Vec<_>>(), b""));
+        let f = mkfifo(&fifos.join(cmd));
+        let a = args(&f);
+        let (out, got) = run_fifos(
+            &a.iter().map(|x| x.as_str()).collect::<Vec<_>>(),
+            b"",
+            &[],
+            &[&f],
+        );
+        ok(&out);
+        assert_eq!(got[0], std::fs::read(&r).unwrap(), "{cmd}");
+    }
+    only(&fifos, &["export", "unpack"]);
+}
+
+/// Outputs to character devices are written in place: /dev/null is not replaced.
+#[test]
+fn char_device_output_written_in_place() {
+    let tmp = scratch();
+    let tar_path = fixture(TAR);
+    let out = run(
+        &[
+            "create",
+            "--type",
+            "tar-rafs",
+            "--blob",
+            "/dev/null",
+            "--bootstrap",
+            s(&tmp.path().join("m")),
+            s(&tar_path),
+        ],
+        b"",
+    );
+    ok(&out);
+    let t = std::fs::metadata("/dev/null").unwrap().file_type();
+    assert!(t.is_char_device());
+}
+
+/// A reader that closes its end early: a one-line `broken pipe writing <path>` error, a
+/// non-zero exit, no hang, nothing left beside the FIFO.
+#[test]
+fn reader_going_away_is_a_clean_error() {
+    let tmp = scratch();
+    let w = tmp.path();
+    let blob = mkfifo(&w.join("blob.rafs"));
+    let reader = drain(&blob, Some(100));
+    let tar_path = fixture(TAR);
+    let out = run(
+        &[
+            "create",
+            "--type",
+            "tar-rafs",
+            "--blob-inline-meta",
+            "--blob",
+            s(&blob),
+            s(&tar_path),
+        ],
+        b"",
+    );
+    release(&blob);
+    assert_eq!(reader.join().unwrap().len(), 100);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<&str> = err.lines().collect();
+    assert_eq!(
+        lines,
+        [format!("error: broken pipe writing {}", blob.display())],
+        "{err}"
+    );
+    only(w, &["blob.rafs"]);
+}

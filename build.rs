@@ -31,6 +31,7 @@ fn main() {
         }
     }
     println!("cargo::rerun-if-changed=build.rs");
+    build_info();
     println!("cargo::rerun-if-env-changed=PATH");
     let root = is_root();
     let set = |flag: &str, missing: bool| {
@@ -93,4 +94,43 @@ fn have_erofs() -> bool {
     }
     let _ = Command::new("modprobe").arg("erofs").status();
     listed()
+}
+
+/// What `--version` prints beside the package version, in nydus-image's shape (issue 13:
+/// acceleration-service reads it): the git commit (`$EROFS_FORGE_GIT_COMMIT`, else `git
+/// rev-parse HEAD`, else "unknown"), the cargo profile and the compiler's version.
+fn build_info() {
+    println!("cargo::rerun-if-env-changed=EROFS_FORGE_GIT_COMMIT");
+    let git = |args: &[&str]| {
+        Command::new("git")
+            .args(args)
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+            .filter(|s| !s.is_empty())
+    };
+    // the HEAD reflog changes with every commit and checkout of this work tree
+    if let Some(log) = git(&["rev-parse", "--git-path", "logs/HEAD"]) {
+        if Path::new(&log).exists() {
+            println!("cargo::rerun-if-changed={log}");
+        }
+    }
+    let commit = std::env::var("EROFS_FORGE_GIT_COMMIT")
+        .ok()
+        .filter(|s| !s.is_empty())
+        .or_else(|| git(&["rev-parse", "HEAD"]))
+        .unwrap_or_else(|| "unknown".into());
+    println!("cargo::rustc-env=EROFS_FORGE_GIT_COMMIT={commit}");
+    let profile = std::env::var("PROFILE").unwrap_or_else(|_| "unknown".into());
+    println!("cargo::rustc-env=EROFS_FORGE_PROFILE={profile}");
+    let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
+    let version = Command::new(rustc)
+        .arg("--version")
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_else(|| "unknown".into());
+    println!("cargo::rustc-env=EROFS_FORGE_RUSTC={version}");
 }

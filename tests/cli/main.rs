@@ -6,6 +6,7 @@
 #![allow(clippy::disallowed_methods)]
 
 mod blob_toc;
+mod clients;
 mod common;
 mod corrupt;
 mod dump;

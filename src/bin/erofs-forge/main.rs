@@ -52,6 +52,11 @@ fn handle_signals() {
 }
 
 fn main() -> ExitCode {
+    // `--version` in nydus-image's shape, not clap's one-line "name version"
+    if resolve::asks_version(std::env::args_os().skip(1)) {
+        print!("{}", report::version());
+        return ExitCode::SUCCESS;
+    }
     let cli = Cli::parse();
     handle_signals();
     if let Err(e) = init_logging(&cli) {

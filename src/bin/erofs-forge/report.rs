@@ -60,6 +60,18 @@ impl Progress for Bar {
     }
 }
 
+/// `--version`, in nydus-image's shape: acceleration-service reads the version with the regex
+/// `Version:\s*(v.*)`. No build time, so that builds stay reproducible.
+pub fn version() -> String {
+    format!(
+        " Version: \tv{}\nGit Commit: \t{}\nProfile: \t{}\nRustc: \t\t{}\n",
+        env!("CARGO_PKG_VERSION"),
+        env!("EROFS_FORGE_GIT_COMMIT"),
+        env!("EROFS_FORGE_PROFILE"),
+        env!("EROFS_FORGE_RUSTC"),
+    )
+}
+
 /// `create` of one layer.
 pub fn created(out: &CreateOutput) {
     let total = out.timings.get("total_build").copied().unwrap_or(0.0);
@@ -112,20 +124,27 @@ pub fn merged(out: &merge::MergeOutput) {
     println!("data blobs: {:?}", out.blobs);
 }
 
-/// `export --block` (nydus layout), with the dm-verity parameters when asked for.
+/// `export --block` (nydus layout), with the dm-verity parameters when asked for: first the
+/// line nydus-snapshotter reads with `fmt.Sscanf(out, "dm-verity options: --no-superblock
+/// --format=1 -s \"\" --hash=sha256 --data-block-size=%d --hash-block-size=4096 --data-blocks
+/// %d --hash-offset %d %s\n", ...)`, exactly as nydus-image prints it (Sscanf matches from the
+/// first byte, so nothing may come before it); then the rest for people.
 pub fn exported_block(out: &export::ExportOutput) {
-    println!("block image: {}", out.path.display());
-    let Some(root) = &out.root_hash else { return };
-    let p = out.path.display();
-    let params = format!(
-        "--no-superblock --format=1 --hash=sha256 --salt=- --data-block-size={b} --hash-block-size={b} --data-blocks={} --hash-offset={}",
-        out.data_blocks,
-        out.data_size,
-        b = export::VERITY_BLOCK
+    let Some(root) = &out.root_hash else {
+        println!("block image: {}", out.path.display());
+        return;
+    };
+    let b = export::VERITY_BLOCK;
+    let (blocks, offset) = (out.data_blocks, out.data_size);
+    println!(
+        "dm-verity options: --no-superblock --format=1 -s \"\" --hash=sha256 --data-block-size={b} --hash-block-size={b} --data-blocks {blocks} --hash-offset {offset} {root}"
     );
-    println!("dm-verity root hash: {root}");
-    println!("dm-verity options: {params}");
-    println!("veritysetup verify {p} {p} {root} {params}");
+    println!("block image: {}", out.path.display());
+    let p = out.path.display();
+    // the same parameters in a form that survives splitting at spaces (no empty argument)
+    println!(
+        "veritysetup verify {p} {p} {root} --no-superblock --format=1 --hash=sha256 --salt=- --data-block-size={b} --hash-block-size={b} --data-blocks={blocks} --hash-offset={offset}"
+    );
 }
 
 /// `check`: the listing, the blob table and how the data was checked.

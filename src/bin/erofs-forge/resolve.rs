@@ -39,6 +39,17 @@ pub enum ExportPlan {
     Block(export::ExportOptions),
 }
 
+/// Whether the command line asks for `--version` (`-V`) and nothing else: printed in
+/// nydus-image's multi-line shape instead of clap's, for acceleration-service.
+pub fn asks_version(mut args: impl Iterator<Item = std::ffi::OsString>) -> bool {
+    let first = args.next();
+    let asked = matches!(
+        first.as_ref().and_then(|a| a.to_str()),
+        Some("--version" | "-V")
+    );
+    asked && args.next().is_none()
+}
+
 /// The prefetch patterns of `policy`, read from stdin until EOF as nydus-image reads them:
 /// clients pipe a list (or `/` without a newline). Nothing is read for `none`, nor from a
 /// terminal, where waiting for EOF would only hang.

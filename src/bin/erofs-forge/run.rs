@@ -61,7 +61,9 @@ pub fn run(command: Command) -> Result<()> {
         Command::Inspect(a) => {
             let image = erofs_forge::rafs::load(&a.bootstrap.path()?)?.image;
             let v = ops::inspect::request(&image, &a.request)?;
-            println!("{}", serde_json::to_string_pretty(&v)?);
+            // one line, as nydus-image prints it: nydus-snapshotter searches this output for
+            // `"blob_id":"<hex>"`, nydusify parses it as one JSON document
+            println!("{}", serde_json::to_string(&v)?);
         }
         Command::Stat(a) => {
             let json = a.output_json.clone();

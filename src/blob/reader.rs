@@ -151,8 +151,11 @@ impl<'a> ChunkReader<'a> {
             let entries =
                 if self.image.version == 6 && blob.ci_uncompressed_size > 0 && !blob.is_tarfs() {
                     match self.open(index)? {
-                        Opened::Blob(f, p) => read_ci(f, p, blob)?,
-                        Opened::CacheData(..) => Vec::new(),
+                        Opened::Blob(f, p) if holds_blob_meta(f, p, blob)? => read_ci(f, p, blob)?,
+                        // a blob cut down to its data section, as nydus-snapshotter's converter
+                        // hands `image.blob` to `unpack` (formats/blob.md §6): the bootstrap's
+                        // chunk table locates the chunks, and their digests are still checked
+                        Opened::Blob(..) | Opened::CacheData(..) => Vec::new(),
                     }
                 } else {
                     Vec::new()
@@ -231,6 +234,12 @@ impl<'a> ChunkReader<'a> {
         }
         Ok(data)
     }
+}
+
+/// Whether the blob file reaches into its blob meta, or is only the data section before it.
+/// (A file that stops inside the blob meta is read, and reported, as a truncated blob.)
+fn holds_blob_meta(f: &File, path: &Path, blob: &BlobEntry) -> Result<bool> {
+    Ok(f.metadata().ctx("stat", path)?.len() > blob.ci_offset)
 }
 
 /// Largest chunk-info array accepted: 24 bytes (a v2 record) for each chunk a blob can hold.

@@ -392,3 +392,202 @@ fn reader_going_away_is_a_clean_error() {
     );
     only(w, &["blob.rafs"]);
 }
+
+/// The sections of a blob framed by tar headers (formats/blob.md §6), walked back from the end
+/// as the converter does: name → bytes.
+fn blob_sections(blob: &[u8]) -> std::collections::HashMap<String, Vec<u8>> {
+    let mut out = std::collections::HashMap::new();
+    let mut end = blob.len();
+    while end >= 512 {
+        let h = &blob[end - 512..end];
+        let name = String::from_utf8_lossy(&h[..100])
+            .trim_end_matches('\0')
+            .to_string();
+        let size = std::str::from_utf8(&h[124..136])
+            .unwrap()
+            .trim_matches(|c| c == '\0' || c == ' ');
+        let size = usize::from_str_radix(size, 8).unwrap();
+        out.insert(name, blob[end - 512 - size..end - 512].to_vec());
+        end -= 512 + size;
+    }
+    out
+}
+
+/// Every entry of a tar as `path kind mode size content-sha256-or-target device`, root aside;
+/// a hardlink reads as the entry it links to (which name comes first is the writer's choice).
+fn tar_entries(bytes: &[u8]) -> Vec<String> {
+    let norm = |p: &Path| {
+        let p = p.to_string_lossy().into_owned();
+        p.trim_start_matches("./").trim_end_matches('/').to_string()
+    };
+    let mut a = ::tar::Archive::new(bytes);
+    let mut seen: std::collections::HashMap<String, String> = Default::default();
+    let mut out = Vec::new();
+    for e in a.entries().unwrap() {
+        let mut e = e.unwrap();
+        let path = norm(&e.path().unwrap());
+        if path.is_empty() {
+            continue;
+        }
+        let h = e.header().clone();
+        let kind = h.entry_type();
+        let desc = if kind.is_hard_link() {
+            seen[&norm(&e.link_name().unwrap().unwrap())].clone()
+        } else {
+            let what = if kind.is_symlink() {
+                format!("-> {}", e.link_name().unwrap().unwrap().display())
+            } else {
+                let mut data = Vec::new();
+                e.read_to_end(&mut data).unwrap();
+                use sha2::Digest;
+                hex::encode(sha2::Sha256::digest(&data))
+            };
+            let dev = if kind.is_character_special() || kind.is_block_special() {
+                format!(
+                    "{:?}",
+                    (h.device_major().unwrap(), h.device_minor().unwrap())
+                )
+            } else {
+                String::new()
+            };
+            format!(
+                "{:?} {:o} {} {what} {dev}",
+                kind.as_byte() as char,
+                h.mode().unwrap() & 0o7777,
+                h.size().unwrap(),
+            )
+        };
+        seen.insert(path.clone(), desc.clone());
+        out.push(format!("{path} {desc}"));
+    }
+    out.sort();
+    out
+}
+
+/// The lines only one side has (empty when equal).
+fn differ(a: &[String], b: &[String]) -> Vec<String> {
+    let a2: std::collections::BTreeSet<_> = a.iter().collect();
+    let b2: std::collections::BTreeSet<_> = b.iter().collect();
+    let mut d: Vec<String> = a2.difference(&b2).map(|l| format!("- {l}")).collect();
+    d.extend(b2.difference(&a2).map(|l| format!("+ {l}")));
+    d
+}
+
+/// buildkit's decompress through the converter's Unpack: `image.boot` and `image.blob` (the
+/// data section alone) cut out of a layer blob, `unpack --output` a FIFO read by a thread; the
+/// layer holds devices and a fifo (upstream aborts on those). The tar read back equals the
+/// layer's source tar entry by entry.
+#[test]
+fn converter_unpack_of_the_data_section_to_a_fifo() {
+    let tmp = scratch();
+    let w = tmp.path();
+    let tar_path = fixture(TAR);
+    let layer = w.join("blob.rafs");
+    ok(&run(
+        &[
+            "create",
+            "--log-level",
+            "warn",
+            "--blob",
+            s(&layer),
+            "--whiteout-spec",
+            "none",
+            "--fs-version",
+            "6",
+            "--type",
+            "tar-rafs",
+            "--blob-inline-meta",
+            s(&tar_path),
+        ],
+        b"/",
+    ));
+    let sections = blob_sections(&std::fs::read(&layer).unwrap());
+    let boot = w.join("image.boot");
+    let data = w.join("image.blob");
+    std::fs::write(&boot, &sections["image.boot"]).unwrap();
+    std::fs::write(&data, &sections["image.blob"]).unwrap();
+    let oci = mkfifo(&w.join("oci.tar"));
+    let (out, got) = run_fifos(
+        &[
+            "unpack",
+            "--log-level",
+            "warn",
+            "--bootstrap",
+            s(&boot),
+            "--output",
+            s(&oci),
+            "--blob",
+            s(&data),
+        ],
+        b"",
+        &[],
+        &[&oci],
+    );
+    ok(&out);
+    let want = tar_entries(&std::fs::read(&tar_path).unwrap());
+    let have = tar_entries(&got[0]);
+    assert!(have.iter().any(|e| e.starts_with("fifo '6'")), "{have:?}");
+    let d = differ(&want, &have);
+    assert!(d.is_empty(), "{}", d.join("\n"));
+    only(w, &["blob.rafs", "image.blob", "image.boot", "oci.tar"]);
+}
+
+/// A layer without file data: its data section is empty.
+#[test]
+fn converter_unpack_of_an_empty_data_section() {
+    let tmp = scratch();
+    let w = tmp.path();
+    let mut b = ::tar::Builder::new(Vec::new());
+    let mut h = ::tar::Header::new_gnu();
+    h.set_entry_type(::tar::EntryType::Fifo);
+    h.set_path("pipe").unwrap();
+    h.set_mode(0o600);
+    h.set_size(0);
+    h.set_cksum();
+    b.append(&h, std::io::empty()).unwrap();
+    let src = b.into_inner().unwrap();
+    let input = mkfifo(&w.join("blob.targz"));
+    let layer = w.join("blob.rafs");
+    let (out, _) = run_fifos(
+        &[
+            "create",
+            "--blob",
+            s(&layer),
+            "--type",
+            "tar-rafs",
+            "--blob-inline-meta",
+            s(&input),
+        ],
+        b"/",
+        &[(&input, src.clone())],
+        &[],
+    );
+    ok(&out);
+    let sections = blob_sections(&std::fs::read(&layer).unwrap());
+    let boot = w.join("image.boot");
+    std::fs::write(&boot, &sections["image.boot"]).unwrap();
+    let data = w.join("image.blob");
+    std::fs::write(
+        &data,
+        sections.get("image.blob").cloned().unwrap_or_default(),
+    )
+    .unwrap();
+    let oci = mkfifo(&w.join("oci.tar"));
+    let (out, got) = run_fifos(
+        &[
+            "unpack",
+            "--bootstrap",
+            s(&boot),
+            "--output",
+            s(&oci),
+            "--blob",
+            s(&data),
+        ],
+        b"",
+        &[],
+        &[&oci],
+    );
+    ok(&out);
+    let d = differ(&tar_entries(&src), &tar_entries(&got[0]));
+    assert!(d.is_empty(), "{}", d.join("\n"));
+}

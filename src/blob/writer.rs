@@ -52,6 +52,9 @@ pub struct BlobWriterOptions {
     /// The blob's final name when it is known up front (`--blob`): a stream there (a FIFO the
     /// client reads) is written in place, in order, instead of through a temporary file.
     pub blob_path: Option<PathBuf>,
+    /// Where the blob's bytes will start inside a larger file (`create --blob-offset`): the
+    /// offsets recorded for chunks and the blob meta count from there.
+    pub blob_offset: u64,
 }
 
 /// A finished blob: its blob-table entry and what is only the writer's to know.
@@ -144,6 +147,7 @@ impl BlobWriter {
             .as_ref()
             .map(|d| d.join("<blob id>.blob.data"))
             .unwrap_or_default();
+        let blob_offset = opts.blob_offset;
         Ok(BlobWriter {
             label: blob_dir.join("<blob id>"),
             cache_label,
@@ -151,7 +155,7 @@ impl BlobWriter {
             out,
             cache,
             hasher: Sha256::new(),
-            pos: 0,
+            pos: blob_offset,
             uncompressed_end: 0,
             chunks: Vec::new(),
             written: None,
@@ -505,7 +509,7 @@ impl BlobWriter {
         };
         let written = self.written.take().map(|mut w| {
             w.entry.id = id.clone();
-            w.file_size = self.pos;
+            w.file_size = self.pos - self.opts.blob_offset;
             w
         });
         let files = BlobFiles {

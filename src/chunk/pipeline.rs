@@ -818,6 +818,7 @@ mod tests {
                 aligned: false,
                 tmp_dir: None,
                 blob_path: None,
+                blob_offset: 0,
             },
             dir,
         )

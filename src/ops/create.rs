@@ -41,6 +41,9 @@ pub enum SourceType {
     TarTarfs,
 }
 
+/// Longest `--blob-id` nydus-image accepts.
+pub const BLOB_ID_MAX_LEN: usize = 255;
+
 /// Options of `create`, mirroring nydus-image's flags.
 #[derive(Debug, Clone)]
 pub struct CreateOptions {
@@ -89,6 +92,14 @@ pub struct CreateOptions {
     pub tmp_dir: Option<PathBuf>,
     /// `--prefetch-policy` and the patterns read for it.
     pub prefetch: Prefetch,
+    /// `--blob-id`: the id the blob table records for the new blob (the name of the object
+    /// it is stored as) instead of its sha256; also its file name under `--blob-dir` and in
+    /// its cache files' names. For tar-tarfs it replaces the tar's sha256 (nydus-snapshotter
+    /// passes the layer digest).
+    pub blob_id: Option<String>,
+    /// `--blob-offset`: where the blob's data will start inside a larger file (a tar that
+    /// holds it): every chunk's compressed offset, and the blob meta's, is shifted by this.
+    pub blob_offset: u64,
 }
 
 impl Default for CreateOptions {
@@ -115,6 +126,8 @@ impl Default for CreateOptions {
             threads: 0,
             tmp_dir: None,
             prefetch: Prefetch::default(),
+            blob_id: None,
+            blob_offset: 0,
         }
     }
 }
@@ -180,6 +193,9 @@ fn validate(o: &CreateOptions) -> Result<()> {
         return bad("--blob-inline-meta is supported with --fs-version 6 only");
     }
     validate_chunk_size(o.chunk_size)?;
+    if let Some(id) = &o.blob_id {
+        validate_blob_id(id, o.blob_inline_meta)?;
+    }
     if let Some(d) = &o.tmp_dir {
         if !d.is_dir() {
             return Err(Error::InvalidOption(format!(
@@ -243,6 +259,25 @@ fn validate(o: &CreateOptions) -> Result<()> {
                 d.display()
             )));
         }
+    }
+    Ok(())
+}
+
+/// `--blob-id`: at most 255 bytes, as nydus-image allows, and usable as a file name. An
+/// inlined bootstrap cannot carry it (nydus-image rejects the pair too): readers take the id
+/// of such a blob from its file name.
+fn validate_blob_id(id: &str, inline_meta: bool) -> Result<()> {
+    let bad = |m: String| Err(Error::InvalidOption(m));
+    if inline_meta {
+        return bad("--blob-id conflicts with --blob-inline-meta".into());
+    }
+    if id.is_empty() || id.len() > BLOB_ID_MAX_LEN {
+        return bad(format!(
+            "--blob-id must be 1 to {BLOB_ID_MAX_LEN} bytes long"
+        ));
+    }
+    if id.contains('/') || id == "." || id == ".." || id.contains('\0') {
+        return bad(format!("--blob-id {id:?} is not usable as a file name"));
     }
     Ok(())
 }
@@ -456,6 +491,7 @@ fn blob_writer(opts: &CreateOptions, plan: &Plan, blob_index: u32) -> Result<Blo
             aligned: opts.aligned_chunk,
             tmp_dir: opts.tmp_dir.clone(),
             blob_path: opts.blob.clone(),
+            blob_offset: opts.blob_offset,
         },
         &blob_tmp_dir,
     )?;
@@ -671,7 +707,10 @@ fn encode(
             table_ids,
         });
     }
-    let (written, file_id, files) = writer.finish()?;
+    let (mut written, file_id, files) = writer.finish()?;
+    if let (Some(w), Some(id)) = (written.as_mut(), &opts.blob_id) {
+        w.entry.id = id.clone();
+    }
     let new_id = written
         .as_ref()
         .map(|w| w.entry.id.clone())
@@ -692,9 +731,11 @@ fn encode(
 fn outputs(opts: &CreateOptions, plan: &Plan, e: Encoded) -> Result<(Outputs, CreateOutput)> {
     // a blob file exists when it holds chunks, or the inlined bootstrap
     let blob_written = !plan.cache_only && (e.written.is_some() || opts.blob_inline_meta);
+    // the blob is named by the id the blob table records (`--blob-id`, else its sha256)
+    let id = opts.blob_id.clone().unwrap_or_else(|| e.file_id.clone());
     let blob_path = match (&opts.blob, &opts.blob_dir) {
         (Some(p), _) if blob_written => Some(p.clone()),
-        (None, Some(d)) if blob_written => Some(d.join(&e.file_id)),
+        (None, Some(d)) if blob_written => Some(d.join(&id)),
         _ => None,
     };
     let mut outputs = Outputs::new();
@@ -707,8 +748,7 @@ fn outputs(opts: &CreateOptions, plan: &Plan, e: Encoded) -> Result<(Outputs, Cr
         );
         boot_path = path.display().to_string();
     }
-    e.files
-        .add_to(&mut outputs, blob_path.as_deref(), &e.file_id);
+    e.files.add_to(&mut outputs, blob_path.as_deref(), &id);
     let out = CreateOutput {
         bootstrap: boot_path,
         blobs: e.table_ids,
@@ -833,7 +873,8 @@ fn create_tarfs(opts: &CreateOptions, progress: &dyn Progress) -> Result<CreateO
         tar::read_tar(&mut input, &opts.source, &mut chunks)?
     };
     let tar_size = hashing.count;
-    let id = hex::encode(hashing.hasher.finalize());
+    let sha256 = hex::encode(hashing.hasher.finalize());
+    let id = opts.blob_id.clone().unwrap_or(sha256);
     timings.insert("load_tree".into(), t0.elapsed().as_secs_f64());
 
     let file_count = tree

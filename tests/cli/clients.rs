@@ -269,3 +269,138 @@ fn sscanf_matches_from_the_first_byte() {
     );
     assert_eq!(sscanf("z\na 12 b x\n", "a %d b %s\n"), None);
 }
+
+/// nydus-snapshotter's tarfs flow, argv as it runs them: `create --type tar-tarfs --bootstrap
+/// B.tmp --blob-id <layer hex> --blob-dir <cache> <fifo>` (the tar fed through the FIFO), a
+/// `merge`, `inspect "-R blobs"` searched for the layer id, and the `export --verity` of the
+/// merged image with the tar saved under that id, checked by `veritysetup verify`.
+#[test]
+#[cfg_attr(no_veritysetup, ignore = "needs veritysetup")]
+fn snapshotter_tarfs_flow() {
+    use crate::fifo::{mkfifo, ok, run_fifos};
+    let tmp = scratch();
+    let w = tmp.path();
+    let tar = std::fs::read(repo().join("fixtures/upstream/source-tar-input.tar")).unwrap();
+    let cache = w.join("cache");
+    std::fs::create_dir(&cache).unwrap();
+    // the compressed layer's digest, not the tar's sha256
+    let layer = "4a5e1e4baab89f3a32518a88c31bc87f618f76673e2cc77ab2127b7afdeda33b";
+    let fifo = mkfifo(&w.join(format!("layer_{layer}_tar.fifo")));
+    let boot = w.join("B.tmp");
+    let (out, _) = run_fifos(
+        &[
+            "create",
+            "--type",
+            "tar-tarfs",
+            "--bootstrap",
+            s(&boot),
+            "--blob-id",
+            layer,
+            "--blob-dir",
+            s(&cache),
+            s(&fifo),
+        ],
+        b"",
+        &[(&fifo, tar.clone())],
+        &[],
+    );
+    ok(&out);
+    std::fs::write(cache.join(layer), &tar).unwrap();
+    let merged = w.join("M.tmp");
+    forge(&["merge", "--bootstrap", s(&merged), s(&boot)]);
+    let out = raw(&["inspect", "-R blobs", s(&merged)]);
+    assert!(out.stderr.is_empty());
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.contains(&format!("\"blob_id\":\"{layer}\"")), "{text}");
+    let disk = w.join("disk.tmp");
+    let out = forge(&[
+        "export",
+        "--block",
+        "--localfs-dir",
+        s(&cache),
+        "--bootstrap",
+        s(&merged),
+        "--output",
+        s(&disk),
+        "--verity",
+    ]);
+    let text = String::from_utf8(out.stdout).unwrap();
+    let v = sscanf(&text, VERITY_FORMAT).unwrap_or_else(|| panic!("Sscanf fails on:\n{text}"));
+    let verify = Command::new("veritysetup")
+        .args(["verify", s(&disk), s(&disk), &v[3]])
+        .args(["--no-superblock", "--format=1", "-s", "", "--hash=sha256"])
+        .arg(format!("--data-block-size={}", v[0]))
+        .arg("--hash-block-size=4096")
+        .args(["--data-blocks", &v[1], "--hash-offset", &v[2]])
+        .output()
+        .unwrap();
+    assert!(verify.status.success(), "{verify:?}");
+}
+
+/// `--blob-id` names the blob in the blob table, the JSON and under `--blob-dir`;
+/// `--blob-offset N` shifts every chunk offset by N, so the image reads its data from a file
+/// where the blob starts at N; `--blob-data-size` is accepted (estargztoc-ref only upstream).
+#[test]
+fn blob_id_and_blob_offset() {
+    let tmp = scratch();
+    let w = tmp.path();
+    let tar = repo().join("fixtures/upstream/source-tar-input.tar");
+    let dir = w.join("blobs");
+    std::fs::create_dir(&dir).unwrap();
+    let boot = w.join("boot");
+    let json = w.join("out.json");
+    forge(&[
+        "create",
+        "--type",
+        "tar-rafs",
+        "--blob-id",
+        "my-object",
+        "--blob-data-size",
+        "1000",
+        "-D",
+        s(&dir),
+        "--bootstrap",
+        s(&boot),
+        "-J",
+        s(&json),
+        s(&tar),
+    ]);
+    assert!(dir.join("my-object").is_file());
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    assert_eq!(v["blobs"], serde_json::json!(["my-object"]));
+    forge(&["check", "--bootstrap", s(&boot), "-D", s(&dir)]);
+    let err = forge_fails(&[
+        "create",
+        "--blob-id",
+        "x",
+        "--blob-inline-meta",
+        "--blob",
+        s(&w.join("b")),
+        s(&tar),
+    ]);
+    assert!(err.contains("blob-id"), "{err}");
+
+    let (blob, boot2) = (w.join("data"), w.join("boot2"));
+    forge(&[
+        "create",
+        "--type",
+        "tar-rafs",
+        "--blob-offset",
+        "12345",
+        "--blob",
+        s(&blob),
+        "--bootstrap",
+        s(&boot2),
+        s(&tar),
+    ]);
+    let mut in_tar = vec![7u8; 12345];
+    in_tar.extend(std::fs::read(&blob).unwrap());
+    let holder = w.join("holder");
+    std::fs::write(&holder, &in_tar).unwrap();
+    forge(&["check", "--bootstrap", s(&boot2), "--blob", s(&holder)]);
+    assert!(
+        !raw(&["check", "--bootstrap", s(&boot2), "--blob", s(&blob)])
+            .status
+            .success()
+    );
+}

@@ -23,7 +23,7 @@ fn fixture(rel: &str) -> PathBuf {
     repo().join(rel)
 }
 
-fn mkfifo(p: &Path) -> PathBuf {
+pub(crate) fn mkfifo(p: &Path) -> PathBuf {
     nix::unistd::mkfifo(p, nix::sys::stat::Mode::from_bits_truncate(0o644)).unwrap();
     p.to_path_buf()
 }
@@ -93,7 +93,7 @@ fn run(args: &[&str], stdin: &[u8]) -> Output {
 
 /// Runs with FIFO inputs fed and FIFO outputs drained; returns the run and what each output
 /// FIFO received, after checking that every FIFO is still a FIFO.
-fn run_fifos(
+pub(crate) fn run_fifos(
     args: &[&str],
     stdin: &[u8],
     inputs: &[(&Path, Vec<u8>)],
@@ -118,7 +118,7 @@ fn run_fifos(
     (out, got)
 }
 
-fn ok(out: &Output) {
+pub(crate) fn ok(out: &Output) {
     assert!(
         out.status.success(),
         "failed: {}",

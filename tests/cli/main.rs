@@ -11,7 +11,7 @@ mod common;
 mod corrupt;
 mod dump;
 mod export;
-mod fifo;
+pub(crate) mod fifo;
 mod fuzz_regressions;
 mod golden;
 mod kernel_mount;

@@ -252,12 +252,24 @@ pub struct CreateArgs {
     #[arg(short = 'D', long)]
     pub blob_dir: Option<PathBuf>,
     /// Append the bootstrap to the blob instead of writing a separate file.
-    #[arg(long, alias = "inline-bootstrap")]
+    #[arg(long, alias = "inline-bootstrap", conflicts_with = "blob_id")]
     pub blob_inline_meta: bool,
     /// Image features, comma-separated or repeated. blob-toc (with --blob-inline-meta): end
     /// the blob with chunk digests, a zstd bootstrap and a table of contents, as nydus-image.
     #[arg(long, value_enum, value_delimiter = ',')]
     pub features: Vec<FeatureArg>,
+    /// Id the bootstrap records for the new blob (the object it is stored as), instead of its
+    /// sha256; also its file name under --blob-dir. tar-tarfs: replaces the tar's sha256.
+    #[arg(long)]
+    pub blob_id: Option<String>,
+    /// Data blob size for estargztoc-ref conversion (hex, with or without 0x, as
+    /// nydus-image reads it); no other type uses it.
+    #[arg(long, value_parser = parse_hex_u64)]
+    pub blob_data_size: Option<u64>,
+    /// File offset the blob's data will be stored at inside a larger file (a tar): chunk
+    /// offsets count from there.
+    #[arg(long, default_value = "0", hide = true)]
+    pub blob_offset: u64,
     /// Also write the uncompressed, 4 KiB-aligned blob cache (<id>.blob.data, <id>.blob.meta)
     /// here. Alone it replaces the blob (compressor none), as nydus-image does; with -D/--blob
     /// both are written.
@@ -358,6 +370,12 @@ fn whiteout_parser() -> impl TypedValueParser<Value = WhiteoutSpec> {
 
 fn erofs_compressor_parser() -> impl TypedValueParser<Value = ErofsCompressor> {
     named(&["lz4", "lz4hc", "zstd", "lzma"])
+}
+
+/// A hex number with or without `0x` (nydus-image's `--blob-data-size`).
+pub fn parse_hex_u64(s: &str) -> Result<u64, String> {
+    let h = s.trim_start_matches("0x").trim_start_matches("0X");
+    u64::from_str_radix(h, 16).map_err(|e| format!("invalid size {s:?}: {e}"))
 }
 
 /// Sizes in decimal or `0x` hex.

@@ -135,7 +135,13 @@ pub fn create(a: CreateArgs) -> Result<CreatePlan> {
         threads: a.threads,
         tmp_dir: a.tmp_dir,
         prefetch: prefetch(a.prefetch_policy)?,
+        blob_id: a.blob_id,
+        blob_offset: a.blob_offset,
     };
+    if a.blob_data_size.is_some() {
+        // as nydus-image, which reads it for estargztoc-ref only (not a type built here)
+        log::debug!("--blob-data-size is used by estargztoc-ref conversion only; ignored");
+    }
     Ok(if oci {
         CreatePlan::Oci {
             opts,

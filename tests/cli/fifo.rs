@@ -138,8 +138,9 @@ fn only(dir: &Path, names: &[&str]) {
     assert_eq!(left, want, "files left in {}", dir.display());
 }
 
-/// The converter's Pack: tar FIFO in, blob FIFO out (inline meta), patterns on stdin; the
-/// bytes equal a run with regular files.
+/// The converter's Pack (its argv less `--prefetch-policy fs`, another issue): tar FIFO in,
+/// blob FIFO out (inline meta, ToC), patterns on stdin; the bytes equal a run with regular
+/// files.
 #[test]
 fn converter_pack_through_fifos() {
     let tmp = scratch();
@@ -157,6 +158,8 @@ fn converter_pack_through_fifos() {
         "--type",
         "tar-rafs",
         "--blob-inline-meta",
+        "--features",
+        "blob-toc",
     ];
     let mut args = common.to_vec();
     let tar_path = fixture(TAR);
@@ -590,4 +593,76 @@ fn converter_unpack_of_an_empty_data_section() {
     ok(&out);
     let d = differ(&tar_entries(&src), &tar_entries(&got[0]));
     assert!(d.is_empty(), "{}", d.join("\n"));
+}
+
+/// `merge --bootstrap` and `-J`, `check -J`: FIFOs too, with the bytes a regular run writes.
+#[test]
+fn merge_and_check_outputs_as_fifos() {
+    let tmp = scratch();
+    let w = tmp.path();
+    let up = repo().join("fixtures/upstream/v6-zstd/bootstrap");
+    let (reg, fif) = (w.join("reg"), w.join("fifos"));
+    std::fs::create_dir(&reg).unwrap();
+    std::fs::create_dir(&fif).unwrap();
+    let merge = |d: &Path| -> Vec<String> {
+        let (b, j) = (d.join("boot"), d.join("merge.json"));
+        [
+            "merge",
+            "--bootstrap",
+            s(&b),
+            "--output-json",
+            s(&j),
+            s(&up),
+        ]
+        .iter()
+        .map(|a| a.to_string())
+        .collect()
+    };
+    let check = |d: &Path| -> Vec<String> {
+        let j = d.join("check.json");
+        ["check", "--bootstrap", s(&up), "--output-json", s(&j)]
+            .iter()
+            .map(|a| a.to_string())
+            .collect()
+    };
+    for (args, names) in [
+        (
+            &merge as &dyn Fn(&Path) -> Vec<String>,
+            &["boot", "merge.json"][..],
+        ),
+        (&check, &["check.json"][..]),
+    ] {
+        let a = args(&reg);
+        ok(&run(&a.iter().map(|x| x.as_str()).collect::<Vec<_>>(), b""));
+        let outs: Vec<PathBuf> = names.iter().map(|n| mkfifo(&fif.join(n))).collect();
+        let refs: Vec<&Path> = outs.iter().map(|p| p.as_path()).collect();
+        let a = args(&fif);
+        let (out, got) = run_fifos(
+            &a.iter().map(|x| x.as_str()).collect::<Vec<_>>(),
+            b"",
+            &[],
+            &refs,
+        );
+        ok(&out);
+        for (n, bytes) in names.iter().zip(&got) {
+            let want = std::fs::read_to_string(reg.join(n))
+                .unwrap_or_default()
+                .replace(s(&reg), s(&fif));
+            if n.ends_with(".json") {
+                let strip = |t: &str| {
+                    let mut v: serde_json::Value = serde_json::from_str(t).unwrap();
+                    v.as_object_mut().unwrap().remove("trace");
+                    v
+                };
+                assert_eq!(
+                    strip(std::str::from_utf8(bytes).unwrap()),
+                    strip(&want),
+                    "{n}"
+                );
+            } else {
+                assert_eq!(bytes, &std::fs::read(reg.join(n)).unwrap(), "{n}");
+            }
+        }
+    }
+    only(&fif, &["boot", "check.json", "merge.json"]);
 }

@@ -482,32 +482,49 @@ fn differ(a: &[String], b: &[String]) -> Vec<String> {
 /// layer's source tar entry by entry.
 #[test]
 fn converter_unpack_of_the_data_section_to_a_fifo() {
+    unpack_data_section(false);
+}
+
+/// The same with a ToC layer (`--features blob-toc`), whose `image.boot` the converter
+/// decompresses (zstd) when it cuts it out.
+#[test]
+fn converter_unpack_of_a_toc_layer_data_section() {
+    unpack_data_section(true);
+}
+
+fn unpack_data_section(toc: bool) {
     let tmp = scratch();
     let w = tmp.path();
     let tar_path = fixture(TAR);
     let layer = w.join("blob.rafs");
-    ok(&run(
-        &[
-            "create",
-            "--log-level",
-            "warn",
-            "--blob",
-            s(&layer),
-            "--whiteout-spec",
-            "none",
-            "--fs-version",
-            "6",
-            "--type",
-            "tar-rafs",
-            "--blob-inline-meta",
-            s(&tar_path),
-        ],
-        b"/",
-    ));
+    let mut args = vec![
+        "create",
+        "--log-level",
+        "warn",
+        "--blob",
+        s(&layer),
+        "--whiteout-spec",
+        "none",
+        "--fs-version",
+        "6",
+        "--type",
+        "tar-rafs",
+        "--blob-inline-meta",
+        s(&tar_path),
+    ];
+    if toc {
+        args.extend(["--features", "blob-toc"]);
+    }
+    ok(&run(&args, b"/"));
     let sections = blob_sections(&std::fs::read(&layer).unwrap());
     let boot = w.join("image.boot");
     let data = w.join("image.blob");
-    std::fs::write(&boot, &sections["image.boot"]).unwrap();
+    let mut boot_bytes = sections["image.boot"].clone();
+    if boot_bytes.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
+        boot_bytes = zstd::decode_all(&boot_bytes[..]).unwrap();
+    }
+    assert_eq!(toc, sections.contains_key("rafs.blob.toc"));
+    std::fs::write(&boot, &boot_bytes).unwrap();
     std::fs::write(&data, &sections["image.blob"]).unwrap();
     let oci = mkfifo(&w.join("oci.tar"));
     let (out, got) = run_fifos(

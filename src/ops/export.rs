@@ -17,8 +17,11 @@ use crate::io::staged::{persist, temp_beside};
 use crate::ops::opened::OpenedImage;
 use crate::rafs;
 
-/// dm-verity data and hash block size.
-pub const VERITY_BLOCK: u64 = 4096;
+/// dm-verity data block size: 512 bytes, as nydus-image writes it and as nydus-snapshotter's
+/// parser of the `dm-verity options:` line requires (it spells `--data-block-size=512`).
+pub const VERITY_DATA_BLOCK: u64 = 512;
+/// dm-verity hash block size.
+pub const VERITY_HASH_BLOCK: u64 = 4096;
 
 /// Options of `export --block`.
 #[derive(Debug, Clone, Default)]
@@ -123,7 +126,7 @@ pub fn export_block(opts: &ExportOptions) -> Result<ExportOutput> {
         }
     }
     let mut root_hash = None;
-    let data_size = end.div_ceil(VERITY_BLOCK) * VERITY_BLOCK;
+    let data_size = end.div_ceil(VERITY_HASH_BLOCK) * VERITY_HASH_BLOCK;
     if opts.verity {
         let f = tmp.as_file_mut();
         f.set_len(data_size).ctx("size", &out)?;
@@ -134,7 +137,7 @@ pub fn export_block(opts: &ExportOptions) -> Result<ExportOutput> {
         path: out,
         data_size,
         root_hash,
-        data_blocks: data_size / VERITY_BLOCK,
+        data_blocks: data_size / VERITY_DATA_BLOCK,
     })
 }
 
@@ -144,28 +147,32 @@ pub fn export_block(opts: &ExportOptions) -> Result<ExportOutput> {
 /// Levels are stored from the top (one block) down to the leaf level, as veritysetup lays
 /// them out; each hash block holds 128 digests, zero-padded.
 pub fn append_verity_tree(f: &mut File, data_size: u64, name: &Path) -> Result<String> {
-    let per_block = (VERITY_BLOCK / 32) as usize;
-    // level 0: digests of the data blocks
-    let mut level: Vec<[u8; 32]> = Vec::with_capacity((data_size / VERITY_BLOCK) as usize);
-    let mut buf = vec![0u8; VERITY_BLOCK as usize];
-    for i in 0..data_size / VERITY_BLOCK {
-        f.read_exact_at(&mut buf, i * VERITY_BLOCK)
-            .ctx("read", name)?;
-        level.push(Sha256::digest(&buf).into());
+    let per_block = (VERITY_HASH_BLOCK / 32) as usize;
+    // level 0: digests of the 512-byte data blocks, read a megabyte at a time
+    let mut level: Vec<[u8; 32]> = Vec::with_capacity((data_size / VERITY_DATA_BLOCK) as usize);
+    let mut buf = vec![0u8; 1 << 20];
+    let mut at = 0;
+    while at < data_size {
+        let n = (data_size - at).min(buf.len() as u64) as usize;
+        f.read_exact_at(&mut buf[..n], at).ctx("read", name)?;
+        for block in buf[..n].chunks(VERITY_DATA_BLOCK as usize) {
+            level.push(Sha256::digest(block).into());
+        }
+        at += n as u64;
     }
     let mut levels: Vec<Vec<u8>> = Vec::new();
     loop {
         let mut blocks =
-            Vec::with_capacity(level.len().div_ceil(per_block) * VERITY_BLOCK as usize);
+            Vec::with_capacity(level.len().div_ceil(per_block) * VERITY_HASH_BLOCK as usize);
         for group in level.chunks(per_block) {
-            let mut b = vec![0u8; VERITY_BLOCK as usize];
+            let mut b = vec![0u8; VERITY_HASH_BLOCK as usize];
             for (i, d) in group.iter().enumerate() {
                 b[i * 32..i * 32 + 32].copy_from_slice(d);
             }
             blocks.extend_from_slice(&b);
         }
         let next: Vec<[u8; 32]> = blocks
-            .chunks(VERITY_BLOCK as usize)
+            .chunks(VERITY_HASH_BLOCK as usize)
             .map(|b| Sha256::digest(b).into())
             .collect();
         levels.push(blocks);

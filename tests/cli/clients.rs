@@ -43,7 +43,7 @@ fn sscanf(input: &str, format: &str) -> Option<Vec<String>> {
 }
 
 /// nydus-snapshotter's format for `export --block --verity` (pkg/tarfs).
-const VERITY_FORMAT: &str = "dm-verity options: --no-superblock --format=1 -s \"\" --hash=sha256 --data-block-size=%d --hash-block-size=4096 --data-blocks %d --hash-offset %d %s\n";
+const VERITY_FORMAT: &str = "dm-verity options: --no-superblock --format=1 -s \"\" --hash=sha256 --data-block-size=512 --hash-block-size=4096 --data-blocks %d --hash-offset %d %s\n";
 
 /// acceleration-service: `nydus-image --version`, regex `Version:\s*(v.*)`.
 #[test]
@@ -135,11 +135,11 @@ fn export_verity_as_the_snapshotter_parses_it() {
     ]);
     let text = String::from_utf8(out.stdout).unwrap();
     let v = sscanf(&text, VERITY_FORMAT).unwrap_or_else(|| panic!("Sscanf fails on:\n{text}"));
-    let (block_size, blocks, offset, root) = (&v[0], &v[1], &v[2], &v[3]);
+    let (blocks, offset, root) = (&v[0], &v[1], &v[2]);
     let verify = Command::new("veritysetup")
         .args(["verify", s(&disk), s(&disk), root])
         .args(["--no-superblock", "--format=1", "-s", "", "--hash=sha256"])
-        .arg(format!("--data-block-size={block_size}"))
+        .arg("--data-block-size=512")
         .arg("--hash-block-size=4096")
         .args(["--data-blocks", blocks, "--hash-offset", offset])
         .output()
@@ -327,11 +327,11 @@ fn snapshotter_tarfs_flow() {
     let text = String::from_utf8(out.stdout).unwrap();
     let v = sscanf(&text, VERITY_FORMAT).unwrap_or_else(|| panic!("Sscanf fails on:\n{text}"));
     let verify = Command::new("veritysetup")
-        .args(["verify", s(&disk), s(&disk), &v[3]])
+        .args(["verify", s(&disk), s(&disk), &v[2]])
         .args(["--no-superblock", "--format=1", "-s", "", "--hash=sha256"])
-        .arg(format!("--data-block-size={}", v[0]))
+        .arg("--data-block-size=512")
         .arg("--hash-block-size=4096")
-        .args(["--data-blocks", &v[1], "--hash-offset", &v[2]])
+        .args(["--data-blocks", &v[0], "--hash-offset", &v[1]])
         .output()
         .unwrap();
     assert!(verify.status.success(), "{verify:?}");

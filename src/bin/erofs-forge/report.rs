@@ -134,16 +134,16 @@ pub fn exported_block(out: &export::ExportOutput) {
         println!("block image: {}", out.path.display());
         return;
     };
-    let b = export::VERITY_BLOCK;
+    let (b, h) = (export::VERITY_DATA_BLOCK, export::VERITY_HASH_BLOCK);
     let (blocks, offset) = (out.data_blocks, out.data_size);
     println!(
-        "dm-verity options: --no-superblock --format=1 -s \"\" --hash=sha256 --data-block-size={b} --hash-block-size={b} --data-blocks {blocks} --hash-offset {offset} {root}"
+        "dm-verity options: --no-superblock --format=1 -s \"\" --hash=sha256 --data-block-size={b} --hash-block-size={h} --data-blocks {blocks} --hash-offset {offset} {root}"
     );
     println!("block image: {}", out.path.display());
     let p = out.path.display();
     // the same parameters in a form that survives splitting at spaces (no empty argument)
     println!(
-        "veritysetup verify {p} {p} {root} --no-superblock --format=1 --hash=sha256 --salt=- --data-block-size={b} --hash-block-size={b} --data-blocks={blocks} --hash-offset={offset}"
+        "veritysetup verify {p} {p} {root} --no-superblock --format=1 --hash=sha256 --salt=- --data-block-size={b} --hash-block-size={h} --data-blocks={blocks} --hash-offset={offset}"
     );
 }
 

@@ -268,9 +268,15 @@ impl BlobWriter {
             return Ok(None);
         }
         if !self.opts.v6 {
-            // a v5 blob is chunk data only (formats/blob.md §1)
+            // a v5 blob is chunk data only (formats/blob.md §1); with an inlined bootstrap the
+            // data is framed by its `image.blob` header, as upstream frames it (no blob meta)
+            let mut features = BlobFeatures::CAP_TAR_TOC;
+            if self.opts.inline_meta {
+                features |= BlobFeatures::INLINED_FS_META | BlobFeatures::HAS_TAR_HEADER;
+                self.frame_chunk_data(false)?;
+            }
             let mut entry = self.entry();
-            entry.features = BlobFeatures::CAP_TAR_TOC;
+            entry.features = features;
             return Ok(Some(self.record(entry)));
         }
         let mut feature_bits = BlobFeatures::ALIGNED | BlobFeatures::CAP_TAR_TOC;

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use super::chunk::ChunkInfo;
 use super::image::Image;
 use super::tree::{ChunkId, FileType, Inode, Tree};
-use crate::codec::Digester;
+use crate::codec::{Compressor, Digester};
 use crate::error::{Error, Result};
 use crate::format::rafs_v6::super_flags;
 
@@ -22,6 +22,11 @@ pub struct StackKey {
     pub digester: Digester,
     /// Whether uid/gid are recorded (false for `--repeatable` images).
     pub explicit_uid_gid: bool,
+    /// The compressor of a RAFS v5 image: v5 names one compressor in its superblock for every
+    /// blob (formats/rafs-v5.md §2), so v5 images stack only with the same one (upstream's
+    /// merge does not check it and writes images whose chunks fail to decompress). `None` for
+    /// v6, where each blob carries its own.
+    pub v5_compressor: Option<Compressor>,
 }
 
 impl StackKey {
@@ -32,6 +37,7 @@ impl StackKey {
             chunk_size: image.chunk_size,
             digester: image.digester,
             explicit_uid_gid: image.flags.contains(super_flags::EXPLICIT_UID_GID),
+            v5_compressor: (image.version == 5).then_some(image.compressor),
         }
     }
 
@@ -53,6 +59,15 @@ impl StackKey {
             )
         } else if other.explicit_uid_gid != self.explicit_uid_gid {
             "one records uid/gid and the other does not (--repeatable)".to_string()
+        } else if let (Some(a), Some(b)) = (other.v5_compressor, self.v5_compressor) {
+            if a == b {
+                return Ok(());
+            }
+            format!(
+                "RAFS v5 compressor {}, not {} (v5 names one for all blobs)",
+                a.name(),
+                b.name()
+            )
         } else {
             return Ok(());
         };

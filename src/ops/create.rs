@@ -189,8 +189,8 @@ fn validate(o: &CreateOptions) -> Result<()> {
             "--features blob-toc needs --blob-inline-meta: the ToC frames the inlined meta",
         );
     }
-    if o.fs_version == 5 && o.blob_inline_meta {
-        return bad("--blob-inline-meta is supported with --fs-version 6 only");
+    if o.fs_version == 5 && o.blob_toc {
+        return bad("--features blob-toc is supported with --fs-version 6 only");
     }
     validate_chunk_size(o.chunk_size)?;
     if let Some(id) = &o.blob_id {
@@ -289,6 +289,7 @@ fn check_base(opts: &CreateOptions, img: &Image, path: &Path) -> Result<()> {
         chunk_size: opts.chunk_size,
         digester: opts.digester,
         explicit_uid_gid: !opts.repeatable,
+        v5_compressor: (opts.fs_version == 5).then(|| Plan::new(opts).compressor),
     };
     build.check(
         &StackKey::of(img),
@@ -686,7 +687,7 @@ fn encode(
     if opts.blob_inline_meta {
         let placeholder = records(INLINE_PLACEHOLDER_ID, &data);
         let (chunks, blobs) = compact_blobs(tree, &base.table.chunks, &placeholder)?;
-        let boot = v6::encode(tree, &chunks, &blobs, &eopts)?;
+        let boot = crate::rafs::encode(opts.fs_version, tree, &chunks, &blobs, &eopts)?;
         writer.append_bootstrap(&boot)?;
         let (written, file_id, files) = writer.finish()?;
         let table_ids = blobs

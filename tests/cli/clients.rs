@@ -4,6 +4,8 @@
 //! verify` with exactly the parsed arguments), nydusify's `inspect --request blobs` (stdout and
 //! stderr combined, as one JSON array) and `-J` readers, and `merge`'s exit code 2.
 
+mod pipelines;
+
 use crate::common::*;
 use std::path::Path;
 use std::process::{Command, Output};
@@ -152,7 +154,8 @@ fn export_verity_as_the_snapshotter_parses_it() {
 }
 
 /// `merge` of inconsistent sources exits with 2 (acceleration-service then retries without
-/// its chunk-dictionary cache): RAFS version, chunk size, digester, tarfs against not.
+/// its chunk-dictionary cache): RAFS version, chunk size, digester, tarfs against not, and
+/// for RAFS v5 the compressor.
 #[test]
 fn merge_of_inconsistent_sources_exits_2() {
     let tmp = scratch();
@@ -189,6 +192,17 @@ fn merge_of_inconsistent_sources_exits_2() {
         assert_eq!(out.status.code(), Some(2), "{what}: {out:?}");
         assert!(!merged.exists(), "{what}: an output was left");
     }
+    // RAFS v5 names one compressor for all blobs: layers built with two cannot be merged
+    // (upstream merges them into an image whose chunks do not decompress)
+    let v5_zstd = layer("v5-zstd", &["--fs-version", "5", s(&src)]);
+    let v5_lz4 = layer(
+        "v5-lz4",
+        &["--fs-version", "5", "--compressor", "lz4_block", s(&src)],
+    );
+    let merged = w.join("merged");
+    let out = raw(&["merge", "--bootstrap", s(&merged), s(&v5_zstd), s(&v5_lz4)]);
+    assert_eq!(out.status.code(), Some(2), "v5 compressors: {out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("compressor"));
 }
 
 /// `-J`: `create` and `merge` write it pretty-printed, `check` on one line; all with

@@ -20,7 +20,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-fn s(p: &Path) -> &str {
+pub(crate) fn s(p: &Path) -> &str {
     p.to_str().unwrap()
 }
 
@@ -39,7 +39,7 @@ fn sh(script: &str) {
     run(Command::new("sh").args(["-ec", script]));
 }
 
-fn umoci(args: &[&str]) {
+pub(crate) fn umoci(args: &[&str]) {
     run(Command::new("umoci").args(args));
 }
 
@@ -48,7 +48,7 @@ fn write(p: &Path, data: &[u8]) {
     fs::write(p, data).unwrap();
 }
 
-fn why_skip() -> Option<String> {
+pub(crate) fn why_skip() -> Option<String> {
     if !is_root() {
         return Some("not root (devices and owners need root)".into());
     }
@@ -129,7 +129,7 @@ fn third_layer(path: &Path) {
 }
 
 /// Builds the image; returns the layout directory.
-fn build_image(w: &Path) -> PathBuf {
+pub(crate) fn build_image(w: &Path) -> PathBuf {
     let img = w.join("img");
     let bundle = w.join("bundle");
     umoci(&["init", "--layout", s(&img)]);
@@ -158,14 +158,14 @@ fn json(p: &Path) -> serde_json::Value {
     serde_json::from_slice(&fs::read(p).unwrap()).unwrap()
 }
 
-fn blob(layout: &Path, digest: &str) -> PathBuf {
+pub(crate) fn blob(layout: &Path, digest: &str) -> PathBuf {
     layout
         .join("blobs/sha256")
         .join(digest.strip_prefix("sha256:").unwrap())
 }
 
 /// The image's manifest (the layout's only index entry).
-fn manifest_of(layout: &Path) -> serde_json::Value {
+pub(crate) fn manifest_of(layout: &Path) -> serde_json::Value {
     let index = json(&layout.join("index.json"));
     let m = &index["manifests"].as_array().unwrap()[0];
     json(&blob(layout, m["digest"].as_str().unwrap()))

@@ -4,11 +4,10 @@
 //! Input: a control byte, then chunk count (u32), uncompressed size (u32) and ci offset or blob
 //! length (u64), all little-endian; the rest is the stored chunk-info array (or the tar header).
 #![no_main]
-use erofs_forge::blob::inline::{bootstrap_range, parse_tar_header};
-use erofs_forge::blob::reader::{decode_blob_meta, decode_ci_array};
-use erofs_forge::codec::{Compressor, Digester};
-use erofs_forge::format::blob::{BlobFeatures, BLOB_META_HEADER_SIZE, BLOB_META_MAGIC};
-use erofs_forge::model::BlobEntry;
+use erofs_forge::fuzzing::{bootstrap_range, parse_tar_header};
+use erofs_forge::fuzzing::{decode_blob_meta, decode_ci_array};
+use erofs_forge::fuzzing::{BLOB_META_HEADER_SIZE, BLOB_META_MAGIC};
+use erofs_forge::{BlobEntry, BlobFeatures, Compressor, Digester};
 use libfuzzer_sys::fuzz_target;
 
 fn u32_at(d: &[u8], at: usize) -> u32 {

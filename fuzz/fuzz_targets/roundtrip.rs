@@ -7,11 +7,11 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
 use arbitrary::Arbitrary;
-use erofs_forge::blob::reader::{BlobSource, ChunkReader};
-use erofs_forge::codec::Compressor;
-use erofs_forge::model::{EntryId, FileType, InodeId, Tree};
+use erofs_forge::fuzzing::read_tar;
 use erofs_forge::ops::create::{create, CreateOptions, NoProgress, SourceType};
-use erofs_forge::source::tar::read_tar;
+use erofs_forge::read::{BlobSource, ChunkReader};
+use erofs_forge::Compressor;
+use erofs_forge::{EntryId, FileType, InodeId, Tree};
 use libfuzzer_sys::fuzz_target;
 
 const NAMES: [&str; 8] = [
@@ -242,7 +242,7 @@ fuzz_target!(|d: Desc| {
         panic!("create failed on a tree the tar reader accepts: {e}");
     }
     let bytes = std::fs::read(&boot).expect("read bootstrap");
-    let image = match erofs_forge::rafs::decode(&bytes) {
+    let image = match erofs_forge::read::decode(&bytes) {
         Ok(i) => i,
         Err(e) => panic!("our own bootstrap does not decode: {e}"),
     };

@@ -2,7 +2,7 @@
 #![no_main]
 use std::path::Path;
 
-use erofs_forge::source::tar::read_tar;
+use erofs_forge::fuzzing::read_tar;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

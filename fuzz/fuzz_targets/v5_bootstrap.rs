@@ -1,6 +1,6 @@
 //! The RAFS v5 bootstrap decoder: the magic and version are forced so every input reaches it.
 #![no_main]
-use erofs_forge::format::rafs_v5::{RAFS_V5_MAGIC, RAFS_V5_VERSION};
+use erofs_forge::fuzzing::{RAFS_V5_MAGIC, RAFS_V5_VERSION};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -1,6 +1,6 @@
 //! The RAFS v6 (EROFS) bootstrap decoder: the EROFS magic is forced so every input reaches it.
 #![no_main]
-use erofs_forge::format::rafs_v6::EROFS_MAGIC;
+use erofs_forge::fuzzing::EROFS_MAGIC;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

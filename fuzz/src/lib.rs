@@ -3,15 +3,15 @@
 use std::io::Read;
 use std::path::Path;
 
-use erofs_forge::model::Image;
-use erofs_forge::model::InodeId;
+use erofs_forge::fuzzing::{DataLocation, FileData};
 use erofs_forge::ops::inspect;
-use erofs_forge::source::tar::{DataLocation, FileData};
+use erofs_forge::Image;
+use erofs_forge::InodeId;
 
 /// Everything the read side does with a decoded image that needs no blob, errors ignored:
 /// validation, the inspect requests, path building, numbering and link counts.
 pub fn exercise_bootstrap(bytes: &[u8]) {
-    let Ok(image) = erofs_forge::rafs::decode(bytes) else {
+    let Ok(image) = erofs_forge::read::decode(bytes) else {
         return;
     };
     exercise_image(&image);
@@ -44,7 +44,7 @@ impl FileData for Discard {
         _size: u64,
         _location: DataLocation,
         _name: &Path,
-    ) -> erofs_forge::Result<Option<Vec<erofs_forge::model::ChunkId>>> {
+    ) -> erofs_forge::Result<Option<Vec<erofs_forge::ChunkId>>> {
         let _ = std::io::copy(&mut data.take(1 << 20), &mut std::io::sink());
         Ok(None)
     }
@@ -65,7 +65,7 @@ impl FileData for Capture {
         _size: u64,
         _location: DataLocation,
         name: &Path,
-    ) -> erofs_forge::Result<Option<Vec<erofs_forge::model::ChunkId>>> {
+    ) -> erofs_forge::Result<Option<Vec<erofs_forge::ChunkId>>> {
         let mut v = Vec::new();
         data.read_to_end(&mut v)
             .map_err(|e| erofs_forge::Error::Io {

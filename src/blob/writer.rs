@@ -29,8 +29,6 @@ pub struct BlobWriterOptions {
     pub compressor: Compressor,
     /// Chunk digests.
     pub digester: Digester,
-    /// Chunk size of the image.
-    pub chunk_size: u32,
     /// Frame sections with tar headers and append the bootstrap (`--blob-inline-meta`).
     pub inline_meta: bool,
     /// With `inline_meta`: also the chunk digests, a zstd bootstrap and a ToC, as upstream's
@@ -92,13 +90,6 @@ impl BlobFiles {
                 outputs.add(tmp, dir.join(format!("{id}.blob.meta")));
             }
         }
-    }
-
-    /// Renames the blob and cache files into place (see [`BlobFiles::add_to`]).
-    pub fn persist(self, blob_path: Option<&Path>, id: &str) -> Result<()> {
-        let mut outputs = Outputs::new();
-        self.add_to(&mut outputs, blob_path, id);
-        outputs.commit()
     }
 }
 
@@ -170,7 +161,8 @@ impl BlobWriter {
         self.label = path.to_path_buf();
     }
 
-    /// The chunks written so far, in chunk-index order.
+    /// The chunks written so far, in chunk-index order (the chunk pipeline's tests read them).
+    #[cfg(test)]
     pub fn chunks(&self) -> &[ChunkInfo] {
         &self.chunks
     }

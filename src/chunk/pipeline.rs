@@ -808,7 +808,6 @@ mod tests {
             BlobWriterOptions {
                 compressor,
                 digester: Digester::Blake3,
-                chunk_size: 0x1000,
                 inline_meta: false,
                 toc: false,
                 blob_index: 0,

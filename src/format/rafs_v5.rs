@@ -16,12 +16,8 @@ pub const ALIGNMENT: u64 = 8;
 pub mod inode_flags {
     /// Symlink.
     pub const SYMLINK: u64 = 0x1;
-    /// Hardlink (set by upstream's tar builder only).
-    pub const HARDLINK: u64 = 0x2;
     /// Has an xattr table.
     pub const XATTR: u64 = 0x4;
-    /// Sparse file (never set).
-    pub const HAS_HOLE: u64 = 0x8;
 }
 
 /// Superblock, 8192 bytes at offset 0 (formats/rafs-v5.md §2).

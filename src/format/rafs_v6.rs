@@ -28,8 +28,6 @@ pub const FEATURE_INCOMPAT_DEVICE_TABLE: u32 = 0x8;
 pub const ROOT_NID: u64 = 128;
 /// Inode slot size: every inode starts at a multiple of this.
 pub const INODE_SLOT: u64 = 32;
-/// Size of the placeholder blob id written into an inlined bootstrap.
-pub const BLOB_ID_LEN: usize = 64;
 
 /// `i_format` data layouts (formats/rafs-v6.md §6.1).
 pub const LAYOUT_FLAT_PLAIN: u16 = 0;

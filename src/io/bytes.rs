@@ -22,11 +22,6 @@ impl<'a> Bytes<'a> {
         self.data.len() as u64
     }
 
-    /// Whether the buffer is empty.
-    pub fn is_empty(&self) -> bool {
-        self.data.is_empty()
-    }
-
     /// `len` bytes at `offset`.
     pub fn slice(&self, offset: u64, len: u64, what: &'static str) -> Result<&'a [u8]> {
         let end = offset

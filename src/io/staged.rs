@@ -46,14 +46,6 @@ pub fn unregister(path: &Path) {
     }
 }
 
-/// The temporary paths currently registered.
-pub fn registered() -> Vec<PathBuf> {
-    registry()
-        .as_ref()
-        .map(|s| s.iter().cloned().collect())
-        .unwrap_or_default()
-}
-
 /// Removes every registered temporary file and directory, waiting for a commit in progress to
 /// finish first, and returns how many were removed. Meant to be called once, right before the
 /// process exits: no later commit can start, since the commit lock stays held.

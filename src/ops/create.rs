@@ -25,7 +25,7 @@ use crate::rafs::v6::{self, EncodeOptions};
 use crate::source::tar;
 
 /// Blob id written into a bootstrap inlined in its own blob (its id is not known yet).
-pub const INLINE_PLACEHOLDER_ID: &str =
+pub(crate) const INLINE_PLACEHOLDER_ID: &str =
     "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx";
 
 /// What the source is.
@@ -298,7 +298,7 @@ fn check_base(opts: &CreateOptions, img: &Image, path: &Path) -> Result<()> {
 }
 
 /// A tar layer handed over as an open stream, with the digests it must have (OCI input).
-pub struct LayerStream<'a> {
+pub(crate) struct LayerStream<'a> {
     /// The layer's stored bytes (plain, gzip, zstd or xz tar).
     pub raw: Box<dyn std::io::Read + Send + 'a>,
     /// Names the layer in messages.
@@ -323,7 +323,7 @@ pub fn create(opts: &CreateOptions, progress: &dyn Progress) -> Result<CreateOut
 /// Builds a layer from an open tar stream (`opts.source` only names it), checking its bytes
 /// against the digests and size given while reading them: a mismatch is an error naming the
 /// layer, and nothing is written.
-pub fn create_layer(
+pub(crate) fn create_layer(
     opts: &CreateOptions,
     progress: &dyn Progress,
     layer: LayerStream<'_>,
@@ -482,7 +482,6 @@ fn blob_writer(opts: &CreateOptions, plan: &Plan, blob_index: u32) -> Result<Blo
         BlobWriterOptions {
             compressor: plan.compressor,
             digester: opts.digester,
-            chunk_size: opts.chunk_size,
             inline_meta: opts.blob_inline_meta,
             toc: opts.blob_toc,
             blob_index,

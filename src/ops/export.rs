@@ -146,7 +146,7 @@ pub fn export_block(opts: &ExportOptions) -> Result<ExportOutput> {
 ///
 /// Levels are stored from the top (one block) down to the leaf level, as veritysetup lays
 /// them out; each hash block holds 128 digests, zero-padded.
-pub fn append_verity_tree(f: &mut File, data_size: u64, name: &Path) -> Result<String> {
+pub(crate) fn append_verity_tree(f: &mut File, data_size: u64, name: &Path) -> Result<String> {
     let per_block = (VERITY_HASH_BLOCK / 32) as usize;
     // level 0: digests of the 512-byte data blocks, read a megabyte at a time
     let mut level: Vec<[u8; 32]> = Vec::with_capacity((data_size / VERITY_DATA_BLOCK) as usize);

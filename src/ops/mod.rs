@@ -1,4 +1,5 @@
-//! One module per subcommand: orchestration only.
+//! One module per subcommand: orchestration only. Each operation takes its options and returns
+//! its output; nothing here prints.
 
 pub mod bench;
 pub mod check;
@@ -9,8 +10,8 @@ pub mod export_compressed;
 pub mod inspect;
 pub mod merge;
 pub mod oci;
-pub mod opened;
-pub mod paths;
+pub(crate) mod opened;
+pub(crate) mod paths;
 pub mod report;
 pub mod stat;
 pub mod unpack;

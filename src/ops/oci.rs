@@ -23,19 +23,19 @@ use crate::ops::report::Report;
 use crate::source::oci::{self, Platform, MEDIA_CONFIG, MEDIA_INDEX, MEDIA_MANIFEST};
 
 /// Media type of a nydus data blob layer.
-pub const MEDIA_NYDUS_BLOB: &str = "application/vnd.oci.image.layer.nydus.blob.v1";
+pub(crate) const MEDIA_NYDUS_BLOB: &str = "application/vnd.oci.image.layer.nydus.blob.v1";
 /// Media type of the bootstrap layer (a gzipped tar).
-pub const MEDIA_LAYER_GZIP: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
+pub(crate) const MEDIA_LAYER_GZIP: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
 /// Annotation marking a data blob layer (value `"true"`).
-pub const ANNOTATION_BLOB: &str = "containerd.io/snapshot/nydus-blob";
+pub(crate) const ANNOTATION_BLOB: &str = "containerd.io/snapshot/nydus-blob";
 /// Annotation marking the bootstrap layer (value `"true"`).
-pub const ANNOTATION_BOOTSTRAP: &str = "containerd.io/snapshot/nydus-bootstrap";
+pub(crate) const ANNOTATION_BOOTSTRAP: &str = "containerd.io/snapshot/nydus-bootstrap";
 /// Annotation giving the RAFS version of the bootstrap layer (`"5"` or `"6"`).
-pub const ANNOTATION_FS_VERSION: &str = "containerd.io/snapshot/nydus-fs-version";
+pub(crate) const ANNOTATION_FS_VERSION: &str = "containerd.io/snapshot/nydus-fs-version";
 /// The platform feature an index gives nydus manifests.
-pub const OS_FEATURE_NYDUS: &str = "nydus.remoteimage.v1";
+pub(crate) const OS_FEATURE_NYDUS: &str = "nydus.remoteimage.v1";
 /// Where the bootstrap lies inside the bootstrap layer.
-pub const BOOTSTRAP_IN_LAYER: &str = "image/image.boot";
+pub(crate) const BOOTSTRAP_IN_LAYER: &str = "image/image.boot";
 /// The history entry the converter appends to the config for the bootstrap layer.
 const BOOTSTRAP_HISTORY_CREATED_BY: &str = "Nydus Converter";
 /// Its comment.

@@ -5,12 +5,12 @@ use crate::common::*;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::Path;
 
-use erofs_forge::blob::reader::{BlobSource, ChunkReader};
 use erofs_forge::ops::inspect;
+use erofs_forge::read::{BlobSource, ChunkReader};
 
 /// Everything the read side does with a decoded image, errors ignored.
 fn exercise(bytes: &[u8], blobs: &Path) {
-    let Ok(image) = erofs_forge::rafs::decode(bytes) else {
+    let Ok(image) = erofs_forge::read::decode(bytes) else {
         return;
     };
     let _ = image.validate();
@@ -37,7 +37,7 @@ fn exercise(bytes: &[u8], blobs: &Path) {
         },
     );
     for id in 0..image.chunks.len().min(16) {
-        let _ = reader.read(erofs_forge::model::ChunkId::new(id as u32));
+        let _ = reader.read(erofs_forge::ChunkId::new(id as u32));
     }
 }
 

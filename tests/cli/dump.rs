@@ -3,7 +3,7 @@
 //! deliberate change; the diff is then reviewed like any other.
 
 use erofs_forge::ops::dump::dump;
-use erofs_forge::rafs;
+use erofs_forge::read;
 
 use crate::common::repo;
 
@@ -31,7 +31,7 @@ fn upstream_fixture_dumps_match_their_golden_copies() {
     let mut differ = Vec::new();
     for (name, file) in FIXTURES {
         let path = repo().join("fixtures/upstream").join(name).join(file);
-        let image = rafs::load(&path)
+        let image = read::load(&path)
             .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
             .image;
         let text = dump(&image);

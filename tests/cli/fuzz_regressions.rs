@@ -8,7 +8,7 @@ use erofs_forge::ops::inspect;
 
 /// What the `v5_bootstrap` target does to its input: force the v5 magic and version.
 fn as_v5(mut bytes: Vec<u8>) -> Vec<u8> {
-    use erofs_forge::format::rafs_v5::{RAFS_V5_MAGIC, RAFS_V5_VERSION};
+    use erofs_forge::fuzzing::{RAFS_V5_MAGIC, RAFS_V5_VERSION};
     if bytes.len() < 8 {
         bytes.resize(8, 0);
     }
@@ -19,7 +19,7 @@ fn as_v5(mut bytes: Vec<u8>) -> Vec<u8> {
 
 /// The blob-less read side, as the bootstrap targets drive it.
 fn exercise(bytes: &[u8]) -> Result<(), String> {
-    let image = erofs_forge::rafs::decode(bytes).map_err(|e| e.to_string())?;
+    let image = erofs_forge::read::decode(bytes).map_err(|e| e.to_string())?;
     let _ = image.validate();
     for req in ["stats", "blobs", "prefetch", "ls /", "icheck 1", "chunk 0"] {
         let _ = inspect::request(&image, req);

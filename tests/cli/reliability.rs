@@ -553,22 +553,22 @@ fn pax(kind: u8, records: &[(&str, Vec<u8>)]) -> Vec<u8> {
     out
 }
 
-fn read(tar: &[u8]) -> Result<erofs_forge::model::Tree, String> {
+fn read(tar: &[u8]) -> Result<erofs_forge::Tree, String> {
     struct Skip;
-    impl erofs_forge::source::tar::FileData for Skip {
+    impl erofs_forge::fuzzing::FileData for Skip {
         fn file(
             &mut self,
-            _: erofs_forge::model::InodeId,
+            _: erofs_forge::InodeId,
             _: &mut dyn std::io::Read,
             _: u64,
-            _: erofs_forge::source::tar::DataLocation,
+            _: erofs_forge::fuzzing::DataLocation,
             _: &Path,
-        ) -> erofs_forge::Result<Option<Vec<erofs_forge::model::ChunkId>>> {
+        ) -> erofs_forge::Result<Option<Vec<erofs_forge::ChunkId>>> {
             Ok(None)
         }
     }
     let mut input = tar;
-    erofs_forge::source::tar::read_tar(&mut input, Path::new("t.tar"), &mut Skip)
+    erofs_forge::fuzzing::read_tar(&mut input, Path::new("t.tar"), &mut Skip)
         .map_err(|e| e.to_string())
 }
 
@@ -616,7 +616,7 @@ fn tar_xattr_limits_give_clear_errors() {
         t.extend(pax(b'g', &[("SCHILY.xattr.user.g", vec![b'v'; 30000])]));
     }
     let tree = read(&with_entry(t)).unwrap();
-    let f = tree[erofs_forge::model::EntryId::ROOT].children[0];
+    let f = tree[erofs_forge::EntryId::ROOT].children[0];
     assert_eq!(tree.inode_of(f).xattrs.len(), 1);
 }
 

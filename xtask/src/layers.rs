@@ -97,11 +97,91 @@ pub fn references(text: &str, root: &str) -> Vec<(String, usize)> {
     out
 }
 
+fn is_ident(c: char) -> bool {
+    c.is_alphanumeric() || c == '_'
+}
+
+/// The body of the `{ … }` block `text` starts with (leading blanks allowed), braces matched,
+/// and the rest of `text` after it.
+fn braced(text: &str) -> Option<(&str, &str)> {
+    let body = text.trim_start().strip_prefix('{')?;
+    let mut depth = 1;
+    for (i, c) in body.char_indices() {
+        match c {
+            '{' => depth += 1,
+            '}' => depth -= 1,
+            _ => {}
+        }
+        if depth == 0 {
+            return Some((&body[..i], &body[i + 1..]));
+        }
+    }
+    None
+}
+
+/// The names the crate root's `pub use` statement `stmt` (without `pub use` and `;`) defines,
+/// and the top-level module they come from: `model::{Tree, Inode}` gives `model` and both names.
+fn root_use(stmt: &str) -> Option<(String, Vec<String>)> {
+    let stmt = stmt.trim();
+    let stmt = stmt.strip_prefix("crate::").unwrap_or(stmt);
+    let module: String = stmt.chars().take_while(|c| is_ident(*c)).collect();
+    let tail = match stmt.rfind('{') {
+        Some(i) => stmt[i + 1..].trim_end_matches('}'),
+        None => stmt.rsplit("::").next().unwrap_or_default(),
+    };
+    let names = tail
+        .split(',')
+        .filter_map(|item| item.split_whitespace().last())
+        .map(|n| n.trim_end_matches('}').to_string())
+        .filter(|n| !n.is_empty() && n.chars().all(is_ident))
+        .collect();
+    (!module.is_empty()).then_some((module, names))
+}
+
+/// What the names the crate root adds stand for: each re-exported item (`pub use
+/// model::Tree`) maps to the module it comes from, each facade module written inline in
+/// `lib.rs` (`pub mod read { pub use crate::rafs::load; … }`) to every module it re-exports
+/// from. A path through one of them (`erofs_forge::read::load`) is an edge to those modules.
+pub fn root_aliases(lib: &str) -> BTreeMap<String, BTreeSet<String>> {
+    let mut out: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    let mut root = String::new();
+    let mut rest = strip_comments(lib);
+    while let Some(i) = rest.find("pub mod ") {
+        root.push_str(&rest[..i]);
+        let after = &rest[i + "pub mod ".len()..];
+        let name: String = after.chars().take_while(|c| is_ident(*c)).collect();
+        let Some((body, tail)) = braced(&after[name.len()..]) else {
+            rest = after.to_string();
+            continue;
+        };
+        let modules = references(body, "crate").into_iter().map(|r| r.0);
+        out.entry(name).or_default().extend(modules);
+        rest = tail.to_string();
+    }
+    root.push_str(&rest);
+    for stmt in root.split(';') {
+        let Some(i) = stmt.find("pub use ") else {
+            continue;
+        };
+        let Some((module, names)) = root_use(&stmt[i + "pub use ".len()..]) else {
+            continue;
+        };
+        for n in names {
+            out.entry(n).or_default().insert(module.clone());
+        }
+    }
+    out
+}
+
 /// Edges between top-level modules from every file under `src`.
 pub fn edges(src: &Path) -> Result<Vec<Edge>> {
     let mut files = Vec::new();
     collect(src, &mut files)?;
     files.sort();
+    let aliases = match std::fs::read_to_string(src.join("lib.rs")) {
+        Ok(lib) => root_aliases(&lib),
+        Err(_) => BTreeMap::new(),
+    };
     let mut out = Vec::new();
     for file in files {
         let rel = file.strip_prefix(src)?;
@@ -113,14 +193,12 @@ pub fn edges(src: &Path) -> Result<Vec<Edge>> {
         };
         let text = std::fs::read_to_string(&file)?;
         for (to, line) in references(&text, root) {
-            // `crate::Result` and friends are the crate root's re-exports of `error`
-            let to = if layer_of(&to).is_none() && to.chars().next().is_some_and(char::is_uppercase)
-            {
-                "error".to_string()
-            } else {
-                to
+            // `crate::Result`, `erofs_forge::read::load`: the root's re-exports and facades
+            let targets = match aliases.get(&to) {
+                Some(modules) if layer_of(&to).is_none() => modules.iter().cloned().collect(),
+                _ => vec![to],
             };
-            if to != from {
+            for to in targets.into_iter().filter(|t| *t != from) {
                 out.push(Edge {
                     from: from.clone(),
                     to,
@@ -218,6 +296,19 @@ mod tests {
         let text = "use crate::{io::staged, format::blob::X};\n// crate::ops::create\nlet x = crate::model::Tree::new();\nfoo_crate::ops::y();";
         let refs: Vec<String> = references(text, "crate").into_iter().map(|r| r.0).collect();
         assert_eq!(refs, ["io", "format", "model"]);
+    }
+
+    #[test]
+    fn root_re_exports_and_facades_resolve_to_their_modules() {
+        let lib = "mod model;\npub use error::{Error, Result};\npub use model::{\n    Tree,\n    Inode,\n};\npub use model::overlay::WhiteoutSpec;\n/// Reading.\npub mod read {\n    pub use crate::rafs::{decode, load};\n    pub use crate::blob::reader::{BlobSource, ChunkReader};\n}\npub use codec::Compressor;\n";
+        let a = root_aliases(lib);
+        let get = |n: &str| a[n].iter().cloned().collect::<Vec<_>>().join(",");
+        assert_eq!(get("Result"), "error");
+        assert_eq!(get("Inode"), "model");
+        assert_eq!(get("WhiteoutSpec"), "model");
+        assert_eq!(get("Compressor"), "codec");
+        assert_eq!(get("read"), "blob,rafs");
+        assert!(!a.contains_key("model"));
     }
 
     #[test]

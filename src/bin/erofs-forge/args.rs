@@ -5,10 +5,9 @@ use std::path::PathBuf;
 
 use clap::builder::{PossibleValuesParser, TypedValueParser};
 use clap::{Parser, Subcommand, ValueEnum};
-use erofs_forge::codec::{Compressor, Digester};
-use erofs_forge::model::overlay::WhiteoutSpec;
-use erofs_forge::model::prefetch::PrefetchPolicy;
 use erofs_forge::ops::export_compressed::ErofsCompressor;
+use erofs_forge::WhiteoutSpec;
+use erofs_forge::{Compressor, Digester, PrefetchPolicy};
 
 #[derive(Parser)]
 #[command(

@@ -41,7 +41,7 @@ fn handle_signals() {
     };
     std::thread::spawn(move || {
         if let Some(sig) = signals.forever().next() {
-            let n = erofs_forge::io::staged::remove_all();
+            let n = erofs_forge::staged::remove_all();
             eprintln!(
                 "interrupted by signal {sig}: removed {n} temporary file{}",
                 if n == 1 { "" } else { "s" }

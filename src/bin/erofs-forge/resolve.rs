@@ -6,10 +6,10 @@ use std::io::{IsTerminal, Read};
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
-use erofs_forge::blob::reader::BlobSource;
-use erofs_forge::model::prefetch::{Prefetch, PrefetchPolicy};
 use erofs_forge::ops::create::{CreateOptions, SourceType};
 use erofs_forge::ops::{check, export, export_compressed, merge, unpack};
+use erofs_forge::read::BlobSource;
+use erofs_forge::{Prefetch, PrefetchPolicy};
 
 use crate::args::{
     BlobArgs, BootstrapArg, CheckArgs, CreateArgs, ExportArgs, FeatureArg, MergeArgs,
@@ -237,8 +237,8 @@ pub fn stat(a: StatArgs) -> Result<Vec<PathBuf>> {
             .filter_map(|e| e.ok().map(|e| e.path()))
             .filter(|p| p.is_file() && p.extension().is_none())
             .filter(|p| {
-                erofs_forge::rafs::read_bootstrap(p)
-                    .map(|b| erofs_forge::rafs::decode(&b).is_ok())
+                erofs_forge::read::read_bootstrap(p)
+                    .map(|b| erofs_forge::read::decode(&b).is_ok())
                     .unwrap_or(false)
             })
             .collect();

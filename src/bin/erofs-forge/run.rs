@@ -1,9 +1,9 @@
 //! One library call per subcommand, between resolving its arguments and printing its result.
 
 use anyhow::Result;
-use erofs_forge::codec::Digester;
-use erofs_forge::io::staged::write_atomic;
 use erofs_forge::ops::{self, report::Report};
+use erofs_forge::staged::write_atomic;
+use erofs_forge::Digester;
 
 use crate::args::Command;
 use crate::report::{self, Bar};
@@ -59,7 +59,7 @@ pub fn run(command: Command) -> Result<()> {
             println!("unpacked {n} entries");
         }
         Command::Inspect(a) => {
-            let image = erofs_forge::rafs::load(&a.bootstrap.path()?)?.image;
+            let image = erofs_forge::read::load(&a.bootstrap.path()?)?.image;
             let v = ops::inspect::request(&image, &a.request)?;
             // one line, as nydus-image prints it: nydus-snapshotter searches this output for
             // `"blob_id":"<hex>"`, nydusify parses it as one JSON document
@@ -90,10 +90,7 @@ pub fn run(command: Command) -> Result<()> {
             println!("{}", serde_json::json!(b));
         }
         Command::ExtractBootstrap { blob, output } => {
-            write_atomic(
-                &output,
-                &erofs_forge::blob::inline::extract_bootstrap(&blob)?,
-            )?;
+            write_atomic(&output, &erofs_forge::read::extract_bootstrap(&blob)?)?;
         }
     }
     Ok(())

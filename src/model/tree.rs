@@ -154,7 +154,7 @@ pub enum InodeKind {
     Directory {
         /// A directory a tar layer only implies (a parent of listed entries, never listed
         /// itself). Its metadata are placeholders: when layers are merged it takes the lower
-        /// layer's directory instead ([`crate::model::overlay::apply`]). Not stored in images.
+        /// layer's directory instead (`model::overlay::apply`). Not stored in images.
         implied: bool,
     },
     /// Symbolic link.

@@ -18,6 +18,8 @@
 //! deduplicates and compresses them into a blob; an encoder writes the bootstrap. Those modules
 //! are private: what a user needs is re-exported above.
 #![forbid(unsafe_code)]
+// a type the public API hands out must be nameable: re-exported, not stranded in a private module
+#![warn(unnameable_types)]
 #![deny(missing_docs)]
 #![warn(clippy::too_many_lines)]
 
@@ -64,7 +66,7 @@ pub mod staged {
 #[doc(hidden)]
 pub mod fuzzing {
     pub use crate::blob::inline::{bootstrap_range, parse_tar_header};
-    pub use crate::blob::reader::{decode_blob_meta, decode_ci_array};
+    pub use crate::blob::reader::{decode_blob_meta, decode_ci_array, CiEntry};
     pub use crate::format::blob::{BLOB_META_HEADER_SIZE, BLOB_META_MAGIC};
     pub use crate::format::rafs_v5::{RAFS_V5_MAGIC, RAFS_V5_VERSION};
     pub use crate::format::rafs_v6::EROFS_MAGIC;

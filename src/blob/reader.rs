@@ -145,7 +145,7 @@ impl<'a> ChunkReader<'a> {
     }
 
     /// The chunk-info array of a v6 blob, read from the blob file (empty for v5 blobs).
-    pub fn ci_entries(&mut self, index: u32) -> Result<&[CiEntry]> {
+    pub(crate) fn ci_entries(&mut self, index: u32) -> Result<&[CiEntry]> {
         if !self.ci.contains_key(&index) {
             let blob = self.blob(index)?;
             let entries =

@@ -32,7 +32,7 @@ pub struct ChunkInfo {
 impl ChunkInfo {
     /// The 80-byte record describing this chunk at `file_offset` of a file (the v5 chunk
     /// record and the v6 chunk table entry, formats/rafs-v6.md §14).
-    pub fn to_record(&self, file_offset: u64) -> ChunkRecord {
+    pub(crate) fn to_record(self, file_offset: u64) -> ChunkRecord {
         ChunkRecord {
             digest: self.digest,
             blob_index: self.blob_index.into(),
@@ -48,7 +48,7 @@ impl ChunkInfo {
     }
 
     /// The chunk an 80-byte record describes.
-    pub fn from_record(r: &ChunkRecord) -> ChunkInfo {
+    pub(crate) fn from_record(r: &ChunkRecord) -> ChunkInfo {
         let flags = r.flags.get();
         ChunkInfo {
             digest: r.digest,

@@ -86,10 +86,25 @@ pub fn is_stream(path: &Path) -> bool {
 /// Opens a stream output for writing in place: no creation, no truncation (a FIFO's reader,
 /// or whatever the device is, sees the bytes in the order they are written).
 pub fn open_stream(path: &Path) -> Result<File> {
-    std::fs::OpenOptions::new()
+    let f = std::fs::OpenOptions::new()
         .write(true)
         .open(path)
-        .ctx("open", path)
+        .ctx("open", path)?;
+    widen_pipe(&f);
+    Ok(f)
+}
+
+/// Gives a pipe or FIFO a 1 MiB buffer (Linux's default is 64 KiB), so that a layer streamed
+/// through it costs fewer context switches between the tool and its client; best effort
+/// (other files, or a lower `/proc/sys/fs/pipe-max-size` for non-root, keep theirs).
+pub fn widen_pipe(f: &File) {
+    use std::os::fd::AsRawFd;
+    if f.metadata().is_ok_and(|m| m.file_type().is_fifo()) {
+        let _ = nix::fcntl::fcntl(
+            f.as_raw_fd(),
+            nix::fcntl::FcntlArg::F_SETPIPE_SZ(1 << 20),
+        );
+    }
 }
 
 /// An output being written.

@@ -122,6 +122,7 @@ pub fn open_raw(path: &Path) -> Result<(Box<dyn Read + Send>, Option<u64>)> {
         return Ok((Box::new(std::io::stdin()), None));
     }
     let f = File::open(path).ctx("open", path)?;
+    crate::io::staged::widen_pipe(&f);
     let meta = f.metadata().ctx("stat", path)?;
     if meta.is_dir() {
         return Err(Error::Unsupported {

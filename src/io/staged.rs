@@ -100,10 +100,7 @@ pub fn open_stream(path: &Path) -> Result<File> {
 pub fn widen_pipe(f: &File) {
     use std::os::fd::AsRawFd;
     if f.metadata().is_ok_and(|m| m.file_type().is_fifo()) {
-        let _ = nix::fcntl::fcntl(
-            f.as_raw_fd(),
-            nix::fcntl::FcntlArg::F_SETPIPE_SZ(1 << 20),
-        );
+        let _ = nix::fcntl::fcntl(f.as_raw_fd(), nix::fcntl::FcntlArg::F_SETPIPE_SZ(1 << 20));
     }
 }
 

@@ -156,8 +156,3 @@ fn blob_toc_layer_mounts_equal_to_its_source() {
     // upstream's runtime view of the same tar
     manifest_diff(&upstream().join("expected.txt"), m.dir.path());
 }
-
-fn sha256_hex(bytes: &[u8]) -> String {
-    use sha2::Digest as _;
-    hex::encode(sha2::Sha256::digest(bytes))
-}

@@ -7,12 +7,7 @@
 mod pipelines;
 
 use crate::common::*;
-use std::path::Path;
 use std::process::{Command, Output};
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
 
 fn raw(args: &[&str]) -> Output {
     Command::new(bin()).args(args).output().unwrap()
@@ -291,7 +286,6 @@ fn sscanf_matches_from_the_first_byte() {
 #[test]
 #[cfg_attr(no_veritysetup, ignore = "needs veritysetup")]
 fn snapshotter_tarfs_flow() {
-    use crate::fifo::{mkfifo, ok, run_fifos};
     let tmp = scratch();
     let w = tmp.path();
     let tar = std::fs::read(repo().join("fixtures/upstream/source-tar-input.tar")).unwrap();
@@ -318,7 +312,7 @@ fn snapshotter_tarfs_flow() {
         &[(&fifo, tar.clone())],
         &[],
     );
-    ok(&out);
+    assert_ok(&out);
     std::fs::write(cache.join(layer), &tar).unwrap();
     let merged = w.join("M.tmp");
     forge(&["merge", "--bootstrap", s(&merged), s(&boot)]);

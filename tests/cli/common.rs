@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
 
 use sha2::{Digest, Sha256};
 
@@ -375,4 +375,153 @@ pub fn one_file(dir: &Path, suffix: &str) -> PathBuf {
 /// (rebuild), and the test fails rather than passing without having checked anything.
 pub fn missing(test: &str, why: &str) -> ! {
     panic!("{test}: {why} (build.rs found it when the tests were built; rebuild them)")
+}
+
+/// A path as the `&str` an argv takes.
+pub fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// sha256 of `bytes`, lowercase hex (a blob's id).
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+/// How long one run of the binary may take before a test calls it a hang.
+const RUN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// Runs the binary with exactly `args` and `stdin` written to its standard input (then
+/// closed), as the clients' `exec.Command` with `cmd.Stdin = strings.NewReader(...)` does.
+/// Standard output and error are read while it runs; a run over five minutes fails the test.
+pub fn run_with_stdin(args: &[&str], stdin: &[u8]) -> Output {
+    use std::io::{Read, Write};
+    let mut child = Command::new(bin())
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn erofs-forge");
+    let mut input = child.stdin.take().unwrap();
+    let data = stdin.to_vec();
+    let feeder = std::thread::spawn(move || {
+        // the tool may not read stdin at all: a broken pipe is fine
+        let _ = input.write_all(&data);
+    });
+    let read_all = |mut r: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut v = Vec::new();
+            let _ = r.read_to_end(&mut v);
+            v
+        })
+    };
+    let out_t = read_all(Box::new(child.stdout.take().unwrap()));
+    let err_t = read_all(Box::new(child.stderr.take().unwrap()));
+    let start = std::time::Instant::now();
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        if start.elapsed() > RUN_TIMEOUT {
+            let _ = child.kill();
+            panic!("erofs-forge {args:?} did not finish in {RUN_TIMEOUT:?}");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    feeder.join().unwrap();
+    Output {
+        status,
+        stdout: out_t.join().unwrap(),
+        stderr: err_t.join().unwrap(),
+    }
+}
+
+/// Fails the test, with stderr, unless the run succeeded.
+pub fn assert_ok(out: &Output) {
+    assert!(
+        out.status.success(),
+        "failed ({}): {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Makes a FIFO at `p`.
+pub fn mkfifo(p: &Path) -> PathBuf {
+    nix::unistd::mkfifo(p, nix::sys::stat::Mode::from_bits_truncate(0o644)).unwrap();
+    p.to_path_buf()
+}
+
+/// A FIFO input fed with `bytes` by a thread (errors ignored: the tool may stop reading).
+pub fn feed(fifo: &Path, bytes: Vec<u8>) -> std::thread::JoinHandle<()> {
+    use std::io::Write;
+    let fifo = fifo.to_path_buf();
+    std::thread::spawn(move || {
+        if let Ok(mut f) = std::fs::OpenOptions::new().write(true).open(&fifo) {
+            let _ = f.write_all(&bytes);
+        }
+    })
+}
+
+/// A FIFO output read by a thread: to EOF, or only `limit` bytes before it closes its end.
+pub fn drain(fifo: &Path, limit: Option<usize>) -> std::thread::JoinHandle<Vec<u8>> {
+    use std::io::Read;
+    let fifo = fifo.to_path_buf();
+    std::thread::spawn(move || {
+        let mut f = std::fs::File::open(&fifo).unwrap();
+        let mut out = Vec::new();
+        match limit {
+            Some(n) => {
+                out.resize(n, 0);
+                f.read_exact(&mut out).unwrap();
+            }
+            None => {
+                f.read_to_end(&mut out).unwrap();
+            }
+        }
+        out
+    })
+}
+
+/// Unblocks a thread still waiting to open `fifo` (the tool never opened its end), so that a
+/// failing run cannot hang the test.
+pub fn release(fifo: &Path) {
+    use std::os::unix::fs::OpenOptionsExt;
+    let nb = libc::O_NONBLOCK;
+    let _ = std::fs::OpenOptions::new()
+        .write(true)
+        .custom_flags(nb)
+        .open(fifo);
+    let _ = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nb)
+        .open(fifo);
+}
+
+/// Runs with FIFO inputs fed and FIFO outputs drained by threads, as the clients set them up;
+/// returns the run and what each output FIFO received, after checking that every FIFO is still
+/// a FIFO (never replaced by a file).
+pub fn run_fifos(
+    args: &[&str],
+    stdin: &[u8],
+    inputs: &[(&Path, Vec<u8>)],
+    outputs: &[&Path],
+) -> (Output, Vec<Vec<u8>>) {
+    let feeders: Vec<_> = inputs.iter().map(|(p, b)| feed(p, b.clone())).collect();
+    let readers: Vec<_> = outputs.iter().map(|p| drain(p, None)).collect();
+    let out = run_with_stdin(args, stdin);
+    for p in inputs
+        .iter()
+        .map(|(p, _)| *p)
+        .chain(outputs.iter().copied())
+    {
+        release(p);
+        let t = std::fs::symlink_metadata(p).unwrap().file_type();
+        assert!(t.is_fifo(), "{} is no longer a FIFO", p.display());
+    }
+    for f in feeders {
+        f.join().unwrap();
+    }
+    let got = readers.into_iter().map(|r| r.join().unwrap()).collect();
+    (out, got)
 }

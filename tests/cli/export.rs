@@ -6,10 +6,6 @@ use crate::common::*;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
-
 /// Builds `layers` (directory layers, whiteouts kept) and merges them; returns (bootstrap, blob dir).
 fn build(work: &Path, layers: &[PathBuf]) -> (PathBuf, PathBuf) {
     let out = work.join("out");

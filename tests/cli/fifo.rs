@@ -4,126 +4,15 @@
 //! that goes away makes the run fail at once with a one-line error.
 
 use crate::common::*;
-use std::fs::OpenOptions;
-use std::io::{Read, Write};
-use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+use std::io::Read;
+use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
-use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
 
 const TAR: &str = "fixtures/upstream/source-tar-input.tar";
 const TARGZ: &str = "fixtures/upstream/source-tar-input.tar.gz";
 
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
-
 fn fixture(rel: &str) -> PathBuf {
     repo().join(rel)
-}
-
-pub(crate) fn mkfifo(p: &Path) -> PathBuf {
-    nix::unistd::mkfifo(p, nix::sys::stat::Mode::from_bits_truncate(0o644)).unwrap();
-    p.to_path_buf()
-}
-
-/// A FIFO input fed with `bytes` by a thread (errors ignored: the tool may stop reading).
-fn feed(fifo: &Path, bytes: Vec<u8>) -> JoinHandle<()> {
-    let fifo = fifo.to_path_buf();
-    std::thread::spawn(move || {
-        if let Ok(mut f) = OpenOptions::new().write(true).open(&fifo) {
-            let _ = f.write_all(&bytes);
-        }
-    })
-}
-
-/// A FIFO output read by a thread: to EOF, or only `limit` bytes before it closes its end.
-fn drain(fifo: &Path, limit: Option<usize>) -> JoinHandle<Vec<u8>> {
-    let fifo = fifo.to_path_buf();
-    std::thread::spawn(move || {
-        let mut f = std::fs::File::open(&fifo).unwrap();
-        let mut out = Vec::new();
-        match limit {
-            Some(n) => {
-                out.resize(n, 0);
-                f.read_exact(&mut out).unwrap();
-            }
-            None => {
-                f.read_to_end(&mut out).unwrap();
-            }
-        }
-        out
-    })
-}
-
-/// Unblocks a thread still waiting to open `fifo` (the tool never opened its end), so that a
-/// failing run cannot hang the test.
-fn release(fifo: &Path) {
-    let nb = libc::O_NONBLOCK;
-    let _ = OpenOptions::new().write(true).custom_flags(nb).open(fifo);
-    let _ = OpenOptions::new().read(true).custom_flags(nb).open(fifo);
-}
-
-/// Runs erofs-forge with `stdin` bytes, killing it after two minutes.
-fn run(args: &[&str], stdin: &[u8]) -> Output {
-    let mut child = Command::new(bin())
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn erofs-forge");
-    let mut input = child.stdin.take().unwrap();
-    let bytes = stdin.to_vec();
-    let feeder = std::thread::spawn(move || {
-        let _ = input.write_all(&bytes);
-    });
-    let start = Instant::now();
-    while child.try_wait().unwrap().is_none() {
-        assert!(
-            start.elapsed() < Duration::from_secs(120),
-            "erofs-forge {args:?} hangs"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    feeder.join().unwrap();
-    child.wait_with_output().unwrap()
-}
-
-/// Runs with FIFO inputs fed and FIFO outputs drained; returns the run and what each output
-/// FIFO received, after checking that every FIFO is still a FIFO.
-pub(crate) fn run_fifos(
-    args: &[&str],
-    stdin: &[u8],
-    inputs: &[(&Path, Vec<u8>)],
-    outputs: &[&Path],
-) -> (Output, Vec<Vec<u8>>) {
-    let feeders: Vec<_> = inputs.iter().map(|(p, b)| feed(p, b.clone())).collect();
-    let readers: Vec<_> = outputs.iter().map(|p| drain(p, None)).collect();
-    let out = run(args, stdin);
-    for p in inputs
-        .iter()
-        .map(|(p, _)| *p)
-        .chain(outputs.iter().copied())
-    {
-        release(p);
-        let t = std::fs::symlink_metadata(p).unwrap().file_type();
-        assert!(t.is_fifo(), "{} is no longer a FIFO", p.display());
-    }
-    for f in feeders {
-        f.join().unwrap();
-    }
-    let got = readers.into_iter().map(|r| r.join().unwrap()).collect();
-    (out, got)
-}
-
-pub(crate) fn ok(out: &Output) {
-    assert!(
-        out.status.success(),
-        "failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 /// Only the FIFOs (and what the test put there) remain: no temporary file was left.
@@ -164,7 +53,7 @@ fn converter_pack_through_fifos() {
     let mut args = common.to_vec();
     let tar_path = fixture(TAR);
     args.extend(["--blob", s(&reference), s(&tar_path)]);
-    ok(&run(&args, b"/"));
+    assert_ok(&run_with_stdin(&args, b"/"));
 
     let fifos = w.join("fifos");
     std::fs::create_dir(&fifos).unwrap();
@@ -173,7 +62,7 @@ fn converter_pack_through_fifos() {
     let mut args = common.to_vec();
     args.extend(["--blob", s(&blob), s(&input)]);
     let (out, got) = run_fifos(&args, b"/", &[(&input, tar)], &[&blob]);
-    ok(&out);
+    assert_ok(&out);
     assert_eq!(got[0], std::fs::read(&reference).unwrap());
     only(&fifos, &["blob.rafs", "blob.targz"]);
 }
@@ -210,7 +99,7 @@ fn every_create_output_a_fifo() {
     };
     let a = args(&refdir);
     let a: Vec<&str> = a.iter().map(|x| x.as_str()).collect();
-    ok(&run(&a, &targz));
+    assert_ok(&run_with_stdin(&a, &targz));
 
     let fifos = w.join("fifos");
     std::fs::create_dir(&fifos).unwrap();
@@ -222,7 +111,7 @@ fn every_create_output_a_fifo() {
     let a2: Vec<&str> = a2.iter().map(|x| x.as_str()).collect();
     let refs: Vec<&Path> = outs.iter().map(|p| p.as_path()).collect();
     let (out, got) = run_fifos(&a2, &targz, &[], &refs);
-    ok(&out);
+    assert_ok(&out);
     for (name, bytes) in ["b", "m"].iter().zip(&got) {
         assert_eq!(bytes, &std::fs::read(refdir.join(name)).unwrap(), "{name}");
     }
@@ -247,7 +136,7 @@ fn tarfs_from_a_fifo() {
     let tar = std::fs::read(fixture(TAR)).unwrap();
     let reference = w.join("ref.boot");
     let tar_path = fixture(TAR);
-    ok(&run(
+    assert_ok(&run_with_stdin(
         &[
             "create",
             "--type",
@@ -273,7 +162,7 @@ fn tarfs_from_a_fifo() {
         &[(&input, tar)],
         &[&boot],
     );
-    ok(&out);
+    assert_ok(&out);
     assert_eq!(got[0], std::fs::read(&reference).unwrap());
 }
 
@@ -287,7 +176,7 @@ fn unpack_and_export_to_fifos() {
     let blobs = w.join("blobs");
     std::fs::create_dir(&blobs).unwrap();
     let tar_path = fixture(TAR);
-    ok(&run(
+    assert_ok(&run_with_stdin(
         &[
             "create",
             "--type",
@@ -324,7 +213,10 @@ fn unpack_and_export_to_fifos() {
         };
         let r = reg.join(cmd);
         let a = args(&r);
-        ok(&run(&a.iter().map(|x| x.as_str()).collect::<Vec<_>>(), b""));
+        assert_ok(&run_with_stdin(
+            &a.iter().map(|x| x.as_str()).collect::<Vec<_>>(),
+            b"",
+        ));
         let f = mkfifo(&fifos.join(cmd));
         let a = args(&f);
         let (out, got) = run_fifos(
@@ -333,7 +225,7 @@ fn unpack_and_export_to_fifos() {
             &[],
             &[&f],
         );
-        ok(&out);
+        assert_ok(&out);
         assert_eq!(got[0], std::fs::read(&r).unwrap(), "{cmd}");
     }
     only(&fifos, &["export", "unpack"]);
@@ -344,7 +236,7 @@ fn unpack_and_export_to_fifos() {
 fn char_device_output_written_in_place() {
     let tmp = scratch();
     let tar_path = fixture(TAR);
-    let out = run(
+    let out = run_with_stdin(
         &[
             "create",
             "--type",
@@ -357,7 +249,7 @@ fn char_device_output_written_in_place() {
         ],
         b"",
     );
-    ok(&out);
+    assert_ok(&out);
     let t = std::fs::metadata("/dev/null").unwrap().file_type();
     assert!(t.is_char_device());
 }
@@ -371,7 +263,7 @@ fn reader_going_away_is_a_clean_error() {
     let blob = mkfifo(&w.join("blob.rafs"));
     let reader = drain(&blob, Some(100));
     let tar_path = fixture(TAR);
-    let out = run(
+    let out = run_with_stdin(
         &[
             "create",
             "--type",
@@ -515,7 +407,7 @@ fn unpack_data_section(toc: bool) {
     if toc {
         args.extend(["--features", "blob-toc"]);
     }
-    ok(&run(&args, b"/"));
+    assert_ok(&run_with_stdin(&args, b"/"));
     let sections = blob_sections(&std::fs::read(&layer).unwrap());
     let boot = w.join("image.boot");
     let data = w.join("image.blob");
@@ -543,7 +435,7 @@ fn unpack_data_section(toc: bool) {
         &[],
         &[&oci],
     );
-    ok(&out);
+    assert_ok(&out);
     let want = tar_entries(&std::fs::read(&tar_path).unwrap());
     let have = tar_entries(&got[0]);
     assert!(have.iter().any(|e| e.starts_with("fifo '6'")), "{have:?}");
@@ -582,7 +474,7 @@ fn converter_unpack_of_an_empty_data_section() {
         &[(&input, src.clone())],
         &[],
     );
-    ok(&out);
+    assert_ok(&out);
     let sections = blob_sections(&std::fs::read(&layer).unwrap());
     let boot = w.join("image.boot");
     std::fs::write(&boot, &sections["image.boot"]).unwrap();
@@ -607,7 +499,7 @@ fn converter_unpack_of_an_empty_data_section() {
         &[],
         &[&oci],
     );
-    ok(&out);
+    assert_ok(&out);
     let d = differ(&tar_entries(&src), &tar_entries(&got[0]));
     assert!(d.is_empty(), "{}", d.join("\n"));
 }
@@ -650,7 +542,10 @@ fn merge_and_check_outputs_as_fifos() {
         (&check, &["check.json"][..]),
     ] {
         let a = args(&reg);
-        ok(&run(&a.iter().map(|x| x.as_str()).collect::<Vec<_>>(), b""));
+        assert_ok(&run_with_stdin(
+            &a.iter().map(|x| x.as_str()).collect::<Vec<_>>(),
+            b"",
+        ));
         let outs: Vec<PathBuf> = names.iter().map(|n| mkfifo(&fif.join(n))).collect();
         let refs: Vec<&Path> = outs.iter().map(|p| p.as_path()).collect();
         let a = args(&fif);
@@ -660,7 +555,7 @@ fn merge_and_check_outputs_as_fifos() {
             &[],
             &refs,
         );
-        ok(&out);
+        assert_ok(&out);
         for (n, bytes) in names.iter().zip(&got) {
             let want = std::fs::read_to_string(reg.join(n))
                 .unwrap_or_default()

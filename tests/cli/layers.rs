@@ -20,10 +20,6 @@ fn no_mtimes(mut m: BTreeMap<Vec<u8>, Desc>) -> BTreeMap<Vec<u8>, Desc> {
     m
 }
 
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
-
 /// Layers with every OCI rule; returns (layer dirs, expected merged tree).
 fn oci_layers(base: &Path) -> (Vec<PathBuf>, PathBuf) {
     let (l1, l2, l3, exp) = (

@@ -20,10 +20,6 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-pub(crate) fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
-
 fn run(cmd: &mut Command) {
     let out = cmd.output().expect("spawn");
     assert!(

@@ -3,7 +3,6 @@
 //! prefetched files first in the blob, and images the kernel still mounts.
 
 use crate::common::*;
-use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -12,22 +11,10 @@ fn upstream(name: &str) -> std::path::PathBuf {
     repo().join("fixtures/upstream").join(name)
 }
 
-/// Runs erofs-forge with `stdin` written to its standard input (then closed).
+/// Runs erofs-forge with `stdin` written to its standard input (then closed); it must succeed.
 fn forge_with_stdin(args: &[&str], stdin: &[u8]) -> Output {
-    let mut child = Command::new(bin())
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn erofs-forge");
-    child.stdin.take().unwrap().write_all(stdin).unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "erofs-forge {args:?} failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = run_with_stdin(args, stdin);
+    assert_ok(&out);
     out
 }
 

@@ -8,149 +8,16 @@
 //! `veritysetup verify` and umoci's own unpack of the image.
 
 use crate::common::*;
-use crate::oci_layers::{blob, build_image, manifest_of, s, umoci, why_skip};
+use crate::oci_layers::{blob, build_image, manifest_of, umoci, why_skip};
 
-use std::fs::{self, File, OpenOptions};
-use std::io::{Read, Write};
-use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+use std::fs;
+use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
-use std::thread::{self, JoinHandle};
-use std::time::{Duration, Instant};
+use std::process::{Command, Output};
 
-use sha2::{Digest, Sha256};
-
-/// How long one call may take before the test calls it a hang.
-const CALL_TIMEOUT: Duration = Duration::from_secs(300);
-
-fn sha256_hex(b: &[u8]) -> String {
-    hex::encode(Sha256::digest(b))
-}
-
-fn mkfifo(p: &Path) {
-    nix::unistd::mkfifo(p, nix::sys::stat::Mode::from_bits_truncate(0o640)).unwrap();
-}
-
-/// A FIFO the tool writes and a thread reads to EOF, as the converter reads `blob.rafs` and
-/// buildkit reads `oci.tar`.
-struct FifoOut {
-    path: PathBuf,
-    reader: JoinHandle<Vec<u8>>,
-}
-
-impl FifoOut {
-    fn new(path: &Path) -> FifoOut {
-        mkfifo(path);
-        let p = path.to_path_buf();
-        let reader = thread::spawn(move || {
-            let mut v = Vec::new();
-            File::open(&p).unwrap().read_to_end(&mut v).unwrap();
-            v
-        });
-        FifoOut {
-            path: path.to_path_buf(),
-            reader,
-        }
-    }
-
-    /// The bytes read. If the tool never opened the FIFO, opening it for writing here ends
-    /// the reader's wait (it reads nothing) instead of hanging the test.
-    fn bytes(self) -> Vec<u8> {
-        if !self.reader.is_finished() {
-            let _ = OpenOptions::new()
-                .write(true)
-                .custom_flags(libc::O_NONBLOCK)
-                .open(&self.path);
-        }
-        let got = self.reader.join().unwrap();
-        let kind = fs::symlink_metadata(&self.path).unwrap().file_type();
-        assert!(kind.is_fifo(), "{} was replaced", self.path.display());
-        got
-    }
-}
-
-/// A FIFO a thread feeds and the tool reads, as the converter feeds `blob.targz`.
-struct FifoIn {
-    path: PathBuf,
-    writer: JoinHandle<()>,
-}
-
-impl FifoIn {
-    fn new(path: &Path, data: Vec<u8>) -> FifoIn {
-        mkfifo(path);
-        let p = path.to_path_buf();
-        let writer = thread::spawn(move || {
-            // the tool may stop reading early (an error): a broken pipe is its business
-            let _ = File::options()
-                .write(true)
-                .open(&p)
-                .and_then(|mut f| f.write_all(&data));
-        });
-        FifoIn {
-            path: path.to_path_buf(),
-            writer,
-        }
-    }
-
-    fn finish(self) {
-        if !self.writer.is_finished() {
-            let _ = OpenOptions::new()
-                .read(true)
-                .custom_flags(libc::O_NONBLOCK)
-                .open(&self.path);
-        }
-        self.writer.join().unwrap();
-    }
-}
-
-/// Runs the binary with exactly `args`, `stdin` written to its standard input (then closed),
-/// as `exec.Command` with `cmd.Stdin = strings.NewReader(...)` does; fails the test on a hang.
-fn call(args: &[&str], stdin: &[u8]) -> Output {
-    let mut child = Command::new(bin())
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut input = child.stdin.take().unwrap();
-    let data = stdin.to_vec();
-    let feeder = thread::spawn(move || {
-        let _ = input.write_all(&data);
-    });
-    let mut out = child.stdout.take().unwrap();
-    let mut err = child.stderr.take().unwrap();
-    let out_t = thread::spawn(move || {
-        let mut v = Vec::new();
-        let _ = out.read_to_end(&mut v);
-        v
-    });
-    let err_t = thread::spawn(move || {
-        let mut v = Vec::new();
-        let _ = err.read_to_end(&mut v);
-        v
-    });
-    let start = Instant::now();
-    let status = loop {
-        if let Some(st) = child.try_wait().unwrap() {
-            break st;
-        }
-        if start.elapsed() > CALL_TIMEOUT {
-            let _ = child.kill();
-            panic!("{args:?} did not finish in {CALL_TIMEOUT:?}");
-        }
-        thread::sleep(Duration::from_millis(20));
-    };
-    feeder.join().unwrap();
-    Output {
-        status,
-        stdout: out_t.join().unwrap(),
-        stderr: err_t.join().unwrap(),
-    }
-}
-
-fn ok(args: &[&str], stdin: &[u8]) -> Output {
-    let o = call(args, stdin);
+/// Runs with exactly `args` and `stdin`; the run must succeed.
+fn succeed(args: &[&str], stdin: &[u8]) -> Output {
+    let o = run_with_stdin(args, stdin);
     assert!(
         o.status.success(),
         "{args:?} failed ({}):\n{}{}",
@@ -247,8 +114,8 @@ fn converter_pack(work: &Path, tar: &[u8], fs_version: &str, extra: &[&str]) -> 
     fs::create_dir_all(work).unwrap();
     let rafs = work.join("blob.rafs");
     let targz = work.join("blob.targz");
-    let out = FifoOut::new(&rafs);
-    let input = FifoIn::new(&targz, tar.to_vec());
+    mkfifo(&rafs);
+    mkfifo(&targz);
     let mut args = vec![
         "create",
         "--log-level",
@@ -270,14 +137,9 @@ fn converter_pack(work: &Path, tar: &[u8], fs_version: &str, extra: &[&str]) -> 
     }
     args.extend(extra);
     args.push(s(&targz));
-    let o = call(&args, b"/");
-    input.finish();
-    let bytes = out.bytes();
-    assert!(
-        o.status.success(),
-        "pack: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
+    let (o, mut got) = run_fifos(&args, b"/", &[(&targz, tar.to_vec())], &[&rafs]);
+    assert_ok(&o);
+    let bytes = got.remove(0);
     assert!(!bytes.is_empty(), "the client read nothing from blob.rafs");
     bytes
 }
@@ -286,7 +148,7 @@ fn converter_pack(work: &Path, tar: &[u8], fs_version: &str, extra: &[&str]) -> 
 /// compared with `expect`.
 fn kernel_equals(what: &str, boot: &Path, blobs: &Path, expect: &Path, w: &Path) {
     let disk = w.join(format!("{}.disk", what.replace(' ', "-")));
-    ok(
+    succeed(
         &[
             "export",
             "--block",
@@ -332,7 +194,7 @@ fn converter_pack_merge_unpack() {
         s(&reference),
     ]);
     let expect = reference.join("rootfs");
-    let probe = String::from_utf8(ok(&["create", "-h"], b"").stdout).unwrap();
+    let probe = String::from_utf8(succeed(&["create", "-h"], b"").stdout).unwrap();
     assert!(
         probe.contains("--type") && probe.contains("tar-rafs"),
         "{probe}"
@@ -391,7 +253,7 @@ fn converter_pack_merge_unpack() {
             s(&merged),
         ];
         args.extend(sources.iter().map(|p| s(p)));
-        ok(&args, b"/");
+        succeed(&args, b"/");
         let out: serde_json::Value =
             serde_json::from_slice(&fs::read(&json_path).unwrap()).unwrap();
         let key = out
@@ -416,7 +278,7 @@ fn converter_pack_merge_unpack() {
         } else {
             // no kernel reads RAFS v5: unpack it (GNU tar judged each layer's unpack above)
             let dest = work.join("unpacked");
-            ok(
+            succeed(
                 &[
                     "unpack",
                     s(&merged),
@@ -443,8 +305,8 @@ fn buildkit_unpack(work: &Path, layer: &[u8], layer_tar: &[u8]) {
     fs::write(&boot, client_entry(layer, "image.boot").unwrap()).unwrap();
     fs::write(&data, client_entry(layer, "image.blob").unwrap_or_default()).unwrap();
     let tar_path = work.join("oci.tar");
-    let out = FifoOut::new(&tar_path);
-    let o = call(
+    mkfifo(&tar_path);
+    let (o, mut got) = run_fifos(
         &[
             "unpack",
             "--log-level",
@@ -457,13 +319,11 @@ fn buildkit_unpack(work: &Path, layer: &[u8], layer_tar: &[u8]) {
             s(&data),
         ],
         b"",
+        &[],
+        &[&tar_path],
     );
-    let got = out.bytes();
-    assert!(
-        o.status.success(),
-        "unpack: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
+    assert_ok(&o);
+    let got = got.remove(0);
     let a = extract(work, "from-unpack", &got);
     let b = extract(work, "from-layer", layer_tar);
     // directories a layer only implies come out of GNU tar with the extraction's defaults and
@@ -562,8 +422,8 @@ fn snapshotter_tarfs_and_verity() {
     for (i, (hex, tar)) in layers.iter().enumerate() {
         let fifo = up.join(format!("layer_{i}_tar.fifo"));
         let meta_tmp = cache.join(format!("{hex}.layer.meta.tarfs.tmp"));
-        let input = FifoIn::new(&fifo, tar.clone());
-        let o = call(
+        mkfifo(&fifo);
+        let (o, _) = run_fifos(
             &[
                 "create",
                 "--type",
@@ -577,9 +437,10 @@ fn snapshotter_tarfs_and_verity() {
                 s(&fifo),
             ],
             b"",
+            &[(&fifo, tar.clone())],
+            &[],
         );
-        input.finish();
-        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        assert_ok(&o);
         // the snapshotter tees the tar into the cache and renames both into place
         fs::write(cache.join(hex), tar).unwrap();
         let meta = cache.join(format!("{hex}.layer.meta"));
@@ -590,10 +451,10 @@ fn snapshotter_tarfs_and_verity() {
     let merged_tmp = cache.join("image.meta.tarfs.tmp");
     let mut args = vec!["merge", "--bootstrap", s(&merged_tmp)];
     args.extend(boots.iter().map(|p| s(p)));
-    ok(&args, b"");
+    succeed(&args, b"");
     let merged = cache.join("image.meta");
     fs::rename(&merged_tmp, &merged).unwrap();
-    let o = ok(&["inspect", "-R blobs", s(&merged)], b"");
+    let o = succeed(&["inspect", "-R blobs", s(&merged)], b"");
     let stdout = String::from_utf8(o.stdout).unwrap();
     for (hex, _) in &layers {
         let marker = format!("\"blob_id\":\"{hex}\"");
@@ -606,7 +467,7 @@ fn snapshotter_tarfs_and_verity() {
     );
 
     let disk_tmp = w.path().join("image.disk.tarfs.tmp");
-    let o = ok(
+    let o = succeed(
         &[
             "export",
             "--block",
@@ -697,7 +558,7 @@ fn nydusify_acceleration_service_and_directory_pack() {
         let meta = o.join("name.meta");
         let blob_file = o.join("name.blob");
         let json = o.join("output.json");
-        ok(
+        succeed(
             &[
                 "create",
                 "--bootstrap",
@@ -731,7 +592,7 @@ fn nydusify_acceleration_service_and_directory_pack() {
         }
         // checker
         let cj = o.join("check.json");
-        ok(
+        succeed(
             &[
                 "check",
                 "--log-level",
@@ -747,7 +608,7 @@ fn nydusify_acceleration_service_and_directory_pack() {
         assert_eq!(checked["blobs"][0], id.as_str());
         assert_eq!(checked["fs_version"], v);
         assert_eq!(checked["compressor"], c);
-        let o2 = ok(&["inspect", s(&meta), "--request", "blobs"], b"");
+        let o2 = succeed(&["inspect", s(&meta), "--request", "blobs"], b"");
         let mut both = o2.stdout.clone();
         both.extend_from_slice(&o2.stderr);
         let arr: serde_json::Value = serde_json::from_slice(&both).unwrap();
@@ -763,7 +624,7 @@ fn nydusify_acceleration_service_and_directory_pack() {
         }
     }
     // acceleration-service: regex `Version:\s*(v.*)`
-    let version = String::from_utf8(ok(&["--version"], b"").stdout).unwrap();
+    let version = String::from_utf8(succeed(&["--version"], b"").stdout).unwrap();
     let at = version.find("Version:").expect("a Version: line");
     let rest = version[at + "Version:".len()..].trim_start();
     assert!(rest.starts_with('v'), "{version}");
@@ -775,8 +636,8 @@ fn nydusify_acceleration_service_and_directory_pack() {
     fs::write(source.join("d/.wh.gone"), b"").unwrap();
     fs::write(source.join("f"), vec![3u8; 300_000]).unwrap();
     let blob_path = work.join("blob");
-    let out = FifoOut::new(&blob_path);
-    let o = call(
+    mkfifo(&blob_path);
+    let (o, mut got) = run_fifos(
         &[
             "create",
             "--log-level",
@@ -795,9 +656,11 @@ fn nydusify_acceleration_service_and_directory_pack() {
             s(&source),
         ],
         b"/",
+        &[],
+        &[&blob_path],
     );
-    let bytes = out.bytes();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_ok(&o);
+    let bytes = got.remove(0);
     let boot = client_entry(&bytes, "image.boot").expect("image.boot");
     let hex = sha256_hex(&bytes);
     let blobs = work.join("blobs");

@@ -35,7 +35,7 @@ fn sh(script: &str) {
     run(Command::new("sh").args(["-ec", script]));
 }
 
-pub(crate) fn umoci(args: &[&str]) {
+fn umoci(args: &[&str]) {
     run(Command::new("umoci").args(args));
 }
 
@@ -44,7 +44,7 @@ fn write(p: &Path, data: &[u8]) {
     fs::write(p, data).unwrap();
 }
 
-pub(crate) fn why_skip() -> Option<String> {
+fn why_skip() -> Option<String> {
     if !is_root() {
         return Some("not root (devices and owners need root)".into());
     }
@@ -125,7 +125,7 @@ fn third_layer(path: &Path) {
 }
 
 /// Builds the image; returns the layout directory.
-pub(crate) fn build_image(w: &Path) -> PathBuf {
+fn build_image(w: &Path) -> PathBuf {
     let img = w.join("img");
     let bundle = w.join("bundle");
     umoci(&["init", "--layout", s(&img)]);
@@ -152,6 +152,23 @@ pub(crate) fn build_image(w: &Path) -> PathBuf {
 
 fn json(p: &Path) -> serde_json::Value {
     serde_json::from_slice(&fs::read(p).unwrap()).unwrap()
+}
+
+/// The test image (after checking what it needs) and umoci's own unpack of it: the tree a
+/// converted image must hold.
+pub(crate) fn image_and_rootfs(test: &str, w: &Path) -> (PathBuf, PathBuf) {
+    if let Some(why) = why_skip() {
+        missing(test, &why);
+    }
+    let img = build_image(w);
+    let reference = w.join("reference");
+    umoci(&[
+        "unpack",
+        "--image",
+        &format!("{}:t", s(&img)),
+        s(&reference),
+    ]);
+    (img, reference.join("rootfs"))
 }
 
 pub(crate) fn blob(layout: &Path, digest: &str) -> PathBuf {
@@ -213,19 +230,8 @@ fn unpack_check(what: &str, boot: &Path, blobs: &Path, expect: &Path, scratch: &
     ignore = "needs a kernel EROFS mount, umoci, skopeo"
 )]
 fn oci_image_layers_match_umoci() {
-    if let Some(why) = why_skip() {
-        missing("oci_image_layers_match_umoci", &why);
-    }
     let w = scratch();
-    let img = build_image(w.path());
-    let reference = w.path().join("reference");
-    umoci(&[
-        "unpack",
-        "--image",
-        &format!("{}:t", s(&img)),
-        s(&reference),
-    ]);
-    let expect = reference.join("rootfs");
+    let (img, expect) = image_and_rootfs("oci_image_layers_match_umoci", w.path());
     // the image holds what the layers say
     assert!(!expect.join("gone").exists() && !expect.join("etc/remove-me").exists());
     assert!(expect.join("file-then-dir/inside").is_file());

@@ -8,7 +8,7 @@
 //! `veritysetup verify` and umoci's own unpack of the image.
 
 use crate::common::*;
-use crate::oci_layers::{blob, build_image, manifest_of, umoci, why_skip};
+use crate::oci_layers::{blob, image_and_rootfs, manifest_of};
 
 use std::fs;
 use std::io::Read;
@@ -181,19 +181,8 @@ fn kernel_equals(what: &str, boot: &Path, blobs: &Path, expect: &Path, w: &Path)
     ignore = "needs a kernel EROFS mount, umoci, GNU tar"
 )]
 fn converter_pack_merge_unpack() {
-    if let Some(why) = why_skip() {
-        missing("converter_pack_merge_unpack", &why);
-    }
     let w = scratch();
-    let img = build_image(w.path());
-    let reference = w.path().join("reference");
-    umoci(&[
-        "unpack",
-        "--image",
-        &format!("{}:t", s(&img)),
-        s(&reference),
-    ]);
-    let expect = reference.join("rootfs");
+    let (img, expect) = image_and_rootfs("converter_pack_merge_unpack", w.path());
     let probe = String::from_utf8(succeed(&["create", "-h"], b"").stdout).unwrap();
     assert!(
         probe.contains("--type") && probe.contains("tar-rafs"),
@@ -400,19 +389,8 @@ fn tar_names(tar: &[u8]) -> std::collections::BTreeSet<Vec<u8>> {
     ignore = "needs a kernel EROFS mount, umoci, veritysetup"
 )]
 fn snapshotter_tarfs_and_verity() {
-    if let Some(why) = why_skip() {
-        missing("snapshotter_tarfs_and_verity", &why);
-    }
     let w = scratch();
-    let img = build_image(w.path());
-    let reference = w.path().join("reference");
-    umoci(&[
-        "unpack",
-        "--image",
-        &format!("{}:t", s(&img)),
-        s(&reference),
-    ]);
-    let expect = reference.join("rootfs");
+    let (img, expect) = image_and_rootfs("snapshotter_tarfs_and_verity", w.path());
     let cache = w.path().join("cache");
     let up = w.path().join("upper");
     fs::create_dir_all(&cache).unwrap();
@@ -539,19 +517,8 @@ fn snapshotter_verity_scan(out: &str) -> Option<Verity> {
 #[test]
 #[cfg_attr(any(no_mount, no_umoci), ignore = "needs a kernel EROFS mount, umoci")]
 fn nydusify_acceleration_service_and_directory_pack() {
-    if let Some(why) = why_skip() {
-        missing("nydusify_acceleration_service_and_directory_pack", &why);
-    }
     let w = scratch();
-    let img = build_image(w.path());
-    let reference = w.path().join("reference");
-    umoci(&[
-        "unpack",
-        "--image",
-        &format!("{}:t", s(&img)),
-        s(&reference),
-    ]);
-    let src = reference.join("rootfs");
+    let (_, src) = image_and_rootfs("nydusify_acceleration_service_and_directory_pack", w.path());
     for (v, c) in [("6", "zstd"), ("5", "lz4_block")] {
         let o = w.path().join(format!("nydusify-v{v}"));
         fs::create_dir_all(&o).unwrap();

@@ -245,45 +245,40 @@ fn holds_blob_meta(f: &File, path: &Path, blob: &BlobEntry) -> Result<bool> {
 /// Largest chunk-info array accepted: 24 bytes (a v2 record) for each chunk a blob can hold.
 pub const MAX_CI_SIZE: u64 = 24 * crate::blob::writer::MAX_CHUNKS_PER_BLOB as u64;
 
-fn read_ci(f: &File, path: &Path, blob: &BlobEntry) -> Result<Vec<CiEntry>> {
+/// A blob's meta as the blob stores it: the (possibly compressed) chunk-info array and the
+/// 4 KiB header after it.
+struct StoredMeta {
+    ci: Vec<u8>,
+    header: Vec<u8>,
+}
+
+/// Reads the stored blob meta at the place the blob table gives, after checking its sizes.
+fn read_stored_meta(f: &File, path: &Path, blob: &BlobEntry) -> Result<StoredMeta> {
     check_ci_sizes(blob)?;
-    let mut stored = vec![0u8; blob.ci_compressed_size as usize];
-    f.read_exact_at(&mut stored, blob.ci_offset)
+    let mut ci = vec![0u8; blob.ci_compressed_size as usize];
+    f.read_exact_at(&mut ci, blob.ci_offset)
         .ctx("read chunk-info array of", path)?;
-    let mut hdr = vec![0u8; BLOB_META_HEADER_SIZE];
-    f.read_exact_at(&mut hdr, blob.ci_offset + blob.ci_compressed_size)
+    let mut header = vec![0u8; BLOB_META_HEADER_SIZE];
+    f.read_exact_at(&mut header, blob.ci_offset + blob.ci_compressed_size)
         .ctx("read blob meta header of", path)?;
-    decode_blob_meta(stored, &hdr, blob)
+    Ok(StoredMeta { ci, header })
+}
+
+fn read_ci(f: &File, path: &Path, blob: &BlobEntry) -> Result<Vec<CiEntry>> {
+    let m = read_stored_meta(f, path, blob)?;
+    decode_blob_meta(m.ci, &m.header, blob)
 }
 
 /// The `<id>.blob.meta` file a blob cache holds (formats/blob.md §7), rebuilt from the data
 /// blob at `path`: the chunk-info array uncompressed, zeros up to a 4 KiB boundary, then the
-/// blob meta header. nydus-snapshotter's converter ships the same bytes in a v6 image's
-/// bootstrap layer, as `image/<blob id>.blob.meta`.
+/// blob meta header (checked against the blob table first). nydus-snapshotter's converter
+/// ships the same bytes in a v6 image's bootstrap layer, as `image/<blob id>.blob.meta`.
 pub fn cache_meta_file(path: &Path, blob: &BlobEntry) -> Result<Vec<u8>> {
     let f = File::open(path).ctx("open", path)?;
-    check_ci_sizes(blob)?;
-    let mut stored = vec![0u8; blob.ci_compressed_size as usize];
-    f.read_exact_at(&mut stored, blob.ci_offset)
-        .ctx("read chunk-info array of", path)?;
-    let mut out = match Compressor::from_code(blob.ci_compressor) {
-        Some(Compressor::None) => stored,
-        Some(algo) => algo
-            .decompress(&stored, blob.ci_uncompressed_size as usize)
-            .map_err(|e| corrupt("chunk-info array", blob.ci_offset, &e.to_string()))?,
-        None => {
-            return Err(corrupt(
-                "blob meta header",
-                blob.ci_offset,
-                "unknown chunk-info compression",
-            ))
-        }
-    };
+    let m = read_stored_meta(&f, path, blob)?;
+    let mut out = inflate_blob_meta(m.ci, &m.header, blob)?;
     out.resize(out.len().div_ceil(4096) * 4096, 0);
-    let at = out.len();
-    out.resize(at + BLOB_META_HEADER_SIZE, 0);
-    f.read_exact_at(&mut out[at..], blob.ci_offset + blob.ci_compressed_size)
-        .ctx("read blob meta header of", path)?;
+    out.extend_from_slice(&m.header);
     Ok(out)
 }
 
@@ -311,6 +306,14 @@ fn check_ci_sizes(blob: &BlobEntry) -> Result<()> {
 /// `header` the 4 KiB blob meta header that follows it; `blob` is what the bootstrap says about
 /// them. Pure: no I/O (the fuzz target drives this).
 pub fn decode_blob_meta(stored: Vec<u8>, header: &[u8], blob: &BlobEntry) -> Result<Vec<CiEntry>> {
+    let raw = inflate_blob_meta(stored, header, blob)?;
+    let v2 = blob.features.contains(BlobFeatures::CHUNK_INFO_V2);
+    Ok(decode_ci_array(&raw, blob.chunk_count, v2))
+}
+
+/// Checks a stored blob meta against the blob table and returns its chunk-info array
+/// uncompressed.
+fn inflate_blob_meta(stored: Vec<u8>, header: &[u8], blob: &BlobEntry) -> Result<Vec<u8>> {
     check_ci_sizes(blob)?;
     if stored.len() as u64 != blob.ci_compressed_size {
         return Err(corrupt(
@@ -344,14 +347,11 @@ pub fn decode_blob_meta(stored: Vec<u8>, header: &[u8], blob: &BlobEntry) -> Res
             "unknown chunk-info compression",
         )
     })?;
-    let raw = if algo == Compressor::None {
-        stored
-    } else {
-        algo.decompress(&stored, blob.ci_uncompressed_size as usize)
-            .map_err(|e| corrupt("chunk-info array", blob.ci_offset, &e.to_string()))?
-    };
-    let v2 = blob.features.contains(BlobFeatures::CHUNK_INFO_V2);
-    Ok(decode_ci_array(&raw, blob.chunk_count, v2))
+    if algo == Compressor::None {
+        return Ok(stored);
+    }
+    algo.decompress(&stored, blob.ci_uncompressed_size as usize)
+        .map_err(|e| corrupt("chunk-info array", blob.ci_offset, &e.to_string()))
 }
 
 /// Decodes up to `chunk_count` records of a raw (uncompressed) chunk-info array, v1 (16-byte)

@@ -259,27 +259,24 @@ impl BlobWriter {
         if self.chunks.is_empty() {
             return Ok(None);
         }
-        if !self.opts.v6 {
-            // a v5 blob is chunk data only (formats/blob.md §1); with an inlined bootstrap the
-            // data is framed by its `image.blob` header, as upstream frames it (no blob meta)
-            let mut features = BlobFeatures::CAP_TAR_TOC;
-            if self.opts.inline_meta {
-                features |= BlobFeatures::INLINED_FS_META | BlobFeatures::HAS_TAR_HEADER;
-                self.frame_chunk_data(false)?;
-            }
-            let mut entry = self.entry();
-            entry.features = features;
-            return Ok(Some(self.record(entry)));
-        }
-        let mut feature_bits = BlobFeatures::ALIGNED | BlobFeatures::CAP_TAR_TOC;
+        let mut feature_bits = BlobFeatures::CAP_TAR_TOC;
+        // the ToC is v6 only (create refuses it for v5)
         let toc = self.opts.inline_meta && self.opts.toc;
         if toc {
             feature_bits |= BlobFeatures::HAS_TOC | BlobFeatures::INLINED_CHUNK_DIGEST;
         }
         if self.opts.inline_meta {
+            // the data framed by its `image.blob` header, in v5 too, as upstream frames it
             feature_bits |= BlobFeatures::INLINED_FS_META | BlobFeatures::HAS_TAR_HEADER;
             self.frame_chunk_data(toc)?;
         }
+        if !self.opts.v6 {
+            // a v5 blob has no blob meta (formats/blob.md §1)
+            let mut entry = self.entry();
+            entry.features = feature_bits;
+            return Ok(Some(self.record(entry)));
+        }
+        feature_bits |= BlobFeatures::ALIGNED;
         let ci: Vec<u8> = self
             .chunks
             .iter()

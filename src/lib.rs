@@ -66,7 +66,7 @@ pub mod staged {
 #[doc(hidden)]
 pub mod fuzzing {
     pub use crate::blob::inline::{bootstrap_range, parse_tar_header};
-    pub use crate::blob::reader::{decode_blob_meta, decode_ci_array, CiEntry};
+    pub use crate::blob::reader::{decode_blob_meta, decode_ci_array, BatchSlot, CiEntry};
     pub use crate::format::blob::{BLOB_META_HEADER_SIZE, BLOB_META_MAGIC};
     pub use crate::format::rafs_v5::{RAFS_V5_MAGIC, RAFS_V5_VERSION};
     pub use crate::format::rafs_v6::EROFS_MAGIC;

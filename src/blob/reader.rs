@@ -11,7 +11,8 @@ use zerocopy::FromBytes;
 use crate::codec::Compressor;
 use crate::error::{Error, IoContext, Result};
 use crate::format::blob::{
-    BlobFeatures, BlobMetaHeader, ChunkInfoV1, BLOB_META_HEADER_SIZE, BLOB_META_MAGIC,
+    BatchContext, BlobFeatures, BlobMetaHeader, ChunkInfoV1, BATCH_CONTEXT_SIZE,
+    BLOB_META_HEADER_SIZE, BLOB_META_MAGIC,
 };
 use crate::io::bytes::corrupt;
 use crate::model::{BlobEntry, Image};
@@ -46,7 +47,26 @@ pub struct CiEntry {
     pub uncompressed_size: u32,
     /// Stored compressed.
     pub compressed: bool,
+    /// Set when the chunk lives inside a batch: then `compressed_offset` is where the batch
+    /// starts and `compressed_size` is 0 (formats/blob.md §3.3).
+    pub batch: Option<BatchSlot>,
 }
+
+/// Where a chunk sits inside a batch chunk (formats/blob.md §3.3, §3.4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchSlot {
+    /// Index of the batch context.
+    pub index: u32,
+    /// Offset of the chunk's bytes in the uncompressed batch.
+    pub offset: u32,
+    /// Stored size of the whole batch (from its context; 0 until resolved).
+    pub stored_size: u32,
+    /// Uncompressed size of the whole batch (from its context; 0 until resolved).
+    pub batch_size: u32,
+}
+
+/// v2 chunk-info flag: the chunk lives inside a batch (formats/blob.md §3.3).
+const CI_V2_FLAG_BATCH: u64 = 0x04;
 
 /// Decodes a v1 chunk-info record (formats/blob.md §3.2).
 pub fn decode_ci_v1(r: &ChunkInfoV1) -> CiEntry {
@@ -60,6 +80,7 @@ pub fn decode_ci_v1(r: &ChunkInfoV1) -> CiEntry {
         uncompressed_offset: u & 0xFFF_FFFF_F000,
         uncompressed_size: usize_ as u32,
         compressed: csize != usize_,
+        batch: None,
     }
 }
 
@@ -68,12 +89,20 @@ pub fn decode_ci_v2(raw: &[u8]) -> CiEntry {
     let word = |i: usize| u64::from_le_bytes(raw[i * 8..i * 8 + 8].try_into().unwrap_or([0; 8]));
     let u = word(0);
     let c = word(1);
+    let data = word(2);
+    let batch = ((u >> 56) & CI_V2_FLAG_BATCH != 0).then_some(BatchSlot {
+        index: (data >> 32) as u32,
+        offset: data as u32,
+        stored_size: 0,
+        batch_size: 0,
+    });
     CiEntry {
         compressed_offset: c & 0xFF_FFFF_FFFF,
         compressed_size: (c >> 40) as u32,
         uncompressed_offset: (u & 0xFFFF_FFFF) << 12,
         uncompressed_size: (((u >> 32) & 0xFF_FFFF) + 1) as u32,
         compressed: (u >> 56) & 0x1 != 0,
+        batch,
     }
 }
 
@@ -83,6 +112,16 @@ pub struct ChunkReader<'a> {
     source: BlobSource,
     open: HashMap<u32, Opened>,
     ci: HashMap<u32, Vec<CiEntry>>,
+    /// The last batch decompressed, keyed by blob index and batch index: the chunks of a
+    /// batch are read one after another, so one entry saves re-decompressing it per chunk.
+    last_batch: Option<(BatchKey, Vec<u8>)>,
+}
+
+/// Blob index and batch index of a decompressed batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct BatchKey {
+    blob: u32,
+    batch: u32,
 }
 
 impl<'a> ChunkReader<'a> {
@@ -93,6 +132,7 @@ impl<'a> ChunkReader<'a> {
             source,
             open: HashMap::new(),
             ci: HashMap::new(),
+            last_batch: None,
         }
     }
 
@@ -183,6 +223,7 @@ impl<'a> ChunkReader<'a> {
             uncompressed_offset: c.uncompressed_offset,
             uncompressed_size: c.uncompressed_size,
             compressed: c.compressed,
+            batch: None,
         });
         if loc.uncompressed_size > crate::format::blob::MAX_CHUNK_SIZE
             || loc.compressed_size > crate::format::blob::MAX_CHUNK_SIZE * 2
@@ -194,8 +235,9 @@ impl<'a> ChunkReader<'a> {
             ));
         }
         let tarfs = blob.is_tarfs();
-        let data = match self.open(c.blob_index)? {
-            Opened::Blob(f, p) => {
+        let data = match (self.open(c.blob_index)?, loc.batch) {
+            (Opened::Blob(..), Some(slot)) => self.read_batched(c, loc, slot)?,
+            (Opened::Blob(f, p), None) => {
                 let mut buf = vec![0u8; loc.compressed_size as usize];
                 f.read_exact_at(&mut buf, loc.compressed_offset)
                     .ctx("read chunk from", p.clone())?;
@@ -211,7 +253,7 @@ impl<'a> ChunkReader<'a> {
                     buf
                 }
             }
-            Opened::CacheData(f, p) => {
+            (Opened::CacheData(f, p), _) => {
                 let mut buf = vec![0u8; loc.uncompressed_size as usize];
                 f.read_exact_at(&mut buf, loc.uncompressed_offset)
                     .ctx("read chunk from", p.clone())?;
@@ -233,6 +275,50 @@ impl<'a> ChunkReader<'a> {
             });
         }
         Ok(data)
+    }
+}
+
+impl ChunkReader<'_> {
+    /// The bytes of chunk `c`, which `loc` places at `slot` of a batch: the whole batch is
+    /// read and decompressed (once for consecutive chunks of one batch), then sliced.
+    fn read_batched(&mut self, c: ChunkInfo, loc: CiEntry, slot: BatchSlot) -> Result<Vec<u8>> {
+        let key = BatchKey {
+            blob: c.blob_index,
+            batch: slot.index,
+        };
+        if self.last_batch.as_ref().map(|(k, _)| *k) != Some(key) {
+            let blob = self.blob(c.blob_index)?;
+            let mut buf = vec![0u8; slot.stored_size as usize];
+            if let Opened::Blob(f, p) = self.open(c.blob_index)? {
+                f.read_exact_at(&mut buf, loc.compressed_offset)
+                    .ctx("read batch chunk from", p.clone())?;
+            }
+            // a batch that did not compress is stored raw (formats/blob.md §3.4)
+            let raw = if slot.stored_size < slot.batch_size {
+                blob.compressor
+                    .decompress(&buf, slot.batch_size as usize)
+                    .map_err(|e| Error::Corrupt {
+                        what: "batch chunk data",
+                        offset: loc.compressed_offset,
+                        reason: format!("{} batch {}: {e}", blob.id, slot.index),
+                    })?
+            } else {
+                buf
+            };
+            self.last_batch = Some((key, raw));
+        }
+        let batch = self.last_batch.as_ref().map_or(&[][..], |(_, b)| b);
+        let start = slot.offset as usize;
+        batch
+            .get(start..start + loc.uncompressed_size as usize)
+            .map(<[u8]>::to_vec)
+            .ok_or_else(|| {
+                corrupt(
+                    "chunk",
+                    u64::from(c.index),
+                    "chunk reaches past the end of its batch",
+                )
+            })
     }
 }
 
@@ -308,7 +394,20 @@ fn check_ci_sizes(blob: &BlobEntry) -> Result<()> {
 pub fn decode_blob_meta(stored: Vec<u8>, header: &[u8], blob: &BlobEntry) -> Result<Vec<CiEntry>> {
     let raw = inflate_blob_meta(stored, header, blob)?;
     let v2 = blob.features.contains(BlobFeatures::CHUNK_INFO_V2);
-    Ok(decode_ci_array(&raw, blob.chunk_count, v2))
+    let mut entries = decode_ci_array(&raw, blob.chunk_count, v2);
+    if entries.iter().any(|e| e.batch.is_some()) {
+        // inflate_blob_meta has checked the header already
+        let hdr_at = blob.ci_offset.saturating_add(blob.ci_compressed_size);
+        let h = BlobMetaHeader::ref_from_bytes(header)
+            .map_err(|_| corrupt("blob meta header", hdr_at, "bad size"))?;
+        let contexts = batch_contexts(&raw, h, hdr_at)?;
+        for e in &mut entries {
+            if let Some(slot) = &mut e.batch {
+                resolve_batch(slot, e.uncompressed_size, &contexts, hdr_at)?;
+            }
+        }
+    }
+    Ok(entries)
 }
 
 /// Checks a stored blob meta against the blob table and returns its chunk-info array
@@ -354,6 +453,59 @@ fn inflate_blob_meta(stored: Vec<u8>, header: &[u8], blob: &BlobEntry) -> Result
         .map_err(|e| corrupt("chunk-info array", blob.ci_offset, &e.to_string()))
 }
 
+/// The batch context table of a BATCH blob, found in the uncompressed chunk-info data by the
+/// header's zran fields, which batch blobs reuse (formats/blob.md §3.1, §3.4).
+fn batch_contexts(raw: &[u8], h: &BlobMetaHeader, hdr_at: u64) -> Result<Vec<BatchContext>> {
+    let start = h.ci_zran_offset.get();
+    let count = u64::from(h.ci_zran_count.get());
+    let end = count
+        .checked_mul(BATCH_CONTEXT_SIZE as u64)
+        .and_then(|n| n.checked_add(start))
+        .filter(|end| *end <= raw.len() as u64)
+        .ok_or_else(|| {
+            corrupt(
+                "blob meta header",
+                hdr_at,
+                "batch context table outside the chunk-info data",
+            )
+        })?;
+    Ok(raw[start as usize..end as usize]
+        .chunks_exact(BATCH_CONTEXT_SIZE)
+        .filter_map(|r| BatchContext::read_from_bytes(r).ok())
+        .collect())
+}
+
+/// Fills in a batch member's batch sizes from its context, refusing what upstream's reader
+/// refuses: an unknown context, a batch stored larger than itself, a member past its end.
+fn resolve_batch(
+    slot: &mut BatchSlot,
+    size: u32,
+    contexts: &[BatchContext],
+    hdr_at: u64,
+) -> Result<()> {
+    let ctx = contexts.get(slot.index as usize).ok_or_else(|| {
+        corrupt(
+            "chunk-info array",
+            hdr_at,
+            &format!("batch index {} outside the batch table", slot.index),
+        )
+    })?;
+    let (stored, whole) = (ctx.compressed_size.get(), ctx.uncompressed_batch_size.get());
+    if stored > whole
+        || whole > crate::format::blob::MAX_CHUNK_SIZE
+        || u64::from(slot.offset) + u64::from(size) > u64::from(whole)
+    {
+        return Err(corrupt(
+            "chunk-info array",
+            hdr_at,
+            &format!("batch {} context does not hold its chunks", slot.index),
+        ));
+    }
+    slot.stored_size = stored;
+    slot.batch_size = whole;
+    Ok(())
+}
+
 /// Decodes up to `chunk_count` records of a raw (uncompressed) chunk-info array, v1 (16-byte)
 /// or v2 (24-byte) records; a trailing partial record is ignored.
 pub fn decode_ci_array(raw: &[u8], chunk_count: u32, v2: bool) -> Vec<CiEntry> {
@@ -373,6 +525,7 @@ pub fn decode_ci_array(raw: &[u8], chunk_count: u32, v2: bool) -> Vec<CiEntry> {
                         uncompressed_offset: 0,
                         uncompressed_size: 0,
                         compressed: false,
+                        batch: None,
                     })
             }
         })

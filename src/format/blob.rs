@@ -29,6 +29,9 @@ impl BlobFeatures {
     pub const INLINED_CHUNK_DIGEST: BlobFeatures = BlobFeatures(0x20);
     /// Tar-tarfs blob.
     pub const TARFS: BlobFeatures = BlobFeatures(0x40);
+    /// Small chunks are packed into batch chunks, located by a batch context table after the
+    /// chunk-info records (formats/blob.md §3.4).
+    pub const BATCH: BlobFeatures = BlobFeatures(0x80);
     /// Sections are framed by tar headers.
     pub const HAS_TAR_HEADER: BlobFeatures = BlobFeatures(0x1000_0000);
     /// Table of contents present.
@@ -114,6 +117,25 @@ impl TocEntry {
 pub const CHUNK_FLAG_COMPRESSED: u32 = 0x01;
 /// BlobChunkFlags: the crc32 field is valid.
 pub const CHUNK_FLAG_HAS_CRC32: u32 = 0x10;
+
+/// Size of one batch (or zran) context (formats/blob.md §3.4).
+pub const BATCH_CONTEXT_SIZE: usize = 40;
+
+/// One batch context: where a batch of small chunks, compressed as one frame, is stored
+/// (formats/blob.md §3.4). The table sits in the uncompressed chunk-info data at the header's
+/// `ci_zran_offset`, `ci_zran_count` entries long.
+#[derive(Debug, Clone, Copy, Default, FromBytes, IntoBytes, Immutable, KnownLayout, Unaligned)]
+#[repr(C)]
+pub struct BatchContext {
+    /// Stored size of the whole batch; equal to `uncompressed_batch_size` when the batch did
+    /// not compress and is stored raw.
+    pub compressed_size: U32,
+    /// Sum of the member chunks' sizes (no 4 KiB alignment inside a batch).
+    pub uncompressed_batch_size: U32,
+    /// Zeros.
+    pub reserved: [u8; 32],
+}
+const _: () = assert!(size_of::<BatchContext>() == BATCH_CONTEXT_SIZE);
 
 /// Blob meta header, 4096 bytes, right after the stored chunk-info array (formats/blob.md §3.1).
 #[derive(Debug, Clone, Copy, FromBytes, IntoBytes, Immutable, KnownLayout, Unaligned)]

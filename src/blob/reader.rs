@@ -573,6 +573,63 @@ mod tests {
         assert_eq!(decode_ci_array(&[0; 24 * 2 + 23], 10, true).len(), 2);
     }
 
+    /// A v2 record of a batch member: flags compressed | batch, data = index << 32 | offset.
+    fn batch_record(uncompressed_offset: u64, size: u32, index: u32, offset: u32) -> [u8; 24] {
+        let mut r = [0u8; 24];
+        let u = (uncompressed_offset >> 12) | (u64::from(size - 1) << 32) | (0x05 << 56);
+        r[..8].copy_from_slice(&u.to_le_bytes());
+        r[16..].copy_from_slice(&((u64::from(index) << 32) | u64::from(offset)).to_le_bytes());
+        r
+    }
+
+    fn context(stored: u32, whole: u32) -> BatchContext {
+        BatchContext {
+            compressed_size: stored.into(),
+            uncompressed_batch_size: whole.into(),
+            reserved: [0; 32],
+        }
+    }
+
+    #[test]
+    fn v2_batch_member_decodes_and_resolves_against_its_context() {
+        // upstream's v6-batch: inline-5000 is the third member, at offset 7 of batch 0
+        let mut e = decode_ci_v2(&batch_record(8192, 5000, 0, 7));
+        assert_eq!((e.uncompressed_offset, e.uncompressed_size), (8192, 5000));
+        assert!(e.compressed);
+        let slot = e.batch.as_mut().unwrap();
+        assert_eq!((slot.index, slot.offset), (0, 7));
+        resolve_batch(slot, 5000, &[context(25, 5007)], 0).unwrap();
+        assert_eq!((slot.stored_size, slot.batch_size), (25, 5007));
+        // an unknown context, a member past the batch's end, a frame larger than its batch
+        let err = |index, offset, ctx| {
+            let mut slot = decode_ci_v2(&batch_record(0, 5000, index, offset))
+                .batch
+                .unwrap();
+            resolve_batch(&mut slot, 5000, &[ctx], 0)
+                .unwrap_err()
+                .to_string()
+        };
+        assert!(err(1, 0, context(25, 5007)).contains("outside the batch table"));
+        assert!(err(0, 8, context(25, 5007)).contains("does not hold"));
+        assert!(err(0, 0, context(6000, 5007)).contains("does not hold"));
+    }
+
+    #[test]
+    fn batch_table_must_lie_inside_the_ci_data() {
+        let mut h = BlobMetaHeader::read_from_bytes(&[0u8; BLOB_META_HEADER_SIZE][..]).unwrap();
+        h.ci_zran_offset = 24.into();
+        h.ci_zran_count = 1.into();
+        let mut raw = vec![0u8; 24 + 40];
+        raw[24..28].copy_from_slice(&25u32.to_le_bytes());
+        raw[28..32].copy_from_slice(&5007u32.to_le_bytes());
+        let got = batch_contexts(&raw, &h, 0).unwrap();
+        assert_eq!(got[0].uncompressed_batch_size.get(), 5007);
+        h.ci_zran_count = 2.into();
+        assert!(batch_contexts(&raw, &h, 0).is_err());
+        h.ci_zran_offset = u64::MAX.into();
+        assert!(batch_contexts(&raw, &h, 0).is_err());
+    }
+
     #[test]
     fn v1_round_trip() {
         let c = ChunkInfo {

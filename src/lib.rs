@@ -7,7 +7,7 @@
 //! [`ops::inspect`], [`ops::stat`], [`ops::dump`], [`ops::bench`], and [`ops::report`] for the
 //! nydus `-J` document. The model they take and return is re-exported here: a [`Tree`] of
 //! [`Entry`]s and [`Inode`]s (each an [`InodeKind`]), the decoded [`Image`] with its
-//! [`BlobEntry`] table and [`ChunkInfo`]s, the id newtypes, [`WhiteoutSpec`], [`Prefetch`], the
+//! [`BlobEntry`] table (an encrypted blob's [`BlobKey`]) and [`ChunkInfo`]s, the id newtypes, [`WhiteoutSpec`], [`Prefetch`], the
 //! [`Compressor`] and [`Digester`] options, and [`Error`] / [`Result`]. [`read`] loads and decodes bootstraps
 //! and reads chunk data from blobs; [`staged`] cleans up temporary outputs after a signal.
 //!
@@ -34,6 +34,7 @@ pub mod ops;
 mod rafs;
 mod source;
 
+pub use codec::cipher::{BlobKey, CipherError};
 pub use codec::{Compressor, Digester};
 pub use error::{Error, Result};
 pub use format::blob::BlobFeatures;

@@ -6,7 +6,7 @@ use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-use zerocopy::FromBytes;
+use zerocopy::{FromBytes, IntoBytes};
 
 use crate::codec::Compressor;
 use crate::error::{Error, IoContext, Result};
@@ -241,6 +241,7 @@ impl<'a> ChunkReader<'a> {
                 let mut buf = vec![0u8; loc.compressed_size as usize];
                 f.read_exact_at(&mut buf, loc.compressed_offset)
                     .ctx("read chunk from", p.clone())?;
+                let buf = decrypt_chunk(blob, buf, loc.compressed_offset, c.index)?;
                 if loc.compressed && !tarfs {
                     blob.compressor
                         .decompress(&buf, loc.uncompressed_size as usize)
@@ -293,8 +294,10 @@ impl ChunkReader<'_> {
                 f.read_exact_at(&mut buf, loc.compressed_offset)
                     .ctx("read batch chunk from", p.clone())?;
             }
-            // a batch that did not compress is stored raw (formats/blob.md §3.4)
-            let raw = if slot.stored_size < slot.batch_size {
+            let buf = decrypt_chunk(blob, buf, loc.compressed_offset, c.index)?;
+            // a batch that did not compress is stored raw (formats/blob.md §3.4); once
+            // decrypted, a raw batch is exactly as long as the batch
+            let raw = if buf.len() != slot.batch_size as usize {
                 blob.compressor
                     .decompress(&buf, slot.batch_size as usize)
                     .map_err(|e| Error::Corrupt {
@@ -319,6 +322,20 @@ impl ChunkReader<'_> {
                     "chunk reaches past the end of its batch",
                 )
             })
+    }
+}
+
+/// The stored bytes of chunk `index` (or of the batch holding it) in the clear: decrypted when
+/// the blob is encrypted (formats/blob.md §10). XTS cannot tell a wrong key or damaged bytes;
+/// the decompression and the digest check after this catch them.
+fn decrypt_chunk(blob: &BlobEntry, stored: Vec<u8>, offset: u64, index: u32) -> Result<Vec<u8>> {
+    match &blob.cipher {
+        None => Ok(stored),
+        Some(key) => key.decrypt(&stored).map_err(|e| Error::Corrupt {
+            what: "chunk data",
+            offset,
+            reason: format!("{} chunk {index}: cannot decrypt: {e}", blob.id),
+        }),
     }
 }
 
@@ -362,9 +379,10 @@ fn read_ci(f: &File, path: &Path, blob: &BlobEntry) -> Result<Vec<CiEntry>> {
 pub fn cache_meta_file(path: &Path, blob: &BlobEntry) -> Result<Vec<u8>> {
     let f = File::open(path).ctx("open", path)?;
     let m = read_stored_meta(&f, path, blob)?;
-    let mut out = inflate_blob_meta(m.ci, &m.header, blob)?;
+    let plain = open_blob_meta(m.ci, &m.header, blob)?;
+    let mut out = plain.ci;
     out.resize(out.len().div_ceil(4096) * 4096, 0);
-    out.extend_from_slice(&m.header);
+    out.extend_from_slice(plain.header.as_bytes());
     Ok(out)
 }
 
@@ -392,27 +410,36 @@ fn check_ci_sizes(blob: &BlobEntry) -> Result<()> {
 /// `header` the 4 KiB blob meta header that follows it; `blob` is what the bootstrap says about
 /// them. Pure: no I/O (the fuzz target drives this).
 pub fn decode_blob_meta(stored: Vec<u8>, header: &[u8], blob: &BlobEntry) -> Result<Vec<CiEntry>> {
-    let raw = inflate_blob_meta(stored, header, blob)?;
+    let plain = open_blob_meta(stored, header, blob)?;
+    let raw = plain.ci;
     let v2 = blob.features.contains(BlobFeatures::CHUNK_INFO_V2);
     let mut entries = decode_ci_array(&raw, blob.chunk_count, v2);
     if entries.iter().any(|e| e.batch.is_some()) {
-        // inflate_blob_meta has checked the header already
         let hdr_at = blob.ci_offset.saturating_add(blob.ci_compressed_size);
-        let h = BlobMetaHeader::ref_from_bytes(header)
-            .map_err(|_| corrupt("blob meta header", hdr_at, "bad size"))?;
-        let contexts = batch_contexts(&raw, h, hdr_at)?;
+        let contexts = batch_contexts(&raw, &plain.header, hdr_at)?;
         for e in &mut entries {
             if let Some(slot) = &mut e.batch {
-                resolve_batch(slot, e.uncompressed_size, &contexts, hdr_at)?;
+                let member = BatchMember {
+                    size: e.uncompressed_size,
+                    encrypted: blob.cipher.is_some(),
+                };
+                resolve_batch(slot, member, &contexts, hdr_at)?;
             }
         }
     }
     Ok(entries)
 }
 
-/// Checks a stored blob meta against the blob table and returns its chunk-info array
-/// uncompressed.
-fn inflate_blob_meta(stored: Vec<u8>, header: &[u8], blob: &BlobEntry) -> Result<Vec<u8>> {
+/// A blob meta in the clear: the chunk-info data uncompressed (records, then any batch
+/// table) and the header.
+struct PlainMeta {
+    ci: Vec<u8>,
+    header: BlobMetaHeader,
+}
+
+/// Checks a stored blob meta against the blob table, decrypts it when the blob is encrypted
+/// (formats/blob.md §10) and returns its chunk-info data uncompressed with its header.
+fn open_blob_meta(stored: Vec<u8>, header: &[u8], blob: &BlobEntry) -> Result<PlainMeta> {
     check_ci_sizes(blob)?;
     if stored.len() as u64 != blob.ci_compressed_size {
         return Err(corrupt(
@@ -425,11 +452,29 @@ fn inflate_blob_meta(stored: Vec<u8>, header: &[u8], blob: &BlobEntry) -> Result
             ),
         ));
     }
-    let h = BlobMetaHeader::ref_from_bytes(header)
-        .map_err(|_| corrupt("blob meta header", blob.ci_offset, "bad size"))?;
     let hdr_at = blob.ci_offset.saturating_add(blob.ci_compressed_size);
+    let (stored, header) = match &blob.cipher {
+        None => (stored, header.to_vec()),
+        Some(key) => {
+            let decrypt = |bytes: &[u8], what: &'static str, at: u64| {
+                key.decrypt(bytes)
+                    .map_err(|e| corrupt(what, at, &format!("cannot decrypt: {e}")))
+            };
+            (
+                decrypt(&stored, "chunk-info array", blob.ci_offset)?,
+                decrypt(header, "blob meta header", hdr_at)?,
+            )
+        }
+    };
+    let h = BlobMetaHeader::read_from_bytes(&header)
+        .map_err(|_| corrupt("blob meta header", hdr_at, "bad size"))?;
     if h.magic.get() != BLOB_META_MAGIC || h.magic2.get() != BLOB_META_MAGIC {
-        return Err(corrupt("blob meta header", hdr_at, "bad magic"));
+        let why = if blob.cipher.is_some() {
+            "bad magic (wrong key?)"
+        } else {
+            "bad magic"
+        };
+        return Err(corrupt("blob meta header", hdr_at, why));
     }
     if h.ci_offset.get() != blob.ci_offset || h.ci_compressed_size.get() != blob.ci_compressed_size
     {
@@ -446,11 +491,13 @@ fn inflate_blob_meta(stored: Vec<u8>, header: &[u8], blob: &BlobEntry) -> Result
             "unknown chunk-info compression",
         )
     })?;
-    if algo == Compressor::None {
-        return Ok(stored);
-    }
-    algo.decompress(&stored, blob.ci_uncompressed_size as usize)
-        .map_err(|e| corrupt("chunk-info array", blob.ci_offset, &e.to_string()))
+    let ci = if algo == Compressor::None {
+        stored
+    } else {
+        algo.decompress(&stored, blob.ci_uncompressed_size as usize)
+            .map_err(|e| corrupt("chunk-info array", blob.ci_offset, &e.to_string()))?
+    };
+    Ok(PlainMeta { ci, header: h })
 }
 
 /// The batch context table of a BATCH blob, found in the uncompressed chunk-info data by the
@@ -475,14 +522,24 @@ fn batch_contexts(raw: &[u8], h: &BlobMetaHeader, hdr_at: u64) -> Result<Vec<Bat
         .collect())
 }
 
+/// A batch member as its blob describes it.
+#[derive(Debug, Clone, Copy)]
+struct BatchMember {
+    /// The member chunk's own size.
+    size: u32,
+    /// The blob is encrypted.
+    encrypted: bool,
+}
+
 /// Fills in a batch member's batch sizes from its context, refusing what upstream's reader
 /// refuses: an unknown context, a batch stored larger than itself, a member past its end.
 fn resolve_batch(
     slot: &mut BatchSlot,
-    size: u32,
+    member: BatchMember,
     contexts: &[BatchContext],
     hdr_at: u64,
 ) -> Result<()> {
+    let size = member.size;
     let ctx = contexts.get(slot.index as usize).ok_or_else(|| {
         corrupt(
             "chunk-info array",
@@ -491,7 +548,13 @@ fn resolve_batch(
         )
     })?;
     let (stored, whole) = (ctx.compressed_size.get(), ctx.uncompressed_batch_size.get());
-    if stored > whole
+    // only encryption stores a piece larger than itself: one under an AES block takes 18 bytes
+    let most = if member.encrypted {
+        whole.max(18)
+    } else {
+        whole
+    };
+    if stored > most
         || whole > crate::format::blob::MAX_CHUNK_SIZE
         || u64::from(slot.offset) + u64::from(size) > u64::from(whole)
     {
@@ -598,20 +661,37 @@ mod tests {
         assert!(e.compressed);
         let slot = e.batch.as_mut().unwrap();
         assert_eq!((slot.index, slot.offset), (0, 7));
-        resolve_batch(slot, 5000, &[context(25, 5007)], 0).unwrap();
+        let plain = BatchMember {
+            size: 5000,
+            encrypted: false,
+        };
+        resolve_batch(slot, plain, &[context(25, 5007)], 0).unwrap();
         assert_eq!((slot.stored_size, slot.batch_size), (25, 5007));
         // an unknown context, a member past the batch's end, a frame larger than its batch
         let err = |index, offset, ctx| {
             let mut slot = decode_ci_v2(&batch_record(0, 5000, index, offset))
                 .batch
                 .unwrap();
-            resolve_batch(&mut slot, 5000, &[ctx], 0)
+            resolve_batch(&mut slot, plain, &[ctx], 0)
                 .unwrap_err()
                 .to_string()
         };
         assert!(err(1, 0, context(25, 5007)).contains("outside the batch table"));
         assert!(err(0, 8, context(25, 5007)).contains("does not hold"));
         assert!(err(0, 0, context(6000, 5007)).contains("does not hold"));
+        // encryption pads a batch under one AES block to 18 bytes, and nothing else
+        let mut slot = decode_ci_v2(&batch_record(0, 7, 0, 0)).batch.unwrap();
+        let tiny = BatchMember {
+            size: 7,
+            encrypted: true,
+        };
+        resolve_batch(&mut slot, tiny, &[context(18, 7)], 0).unwrap();
+        assert!(resolve_batch(&mut slot, tiny, &[context(19, 7)], 0).is_err());
+        let clear = BatchMember {
+            encrypted: false,
+            ..tiny
+        };
+        assert!(resolve_batch(&mut slot, clear, &[context(18, 7)], 0).is_err());
     }
 
     #[test]
@@ -639,6 +719,7 @@ mod tests {
             index: 3,
             compressed: true,
             has_crc32: true,
+            encrypted: false,
             compressed_offset: 0x12_3456_789a,
             compressed_size: 0x10_0000,
             uncompressed_offset: 0x7_0000_1000,

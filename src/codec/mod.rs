@@ -1,5 +1,6 @@
-//! Codecs: chunk compression and chunk digests.
+//! Codecs: chunk compression, chunk digests and chunk encryption.
 
+pub mod cipher;
 pub mod compress;
 pub mod digest;
 

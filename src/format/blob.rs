@@ -32,6 +32,8 @@ impl BlobFeatures {
     /// Small chunks are packed into batch chunks, located by a batch context table after the
     /// chunk-info records (formats/blob.md §3.4).
     pub const BATCH: BlobFeatures = BlobFeatures(0x80);
+    /// Chunks, the chunk-info array and the blob-meta header are encrypted (formats/blob.md §10).
+    pub const ENCRYPTED: BlobFeatures = BlobFeatures(0x100);
     /// Sections are framed by tar headers.
     pub const HAS_TAR_HEADER: BlobFeatures = BlobFeatures(0x1000_0000);
     /// Table of contents present.
@@ -52,6 +54,30 @@ impl BlobFeatures {
     /// Names of the bits set, for listings.
     pub fn names(self) -> Vec<&'static str> {
         feature_names(self.0)
+    }
+
+    /// The words upstream's `check` lists for the bits set, in its order (its
+    /// `format_blob_features`): a text interface, kept apart from [`BlobFeatures::names`].
+    pub fn upstream_words(self) -> Vec<&'static str> {
+        const WORDS: [(u32, &str); 12] = [
+            (0x1, "aligned"),
+            (0x80, "batch"),
+            (0x4000_0000, "cap_toc"),
+            (0x20, "chunk-digest"),
+            (0x4, "chunk-v2"),
+            (0x2, "fs-meta"),
+            (0x10, "separate"),
+            (0x1000_0000, "tar-header"),
+            (0x2000_0000, "toc"),
+            (0x8, "zran"),
+            (0x100, "encrypted"),
+            (0x200, "is-chunkdict-generated"),
+        ];
+        WORDS
+            .iter()
+            .filter(|(b, _)| self.0 & b != 0)
+            .map(|(_, n)| *n)
+            .collect()
     }
 }
 
@@ -115,8 +141,22 @@ impl TocEntry {
 
 /// BlobChunkFlags: stored bytes are compressed.
 pub const CHUNK_FLAG_COMPRESSED: u32 = 0x01;
+/// BlobChunkFlags: stored bytes are encrypted (formats/blob.md §10).
+pub const CHUNK_FLAG_ENCRYPTED: u32 = 0x04;
 /// BlobChunkFlags: the crc32 field is valid.
 pub const CHUNK_FLAG_HAS_CRC32: u32 = 0x10;
+
+/// Chunk-info v2 flag bits (formats/blob.md §3.3): their own numbering, not BlobChunkFlags.
+pub mod ci_v2_flags {
+    /// Stored compressed.
+    pub const COMPRESSED: u8 = 0x01;
+    /// Inside a batch: the data word holds the batch index and offset.
+    pub const BATCH: u8 = 0x04;
+    /// Stored encrypted.
+    pub const ENCRYPTED: u8 = 0x08;
+    /// The data word holds the chunk's crc32.
+    pub const HAS_CRC32: u8 = 0x10;
+}
 
 /// Size of one batch (or zran) context (formats/blob.md §3.4).
 pub const BATCH_CONTEXT_SIZE: usize = 40;

@@ -93,6 +93,8 @@ pub mod super_flags {
     pub const TARTFS_MODE: u64 = 0x200;
     /// Not encrypted.
     pub const ENCRYPTION_NONE: u64 = 0x0100_0000;
+    /// Some blob is encrypted with AES-128-XTS (upstream's spelling "ASE"; formats/blob.md §10).
+    pub const ENCRYPTION_AES_128_XTS: u64 = 0x0200_0000;
 
     use crate::codec::{Compressor, Digester};
 
@@ -225,6 +227,9 @@ pub struct DeviceSlot {
     pub reserved: [u8; 56],
 }
 const _: () = assert!(size_of::<DeviceSlot>() == 128);
+
+/// `cipher_algo` of an AES-128-XTS encrypted blob (formats/blob.md §10).
+pub const CIPHER_AES_128_XTS: u32 = 1;
 
 /// Blob table entry, 256 bytes (formats/rafs-v6.md §5).
 #[derive(Debug, Clone, Copy, FromBytes, IntoBytes, Immutable, KnownLayout, Unaligned)]

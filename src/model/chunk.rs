@@ -19,6 +19,8 @@ pub struct ChunkInfo {
     pub index: u32,
     /// Whether the stored bytes are compressed.
     pub compressed: bool,
+    /// Whether the stored bytes are encrypted (formats/blob.md §10).
+    pub encrypted: bool,
     /// Offset of the stored bytes in the blob file.
     pub compressed_offset: u64,
     /// Length of the stored bytes.
@@ -57,6 +59,7 @@ impl ChunkInfo {
             index: r.index.get(),
             compressed: flags & format::CHUNK_FLAG_COMPRESSED != 0,
             has_crc32: flags & format::CHUNK_FLAG_HAS_CRC32 != 0,
+            encrypted: flags & format::CHUNK_FLAG_ENCRYPTED != 0,
             compressed_offset: r.compressed_offset.get(),
             compressed_size: r.compressed_size.get(),
             uncompressed_offset: r.uncompressed_offset.get(),
@@ -72,6 +75,10 @@ impl ChunkInfo {
             0
         }) | if self.compressed {
             format::CHUNK_FLAG_COMPRESSED
+        } else {
+            0
+        } | if self.encrypted {
+            format::CHUNK_FLAG_ENCRYPTED
         } else {
             0
         }

@@ -2,6 +2,7 @@
 
 use super::chunk::ChunkInfo;
 use super::tree::{EntryId, FileType, Tree};
+use crate::codec::cipher::BlobKey;
 use crate::codec::{Compressor, Digester};
 use crate::error::{Error, Result};
 use crate::format::blob::BlobFeatures;
@@ -39,6 +40,9 @@ pub struct BlobEntry {
     /// Block address in a flattened disk image, as the v6 device table read back says (the
     /// encoders compute it from the layout instead).
     pub mapped_blkaddr: u32,
+    /// Key and tweak of an encrypted blob (formats/blob.md §10), kept in the clear in the
+    /// blob table as upstream keeps them.
+    pub cipher: Option<BlobKey>,
 }
 
 impl BlobEntry {
@@ -57,6 +61,7 @@ impl BlobEntry {
             ci_uncompressed_size: 0,
             ci_compressor: 0,
             mapped_blkaddr: 0,
+            cipher: None,
         }
     }
 

@@ -193,6 +193,7 @@ mod tests {
             digest: Digester::Blake3.digest(data),
             crc32: crate::codec::digest::crc32(data),
             has_crc32: true,
+            encrypted: false,
             blob_index: 0,
             index: 0,
             compressed: false,

@@ -1098,6 +1098,7 @@ impl FileData for TarfsChunks {
                 digest: [0; 32],
                 crc32: 0,
                 has_crc32: false,
+                encrypted: false,
                 blob_index: 0,
                 index: id,
                 compressed: false,

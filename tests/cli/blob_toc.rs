@@ -113,7 +113,7 @@ fn blob_toc_layer_is_read_by_every_reader() {
     let dir = x.path().to_str().unwrap();
     let out = forge(&["check", "-B", named.to_str().unwrap(), "-D", dir]);
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("has_toc") && text.contains(&id), "{text}");
+    assert!(text.contains(" toc") && text.contains(&id), "{text}");
     let boot = x.path().join(format!("{id}.boot"));
     let boot_s = boot.to_str().unwrap();
     forge(&["extract-bootstrap", named.to_str().unwrap(), "-o", boot_s]);

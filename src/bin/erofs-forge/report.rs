@@ -156,13 +156,13 @@ pub fn checked(report: &check::CheckReport) {
     println!("RAFS filesystem metadata is valid, referenced data blobs: ");
     for (i, b) in img.blobs.iter().enumerate() {
         println!(
-            "\t {i}: {}, compressed size {:#x}, uncompressed size {:#x}, chunk size: {:#x}, chunk count: {}, features: {}",
+            "\t {i}: {}, compressed size {}, uncompressed size {}, chunk size: {}, chunk count: {}, features: {}",
             b.id,
             b.compressed_size,
             b.uncompressed_size,
             img.chunk_size,
             b.chunk_count,
-            b.features.names().join(" ")
+            b.features.upstream_words().join(" ")
         );
     }
     if report.chunks_verified > 0 {

@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 
 use super::layout::XATTR_PREFIXES;
+use crate::codec::cipher::BlobKey;
 use crate::codec::{Compressor, Digester};
 use crate::error::Result;
 use crate::format::blob::BlobFeatures;
@@ -222,6 +223,25 @@ fn blob_table(
             1 => Digester::Sha256,
             _ => return Err(corrupt("blob table entry", off + 80, "unknown digest")),
         };
+        let cipher = match e.cipher_algo.get() {
+            0 => None,
+            CIPHER_AES_128_XTS => {
+                let mut iv = [0u8; 16];
+                iv[..8].copy_from_slice(&e.blob_meta_size.get().to_le_bytes());
+                iv[8..].copy_from_slice(&e.cipher_iv);
+                Some(BlobKey {
+                    key: e.blob_meta_digest,
+                    iv,
+                })
+            }
+            other => {
+                return Err(corrupt(
+                    "blob table entry",
+                    off + 248,
+                    &format!("unknown cipher algorithm {other}"),
+                ))
+            }
+        };
         let id = trim_id(&e.blob_id)
             .ok_or_else(|| corrupt("blob table entry", off, "blob id is not text"))?;
         blobs.push(Blob {
@@ -237,6 +257,7 @@ fn blob_table(
             ci_uncompressed_size: e.ci_uncompressed_size.get(),
             ci_compressor: e.ci_compressor.get(),
             mapped_blkaddr: slot.mapped_blkaddr.get(),
+            cipher,
         });
     }
     Ok(blobs)
@@ -517,6 +538,7 @@ impl Decoder<'_> {
                     index: ci,
                     compressed: false,
                     has_crc32: false,
+                    encrypted: false,
                     compressed_offset: u64::from(blkaddr) * self.block,
                     compressed_size: usize_hint,
                     uncompressed_offset: u64::from(blkaddr) * self.block,

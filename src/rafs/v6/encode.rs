@@ -6,6 +6,7 @@ use std::collections::{BTreeMap, HashMap};
 use zerocopy::{FromBytes, IntoBytes};
 
 use super::layout::{self, DataLayout, Layout};
+use crate::codec::cipher::BlobKey;
 use crate::codec::{Compressor, Digester};
 use crate::error::{Error, Result};
 use crate::format::blob::BlobFeatures;
@@ -298,7 +299,13 @@ fn write_superblocks(
 
 /// RafsSuperFlags of the image (formats/blob.md §8).
 fn rafs_flags(blobs: &[BlobEntry], opts: &EncodeOptions, layout: &Layout) -> u64 {
-    let mut flags = super_flags::ENCRYPTION_NONE
+    // a merge is encrypted when any of its layers is, as upstream marks it
+    let encryption = if blobs.iter().any(|b| b.cipher.is_some()) {
+        super_flags::ENCRYPTION_AES_128_XTS
+    } else {
+        super_flags::ENCRYPTION_NONE
+    };
+    let mut flags = encryption
         | super_flags::of_compressor(opts.compressor)
         | super_flags::of_digester(opts.digester);
     if opts.explicit_uid_gid {
@@ -348,6 +355,7 @@ fn write_blob_tables(
             DEVICE_TABLE_OFFSET as u64 + 128 * i as u64,
             slot.as_bytes(),
         );
+        let cipher = CipherFields::of(bl.cipher.as_ref());
         let entry = crate::format::rafs_v6::BlobEntry {
             blob_id: id,
             blob_index: (i as u32).into(),
@@ -364,15 +372,46 @@ fn write_blob_tables(
             ci_compressed_size: s.ci_compressed_size.into(),
             ci_uncompressed_size: s.ci_uncompressed_size.into(),
             blob_toc_digest: [0; 32],
-            blob_meta_digest: [0; 32],
-            blob_meta_size: 0.into(),
-            cipher_iv: [0; 8],
-            cipher_algo: 0.into(),
+            blob_meta_digest: cipher.key,
+            blob_meta_size: cipher.iv_low.into(),
+            cipher_iv: cipher.iv_high,
+            cipher_algo: cipher.algo.into(),
             reserved: [0; 36],
         };
         put(buf, blob_table_offset + 256 * i as u64, entry.as_bytes());
     }
     Ok(())
+}
+
+/// Where an encrypted blob's key and tweak go in its blob-table entry: upstream keeps them in
+/// the clear in fields named for other things (formats/blob.md §10).
+struct CipherFields {
+    key: [u8; 32],
+    iv_low: u64,
+    iv_high: [u8; 8],
+    algo: u32,
+}
+
+impl CipherFields {
+    fn of(key: Option<&BlobKey>) -> CipherFields {
+        match key {
+            None => CipherFields {
+                key: [0; 32],
+                iv_low: 0,
+                iv_high: [0; 8],
+                algo: 0,
+            },
+            Some(k) => {
+                let (low, high) = k.iv.split_at(8);
+                CipherFields {
+                    key: k.key,
+                    iv_low: u64::from_le_bytes(low.try_into().unwrap_or([0; 8])),
+                    iv_high: high.try_into().unwrap_or([0; 8]),
+                    algo: crate::format::rafs_v6::CIPHER_AES_128_XTS,
+                }
+            }
+        }
+    }
 }
 
 /// The body of a regular file in a standalone EROFS image (no blobs): inline data, or an EROFS

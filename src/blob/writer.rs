@@ -10,9 +10,12 @@ use sha2::{Digest as _, Sha256};
 use tempfile::NamedTempFile;
 use zerocopy::{FromZeros, IntoBytes};
 
+use crate::codec::cipher::BlobKey;
 use crate::codec::{Compressor, Digester};
 use crate::error::{write_error, Error, IoContext, Result};
-use crate::format::blob::{self as format, BlobFeatures, BlobMetaHeader, ChunkInfoV1, TocEntry};
+use crate::format::blob::{
+    self as format, BatchContext, BlobFeatures, BlobMetaHeader, ChunkInfoV1, ChunkInfoV2, TocEntry,
+};
 use crate::io::staged::{is_stream, temp_in, Outputs, Staged};
 use crate::model::{BlobEntry, ChunkInfo};
 
@@ -53,6 +56,38 @@ pub struct BlobWriterOptions {
     /// Where the blob's bytes will start inside a larger file (`create --blob-offset`): the
     /// offsets recorded for chunks and the blob meta count from there.
     pub blob_offset: u64,
+    /// `--batch-size`: small chunks (see [`is_batched`]) are packed into batches of under this
+    /// many bytes, each compressed as one frame (formats/blob.md §3.4). v6 only.
+    pub batch_size: Option<u32>,
+    /// `--encrypt`: every stored piece is encrypted with this key (formats/blob.md §10). v6
+    /// only.
+    pub cipher: Option<BlobKey>,
+}
+
+/// Whether a chunk of `len` bytes goes into a batch under `--batch-size batch`: only the one
+/// chunk of a file, and only under half a batch (upstream's rule, formats/blob.md §3.4).
+pub fn is_batched(batch: Option<u32>, len: u32, only_chunk: bool) -> bool {
+    batch.is_some_and(|b| only_chunk && len < b / 2)
+}
+
+/// How a chunk's chunk-info record places it (formats/blob.md §3.3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CiPlace {
+    /// Stored on its own, where its [`ChunkInfo`] says.
+    Alone,
+    /// Inside a batch.
+    Batched(BatchPlace),
+}
+
+/// Where a batch member is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct BatchPlace {
+    /// Blob offset of the batch's stored frame.
+    frame_offset: u64,
+    /// Index of the batch context.
+    index: u32,
+    /// Offset of the member inside the uncompressed batch.
+    offset: u32,
 }
 
 /// A finished blob: its blob-table entry and what is only the writer's to know.
@@ -110,6 +145,12 @@ pub struct BlobWriter {
     /// What errors name as the blob being written (its final path or directory).
     label: PathBuf,
     cache_label: PathBuf,
+    /// Per chunk, in chunk-index order: how its chunk-info record places it.
+    places: Vec<CiPlace>,
+    /// The members of the batch being gathered, uncompressed and unpadded.
+    batch: Vec<u8>,
+    /// One context per batch written.
+    batch_contexts: Vec<BatchContext>,
 }
 
 impl BlobWriter {
@@ -153,7 +194,17 @@ impl BlobWriter {
             cache_meta: None,
             bootstrap_start: None,
             toc: Vec::new(),
+            places: Vec::new(),
+            batch: Vec::new(),
+            batch_contexts: Vec::new(),
         })
+    }
+
+    /// Whether the bytes this writer stores differ from the chunks' stored bytes (batches,
+    /// encryption): then it hashes them itself and [`BlobWriter::add_chunk_unhashed`] is not
+    /// available.
+    pub fn hashes_itself(&self) -> bool {
+        self.opts.batch_size.is_some() || self.opts.cipher.is_some()
     }
 
     /// Names the blob in errors (default: `<blob dir>/<blob id>`).
@@ -191,8 +242,23 @@ impl BlobWriter {
         raw: &[u8],
         stored: Option<&[u8]>,
     ) -> Result<ChunkInfo> {
-        self.hasher.update(stored.unwrap_or(raw));
-        self.add_chunk_unhashed(digest, crc32, raw, stored)
+        self.flush_batch()?;
+        let mut info = self.next_chunk(digest, crc32, raw)?;
+        let bytes = stored.unwrap_or(raw);
+        info.compressed = stored.is_some();
+        info.compressed_offset = self.pos;
+        match self.opts.cipher {
+            None => {
+                self.emit(bytes)?;
+                info.compressed_size = bytes.len() as u32;
+            }
+            Some(key) => {
+                let sealed = encrypt(&key, bytes, &self.label)?;
+                self.emit(&sealed)?;
+                info.compressed_size = sealed.len() as u32;
+            }
+        }
+        self.push_chunk(info, raw, CiPlace::Alone)
     }
 
     /// Takes the blob-id hasher, so that chunk bytes can be hashed on another thread while
@@ -208,7 +274,8 @@ impl BlobWriter {
     }
 
     /// [`BlobWriter::add_chunk`] without hashing: the caller feeds the stored bytes (`stored`,
-    /// or `raw`) to the hasher it took, in the same order.
+    /// or `raw`) to the hasher it took, in the same order. Not for a writer that
+    /// [`BlobWriter::hashes_itself`].
     pub fn add_chunk_unhashed(
         &mut self,
         digest: [u8; 32],
@@ -216,26 +283,109 @@ impl BlobWriter {
         raw: &[u8],
         stored: Option<&[u8]>,
     ) -> Result<ChunkInfo> {
+        if self.hashes_itself() {
+            return Err(Error::Internal(
+                "a batched or encrypted blob hashes what it writes itself".into(),
+            ));
+        }
+        let mut info = self.next_chunk(digest, crc32, raw)?;
+        let bytes = stored.unwrap_or(raw);
+        info.compressed = stored.is_some();
+        info.compressed_offset = self.pos;
+        info.compressed_size = bytes.len() as u32;
+        self.emit_unhashed(bytes)?;
+        self.push_chunk(info, raw, CiPlace::Alone)
+    }
+
+    /// Appends a chunk to the batch being gathered (`--batch-size`, for chunks that
+    /// [`is_batched`]), writing the batch out first when the chunk would fill it. As upstream,
+    /// the bootstrap records a member without a place of its own (offset and size 0, not
+    /// compressed): only the chunk-info record locates it (formats/blob.md §3.4).
+    pub fn add_batched_chunk(
+        &mut self,
+        digest: [u8; 32],
+        crc32: u32,
+        raw: &[u8],
+    ) -> Result<ChunkInfo> {
+        let Some(limit) = self.opts.batch_size else {
+            return Err(Error::Internal("batched chunk without --batch-size".into()));
+        };
+        if !self.batch.is_empty() && self.batch.len() + raw.len() >= limit as usize {
+            self.flush_batch()?;
+        }
+        let mut info = self.next_chunk(digest, crc32, raw)?;
+        info.compressed_offset = 0;
+        info.compressed_size = 0;
+        let place = BatchPlace {
+            frame_offset: self.pos,
+            index: self.batch_contexts.len() as u32,
+            offset: self.batch.len() as u32,
+        };
+        self.batch.extend_from_slice(raw);
+        self.push_chunk(info, raw, CiPlace::Batched(place))
+    }
+
+    /// Writes out the batch being gathered, compressed as one frame (stored raw when that does
+    /// not shrink it) and encrypted in an encrypted blob, and records its context.
+    fn flush_batch(&mut self) -> Result<()> {
+        if self.batch.is_empty() {
+            return Ok(());
+        }
+        let raw = std::mem::take(&mut self.batch);
+        let mut packed = Vec::new();
+        let mut stored = if self.opts.compressor.compress_into(&raw, &mut packed)? {
+            packed
+        } else {
+            raw.clone()
+        };
+        if let Some(key) = self.opts.cipher {
+            if stored.len() < BLOCK_OF_AES {
+                // upstream's reader takes a batch as compressed when its stored size differs
+                // from its size, and encryption pads a piece under one AES block to 18 bytes:
+                // such a batch is stored compressed, whatever that costs, to stay readable
+                if let Some(frame) = self.opts.compressor.compress_whole(&raw)? {
+                    stored = frame;
+                }
+            }
+            stored = encrypt(&key, &stored, &self.label)?;
+        }
+        self.emit(&stored)?;
+        self.batch_contexts.push(BatchContext {
+            compressed_size: (stored.len() as u32).into(),
+            uncompressed_batch_size: (raw.len() as u32).into(),
+            reserved: [0; 32],
+        });
+        self.batch = raw;
+        self.batch.clear();
+        Ok(())
+    }
+
+    /// A new chunk of `raw`'s bytes: its index and uncompressed offset assigned, its stored
+    /// place still to fill in.
+    fn next_chunk(&mut self, digest: [u8; 32], crc32: u32, raw: &[u8]) -> Result<ChunkInfo> {
         if self.chunks.len() >= MAX_CHUNKS_PER_BLOB {
             return Err(Error::Limit(format!(
                 "a blob holds at most {MAX_CHUNKS_PER_BLOB} chunks; use a larger --chunk-size"
             )));
         }
-        let bytes = stored.unwrap_or(raw);
-        let info = ChunkInfo {
+        Ok(ChunkInfo {
             digest,
             crc32,
             has_crc32: true,
-            encrypted: false,
+            encrypted: self.opts.cipher.is_some(),
             blob_index: self.opts.blob_index,
             index: self.chunks.len() as u32,
-            compressed: stored.is_some(),
-            compressed_offset: self.pos,
-            compressed_size: bytes.len() as u32,
+            compressed: false,
+            compressed_offset: 0,
+            compressed_size: 0,
             uncompressed_offset: self.uncompressed_end,
             uncompressed_size: raw.len() as u32,
-        };
-        self.emit_unhashed(bytes)?;
+        })
+    }
+
+    /// Records chunk `info` (its bytes `raw` mirrored into the blob cache) and moves the
+    /// uncompressed end past it.
+    fn push_chunk(&mut self, info: ChunkInfo, raw: &[u8], place: CiPlace) -> Result<ChunkInfo> {
         self.uncompressed_end += if self.opts.v6 || self.opts.aligned {
             (raw.len() as u64).div_ceil(CHUNK_ALIGN) * CHUNK_ALIGN
         } else {
@@ -250,6 +400,7 @@ impl BlobWriter {
             *cache_pos = info.uncompressed_offset + raw.len() as u64;
         }
         self.chunks.push(info);
+        self.places.push(place);
         Ok(info)
     }
 
@@ -257,6 +408,7 @@ impl BlobWriter {
     /// inlined meta the id is not final until [`BlobWriter::finish`].
     /// Returns `None` for a blob without chunks (no blob is recorded then).
     pub fn finish_data(&mut self) -> Result<Option<WrittenBlob>> {
+        self.flush_batch()?;
         if self.chunks.is_empty() {
             return Ok(None);
         }
@@ -277,19 +429,21 @@ impl BlobWriter {
             entry.features = feature_bits;
             return Ok(Some(self.record(entry)));
         }
-        feature_bits |= BlobFeatures::ALIGNED;
-        let ci: Vec<u8> = self
-            .chunks
-            .iter()
-            .flat_map(|c| encode_chunk_info_v1(c).as_bytes().to_vec())
-            .collect();
+        feature_bits |= BlobFeatures::ALIGNED | self.ci_features();
+        let ci = self.chunk_info_data();
         let mut compressed = Vec::new();
         let (ci_compressor, stored) = if self.opts.compressor.compress_into(&ci, &mut compressed)? {
-            (self.opts.compressor.code(), compressed.as_slice())
+            (self.opts.compressor.code(), compressed)
         } else {
-            (Compressor::None.code(), ci.as_slice())
+            (Compressor::None.code(), ci.clone())
+        };
+        let stored = match &self.opts.cipher {
+            Some(key) => encrypt(key, &stored, &self.label)?,
+            None => stored,
         };
         let ci_offset = self.pos;
+        let records = self.chunks.len() * self.ci_record_size();
+        let table = (ci.len() - records) as u64;
         let header = BlobMetaHeader {
             magic: format::BLOB_META_MAGIC.into(),
             features: feature_bits.bits().into(),
@@ -298,20 +452,29 @@ impl BlobWriter {
             ci_offset: ci_offset.into(),
             ci_compressed_size: (stored.len() as u64).into(),
             ci_uncompressed_size: (ci.len() as u64).into(),
-            ci_zran_offset: 0.into(),
-            ci_zran_size: 0.into(),
-            ci_zran_count: 0.into(),
+            // batch blobs reuse the zran fields for their context table (formats/blob.md §3.4)
+            ci_zran_offset: (if self.opts.batch_size.is_some() {
+                records as u64
+            } else {
+                0
+            })
+            .into(),
+            ci_zran_size: table.into(),
+            ci_zran_count: (self.batch_contexts.len() as u32).into(),
             reserved: [0; 4032],
             magic2: format::BLOB_META_MAGIC.into(),
         };
         let stored_len = stored.len() as u64;
-        let stored = stored.to_vec();
         self.emit(&stored)?;
-        self.emit(header.as_bytes())?;
+        let header_stored = match &self.opts.cipher {
+            Some(key) => encrypt(key, header.as_bytes(), &self.label)?,
+            None => header.as_bytes().to_vec(),
+        };
+        self.emit(&header_stored)?;
         if self.opts.inline_meta {
             self.emit(&tar_header(
                 "blob.meta",
-                stored_len + format::BLOB_META_HEADER_SIZE as u64,
+                stored_len + header_stored.len() as u64,
             ))?;
         }
         if toc {
@@ -330,9 +493,47 @@ impl BlobWriter {
             ci_offset,
             ci_compressed_size: stored_len,
             ci_uncompressed_size: ci.len() as u64,
+            cipher: self.opts.cipher,
             ..self.entry()
         };
         Ok(Some(self.record(entry)))
+    }
+
+    /// Blob features the chunk-info records need: v2 records for batches and encryption.
+    fn ci_features(&self) -> BlobFeatures {
+        let mut bits = BlobFeatures::NONE;
+        if self.opts.batch_size.is_some() {
+            bits |= BlobFeatures::CHUNK_INFO_V2 | BlobFeatures::BATCH;
+        }
+        if self.opts.cipher.is_some() {
+            bits |= BlobFeatures::CHUNK_INFO_V2 | BlobFeatures::ENCRYPTED;
+        }
+        bits
+    }
+
+    fn ci_record_size(&self) -> usize {
+        if self.ci_features().contains(BlobFeatures::CHUNK_INFO_V2) {
+            format::CHUNK_INFO_V2_SIZE
+        } else {
+            format::CHUNK_INFO_V1_SIZE
+        }
+    }
+
+    /// The uncompressed chunk-info data: one record per chunk, then the batch context table.
+    fn chunk_info_data(&self) -> Vec<u8> {
+        let v2 = self.ci_features().contains(BlobFeatures::CHUNK_INFO_V2);
+        let mut ci = Vec::with_capacity(self.chunks.len() * self.ci_record_size());
+        for (c, place) in self.chunks.iter().zip(&self.places) {
+            if v2 {
+                ci.extend_from_slice(encode_chunk_info_v2(c, *place).as_bytes());
+            } else {
+                ci.extend_from_slice(encode_chunk_info_v1(c).as_bytes());
+            }
+        }
+        for ctx in &self.batch_contexts {
+            ci.extend_from_slice(ctx.as_bytes());
+        }
+        ci
     }
 
     /// The entry of the chunks written so far, without features or chunk-info array.
@@ -556,6 +757,48 @@ fn toc_entry(
     e.compressed_size = place.stored.into();
     e.uncompressed_size = place.size.into();
     e
+}
+
+/// AES block size: encryption pads a piece shorter than this (formats/blob.md §10).
+const BLOCK_OF_AES: usize = 16;
+
+/// One piece encrypted with `key`; an error names the blob being written.
+fn encrypt(key: &BlobKey, plain: &[u8], label: &Path) -> Result<Vec<u8>> {
+    key.encrypt(plain).map_err(|e| Error::Unsupported {
+        path: label.to_path_buf(),
+        reason: format!("cannot encrypt: {e}"),
+    })
+}
+
+/// Packs a chunk into a v2 chunk-info record (formats/blob.md §3.3): its own place, or its
+/// place in a batch.
+fn encode_chunk_info_v2(c: &ChunkInfo, place: CiPlace) -> ChunkInfoV2 {
+    use format::ci_v2_flags as f;
+    let mut flags = if c.encrypted { f::ENCRYPTED } else { 0 };
+    let (offset, size, data) = match place {
+        CiPlace::Alone => {
+            flags |= f::HAS_CRC32 | if c.compressed { f::COMPRESSED } else { 0 };
+            (c.compressed_offset, c.compressed_size, u64::from(c.crc32))
+        }
+        // a member carries no crc32: the data word holds its batch position instead
+        CiPlace::Batched(b) => {
+            flags |= f::COMPRESSED | f::BATCH;
+            (
+                b.frame_offset,
+                0,
+                u64::from(b.index) << 32 | u64::from(b.offset),
+            )
+        }
+    };
+    let uncomp = (c.uncompressed_offset >> 12) & 0xFFFF_FFFF
+        | (u64::from(c.uncompressed_size.saturating_sub(1)) & 0xFF_FFFF) << 32
+        | u64::from(flags) << 56;
+    let comp = (offset & 0xFF_FFFF_FFFF) | u64::from(size) << 40;
+    ChunkInfoV2 {
+        uncomp_info: uncomp.into(),
+        comp_info: comp.into(),
+        data: data.into(),
+    }
 }
 
 /// Packs a chunk into a v1 chunk-info record (formats/blob.md §3.2).

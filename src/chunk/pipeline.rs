@@ -18,6 +18,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use crossbeam_channel::{unbounded, Receiver, Sender};
 use sha2::{Digest as _, Sha256};
 
+use crate::blob::writer::is_batched;
 use crate::blob::BlobWriter;
 use crate::codec::{digest, Compressor, Digester};
 use crate::error::{Error, IoContext, Result};
@@ -35,6 +36,9 @@ pub struct PipelineOptions {
     pub compressor: Compressor,
     /// Worker threads for digest and compression (at least 1).
     pub threads: usize,
+    /// `--batch-size`: chunks that [`is_batched`] are not compressed on their own; the blob
+    /// writer packs them into batches.
+    pub batch_size: Option<u32>,
 }
 
 /// Hashes a chunk digest by its first eight bytes: digests are already uniformly random, so
@@ -110,6 +114,8 @@ struct Piece {
 struct Slot {
     inode: InodeId,
     len: u32,
+    /// The only chunk of its file (which upstream's batching rule asks).
+    only: bool,
     digest: [u8; 32],
     crc32: u32,
     /// This worker compresses it (no other chunk with its digest came first).
@@ -152,8 +158,8 @@ impl Batch {
         }
     }
 
-    fn push(&mut self, inode: InodeId, len: usize) {
-        self.slots.push(Slot::new(inode, len));
+    fn push(&mut self, inode: InodeId, len: usize, only: bool) {
+        self.slots.push(Slot::new(inode, len, only));
         self.bytes += len;
     }
 
@@ -326,10 +332,9 @@ impl ChunkSink<'_> {
         }
         batch.seq = self.seq;
         self.seq += 1;
-        let (digester, compressor) = (self.opts.digester, self.opts.compressor);
         match &mut self.dispatch {
             Dispatch::Inline { committer, spare } => {
-                let batch = process(batch, digester, compressor, &self.claims)?;
+                let batch = process(batch, self.opts, &self.claims)?;
                 let mut recycled = None;
                 committer.accept(batch.seq, Ok(batch), &mut |mut b| {
                     b.clear();
@@ -367,7 +372,7 @@ impl ChunkSink<'_> {
             }
             let buf = &mut batch.raw[start..start + len];
             read_full(reader, buf, name, size, size - left)?;
-            batch.push(inode, len);
+            batch.push(inode, len, len as u64 == size);
             left -= len as u64;
         }
         Ok(())
@@ -392,7 +397,7 @@ impl ChunkSink<'_> {
                     file_size: size,
                 }),
             }
-            batch.push(inode, len);
+            batch.push(inode, len, len as u64 == size);
             offset += len as u64;
         }
         Ok(())
@@ -405,10 +410,11 @@ impl ChunkSink<'_> {
 }
 
 impl Slot {
-    fn new(inode: InodeId, len: usize) -> Slot {
+    fn new(inode: InodeId, len: usize, only: bool) -> Slot {
         Slot {
             inode,
             len: len as u32,
+            only,
             digest: [0; 32],
             crc32: 0,
             claimed: false,
@@ -455,13 +461,13 @@ fn spawn_workers<'scope>(
     // spinning for work, which would take the core from the walk or the writer
     for i in 0..threads {
         let (work_rx, done_tx, claims) = (work_rx.clone(), done_tx.clone(), claims.clone());
-        let (digester, compressor) = (opts.digester, opts.compressor);
+        let opts = opts.clone();
         std::thread::Builder::new()
             .name(format!("chunk-{i}"))
             .spawn_scoped(s, move || {
                 for batch in work_rx {
                     let seq = batch.seq;
-                    let processed = process(batch, digester, compressor, &claims);
+                    let processed = process(batch, &opts, &claims);
                     if done_tx.send((seq, processed)).is_err() {
                         break;
                     }
@@ -512,6 +518,7 @@ pub fn run_with<R: Send>(
     let known: HashSet<[u8; 32], DigestState> = table.digests().collect();
     // digests some worker is compressing or has compressed: duplicates skip it
     let claims = Arc::new(Mutex::new(known));
+    let hashes_itself = blob.hashes_itself();
     let mut committer = Committer {
         opts,
         table,
@@ -523,7 +530,7 @@ pub fn run_with<R: Send>(
         // SHA-256 over the blob is the one strictly serial step: with uncompressed chunks it
         // costs as much as the writes and gets a thread of its own; compressed chunks are few
         // bytes, hashed best while the committer still has them in cache
-        hash_inline: threads == 1 || opts.compressor != Compressor::None,
+        hash_inline: threads == 1 || opts.compressor != Compressor::None || hashes_itself,
     };
     if threads == 1 {
         return run_inline(opts, committer, claims, producer);
@@ -670,10 +677,10 @@ fn read_pieces(batch: &mut Batch) -> Result<()> {
 
 fn process(
     mut batch: Batch,
-    digester: Digester,
-    compressor: Compressor,
+    opts: &PipelineOptions,
     claims: &Mutex<HashSet<[u8; 32], DigestState>>,
 ) -> Result<Batch> {
+    let (digester, compressor) = (opts.digester, opts.compressor);
     if !batch.pieces.is_empty() {
         read_pieces(&mut batch)?;
     }
@@ -692,7 +699,8 @@ fn process(
         slot.claimed = claims
             .lock()
             .map_or(true, |mut set| set.insert(chunk_digest));
-        if slot.claimed {
+        // a batch member is compressed with its batch, by the blob writer
+        if slot.claimed && !is_batched(opts.batch_size, slot.len, slot.only) {
             batch.slots[i].packed = batch.pack(compressor, range)?;
         }
     }
@@ -754,6 +762,11 @@ impl Committer<'_> {
             let (inode, len) = (slot.inode, slot.len);
             let id = match self.table.find(&slot.digest, slot.len) {
                 Some(id) => id,
+                None if is_batched(self.opts.batch_size, slot.len, slot.only) => {
+                    let raw = &batch.raw[raw_range.clone()];
+                    let info = self.blob.add_batched_chunk(slot.digest, slot.crc32, raw)?;
+                    self.table.push(info)
+                }
                 None => {
                     let (digest, crc32) = (slot.digest, slot.crc32);
                     let stored = if slot.claimed {
@@ -803,6 +816,7 @@ mod tests {
             digester: Digester::Blake3,
             compressor,
             threads,
+            batch_size: None,
         };
         let blob = BlobWriter::new(
             BlobWriterOptions {
@@ -818,6 +832,8 @@ mod tests {
                 tmp_dir: None,
                 blob_path: None,
                 blob_offset: 0,
+                batch_size: None,
+                cipher: None,
             },
             dir,
         )

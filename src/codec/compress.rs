@@ -74,8 +74,27 @@ impl Compressor {
     /// Returns the compressed length, or `None` when it would not be strictly smaller than
     /// `data`.
     pub fn compress_to_slice(self, data: &[u8], out: &mut [u8]) -> Result<Option<usize>> {
+        let n = self.compress_any_size(data, out)?;
+        Ok((n > 0 && n < data.len()).then_some(n))
+    }
+
+    /// `data` compressed even when that does not shrink it; `None` for [`Compressor::None`].
+    /// (An encrypted blob stores tiny batches compressed: formats/blob.md §10.)
+    pub fn compress_whole(self, data: &[u8]) -> Result<Option<Vec<u8>>> {
+        if self == Compressor::None {
+            return Ok(None);
+        }
+        let mut out = vec![0u8; self.bound(data.len())?];
+        let n = self.compress_any_size(data, &mut out)?;
+        out.truncate(n);
+        Ok(Some(out))
+    }
+
+    /// Compresses `data` into the start of `out` ([`Compressor::bound`] bytes) and returns the
+    /// compressed length, whatever it is (0 for `None`).
+    fn compress_any_size(self, data: &[u8], out: &mut [u8]) -> Result<usize> {
         let n = match self {
-            Compressor::None => return Ok(None),
+            Compressor::None => return Ok(0),
             Compressor::Lz4Block => lz4::block::compress_to_buffer(
                 data,
                 Some(lz4::block::CompressionMode::DEFAULT),
@@ -97,7 +116,7 @@ impl Compressor {
                     .map_err(|e| codec("zstd", e))
             })?,
         };
-        Ok((n < data.len()).then_some(n))
+        Ok(n)
     }
 
     /// Decompresses `data` into exactly `size` bytes.

@@ -221,6 +221,23 @@ pub struct ChunkInfoV1 {
 }
 const _: () = assert!(size_of::<ChunkInfoV1>() == CHUNK_INFO_V1_SIZE);
 
+/// Size of a v2 chunk-info record (formats/blob.md §3.3).
+pub const CHUNK_INFO_V2_SIZE: usize = 24;
+
+/// v2 chunk-info record, three packed words (formats/blob.md §3.3): encrypted, batch and zran
+/// blobs.
+#[derive(Debug, Clone, Copy, Default, FromBytes, IntoBytes, Immutable, KnownLayout, Unaligned)]
+#[repr(C)]
+pub struct ChunkInfoV2 {
+    /// Uncompressed offset >> 12 (bits 0-31), size - 1 (bits 32-55), [`ci_v2_flags`] (56-63).
+    pub uncomp_info: U64,
+    /// Compressed offset (bits 0-39) and size (bits 40-63, not minus one).
+    pub comp_info: U64,
+    /// crc32, or batch index (bits 32-63) and offset inside the batch (bits 0-31).
+    pub data: U64,
+}
+const _: () = assert!(size_of::<ChunkInfoV2>() == CHUNK_INFO_V2_SIZE);
+
 /// Smallest chunk size accepted (formats/blob.md §2).
 pub const MIN_CHUNK_SIZE: u32 = 0x1000;
 /// Largest chunk size accepted (formats/blob.md §2).

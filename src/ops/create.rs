@@ -9,9 +9,12 @@ use sha2::{Digest as _, Sha256};
 use crate::blob::WrittenBlob;
 use crate::blob::{BlobWriter, BlobWriterOptions};
 use crate::chunk::pipeline::{self, ChunkTable, PipelineOptions};
+use crate::codec::cipher::BlobKey;
 use crate::codec::{Compressor, Digester};
 use crate::error::{Error, IoContext, Result};
-use crate::format::blob::{validate_chunk_size, BlobFeatures, DEFAULT_CHUNK_SIZE};
+use crate::format::blob::{
+    validate_chunk_size, BlobFeatures, DEFAULT_CHUNK_SIZE, MAX_CHUNK_SIZE, MIN_CHUNK_SIZE,
+};
 use crate::io::staged::write_temp;
 use crate::io::staged::Outputs;
 use crate::model::overlay::{self, WhiteoutSpec};
@@ -100,6 +103,12 @@ pub struct CreateOptions {
     /// `--blob-offset`: where the blob's data will start inside a larger file (a tar that
     /// holds it): every chunk's compressed offset, and the blob meta's, is shifted by this.
     pub blob_offset: u64,
+    /// `--batch-size`: pack small single-chunk files into batches of this size, each
+    /// compressed as one frame (formats/blob.md §3.4); `None` (or 0) for no batches.
+    pub batch_size: Option<u32>,
+    /// `--encrypt`: encrypt the blob with a fresh random AES-128-XTS key, kept in the
+    /// bootstrap's blob table as upstream keeps it (formats/blob.md §10).
+    pub encrypt: bool,
 }
 
 impl Default for CreateOptions {
@@ -128,6 +137,8 @@ impl Default for CreateOptions {
             prefetch: Prefetch::default(),
             blob_id: None,
             blob_offset: 0,
+            batch_size: None,
+            encrypt: false,
         }
     }
 }
@@ -193,6 +204,7 @@ fn validate(o: &CreateOptions) -> Result<()> {
         return bad("--features blob-toc is supported with --fs-version 6 only");
     }
     validate_chunk_size(o.chunk_size)?;
+    validate_blob_features(o)?;
     if let Some(id) = &o.blob_id {
         validate_blob_id(id, o.blob_inline_meta)?;
     }
@@ -258,6 +270,40 @@ fn validate(o: &CreateOptions) -> Result<()> {
                 "{} is not a directory",
                 d.display()
             )));
+        }
+    }
+    Ok(())
+}
+
+/// `--batch-size` and `--encrypt`, as upstream validates them: RAFS v6 and a chunked source
+/// only; a batch size a power of two from 4 KiB up to the chunk size.
+fn validate_blob_features(o: &CreateOptions) -> Result<()> {
+    let bad = |m: String| Err(Error::InvalidOption(m));
+    if let Some(b) = o.batch_size.filter(|b| *b > 0) {
+        if o.fs_version != 6 {
+            return bad("--batch-size is supported with --fs-version 6 only".into());
+        }
+        if o.source_type == SourceType::TarTarfs {
+            return bad("--batch-size is not supported for tar-tarfs: the tar is the data".into());
+        }
+        if !b.is_power_of_two() || !(MIN_CHUNK_SIZE..=MAX_CHUNK_SIZE).contains(&b) {
+            return bad(format!(
+                "batch size {b:#x} must be a power of two between {MIN_CHUNK_SIZE:#x} and {MAX_CHUNK_SIZE:#x}"
+            ));
+        }
+        if b > o.chunk_size {
+            return bad(format!(
+                "batch size {b:#x} is bigger than chunk size {:#x}",
+                o.chunk_size
+            ));
+        }
+    }
+    if o.encrypt {
+        if o.fs_version != 6 {
+            return bad("--encrypt is supported with --fs-version 6 only".into());
+        }
+        if o.source_type == SourceType::TarTarfs {
+            return bad("--encrypt is not supported for tar-tarfs: the tar is the data".into());
         }
     }
     Ok(())
@@ -492,6 +538,14 @@ fn blob_writer(opts: &CreateOptions, plan: &Plan, blob_index: u32) -> Result<Blo
             tmp_dir: opts.tmp_dir.clone(),
             blob_path: opts.blob.clone(),
             blob_offset: opts.blob_offset,
+            batch_size: opts.batch_size.filter(|b| *b > 0),
+            cipher: if opts.encrypt {
+                Some(BlobKey::generate().map_err(|e| {
+                    Error::InvalidOption(format!("cannot draw an encryption key: {e}"))
+                })?)
+            } else {
+                None
+            },
         },
         &blob_tmp_dir,
     )?;
@@ -516,6 +570,7 @@ fn read_input(
         digester: opts.digester,
         compressor: plan.compressor,
         threads: plan.threads,
+        batch_size: opts.batch_size.filter(|b| *b > 0),
     };
     match opts.source_type {
         SourceType::Directory => walk_input(opts, &popts, progress, table, writer),

@@ -28,6 +28,9 @@ pub(crate) const MEDIA_NYDUS_BLOB: &str = "application/vnd.oci.image.layer.nydus
 pub(crate) const MEDIA_LAYER_GZIP: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
 /// Annotation marking a data blob layer (value `"true"`).
 pub(crate) const ANNOTATION_BLOB: &str = "containerd.io/snapshot/nydus-blob";
+/// Annotation marking an encrypted data blob layer (value `"true"`), as the converter's
+/// encrypted path sets it.
+pub(crate) const ANNOTATION_ENCRYPTED_BLOB: &str = "containerd.io/snapshot/nydus-encrypted-blob";
 /// Annotation marking the bootstrap layer (value `"true"`).
 pub(crate) const ANNOTATION_BOOTSTRAP: &str = "containerd.io/snapshot/nydus-bootstrap";
 /// Annotation giving the RAFS version of the bootstrap layer (`"5"` or `"6"`).
@@ -117,7 +120,7 @@ pub fn create_oci(
         prefetch: opts.prefetch.clone(),
         ..MergeOptions::default()
     })?;
-    let mut layers = place_blobs(&merged.blobs, work.path(), &blobs_dir)?;
+    let mut layers = place_blobs(&merged.blobs, work.path(), &blobs_dir, opts.encrypt)?;
     let boot_bytes = std::fs::read(&image_boot).ctx("read", &image_boot)?;
     let mut files = vec![LayerFile {
         name: BOOTSTRAP_IN_LAYER.into(),
@@ -247,8 +250,9 @@ struct Layers {
     blob_paths: Vec<PathBuf>,
 }
 
-/// Moves the data blobs the merged image uses into `blobs_dir`, in its blob table's order.
-fn place_blobs(ids: &[String], work: &Path, blobs_dir: &Path) -> Result<Layers> {
+/// Moves the data blobs the merged image uses into `blobs_dir`, in its blob table's order;
+/// `encrypted` (`--encrypt`) marks their layers as the converter does.
+fn place_blobs(ids: &[String], work: &Path, blobs_dir: &Path, encrypted: bool) -> Result<Layers> {
     let mut out = Layers {
         layers: Vec::new(),
         diff_ids: Vec::new(),
@@ -261,11 +265,15 @@ fn place_blobs(ids: &[String], work: &Path, blobs_dir: &Path) -> Result<Layers> 
             std::fs::rename(&staged, &dest).ctx("move into place", &staged)?;
         }
         let size = std::fs::metadata(&dest).ctx("stat", &dest)?.len();
+        let mut annotations = json!({ ANNOTATION_BLOB: "true" });
+        if encrypted {
+            annotations[ANNOTATION_ENCRYPTED_BLOB] = json!("true");
+        }
         out.layers.push(json!({
             "mediaType": MEDIA_NYDUS_BLOB,
             "digest": format!("sha256:{id}"),
             "size": size,
-            "annotations": { ANNOTATION_BLOB: "true" },
+            "annotations": annotations,
         }));
         out.diff_ids.push(json!(format!("sha256:{id}")));
         out.blob_paths.push(dest);

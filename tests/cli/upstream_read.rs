@@ -29,7 +29,13 @@ fn upstream(name: &str) -> std::path::PathBuf {
 #[test]
 #[cfg_attr(no_root, ignore = "needs root")]
 fn check_and_unpack_upstream_images() {
-    for name in ["v5-zstd", "v6-zstd", "v6-lz4_block", "v6-batch"] {
+    for name in [
+        "v5-zstd",
+        "v6-zstd",
+        "v6-lz4_block",
+        "v6-batch",
+        "v6-encrypt",
+    ] {
         let d = upstream(name);
         let (boot, blobs) = (d.join("bootstrap"), d.join("blobs"));
         let out = forge(&[

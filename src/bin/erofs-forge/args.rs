@@ -283,6 +283,15 @@ pub struct CreateArgs {
     /// Chunk size: a power of two from 0x1000 to 0x1000000 (decimal or 0x hex).
     #[arg(long, default_value = "0x100000", value_parser = parse_size)]
     pub chunk_size: u32,
+    /// Pack small files (one chunk under half this size) into batches of this size, each
+    /// compressed as one frame: a power of two from 0x1000 up to the chunk size, or 0 for none
+    /// (v6, dir-rafs, tar-rafs, targz-rafs).
+    #[arg(long, default_value = "0", value_parser = parse_size)]
+    pub batch_size: u32,
+    /// Encrypt the data blob (chunks and blob meta) with a fresh random AES-128-XTS key, which
+    /// the bootstrap records (v6).
+    #[arg(short = 'E', long)]
+    pub encrypt: bool,
     /// Align uncompressed chunk offsets to 4 KiB (always the case for v6).
     #[arg(long)]
     pub aligned_chunk: bool,

@@ -137,6 +137,8 @@ pub fn create(a: CreateArgs) -> Result<CreatePlan> {
         prefetch: prefetch(a.prefetch_policy)?,
         blob_id: a.blob_id,
         blob_offset: a.blob_offset,
+        batch_size: Some(a.batch_size).filter(|b| *b > 0),
+        encrypt: a.encrypt,
     };
     if a.blob_data_size.is_some() {
         // as nydus-image, which reads it for estargztoc-ref only (not a type built here)

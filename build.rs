@@ -18,6 +18,7 @@ const FLAGS: &[&str] = &[
     "no_skopeo",
     "no_gnu_tar",
     "no_compressors",
+    "no_py_crypto",
 ];
 
 fn main() {
@@ -25,7 +26,13 @@ fn main() {
         println!("cargo::rustc-check-cfg=cfg({f})");
     }
     // Installing a package changes these directories; the probe reruns then.
-    for dir in ["/usr/bin", "/usr/sbin", "/sbin", "/bin"] {
+    for dir in [
+        "/usr/bin",
+        "/usr/sbin",
+        "/sbin",
+        "/bin",
+        "/usr/lib/python3/dist-packages",
+    ] {
         if Path::new(dir).is_dir() {
             println!("cargo::rerun-if-changed={dir}");
         }
@@ -55,6 +62,20 @@ fn main() {
         "no_compressors",
         !["gzip", "zstd", "xz"].iter().all(|t| have(t)),
     );
+    // Debian's python3 with python3-cryptography (OpenSSL) and python3-zstandard: the
+    // independent decryption of an encrypted blob (tests/tools/decrypt.py)
+    set("no_py_crypto", !py_crypto());
+}
+
+fn py_crypto() -> bool {
+    Command::new("/usr/bin/python3")
+        .args([
+            "-c",
+            "import cryptography.hazmat.primitives.ciphers, zstandard",
+        ])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false)
 }
 
 fn is_root() -> bool {

@@ -346,7 +346,8 @@ fn holds_blob_meta(f: &File, path: &Path, blob: &BlobEntry) -> Result<bool> {
 }
 
 /// Largest chunk-info array accepted: 24 bytes (a v2 record) for each chunk a blob can hold.
-pub const MAX_CI_SIZE: u64 = 24 * crate::blob::writer::MAX_CHUNKS_PER_BLOB as u64;
+pub const MAX_CI_SIZE: u64 =
+    (24 + BATCH_CONTEXT_SIZE as u64) * crate::blob::writer::MAX_CHUNKS_PER_BLOB as u64;
 
 /// A blob's meta as the blob stores it: the (possibly compressed) chunk-info array and the
 /// 4 KiB header after it.
@@ -392,7 +393,8 @@ fn check_ci_sizes(blob: &BlobEntry) -> Result<()> {
     let records = u64::from(blob.chunk_count).min(crate::blob::writer::MAX_CHUNKS_PER_BLOB as u64);
     if blob.ci_compressed_size > MAX_CI_SIZE
         || blob.ci_uncompressed_size > MAX_CI_SIZE
-        || blob.ci_uncompressed_size > 24 * records + 4096
+        // a v2 record per chunk, and at most one 40-byte batch context per chunk
+        || blob.ci_uncompressed_size > (24 + BATCH_CONTEXT_SIZE as u64) * records + 4096
     {
         return Err(corrupt(
             "blob meta",

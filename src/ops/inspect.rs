@@ -7,7 +7,8 @@ use std::path::Path;
 use serde_json::{json, Value};
 
 use crate::error::{Error, Result};
-use crate::model::Image;
+use crate::format::blob::BlobFeatures;
+use crate::model::{ChunkInfo, Image};
 use crate::model::{EntryId, FileType, InodeId};
 
 fn type_name(t: FileType) -> &'static str {
@@ -50,6 +51,16 @@ fn lossy(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
 
+/// Whether `c` is a batch member: a BATCH blob's bootstrap records members without a stored
+/// size of their own (formats/blob.md §3.4); every other chunk has one.
+fn in_batch(image: &Image, c: &ChunkInfo) -> bool {
+    c.compressed_size == 0
+        && image
+            .blobs
+            .get(c.blob_index as usize)
+            .is_some_and(|b| b.features.contains(BlobFeatures::BATCH))
+}
+
 fn stat_json(image: &Image, e: EntryId) -> Value {
     let ino = image.tree[e].inode;
     let i = &image.tree[ino];
@@ -72,6 +83,8 @@ fn stat_json(image: &Image, e: EntryId) -> Value {
                 "uncompressed_offset": c.uncompressed_offset,
                 "uncompressed_size": c.uncompressed_size,
                 "compressed": c.compressed,
+                "encrypted": c.encrypted,
+                "batched": in_batch(image, c),
             })
         })
         .collect();
@@ -159,7 +172,8 @@ pub fn request(image: &Image, req: &str) -> Result<Value> {
                 .map(|c| {
                     json!({"blob_index": c.blob_index, "chunk_index": c.index, "digest": hex::encode(c.digest),
                            "compressed_offset": c.compressed_offset, "compressed_size": c.compressed_size,
-                           "uncompressed_offset": c.uncompressed_offset, "uncompressed_size": c.uncompressed_size})
+                           "uncompressed_offset": c.uncompressed_offset, "uncompressed_size": c.uncompressed_size,
+                           "encrypted": c.encrypted, "batched": in_batch(image, c)})
                 })
                 .collect();
             Ok(Value::Array(found))

@@ -11,6 +11,7 @@ mod clients;
 mod common;
 mod corrupt;
 mod dump;
+mod encrypt;
 mod export;
 pub(crate) mod fifo;
 mod fuzz_regressions;

@@ -198,6 +198,66 @@ fn kernel_check(trees: Vec<PathBuf>) -> Result<()> {
         ));
         println!("== {} with --blob-inline-meta", tree.display());
         mount_check(&boot, &data, &tree)?;
+        blob_feature_check(&bin, &tree)?;
+    }
+    Ok(())
+}
+
+/// `--batch-size` and `--encrypt` builds of `tree`: `check`, `unpack` compared with the tree,
+/// and the kernel mount of `export --block` compared with the tree.
+fn blob_feature_check(bin: &Path, tree: &Path) -> Result<()> {
+    let cases: [&[&str]; 3] = [
+        &["--batch-size", "0x10000"],
+        &["--encrypt"],
+        &["--encrypt", "--batch-size", "0x10000"],
+    ];
+    for flags in cases {
+        let out = work_dir("kernel-check-features")?;
+        let boot = out.join("bootstrap");
+        run(Command::new(bin)
+            .arg("create")
+            .args(flags)
+            .arg("-D")
+            .arg(&out)
+            .arg("-B")
+            .arg(&boot)
+            .arg(tree))?;
+        run(Command::new(bin)
+            .arg("check")
+            .arg(&boot)
+            .arg("-D")
+            .arg(&out))?;
+        let unpacked = out.join("tree");
+        run(Command::new(bin)
+            .arg("unpack")
+            .arg(&boot)
+            .arg("-D")
+            .arg(&out)
+            .arg("--output-dir")
+            .arg(&unpacked))?;
+        println!("== {} {}: unpack", tree.display(), flags.join(" "));
+        run(Command::new("python3")
+            .arg(root().join("tests/tools/manifest.py"))
+            .arg("diff")
+            .arg(tree)
+            .arg(&unpacked)
+            .arg("--mtime"))?;
+        std::fs::remove_dir_all(&unpacked)?;
+        let disk = out.join("disk");
+        run(Command::new(bin)
+            .args(["export", "--block", "-B"])
+            .arg(&boot)
+            .arg("-D")
+            .arg(&out)
+            .arg("-O")
+            .arg(&disk))?;
+        println!("== {} {}: export --block", tree.display(), flags.join(" "));
+        run(
+            Command::new(root().join("../shared/tools/erofs-mount-check"))
+                .arg(&disk)
+                .arg("--expect")
+                .arg(tree),
+        )?;
     }
     Ok(())
 }

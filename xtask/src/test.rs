@@ -19,6 +19,9 @@ const PACKAGES: &[&str] = &[
     "acl",
     "libcap2-bin",
     "python3",
+    // the independent decryption of an encrypted blob (tests/tools/decrypt.py)
+    "python3-cryptography",
+    "python3-zstandard",
     "cryptsetup-bin",
     "tar",
     "gzip",

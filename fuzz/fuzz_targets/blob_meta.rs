@@ -1,5 +1,5 @@
-//! Blob meta: the chunk-info array decoder (v1 and v2 records, stored raw, lz4 or zstd) behind a
-//! blob meta header, and the framing tar header of `--blob-inline-meta` blobs.
+//! Blob meta: the chunk-info array decoder (v1 and v2 records, stored raw, lz4 or zstd, in the
+//! clear or encrypted) behind a blob meta header, and the framing tar header of `--blob-inline-meta` blobs.
 //!
 //! Input: a control byte, then chunk count (u32), uncompressed size (u32) and ci offset or blob
 //! length (u64), all little-endian; the rest is the stored chunk-info array (or the tar header).
@@ -7,7 +7,7 @@
 use erofs_forge::fuzzing::{bootstrap_range, parse_tar_header};
 use erofs_forge::fuzzing::{decode_blob_meta, decode_ci_array};
 use erofs_forge::fuzzing::{BLOB_META_HEADER_SIZE, BLOB_META_MAGIC};
-use erofs_forge::{BlobEntry, BlobFeatures, Compressor, Digester};
+use erofs_forge::{BlobEntry, BlobFeatures, BlobKey, Compressor, Digester};
 use libfuzzer_sys::fuzz_target;
 
 fn u32_at(d: &[u8], at: usize) -> u32 {
@@ -71,6 +71,11 @@ fuzz_target!(|data: &[u8]| {
         ci_uncompressed_size,
         ci_compressor,
         mapped_blkaddr: 0,
+        // encrypted blob meta (formats/blob.md §10): the header is sealed below
+        cipher: (ctl & 0x40 != 0).then_some(BlobKey {
+            key: *b"0123456789abcdefFEDCBA9876543210",
+            iv: [7; 16],
+        }),
     };
     let mut header = vec![0u8; BLOB_META_HEADER_SIZE];
     let magic = if ctl & 0x10 != 0 {
@@ -87,6 +92,9 @@ fuzz_target!(|data: &[u8]| {
     header[24..32].copy_from_slice(&(stored.len() as u64).to_le_bytes());
     header[32..40].copy_from_slice(&ci_uncompressed_size.to_le_bytes());
     header[4092..4096].copy_from_slice(&BLOB_META_MAGIC.to_le_bytes());
+    if let Some(key) = &blob.cipher {
+        header = key.encrypt(&header).expect("the fixed key's halves differ");
+    }
     if let Ok(entries) = decode_blob_meta(stored.to_vec(), &header, &blob) {
         assert!(entries.len() <= chunk_count as usize);
     }

@@ -1,5 +1,6 @@
 //! Data blobs: chunk data, blob meta, framing, blob cache files (formats/blob.md).
 
+pub mod copy;
 pub mod inline;
 pub mod reader;
 pub mod writer;

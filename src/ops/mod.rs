@@ -11,6 +11,7 @@ pub mod inspect;
 pub mod merge;
 pub mod oci;
 pub(crate) mod opened;
+pub mod optimize;
 pub(crate) mod paths;
 pub mod report;
 pub mod stat;

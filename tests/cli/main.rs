@@ -19,6 +19,7 @@ mod golden;
 mod kernel_mount;
 mod layers;
 mod oci_layers;
+mod optimize;
 mod options;
 mod prefetch;
 mod reliability;

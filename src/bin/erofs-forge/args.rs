@@ -65,6 +65,9 @@ pub enum Command {
         #[arg(short, long)]
         output: PathBuf,
     },
+    /// Copy the data of the files a workload reads first into a new blob, in their order, and
+    /// list them in the bootstrap's prefetch table.
+    Optimize(OptimizeArgs),
 }
 
 #[derive(clap::Args)]
@@ -327,6 +330,47 @@ pub struct CreateArgs {
     /// succeeds.
     #[arg(long)]
     pub tmp_dir: Option<PathBuf>,
+}
+
+/// Where an image's blobs are read from: nydus-image's backend flags. Only `localfs` (a
+/// directory) is read here.
+#[derive(clap::Args)]
+pub struct BackendArgs {
+    /// Backend type; only localfs is supported.
+    #[arg(long)]
+    pub backend_type: Option<String>,
+    /// Backend configuration as JSON (localfs: `{"dir": ...}`).
+    #[arg(long, conflicts_with = "backend_config_file")]
+    pub backend_config: Option<String>,
+    /// Backend configuration file (JSON).
+    #[arg(long)]
+    pub backend_config_file: Option<PathBuf>,
+}
+
+#[derive(clap::Args)]
+pub struct OptimizeArgs {
+    /// The image's bootstrap.
+    #[arg(short = 'B', long)]
+    pub bootstrap: PathBuf,
+    /// The files read first: one absolute path a line (or nydus-image's JSON list).
+    #[arg(short = 'p', long)]
+    pub prefetch_files: PathBuf,
+    /// nydus-image configuration file (accepted; blobs come from --blob-dir or the backend).
+    #[arg(short = 'C', long)]
+    pub config: Option<PathBuf>,
+    #[command(flatten)]
+    pub backend: BackendArgs,
+    #[command(flatten)]
+    pub blobs: BlobArgs,
+    /// The new bootstrap (default: `optimized_bootstrap` in the working directory).
+    #[arg(short = 'O', long)]
+    pub output_bootstrap: Option<PathBuf>,
+    /// Directory for the new blob.
+    #[arg(long)]
+    pub output_blob_dir: PathBuf,
+    /// Write the result as JSON.
+    #[arg(short = 'J', long)]
+    pub output_json: Option<PathBuf>,
 }
 
 /// The bootstrap of a reading command: positional, or `-B/--bootstrap` (the older form).

@@ -178,3 +178,15 @@ pub fn checked(report: &check::CheckReport) {
         );
     }
 }
+
+/// `optimize`: the new blob and bootstrap (stderr, as nydus-image logs them; clients read the
+/// JSON).
+pub fn optimized(out: &erofs_forge::ops::optimize::OptimizeOutput) {
+    eprintln!(
+        "prefetch blob {}: {} chunks of {} files; bootstrap {}",
+        out.blob_path.display(),
+        out.chunks,
+        out.files,
+        out.bootstrap.display()
+    );
+}

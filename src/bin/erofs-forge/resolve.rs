@@ -15,6 +15,10 @@ use crate::args::{
     BlobArgs, BootstrapArg, CheckArgs, CreateArgs, ExportArgs, FeatureArg, MergeArgs,
     SourceTypeArg, StatArgs, UnpackArgs,
 };
+// image maintenance (optimize, compact, chunkdict)
+use crate::args::{BackendArgs, OptimizeArgs};
+use erofs_forge::ops::optimize;
+use std::path::Path;
 
 /// What `create` builds: one layer, or a whole OCI image.
 pub enum CreatePlan {
@@ -252,4 +256,56 @@ pub fn stat(a: StatArgs) -> Result<Vec<PathBuf>> {
         bail!("give -B BOOTSTRAP or -D DIR");
     }
     Ok(list)
+}
+
+/// The blob directory nydus-image's backend flags name: `--blob-dir`, or a `localfs` backend's
+/// `dir`. Other backends (registry, oss, s3, ...) are refused: this tool reads local blobs only.
+pub fn localfs_dir(backend: &BackendArgs, blob_dir: Option<&Path>) -> Result<Option<PathBuf>> {
+    if let Some(t) = backend.backend_type.as_deref().filter(|t| *t != "localfs") {
+        bail!(
+            "backend type {t:?} is not supported: only localfs (a directory of blobs, \
+             --blob-dir) is read here; fetch the blobs first"
+        );
+    }
+    let config = match (&backend.backend_config, &backend.backend_config_file) {
+        (Some(text), _) => Some(text.clone()),
+        (None, Some(p)) => {
+            Some(std::fs::read_to_string(p).with_context(|| format!("read {}", p.display()))?)
+        }
+        (None, None) => None,
+    };
+    if let Some(dir) = blob_dir {
+        return Ok(Some(dir.to_path_buf()));
+    }
+    let Some(text) = config.filter(|_| backend.backend_type.is_some()) else {
+        return Ok(None);
+    };
+    let v: serde_json::Value =
+        serde_json::from_str(&text).context("localfs backend configuration is not JSON")?;
+    // nydus's localfs config names the directory `dir` (or `blob_file` for a single blob)
+    match v["dir"].as_str() {
+        Some(d) => Ok(Some(PathBuf::from(d))),
+        None => bail!("localfs backend configuration has no \"dir\""),
+    }
+}
+
+/// `optimize`.
+pub fn optimize(a: OptimizeArgs) -> Result<optimize::OptimizeOptions> {
+    let dir = localfs_dir(&a.backend, a.blobs.blob_dir.as_deref())?;
+    if dir.is_none() && a.blobs.blob.is_none() {
+        bail!("give --blob-dir (or --blob, or a localfs backend) to read the image's blobs");
+    }
+    Ok(optimize::OptimizeOptions {
+        bootstrap: a.bootstrap,
+        blobs: BlobSource {
+            dir,
+            file: a.blobs.blob,
+        },
+        prefetch_files: a.prefetch_files,
+        output_bootstrap: a
+            .output_bootstrap
+            .unwrap_or_else(|| PathBuf::from(optimize::DEFAULT_OUTPUT_BOOTSTRAP)),
+        output_blob_dir: a.output_blob_dir,
+        output_json: a.output_json,
+    })
 }

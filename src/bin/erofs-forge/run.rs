@@ -92,6 +92,9 @@ pub fn run(command: Command) -> Result<()> {
         Command::ExtractBootstrap { blob, output } => {
             write_atomic(&output, &erofs_forge::read::extract_bootstrap(&blob)?)?;
         }
+        Command::Optimize(a) => {
+            report::optimized(&ops::optimize::optimize(&resolve::optimize(a)?)?)
+        }
     }
     Ok(())
 }

@@ -9,6 +9,7 @@ mod batch;
 mod blob_toc;
 mod clients;
 mod common;
+mod compact;
 mod corrupt;
 mod dump;
 mod encrypt;

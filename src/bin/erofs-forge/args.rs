@@ -68,6 +68,9 @@ pub enum Command {
     /// Copy the data of the files a workload reads first into a new blob, in their order, and
     /// list them in the bootstrap's prefetch table.
     Optimize(OptimizeArgs),
+    /// Rewrite the sparsely used blobs of an image (dropping unused data, merging small
+    /// blobs) and write a new bootstrap.
+    Compact(CompactArgs),
 }
 
 #[derive(clap::Args)]
@@ -368,6 +371,39 @@ pub struct OptimizeArgs {
     /// Directory for the new blob.
     #[arg(long)]
     pub output_blob_dir: PathBuf,
+    /// Write the result as JSON.
+    #[arg(short = 'J', long)]
+    pub output_json: Option<PathBuf>,
+}
+
+#[derive(clap::Args)]
+pub struct CompactArgs {
+    /// The image's bootstrap.
+    #[arg(short = 'B', long)]
+    pub bootstrap: PathBuf,
+    #[command(flatten)]
+    pub backend: BackendArgs,
+    /// Rebuild blobs whose used data is below this percentage of their size (0-99; 0: never).
+    #[arg(long, default_value = "0", value_parser = clap::value_parser!(u8).range(0..100))]
+    pub min_used_ratio: u8,
+    /// Merge blobs smaller than this many bytes.
+    #[arg(long, default_value = "10485760")]
+    pub compact_blob_size: u64,
+    /// A merged blob holds at most this many bytes.
+    #[arg(long, default_value = "104857600")]
+    pub max_compact_size: u64,
+    /// Compact only if the image has at least this many blobs (0: always).
+    #[arg(long, default_value = "0")]
+    pub layers_to_compact: usize,
+    /// Directory of the image's blobs; the new blobs are written there too.
+    #[arg(short = 'D', long)]
+    pub blob_dir: PathBuf,
+    /// Chunk dictionary (`bootstrap=PATH` or PATH): chunks it holds are referenced, not copied.
+    #[arg(long)]
+    pub chunk_dict: Option<String>,
+    /// The new bootstrap (default: the bootstrap's extension replaced by `bootstrap.compact`).
+    #[arg(short = 'O', long)]
+    pub output_bootstrap: Option<PathBuf>,
     /// Write the result as JSON.
     #[arg(short = 'J', long)]
     pub output_json: Option<PathBuf>,

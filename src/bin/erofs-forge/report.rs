@@ -190,3 +190,25 @@ pub fn optimized(out: &erofs_forge::ops::optimize::OptimizeOutput) {
         out.bootstrap.display()
     );
 }
+
+/// `compact`: each original blob's use and fate, then the result (stderr, as nydus-image logs
+/// it; nydusify looks for the output bootstrap).
+pub fn compacted(out: &erofs_forge::ops::compact::CompactOutput) {
+    for (b, u) in &out.before {
+        eprintln!(
+            "blob {}: {} bytes, {} used ({}%): {:?}",
+            b.id,
+            b.compressed_size,
+            u.used,
+            (u.used * 100).checked_div(b.compressed_size).unwrap_or(100),
+            u.fate
+        );
+    }
+    for (id, size) in &out.new_blobs {
+        eprintln!("new blob {id}: {size} bytes");
+    }
+    match &out.bootstrap {
+        Some(p) => eprintln!("compacted bootstrap: {}", p.display()),
+        None => eprintln!("no chance to compact data blobs: nothing written"),
+    }
+}

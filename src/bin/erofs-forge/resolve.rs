@@ -16,8 +16,8 @@ use crate::args::{
     SourceTypeArg, StatArgs, UnpackArgs,
 };
 // image maintenance (optimize, compact, chunkdict)
-use crate::args::{BackendArgs, OptimizeArgs};
-use erofs_forge::ops::optimize;
+use crate::args::{BackendArgs, CompactArgs, OptimizeArgs};
+use erofs_forge::ops::{compact, optimize};
 use std::path::Path;
 
 /// What `create` builds: one layer, or a whole OCI image.
@@ -308,4 +308,21 @@ pub fn optimize(a: OptimizeArgs) -> Result<optimize::OptimizeOptions> {
         output_blob_dir: a.output_blob_dir,
         output_json: a.output_json,
     })
+}
+
+/// `compact`: the blobs are read from `--blob-dir` (a localfs backend must name the same
+/// place: nydusify passes both).
+pub fn compact(a: CompactArgs) -> Result<compact::CompactOptions> {
+    localfs_dir(&a.backend, Some(&a.blob_dir))?;
+    let mut opts = compact::CompactOptions::new(a.bootstrap, a.blob_dir);
+    opts.min_used_ratio = a.min_used_ratio;
+    opts.compact_blob_size = a.compact_blob_size;
+    opts.max_compact_size = a.max_compact_size;
+    opts.layers_to_compact = a.layers_to_compact;
+    opts.chunk_dict = chunk_dict(a.chunk_dict);
+    if let Some(p) = a.output_bootstrap {
+        opts.output_bootstrap = p;
+    }
+    opts.output_json = a.output_json;
+    Ok(opts)
 }

@@ -95,6 +95,7 @@ pub fn run(command: Command) -> Result<()> {
         Command::Optimize(a) => {
             report::optimized(&ops::optimize::optimize(&resolve::optimize(a)?)?)
         }
+        Command::Compact(a) => report::compacted(&ops::compact::compact(&resolve::compact(a)?)?),
     }
     Ok(())
 }

@@ -109,6 +109,14 @@ pub enum Error {
         /// Error text.
         reason: String,
     },
+    /// The chunk database (`chunkdict generate --database`) could not be opened or written.
+    #[error("database {path}: {reason}")]
+    Database {
+        /// The database file.
+        path: PathBuf,
+        /// What failed.
+        reason: String,
+    },
 }
 
 /// Result alias for the library.

@@ -7,6 +7,7 @@
 
 mod batch;
 mod blob_toc;
+mod chunkdict;
 mod clients;
 mod common;
 mod compact;

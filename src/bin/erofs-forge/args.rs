@@ -71,6 +71,46 @@ pub enum Command {
     /// Rewrite the sparsely used blobs of an image (dropping unused data, merging small
     /// blobs) and write a new bootstrap.
     Compact(CompactArgs),
+    /// Chunk dictionaries: `generate` one from several images.
+    Chunkdict {
+        #[command(subcommand)]
+        command: ChunkdictCommand,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum ChunkdictCommand {
+    /// Record the images' chunks in a database and write a dictionary of the shared ones.
+    Generate(ChunkdictArgs),
+}
+
+#[derive(clap::Args)]
+pub struct ChunkdictArgs {
+    /// The database: sqlite:// and an absolute path.
+    #[arg(long, default_value = "sqlite:///home/runner/output/database.db")]
+    pub database: String,
+    /// The dictionary bootstrap to write.
+    #[arg(short = 'B', long)]
+    pub bootstrap: PathBuf,
+    /// Accepted for compatibility (the dictionary has no blob of its own).
+    #[arg(short = 'D', long)]
+    pub blob_dir: Option<PathBuf>,
+    /// Accepted for compatibility (a dictionary has no prefetch table).
+    #[arg(long, default_value = "none", value_parser = prefetch_parser())]
+    pub prefetch_policy: PrefetchPolicy,
+    /// Write the result as JSON.
+    #[arg(short = 'J', long)]
+    pub output_json: Option<PathBuf>,
+    /// nydus-image configuration file (accepted; not needed).
+    #[arg(short = 'C', long)]
+    pub config: Option<PathBuf>,
+    /// Print the chunk counts.
+    #[arg(short = 'v', long)]
+    pub verbose: bool,
+    /// The images' bootstraps, each in a directory named after its image reference
+    /// (`...:name:tag`, as nydusify saves them).
+    #[arg(required = true)]
+    pub sources: Vec<PathBuf>,
 }
 
 #[derive(clap::Args)]

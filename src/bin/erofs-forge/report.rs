@@ -212,3 +212,15 @@ pub fn compacted(out: &erofs_forge::ops::compact::CompactOutput) {
         None => eprintln!("no chance to compact data blobs: nothing written"),
     }
 }
+
+/// `chunkdict generate`: the chunk counts (stderr; clients read the JSON).
+pub fn chunkdict(out: &erofs_forge::ops::chunkdict::ChunkdictOutput) {
+    eprintln!(
+        "chunk dictionary {}: {} of {} distinct chunks ({} recorded), in {} blobs",
+        out.bootstrap.display(),
+        out.chosen,
+        out.distinct,
+        out.recorded,
+        out.blobs.len()
+    );
+}

@@ -16,8 +16,8 @@ use crate::args::{
     SourceTypeArg, StatArgs, UnpackArgs,
 };
 // image maintenance (optimize, compact, chunkdict)
-use crate::args::{BackendArgs, CompactArgs, OptimizeArgs};
-use erofs_forge::ops::{compact, optimize};
+use crate::args::{BackendArgs, ChunkdictArgs, CompactArgs, OptimizeArgs};
+use erofs_forge::ops::{chunkdict, compact, optimize};
 use std::path::Path;
 
 /// What `create` builds: one layer, or a whole OCI image.
@@ -325,4 +325,14 @@ pub fn compact(a: CompactArgs) -> Result<compact::CompactOptions> {
     }
     opts.output_json = a.output_json;
     Ok(opts)
+}
+
+/// `chunkdict generate`.
+pub fn chunkdict(a: ChunkdictArgs) -> chunkdict::ChunkdictOptions {
+    chunkdict::ChunkdictOptions {
+        sources: a.sources,
+        database: a.database,
+        bootstrap: a.bootstrap,
+        output_json: a.output_json,
+    }
 }

@@ -5,7 +5,7 @@ use erofs_forge::ops::{self, report::Report};
 use erofs_forge::staged::write_atomic;
 use erofs_forge::Digester;
 
-use crate::args::Command;
+use crate::args::{ChunkdictCommand, Command};
 use crate::report::{self, Bar};
 use crate::resolve::{self, CreatePlan, ExportPlan};
 
@@ -96,6 +96,9 @@ pub fn run(command: Command) -> Result<()> {
             report::optimized(&ops::optimize::optimize(&resolve::optimize(a)?)?)
         }
         Command::Compact(a) => report::compacted(&ops::compact::compact(&resolve::compact(a)?)?),
+        Command::Chunkdict {
+            command: ChunkdictCommand::Generate(a),
+        } => report::chunkdict(&ops::chunkdict::generate(&resolve::chunkdict(a))?),
     }
     Ok(())
 }

@@ -192,3 +192,126 @@ fn upstreams_broken_dictionary_is_rejected() {
     eprintln!("our check of upstream's dictionary: {err}");
     assert!(err.contains("/chunkdict: invalid file name"), "{err}");
 }
+
+/// A copy of `from` made of hardlinks (`cp -al`, cheap for the Debian tree), in which the
+/// `n` files whose index is `k` modulo `step` are replaced by new content (unlinked first:
+/// the source keeps its bytes) and a new directory of `n` files is added.
+fn next_version(from: &Path, to: &Path, tag: &str, k: usize, step: usize) {
+    let out = std::process::Command::new("cp")
+        .arg("-al")
+        .arg(from)
+        .arg(to)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "cp -al: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut files: Vec<PathBuf> = walkdir::WalkDir::new(to)
+        .into_iter()
+        .map(|e| e.unwrap())
+        .filter(|e| e.file_type().is_file() && e.metadata().unwrap().len() > 0)
+        .map(|e| e.path().to_path_buf())
+        .collect();
+    files.sort();
+    for (i, f) in files.iter().enumerate().filter(|(i, _)| i % step == k) {
+        let mut data = fs::read(f).unwrap();
+        data.extend_from_slice(format!("\n{tag} {i}\n").as_bytes());
+        fs::remove_file(f).unwrap();
+        fs::write(f, data).unwrap();
+    }
+    for i in 0..20 {
+        put(
+            &to.join(format!("opt/{tag}/f{i}")),
+            &noise(1000 + i, 50_000),
+        );
+    }
+}
+
+#[test]
+#[cfg_attr(no_umoci, ignore = "needs umoci")]
+#[cfg_attr(no_full_tree, ignore = "needs root and the fixture-tree tools")]
+fn debian_versions_and_umoci_layers_make_a_dictionary() {
+    let w = scratch();
+    let work = w.path();
+    let blobs = work.join("blobs");
+    fs::create_dir_all(&blobs).unwrap();
+    let save = |name: &str| -> PathBuf {
+        let dir = work.join(format!("localhost:5000:{name}"));
+        fs::create_dir_all(&dir).unwrap();
+        dir.join("nydus_bootstrap")
+    };
+    let mut sources = Vec::new();
+    // the umoci test image: l1, l1+l2, l1+l2+l3 as three versions
+    let (img, _) = crate::oci_layers::image_and_rootfs("chunkdict umoci", work);
+    let layers: Vec<String> = crate::oci_layers::manifest_of(&img)["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["digest"].as_str().unwrap().to_string())
+        .collect();
+    let mut boots = Vec::new();
+    for (i, d) in layers.iter().enumerate() {
+        let b = work.join(format!("umoci-layer{i}.boot"));
+        let tar = crate::oci_layers::blob(&img, d);
+        forge(&[
+            "create",
+            "-t",
+            "tar-rafs",
+            "-D",
+            s(&blobs),
+            "-B",
+            s(&b),
+            s(&tar),
+        ]);
+        boots.push(b);
+        let merged = save(&format!("umoci:v{}", i + 1));
+        let mut args = vec!["merge", "-B", s(&merged)];
+        args.extend(boots.iter().map(|b| s(b)));
+        forge(&args);
+        sources.push(merged);
+    }
+    // two versions of the Debian tree (or the full fixture tree), then the next one
+    let v1 = crate::optimize::debian_or_full_tree(work);
+    let (v2, v3) = (work.join("debian-v2"), work.join("debian-v3"));
+    next_version(&v1, &v2, "v2", 0, 40);
+    next_version(&v2, &v3, "v3", 1, 40);
+    for (v, src) in [(1, &v1), (2, &v2)] {
+        let b = save(&format!("debian:v{v}"));
+        forge(&["create", "-D", s(&blobs), "-B", s(&b), s(src)]);
+        sources.push(b);
+    }
+    let dict = work.join("chunkdict_bootstrap");
+    let db = format!("sqlite://{}", s(&work.join("database.db")));
+    let json = work.join("nydus_bootstrap_output.json");
+    let mut args = vec![
+        "chunkdict",
+        "generate",
+        "--log-level",
+        "warn",
+        "--bootstrap",
+        s(&dict),
+    ];
+    args.extend(["--database", &db, "--output-json", s(&json)]);
+    args.extend(sources.iter().map(|b| s(b)));
+    let out = forge(&args);
+    eprintln!("{}", String::from_utf8_lossy(&out.stderr).trim());
+    forge(&["check", s(&dict), "-D", s(&blobs)]);
+    let build = |name: &str, extra: &[&str]| -> u64 {
+        let (boot, blob) = (
+            work.join(format!("{name}.boot")),
+            work.join(format!("{name}.blob")),
+        );
+        let mut a = vec!["create"];
+        a.extend_from_slice(extra);
+        a.extend(["-b", s(&blob), "-B", s(&boot), s(&v3)]);
+        forge(&a);
+        new_chunks(&boot, &blob)
+    };
+    let without = build("plain", &[]);
+    let dict_arg = format!("bootstrap={}", s(&dict));
+    let with = build("with-dict", &["--chunk-dict", &dict_arg]);
+    eprintln!("chunkdict (Debian v3): {without} new chunks without the dictionary, {with} with it");
+    assert!(with * 4 < without, "{with} vs {without}");
+}

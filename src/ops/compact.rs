@@ -133,7 +133,7 @@ impl Analysis {
                 used_bytes[c.blob_index as usize] += u64::from(c.compressed_size);
             }
         }
-        let fates = plan(opts, image, &used_bytes, &is_dict);
+        let fates = plan(opts, &image.blobs, &used_bytes, &is_dict);
         Analysis {
             used,
             to_dict,
@@ -381,12 +381,11 @@ fn used_chunks(image: &Image) -> BTreeMap<ChunkKey, (ChunkId, ChunkInfo)> {
 /// `g` the index of their group's first member; [`groups`] collects them.
 fn plan(
     opts: &CompactOptions,
-    image: &Image,
+    blobs: &[BlobEntry],
     used: &[u64],
     is_dict: &dyn Fn(&BlobEntry) -> bool,
 ) -> Vec<BlobFate> {
-    let mut fates: Vec<BlobFate> = image
-        .blobs
+    let mut fates: Vec<BlobFate> = blobs
         .iter()
         .zip(used)
         .enumerate()
@@ -410,7 +409,7 @@ fn plan(
         .enumerate()
         .filter_map(|(i, f)| {
             let size = match f {
-                BlobFate::Kept => image.blobs[i].compressed_size,
+                BlobFate::Kept => blobs[i].compressed_size,
                 BlobFate::Rewritten(_) => used[i],
                 _ => return None,
             };
@@ -460,4 +459,65 @@ fn prefetch_entries(image: &Image) -> Vec<EntryId> {
         .iter()
         .filter_map(|n| first.get(n).copied())
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec::{Compressor, Digester};
+
+    fn blob(id: &str, size: u64) -> BlobEntry {
+        BlobEntry {
+            compressed_size: size,
+            ..BlobEntry::new(id.into(), Compressor::Zstd, Digester::Blake3)
+        }
+    }
+
+    fn opts(ratio: u8, small: u64, max: u64) -> CompactOptions {
+        let mut o = CompactOptions::new("b".into(), "d".into());
+        (o.min_used_ratio, o.compact_blob_size, o.max_compact_size) = (ratio, small, max);
+        o
+    }
+
+    #[test]
+    fn unused_blobs_drop_sparse_ones_rebuild_full_ones_stay() {
+        let blobs = [
+            blob("a", 1000),
+            blob("b", 1000),
+            blob("c", 1000),
+            blob("d", 1000),
+        ];
+        let is_dict = |b: &BlobEntry| b.id == "d";
+        let fates = plan(&opts(50, 0, 0), &blobs, &[0, 400, 900, 10], &is_dict);
+        use BlobFate::*;
+        assert_eq!(fates, [Dropped, Rewritten(1), Kept, Dictionary]);
+    }
+
+    #[test]
+    fn small_blobs_merge_smallest_first_up_to_the_limit() {
+        let blobs = [
+            blob("a", 300),
+            blob("b", 100),
+            blob("c", 200),
+            blob("big", 5000),
+        ];
+        let fates = plan(&opts(0, 1000, 350), &blobs, &[300, 100, 200, 5000], &|_| {
+            false
+        });
+        use BlobFate::*;
+        // 100 + 200 fit in 350; 300 more would not, so "a" starts a group of its own and,
+        // alone, stays as it is; "big" is not small
+        assert_eq!(fates, [Kept, Rewritten(1), Rewritten(1), Kept]);
+        assert_eq!(groups(&fates), [vec![1, 2]]);
+    }
+
+    #[test]
+    fn default_output_replaces_the_extension_as_upstream() {
+        let out = |p: &str| default_output(Path::new(p));
+        assert_eq!(out("d/image.boot"), Path::new("d/image.bootstrap.compact"));
+        assert_eq!(
+            out("d/bootstrap"),
+            Path::new("d/bootstrap.bootstrap.compact")
+        );
+    }
 }

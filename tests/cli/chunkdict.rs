@@ -174,6 +174,19 @@ fn chunkdict_refuses_other_databases_and_reads_upstreams_sources() {
     args.push(&db);
     args.extend(sources.iter().map(|b| s(b)));
     forge(&args);
+    // a source of another RAFS version is named
+    let v5 = w.path().join("v5.boot");
+    let b5 = w.path().join("b5");
+    fs::create_dir_all(&b5).unwrap();
+    let sample = repo().join("fixtures/sample");
+    forge(&["create", "-v", "5", "-D", s(&b5), "-B", s(&v5), s(&sample)]);
+    let mut mixed = args.clone();
+    mixed.extend([s(&sources[0]), s(&v5)]);
+    let err = forge_fails(&mixed);
+    assert!(
+        err.contains("v5.boot") && err.contains("RAFS v5, not v6"),
+        "{err}"
+    );
     // upstream's three versions share l1's chunks: our dictionary holds each once, with the
     // blob's own chunk indexes, and checks against the blobs
     let blobs = repo().join("fixtures/upstream/v6-compact/blobs");

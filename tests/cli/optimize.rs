@@ -219,3 +219,59 @@ fn optimize_refuses_other_backends_and_names_missing_blobs() {
     ]);
     assert!(err.contains("find blob"), "{err}");
 }
+
+#[test]
+fn optimize_a_v5_image_with_upstreams_json_list() {
+    let w = scratch();
+    let src = repo().join("fixtures/sample");
+    let blobs = w.path().join("blobs");
+    std::fs::create_dir_all(&blobs).unwrap();
+    let boot = w.path().join("bootstrap");
+    forge(&[
+        "create",
+        "-v",
+        "5",
+        "-D",
+        s(&blobs),
+        "-B",
+        s(&boot),
+        s(&src),
+    ]);
+    let files = pick_files(&src, 2);
+    // nydus-image's own list format; a path the image lacks is skipped
+    let list = w.path().join("list.json");
+    let entries: Vec<String> = files
+        .iter()
+        .chain(std::iter::once(&"/not/there".to_string()))
+        .map(|f| format!("{{\"path\":\"{f}\"}}"))
+        .collect();
+    std::fs::write(
+        &list,
+        format!("{{\"version\":\"v1\",\"files\":[{}]}}", entries.join(",")),
+    )
+    .unwrap();
+    let out = w.path().join("optimized");
+    forge(&[
+        "optimize",
+        "-p",
+        s(&list),
+        "-B",
+        s(&boot),
+        "--output-blob-dir",
+        s(&blobs),
+        "-O",
+        s(&out),
+        "-D",
+        s(&blobs),
+    ]);
+    let prefetch = json(&["inspect", s(&out), "-R", "prefetch"]);
+    assert_eq!(prefetch.as_array().unwrap().len(), 2, "{prefetch}");
+    forge(&["check", s(&out), "-D", s(&blobs)]);
+    let dest = w.path().join("tree");
+    forge(&["unpack", s(&out), "-D", s(&blobs), "--output-dir", s(&dest)]);
+    let (mut a, mut b) = (manifest(&src), manifest(&dest));
+    a.remove(&b""[..]);
+    b.remove(&b""[..]);
+    let d = diff(&owners_only_as_root(a), &owners_only_as_root(b));
+    assert!(d.is_empty(), "{}", d.join("\n"));
+}

@@ -246,6 +246,20 @@ fn first_layer(d: &Path) -> PathBuf {
 fn upstream_compact_inputs_compact_and_read_back() {
     for name in ["v6-compact", "v5-compact"] {
         let d = upstream(name);
+        // upstream's input itself: checked, and unpacked equal to what nydusd serves
+        let x = scratch();
+        let (boot, blobs) = (d.join("bootstrap"), d.join("blobs"));
+        forge(&["check", s(&boot), "-D", s(&blobs)]);
+        let tree = x.path().join("tree");
+        forge(&[
+            "unpack",
+            s(&boot),
+            "-D",
+            s(&blobs),
+            "--output-dir",
+            s(&tree),
+        ]);
+        manifest_diff(&d.join("expected.txt"), &tree);
         for dict in [None, Some(first_layer(&d))] {
             let w = scratch();
             let blobs = w.path().join("blobs");

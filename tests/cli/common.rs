@@ -271,7 +271,21 @@ pub struct Mounted {
 
 impl Drop for Mounted {
     fn drop(&mut self) {
-        let _ = Command::new("umount").arg(self.dir.path()).status();
+        // a process still walking the tree (another test's manifest, a scanner) keeps it busy
+        // for a moment: retry, then detach it lazily rather than leave a mount behind
+        let unmounted = (0..20).any(|i| {
+            if i > 0 {
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            Command::new("umount")
+                .arg(self.dir.path())
+                .stderr(std::process::Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+        });
+        if !unmounted {
+            let _ = Command::new("umount").arg("-l").arg(self.dir.path()).status();
+        }
         for l in &self.loops {
             let _ = Command::new("losetup").args(["-d", l]).status();
         }

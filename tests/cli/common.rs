@@ -284,7 +284,10 @@ impl Drop for Mounted {
                 .is_ok_and(|s| s.success())
         });
         if !unmounted {
-            let _ = Command::new("umount").arg("-l").arg(self.dir.path()).status();
+            let _ = Command::new("umount")
+                .arg("-l")
+                .arg(self.dir.path())
+                .status();
         }
         for l in &self.loops {
             let _ = Command::new("losetup").args(["-d", l]).status();

@@ -297,6 +297,27 @@ fn encrypted_layers_merge_and_dedup_as_parents() {
         s(&b2),
         s(upper.path()),
     ]);
+    // the same through a chunk dictionary: the copy is referenced in the encrypted blob
+    let b4 = x.path().join("b4");
+    let dict = format!("bootstrap={}", s(&b1));
+    forge(&[
+        "create",
+        "--chunk-dict",
+        &dict,
+        "-D",
+        s(&blobs),
+        "-B",
+        s(&b4),
+        s(upper.path()),
+    ]);
+    let tree = x.path().join("t-dict");
+    forge(&["unpack", s(&b4), "-D", s(&blobs), "--output-dir", s(&tree)]);
+    assert_eq!(
+        std::fs::read(tree.join("big-copy")).unwrap(),
+        std::fs::read(src.path().join("big.bin")).unwrap()
+    );
+    let out = forge(&["check", s(&b4), "-D", s(&blobs)]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("encrypted"));
     // a merge of encrypted and plain layers is marked encrypted, as upstream marks it
     let b3 = x.path().join("b3");
     forge(&["create", "-D", s(&blobs), "-B", s(&b3), s(upper.path())]);

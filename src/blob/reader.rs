@@ -325,11 +325,19 @@ impl ChunkReader<'_> {
     }
 }
 
+/// An ENCRYPTED blob whose blob-table entry holds no key (`cipher_algo` 0).
+const NO_KEY: &str = "the blob is encrypted but the bootstrap holds no key for it";
+
 /// The stored bytes of chunk `index` (or of the batch holding it) in the clear: decrypted when
 /// the blob is encrypted (formats/blob.md §10). XTS cannot tell a wrong key or damaged bytes;
 /// the decompression and the digest check after this catch them.
 fn decrypt_chunk(blob: &BlobEntry, stored: Vec<u8>, offset: u64, index: u32) -> Result<Vec<u8>> {
     match &blob.cipher {
+        None if blob.features.contains(BlobFeatures::ENCRYPTED) => Err(Error::Corrupt {
+            what: "chunk data",
+            offset,
+            reason: format!("{} chunk {index}: {NO_KEY}", blob.id),
+        }),
         None => Ok(stored),
         Some(key) => key.decrypt(&stored).map_err(|e| Error::Corrupt {
             what: "chunk data",
@@ -456,6 +464,9 @@ fn open_blob_meta(stored: Vec<u8>, header: &[u8], blob: &BlobEntry) -> Result<Pl
     }
     let hdr_at = blob.ci_offset.saturating_add(blob.ci_compressed_size);
     let (stored, header) = match &blob.cipher {
+        None if blob.features.contains(BlobFeatures::ENCRYPTED) => {
+            return Err(corrupt("blob meta", blob.ci_offset, NO_KEY))
+        }
         None => (stored, header.to_vec()),
         Some(key) => {
             let decrypt = |bytes: &[u8], what: &'static str, at: u64| {

@@ -137,6 +137,13 @@ fn wrong_key_is_an_error_not_data() {
         s(&tree),
     ]);
     assert!(err.contains("wrong key"), "{err}");
+    // no key at all: cipher_algo (entry +216) 0
+    let mut boot = std::fs::read(fixture().join("bootstrap")).unwrap();
+    boot[4096 + 216] = 0;
+    let keyless = x.path().join("keyless");
+    std::fs::write(&keyless, &boot).unwrap();
+    let err = forge_fails(&["check", s(&keyless), "-D", s(&blobs)]);
+    assert!(err.contains("holds no key"), "{err}");
 }
 
 #[test]

@@ -183,3 +183,58 @@ fn only_root_mtime_differs(ours: &[u8], theirs: &[u8], fixture: &str) {
         "root mtime is kept, so upstream's 0 differs"
     );
 }
+
+/// Our encrypted blob of upstream's tree, decrypted by OpenSSL (tests/tools/decrypt.py), has
+/// upstream's layout: the same pieces at the same offsets with the same sizes and plaintexts
+/// (`fixtures/upstream/v6-encrypt/decrypt.txt`); only the random key and tweak differ.
+#[test]
+#[cfg_attr(
+    no_full_tree,
+    ignore = "needs the full fixture tree (root, setfattr, setfacl, setcap)"
+)]
+#[cfg_attr(
+    no_py_crypto,
+    ignore = "needs Debian's python3-cryptography and python3-zstandard"
+)]
+fn encrypted_blob_decrypts_to_upstreams_layout() {
+    if let Some(why) = cannot_build_full_tree() {
+        missing("encrypted_blob_decrypts_to_upstreams_layout", &why);
+    }
+    let src = scratch();
+    make_source(src.path());
+    let out = scratch();
+    let boot = out.path().join("bootstrap");
+    let o = forge(&[
+        "create",
+        "--encrypt",
+        "-D",
+        s(out.path()),
+        "-B",
+        s(&boot),
+        s(src.path()),
+    ]);
+    let id = ids_of(&o).remove(0);
+    let dec = Command::new("/usr/bin/python3")
+        .arg(repo().join("tests/tools/decrypt.py"))
+        .arg(&boot)
+        .arg(out.path().join(&id))
+        .output()
+        .unwrap();
+    assert!(
+        dec.status.success(),
+        "{}",
+        String::from_utf8_lossy(&dec.stderr)
+    );
+    let layout = |t: &str| -> Vec<String> {
+        t.lines()
+            .filter(|l| !l.starts_with("key ") && !l.starts_with("iv "))
+            .map(str::to_string)
+            .collect()
+    };
+    let theirs =
+        std::fs::read_to_string(repo().join("fixtures/upstream/v6-encrypt/decrypt.txt")).unwrap();
+    assert_eq!(
+        layout(&String::from_utf8_lossy(&dec.stdout)),
+        layout(&theirs)
+    );
+}

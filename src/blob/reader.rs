@@ -243,13 +243,12 @@ impl<'a> ChunkReader<'a> {
                     .ctx("read chunk from", p.clone())?;
                 let buf = decrypt_chunk(blob, buf, loc.compressed_offset, c.index)?;
                 if loc.compressed && !tarfs {
-                    blob.compressor
-                        .decompress(&buf, loc.uncompressed_size as usize)
-                        .map_err(|e| Error::Corrupt {
-                            what: "chunk data",
-                            offset: loc.compressed_offset,
-                            reason: format!("{} chunk {}: {e}", blob.id, c.index),
-                        })?
+                    let piece = Piece {
+                        what: "chunk data",
+                        offset: loc.compressed_offset,
+                        name: format!("{} chunk {}", blob.id, c.index),
+                    };
+                    inflate(blob, &buf, loc.uncompressed_size, piece)?
                 } else {
                     buf
                 }
@@ -298,13 +297,12 @@ impl ChunkReader<'_> {
             // a batch that did not compress is stored raw (formats/blob.md §3.4); once
             // decrypted, a raw batch is exactly as long as the batch
             let raw = if buf.len() != slot.batch_size as usize {
-                blob.compressor
-                    .decompress(&buf, slot.batch_size as usize)
-                    .map_err(|e| Error::Corrupt {
-                        what: "batch chunk data",
-                        offset: loc.compressed_offset,
-                        reason: format!("{} batch {}: {e}", blob.id, slot.index),
-                    })?
+                let piece = Piece {
+                    what: "batch chunk data",
+                    offset: loc.compressed_offset,
+                    name: format!("{} batch {}", blob.id, slot.index),
+                };
+                inflate(blob, &buf, slot.batch_size, piece)?
             } else {
                 buf
             };
@@ -323,6 +321,24 @@ impl ChunkReader<'_> {
                 )
             })
     }
+}
+
+/// A stored piece of a blob (a chunk or a batch), as errors name it.
+struct Piece {
+    what: &'static str,
+    offset: u64,
+    name: String,
+}
+
+/// Decompresses `stored` (the piece `piece` of `blob`) into exactly `size` bytes.
+fn inflate(blob: &BlobEntry, stored: &[u8], size: u32, piece: Piece) -> Result<Vec<u8>> {
+    blob.compressor
+        .decompress(stored, size as usize)
+        .map_err(|e| Error::Corrupt {
+            what: piece.what,
+            offset: piece.offset,
+            reason: format!("{}: {e}", piece.name),
+        })
 }
 
 /// An ENCRYPTED blob whose blob-table entry holds no key (`cipher_algo` 0).

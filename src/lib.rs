@@ -42,8 +42,8 @@ pub use format::rafs_v6::{super_flags, SuperFlags};
 pub use model::overlay::WhiteoutSpec;
 pub use model::prefetch::{Prefetch, PrefetchPolicy};
 pub use model::{
-    BlobEntry, ChunkId, ChunkInfo, DataSource, Entry, EntryId, FileType, Image, Inode, InodeId,
-    InodeKind, RegularFile, Tree,
+    BlobEntry, BlobRefs, ChunkId, ChunkInfo, DataSource, Entry, EntryId, FileType, Image, Inode,
+    InodeId, InodeKind, RegularFile, Tree,
 };
 
 /// Reading images: bootstraps (ours and upstream's, v5 and v6, plain or inlined at the end of a

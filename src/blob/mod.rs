@@ -4,5 +4,6 @@ pub mod copy;
 pub mod inline;
 pub mod reader;
 pub mod writer;
+pub mod zran;
 
 pub use writer::{BlobWriter, BlobWriterOptions, WrittenBlob};

@@ -25,6 +25,10 @@ pub struct BlobSource {
     pub dir: Option<PathBuf>,
     /// One blob file, used for every blob of the image (single-blob images).
     pub file: Option<PathBuf>,
+    /// The file holding the blob meta of a zran blob whose bootstrap records no meta digest
+    /// (a converter `targz-ref` blob, formats/blob.md §10): the blob itself, or the blob the
+    /// bootstrap's file name names.
+    pub zran_meta: Option<PathBuf>,
 }
 
 enum Opened {
@@ -115,6 +119,7 @@ pub struct ChunkReader<'a> {
     /// The last batch decompressed, keyed by blob index and batch index: the chunks of a
     /// batch are read one after another, so one entry saves re-decompressing it per chunk.
     last_batch: Option<(BatchKey, Vec<u8>)>,
+    zran: HashMap<u32, crate::blob::zran::ZranBlob>,
 }
 
 /// Blob index and batch index of a decompressed batch.
@@ -133,6 +138,7 @@ impl<'a> ChunkReader<'a> {
             open: HashMap::new(),
             ci: HashMap::new(),
             last_batch: None,
+            zran: HashMap::new(),
         }
     }
 
@@ -213,6 +219,10 @@ impl<'a> ChunkReader<'a> {
             .get(id.index())
             .ok_or_else(|| corrupt("chunk", u64::from(id.get()), "no such chunk"))?;
         let blob = self.blob(c.blob_index)?;
+        if blob.features.contains(BlobFeatures::ZRAN) {
+            let data = self.zran_blob(c.blob_index)?.read(c.index)?;
+            return self.verified(id, &c, data, c.compressed_offset);
+        }
         let ci = self
             .ci_entries(c.blob_index)?
             .get(c.index as usize)
@@ -260,6 +270,12 @@ impl<'a> ChunkReader<'a> {
                 buf
             }
         };
+        self.verified(id, &c, data, loc.compressed_offset)
+    }
+
+    /// `data` if it matches chunk `id`'s digest (when known).
+    fn verified(&self, id: ChunkId, c: &ChunkInfo, data: Vec<u8>, offset: u64) -> Result<Vec<u8>> {
+        let blob = self.blob(c.blob_index)?;
         if self
             .image
             .digest_known
@@ -270,11 +286,23 @@ impl<'a> ChunkReader<'a> {
         {
             return Err(Error::Corrupt {
                 what: "chunk data",
-                offset: loc.compressed_offset,
+                offset,
                 reason: format!("digest mismatch for chunk {} of blob {}", c.index, blob.id),
             });
         }
         Ok(data)
+    }
+
+    /// The zran blob `index`: its meta decoded and its gzip layer opened, once.
+    pub(crate) fn zran_blob(&mut self, index: u32) -> Result<&crate::blob::zran::ZranBlob> {
+        if !self.zran.contains_key(&index) {
+            let blob = self.blob(index)?;
+            let z = crate::blob::zran::ZranBlob::open(blob, &self.source)?;
+            self.zran.insert(index, z);
+        }
+        self.zran
+            .get(&index)
+            .ok_or_else(|| Error::InvalidOption("blob vanished".into()))
     }
 }
 
@@ -392,6 +420,12 @@ fn read_stored_meta(f: &File, path: &Path, blob: &BlobEntry) -> Result<StoredMet
     Ok(StoredMeta { ci, header })
 }
 
+/// A blob's stored ci area (`stored`, compressed as the blob table says) checked against the
+/// blob meta `header` and returned uncompressed (formats/blob.md §3, §10).
+pub(crate) fn decode_ci_area(stored: Vec<u8>, header: &[u8], blob: &BlobEntry) -> Result<Vec<u8>> {
+    open_blob_meta(stored, header, blob).map(|p| p.ci)
+}
+
 fn read_ci(f: &File, path: &Path, blob: &BlobEntry) -> Result<Vec<CiEntry>> {
     let m = read_stored_meta(f, path, blob)?;
     decode_blob_meta(m.ci, &m.header, blob)
@@ -415,10 +449,21 @@ pub fn cache_meta_file(path: &Path, blob: &BlobEntry) -> Result<Vec<u8>> {
 /// allocated from them.
 fn check_ci_sizes(blob: &BlobEntry) -> Result<()> {
     let records = u64::from(blob.chunk_count).min(crate::blob::writer::MAX_CHUNKS_PER_BLOB as u64);
-    if blob.ci_compressed_size > MAX_CI_SIZE
-        || blob.ci_uncompressed_size > MAX_CI_SIZE
-        // a v2 record per chunk, and at most one 40-byte batch context per chunk
-        || blob.ci_uncompressed_size > (24 + BATCH_CONTEXT_SIZE as u64) * records + 4096
+    // a v2 record per chunk, and at most one 40-byte batch context per chunk, or for a zran
+    // meta one inflate context and its window per chunk (formats/blob.md §11)
+    let per_chunk = if blob.features.contains(BlobFeatures::ZRAN) {
+        24 + (crate::format::zran::ZRAN_CONTEXT_SIZE + crate::format::zran::ZRAN_WINDOW_SIZE) as u64
+    } else {
+        24 + BATCH_CONTEXT_SIZE as u64
+    };
+    let max_ci = if blob.features.contains(BlobFeatures::ZRAN) {
+        MAX_CI_SIZE * per_chunk / 24
+    } else {
+        MAX_CI_SIZE
+    };
+    if blob.ci_compressed_size > max_ci
+        || blob.ci_uncompressed_size > max_ci
+        || blob.ci_uncompressed_size > per_chunk * records + 4096
     {
         return Err(corrupt(
             "blob meta",

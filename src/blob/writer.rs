@@ -747,7 +747,8 @@ fn toc_entry(
     let flags = match compressor {
         Some(Compressor::Zstd) => format::TOC_FLAG_ZSTD,
         Some(Compressor::Lz4Block) => format::TOC_FLAG_LZ4_BLOCK,
-        Some(Compressor::None) | None => format::TOC_FLAG_NONE,
+        // sections are never gzip (only targz-ref chunk data is, and it is not in the blob)
+        Some(Compressor::None | Compressor::Gzip) | None => format::TOC_FLAG_NONE,
     };
     let mut e = TocEntry::new_zeroed();
     e.flags = flags.into();

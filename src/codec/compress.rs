@@ -20,6 +20,9 @@ pub enum Compressor {
     /// One zstd frame with the content size.
     #[default]
     Zstd,
+    /// gzip: only the chunks of a `targz-ref` image, read in place from the original layer
+    /// through inflate contexts (formats/blob.md §10); never written as chunk data.
+    Gzip,
 }
 
 impl Compressor {
@@ -29,6 +32,7 @@ impl Compressor {
             Compressor::None => 0,
             Compressor::Lz4Block => 1,
             Compressor::Zstd => 3,
+            Compressor::Gzip => 2,
         }
     }
 
@@ -38,6 +42,7 @@ impl Compressor {
             Compressor::None => "none",
             Compressor::Lz4Block => "lz4_block",
             Compressor::Zstd => "zstd",
+            Compressor::Gzip => "gzip",
         }
     }
 
@@ -47,6 +52,7 @@ impl Compressor {
             0 => Some(Compressor::None),
             1 => Some(Compressor::Lz4Block),
             3 => Some(Compressor::Zstd),
+            2 => Some(Compressor::Gzip),
             _ => None,
         }
     }
@@ -67,6 +73,7 @@ impl Compressor {
             Compressor::None => Ok(0),
             Compressor::Lz4Block => lz4::block::compress_bound(len).map_err(|e| codec("lz4", e)),
             Compressor::Zstd => Ok(zstd::zstd_safe::compress_bound(len)),
+            Compressor::Gzip => Err(gzip_is_read_only()),
         }
     }
 
@@ -95,6 +102,7 @@ impl Compressor {
     fn compress_any_size(self, data: &[u8], out: &mut [u8]) -> Result<usize> {
         let n = match self {
             Compressor::None => return Ok(0),
+            Compressor::Gzip => return Err(gzip_is_read_only()),
             Compressor::Lz4Block => lz4::block::compress_to_buffer(
                 data,
                 Some(lz4::block::CompressionMode::DEFAULT),
@@ -132,8 +140,18 @@ impl Compressor {
                 let out = zstd::bulk::decompress(data, size).map_err(|e| codec("zstd", e))?;
                 check_len("zstd", out, size)
             }
+            // a zran chunk is not a gzip stream of its own: blob::zran inflates it from its
+            // context
+            Compressor::Gzip => Err(gzip_is_read_only()),
         }
     }
+}
+
+fn gzip_is_read_only() -> Error {
+    codec(
+        "gzip",
+        "gzip chunks are read through their inflate context (targz-ref), not compressed or decompressed alone",
+    )
 }
 
 fn codec(algo: &'static str, e: impl std::fmt::Display) -> Error {

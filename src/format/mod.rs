@@ -6,3 +6,4 @@ pub mod erofs_z;
 pub mod rafs_v5;
 pub mod rafs_v6;
 pub mod tar;
+pub mod zran;

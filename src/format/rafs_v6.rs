@@ -85,6 +85,8 @@ pub mod super_flags {
     pub const EXPLICIT_UID_GID: u64 = 0x10;
     /// Some inode has xattrs.
     pub const HAS_XATTR: u64 = 0x20;
+    /// gzip compression (targz-ref images, formats/blob.md §10).
+    pub const COMPRESSION_GZIP: u64 = 0x40;
     /// zstd compression.
     pub const COMPRESSION_ZSTD: u64 = 0x80;
     /// Every blob carries a chunk digest array.
@@ -105,6 +107,7 @@ pub mod super_flags {
             Compressor::None => COMPRESSION_NONE,
             Compressor::Lz4Block => COMPRESSION_LZ4,
             Compressor::Zstd => COMPRESSION_ZSTD,
+            Compressor::Gzip => COMPRESSION_GZIP,
         }
     }
 
@@ -126,6 +129,8 @@ pub mod super_flags {
             Compressor::Lz4Block
         } else if flags & COMPRESSION_ZSTD != 0 {
             Compressor::Zstd
+        } else if flags & COMPRESSION_GZIP != 0 {
+            Compressor::Gzip
         } else {
             Compressor::Lz4Block
         }

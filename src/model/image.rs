@@ -43,6 +43,30 @@ pub struct BlobEntry {
     /// Key and tweak of an encrypted blob (formats/blob.md §10), kept in the clear in the
     /// blob table as upstream keeps them.
     pub cipher: Option<BlobKey>,
+    /// Where the blob's meta and ToC are published apart from its data (v6 blob table).
+    pub refs: BlobRefs,
+}
+
+/// Digests and sizes the v6 blob table records for a blob whose meta is published on its own:
+/// a `targz-ref` meta file, or what `merge --blob-digests ...` was given (formats/blob.md §10).
+/// All zero otherwise.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BlobRefs {
+    /// sha256 of the file holding the blob meta (`blob_meta_digest`).
+    pub meta_digest: [u8; 32],
+    /// Its size (`blob_meta_size`).
+    pub meta_size: u64,
+    /// Digest of the blob's ToC (`blob_toc_digest`).
+    pub toc_digest: [u8; 32],
+    /// Size of the ToC (`blob_toc_size`).
+    pub toc_size: u32,
+}
+
+impl BlobRefs {
+    /// The meta file's id (hex of `meta_digest`), when one is recorded.
+    pub fn meta_id(&self) -> Option<String> {
+        (self.meta_digest != [0; 32]).then(|| hex::encode(self.meta_digest))
+    }
 }
 
 impl BlobEntry {
@@ -62,6 +86,7 @@ impl BlobEntry {
             ci_compressor: 0,
             mapped_blkaddr: 0,
             cipher: None,
+            refs: BlobRefs::default(),
         }
     }
 

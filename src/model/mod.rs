@@ -9,5 +9,5 @@ pub mod stack;
 pub mod tree;
 
 pub use chunk::ChunkInfo;
-pub use image::{BlobEntry, Image};
+pub use image::{BlobEntry, BlobRefs, Image};
 pub use tree::*;

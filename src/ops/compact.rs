@@ -155,6 +155,7 @@ pub fn compact(opts: &CompactOptions) -> Result<CompactOutput> {
     let source = BlobSource {
         dir: Some(opts.blob_dir.clone()),
         file: None,
+        zran_meta: None,
     };
     let mut image = OpenedImage::open(&opts.bootstrap, &source)?.image;
     present(&image, &opts.blob_dir)?;
@@ -237,6 +238,7 @@ fn rewrite(
     let source = BlobSource {
         dir: Some(opts.blob_dir.clone()),
         file: None,
+        zran_meta: None,
     };
     let mut moved = HashMap::new();
     let mut new_blobs = Vec::new();

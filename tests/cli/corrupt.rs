@@ -34,6 +34,7 @@ fn exercise(bytes: &[u8], blobs: &Path) {
         BlobSource {
             dir: Some(blobs.to_path_buf()),
             file: None,
+            zran_meta: None,
         },
     );
     for id in 0..image.chunks.len().min(16) {
@@ -51,6 +52,7 @@ fn unpack_both(bytes: &[u8], blobs: &Path, work: &Path) {
         blobs: BlobSource {
             dir: Some(blobs.to_path_buf()),
             file: None,
+            zran_meta: None,
         },
         output_tar: Some(work.join("out.tar")),
         output_dir: Some(work.join("dir")),

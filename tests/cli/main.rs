@@ -28,5 +28,6 @@ mod reliability;
 mod reproducible;
 mod roundtrip;
 mod tar;
+mod targz_ref;
 mod upstream_compat;
 mod upstream_read;

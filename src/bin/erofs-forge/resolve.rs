@@ -95,6 +95,7 @@ impl From<BlobArgs> for BlobSource {
         BlobSource {
             dir: b.blob_dir,
             file: b.blob,
+            zran_meta: None,
         }
     }
 }
@@ -300,6 +301,7 @@ pub fn optimize(a: OptimizeArgs) -> Result<optimize::OptimizeOptions> {
         blobs: BlobSource {
             dir,
             file: a.blobs.blob,
+            zran_meta: None,
         },
         prefetch_files: a.prefetch_files,
         output_bootstrap: a

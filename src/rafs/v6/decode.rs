@@ -242,6 +242,13 @@ fn blob_table(
                 ))
             }
         };
+        // an encrypted blob keeps its key where a ref blob keeps its meta digest
+        let refs = crate::model::BlobRefs {
+            meta_digest: if cipher.is_some() { [0; 32] } else { e.blob_meta_digest },
+            meta_size: if cipher.is_some() { 0 } else { e.blob_meta_size.get() },
+            toc_digest: e.blob_toc_digest,
+            toc_size: e.blob_toc_size.get(),
+        };
         let id = trim_id(&e.blob_id)
             .ok_or_else(|| corrupt("blob table entry", off, "blob id is not text"))?;
         blobs.push(Blob {
@@ -257,6 +264,7 @@ fn blob_table(
             ci_uncompressed_size: e.ci_uncompressed_size.get(),
             ci_compressor: e.ci_compressor.get(),
             mapped_blkaddr: slot.mapped_blkaddr.get(),
+            refs,
             cipher,
         });
     }

@@ -366,14 +366,24 @@ fn write_blob_tables(
             features: s.features.bits().into(),
             compressed_size: s.compressed_size.into(),
             uncompressed_size: s.uncompressed_size.into(),
-            blob_toc_size: 0.into(),
+            blob_toc_size: s.refs.toc_size.into(),
             ci_compressor: s.ci_compressor.into(),
             ci_offset: s.ci_offset.into(),
             ci_compressed_size: s.ci_compressed_size.into(),
             ci_uncompressed_size: s.ci_uncompressed_size.into(),
-            blob_toc_digest: [0; 32],
-            blob_meta_digest: cipher.key,
-            blob_meta_size: cipher.iv_low.into(),
+            blob_toc_digest: s.refs.toc_digest,
+            // an encrypted blob keeps its key where a ref blob keeps its meta digest
+            blob_meta_digest: if bl.cipher.is_some() {
+                cipher.key
+            } else {
+                s.refs.meta_digest
+            },
+            blob_meta_size: if bl.cipher.is_some() {
+                cipher.iv_low
+            } else {
+                s.refs.meta_size
+            }
+            .into(),
             cipher_iv: cipher.iv_high,
             cipher_algo: cipher.algo.into(),
             reserved: [0; 36],

@@ -1,0 +1,389 @@
+//! Reading the chunks of a zran (`targz-ref`) blob: the chunk-info records and inflate contexts
+//! of its blob meta, and inflating one chunk from its context inside the original gzip layer
+//! (formats/blob.md §10).
+
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use zerocopy::FromBytes;
+
+use crate::blob::reader::BlobSource;
+use crate::error::{Error, IoContext, Result};
+use crate::format::blob::{BlobMetaHeader, BLOB_META_HEADER_SIZE, BLOB_META_MAGIC};
+use crate::format::zran::{ZranContext, CI_V2_FLAG_ZRAN, ZRAN_CONTEXT_SIZE, ZRAN_WINDOW_SIZE};
+use crate::io::bytes::corrupt;
+use crate::model::BlobEntry;
+
+/// Largest compressed span one context may cover: upstream cuts contexts at 2 MiB of output, and
+/// a span never needs more input than a stored deflate stream's overhead on top of that.
+const MAX_SPAN: u32 = 64 << 20;
+
+/// One chunk of a zran blob, as its v2 record says (formats/blob.md §3.3, §10).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ZranChunk {
+    /// Offset in the `.tar.gz` of the compressed bytes inflated while the chunk came out.
+    pub compressed_offset: u64,
+    /// Their length.
+    pub compressed_size: u32,
+    /// Offset in the blob's (4 KiB-aligned) uncompressed view.
+    pub uncompressed_offset: u64,
+    /// Chunk length.
+    pub uncompressed_size: u32,
+    /// Index of its inflate context.
+    pub context: u32,
+    /// Offset of the chunk inside the context's decompressed span.
+    pub offset: u32,
+}
+
+/// A zran blob meta, decoded: chunk records, inflate contexts and the dictionary table.
+#[derive(Debug, Clone, Default)]
+pub struct ZranMeta {
+    /// The chunks, by chunk index.
+    pub chunks: Vec<ZranChunk>,
+    /// The inflate contexts, by index.
+    pub contexts: Vec<ZranContext>,
+    dicts: Vec<u8>,
+}
+
+impl ZranMeta {
+    /// Decodes the uncompressed ci area `raw` of a blob with `chunk_count` chunks, laid out as
+    /// `header` says (formats/blob.md §10).
+    pub fn parse(raw: &[u8], header: &BlobMetaHeader, chunk_count: u32) -> Result<ZranMeta> {
+        let at = |off: u64, len: u64, what: &'static str| -> Result<&[u8]> {
+            let end = off.checked_add(len).filter(|e| *e <= raw.len() as u64);
+            end.map(|e| &raw[off as usize..e as usize]).ok_or_else(|| {
+                corrupt(
+                    what,
+                    off,
+                    &format!("{len} bytes needed, the ci area has {}", raw.len()),
+                )
+            })
+        };
+        let records = at(0, 24 * u64::from(chunk_count), "zran chunk records")?;
+        let chunks = records
+            .chunks_exact(24)
+            .enumerate()
+            .map(|(i, r)| decode_record(r, i))
+            .collect::<Result<Vec<_>>>()?;
+        let count = u64::from(header.ci_zran_count.get());
+        let table_len = count * ZRAN_CONTEXT_SIZE as u64;
+        let offset = header.ci_zran_offset.get();
+        let table = at(offset, table_len, "zran context table")?;
+        let contexts: Vec<ZranContext> = table
+            .chunks_exact(ZRAN_CONTEXT_SIZE)
+            .filter_map(|c| ZranContext::read_from_bytes(c).ok())
+            .collect();
+        let dict_len = header
+            .ci_zran_size
+            .get()
+            .checked_sub(table_len)
+            .ok_or_else(|| {
+                corrupt(
+                    "zran context table",
+                    offset,
+                    "ci_zran_size is smaller than the table",
+                )
+            })?;
+        let dicts = at(offset + table_len, dict_len, "zran dictionaries")?.to_vec();
+        let meta = ZranMeta {
+            chunks,
+            contexts,
+            dicts,
+        };
+        meta.check()?;
+        Ok(meta)
+    }
+
+    /// Every chunk names an existing context and lies inside its span; every dictionary lies
+    /// inside the table and is at most one window.
+    fn check(&self) -> Result<()> {
+        for (i, c) in self.contexts.iter().enumerate() {
+            let end = c
+                .dict_offset
+                .get()
+                .checked_add(u64::from(c.dict_size.get()));
+            if end.is_none_or(|e| e > self.dicts.len() as u64)
+                || c.dict_size.get() as usize > ZRAN_WINDOW_SIZE
+                || c.in_len.get() > MAX_SPAN
+            {
+                return Err(corrupt(
+                    "zran context",
+                    i as u64,
+                    "dictionary or span outside the meta",
+                ));
+            }
+        }
+        for (i, ch) in self.chunks.iter().enumerate() {
+            let ctx = self.contexts.get(ch.context as usize).ok_or_else(|| {
+                corrupt(
+                    "zran chunk",
+                    i as u64,
+                    "names a context the meta does not have",
+                )
+            })?;
+            if u64::from(ch.offset) + u64::from(ch.uncompressed_size) > u64::from(ctx.out_len.get())
+            {
+                return Err(corrupt(
+                    "zran chunk",
+                    i as u64,
+                    "ends after its context's span",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The dictionary of context `ctx`.
+    pub fn dict(&self, ctx: &ZranContext) -> &[u8] {
+        let start = ctx.dict_offset.get() as usize;
+        &self.dicts[start..start + ctx.dict_size.get() as usize]
+    }
+}
+
+/// Decodes v2 record `i`, which must carry the zran flag (formats/blob.md §3.3).
+fn decode_record(r: &[u8], i: usize) -> Result<ZranChunk> {
+    let word = |k: usize| {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(&r[k * 8..k * 8 + 8]);
+        u64::from_le_bytes(w)
+    };
+    let (u, c, data) = (word(0), word(1), word(2));
+    if (u >> 56) as u8 & CI_V2_FLAG_ZRAN == 0 {
+        return Err(corrupt(
+            "zran chunk",
+            i as u64,
+            "record of a zran blob lacks the zran flag",
+        ));
+    }
+    Ok(ZranChunk {
+        compressed_offset: c & 0xFF_FFFF_FFFF,
+        compressed_size: (c >> 40) as u32,
+        uncompressed_offset: (u & 0xFFFF_FFFF) << 12,
+        uncompressed_size: (((u >> 32) & 0xFF_FFFF) + 1) as u32,
+        context: (data >> 32) as u32,
+        offset: data as u32,
+    })
+}
+
+/// Reads and decodes the zran meta of `blob` from `meta`: the stored ci area at `ci_offset`,
+/// then the 4096-byte header, checked against the blob table.
+pub fn read_meta(path: &Path, blob: &BlobEntry) -> Result<ZranMeta> {
+    let f = File::open(path).ctx("open blob meta", path)?;
+    let len = f.metadata().ctx("stat", path)?.len();
+    let hdr_at = blob.ci_offset.saturating_add(blob.ci_compressed_size);
+    if hdr_at.saturating_add(BLOB_META_HEADER_SIZE as u64) > len {
+        return Err(corrupt(
+            "blob meta",
+            hdr_at,
+            &format!("{} ends before the blob meta header", path.display()),
+        ));
+    }
+    let mut header = vec![0u8; BLOB_META_HEADER_SIZE];
+    f.read_exact_at(&mut header, hdr_at)
+        .ctx("read blob meta header of", path)?;
+    let h = BlobMetaHeader::ref_from_bytes(&header)
+        .map_err(|_| corrupt("blob meta header", hdr_at, "bad size"))?;
+    if h.magic.get() != BLOB_META_MAGIC || h.magic2.get() != BLOB_META_MAGIC {
+        return Err(corrupt("blob meta header", hdr_at, "bad magic"));
+    }
+    let mut stored = vec![0u8; blob.ci_compressed_size as usize];
+    f.read_exact_at(&mut stored, blob.ci_offset)
+        .ctx("read chunk-info array of", path)?;
+    let raw = crate::blob::reader::decode_ci_area(stored, &header, blob)?;
+    ZranMeta::parse(&raw, h, blob.chunk_count)
+}
+
+/// A zran blob opened for reading: its meta decoded, its gzip layer open.
+#[derive(Debug)]
+pub struct ZranBlob {
+    /// The decoded meta.
+    pub meta: ZranMeta,
+    layer: File,
+    layer_path: PathBuf,
+}
+
+impl ZranBlob {
+    /// Finds and opens `blob`'s meta and layer through `source` (formats/blob.md §10): the meta
+    /// is `<dir>/<blob_meta_digest>` when the bootstrap records one, else the converter blob
+    /// `source.zran_meta`; the layer is `<dir>/<blob id>` (as nydusd's localfs backend expects),
+    /// else a gzip file given as the blob file.
+    pub fn open(blob: &BlobEntry, source: &BlobSource) -> Result<ZranBlob> {
+        let meta_path = match (blob.refs.meta_id(), &source.dir, &source.zran_meta) {
+            (Some(id), Some(dir), _) => dir.join(id),
+            (_, _, Some(p)) => p.clone(),
+            _ => {
+                return Err(Error::InvalidOption(format!(
+                    "blob {} is a targz-ref blob: its meta is needed, as -D DIR holding the meta blob, or the converter blob given as the bootstrap",
+                    blob.id
+                )))
+            }
+        };
+        let meta = read_meta(&meta_path, blob)?;
+        let layer_path = layer_path(blob, source)?;
+        let layer = File::open(&layer_path).ctx("open gzip layer", &layer_path)?;
+        Ok(ZranBlob {
+            meta,
+            layer,
+            layer_path,
+        })
+    }
+
+    /// The uncompressed bytes of chunk `index`.
+    pub fn read(&self, index: u32) -> Result<Vec<u8>> {
+        read_chunk(&self.layer, &self.layer_path, &self.meta, index)
+    }
+}
+
+/// The original `.tar.gz` of a zran blob: `<dir>/<blob id>`, or the blob file when it is gzip.
+fn layer_path(blob: &BlobEntry, source: &BlobSource) -> Result<PathBuf> {
+    if let Some(dir) = &source.dir {
+        let p = dir.join(&blob.id);
+        if p.is_file() {
+            return Ok(p);
+        }
+    }
+    if let Some(f) = &source.file {
+        let mut magic = [0u8; 2];
+        let is_gzip = File::open(f)
+            .and_then(|h| h.read_exact_at(&mut magic, 0))
+            .is_ok()
+            && magic == [0x1f, 0x8b];
+        if is_gzip {
+            return Ok(f.clone());
+        }
+    }
+    Err(Error::InvalidOption(format!(
+        "blob {id} is a targz-ref blob: its data is the original .tar.gz, expected as <blob dir>/{id}",
+        id = blob.id
+    )))
+}
+
+/// Inflates chunk `index` of a zran blob from its context, reading the gzip layer `layer`.
+/// Only the context's span is read, and inflating stops once the chunk is out: reading the
+/// last chunk of a layer costs what reading the first does.
+pub fn read_chunk(layer: &File, path: &Path, meta: &ZranMeta, index: u32) -> Result<Vec<u8>> {
+    let ch = meta
+        .chunks
+        .get(index as usize)
+        .ok_or_else(|| corrupt("zran chunk", u64::from(index), "no such chunk"))?;
+    let ctx = meta.contexts[ch.context as usize];
+    let mut input = vec![0u8; ctx.in_len.get() as usize];
+    layer
+        .read_exact_at(&mut input, ctx.in_offset.get())
+        .ctx("read gzip layer", path)?;
+    let want = ch.offset as usize + ch.uncompressed_size as usize;
+    let out = inflate_span(&ctx, meta.dict(&ctx), &input, want).map_err(|e| Error::Corrupt {
+        what: "gzip stream",
+        offset: ctx.in_offset.get() + e.at,
+        reason: format!(
+            "chunk {index} (context {} at compressed offset {}): {}",
+            ch.context,
+            ctx.in_offset.get(),
+            e.reason
+        ),
+    })?;
+    Ok(out[ch.offset as usize..want].to_vec())
+}
+
+/// Why inflating a span failed, and where (relative to the span's start).
+#[derive(Debug)]
+pub struct InflateError {
+    /// Offset in the span's compressed input.
+    pub at: u64,
+    /// What went wrong.
+    pub reason: String,
+}
+
+/// Inflates the first `want` bytes of a context's span `input` (formats/blob.md §10): a raw
+/// inflate primed with the context's pending bits and preset with its window.
+pub fn inflate_span(
+    ctx: &ZranContext,
+    dict: &[u8],
+    input: &[u8],
+    want: usize,
+) -> std::result::Result<Vec<u8>, InflateError> {
+    let fail = |at: usize, reason: String| InflateError {
+        at: at as u64,
+        reason,
+    };
+    let mut z = zran::Inflater::new(false);
+    let bits = ctx.ctx_bits & 7;
+    if bits != 0 {
+        z.prime(bits, ctx.ctx_byte >> (8 - bits))
+            .map_err(|e| fail(0, format!("cannot prime the inflater: {e}")))?;
+    }
+    z.set_dictionary(dict)
+        .map_err(|e| fail(0, format!("dictionary refused: {e}")))?;
+    let mut out = vec![0u8; want];
+    let (mut done, mut pos) = (0usize, 0usize);
+    while done < want {
+        let step = z
+            .inflate(&input[pos..], &mut out[done..], false)
+            .map_err(|e| fail(pos, format!("corrupt deflate data: {e}")))?;
+        pos += step.consumed;
+        done += step.produced;
+        if step.stream_end && done < want {
+            // a gzip member ended inside the span: go on after its trailer and the next
+            // member's header
+            pos = next_member(input, pos)
+                .ok_or_else(|| fail(pos, "no gzip member follows the one that ended".into()))?;
+            z.reset(false)
+                .map_err(|e| fail(pos, format!("cannot restart the inflater: {e}")))?;
+        } else if step.consumed == 0 && step.produced == 0 {
+            return Err(fail(
+                pos,
+                format!("the compressed span ends after {done} of {want} bytes"),
+            ));
+        }
+    }
+    Ok(out)
+}
+
+/// Where the deflate data of the gzip member after one that ended at `near` starts in `input`:
+/// after its 8-byte trailer and the next member's header.
+fn next_member(input: &[u8], near: usize) -> Option<usize> {
+    let h = input.get(near + 8..)?;
+    gzip_header_len(h).map(|len| near + 8 + len)
+}
+
+/// Length of the gzip member header at the start of `h` (RFC 1952 §2.3), if it is one.
+pub fn gzip_header_len(h: &[u8]) -> Option<usize> {
+    if h.len() < 10 || h[0] != 0x1f || h[1] != 0x8b || h[2] != 8 {
+        return None;
+    }
+    let flags = h[3];
+    let mut at = 10usize;
+    if flags & 0x04 != 0 {
+        let xlen = usize::from(u16::from_le_bytes([*h.get(at)?, *h.get(at + 1)?]));
+        at += 2 + xlen;
+    }
+    for bit in [0x08u8, 0x10] {
+        if flags & bit != 0 {
+            at += h.get(at..)?.iter().position(|b| *b == 0)? + 1;
+        }
+    }
+    if flags & 0x02 != 0 {
+        at += 2;
+    }
+    (at <= h.len()).then_some(at)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gzip_header_lengths() {
+        assert_eq!(
+            gzip_header_len(&[0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 3]),
+            Some(10)
+        );
+        // FNAME "a\0"
+        assert_eq!(
+            gzip_header_len(&[0x1f, 0x8b, 8, 0x08, 0, 0, 0, 0, 0, 3, b'a', 0]),
+            Some(12)
+        );
+        assert_eq!(gzip_header_len(&[0x1f, 0x8c, 8, 0, 0, 0, 0, 0, 0, 3]), None);
+    }
+}

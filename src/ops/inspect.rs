@@ -6,10 +6,12 @@ use std::path::Path;
 
 use serde_json::{json, Value};
 
+use crate::blob::reader::{BlobSource, ChunkReader};
 use crate::error::{Error, Result};
 use crate::format::blob::BlobFeatures;
 use crate::model::{ChunkInfo, Image};
 use crate::model::{EntryId, FileType, InodeId};
+use crate::ops::opened::OpenedImage;
 
 fn type_name(t: FileType) -> &'static str {
     match t {
@@ -204,6 +206,52 @@ pub fn request(image: &Image, req: &str) -> Result<Value> {
             "unknown request {req:?}; try stats, blobs, prefetch, icheck INODE, chunk OFFSET, ls PATH, stat PATH"
         ))),
     }
+}
+
+/// Adds to each chunk of a `chunk OFFSET` answer that lives in a targz-ref blob its zran fields:
+/// the inflate context it is read through and where it lies in it (formats/blob.md §10). The
+/// blob meta is found in `blob_dir` as `check` finds it.
+pub fn add_zran_fields(bootstrap: &Path, blob_dir: &Path, answer: &mut Value) -> Result<()> {
+    let source = BlobSource {
+        dir: Some(blob_dir.to_path_buf()),
+        ..BlobSource::default()
+    };
+    let opened = OpenedImage::open(bootstrap, &source)?;
+    let mut reader = ChunkReader::new(&opened.image, opened.blobs.clone());
+    let Value::Array(chunks) = answer else {
+        return Ok(());
+    };
+    for c in chunks.iter_mut() {
+        let index = |k: &str| c.get(k).and_then(Value::as_u64).map(|v| v as u32);
+        let (Some(b), Some(i)) = (index("blob_index"), index("chunk_index")) else {
+            continue;
+        };
+        let zran = opened
+            .image
+            .blobs
+            .get(b as usize)
+            .is_some_and(|bl| bl.features.contains(BlobFeatures::ZRAN));
+        if !zran {
+            continue;
+        }
+        let meta = &reader.zran_blob(b)?.meta;
+        let Some(ch) = meta.chunks.get(i as usize) else {
+            continue;
+        };
+        let ctx = meta.contexts[ch.context as usize];
+        c["zran"] = json!({
+            "context_index": ch.context,
+            "offset_in_context": ch.offset,
+            "in_offset": ctx.in_offset.get(),
+            "in_len": ctx.in_len.get(),
+            "out_offset": ctx.out_offset.get(),
+            "out_len": ctx.out_len.get(),
+            "dict_size": ctx.dict_size.get(),
+            "ctx_byte": ctx.ctx_byte,
+            "ctx_bits": ctx.ctx_bits,
+        });
+    }
+    Ok(())
 }
 
 fn parse_u64(s: &str) -> Option<u64> {

@@ -226,6 +226,10 @@ pub struct InspectArgs {
     /// The request: stats, blobs, prefetch, icheck INODE, chunk OFFSET, ls PATH, stat PATH.
     #[arg(short = 'R', long)]
     pub request: String,
+    /// Blob directory: `chunk OFFSET` then also shows a targz-ref chunk's zran fields (its
+    /// inflate context), read from the blob meta there.
+    #[arg(short = 'D', long = "blob-dir")]
+    pub blob_dir: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]

@@ -59,8 +59,12 @@ pub fn run(command: Command) -> Result<()> {
             println!("unpacked {n} entries");
         }
         Command::Inspect(a) => {
-            let image = erofs_forge::read::load(&a.bootstrap.path()?)?.image;
-            let v = ops::inspect::request(&image, &a.request)?;
+            let boot = a.bootstrap.path()?;
+            let image = erofs_forge::read::load(&boot)?.image;
+            let mut v = ops::inspect::request(&image, &a.request)?;
+            if let (Some(dir), true) = (&a.blob_dir, a.request.starts_with("chunk")) {
+                ops::inspect::add_zran_fields(&boot, dir, &mut v)?;
+            }
             // one line, as nydus-image prints it: nydus-snapshotter searches this output for
             // `"blob_id":"<hex>"`, nydusify parses it as one JSON document
             println!("{}", serde_json::to_string(&v)?);

@@ -6,12 +6,16 @@ use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-use zerocopy::FromBytes;
+use zerocopy::{FromBytes, FromZeros, IntoBytes};
 
 use crate::blob::reader::BlobSource;
+use crate::codec::Compressor;
 use crate::error::{Error, IoContext, Result};
+use crate::format::blob::BlobFeatures;
 use crate::format::blob::{BlobMetaHeader, BLOB_META_HEADER_SIZE, BLOB_META_MAGIC};
-use crate::format::zran::{ZranContext, CI_V2_FLAG_ZRAN, ZRAN_CONTEXT_SIZE, ZRAN_WINDOW_SIZE};
+use crate::format::zran::{
+    ZranContext, CI_V2_FLAG_COMPRESSED, CI_V2_FLAG_ZRAN, ZRAN_CONTEXT_SIZE, ZRAN_WINDOW_SIZE,
+};
 use crate::io::bytes::corrupt;
 use crate::model::BlobEntry;
 
@@ -385,5 +389,78 @@ mod tests {
             Some(12)
         );
         assert_eq!(gzip_header_len(&[0x1f, 0x8c, 8, 0, 0, 0, 0, 0, 0, 3]), None);
+    }
+}
+
+/// Encodes a zran blob meta as upstream's separate meta file holds it (formats/blob.md §10):
+/// the ci area (v2 records, inflate contexts, dictionaries) zstd-compressed, then the
+/// 4096-byte header. Returns the file's bytes and the entry fields that describe it.
+pub fn encode_meta(meta: &ZranMeta, features: BlobFeatures) -> Result<EncodedMeta> {
+    let mut raw = Vec::with_capacity(24 * meta.chunks.len() + 40 * meta.contexts.len());
+    for c in &meta.chunks {
+        let flags = u64::from(CI_V2_FLAG_ZRAN | CI_V2_FLAG_COMPRESSED) << 56;
+        let u = (c.uncompressed_offset >> 12) | (u64::from(c.uncompressed_size - 1) << 32) | flags;
+        let cw = c.compressed_offset | (u64::from(c.compressed_size) << 40);
+        let data = (u64::from(c.context) << 32) | u64::from(c.offset);
+        for w in [u, cw, data] {
+            raw.extend_from_slice(&w.to_le_bytes());
+        }
+    }
+    let zran_offset = raw.len() as u64;
+    for c in &meta.contexts {
+        raw.extend_from_slice(c.as_bytes());
+    }
+    raw.extend_from_slice(&meta.dicts);
+    let zran_size = raw.len() as u64 - zran_offset;
+    let mut stored = Vec::new();
+    if !Compressor::Zstd.compress_into(&raw, &mut stored)? {
+        // upstream always stores the ci area zstd-compressed; tiny areas may grow
+        stored = zstd::bulk::compress(&raw, crate::codec::compress::ZSTD_LEVEL).map_err(|e| {
+            Error::Codec {
+                algo: "zstd",
+                reason: e.to_string(),
+            }
+        })?;
+    }
+    let mut h = BlobMetaHeader::new_zeroed();
+    h.magic = BLOB_META_MAGIC.into();
+    h.magic2 = BLOB_META_MAGIC.into();
+    h.features = features.bits().into();
+    h.ci_compressor = Compressor::Zstd.code().into();
+    h.ci_entries = (meta.chunks.len() as u32).into();
+    h.ci_offset = 0.into();
+    h.ci_compressed_size = (stored.len() as u64).into();
+    h.ci_uncompressed_size = (raw.len() as u64).into();
+    h.ci_zran_offset = zran_offset.into();
+    h.ci_zran_size = zran_size.into();
+    h.ci_zran_count = (meta.contexts.len() as u32).into();
+    let ci_compressed_size = stored.len() as u64;
+    stored.extend_from_slice(h.as_bytes());
+    Ok(EncodedMeta {
+        bytes: stored,
+        ci_compressed_size,
+        ci_uncompressed_size: raw.len() as u64,
+    })
+}
+
+/// A zran blob meta file and the blob-table fields that locate its ci area.
+#[derive(Debug, Clone)]
+pub struct EncodedMeta {
+    /// The file: stored ci area, then the header.
+    pub bytes: Vec<u8>,
+    /// Stored size of the ci area.
+    pub ci_compressed_size: u64,
+    /// Its uncompressed size.
+    pub ci_uncompressed_size: u64,
+}
+
+impl ZranMeta {
+    /// Adds an inflate context with its window; returns its index.
+    pub fn push_context(&mut self, mut ctx: ZranContext, dict: &[u8]) -> u32 {
+        ctx.dict_offset = (self.dicts.len() as u64).into();
+        ctx.dict_size = (dict.len() as u32).into();
+        self.dicts.extend_from_slice(dict);
+        self.contexts.push(ctx);
+        (self.contexts.len() - 1) as u32
     }
 }

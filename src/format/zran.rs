@@ -11,6 +11,8 @@ pub const ZRAN_WINDOW_SIZE: usize = 1 << 15;
 /// v2 chunk-record flag (in `uncomp_info` bits 56-63): the chunk lives in a gzip stream and is
 /// read through an inflate context (formats/blob.md §3.3).
 pub const CI_V2_FLAG_ZRAN: u8 = 0x02;
+/// v2 chunk-record flag: the stored bytes are compressed (formats/blob.md §3.3).
+pub const CI_V2_FLAG_COMPRESSED: u8 = 0x01;
 
 /// Where inflating may restart inside a gzip stream (upstream `ZranInflateContext`,
 /// formats/blob.md §10).

@@ -42,6 +42,9 @@ pub enum SourceType {
     Tar,
     /// An uncompressed tar whose data stays in place: `tar-tarfs` (formats/rafs-v6.md §18).
     TarTarfs,
+    /// A gzip layer whose data stays in place, read through inflate contexts: `targz-ref`
+    /// (formats/blob.md §10).
+    TargzRef,
 }
 
 /// Longest `--blob-id` nydus-image accepts.
@@ -363,6 +366,9 @@ pub fn create(opts: &CreateOptions, progress: &dyn Progress) -> Result<CreateOut
     if opts.source_type == SourceType::TarTarfs {
         return create_tarfs(opts, progress);
     }
+    if opts.source_type == SourceType::TargzRef {
+        return crate::ops::targz_ref::create_targz_ref(opts, progress);
+    }
     build(opts, progress, None)
 }
 
@@ -574,7 +580,7 @@ fn read_input(
     };
     match opts.source_type {
         SourceType::Directory => walk_input(opts, &popts, progress, table, writer),
-        SourceType::Tar | SourceType::TarTarfs => {
+        SourceType::Tar | SourceType::TarTarfs | SourceType::TargzRef => {
             tar_input(opts, &popts, progress, layer, table, writer)
         }
     }
@@ -998,6 +1004,15 @@ fn parent_dir(p: &Path) -> PathBuf {
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
         _ => PathBuf::from("."),
     }
+}
+
+/// [`publish`], for the other `create` modes' modules.
+pub(crate) fn publish_output(
+    out: CreateOutput,
+    opts: &CreateOptions,
+    outputs: Outputs,
+) -> Result<CreateOutput> {
+    publish(out, opts, outputs)
 }
 
 /// Adds the `--output-json` document to `outputs` and moves every output to its final name.

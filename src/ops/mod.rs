@@ -17,4 +17,5 @@ pub mod optimize;
 pub(crate) mod paths;
 pub mod report;
 pub mod stat;
+pub(crate) mod targz_ref;
 pub mod unpack;

@@ -177,3 +177,253 @@ fn inspect_shows_a_chunks_zran_context() {
     assert_eq!(z["dict_size"], 32768, "{v}");
     assert_eq!(z["ctx_bits"], 3, "{v}");
 }
+
+/// Our `create -t targz-ref` of `layer` into `work`: the bootstrap and a blob dir holding the
+/// meta and (linked) the layer under its sha256.
+fn our_ref(work: &Path, layer: &Path) -> (PathBuf, PathBuf) {
+    let blobs = work.join("blobs");
+    std::fs::create_dir_all(&blobs).unwrap();
+    let boot = work.join("bootstrap");
+    forge(&[
+        "create",
+        "-t",
+        "targz-ref",
+        "-B",
+        s(&boot),
+        "-D",
+        s(&blobs),
+        s(layer),
+    ]);
+    let id = sha256_hex(&std::fs::read(layer).unwrap());
+    std::os::unix::fs::symlink(layer, blobs.join(id)).unwrap();
+    (boot, blobs)
+}
+
+/// The meta file of a blob dir (the one file not named after the layer).
+fn meta_of(blobs: &Path, layer_id: &str) -> Vec<u8> {
+    for e in std::fs::read_dir(blobs).unwrap() {
+        let e = e.unwrap();
+        if e.file_name().to_str() != Some(layer_id) {
+            return std::fs::read(e.path()).unwrap();
+        }
+    }
+    panic!("no meta in {}", blobs.display());
+}
+
+/// The uncompressed ci area and header fields of a zran meta file, decoded here with the zstd
+/// crate (not by the tool).
+fn ci_area(meta: &[u8]) -> (Vec<u8>, u64, u32) {
+    let h = &meta[meta.len() - 4096..];
+    let word = |o: usize| u64::from_le_bytes(h[o..o + 8].try_into().unwrap());
+    let stored = word(24) as usize;
+    let raw = zstd::bulk::decompress(&meta[..stored], 1 << 24).unwrap();
+    (
+        raw,
+        word(48),
+        u32::from_le_bytes(h[64..68].try_into().unwrap()),
+    )
+}
+
+#[test]
+#[cfg_attr(no_root, ignore = "needs root")]
+fn our_targz_ref_reads_back_as_the_tar() {
+    let w = scratch();
+    let (tgz, _) = layer();
+    let (boot, blobs) = our_ref(w.path(), &tgz);
+    check_and_unpack(&boot, &blobs, 7, &upstream("v6-targz-ref/expected.txt"));
+}
+
+#[test]
+fn our_inflate_contexts_equal_upstreams() {
+    let w = scratch();
+    let (tgz, id) = layer();
+    let (_, blobs) = our_ref(w.path(), &tgz);
+    let ours = ci_area(&meta_of(&blobs, &id));
+    let theirs = ci_area(&std::fs::read(one_file(&upstream("v6-targz-ref/blobs"), "")).unwrap());
+    // same area size, same context table offset and count
+    assert_eq!(
+        (ours.0.len(), ours.1, ours.2),
+        (theirs.0.len(), theirs.1, theirs.2)
+    );
+    let (off, n) = (ours.1 as usize, ours.2 as usize);
+    for i in 0..n {
+        let (a, b) = (
+            &ours.0[off + 40 * i..][..40],
+            &theirs.0[off + 40 * i..][..40],
+        );
+        // in_offset, out_offset, dict_offset equal; in_len (bytes 24..28) is ours an upper
+        // bound; out_len, dict_size, ctx byte and bits equal
+        assert_eq!(a[..24], b[..24], "context {i}");
+        assert_eq!(a[28..], b[28..], "context {i}");
+        let len = |x: &[u8]| u32::from_le_bytes(x[24..28].try_into().unwrap());
+        assert!(
+            len(a) >= len(b),
+            "context {i}: span {} < {}",
+            len(a),
+            len(b)
+        );
+    }
+    // the windows
+    assert_eq!(ours.0[off + 40 * n..], theirs.0[off + 40 * n..]);
+    // the chunk records: same uncompressed layout, contexts and offsets in them
+    for i in 0..7 {
+        let (a, b) = (&ours.0[24 * i..][..24], &theirs.0[24 * i..][..24]);
+        assert_eq!(a[..8], b[..8], "chunk {i} uncomp_info");
+        assert_eq!(a[16..], b[16..], "chunk {i} zran data");
+    }
+}
+
+#[test]
+#[cfg_attr(no_mount, ignore = "needs a kernel EROFS mount")]
+fn our_targz_ref_exports_a_disk_the_kernel_mounts() {
+    if let Some(why) = cannot_mount() {
+        missing("our_targz_ref_exports_a_disk_the_kernel_mounts", &why);
+    }
+    let w = scratch();
+    let (tgz, _) = layer();
+    let (boot, blobs) = our_ref(w.path(), &tgz);
+    let disk = w.path().join("disk.img");
+    forge(&[
+        "export",
+        "--block",
+        "-B",
+        s(&boot),
+        "-D",
+        s(&blobs),
+        "-O",
+        s(&disk),
+    ]);
+    let m = mount(&disk, &[]);
+    manifest_diff(&upstream("v6-targz-ref/expected.txt"), m.dir.path());
+}
+
+#[test]
+fn a_truncated_layer_names_the_compressed_offset() {
+    let w = scratch();
+    let (tgz, _) = layer();
+    let bytes = std::fs::read(tgz).unwrap();
+    let cut = w.path().join("cut.tar.gz");
+    std::fs::write(&cut, &bytes[..2_000_000]).unwrap();
+    let blobs = w.path().join("blobs");
+    std::fs::create_dir_all(&blobs).unwrap();
+    let err = forge_fails(&[
+        "create",
+        "-t",
+        "targz-ref",
+        "-B",
+        s(&w.path().join("b")),
+        "-D",
+        s(&blobs),
+        s(&cut),
+    ]);
+    assert!(err.contains("compressed offset 2000000"), "{err}");
+    let mut bad = bytes.clone();
+    bad[1_000_000] ^= 0x55;
+    std::fs::write(&cut, &bad).unwrap();
+    let err = forge_fails(&[
+        "create",
+        "-t",
+        "targz-ref",
+        "-B",
+        s(&w.path().join("b")),
+        "-D",
+        s(&blobs),
+        s(&cut),
+    ]);
+    assert!(err.contains("compressed offset"), "{err}");
+}
+
+#[test]
+#[cfg_attr(no_root, ignore = "needs root")]
+fn targz_ref_reads_stdin() {
+    let w = scratch();
+    let (tgz, id) = layer();
+    let blobs = w.path().join("blobs");
+    std::fs::create_dir_all(&blobs).unwrap();
+    let boot = w.path().join("bootstrap");
+    let out = run_with_stdin(
+        &[
+            "create",
+            "-t",
+            "targz-ref",
+            "-B",
+            s(&boot),
+            "-D",
+            s(&blobs),
+            "-",
+        ],
+        &std::fs::read(&tgz).unwrap(),
+    );
+    assert_ok(&out);
+    std::os::unix::fs::symlink(&tgz, blobs.join(id)).unwrap();
+    check_and_unpack(&boot, &blobs, 7, &upstream("v6-targz-ref/expected.txt"));
+}
+
+#[test]
+#[cfg_attr(
+    any(no_root, no_mount),
+    ignore = "needs root, umoci, skopeo and a kernel EROFS mount"
+)]
+fn umoci_layers_as_targz_ref_equal_their_tar_rafs() {
+    let w = scratch();
+    let (img, _) = crate::oci_layers::image_and_rootfs(
+        "umoci_layers_as_targz_ref_equal_their_tar_rafs",
+        w.path(),
+    );
+    let layers = crate::oci_layers::manifest_of(&img)["layers"].clone();
+    for (i, l) in layers.as_array().unwrap().iter().enumerate() {
+        let tgz = crate::oci_layers::blob(&img, l["digest"].as_str().unwrap());
+        let x = w.path().join(format!("l{i}"));
+        let (boot, blobs) = our_ref(&x.join("ref"), &tgz);
+        let out = forge(&["check", "-B", s(&boot), "-D", s(&blobs)]);
+        assert!(String::from_utf8_lossy(&out.stdout).contains("verified"));
+        // the same layer through the trusted targz-rafs path
+        let rafs = x.join("rafs");
+        std::fs::create_dir_all(&rafs).unwrap();
+        forge(&[
+            "create",
+            "-t",
+            "targz-rafs",
+            "-B",
+            s(&rafs.join("boot")),
+            "-D",
+            s(&rafs),
+            s(&tgz),
+        ]);
+        let (a, b) = (x.join("a"), x.join("b"));
+        forge(&[
+            "unpack",
+            "-B",
+            s(&boot),
+            "-D",
+            s(&blobs),
+            "--output-dir",
+            s(&a),
+        ]);
+        forge(&[
+            "unpack",
+            "-B",
+            s(&rafs.join("boot")),
+            "-D",
+            s(&rafs),
+            "--output-dir",
+            s(&b),
+        ]);
+        let d = diff(&manifest(&b), &manifest(&a));
+        assert!(d.is_empty(), "layer {i}:\n{}", d.join("\n"));
+        let disk = x.join("disk.img");
+        forge(&[
+            "export",
+            "--block",
+            "-B",
+            s(&boot),
+            "-D",
+            s(&blobs),
+            "-O",
+            s(&disk),
+        ]);
+        let m = mount(&disk, &[]);
+        let d = diff(&manifest(&b), &manifest(m.dir.path()));
+        assert!(d.is_empty(), "layer {i} mounted:\n{}", d.join("\n"));
+    }
+}

@@ -273,6 +273,10 @@ pub enum SourceTypeArg {
     /// one of several), written as a nydus OCI image layout into --blob-dir.
     #[value(name = "oci")]
     Oci,
+    /// A gzip layer referenced in place: a bootstrap plus a zran meta blob (inflate contexts),
+    /// the .tar.gz stays the data (nydus-snapshotter's OCIRef mode).
+    #[value(name = "targz-ref")]
+    TargzRef,
 }
 
 #[derive(clap::Args)]

@@ -120,6 +120,7 @@ pub fn create(a: CreateArgs) -> Result<CreatePlan> {
                 SourceType::Tar
             }
             SourceTypeArg::TarTarfs => SourceType::TarTarfs,
+            SourceTypeArg::TargzRef => SourceType::TargzRef,
         },
         fs_version: a.fs_version,
         bootstrap: a.bootstrap,

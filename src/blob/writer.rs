@@ -731,14 +731,17 @@ fn write_zeros(w: &mut impl Write, mut n: u64) -> std::io::Result<()> {
 
 /// Where a section lies, for its ToC entry.
 #[derive(Debug, Clone, Copy)]
-struct Place {
-    offset: u64,
-    stored: u64,
-    size: u64,
+pub(crate) struct Place {
+    /// Offset of the stored section.
+    pub(crate) offset: u64,
+    /// Stored size.
+    pub(crate) stored: u64,
+    /// Uncompressed size.
+    pub(crate) size: u64,
 }
 
 /// A ToC entry: `compressor` `None` writes the "none" flag (formats/blob.md §9).
-fn toc_entry(
+pub(crate) fn toc_entry(
     name: &str,
     compressor: Option<Compressor>,
     digest: [u8; 32],

@@ -6,6 +6,7 @@ use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
+use sha2::{Digest as _, Sha256};
 use zerocopy::{FromBytes, FromZeros, IntoBytes};
 
 use crate::blob::reader::BlobSource;
@@ -440,6 +441,7 @@ pub fn encode_meta(meta: &ZranMeta, features: BlobFeatures) -> Result<EncodedMet
         bytes: stored,
         ci_compressed_size,
         ci_uncompressed_size: raw.len() as u64,
+        ci_digest: Sha256::digest(&raw).into(),
     })
 }
 
@@ -452,6 +454,81 @@ pub struct EncodedMeta {
     pub ci_compressed_size: u64,
     /// Its uncompressed size.
     pub ci_uncompressed_size: u64,
+    /// sha256 of the uncompressed ci area (its ToC entry's digest).
+    pub ci_digest: [u8; 32],
+}
+
+/// The nydus-snapshotter converter's `blob.rafs` of a targz-ref layer (formats/blob.md §9,
+/// §10): `blob.meta` (the meta file's bytes) ← `blob.digest` (chunk digests in chunk order)
+/// ← `image.boot` (zstd) ← ToC, each framed by a tar header; no chunk data.
+pub fn converter_blob(
+    meta: &EncodedMeta,
+    digests: &[[u8; 32]],
+    bootstrap: &[u8],
+) -> Result<Vec<u8>> {
+    use crate::blob::writer::{tar_header, toc_entry, Place};
+    use crate::format::blob::{BOOT_SECTION, TOC_SECTION};
+    let mut out = meta.bytes.clone();
+    out.extend_from_slice(&tar_header("blob.meta", out.len() as u64));
+    let ci = Place {
+        offset: 0,
+        stored: meta.ci_compressed_size,
+        size: meta.ci_uncompressed_size,
+    };
+    let header = &meta.bytes[meta.ci_compressed_size as usize..];
+    let hplace = Place {
+        offset: meta.ci_compressed_size,
+        stored: BLOB_META_HEADER_SIZE as u64,
+        size: BLOB_META_HEADER_SIZE as u64,
+    };
+    let mut toc = vec![
+        toc_entry("blob.meta", Some(Compressor::Zstd), meta.ci_digest, ci),
+        toc_entry(
+            "blob.meta.header",
+            None,
+            Sha256::digest(header).into(),
+            hplace,
+        ),
+    ];
+    let flat: Vec<u8> = digests.iter().flatten().copied().collect();
+    let len = flat.len() as u64;
+    let place = Place {
+        offset: out.len() as u64,
+        stored: len,
+        size: len,
+    };
+    toc.push(toc_entry(
+        "blob.digest",
+        None,
+        Sha256::digest(&flat).into(),
+        place,
+    ));
+    out.extend_from_slice(&flat);
+    out.extend_from_slice(&tar_header("blob.digest", len));
+    let mut stored = Vec::new();
+    let boot_algo = if Compressor::Zstd.compress_into(bootstrap, &mut stored)? {
+        Compressor::Zstd
+    } else {
+        stored = bootstrap.to_vec();
+        Compressor::None
+    };
+    let place = Place {
+        offset: out.len() as u64,
+        stored: stored.len() as u64,
+        size: bootstrap.len() as u64,
+    };
+    toc.push(toc_entry(
+        BOOT_SECTION,
+        Some(boot_algo),
+        Sha256::digest(bootstrap).into(),
+        place,
+    ));
+    out.extend_from_slice(&stored);
+    out.extend_from_slice(&tar_header(BOOT_SECTION, stored.len() as u64));
+    let entries: Vec<u8> = toc.iter().flat_map(|e| e.as_bytes().to_vec()).collect();
+    out.extend_from_slice(&entries);
+    out.extend_from_slice(&tar_header(TOC_SECTION, entries.len() as u64));
+    Ok(out)
 }
 
 impl ZranMeta {

@@ -468,6 +468,9 @@ pub(crate) fn create_targz_ref(
     opts: &CreateOptions,
     progress: &dyn Progress,
 ) -> Result<CreateOutput> {
+    if opts.blob_inline_meta {
+        return create_converter_blob(opts, progress);
+    }
     let t0 = Instant::now();
     let dir = opts.blob_dir.clone().ok_or_else(|| {
         Error::InvalidOption("targz-ref writes its meta blob into --blob-dir (-D)".into())
@@ -511,5 +514,58 @@ pub(crate) fn create_targz_ref(
     }
     let ids = blobs.iter().map(|b| b.id.clone()).collect();
     let out = report(&s, path.display().to_string(), ids, t0);
+    crate::ops::create::publish_output(out, opts, outputs)
+}
+
+/// `create -t targz-ref --blob-inline-meta --features blob-toc --blob F`, nydus-snapshotter's
+/// OCIRef call: F holds the meta, the chunk digests and the bootstrap, framed and listed in a
+/// ToC (formats/blob.md §10); its bootstrap records no meta digest (the runtime takes F's own
+/// name), the layer's sha256 stays the blob id.
+fn create_converter_blob(opts: &CreateOptions, progress: &dyn Progress) -> Result<CreateOutput> {
+    let t0 = Instant::now();
+    if !opts.blob_toc {
+        return Err(Error::InvalidOption(
+            "targz-ref with --blob-inline-meta is written as the converter does: add --features blob-toc".into(),
+        ));
+    }
+    let blob_path = opts.blob.clone().ok_or_else(|| {
+        Error::InvalidOption("targz-ref with --blob-inline-meta writes --blob FILE".into())
+    })?;
+    let s = scan(opts, progress)?;
+    let features = BlobFeatures::ALIGNED
+        | BlobFeatures::INLINED_FS_META
+        | BlobFeatures::CHUNK_INFO_V2
+        | BlobFeatures::ZRAN
+        | BlobFeatures::SEPARATE
+        | BlobFeatures::INLINED_CHUNK_DIGEST
+        | BlobFeatures::HAS_TAR_HEADER
+        | BlobFeatures::HAS_TOC
+        | BlobFeatures::CAP_TAR_TOC;
+    let meta = encode_meta(&s.cut.meta, features)?;
+    let blobs = if s.cut.chunks.is_empty() {
+        Vec::new()
+    } else {
+        vec![ref_blob(&s, features, &meta, BlobRefs::default())]
+    };
+    let boot = v6::encode(
+        &s.tree,
+        &s.cut.chunks,
+        &blobs,
+        &encode_options(opts, &s.tree),
+    )?;
+    let digests: Vec<[u8; 32]> = s.cut.chunks.iter().map(|c| c.digest).collect();
+    let bytes = crate::blob::zran::converter_blob(&meta, &digests, &boot)?;
+    let mut outputs = Outputs::new();
+    outputs.add(
+        write_temp(&blob_path, &bytes, opts.tmp_dir.as_deref())?,
+        blob_path.clone(),
+    );
+    if let Some(b) = &opts.bootstrap {
+        outputs.add(write_temp(b, &boot, opts.tmp_dir.as_deref())?, b.clone());
+    }
+    let ids = blobs.iter().map(|b| b.id.clone()).collect();
+    let name = opts.bootstrap.as_ref().map(|b| b.display().to_string());
+    let mut out = report(&s, name.unwrap_or_default(), ids, t0);
+    out.blob_path = Some(blob_path);
     crate::ops::create::publish_output(out, opts, outputs)
 }

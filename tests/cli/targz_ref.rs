@@ -427,3 +427,68 @@ fn umoci_layers_as_targz_ref_equal_their_tar_rafs() {
         assert!(d.is_empty(), "layer {i} mounted:\n{}", d.join("\n"));
     }
 }
+
+/// The ToC entries of a converter blob, decoded here: (name, offset, stored size, sha256).
+fn toc_entries(blob: &[u8]) -> Vec<(String, u64, u64, [u8; 32])> {
+    let n = blob.len();
+    let entries = &blob[n - 512 - 512..n - 512];
+    entries
+        .chunks_exact(128)
+        .map(|e| {
+            let name = String::from_utf8_lossy(&e[8..24])
+                .trim_end_matches('\0')
+                .to_string();
+            let word = |o: usize| u64::from_le_bytes(e[o..o + 8].try_into().unwrap());
+            (name, word(56), word(64), e[24..56].try_into().unwrap())
+        })
+        .collect()
+}
+
+#[test]
+#[cfg_attr(no_root, ignore = "needs root")]
+fn converter_call_through_a_fifo_is_read_and_laid_out_as_upstream() {
+    let w = scratch();
+    let (tgz, id) = layer();
+    let fifo = mkfifo(&w.path().join("blob.targz"));
+    let rafs = w.path().join("blob.rafs");
+    let feeder = feed(&fifo, std::fs::read(&tgz).unwrap());
+    let out = run_with_stdin(
+        &[
+            "create",
+            "--log-level",
+            "warn",
+            "--type",
+            "targz-ref",
+            "--blob-inline-meta",
+            "--features",
+            "blob-toc",
+            "--blob",
+            s(&rafs),
+            s(&fifo),
+        ],
+        b"",
+    );
+    feeder.join().unwrap();
+    assert_ok(&out);
+    let ours = std::fs::read(&rafs).unwrap();
+    let theirs = std::fs::read(upstream("v6-targz-ref-inline/blob.rafs")).unwrap();
+    let (a, b) = (toc_entries(&ours), toc_entries(&theirs));
+    let names =
+        |v: &[(String, u64, u64, [u8; 32])]| v.iter().map(|e| e.0.clone()).collect::<Vec<_>>();
+    assert_eq!(names(&a), names(&b));
+    // the chunk digests are upstream's, byte for byte
+    assert_eq!(a[2].3, b[2].3, "blob.digest");
+    assert_eq!(a[2].2, 224);
+    // read back as the runtime finds it: the blob under its sha256, the layer under its own
+    let blobs = w.path().join("blobs");
+    std::fs::create_dir_all(&blobs).unwrap();
+    let rafs_id = sha256_hex(&ours);
+    std::fs::copy(&rafs, blobs.join(&rafs_id)).unwrap();
+    std::os::unix::fs::symlink(&tgz, blobs.join(&id)).unwrap();
+    check_and_unpack(
+        &blobs.join(&rafs_id),
+        &blobs,
+        7,
+        &upstream("v6-targz-ref-inline/expected.txt"),
+    );
+}

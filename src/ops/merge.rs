@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 
 use crate::error::{Error, Result};
+use crate::format::blob::BlobFeatures;
 use crate::io::staged::write_temp;
 use crate::model::overlay::{self, WhiteoutSpec};
 use crate::model::prefetch::Prefetch;
@@ -33,6 +34,10 @@ pub struct MergeOptions {
     pub blob_digests: Vec<String>,
     /// Per source: its own blob's compressed size.
     pub blob_sizes: Vec<u64>,
+    /// Per source: the digest of its own blob's ToC (`--blob-toc-digests`).
+    pub blob_toc_digests: Vec<String>,
+    /// Per source: the size of its own blob's ToC (`--blob-toc-sizes`).
+    pub blob_toc_sizes: Vec<u32>,
     /// Whiteout spelling in the layers.
     pub whiteout_spec: WhiteoutSpec,
     /// Write the result as JSON.
@@ -112,6 +117,8 @@ fn check_lists(opts: &MergeOptions) -> Result<()> {
         (opts.original_blob_ids.len(), "--original-blob-ids"),
         (opts.blob_digests.len(), "--blob-digests"),
         (opts.blob_sizes.len(), "--blob-sizes"),
+        (opts.blob_toc_digests.len(), "--blob-toc-digests"),
+        (opts.blob_toc_sizes.len(), "--blob-toc-sizes"),
     ] {
         if list != 0 && list != opts.sources.len() {
             return Err(Error::InvalidOption(format!(
@@ -189,7 +196,7 @@ impl Stack {
                         opts.sources[i].display()
                     )));
                 }
-                rename_own_blob(opts, i, &mut rec);
+                rename_own_blob(opts, i, &mut rec)?;
             }
             let global = match self.blobs.iter().position(|x| x.id == rec.id) {
                 Some(g) => g,
@@ -221,8 +228,27 @@ impl Stack {
     }
 }
 
-/// Source `i`'s own blob takes the id and size the converter passes for it.
-fn rename_own_blob(opts: &MergeOptions, i: usize, rec: &mut BlobEntry) {
+/// Source `i`'s own blob takes the id and size the converter passes for it. For a blob whose
+/// meta is published apart from its data (targz-ref, formats/blob.md §10) they name the meta
+/// blob instead: the layer's digest stays the blob id.
+fn rename_own_blob(opts: &MergeOptions, i: usize, rec: &mut BlobEntry) -> Result<()> {
+    if let Some(d) = opts.blob_toc_digests.get(i) {
+        rec.refs.toc_digest = digest_bytes(d, "--blob-toc-digests")?;
+    }
+    if let Some(s) = opts.blob_toc_sizes.get(i) {
+        rec.refs.toc_size = *s;
+    }
+    if rec.features.contains(BlobFeatures::SEPARATE) {
+        // the merged bootstrap is no longer inside the meta blob
+        rec.features = BlobFeatures(rec.features.bits() & !BlobFeatures::INLINED_FS_META.bits());
+        if let Some(d) = opts.blob_digests.get(i) {
+            rec.refs.meta_digest = digest_bytes(d, "--blob-digests")?;
+        }
+        if let Some(s) = opts.blob_sizes.get(i) {
+            rec.refs.meta_size = *s;
+        }
+        return Ok(());
+    }
     if let Some(id) = opts.original_blob_ids.get(i) {
         rec.id = id.clone();
     }
@@ -232,4 +258,17 @@ fn rename_own_blob(opts: &MergeOptions, i: usize, rec: &mut BlobEntry) {
     if let Some(s) = opts.blob_sizes.get(i) {
         rec.compressed_size = *s;
     }
+    Ok(())
+}
+
+/// A sha256 given on the command line (hex, `sha256:` prefix allowed) as bytes.
+fn digest_bytes(d: &str, flag: &str) -> Result<[u8; 32]> {
+    let hex_part = d.trim().trim_start_matches("sha256:");
+    let mut out = [0u8; 32];
+    hex::decode_to_slice(hex_part, &mut out).map_err(|_| {
+        Error::InvalidOption(format!(
+            "{flag}: {d:?} is not a sha256 digest (64 hex digits)"
+        ))
+    })?;
+    Ok(out)
 }

@@ -492,3 +492,39 @@ fn converter_call_through_a_fifo_is_read_and_laid_out_as_upstream() {
         &upstream("v6-targz-ref-inline/expected.txt"),
     );
 }
+
+#[test]
+#[cfg_attr(no_root, ignore = "needs root")]
+fn converter_merge_of_ref_layers_equals_upstreams() {
+    let d = upstream("v6-merge-ref");
+    let command = std::fs::read_to_string(d.join("command.txt")).unwrap();
+    let line = command
+        .lines()
+        .find(|l| l.starts_with("nydus-image merge"))
+        .unwrap();
+    let w = scratch();
+    let boot = w.path().join("bootstrap");
+    let root = format!("{}/", s(&d));
+    let args: Vec<String> = line
+        .split_whitespace()
+        .skip(1)
+        .map(|a| {
+            a.replace("out/v6-merge-ref/bootstrap", s(&boot))
+                .replace("out/v6-merge-ref/output.json", s(&w.path().join("o.json")))
+                .replace("out/v6-merge-ref/", &root)
+        })
+        .collect();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    assert_ok(&run_with_stdin(&args, b"/"));
+    let (ours, theirs) = (
+        std::fs::read(&boot).unwrap(),
+        std::fs::read(d.join("bootstrap")).unwrap(),
+    );
+    assert_eq!(ours.len(), theirs.len());
+    let differ: Vec<usize> = (0..ours.len()).filter(|i| ours[*i] != theirs[*i]).collect();
+    // only upstream's merge-wide HAS_XATTR superblock flag (0x20 at 1152), which it sets on
+    // every merge, xattrs or not (v6-merge-prefetch too)
+    assert_eq!(differ, vec![1152], "bytes differing from upstream's merge");
+    assert_eq!(ours[1152] | 0x20, theirs[1152]);
+    check_and_unpack(&boot, &d.join("blobs"), 48, &d.join("expected.txt"));
+}

@@ -139,10 +139,12 @@ pub struct MergeArgs {
     /// Per source, comma-separated: the compressed size of the source's own blob.
     #[arg(long)]
     pub blob_sizes: Option<String>,
-    /// Per source, comma-separated: ToC digests (accepted; this tool writes no ToC).
+    /// Per source, comma-separated: the digest of the source's blob ToC, recorded in the blob
+    /// table (nydus-snapshotter passes sha256 of the ToC entries).
     #[arg(long)]
     pub blob_toc_digests: Option<String>,
-    /// Per source, comma-separated: ToC sizes (accepted; this tool writes no ToC).
+    /// Per source, comma-separated: the size of the source's blob ToC, recorded in the blob
+    /// table.
     #[arg(long)]
     pub blob_toc_sizes: Option<String>,
     /// How whiteouts are spelled in the layers: oci, overlayfs or none.

@@ -179,6 +179,15 @@ pub fn merge(a: MergeArgs) -> Result<merge::MergeOptions> {
         original_blob_ids: split_list(&a.original_blob_ids),
         blob_digests: split_list(&a.blob_digests),
         blob_sizes,
+        blob_toc_digests: split_list(&a.blob_toc_digests),
+        blob_toc_sizes: split_list(&a.blob_toc_sizes)
+            .iter()
+            .map(|s| {
+                s.trim()
+                    .parse::<u32>()
+                    .with_context(|| format!("invalid --blob-toc-sizes value {s:?}"))
+            })
+            .collect::<Result<Vec<_>>>()?,
         whiteout_spec: a.whiteout_spec,
         output_json: a.output_json,
         prefetch: prefetch(a.prefetch_policy)?,

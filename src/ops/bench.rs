@@ -9,9 +9,11 @@ use std::time::Instant;
 
 use rayon::prelude::*;
 
+use crate::blob::reader::{BlobSource, ChunkReader};
 use crate::codec::{digest, Compressor, Digester};
 use crate::error::{Error, IoContext, Result};
-use crate::model::DataSource;
+use crate::model::{ChunkId, DataSource};
+use crate::ops::opened::OpenedImage;
 
 /// What [`stage_bound`] measured.
 #[derive(Debug, Clone, Copy, serde::Serialize)]
@@ -76,5 +78,45 @@ pub fn stage_bound(
         seconds: t.elapsed().as_secs_f64(),
         bytes,
         walk_seconds,
+    })
+}
+
+/// What [`chunk_read`] measured.
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+pub struct ChunkRead {
+    /// Index of the chunk in the image's chunk list.
+    pub chunk: u32,
+    /// Where its bytes start in its blob (for a targz-ref image: in the `.tar.gz`).
+    pub compressed_offset: u64,
+    /// Its uncompressed size.
+    pub bytes: u32,
+    /// Seconds reading it took, blob meta load included, from a fresh reader.
+    pub seconds: f64,
+}
+
+/// Reads one chunk of an image from a fresh reader and times it: `which` is `first` or `last`
+/// (the chunk stored first or last in its blob) or a chunk index. For a targz-ref image this
+/// shows random access: the last chunk costs what the first does (formats/blob.md §10).
+pub fn chunk_read(bootstrap: &Path, blobs: &BlobSource, which: &str) -> Result<ChunkRead> {
+    let opened = OpenedImage::open(bootstrap, blobs)?;
+    let chunks = &opened.image.chunks;
+    let by_offset = |last: bool| {
+        let it = (0..chunks.len()).map(|i| (chunks[i].compressed_offset, i));
+        if last { it.max() } else { it.min() }.map(|(_, i)| i)
+    };
+    let index = match which {
+        "first" => by_offset(false),
+        "last" => by_offset(true),
+        n => n.parse::<usize>().ok().filter(|i| *i < chunks.len()),
+    }
+    .ok_or_else(|| Error::InvalidOption(format!("no chunk {which:?} in the image")))?;
+    let mut reader = ChunkReader::new(&opened.image, opened.blobs.clone());
+    let t = Instant::now();
+    let data = reader.read(ChunkId::new(index as u32))?;
+    Ok(ChunkRead {
+        chunk: index as u32,
+        compressed_offset: chunks[index].compressed_offset,
+        bytes: data.len() as u32,
+        seconds: t.elapsed().as_secs_f64(),
     })
 }

@@ -57,6 +57,17 @@ pub enum Command {
         #[arg(long, default_value = "0x100000", value_parser = parse_size)]
         chunk_size: u32,
     },
+    /// Benchmark helper: time reading one chunk (first, last or an index) from a fresh reader.
+    #[command(hide = true)]
+    BenchChunkRead {
+        #[command(flatten)]
+        bootstrap: BootstrapArg,
+        #[command(flatten)]
+        blobs: BlobArgs,
+        /// first, last (by place in the blob) or a chunk index.
+        #[arg(long, default_value = "last")]
+        chunk: String,
+    },
     /// Write the bootstrap that --blob-inline-meta stored at the end of a blob.
     ExtractBootstrap {
         /// The blob holding an inlined bootstrap.

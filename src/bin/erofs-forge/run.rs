@@ -93,6 +93,14 @@ pub fn run(command: Command) -> Result<()> {
             )?;
             println!("{}", serde_json::json!(b));
         }
+        Command::BenchChunkRead {
+            bootstrap,
+            blobs,
+            chunk,
+        } => {
+            let r = ops::bench::chunk_read(&bootstrap.path()?, &blobs.into(), &chunk)?;
+            println!("{}", serde_json::json!(r));
+        }
         Command::ExtractBootstrap { blob, output } => {
             write_atomic(&output, &erofs_forge::read::extract_bootstrap(&blob)?)?;
         }

@@ -45,6 +45,9 @@ pub enum SourceType {
     /// A gzip layer whose data stays in place, read through inflate contexts: `targz-ref`
     /// (formats/blob.md §10).
     TargzRef,
+    /// The same over an eStargz layer (its TOC and landmark files are not part of the tree):
+    /// `estargz-ref`.
+    EstargzRef,
 }
 
 /// Longest `--blob-id` nydus-image accepts.
@@ -366,7 +369,10 @@ pub fn create(opts: &CreateOptions, progress: &dyn Progress) -> Result<CreateOut
     if opts.source_type == SourceType::TarTarfs {
         return create_tarfs(opts, progress);
     }
-    if opts.source_type == SourceType::TargzRef {
+    if matches!(
+        opts.source_type,
+        SourceType::TargzRef | SourceType::EstargzRef
+    ) {
         return crate::ops::targz_ref::create_targz_ref(opts, progress);
     }
     build(opts, progress, None)
@@ -580,7 +586,7 @@ fn read_input(
     };
     match opts.source_type {
         SourceType::Directory => walk_input(opts, &popts, progress, table, writer),
-        SourceType::Tar | SourceType::TarTarfs | SourceType::TargzRef => {
+        SourceType::Tar | SourceType::TarTarfs | SourceType::TargzRef | SourceType::EstargzRef => {
             tar_input(opts, &popts, progress, layer, table, writer)
         }
     }

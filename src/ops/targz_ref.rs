@@ -398,6 +398,10 @@ fn scan(opts: &CreateOptions, progress: &dyn Progress) -> Result<Scanned> {
         offset: z.borrow().total_in,
         reason: e.to_string(),
     })?;
+    let mut tree = tree;
+    if opts.source_type == crate::ops::create::SourceType::EstargzRef {
+        drop_estargz_entries(&mut tree, &opts.source)?;
+    }
     let z = z.borrow();
     Ok(Scanned {
         layer_id: hex::encode(z.hasher.clone().finalize()),
@@ -405,6 +409,38 @@ fn scan(opts: &CreateOptions, progress: &dyn Progress) -> Result<Scanned> {
         tree,
         cut,
     })
+}
+
+/// The eStargz TOC and landmark files (containerd/stargz-snapshotter `docs/estargz.md`): tar
+/// entries of the layer, not files of the image. Their chunks stay in the layer, unreferenced.
+const ESTARGZ_ENTRIES: [&[u8]; 3] = [
+    b"stargz.index.json",
+    b".prefetch.landmark",
+    b".no.prefetch.landmark",
+];
+
+/// Drops the eStargz entries from the root; a layer without a TOC is not eStargz.
+fn drop_estargz_entries(tree: &mut Tree, source: &Path) -> Result<()> {
+    let root = crate::model::EntryId::ROOT;
+    let has_toc = tree[root]
+        .children
+        .iter()
+        .any(|c| tree[*c].name == ESTARGZ_ENTRIES[0]);
+    if !has_toc {
+        return Err(Error::Unsupported {
+            path: source.to_path_buf(),
+            reason: "not an eStargz layer: no stargz.index.json entry".into(),
+        });
+    }
+    let kept: Vec<_> = tree[root]
+        .children
+        .iter()
+        .copied()
+        .filter(|c| !ESTARGZ_ENTRIES.contains(&tree[*c].name.as_slice()))
+        .collect();
+    tree[root].children = kept;
+    tree.prune_unreachable();
+    Ok(())
 }
 
 /// The blob-table entry of the layer: the `.tar.gz` is the data, `meta` its zran meta.

@@ -290,6 +290,9 @@ pub enum SourceTypeArg {
     /// the .tar.gz stays the data (nydus-snapshotter's OCIRef mode).
     #[value(name = "targz-ref")]
     TargzRef,
+    /// An eStargz layer referenced in place, as targz-ref (its TOC and landmarks dropped).
+    #[value(name = "estargz-ref")]
+    EstargzRef,
 }
 
 #[derive(clap::Args)]

@@ -121,6 +121,7 @@ pub fn create(a: CreateArgs) -> Result<CreatePlan> {
             }
             SourceTypeArg::TarTarfs => SourceType::TarTarfs,
             SourceTypeArg::TargzRef => SourceType::TargzRef,
+            SourceTypeArg::EstargzRef => SourceType::EstargzRef,
         },
         fs_version: a.fs_version,
         bootstrap: a.bootstrap,

@@ -26,7 +26,7 @@ pub struct BlobSource {
     /// One blob file, used for every blob of the image (single-blob images).
     pub file: Option<PathBuf>,
     /// The file holding the blob meta of a zran blob whose bootstrap records no meta digest
-    /// (a converter `targz-ref` blob, formats/blob.md §10): the blob itself, or the blob the
+    /// (a converter `targz-ref` blob, formats/blob.md §11): the blob itself, or the blob the
     /// bootstrap's file name names.
     pub zran_meta: Option<PathBuf>,
 }

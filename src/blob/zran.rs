@@ -1,6 +1,6 @@
 //! Reading the chunks of a zran (`targz-ref`) blob: the chunk-info records and inflate contexts
 //! of its blob meta, and inflating one chunk from its context inside the original gzip layer
-//! (formats/blob.md §10).
+//! (formats/blob.md §11).
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -53,7 +53,7 @@ pub struct ZranMeta {
 
 impl ZranMeta {
     /// Decodes the uncompressed ci area `raw` of a blob with `chunk_count` chunks, laid out as
-    /// `header` says (formats/blob.md §10).
+    /// `header` says (formats/blob.md §11).
     pub fn parse(raw: &[u8], header: &BlobMetaHeader, chunk_count: u32) -> Result<ZranMeta> {
         let at = |off: u64, len: u64, what: &'static str| -> Result<&[u8]> {
             let end = off.checked_add(len).filter(|e| *e <= raw.len() as u64);
@@ -209,7 +209,7 @@ pub struct ZranBlob {
 }
 
 impl ZranBlob {
-    /// Finds and opens `blob`'s meta and layer through `source` (formats/blob.md §10): the meta
+    /// Finds and opens `blob`'s meta and layer through `source` (formats/blob.md §11): the meta
     /// is `<dir>/<blob_meta_digest>` when the bootstrap records one, else the converter blob
     /// `source.zran_meta`; the layer is `<dir>/<blob id>` (as nydusd's localfs backend expects),
     /// else a gzip file given as the blob file.
@@ -300,7 +300,7 @@ pub struct InflateError {
     pub reason: String,
 }
 
-/// Inflates the first `want` bytes of a context's span `input` (formats/blob.md §10): a raw
+/// Inflates the first `want` bytes of a context's span `input` (formats/blob.md §11): a raw
 /// inflate primed with the context's pending bits and preset with its window.
 pub fn inflate_span(
     ctx: &ZranContext,
@@ -393,7 +393,7 @@ mod tests {
     }
 }
 
-/// Encodes a zran blob meta as upstream's separate meta file holds it (formats/blob.md §10):
+/// Encodes a zran blob meta as upstream's separate meta file holds it (formats/blob.md §11):
 /// the ci area (v2 records, inflate contexts, dictionaries) zstd-compressed, then the
 /// 4096-byte header. Returns the file's bytes and the entry fields that describe it.
 pub fn encode_meta(meta: &ZranMeta, features: BlobFeatures) -> Result<EncodedMeta> {

@@ -21,7 +21,7 @@ pub enum Compressor {
     #[default]
     Zstd,
     /// gzip: only the chunks of a `targz-ref` image, read in place from the original layer
-    /// through inflate contexts (formats/blob.md §10); never written as chunk data.
+    /// through inflate contexts (formats/blob.md §11); never written as chunk data.
     Gzip,
 }
 

@@ -25,9 +25,9 @@ impl BlobFeatures {
     pub const INLINED_FS_META: BlobFeatures = BlobFeatures(0x2);
     /// Chunk-info records are v2 (24 bytes).
     pub const CHUNK_INFO_V2: BlobFeatures = BlobFeatures(0x4);
-    /// Chunks live in a gzip stream, read through inflate contexts (formats/blob.md §10).
+    /// Chunks live in a gzip stream, read through inflate contexts (formats/blob.md §11).
     pub const ZRAN: BlobFeatures = BlobFeatures(0x8);
-    /// The blob meta is stored apart from the data (formats/blob.md §10).
+    /// The blob meta is stored apart from the data (formats/blob.md §11).
     pub const SEPARATE: BlobFeatures = BlobFeatures(0x10);
     /// Chunk digest array present.
     pub const INLINED_CHUNK_DIGEST: BlobFeatures = BlobFeatures(0x20);

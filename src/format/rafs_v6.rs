@@ -85,7 +85,7 @@ pub mod super_flags {
     pub const EXPLICIT_UID_GID: u64 = 0x10;
     /// Some inode has xattrs.
     pub const HAS_XATTR: u64 = 0x20;
-    /// gzip compression (targz-ref images, formats/blob.md §10).
+    /// gzip compression (targz-ref images, formats/blob.md §11).
     pub const COMPRESSION_GZIP: u64 = 0x40;
     /// zstd compression.
     pub const COMPRESSION_ZSTD: u64 = 0x80;

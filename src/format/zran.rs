@@ -1,10 +1,10 @@
 //! On-disk structures of a zran (`targz-ref`) blob meta: the inflate contexts that let a chunk
-//! be decompressed from the middle of a gzip layer (formats/blob.md §10).
+//! be decompressed from the middle of a gzip layer (formats/blob.md §11).
 
 use zerocopy::little_endian::{U32, U64};
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
 
-/// Size of one inflate context record (formats/blob.md §10).
+/// Size of one inflate context record (formats/blob.md §11).
 pub const ZRAN_CONTEXT_SIZE: usize = 40;
 /// Largest inflate window (dictionary) a context carries: deflate's 32 KiB.
 pub const ZRAN_WINDOW_SIZE: usize = 1 << 15;
@@ -15,7 +15,7 @@ pub const CI_V2_FLAG_ZRAN: u8 = 0x02;
 pub const CI_V2_FLAG_COMPRESSED: u8 = 0x01;
 
 /// Where inflating may restart inside a gzip stream (upstream `ZranInflateContext`,
-/// formats/blob.md §10).
+/// formats/blob.md §11).
 #[derive(
     Debug,
     Clone,

@@ -48,7 +48,7 @@ pub struct BlobEntry {
 }
 
 /// Digests and sizes the v6 blob table records for a blob whose meta is published on its own:
-/// a `targz-ref` meta file, or what `merge --blob-digests ...` was given (formats/blob.md §10).
+/// a `targz-ref` meta file, or what `merge --blob-digests ...` was given (formats/blob.md §11).
 /// All zero otherwise.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct BlobRefs {

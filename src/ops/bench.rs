@@ -96,7 +96,7 @@ pub struct ChunkRead {
 
 /// Reads one chunk of an image from a fresh reader and times it: `which` is `first` or `last`
 /// (the chunk stored first or last in its blob) or a chunk index. For a targz-ref image this
-/// shows random access: the last chunk costs what the first does (formats/blob.md §10).
+/// shows random access: the last chunk costs what the first does (formats/blob.md §11).
 pub fn chunk_read(bootstrap: &Path, blobs: &BlobSource, which: &str) -> Result<ChunkRead> {
     let opened = OpenedImage::open(bootstrap, blobs)?;
     let chunks = &opened.image.chunks;

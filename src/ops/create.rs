@@ -43,7 +43,7 @@ pub enum SourceType {
     /// An uncompressed tar whose data stays in place: `tar-tarfs` (formats/rafs-v6.md §18).
     TarTarfs,
     /// A gzip layer whose data stays in place, read through inflate contexts: `targz-ref`
-    /// (formats/blob.md §10).
+    /// (formats/blob.md §11).
     TargzRef,
     /// The same over an eStargz layer (its TOC and landmark files are not part of the tree):
     /// `estargz-ref`.

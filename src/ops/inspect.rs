@@ -209,7 +209,7 @@ pub fn request(image: &Image, req: &str) -> Result<Value> {
 }
 
 /// Adds to each chunk of a `chunk OFFSET` answer that lives in a targz-ref blob its zran fields:
-/// the inflate context it is read through and where it lies in it (formats/blob.md §10). The
+/// the inflate context it is read through and where it lies in it (formats/blob.md §11). The
 /// blob meta is found in `blob_dir` as `check` finds it.
 pub fn add_zran_fields(bootstrap: &Path, blob_dir: &Path, answer: &mut Value) -> Result<()> {
     let source = BlobSource {

@@ -229,7 +229,7 @@ impl Stack {
 }
 
 /// Source `i`'s own blob takes the id and size the converter passes for it. For a blob whose
-/// meta is published apart from its data (targz-ref, formats/blob.md §10) they name the meta
+/// meta is published apart from its data (targz-ref, formats/blob.md §11) they name the meta
 /// blob instead: the layer's digest stays the blob id.
 fn rename_own_blob(opts: &MergeOptions, i: usize, rec: &mut BlobEntry) -> Result<()> {
     if let Some(d) = opts.blob_toc_digests.get(i) {

@@ -39,7 +39,7 @@ impl OpenedImage {
 }
 
 /// Where the meta of a converter `targz-ref` blob is, when the bootstrap records no meta digest
-/// (formats/blob.md §10): the blob itself when it was given as the bootstrap, else the blob
+/// (formats/blob.md §11): the blob itself when it was given as the bootstrap, else the blob
 /// that the bootstrap's file name (cut at the first dot) names in the blob directory, as
 /// upstream's runtime finds it.
 fn zran_meta(loaded: &rafs::Loaded, bootstrap: &Path, blobs: &BlobSource) -> Option<PathBuf> {

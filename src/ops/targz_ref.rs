@@ -1,7 +1,7 @@
 //! `create -t targz-ref`: a bootstrap plus a small zran meta over an unchanged gzip layer. One
 //! pass inflates the layer, records where inflating may restart (deflate block boundaries and
 //! their 32 KiB windows), cuts file data into chunks and gives each chunk the inflate context
-//! it is read through (formats/blob.md §10).
+//! it is read through (formats/blob.md §11).
 
 use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};
@@ -236,7 +236,7 @@ struct RefChunks {
 
 impl RefChunks {
     /// The context chunk `[start, start + size)` is read through (upstream's `begin_read` rules,
-    /// formats/blob.md §10), then `(context, its out_offset)`.
+    /// formats/blob.md §11), then `(context, its out_offset)`.
     fn context(&mut self, start: u64) -> Result<(u32, u64)> {
         let mut z = self.z.borrow_mut();
         let boundary = z
@@ -319,6 +319,7 @@ impl RefChunks {
             blob_index: 0,
             index: id.get(),
             compressed: true,
+            encrypted: false,
             compressed_offset: chunk.compressed_offset,
             compressed_size: chunk.compressed_size,
             uncompressed_offset: chunk.uncompressed_offset,
@@ -555,7 +556,7 @@ pub(crate) fn create_targz_ref(
 
 /// `create -t targz-ref --blob-inline-meta --features blob-toc --blob F`, nydus-snapshotter's
 /// OCIRef call: F holds the meta, the chunk digests and the bootstrap, framed and listed in a
-/// ToC (formats/blob.md §10); its bootstrap records no meta digest (the runtime takes F's own
+/// ToC (formats/blob.md §11); its bootstrap records no meta digest (the runtime takes F's own
 /// name), the layer's sha256 stays the blob id.
 fn create_converter_blob(opts: &CreateOptions, progress: &dyn Progress) -> Result<CreateOutput> {
     let t0 = Instant::now();

@@ -1,5 +1,5 @@
 //! `targz-ref` (zran) images: upstream's read back exactly, every chunk inflated from its
-//! context inside the original `.tar.gz` (formats/blob.md §10).
+//! context inside the original `.tar.gz` (formats/blob.md §11).
 
 use crate::common::*;
 use crate::upstream_read::manifest_diff;

@@ -244,8 +244,16 @@ fn blob_table(
         };
         // an encrypted blob keeps its key where a ref blob keeps its meta digest
         let refs = crate::model::BlobRefs {
-            meta_digest: if cipher.is_some() { [0; 32] } else { e.blob_meta_digest },
-            meta_size: if cipher.is_some() { 0 } else { e.blob_meta_size.get() },
+            meta_digest: if cipher.is_some() {
+                [0; 32]
+            } else {
+                e.blob_meta_digest
+            },
+            meta_size: if cipher.is_some() {
+                0
+            } else {
+                e.blob_meta_size.get()
+            },
             toc_digest: e.blob_toc_digest,
             toc_size: e.blob_toc_size.get(),
         };

@@ -19,3 +19,4 @@ pub mod report;
 pub mod stat;
 pub(crate) mod targz_ref;
 pub mod unpack;
+pub mod verify;

@@ -87,6 +87,9 @@ pub enum Command {
         #[command(subcommand)]
         command: ChunkdictCommand,
     },
+    /// Compare an image with its source, entry by entry (exit 0 equal, 1 different, 2 could
+    /// not compare).
+    Verify(crate::analyse::VerifyArgs),
 }
 
 #[derive(Subcommand)]

@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 #![warn(clippy::too_many_lines)]
 
+mod analyse;
 mod args;
 mod report;
 mod resolve;
@@ -62,6 +63,9 @@ fn main() -> ExitCode {
     if let Err(e) = init_logging(&cli) {
         eprintln!("error: {e:#}");
         return ExitCode::FAILURE;
+    }
+    if let args::Command::Verify(a) = cli.command {
+        return analyse::verify(a);
     }
     match run::run(cli.command) {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,0 +1,217 @@
+//! The source side of `verify`: a directory walked, a tar streamed, or an OCI image's layers
+//! streamed and stacked with the overlay rules, each regular file's data hashed as it is read.
+
+use std::io::Read;
+use std::path::Path;
+
+use rayon::prelude::*;
+
+use crate::error::{Error, IoContext, Result};
+use crate::model::overlay::{self, WhiteoutSpec};
+use crate::model::stack::empty_tree;
+use crate::model::{ChunkId, DataSource, FileType, InodeId, Tree};
+use crate::source::tar::{DataLocation, FileData};
+use crate::source::{dir, oci, tar};
+
+use super::Side;
+
+/// How a `verify` source is read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SourceKind {
+    /// A directory, walked without following symlinks.
+    Dir,
+    /// One tar layer (plain, gzip, zstd or xz; a file, a fifo or `-`), whiteouts kept as
+    /// files, as `create -t tar-rafs` keeps them.
+    Tar,
+    /// An OCI image (layout, OCI archive or `docker save` tar; `PATH:REF` picks one), its
+    /// layers stacked with the OCI whiteout rules, as `create -t oci` stacks them.
+    Oci,
+}
+
+impl std::str::FromStr for SourceKind {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<SourceKind> {
+        match s {
+            "dir" | "directory" => Ok(SourceKind::Dir),
+            "tar" => Ok(SourceKind::Tar),
+            "oci" => Ok(SourceKind::Oci),
+            _ => Err(Error::InvalidOption(format!(
+                "invalid source type {s:?}: dir, tar or oci"
+            ))),
+        }
+    }
+}
+
+/// Reads the source at `path` with its file data hashed.
+pub(super) fn read(path: &Path, kind: Option<SourceKind>, platform: Option<&str>) -> Result<Side> {
+    let kind = match kind {
+        Some(k) => k,
+        None => detect(path)?,
+    };
+    log::debug!("{}: read as a {kind:?} source", path.display());
+    match kind {
+        SourceKind::Dir => read_dir(path),
+        SourceKind::Tar => {
+            let mut hashing = Hashing::default();
+            let tree = read_layer(path, tar::open_raw(path)?.0, &mut hashing)?;
+            Ok(hashing.side(tree))
+        }
+        SourceKind::Oci => read_oci(path, platform),
+    }
+}
+
+/// Tells the kind from what `path` is: a directory holding `oci-layout` or `index.json` is an
+/// OCI layout, any other directory a tree; standard input is a tar; a file whose first tar
+/// entry is an image archive's (`oci-layout`, `index.json`, `manifest.json`, `repositories`,
+/// `blobs/...`, or a `docker save` layer directory) is an OCI image, any other file a tar.
+fn detect(path: &Path) -> Result<SourceKind> {
+    if tar::is_stdin(path) {
+        return Ok(SourceKind::Tar);
+    }
+    if path.is_dir() {
+        let layout = ["oci-layout", "index.json"]
+            .iter()
+            .any(|n| path.join(n).is_file());
+        return Ok(if layout {
+            SourceKind::Oci
+        } else {
+            SourceKind::Dir
+        });
+    }
+    let (real, reference) = oci::split_ref(path);
+    if reference.is_some() {
+        return Ok(SourceKind::Oci);
+    }
+    let mut head = [0u8; 512];
+    let mut f = std::fs::File::open(&real).ctx("open", &real)?;
+    let got = f.read(&mut head).ctx("read", &real)?;
+    if tar::Compression::detect(&head[..got.min(6)]) != tar::Compression::None || got < 512 {
+        return Ok(SourceKind::Tar);
+    }
+    let end = head[..100].iter().position(|b| *b == 0).unwrap_or(100);
+    let name = String::from_utf8_lossy(&head[..end]);
+    let name = name.trim_start_matches("./");
+    let first = name.split('/').next().unwrap_or_default();
+    let archive = [
+        "oci-layout",
+        "index.json",
+        "manifest.json",
+        "repositories",
+        "blobs",
+    ]
+    .contains(&first)
+        || (first.len() == 64 && first.bytes().all(|b| b.is_ascii_hexdigit()));
+    Ok(if archive {
+        SourceKind::Oci
+    } else {
+        SourceKind::Tar
+    })
+}
+
+fn read_dir(path: &Path) -> Result<Side> {
+    let tree = dir::walk(path)?;
+    let files: Vec<(usize, &Path)> = tree
+        .inodes
+        .iter()
+        .enumerate()
+        .filter_map(|(i, inode)| match inode.file().map(|f| &f.data) {
+            Some(DataSource::Path(p)) => Some((i, p.as_path())),
+            _ => None,
+        })
+        .collect();
+    let hashed: Vec<(usize, [u8; 32], u64)> = files
+        .par_iter()
+        .map(|&(i, p)| {
+            let f = std::fs::File::open(p).ctx("open", p)?;
+            let mut h = blake3::Hasher::new();
+            let n = std::io::copy(&mut std::io::BufReader::with_capacity(1 << 20, f), &mut h)
+                .ctx("read", p)?;
+            Ok((i, *h.finalize().as_bytes(), n))
+        })
+        .collect::<Result<_>>()?;
+    let empty = *blake3::hash(b"").as_bytes();
+    let mut digests: Vec<Option<[u8; 32]>> = tree
+        .inodes
+        .iter()
+        .map(|i| (i.file_type() == FileType::Regular).then_some(empty))
+        .collect();
+    let mut bytes = 0;
+    for (i, d, n) in hashed {
+        digests[i] = Some(d);
+        bytes += n;
+    }
+    Ok(Side {
+        tree,
+        digests,
+        bytes,
+    })
+}
+
+/// Hashes each file's data as the tar reader hands it over; the file's one "chunk" id is the
+/// index of its digest, so the digests follow the inodes through the overlay merge.
+#[derive(Default)]
+struct Hashing {
+    digests: Vec<[u8; 32]>,
+    bytes: u64,
+}
+
+impl FileData for Hashing {
+    fn file(
+        &mut self,
+        _inode: InodeId,
+        data: &mut dyn Read,
+        _size: u64,
+        _location: DataLocation,
+        name: &Path,
+    ) -> Result<Option<Vec<ChunkId>>> {
+        let mut h = blake3::Hasher::new();
+        self.bytes += std::io::copy(data, &mut h).ctx("read", name)?;
+        self.digests.push(*h.finalize().as_bytes());
+        Ok(Some(vec![ChunkId::new(self.digests.len() as u32 - 1)]))
+    }
+}
+
+impl Hashing {
+    /// The side of `tree`, whose files carry digest indexes as chunk ids.
+    fn side(self, tree: Tree) -> Side {
+        let empty = *blake3::hash(b"").as_bytes();
+        let digests = tree
+            .inodes
+            .iter()
+            .map(|i| match i.file() {
+                Some(f) => Some(match f.chunks.first() {
+                    Some(c) => self.digests.get(c.index()).copied().unwrap_or(empty),
+                    None => empty,
+                }),
+                None => None,
+            })
+            .collect();
+        Side {
+            tree,
+            digests,
+            bytes: self.bytes,
+        }
+    }
+}
+
+fn read_layer(what: &Path, raw: Box<dyn Read + Send>, hashing: &mut Hashing) -> Result<Tree> {
+    let (mut plain, _) = tar::decompress(raw, what)?;
+    tar::read_tar(&mut plain, what, hashing)
+}
+
+fn read_oci(path: &Path, platform: Option<&str>) -> Result<Side> {
+    let want = match platform {
+        Some(p) => oci::Platform::parse(p)?,
+        None => oci::Platform::host(),
+    };
+    let image = oci::open_image(path, &want)?;
+    let mut hashing = Hashing::default();
+    let mut tree = empty_tree();
+    for l in &image.layers {
+        let (raw, _) = image.store.reader(&l.name)?;
+        let layer = read_layer(&image.store.describe(&l.name), raw, &mut hashing)?;
+        // digest indexes are global across layers: chunk ids carry over unchanged
+        overlay::apply(&mut tree, &layer, WhiteoutSpec::Oci, &|c| c);
+    }
+    Ok(hashing.side(tree.compact()))
+}

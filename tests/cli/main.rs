@@ -31,3 +31,4 @@ mod tar;
 mod targz_ref;
 mod upstream_compat;
 mod upstream_read;
+mod verify;

@@ -16,6 +16,7 @@ pub(crate) mod opened;
 pub mod optimize;
 pub(crate) mod paths;
 pub mod report;
+pub mod space;
 pub mod stat;
 pub(crate) mod targz_ref;
 pub mod unpack;

@@ -5,6 +5,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use erofs_forge::ops::space::{self, Sizes, SpaceReport};
 use erofs_forge::ops::verify::{self, Difference, Field, SourceKind, VerifyOptions};
 use erofs_forge::staged::write_atomic;
 
@@ -98,4 +99,120 @@ fn line(d: &Difference) -> String {
             )
         }
     }
+}
+
+/// `report IMAGE [IMAGE2]`.
+#[derive(clap::Args)]
+pub struct ReportArgs {
+    /// The image's bootstrap (or a blob with an inlined bootstrap).
+    pub image: PathBuf,
+    /// Another version of the image (its bootstrap): chunks it reuses, bytes a pull transfers.
+    pub other: Option<PathBuf>,
+    /// Where the image's blobs are (for the what-if table).
+    #[command(flatten)]
+    pub blobs: BlobArgs,
+    /// How many files the top list shows.
+    #[arg(long, default_value = "20")]
+    pub top: usize,
+    /// Write the report as JSON.
+    #[arg(short = 'J', long)]
+    pub output_json: Option<PathBuf>,
+}
+
+/// Runs `report`: prints the tables (and writes the JSON).
+pub fn report(a: ReportArgs) -> anyhow::Result<()> {
+    let opts = space::SpaceOptions {
+        image: a.image,
+        blobs: a.blobs.into(),
+        other: a.other,
+        top: a.top,
+    };
+    let r = space::space(&opts)?;
+    if let Some(p) = &a.output_json {
+        write_atomic(p, serde_json::to_string_pretty(&r)?.as_bytes())?;
+    }
+    print!("{}", report_text(&r));
+    Ok(())
+}
+
+fn pct(part: u64, whole: u64) -> String {
+    if whole == 0 {
+        "-".into()
+    } else {
+        format!("{:.1}%", part as f64 * 100.0 / whole as f64)
+    }
+}
+
+fn ratio(logical: u64, stored: u64) -> String {
+    if stored == 0 {
+        "-".into()
+    } else {
+        format!("{:.2}", logical as f64 / stored as f64)
+    }
+}
+
+fn sizes_row(name: &str, s: &Sizes, total: u64) -> String {
+    format!(
+        "{name:<44} {:>7} {:>14} {:>14} {:>6} {:>7} {:>8} {:>8}\n",
+        s.files,
+        s.logical,
+        s.stored,
+        ratio(s.logical, s.stored),
+        pct(s.stored, total),
+        s.shared_in_image,
+        s.shared_with_other_blobs
+    )
+}
+
+const HEADER: &str = "files    logical bytes   stored bytes  ratio  stored  shared   other-blob";
+
+fn report_text(r: &SpaceReport) -> String {
+    let mut t = format!(
+        "image {} (v{}, {}, chunk size {:#x}, {} blobs, {} chunks)\n\n",
+        r.image, r.fs_version, r.compressor, r.chunk_size, r.blobs, r.chunks
+    );
+    let total = r.total.stored;
+    t += &format!("{:<44} {HEADER}\n", "directory");
+    t += &sizes_row("/ (total)", &r.total, total);
+    for c in &r.tree.children {
+        t += &sizes_row(&format!("/{}", c.name), &c.sizes, total);
+    }
+    t += &format!("\n{:<44} {HEADER}\n", format!("top {} files", r.top.len()));
+    for e in &r.top {
+        t += &sizes_row(&e.path, &e.sizes, total);
+    }
+    t += &format!("\n{:<44} {HEADER}\n", "file type");
+    let mut types: Vec<(&String, &Sizes)> = r.by_type.iter().collect();
+    types.sort_by_key(|(_, s)| std::cmp::Reverse(s.stored));
+    for (ext, s) in types.iter().take(20) {
+        t += &sizes_row(ext, s, total);
+    }
+    if r.what_if.is_empty() {
+        t += &format!(
+            "\nwhat-if: skipped, {}\n",
+            r.what_if_skipped.as_deref().unwrap_or("")
+        );
+    } else {
+        t += &format!(
+            "\n{:<44} {:>14} {:>11} {:>16}\n",
+            "what-if", "unique bytes", "dedup ratio", "est. stored"
+        );
+        for w in &r.what_if {
+            let est = w
+                .estimated_stored
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            t += &format!(
+                "{:<44} {:>14} {:>11.3} {:>16}\n",
+                w.setting, w.unique_bytes, w.dedup_ratio, est
+            );
+        }
+    }
+    if let Some(v) = &r.versus {
+        t += &format!(
+            "\nagainst {}: {} chunks reused ({} stored bytes), {} new; a pull transfers {} bytes of new chunks ({} bytes as whole new blobs)\n",
+            v.image, v.reused_chunks, v.reused_stored, v.new_chunks, v.pull_bytes_chunks, v.pull_bytes_blobs
+        );
+    }
+    t
 }

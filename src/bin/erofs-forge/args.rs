@@ -90,6 +90,9 @@ pub enum Command {
     /// Compare an image with its source, entry by entry (exit 0 equal, 1 different, 2 could
     /// not compare).
     Verify(crate::analyse::VerifyArgs),
+    /// Where an image's bytes go: per directory, file and type, what-if other chunk sizes
+    /// and compressors, and what another version of it reuses.
+    Report(crate::analyse::ReportArgs),
 }
 
 #[derive(Subcommand)]

@@ -113,6 +113,7 @@ pub fn run(command: Command) -> Result<()> {
         } => report::chunkdict(&ops::chunkdict::generate(&resolve::chunkdict(a))?),
         // its own exit codes: main.rs runs it (crate::analyse::verify)
         Command::Verify(_) => unreachable!("verify is run by main"),
+        Command::Report(a) => crate::analyse::report(a)?,
     }
     Ok(())
 }

@@ -25,6 +25,7 @@ mod optimize;
 mod options;
 mod prefetch;
 mod reliability;
+mod report;
 mod reproducible;
 mod roundtrip;
 mod tar;

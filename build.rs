@@ -19,6 +19,7 @@ const FLAGS: &[&str] = &[
     "no_gnu_tar",
     "no_compressors",
     "no_py_crypto",
+    "no_chromium",
 ];
 
 fn main() {
@@ -62,6 +63,7 @@ fn main() {
         "no_compressors",
         !["gzip", "zstd", "xz"].iter().all(|t| have(t)),
     );
+    set("no_chromium", !have("chromium"));
     // Debian's python3 with python3-cryptography (OpenSSL) and python3-zstandard: the
     // independent decryption of an encrypted blob (tests/tools/decrypt.py)
     set("no_py_crypto", !py_crypto());

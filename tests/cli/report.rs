@@ -189,3 +189,143 @@ fn report_on_the_debian_tree_and_a_second_version() {
     let vs = report(&[s(&b1), s(&b2), "-D", s(&out)], &w.path().join("vs.json"));
     assert_eq!(vs["versus"]["new_chunks"], 1, "{}", vs["versus"]);
 }
+
+/// Decodes an 8-bit RGB or RGBA, non-interlaced PNG (what Chromium writes) into its pixels.
+fn png_pixels(png: &[u8]) -> (usize, Vec<[u8; 3]>) {
+    use std::io::Read;
+    assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n", "not a PNG");
+    let (mut pos, mut width, mut channels, mut idat) = (8, 0usize, 0usize, Vec::new());
+    while pos + 8 <= png.len() {
+        let len = u32::from_be_bytes(png[pos..pos + 4].try_into().unwrap()) as usize;
+        let kind = &png[pos + 4..pos + 8];
+        let body = &png[pos + 8..pos + 8 + len];
+        match kind {
+            b"IHDR" => {
+                width = u32::from_be_bytes(body[..4].try_into().unwrap()) as usize;
+                assert_eq!(body[8], 8, "bit depth");
+                assert_eq!(body[12], 0, "interlaced");
+                channels = match body[9] {
+                    2 => 3,
+                    6 => 4,
+                    t => panic!("colour type {t}"),
+                };
+            }
+            b"IDAT" => idat.extend_from_slice(body),
+            _ => {}
+        }
+        pos += 12 + len;
+    }
+    let mut raw = Vec::new();
+    flate2::read::ZlibDecoder::new(idat.as_slice())
+        .read_to_end(&mut raw)
+        .unwrap();
+    let stride = width * channels;
+    let mut prev = vec![0u8; stride];
+    let mut pixels = Vec::new();
+    for row in raw.chunks(stride + 1) {
+        let (filter, data) = (row[0], &row[1..]);
+        let mut cur = vec![0u8; stride];
+        for i in 0..stride {
+            let a = if i >= channels { cur[i - channels] } else { 0 };
+            let (b, c) = (prev[i], if i >= channels { prev[i - channels] } else { 0 });
+            let predicted = match filter {
+                0 => 0,
+                1 => a,
+                2 => b,
+                3 => ((u16::from(a) + u16::from(b)) / 2) as u8,
+                _ => {
+                    let p = i16::from(a) + i16::from(b) - i16::from(c);
+                    let (pa, pb, pc) = (
+                        (p - i16::from(a)).abs(),
+                        (p - i16::from(b)).abs(),
+                        (p - i16::from(c)).abs(),
+                    );
+                    if pa <= pb && pa <= pc {
+                        a
+                    } else if pb <= pc {
+                        b
+                    } else {
+                        c
+                    }
+                }
+            };
+            cur[i] = data[i].wrapping_add(predicted);
+        }
+        pixels.extend(cur.chunks(channels).map(|p| [p[0], p[1], p[2]]));
+        prev = cur;
+    }
+    (width, pixels)
+}
+
+fn chromium(args: &[&str], page: &Path) -> Vec<u8> {
+    let out = Command::new("chromium")
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--hide-scrollbars",
+        ])
+        .args(["--window-size=1280,800"])
+        .args(args)
+        .arg(format!("file://{}", s(page)))
+        .output()
+        .expect("run chromium");
+    assert!(
+        out.status.success(),
+        "chromium: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
+#[test]
+#[cfg_attr(no_chromium, ignore = "needs chromium")]
+fn html_page_renders_a_treemap_in_chromium() {
+    let w = scratch();
+    let src = w.path().join("src");
+    for (dir, byte, n) in [("alpha", 0u8, 3), ("beta", 1, 2), ("gamma", 2, 1)] {
+        fs::create_dir_all(src.join(dir).join("sub")).unwrap();
+        for i in 0..n {
+            // one compressible and one incompressible file per directory: two colours
+            let noise: Vec<u8> = (0..400_000u32)
+                .map(|k| (k.wrapping_mul(2_654_435_761).wrapping_add(i) >> 11) as u8 ^ byte)
+                .collect();
+            fs::write(src.join(dir).join(format!("noise{i}")), noise).unwrap();
+            fs::write(
+                src.join(dir).join("sub").join(format!("text{i}")),
+                vec![b'a' + byte; 900_000],
+            )
+            .unwrap();
+        }
+    }
+    let out = w.path().join("out");
+    fs::create_dir(&out).unwrap();
+    let boot = build(&src, &out, "boot");
+    let page = w.path().join("report.html");
+    forge(&["report", s(&boot), "-D", s(&out), "--html", s(&page)]);
+    let html = fs::read_to_string(&page).unwrap();
+    // self-contained: nothing is fetched at view time
+    for needle in ["src=\"http", "href=\"http", "@import", "url(http"] {
+        assert!(!html.contains(needle), "{needle}");
+    }
+    let dom = String::from_utf8(chromium(&["--dump-dom"], &page)).unwrap();
+    for name in ["alpha", "beta", "gamma"] {
+        assert!(
+            dom.contains(&format!("class=\"label\">{name}<")),
+            "{name} not drawn"
+        );
+    }
+    let shot = w.path().join("shot.png");
+    chromium(&[&format!("--screenshot={}", s(&shot))], &page);
+    let (width, pixels) = png_pixels(&fs::read(&shot).unwrap());
+    assert_eq!(width, 1280);
+    let background = pixels[pixels.len() - 1];
+    let drawn = pixels.iter().filter(|p| **p != background).count();
+    assert!(
+        drawn * 2 > pixels.len(),
+        "mostly blank: {drawn} of {} pixels drawn",
+        pixels.len()
+    );
+    let colours: std::collections::HashSet<[u8; 3]> = pixels.iter().copied().collect();
+    assert!(colours.len() >= 4, "{} colours", colours.len());
+}

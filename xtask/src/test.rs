@@ -12,7 +12,7 @@ use anyhow::{bail, Context, Result};
 
 /// Debian packages the tests call: the kernel-mount and fsck checks (erofs-utils), the full
 /// fixture tree (attr, acl, libcap2-bin, python3), dm-verity (cryptsetup-bin), tar layers (tar,
-/// gzip, zstd, xz-utils), OCI images (umoci, skopeo).
+/// gzip, zstd, xz-utils), OCI images (umoci, skopeo), `report --html` rendered headless (chromium).
 const PACKAGES: &[&str] = &[
     "erofs-utils",
     "attr",
@@ -29,6 +29,7 @@ const PACKAGES: &[&str] = &[
     "xz-utils",
     "umoci",
     "skopeo",
+    "chromium",
 ];
 
 /// Runs `cargo xtask test [--fuzz-seconds N]`.

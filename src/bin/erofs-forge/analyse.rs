@@ -117,6 +117,9 @@ pub struct ReportArgs {
     /// Write the report as JSON.
     #[arg(short = 'J', long)]
     pub output_json: Option<PathBuf>,
+    /// Write one self-contained HTML page: a zoomable treemap of stored bytes.
+    #[arg(long, value_name = "OUT.html")]
+    pub html: Option<PathBuf>,
 }
 
 /// Runs `report`: prints the tables (and writes the JSON).
@@ -130,6 +133,9 @@ pub fn report(a: ReportArgs) -> anyhow::Result<()> {
     let r = space::space(&opts)?;
     if let Some(p) = &a.output_json {
         write_atomic(p, serde_json::to_string_pretty(&r)?.as_bytes())?;
+    }
+    if let Some(p) = &a.html {
+        write_atomic(p, r.html().as_bytes())?;
     }
     print!("{}", report_text(&r));
     Ok(())
@@ -153,7 +159,7 @@ fn ratio(logical: u64, stored: u64) -> String {
 
 fn sizes_row(name: &str, s: &Sizes, total: u64) -> String {
     format!(
-        "{name:<44} {:>7} {:>14} {:>14} {:>6} {:>7} {:>8} {:>8}\n",
+        "{:>7} {:>14} {:>14} {:>6} {:>7} {:>8} {:>8}  {name}\n",
         s.files,
         s.logical,
         s.stored,
@@ -164,7 +170,7 @@ fn sizes_row(name: &str, s: &Sizes, total: u64) -> String {
     )
 }
 
-const HEADER: &str = "files    logical bytes   stored bytes  ratio  stored  shared   other-blob";
+const HEADER: &str = "  files  logical bytes   stored bytes  ratio  stored   shared other-blob";
 
 fn report_text(r: &SpaceReport) -> String {
     let mut t = format!(
@@ -172,16 +178,16 @@ fn report_text(r: &SpaceReport) -> String {
         r.image, r.fs_version, r.compressor, r.chunk_size, r.blobs, r.chunks
     );
     let total = r.total.stored;
-    t += &format!("{:<44} {HEADER}\n", "directory");
+    t += &format!("{HEADER}  directory\n");
     t += &sizes_row("/ (total)", &r.total, total);
     for c in &r.tree.children {
         t += &sizes_row(&format!("/{}", c.name), &c.sizes, total);
     }
-    t += &format!("\n{:<44} {HEADER}\n", format!("top {} files", r.top.len()));
+    t += &format!("\n{HEADER}  top {} files\n", r.top.len());
     for e in &r.top {
         t += &sizes_row(&e.path, &e.sizes, total);
     }
-    t += &format!("\n{:<44} {HEADER}\n", "file type");
+    t += &format!("\n{HEADER}  file type\n");
     let mut types: Vec<(&String, &Sizes)> = r.by_type.iter().collect();
     types.sort_by_key(|(_, s)| std::cmp::Reverse(s.stored));
     for (ext, s) in types.iter().take(20) {
@@ -194,8 +200,8 @@ fn report_text(r: &SpaceReport) -> String {
         );
     } else {
         t += &format!(
-            "\n{:<44} {:>14} {:>11} {:>16}\n",
-            "what-if", "unique bytes", "dedup ratio", "est. stored"
+            "\n{:>14} {:>11} {:>16}  what-if\n",
+            "unique bytes", "dedup ratio", "est. stored"
         );
         for w in &r.what_if {
             let est = w
@@ -203,8 +209,8 @@ fn report_text(r: &SpaceReport) -> String {
                 .map(|e| e.to_string())
                 .unwrap_or_default();
             t += &format!(
-                "{:<44} {:>14} {:>11.3} {:>16}\n",
-                w.setting, w.unique_bytes, w.dedup_ratio, est
+                "{:>14} {:>11.3} {:>16}  {}\n",
+                w.unique_bytes, w.dedup_ratio, est, w.setting
             );
         }
     }

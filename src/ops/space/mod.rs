@@ -478,3 +478,18 @@ fn versus(image: &Image, other: &Image, path: &std::path::Path) -> Versus {
         .sum();
     v
 }
+
+/// The page `report --html` writes (its script reads the JSON put in place of the marker).
+const TREEMAP_PAGE: &str = include_str!("treemap.html");
+
+impl SpaceReport {
+    /// One self-contained HTML page: a zoomable treemap of stored bytes, coloured by
+    /// compression ratio or reuse, with the report inlined (nothing is fetched at view time).
+    pub fn html(&self) -> String {
+        let json = serde_json::to_string(self)
+            .unwrap_or_else(|_| "null".into())
+            // inside <script>, "<" could end the element or open a comment: escape every one
+            .replace('<', "\\u003c");
+        TREEMAP_PAGE.replace("/*REPORT-JSON*/", &json)
+    }
+}

@@ -4,7 +4,8 @@
 //! The operations are in [`ops`], one module per subcommand, each taking its options and
 //! returning its output (nothing is printed): [`ops::create`], [`ops::merge`], [`ops::oci`],
 //! [`ops::check`], [`ops::export`], [`ops::export_compressed`], [`ops::unpack`],
-//! [`ops::inspect`], [`ops::stat`], [`ops::dump`], [`ops::bench`], and [`ops::report`] for the
+//! [`ops::inspect`], [`ops::stat`], [`ops::verify`], [`ops::space`] (`report`), [`ops::dump`],
+//! [`ops::bench`], and [`ops::report`] for the
 //! nydus `-J` document. The model they take and return is re-exported here: a [`Tree`] of
 //! [`Entry`]s and [`Inode`]s (each an [`InodeKind`]), the decoded [`Image`] with its
 //! [`BlobEntry`] table (an encrypted blob's [`BlobKey`]) and [`ChunkInfo`]s, the id newtypes, [`WhiteoutSpec`], [`Prefetch`], the

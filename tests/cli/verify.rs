@@ -59,6 +59,7 @@ fn build(src: &Path, out: &Path, flags: &[&str]) -> PathBuf {
 }
 
 #[test]
+#[cfg_attr(no_gnu_tar, ignore = "needs GNU tar")]
 fn sample_tree_is_equal_in_every_image_form() {
     let src = repo().join("fixtures/sample");
     let x = scratch();

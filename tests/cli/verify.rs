@@ -168,6 +168,9 @@ fn upstream_images_equal_their_tar_input() {
         &tar,
         &["-b", s(&tar), "--ignore", "mtime"],
     );
+    // the converter's blob (blob ToC, bootstrap inlined), read alone
+    let blob = upstream("v6-blob-toc/blob.rafs");
+    assert_equal(&blob, &tar, &["--ignore", "mtime"]);
     // without --ignore, those mtimes are what differs, and only they
     let (code, _, doc) = verify(&d.join("bootstrap"), &tar, &["-b", s(&tar)]);
     assert_eq!(code, 1);
@@ -201,15 +204,21 @@ fn upstream_images_equal_their_source_tree_but_the_split_symlink() {
         .unwrap();
     assert!(out.status.success(), "make-source.sh");
     let inline = one_file(&upstream("v6-inline-meta/blobs"), "");
-    let mut images: Vec<(PathBuf, Vec<String>)> = ["v5-zstd", "v6-zstd", "v6-lz4_block"]
-        .iter()
-        .map(|n| {
-            (
-                upstream(n).join("bootstrap"),
-                vec!["-D".into(), s(&upstream(n).join("blobs")).into()],
-            )
-        })
-        .collect();
+    let mut images: Vec<(PathBuf, Vec<String>)> = [
+        "v5-zstd",
+        "v6-zstd",
+        "v6-lz4_block",
+        "v6-batch",
+        "v6-encrypt",
+    ]
+    .iter()
+    .map(|n| {
+        (
+            upstream(n).join("bootstrap"),
+            vec!["-D".into(), s(&upstream(n).join("blobs")).into()],
+        )
+    })
+    .collect();
     images.push((inline, Vec::new()));
     for (boot, flags) in images {
         let mut extra: Vec<&str> = flags.iter().map(String::as_str).collect();

@@ -13,7 +13,7 @@ use serde::Serialize;
 use crate::blob::reader::{BlobSource, ChunkReader};
 use crate::codec::Compressor;
 use crate::error::Result;
-use crate::model::{ChunkId, EntryId, FileType, Image};
+use crate::model::{ChunkId, EntryId, FileType, Image, InodeId};
 use crate::ops::opened::OpenedImage;
 use crate::rafs;
 
@@ -315,29 +315,37 @@ const WHAT_IF_CHUNK_SIZES: [u32; 4] = [0x1_0000, 0x4_0000, 0x10_0000, 0x40_0000]
 /// Most bytes of data compressed for the compressor estimates.
 const SAMPLE_BYTES: u64 = 32 << 20;
 
+/// One piece of a file cut at a what-if chunk size.
+struct Piece {
+    digest: [u8; 32],
+    /// Index into [`WHAT_IF_CHUNK_SIZES`].
+    size: usize,
+    len: u32,
+}
+
 /// Reads every file once, cutting it at each chunk size to count unique bytes, then
 /// compresses a sample of the image's unique chunks with each compressor.
 fn what_if(image: &Image, source: &BlobSource) -> Result<Vec<WhatIf>> {
-    let files: Vec<usize> = (0..image.tree.inodes.len())
-        .filter(|i| !image.tree.inodes[*i].chunks().is_empty())
+    let files: Vec<InodeId> = image
+        .tree
+        .inode_ids()
+        .filter(|i| !image.tree[*i].chunks().is_empty())
         .collect();
-    let pieces: Vec<Vec<([u8; 32], u32)>> = files
+    let pieces: Vec<Vec<Piece>> = files
         .par_iter()
         .map_init(
             || ChunkReader::new(image, source.clone()),
             |reader, &i| cut(reader, image, i),
         )
         .collect::<Result<_>>()?;
-    let logical: u64 = files.iter().map(|i| image.tree.inodes[*i].size()).sum();
+    let logical: u64 = files.iter().map(|i| image.tree[*i].size()).sum();
     let mut rows = Vec::new();
     for (k, size) in WHAT_IF_CHUNK_SIZES.iter().enumerate() {
         let mut seen = HashSet::new();
         let mut unique = 0u64;
-        for p in &pieces {
-            for &(d, tag) in p {
-                if (tag >> 28) as usize == k && seen.insert(d) {
-                    unique += u64::from(tag & 0x0fff_ffff);
-                }
+        for p in pieces.iter().flatten().filter(|p| p.size == k) {
+            if seen.insert(p.digest) {
+                unique += u64::from(p.len);
             }
         }
         rows.push(WhatIf {
@@ -351,13 +359,13 @@ fn what_if(image: &Image, source: &BlobSource) -> Result<Vec<WhatIf>> {
     Ok(rows)
 }
 
-/// File `i`'s data cut at every what-if chunk size: (BLAKE3, size index << 28 | length).
-fn cut(reader: &mut ChunkReader, image: &Image, i: usize) -> Result<Vec<([u8; 32], u32)>> {
+/// File `i`'s data cut at every what-if chunk size, streamed chunk by chunk.
+fn cut(reader: &mut ChunkReader, image: &Image, i: InodeId) -> Result<Vec<Piece>> {
     let n = WHAT_IF_CHUNK_SIZES.len();
     let mut hashers: Vec<blake3::Hasher> = vec![blake3::Hasher::new(); n];
     let mut filled = vec![0u32; n];
     let mut out = Vec::new();
-    for id in image.tree.inodes[i].chunks() {
+    for id in image.tree[i].chunks() {
         let data = reader.read(*id)?;
         for k in 0..n {
             let size = WHAT_IF_CHUNK_SIZES[k];
@@ -368,19 +376,25 @@ fn cut(reader: &mut ChunkReader, image: &Image, i: usize) -> Result<Vec<([u8; 32
                 filled[k] += take as u32;
                 rest = &rest[take..];
                 if filled[k] == size {
-                    out.push((*hashers[k].finalize().as_bytes(), (k as u32) << 28 | size));
-                    hashers[k] = blake3::Hasher::new();
+                    let digest = *std::mem::take(&mut hashers[k]).finalize().as_bytes();
+                    out.push(Piece {
+                        digest,
+                        size: k,
+                        len: size,
+                    });
                     filled[k] = 0;
                 }
             }
         }
     }
-    for k in 0..n {
+    for (k, h) in hashers.iter().enumerate() {
         if filled[k] > 0 {
-            out.push((
-                *hashers[k].finalize().as_bytes(),
-                (k as u32) << 28 | filled[k],
-            ));
+            let digest = *h.finalize().as_bytes();
+            out.push(Piece {
+                digest,
+                size: k,
+                len: filled[k],
+            });
         }
     }
     Ok(out)
@@ -398,22 +412,26 @@ fn ratio(a: u64, b: u64) -> f64 {
 /// scales the result to the image's unique data.
 fn compressor_rows(image: &Image, source: &BlobSource, logical: u64) -> Result<Vec<WhatIf>> {
     let mut seen = HashSet::new();
-    let unique: Vec<usize> = (0..image.chunks.len())
-        .filter(|i| seen.insert((image.chunks[*i].digest, image.chunks[*i].uncompressed_size)))
+    let unique: Vec<ChunkId> = (0..image.chunks.len() as u32)
+        .map(ChunkId::new)
+        .filter(|i| {
+            let c = &image.chunks[i.index()];
+            seen.insert((c.digest, c.uncompressed_size))
+        })
         .collect();
     let unique_bytes: u64 = unique
         .iter()
-        .map(|i| u64::from(image.chunks[*i].uncompressed_size))
+        .map(|i| u64::from(image.chunks[i.index()].uncompressed_size))
         .sum();
     let step = (unique_bytes / SAMPLE_BYTES + 1) as usize;
-    let sample: Vec<usize> = unique.iter().copied().step_by(step).collect();
+    let sample: Vec<ChunkId> = unique.iter().copied().step_by(step).collect();
     let algos = [Compressor::None, Compressor::Lz4Block, Compressor::Zstd];
     let sizes: Vec<[u64; 4]> = sample
         .par_iter()
         .map_init(
             || (ChunkReader::new(image, source.clone()), Vec::new()),
             |(reader, buf), &i| {
-                let data = reader.read(ChunkId::new(i as u32))?;
+                let data = reader.read(i)?;
                 let mut row = [data.len() as u64, 0, 0, 0];
                 for (k, a) in algos.iter().enumerate() {
                     let smaller = *a != Compressor::None && a.compress_into(&data, buf)?;

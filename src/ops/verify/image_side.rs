@@ -10,7 +10,7 @@ use rayon::prelude::*;
 
 use crate::blob::reader::{BlobSource, ChunkReader};
 use crate::error::{Error, IoContext, Result};
-use crate::model::{FileType, Image, Inode};
+use crate::model::{FileType, Image, Inode, InodeId};
 use crate::ops::opened::OpenedImage;
 use crate::rafs;
 use crate::source::oci;
@@ -122,20 +122,22 @@ fn open_layout(dir: &Path, blobs: &BlobSource) -> Result<(Image, Data)> {
 /// BLAKE3 of each regular file's data, by inode index; files are read in parallel, each
 /// worker with its own chunk reader.
 fn hash_files(image: &Image, data: &Data) -> Result<Vec<Option<[u8; 32]>>> {
-    let files: Vec<usize> = (0..image.tree.inodes.len())
-        .filter(|i| image.tree.inodes[*i].file_type() == FileType::Regular)
+    let files: Vec<InodeId> = image
+        .tree
+        .inode_ids()
+        .filter(|i| image.tree[*i].file_type() == FileType::Regular)
         .collect();
-    let hashed: Vec<(usize, [u8; 32])> = match data {
+    let hashed: Vec<[u8; 32]> = match data {
         Data::Blobs(source) => files
             .par_iter()
             .map_init(
                 || ChunkReader::new(image, source.clone()),
                 |reader, &i| {
                     let mut h = blake3::Hasher::new();
-                    for id in image.tree.inodes[i].chunks() {
+                    for id in image.tree[i].chunks() {
                         h.update(&reader.read(*id)?);
                     }
-                    Ok((i, *h.finalize().as_bytes()))
+                    Ok(*h.finalize().as_bytes())
                 },
             )
             .collect::<Result<_>>()?,
@@ -143,13 +145,13 @@ fn hash_files(image: &Image, data: &Data) -> Result<Vec<Option<[u8; 32]>>> {
             let f = File::open(path).ctx("open", path)?;
             files
                 .par_iter()
-                .map(|&i| Ok((i, hash_flat(image, &f, path, &image.tree.inodes[i])?)))
+                .map(|&i| hash_flat(image, &f, path, &image.tree[i]))
                 .collect::<Result<_>>()?
         }
     };
     let mut out = vec![None; image.tree.inodes.len()];
-    for (i, d) in hashed {
-        out[i] = Some(d);
+    for (i, d) in files.iter().zip(hashed) {
+        out[i.index()] = Some(d);
     }
     Ok(out)
 }

@@ -108,25 +108,35 @@ fn detect(path: &Path) -> Result<SourceKind> {
     })
 }
 
+/// One file of a directory source, read.
+struct Hashed {
+    inode: InodeId,
+    digest: [u8; 32],
+    bytes: u64,
+}
+
 fn read_dir(path: &Path) -> Result<Side> {
     let tree = dir::walk(path)?;
-    let files: Vec<(usize, &Path)> = tree
-        .inodes
-        .iter()
-        .enumerate()
-        .filter_map(|(i, inode)| match inode.file().map(|f| &f.data) {
+    let files: Vec<(InodeId, &Path)> = tree
+        .inode_ids()
+        .filter_map(|i| match tree[i].file().map(|f| &f.data) {
             Some(DataSource::Path(p)) => Some((i, p.as_path())),
             _ => None,
         })
         .collect();
-    let hashed: Vec<(usize, [u8; 32], u64)> = files
+    let hashed: Vec<Hashed> = files
         .par_iter()
-        .map(|&(i, p)| {
+        .map(|&(inode, p)| {
             let f = std::fs::File::open(p).ctx("open", p)?;
             let mut h = blake3::Hasher::new();
-            let n = std::io::copy(&mut std::io::BufReader::with_capacity(1 << 20, f), &mut h)
+            let bytes = std::io::copy(&mut std::io::BufReader::with_capacity(1 << 20, f), &mut h)
                 .ctx("read", p)?;
-            Ok((i, *h.finalize().as_bytes(), n))
+            let digest = *h.finalize().as_bytes();
+            Ok(Hashed {
+                inode,
+                digest,
+                bytes,
+            })
         })
         .collect::<Result<_>>()?;
     let empty = *blake3::hash(b"").as_bytes();
@@ -136,9 +146,9 @@ fn read_dir(path: &Path) -> Result<Side> {
         .map(|i| (i.file_type() == FileType::Regular).then_some(empty))
         .collect();
     let mut bytes = 0;
-    for (i, d, n) in hashed {
-        digests[i] = Some(d);
-        bytes += n;
+    for h in hashed {
+        digests[h.inode.index()] = Some(h.digest);
+        bytes += h.bytes;
     }
     Ok(Side {
         tree,

@@ -74,7 +74,17 @@ fn check_adds_up(boot: &Path, blobs: &Path, w: &Path) -> Value {
         .iter()
         .find(|w| w["setting"] == "compressor zstd")
         .unwrap();
-    assert!(zstd["estimated_stored"].as_u64().unwrap() > 0);
+    // the image's own compressor: exact, stat's stored bytes of its unique chunks
+    assert_eq!(zstd["estimated_stored"], st["own_comp_size"]);
+    assert_eq!(zstd["from_sample"], false);
+    let lz4 = r["what_if"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|w| w["setting"] == "compressor lz4_block")
+        .unwrap();
+    assert_eq!(lz4["from_sample"], true);
+    assert!(lz4["estimated_stored"].as_u64().unwrap() > 0);
     r
 }
 

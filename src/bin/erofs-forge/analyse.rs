@@ -200,16 +200,17 @@ fn report_text(r: &SpaceReport) -> String {
         );
     } else {
         t += &format!(
-            "\n{:>14} {:>11} {:>16}  what-if\n",
-            "unique bytes", "dedup ratio", "est. stored"
+            "\n{:>14} {:>11} {:>18}  what-if\n",
+            "unique bytes", "dedup ratio", "stored (~ sampled)"
         );
         for w in &r.what_if {
-            let est = w
-                .estimated_stored
-                .map(|e| e.to_string())
-                .unwrap_or_default();
+            let est = match w.estimated_stored {
+                Some(e) if w.from_sample => format!("~{e}"),
+                Some(e) => e.to_string(),
+                None => String::new(),
+            };
             t += &format!(
-                "{:>14} {:>11.3} {:>16}  {}\n",
+                "{:>14} {:>11.3} {:>18}  {}\n",
                 w.unique_bytes, w.dedup_ratio, est, w.setting
             );
         }

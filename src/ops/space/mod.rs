@@ -91,9 +91,12 @@ pub struct WhatIf {
     pub unique_bytes: u64,
     /// Logical bytes / unique bytes.
     pub dedup_ratio: f64,
-    /// Estimated stored bytes (compressor rows: from the sample).
+    /// Stored bytes with this compressor (compressor rows only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub estimated_stored: Option<u64>,
+    /// Whether `estimated_stored` is scaled from a sample (else it is exact: no compression,
+    /// or the compressor the image was built with).
+    pub from_sample: bool,
 }
 
 /// What another version of the image reuses of this one.
@@ -353,6 +356,7 @@ fn what_if(image: &Image, source: &BlobSource) -> Result<Vec<WhatIf>> {
             unique_bytes: unique,
             dedup_ratio: ratio(logical, unique),
             estimated_stored: None,
+            from_sample: false,
         });
     }
     rows.extend(compressor_rows(image, source, logical)?);
@@ -443,18 +447,34 @@ fn compressor_rows(image: &Image, source: &BlobSource, logical: u64) -> Result<V
         .collect::<Result<_>>()?;
     let total = |k: usize| sizes.iter().map(|r| r[k]).sum::<u64>();
     let raw = total(0);
+    let unique_stored: u64 = unique
+        .iter()
+        .map(|i| u64::from(image.chunks[i.index()].compressed_size))
+        .sum();
+    let uniform = image.blobs.iter().all(|b| b.compressor == image.compressor);
     Ok(algos
         .iter()
         .enumerate()
-        .map(|(k, a)| WhatIf {
-            setting: format!("compressor {}", a.name()),
-            unique_bytes,
-            dedup_ratio: ratio(logical, unique_bytes),
-            estimated_stored: Some(if raw == 0 {
-                0
+        .map(|(k, a)| {
+            // exact where it can be: raw data, and the image's own compressor (its chunks'
+            // stored sizes); scaled from the sample otherwise
+            let (stored, from_sample) = if *a == Compressor::None {
+                (unique_bytes, false)
+            } else if uniform && *a == image.compressor {
+                (unique_stored, false)
+            } else if raw == 0 {
+                (0, true)
             } else {
-                (unique_bytes as f64 * total(k + 1) as f64 / raw as f64).round() as u64
-            }),
+                let scaled = unique_bytes as f64 * total(k + 1) as f64 / raw as f64;
+                (scaled.round() as u64, true)
+            };
+            WhatIf {
+                setting: format!("compressor {}", a.name()),
+                unique_bytes,
+                dedup_ratio: ratio(logical, unique_bytes),
+                estimated_stored: Some(stored),
+                from_sample,
+            }
         })
         .collect())
 }

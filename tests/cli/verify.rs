@@ -389,6 +389,14 @@ fn umoci_image_merge_is_equal() {
     let source = PathBuf::from(format!("{}:t", s(&img)));
     assert_equal(&layout, &source, &[]);
     assert_equal(&layout, &rootfs, &["--ignore", "mtime"]);
+    // the same image as an OCI archive (told from a layer by its first entries)
+    let archive = w.path().join("img.tar");
+    let ok = Command::new("tar")
+        .args(["-C", s(&img), "-cf", s(&archive), "."])
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    assert_equal(&layout, &archive, &[]);
 }
 
 #[test]

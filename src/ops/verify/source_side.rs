@@ -2,11 +2,13 @@
 //! streamed and stacked with the overlay rules, each regular file's data hashed as it is read.
 
 use std::io::Read;
+use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 use rayon::prelude::*;
 
 use crate::error::{Error, IoContext, Result};
+use crate::format::tar::{self as tarfmt, field, BLOCK};
 use crate::model::overlay::{self, WhiteoutSpec};
 use crate::model::stack::empty_tree;
 use crate::model::{ChunkId, DataSource, FileType, InodeId, Tree};
@@ -61,9 +63,10 @@ pub(super) fn read(path: &Path, kind: Option<SourceKind>, platform: Option<&str>
 }
 
 /// Tells the kind from what `path` is: a directory holding `oci-layout` or `index.json` is an
-/// OCI layout, any other directory a tree; standard input is a tar; a file whose first tar
-/// entry is an image archive's (`oci-layout`, `index.json`, `manifest.json`, `repositories`,
-/// `blobs/...`, or a `docker save` layer directory) is an OCI image, any other file a tar.
+/// OCI layout, any other directory a tree; standard input is a tar; an uncompressed tar file
+/// whose first entries include an image archive's (`oci-layout`, `index.json`,
+/// `manifest.json`, `repositories`, `blobs/...`, or a `docker save` layer directory) is an OCI
+/// image, any other file a tar layer.
 fn detect(path: &Path) -> Result<SourceKind> {
     if tar::is_stdin(path) {
         return Ok(SourceKind::Tar);
@@ -82,30 +85,44 @@ fn detect(path: &Path) -> Result<SourceKind> {
     if reference.is_some() {
         return Ok(SourceKind::Oci);
     }
-    let mut head = [0u8; 512];
     let mut f = std::fs::File::open(&real).ctx("open", &real)?;
+    let mut head = [0u8; BLOCK];
     let got = f.read(&mut head).ctx("read", &real)?;
-    if tar::Compression::detect(&head[..got.min(6)]) != tar::Compression::None || got < 512 {
+    if got < BLOCK || tar::Compression::detect(&head[..6]) != tar::Compression::None {
         return Ok(SourceKind::Tar);
     }
-    let end = head[..100].iter().position(|b| *b == 0).unwrap_or(100);
-    let name = String::from_utf8_lossy(&head[..end]);
-    let name = name.trim_start_matches("./");
-    let first = name.split('/').next().unwrap_or_default();
-    let archive = [
-        "oci-layout",
-        "index.json",
-        "manifest.json",
-        "repositories",
-        "blobs",
-    ]
-    .contains(&first)
-        || (first.len() == 64 && first.bytes().all(|b| b.is_ascii_hexdigit()));
-    Ok(if archive {
-        SourceKind::Oci
-    } else {
-        SourceKind::Tar
-    })
+    // image archives are small and list their own files first; a layer's first entries are
+    // its root directory and top-level names
+    let mut at = 0u64;
+    for _ in 0..16 {
+        if f.read_exact_at(&mut head, at).is_err() || tarfmt::is_zero(&head) {
+            break;
+        }
+        let name =
+            String::from_utf8_lossy(tarfmt::cstr(tarfmt::raw(&head, field::NAME))).into_owned();
+        let first = name
+            .trim_start_matches("./")
+            .split('/')
+            .next()
+            .unwrap_or_default();
+        let archive = [
+            "oci-layout",
+            "index.json",
+            "manifest.json",
+            "repositories",
+            "blobs",
+        ]
+        .contains(&first)
+            || (first.len() == 64 && first.bytes().all(|b| b.is_ascii_hexdigit()));
+        if archive {
+            return Ok(SourceKind::Oci);
+        }
+        let Ok(size) = tarfmt::unsigned(tarfmt::raw(&head, field::SIZE), "size") else {
+            break;
+        };
+        at += BLOCK as u64 + size.div_ceil(BLOCK as u64) * BLOCK as u64;
+    }
+    Ok(SourceKind::Tar)
 }
 
 /// One file of a directory source, read.

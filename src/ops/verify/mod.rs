@@ -420,3 +420,124 @@ fn compare_xattrs(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The comparison on hand-made sides: each field's typed difference, and --ignore.
+
+    use super::*;
+    use crate::model::{Inode, InodeKind};
+
+    fn side(edit: impl Fn(&mut Tree)) -> Side {
+        let mut tree = Tree::new(Inode::new(FileType::Directory, 0o755));
+        let mut f = Inode::new(FileType::Regular, 0o644);
+        f.set_xattrs(vec![(b"user.a".to_vec(), b"1".to_vec())]);
+        let f = tree.add_inode(f);
+        tree.add_entry(EntryId::ROOT, b"f", f).unwrap();
+        tree.add_entry(EntryId::ROOT, b"g", f).unwrap();
+        let l = tree.add_inode(Inode::with_kind(
+            InodeKind::Symlink {
+                target: b"f".to_vec(),
+            },
+            0o777,
+        ));
+        tree.add_entry(EntryId::ROOT, b"l", l).unwrap();
+        edit(&mut tree);
+        let digests = tree
+            .inodes
+            .iter()
+            .map(|i| (i.file_type() == FileType::Regular).then_some([0; 32]))
+            .collect();
+        Side {
+            tree,
+            digests,
+            bytes: 0,
+        }
+    }
+
+    fn diff(a: &Side, b: &Side, ignored: &[Field]) -> Vec<Difference> {
+        let (x, y) = (listing(a), listing(b));
+        let mut out = Vec::new();
+        for (k, v) in &x {
+            match y.get(k) {
+                Some(w) => compare(&String::from_utf8_lossy(k), v, w, ignored, &mut out),
+                None => out.push(Difference::Extra {
+                    path: String::from_utf8_lossy(k).into_owned(),
+                }),
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn each_field_is_typed_and_ignorable() {
+        let base = side(|_| {});
+        assert!(diff(&base, &side(|_| {}), &[]).is_empty());
+        let other = side(|t| {
+            t.inodes[1].permissions = 0o600;
+            t.inodes[1].uid = 7;
+            t.inodes[1].xattrs.clear();
+            t.inodes[1].mtime = 5;
+        });
+        let d = diff(&base, &other, &[]);
+        let fields: Vec<Field> = d
+            .iter()
+            .filter_map(|d| match d {
+                Difference::Changed { field, .. } => Some(*field),
+                _ => None,
+            })
+            .collect();
+        // both names of the hardlinked file report each field
+        for f in [Field::Mode, Field::Uid, Field::Xattr, Field::Mtime] {
+            assert_eq!(
+                fields.iter().filter(|x| **x == f).count(),
+                2,
+                "{f:?}: {d:?}"
+            );
+        }
+        let dropped = d.iter().find(|d| {
+            matches!(
+                d,
+                Difference::Changed {
+                    field: Field::Xattr,
+                    ..
+                }
+            )
+        });
+        assert!(matches!(
+            dropped,
+            Some(Difference::Changed { image: Some(v), source: None, xattr: Some(n), .. })
+                if v == "1" && n == "user.a"
+        ));
+        let ignored = [
+            Field::Mode,
+            Field::Uid,
+            Field::Gid,
+            Field::Xattr,
+            Field::Mtime,
+        ];
+        assert!(diff(&base, &other, &ignored).is_empty());
+    }
+
+    #[test]
+    fn a_type_change_is_reported_alone() {
+        let other = side(|t| {
+            t.inodes[2] = Inode::new(FileType::Regular, 0o600);
+        });
+        let d = diff(&side(|_| {}), &other, &[]);
+        assert_eq!(d.len(), 1, "{d:?}");
+        assert!(
+            matches!(&d[0], Difference::Changed { field: Field::Type, path, .. } if path == "/l")
+        );
+    }
+
+    #[test]
+    fn owner_names_both_ids() {
+        assert_eq!(
+            Field::parse_list("owner").unwrap(),
+            vec![Field::Uid, Field::Gid]
+        );
+        assert_eq!(Field::parse_list("xattrs").unwrap(), vec![Field::Xattr]);
+        assert!(Field::parse_list("colour").is_err());
+    }
+}

@@ -38,37 +38,12 @@ pub fn run(command: Command) -> Result<()> {
             }
             ExportPlan::Block(opts) => report::exported_block(&ops::export::export_block(&opts)?),
         },
-        Command::Check(a) => {
-            let (opts, json) = resolve::check(a)?;
-            let out = ops::check::check(&opts)?;
-            report::checked(&out);
-            if let Some(path) = json {
-                let img = &out.image;
-                let blobs = img.blobs.iter().map(|b| b.id.clone()).collect();
-                let doc = Report::new(
-                    opts.bootstrap.display().to_string(),
-                    blobs,
-                    img.version,
-                    img.compressor,
-                );
-                write_atomic(&path, doc.compact().as_bytes())?;
-            }
-        }
+        Command::Check(a) => check(a)?,
         Command::Unpack(a) => {
             let n = ops::unpack::unpack(&resolve::unpack(a)?)?;
             println!("unpacked {n} entries");
         }
-        Command::Inspect(a) => {
-            let boot = a.bootstrap.path()?;
-            let image = erofs_forge::read::load(&boot)?.image;
-            let mut v = ops::inspect::request(&image, &a.request)?;
-            if let (Some(dir), true) = (&a.blob_dir, a.request.starts_with("chunk")) {
-                ops::inspect::add_zran_fields(&boot, dir, &mut v)?;
-            }
-            // one line, as nydus-image prints it: nydus-snapshotter searches this output for
-            // `"blob_id":"<hex>"`, nydusify parses it as one JSON document
-            println!("{}", serde_json::to_string(&v)?);
-        }
+        Command::Inspect(a) => inspect(a)?,
         Command::Stat(a) => {
             let json = a.output_json.clone();
             let v = ops::stat::stat(&resolve::stat(a)?)?;
@@ -115,5 +90,38 @@ pub fn run(command: Command) -> Result<()> {
         Command::Verify(_) => unreachable!("verify is run by main"),
         Command::Report(a) => crate::analyse::report(a)?,
     }
+    Ok(())
+}
+
+/// `check`: the listing, and with `-J` upstream's JSON document.
+fn check(a: crate::args::CheckArgs) -> Result<()> {
+    let (opts, json) = resolve::check(a)?;
+    let out = ops::check::check(&opts)?;
+    report::checked(&out);
+    if let Some(path) = json {
+        let img = &out.image;
+        let blobs = img.blobs.iter().map(|b| b.id.clone()).collect();
+        let doc = Report::new(
+            opts.bootstrap.display().to_string(),
+            blobs,
+            img.version,
+            img.compressor,
+        );
+        write_atomic(&path, doc.compact().as_bytes())?;
+    }
+    Ok(())
+}
+
+/// `inspect -R REQUEST`: one JSON document.
+fn inspect(a: crate::args::InspectArgs) -> Result<()> {
+    let boot = a.bootstrap.path()?;
+    let image = erofs_forge::read::load(&boot)?.image;
+    let mut v = ops::inspect::request(&image, &a.request)?;
+    if let (Some(dir), true) = (&a.blob_dir, a.request.starts_with("chunk")) {
+        ops::inspect::add_zran_fields(&boot, dir, &mut v)?;
+    }
+    // one line, as nydus-image prints it: nydus-snapshotter searches this output for
+    // `"blob_id":"<hex>"`, nydusify parses it as one JSON document
+    println!("{}", serde_json::to_string(&v)?);
     Ok(())
 }

@@ -113,7 +113,7 @@ fn open_layout(dir: &Path, blobs: &BlobSource) -> Result<(Image, Data)> {
     } else {
         BlobSource {
             dir: Some(dir.join("blobs/sha256")),
-            file: None,
+            ..BlobSource::default()
         }
     };
     Ok((image, Data::Blobs(source)))

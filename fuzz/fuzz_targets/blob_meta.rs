@@ -71,6 +71,7 @@ fuzz_target!(|data: &[u8]| {
         ci_uncompressed_size,
         ci_compressor,
         mapped_blkaddr: 0,
+        refs: Default::default(),
         // encrypted blob meta (formats/blob.md §10): the header is sealed below
         cipher: (ctl & 0x40 != 0).then_some(BlobKey {
             key: *b"0123456789abcdefFEDCBA9876543210",

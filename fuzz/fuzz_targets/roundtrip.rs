@@ -262,7 +262,7 @@ fuzz_target!(|d: Desc| {
         &image,
         BlobSource {
             dir: Some(out.clone()),
-            file: None,
+            ..BlobSource::default()
         },
     );
     for (p, (s, ino)) in &got {

@@ -294,14 +294,14 @@ impl<'a> ChunkReader<'a> {
     }
 
     /// The zran blob `index`: its meta decoded and its gzip layer opened, once.
-    pub(crate) fn zran_blob(&mut self, index: u32) -> Result<&crate::blob::zran::ZranBlob> {
+    pub(crate) fn zran_blob(&mut self, index: u32) -> Result<&mut crate::blob::zran::ZranBlob> {
         if !self.zran.contains_key(&index) {
             let blob = self.blob(index)?;
             let z = crate::blob::zran::ZranBlob::open(blob, &self.source)?;
             self.zran.insert(index, z);
         }
         self.zran
-            .get(&index)
+            .get_mut(&index)
             .ok_or_else(|| Error::InvalidOption("blob vanished".into()))
     }
 }

@@ -206,7 +206,14 @@ pub struct ZranBlob {
     pub meta: ZranMeta,
     layer: File,
     layer_path: PathBuf,
+    /// The contexts inflated whole most recently, by index, newest last: a context spans many
+    /// small chunks, and inflating it again for each would cost its length per chunk. Readers
+    /// in tree order (unpack, export) come back to a context after a few others.
+    recent: Vec<(u32, Vec<u8>)>,
 }
+
+/// Contexts kept inflated by a [`ZranBlob`] (each at most a few MiB).
+const RECENT_CONTEXTS: usize = 8;
 
 impl ZranBlob {
     /// Finds and opens `blob`'s meta and layer through `source` (formats/blob.md §11): the meta
@@ -231,12 +238,48 @@ impl ZranBlob {
             meta,
             layer,
             layer_path,
+            recent: Vec::new(),
         })
     }
 
-    /// The uncompressed bytes of chunk `index`.
-    pub fn read(&self, index: u32) -> Result<Vec<u8>> {
-        read_chunk(&self.layer, &self.layer_path, &self.meta, index)
+    /// The uncompressed bytes of chunk `index`: sliced from its context, inflated whole once
+    /// for the chunks after it. A context that does not inflate whole is inflated only up to
+    /// the chunk, which reports the damage precisely when it lies before the chunk's end.
+    pub fn read(&mut self, index: u32) -> Result<Vec<u8>> {
+        let ch = *self
+            .meta
+            .chunks
+            .get(index as usize)
+            .ok_or_else(|| corrupt("zran chunk", u64::from(index), "no such chunk"))?;
+        let (start, end) = (
+            ch.offset as usize,
+            ch.offset as usize + ch.uncompressed_size as usize,
+        );
+        if let Some((_, out)) = self
+            .recent
+            .iter()
+            .rev()
+            .find(|(c, out)| *c == ch.context && out.len() >= end)
+        {
+            return Ok(out[start..end].to_vec());
+        }
+        let whole = self
+            .meta
+            .contexts
+            .get(ch.context as usize)
+            .map_or(0, |c| c.out_len.get() as usize);
+        if whole >= end {
+            if let Ok(out) = read_chunk(&self.layer, &self.layer_path, &self.meta, index, whole) {
+                let piece = out[start..end].to_vec();
+                if self.recent.len() == RECENT_CONTEXTS {
+                    self.recent.remove(0);
+                }
+                self.recent.push((ch.context, out));
+                return Ok(piece);
+            }
+        }
+        let out = read_chunk(&self.layer, &self.layer_path, &self.meta, index, end)?;
+        Ok(out[start..end].to_vec())
     }
 }
 
@@ -264,10 +307,16 @@ fn layer_path(blob: &BlobEntry, source: &BlobSource) -> Result<PathBuf> {
     )))
 }
 
-/// Inflates chunk `index` of a zran blob from its context, reading the gzip layer `layer`.
-/// Only the context's span is read, and inflating stops once the chunk is out: reading the
-/// last chunk of a layer costs what reading the first does.
-pub fn read_chunk(layer: &File, path: &Path, meta: &ZranMeta, index: u32) -> Result<Vec<u8>> {
+/// Inflates the first `want` bytes of chunk `index`'s context, reading the gzip layer `layer`.
+/// Only the context's span is read: reading the last chunk of a layer costs what reading the
+/// first does.
+pub fn read_chunk(
+    layer: &File,
+    path: &Path,
+    meta: &ZranMeta,
+    index: u32,
+    want: usize,
+) -> Result<Vec<u8>> {
     let ch = meta
         .chunks
         .get(index as usize)
@@ -277,7 +326,6 @@ pub fn read_chunk(layer: &File, path: &Path, meta: &ZranMeta, index: u32) -> Res
     layer
         .read_exact_at(&mut input, ctx.in_offset.get())
         .ctx("read gzip layer", path)?;
-    let want = ch.offset as usize + ch.uncompressed_size as usize;
     let out = inflate_span(&ctx, meta.dict(&ctx), &input, want).map_err(|e| Error::Corrupt {
         what: "gzip stream",
         offset: ctx.in_offset.get() + e.at,
@@ -288,7 +336,7 @@ pub fn read_chunk(layer: &File, path: &Path, meta: &ZranMeta, index: u32) -> Res
             e.reason
         ),
     })?;
-    Ok(out[ch.offset as usize..want].to_vec())
+    Ok(out)
 }
 
 /// Why inflating a span failed, and where (relative to the span's start).

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use crate::blob::reader::{BlobSource, ChunkReader};
 use crate::error::{Error, Result};
-use crate::model::Image;
+use crate::model::{ChunkId, Image};
 use crate::ops::opened::OpenedImage;
 
 /// Options of `check`.
@@ -73,29 +73,38 @@ pub fn check(opts: &CheckOptions) -> Result<CheckReport> {
     if source.file.is_some() || source.dir.is_some() {
         let mut reader = ChunkReader::new(&image, source);
         let mut seen = HashSet::new();
-        for inode in &image.tree.inodes {
-            for id in inode.chunks() {
-                if seen.insert(*id) {
-                    let data = reader.read(*id)?;
-                    let c = &image.chunks[id.index()];
-                    if data.len() != c.uncompressed_size as usize {
-                        return Err(Error::Corrupt {
-                            what: "chunk data",
-                            offset: c.compressed_offset,
-                            reason: format!(
-                                "chunk {} decodes to {} bytes, not {}",
-                                c.index,
-                                data.len(),
-                                c.uncompressed_size
-                            ),
-                        });
-                    }
-                    if image.digest_known.get(id.index()).copied().unwrap_or(false) {
-                        verified += 1;
-                    } else {
-                        unverified += 1;
-                    }
-                }
+        let mut ids: Vec<ChunkId> = image
+            .tree
+            .inodes
+            .iter()
+            .flat_map(|i| i.chunks().iter().copied())
+            .filter(|id| seen.insert(*id))
+            .collect();
+        // in each blob's data order: a batch or a zran context holding many small chunks is
+        // then decompressed once, not once per chunk
+        ids.sort_by_key(|id| {
+            let c = &image.chunks[id.index()];
+            (c.blob_index, c.index)
+        });
+        for id in &ids {
+            let data = reader.read(*id)?;
+            let c = &image.chunks[id.index()];
+            if data.len() != c.uncompressed_size as usize {
+                return Err(Error::Corrupt {
+                    what: "chunk data",
+                    offset: c.compressed_offset,
+                    reason: format!(
+                        "chunk {} decodes to {} bytes, not {}",
+                        c.index,
+                        data.len(),
+                        c.uncompressed_size
+                    ),
+                });
+            }
+            if image.digest_known.get(id.index()).copied().unwrap_or(false) {
+                verified += 1;
+            } else {
+                unverified += 1;
             }
         }
     }

@@ -219,7 +219,9 @@ impl<'a> ChunkReader<'a> {
             .get(id.index())
             .ok_or_else(|| corrupt("chunk", u64::from(id.get()), "no such chunk"))?;
         let blob = self.blob(c.blob_index)?;
-        if blob.features.contains(BlobFeatures::ZRAN) {
+        // a reference to an OCI layer (zran over a .tar.gz, or a plain tar): its meta is a
+        // file of its own and its data the layer (formats/blob.md §11)
+        if blob.features.contains(BlobFeatures::SEPARATE) {
             let data = self.zran_blob(c.blob_index)?.read(c.index)?;
             return self.verified(id, &c, data, c.compressed_offset);
         }

@@ -15,7 +15,8 @@ use crate::error::{Error, IoContext, Result};
 use crate::format::blob::BlobFeatures;
 use crate::format::blob::{BlobMetaHeader, BLOB_META_HEADER_SIZE, BLOB_META_MAGIC};
 use crate::format::zran::{
-    ZranContext, CI_V2_FLAG_COMPRESSED, CI_V2_FLAG_ZRAN, ZRAN_CONTEXT_SIZE, ZRAN_WINDOW_SIZE,
+    ZranContext, CI_V2_FLAG_COMPRESSED, CI_V2_FLAG_HAS_CRC32, CI_V2_FLAG_ZRAN, ZRAN_CONTEXT_SIZE,
+    ZRAN_WINDOW_SIZE,
 };
 use crate::io::bytes::corrupt;
 use crate::model::BlobEntry;
@@ -39,6 +40,8 @@ pub struct ZranChunk {
     pub context: u32,
     /// Offset of the chunk inside the context's decompressed span.
     pub offset: u32,
+    /// CRC-32C of a chunk stored in place (tar-ref; zran records hold no crc32).
+    pub crc32: u32,
 }
 
 /// A zran blob meta, decoded: chunk records, inflate contexts and the dictionary table.
@@ -49,6 +52,9 @@ pub struct ZranMeta {
     /// The inflate contexts, by index.
     pub contexts: Vec<ZranContext>,
     dicts: Vec<u8>,
+    /// The layer is a plain tar (upstream's tar-ref, made of a targz-ref of a tar): its chunks
+    /// are stored raw where they lie in it; no contexts.
+    pub in_place: bool,
 }
 
 impl ZranMeta {
@@ -66,10 +72,11 @@ impl ZranMeta {
             })
         };
         let records = at(0, 24 * u64::from(chunk_count), "zran chunk records")?;
+        let in_place = !BlobFeatures(header.features.get()).contains(BlobFeatures::ZRAN);
         let chunks = records
             .chunks_exact(24)
             .enumerate()
-            .map(|(i, r)| decode_record(r, i))
+            .map(|(i, r)| decode_record(r, i, in_place))
             .collect::<Result<Vec<_>>>()?;
         let count = u64::from(header.ci_zran_count.get());
         let table_len = count * ZRAN_CONTEXT_SIZE as u64;
@@ -95,6 +102,7 @@ impl ZranMeta {
             chunks,
             contexts,
             dicts,
+            in_place,
         };
         meta.check()?;
         Ok(meta)
@@ -120,6 +128,16 @@ impl ZranMeta {
             }
         }
         for (i, ch) in self.chunks.iter().enumerate() {
+            if self.in_place {
+                if ch.compressed_size != ch.uncompressed_size {
+                    return Err(corrupt(
+                        "tar-ref chunk",
+                        i as u64,
+                        "stored size differs from its size in a plain tar",
+                    ));
+                }
+                continue;
+            }
             let ctx = self.contexts.get(ch.context as usize).ok_or_else(|| {
                 corrupt(
                     "zran chunk",
@@ -139,6 +157,15 @@ impl ZranMeta {
         Ok(())
     }
 
+    /// The blob feature of this kind of reference: ZRAN, or none for a plain tar.
+    pub fn kind(&self) -> BlobFeatures {
+        if self.in_place {
+            BlobFeatures::NONE
+        } else {
+            BlobFeatures::ZRAN
+        }
+    }
+
     /// The dictionary of context `ctx`.
     pub fn dict(&self, ctx: &ZranContext) -> &[u8] {
         let start = ctx.dict_offset.get() as usize;
@@ -146,20 +173,34 @@ impl ZranMeta {
     }
 }
 
-/// Decodes v2 record `i`, which must carry the zran flag (formats/blob.md §3.3).
-fn decode_record(r: &[u8], i: usize) -> Result<ZranChunk> {
+/// Decodes v2 record `i`, which must carry the zran flag, or of a tar-ref blob (`in_place`)
+/// must not (formats/blob.md §3.3, §11).
+fn decode_record(r: &[u8], i: usize, in_place: bool) -> Result<ZranChunk> {
     let word = |k: usize| {
         let mut w = [0u8; 8];
         w.copy_from_slice(&r[k * 8..k * 8 + 8]);
         u64::from_le_bytes(w)
     };
     let (u, c, data) = (word(0), word(1), word(2));
-    if (u >> 56) as u8 & CI_V2_FLAG_ZRAN == 0 {
-        return Err(corrupt(
-            "zran chunk",
-            i as u64,
-            "record of a zran blob lacks the zran flag",
-        ));
+    let zran = (u >> 56) as u8 & CI_V2_FLAG_ZRAN != 0;
+    if zran == in_place {
+        let why = if in_place {
+            "record of a tar-ref blob has the zran flag"
+        } else {
+            "record of a zran blob lacks the zran flag"
+        };
+        return Err(corrupt("zran chunk", i as u64, why));
+    }
+    if in_place {
+        return Ok(ZranChunk {
+            compressed_offset: c & 0xFF_FFFF_FFFF,
+            compressed_size: (c >> 40) as u32,
+            uncompressed_offset: (u & 0xFFFF_FFFF) << 12,
+            uncompressed_size: (((u >> 32) & 0xFF_FFFF) + 1) as u32,
+            context: 0,
+            offset: 0,
+            crc32: data as u32,
+        });
     }
     Ok(ZranChunk {
         compressed_offset: c & 0xFF_FFFF_FFFF,
@@ -168,6 +209,7 @@ fn decode_record(r: &[u8], i: usize) -> Result<ZranChunk> {
         uncompressed_size: (((u >> 32) & 0xFF_FFFF) + 1) as u32,
         context: (data >> 32) as u32,
         offset: data as u32,
+        crc32: 0,
     })
 }
 
@@ -251,6 +293,13 @@ impl ZranBlob {
             .chunks
             .get(index as usize)
             .ok_or_else(|| corrupt("zran chunk", u64::from(index), "no such chunk"))?;
+        if self.meta.in_place {
+            let mut out = vec![0u8; ch.compressed_size as usize];
+            self.layer
+                .read_exact_at(&mut out, ch.compressed_offset)
+                .ctx("read tar layer", &self.layer_path)?;
+            return Ok(out);
+        }
         let (start, end) = (
             ch.offset as usize,
             ch.offset as usize + ch.uncompressed_size as usize,
@@ -297,7 +346,8 @@ fn layer_path(blob: &BlobEntry, source: &BlobSource) -> Result<PathBuf> {
             .and_then(|h| h.read_exact_at(&mut magic, 0))
             .is_ok()
             && magic == [0x1f, 0x8b];
-        if is_gzip {
+        // a tar-ref blob's data is the plain tar
+        if is_gzip || !blob.features.contains(BlobFeatures::ZRAN) {
             return Ok(f.clone());
         }
     }
@@ -447,10 +497,18 @@ mod tests {
 pub fn encode_meta(meta: &ZranMeta, features: BlobFeatures) -> Result<EncodedMeta> {
     let mut raw = Vec::with_capacity(24 * meta.chunks.len() + 40 * meta.contexts.len());
     for c in &meta.chunks {
-        let flags = u64::from(CI_V2_FLAG_ZRAN | CI_V2_FLAG_COMPRESSED) << 56;
+        // a tar-ref chunk is stored raw, with its crc32, as upstream records one
+        let (flags, data) = if meta.in_place {
+            (CI_V2_FLAG_HAS_CRC32, u64::from(c.crc32))
+        } else {
+            (
+                CI_V2_FLAG_ZRAN | CI_V2_FLAG_COMPRESSED,
+                (u64::from(c.context) << 32) | u64::from(c.offset),
+            )
+        };
+        let flags = u64::from(flags) << 56;
         let u = (c.uncompressed_offset >> 12) | (u64::from(c.uncompressed_size - 1) << 32) | flags;
         let cw = c.compressed_offset | (u64::from(c.compressed_size) << 40);
-        let data = (u64::from(c.context) << 32) | u64::from(c.offset);
         for w in [u, cw, data] {
             raw.extend_from_slice(&w.to_le_bytes());
         }
@@ -480,6 +538,8 @@ pub fn encode_meta(meta: &ZranMeta, features: BlobFeatures) -> Result<EncodedMet
     h.ci_offset = 0.into();
     h.ci_compressed_size = (stored.len() as u64).into();
     h.ci_uncompressed_size = (raw.len() as u64).into();
+    // a tar-ref meta has no context table: upstream leaves these 0
+    let zran_offset = if meta.in_place { 0 } else { zran_offset };
     h.ci_zran_offset = zran_offset.into();
     h.ci_zran_size = zran_size.into();
     h.ci_zran_count = (meta.contexts.len() as u32).into();

@@ -13,6 +13,8 @@ pub const ZRAN_WINDOW_SIZE: usize = 1 << 15;
 pub const CI_V2_FLAG_ZRAN: u8 = 0x02;
 /// v2 chunk-record flag: the stored bytes are compressed (formats/blob.md §3.3).
 pub const CI_V2_FLAG_COMPRESSED: u8 = 0x01;
+/// v2 chunk-info flag: the data word holds the chunk's crc32 (tar-ref records).
+pub const CI_V2_FLAG_HAS_CRC32: u8 = 0x10;
 
 /// Where inflating may restart inside a gzip stream (upstream `ZranInflateContext`,
 /// formats/blob.md §11).

@@ -47,7 +47,7 @@ fn zran_meta(loaded: &rafs::Loaded, bootstrap: &Path, blobs: &BlobSource) -> Opt
         .image
         .blobs
         .iter()
-        .any(|b| b.features.contains(BlobFeatures::ZRAN) && b.refs.meta_id().is_none());
+        .any(|b| b.features.contains(BlobFeatures::SEPARATE) && b.refs.meta_id().is_none());
     if !needed {
         return None;
     }

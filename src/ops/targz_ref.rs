@@ -5,7 +5,7 @@
 
 use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};
-use std::io::Read;
+use std::io::{BufRead, Read};
 use std::path::Path;
 use std::rc::Rc;
 use std::time::Instant;
@@ -14,7 +14,7 @@ use sha2::{Digest as _, Sha256};
 
 use crate::blob::zran::{encode_meta, EncodedMeta, ZranChunk, ZranMeta};
 use crate::codec::{digest, Compressor, Digester};
-use crate::error::{Error, Result};
+use crate::error::{Error, IoContext, Result};
 use crate::format::blob::BlobFeatures;
 use crate::format::zran::ZranContext;
 use crate::io::staged::{write_temp, Outputs};
@@ -64,11 +64,15 @@ struct Inflating {
     hasher: Sha256,
     size: u64,
     window: Box<[u8; zran::WINDOW_SIZE]>,
+    /// The layer is a plain tar (a tar reference, as upstream makes of one): passed through,
+    /// its file data referenced where it lies.
+    plain: bool,
 }
 
 impl Inflating {
-    fn new(raw: Box<dyn Read + Send>) -> Inflating {
+    fn new(raw: Box<dyn Read + Send>, plain: bool) -> Inflating {
         Inflating {
+            plain,
             z: zran::Inflater::new(true),
             raw,
             input: vec![0; INPUT_BUF],
@@ -108,6 +112,14 @@ impl Inflating {
 
     /// Inflates into `buf`; 0 at the end of the last gzip member.
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.plain {
+            let n = self.raw.read(buf)?;
+            self.hasher.update(&buf[..n]);
+            self.size += n as u64;
+            self.total_in += n as u64;
+            self.total_out += n as u64;
+            return Ok(n);
+        }
         let mut produced = 0;
         while produced == 0 && !buf.is_empty() {
             if self.start == self.end {
@@ -177,6 +189,9 @@ impl Inflating {
     /// Compressed position reached when uncompressed `out` was: lower bound (`upper` false)
     /// or upper bound.
     fn in_at(&self, out: u64, upper: bool) -> u64 {
+        if self.plain {
+            return out;
+        }
         if upper {
             self.samples
                 .iter()
@@ -284,6 +299,9 @@ impl RefChunks {
 
     /// Records one chunk whose bytes `data` started at uncompressed `start`.
     fn chunk(&mut self, start: u64, data: &[u8]) -> Result<ChunkId> {
+        if self.z.borrow().plain {
+            return Ok(self.chunk_in_place(start, data));
+        }
         let (index, out_offset) = self.context(start)?;
         let end = start + data.len() as u64;
         let (in_start, in_end) = {
@@ -309,6 +327,7 @@ impl RefChunks {
             uncompressed_size: data.len() as u32,
             context: index,
             offset: (start - out_offset) as u32,
+            crc32: 0,
         };
         self.uncompressed_end += (data.len() as u64).div_ceil(4096) * 4096;
         let id = ChunkId::new(self.chunks.len() as u32);
@@ -328,6 +347,46 @@ impl RefChunks {
         self.meta.chunks.push(chunk);
         self.by_digest.insert(digest, id);
         Ok(id)
+    }
+}
+
+impl RefChunks {
+    /// Records one chunk of a plain tar, referenced where it lies: stored raw at its tar
+    /// offset (upstream's tar-ref, formats/blob.md §11).
+    fn chunk_in_place(&mut self, start: u64, data: &[u8]) -> ChunkId {
+        self.refs += 1;
+        let digest = Digester::Sha256.digest(data);
+        if let Some(id) = self.by_digest.get(&digest) {
+            return *id;
+        }
+        let crc32 = digest::crc32(data);
+        let chunk = ZranChunk {
+            compressed_offset: start,
+            compressed_size: data.len() as u32,
+            uncompressed_offset: self.uncompressed_end,
+            uncompressed_size: data.len() as u32,
+            context: 0,
+            offset: 0,
+            crc32,
+        };
+        self.uncompressed_end += (data.len() as u64).div_ceil(4096) * 4096;
+        let id = ChunkId::new(self.chunks.len() as u32);
+        self.chunks.push(ChunkInfo {
+            digest,
+            crc32,
+            has_crc32: true,
+            blob_index: 0,
+            index: id.get(),
+            compressed: false,
+            encrypted: false,
+            compressed_offset: chunk.compressed_offset,
+            compressed_size: chunk.compressed_size,
+            uncompressed_offset: chunk.uncompressed_offset,
+            uncompressed_size: chunk.uncompressed_size,
+        });
+        self.meta.chunks.push(chunk);
+        self.by_digest.insert(digest, id);
+        id
     }
 }
 
@@ -378,11 +437,19 @@ struct Scanned {
 fn scan(opts: &CreateOptions, progress: &dyn Progress) -> Result<Scanned> {
     let (raw, size) = tar::open_raw(&opts.source)?;
     progress.start(0, size.unwrap_or(0));
-    let z = Rc::new(RefCell::new(Inflating::new(raw)));
+    // a layer that is not gzip is taken as a plain tar, as upstream takes it
+    let mut raw = std::io::BufReader::with_capacity(INPUT_BUF, raw);
+    let head = raw.fill_buf().ctx("read", &opts.source)?;
+    let plain = !head.starts_with(&[0x1f, 0x8b]);
+    let z = Rc::new(RefCell::new(Inflating::new(Box::new(raw), plain)));
     let mut cut = RefChunks {
         z: z.clone(),
         chunk_size: opts.chunk_size,
-        meta: ZranMeta::default(),
+        meta: {
+            let mut meta = ZranMeta::default();
+            meta.in_place = plain;
+            meta
+        },
         chunks: Vec::new(),
         by_digest: HashMap::new(),
         current: None,
@@ -515,7 +582,7 @@ pub(crate) fn create_targz_ref(
     let s = scan(opts, progress)?;
     let features = BlobFeatures::ALIGNED
         | BlobFeatures::CHUNK_INFO_V2
-        | BlobFeatures::ZRAN
+        | s.cut.meta.kind()
         | BlobFeatures::SEPARATE
         | BlobFeatures::CAP_TAR_TOC;
     let meta = encode_meta(&s.cut.meta, features)?;
@@ -572,7 +639,7 @@ fn create_converter_blob(opts: &CreateOptions, progress: &dyn Progress) -> Resul
     let features = BlobFeatures::ALIGNED
         | BlobFeatures::INLINED_FS_META
         | BlobFeatures::CHUNK_INFO_V2
-        | BlobFeatures::ZRAN
+        | s.cut.meta.kind()
         | BlobFeatures::SEPARATE
         | BlobFeatures::INLINED_CHUNK_DIGEST
         | BlobFeatures::HAS_TAR_HEADER

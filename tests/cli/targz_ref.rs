@@ -672,3 +672,59 @@ fn estargz_ref_reads_every_file_from_its_members() {
     ]);
     assert!(err.contains("not an eStargz layer"), "{err}");
 }
+
+/// A plain tar given to targz-ref is referenced in place, as upstream makes a tar-ref of it:
+/// chunks stored raw at their tar offsets, no inflate contexts; every reader reads it, and the
+/// kernel mounts its export.
+#[test]
+#[cfg_attr(no_mount, ignore = "needs a kernel EROFS mount")]
+fn a_plain_tar_is_referenced_in_place() {
+    if let Some(why) = cannot_mount() {
+        missing("a_plain_tar_is_referenced_in_place", &why);
+    }
+    let w = scratch();
+    let tar = upstream("source-tar-input.tar");
+    let (boot, blobs) = our_ref(w.path(), &tar);
+    let out = forge(&["check", s(&boot), "-D", s(&blobs)]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    // SEPARATE without ZRAN: upstream's tar-ref
+    assert!(
+        text.contains("separate") && !text.contains("zran") && text.contains("verified 7"),
+        "{text}"
+    );
+    let (raw, zran_offset, zran_count) =
+        ci_area(&meta_of(&blobs, &sha256_hex(&std::fs::read(&tar).unwrap())));
+    assert_eq!((zran_offset, zran_count), (0, 0), "no context table");
+    assert_eq!(raw.len(), 7 * 24, "v2 records only");
+    // every record: stored raw (flags crc32 only) where the tar holds the chunk
+    let bytes = std::fs::read(&tar).unwrap();
+    for r in raw.chunks_exact(24) {
+        let u = u64::from_le_bytes(r[0..8].try_into().unwrap());
+        let c = u64::from_le_bytes(r[8..16].try_into().unwrap());
+        assert_eq!(u >> 56, 0x10, "flags");
+        let (off, size) = ((c & 0xFF_FFFF_FFFF) as usize, (c >> 40) as usize);
+        assert_eq!(size as u64, ((u >> 32) & 0xFF_FFFF) + 1);
+        let crc = u64::from_le_bytes(r[16..24].try_into().unwrap()) as u32;
+        assert_eq!(
+            crc,
+            crc32c::crc32c(&bytes[off..off + size]),
+            "crc32 of the tar's bytes"
+        );
+    }
+    let unpacked = w.path().join("t.tar");
+    forge(&["unpack", s(&boot), "-D", s(&blobs), "-o", s(&unpacked)]);
+    manifest_diff(&tar, &unpacked);
+    let disk = w.path().join("disk");
+    forge(&[
+        "export",
+        "--block",
+        "-B",
+        s(&boot),
+        "-D",
+        s(&blobs),
+        "-O",
+        s(&disk),
+    ]);
+    let m = mount(&disk, &[]);
+    manifest_diff(&tar, m.dir.path());
+}

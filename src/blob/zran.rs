@@ -55,6 +55,16 @@ pub struct ZranMeta {
     /// The layer is a plain tar (upstream's tar-ref, made of a targz-ref of a tar): its chunks
     /// are stored raw where they lie in it; no contexts.
     pub in_place: bool,
+    /// While writing: the windows go to this unnamed temporary file instead of `dicts`, so that
+    /// memory does not grow with the layer (32 KiB a context); `encode_meta` streams them back.
+    spill: Option<Spill>,
+}
+
+/// Windows written out while a layer is read (see [`ZranMeta::spill_windows`]).
+#[derive(Debug, Clone)]
+struct Spill {
+    file: std::sync::Arc<File>,
+    len: u64,
 }
 
 impl ZranMeta {
@@ -103,6 +113,7 @@ impl ZranMeta {
             contexts,
             dicts,
             in_place,
+            spill: None,
         };
         meta.check()?;
         Ok(meta)
@@ -517,18 +528,15 @@ pub fn encode_meta(meta: &ZranMeta, features: BlobFeatures) -> Result<EncodedMet
     for c in &meta.contexts {
         raw.extend_from_slice(c.as_bytes());
     }
-    raw.extend_from_slice(&meta.dicts);
-    let zran_size = raw.len() as u64 - zran_offset;
-    let mut stored = Vec::new();
-    if !Compressor::Zstd.compress_into(&raw, &mut stored)? {
-        // upstream always stores the ci area zstd-compressed; tiny areas may grow
-        stored = zstd::bulk::compress(&raw, crate::codec::compress::ZSTD_LEVEL).map_err(|e| {
-            Error::Codec {
-                algo: "zstd",
-                reason: e.to_string(),
-            }
-        })?;
-    }
+    let dicts_len = match &meta.spill {
+        Some(s) => s.len,
+        None => meta.dicts.len() as u64,
+    };
+    let total = raw.len() as u64 + dicts_len;
+    let zran_size = total - zran_offset;
+    // upstream always stores the ci area zstd-compressed (tiny areas may grow); the windows
+    // stream through from where they were kept
+    let (mut stored, ci_digest) = compress_ci_area(&raw, meta.dicts_reader(), total)?;
     let mut h = BlobMetaHeader::new_zeroed();
     h.magic = BLOB_META_MAGIC.into();
     h.magic2 = BLOB_META_MAGIC.into();
@@ -537,7 +545,7 @@ pub fn encode_meta(meta: &ZranMeta, features: BlobFeatures) -> Result<EncodedMet
     h.ci_entries = (meta.chunks.len() as u32).into();
     h.ci_offset = 0.into();
     h.ci_compressed_size = (stored.len() as u64).into();
-    h.ci_uncompressed_size = (raw.len() as u64).into();
+    h.ci_uncompressed_size = total.into();
     // a tar-ref meta has no context table: upstream leaves these 0
     let zran_offset = if meta.in_place { 0 } else { zran_offset };
     h.ci_zran_offset = zran_offset.into();
@@ -548,9 +556,62 @@ pub fn encode_meta(meta: &ZranMeta, features: BlobFeatures) -> Result<EncodedMet
     Ok(EncodedMeta {
         bytes: stored,
         ci_compressed_size,
-        ci_uncompressed_size: raw.len() as u64,
-        ci_digest: Sha256::digest(&raw).into(),
+        ci_uncompressed_size: total,
+        ci_digest,
     })
+}
+
+/// zstd of `head` then `rest` (`total` bytes in all) as one frame recording its size, and
+/// sha256 of the uncompressed bytes (the ToC digest).
+fn compress_ci_area(
+    head: &[u8],
+    mut rest: impl std::io::Read,
+    total: u64,
+) -> Result<(Vec<u8>, [u8; 32])> {
+    use std::io::Write as _;
+    let codec = |e: std::io::Error| Error::Codec {
+        algo: "zstd",
+        reason: e.to_string(),
+    };
+    let mut z = zstd::stream::Encoder::new(Vec::new(), crate::codec::compress::ZSTD_LEVEL)
+        .map_err(codec)?;
+    z.include_contentsize(true).map_err(codec)?;
+    z.set_pledged_src_size(Some(total)).map_err(codec)?;
+    let mut hash = Sha256::new();
+    hash.update(head);
+    z.write_all(head).map_err(codec)?;
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = rest.read(&mut buf).map_err(codec)?;
+        if n == 0 {
+            break;
+        }
+        hash.update(&buf[..n]);
+        z.write_all(&buf[..n]).map_err(codec)?;
+    }
+    Ok((z.finish().map_err(codec)?, hash.finalize().into()))
+}
+
+/// Reads `[at, end)` of a file with positioned reads (the spill file is shared).
+struct ReadAt<'a> {
+    file: &'a File,
+    at: u64,
+    end: u64,
+}
+
+impl std::io::Read for ReadAt<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let want = buf.len().min((self.end - self.at) as usize);
+        if want == 0 {
+            return Ok(0);
+        }
+        let n = self.file.read_at(&mut buf[..want], self.at)?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        self.at += n as u64;
+        Ok(n)
+    }
 }
 
 /// A zran blob meta file and the blob-table fields that locate its ci area.
@@ -641,11 +702,47 @@ pub fn converter_blob(
 
 impl ZranMeta {
     /// Adds an inflate context with its window; returns its index.
-    pub fn push_context(&mut self, mut ctx: ZranContext, dict: &[u8]) -> u32 {
-        ctx.dict_offset = (self.dicts.len() as u64).into();
+    pub fn push_context(&mut self, mut ctx: ZranContext, dict: &[u8]) -> Result<u32> {
         ctx.dict_size = (dict.len() as u32).into();
-        self.dicts.extend_from_slice(dict);
+        match &mut self.spill {
+            Some(s) => {
+                ctx.dict_offset = s.len.into();
+                s.file.write_all_at(dict, s.len).map_err(|e| Error::Io {
+                    op: "write inflate windows to a temporary file",
+                    path: std::env::temp_dir(),
+                    source: e,
+                })?;
+                s.len += dict.len() as u64;
+            }
+            None => {
+                ctx.dict_offset = (self.dicts.len() as u64).into();
+                self.dicts.extend_from_slice(dict);
+            }
+        }
         self.contexts.push(ctx);
-        (self.contexts.len() - 1) as u32
+        Ok((self.contexts.len() - 1) as u32)
+    }
+
+    /// From now on keeps the windows in an unnamed temporary file (gone when the process
+    /// ends, whatever ends it), not in memory.
+    pub fn spill_windows(&mut self) -> Result<()> {
+        let file = crate::io::staged::scratch_file()?;
+        self.spill = Some(Spill {
+            file: std::sync::Arc::new(file),
+            len: 0,
+        });
+        Ok(())
+    }
+
+    /// The dictionaries in table order: from memory, or streamed from the spill file.
+    fn dicts_reader(&self) -> Box<dyn std::io::Read + '_> {
+        match &self.spill {
+            Some(s) => Box::new(ReadAt {
+                file: &s.file,
+                at: 0,
+                end: s.len,
+            }),
+            None => Box::new(self.dicts.as_slice()),
+        }
     }
 }

@@ -323,6 +323,18 @@ pub fn temp_beside(final_path: &Path) -> Result<NamedTempFile> {
     temp_in(dir)
 }
 
+/// An unnamed temporary file in the system's temporary directory, for scratch data: it has no
+/// name from the start, so nothing is left behind however the process ends (no signal cleanup
+/// needed).
+#[allow(clippy::disallowed_methods)] // this is the staged-output module's scratch file
+pub fn scratch_file() -> Result<File> {
+    tempfile::tempfile().map_err(|e| Error::Io {
+        op: "create a scratch file in",
+        path: std::env::temp_dir(),
+        source: e,
+    })
+}
+
 /// Creates a temporary file in `dir`, registered for removal on interruption.
 #[allow(clippy::disallowed_methods)] // the one place temporary files are made
 pub fn temp_in(dir: &Path) -> Result<NamedTempFile> {

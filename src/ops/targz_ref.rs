@@ -289,7 +289,7 @@ impl RefChunks {
             ctx_bits: boundary.ctx_bits,
             ..ZranContext::default()
         };
-        let index = self.meta.push_context(ctx, &boundary.window);
+        let index = self.meta.push_context(ctx, &boundary.window)?;
         self.current = Some(Current {
             index,
             block_start: boundary.in_pos,
@@ -448,6 +448,8 @@ fn scan(opts: &CreateOptions, progress: &dyn Progress) -> Result<Scanned> {
         meta: {
             let mut meta = ZranMeta::default();
             meta.in_place = plain;
+            // one 32 KiB window a context: on disk, not in memory, while the layer is read
+            meta.spill_windows()?;
             meta
         },
         chunks: Vec::new(),

@@ -12,10 +12,30 @@ pub fn debian_or_full_tree(work: &Path) -> PathBuf {
     if debian.is_dir() {
         return debian;
     }
-    eprintln!("note: no target/xtask-trees/debian; using the full fixture tree");
+    eprintln!("note: no target/xtask-trees/debian; using the full fixture tree and 400 files");
     let t = work.join("full");
     full_tree(&t, false);
+    many_files(&t.join("many"), 400);
     t
+}
+
+/// `n` files of 1-20 KiB of distinct pseudo-random text in 20 directories: enough files and
+/// chunks for a 50-file list and for a dictionary to matter, where no Debian tree was made.
+fn many_files(dir: &Path, n: usize) {
+    let mut seed = 0x9E37_79B9_7F4A_7C15u64;
+    let mut rnd = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    for i in 0..n {
+        let sub = dir.join(format!("d{:02}", i % 20));
+        std::fs::create_dir_all(&sub).unwrap();
+        let len = 1024 + (rnd() % (19 * 1024)) as usize;
+        let body: Vec<u8> = (0..len).map(|_| b'a' + (rnd() % 26) as u8).collect();
+        std::fs::write(sub.join(format!("f{i:03}.txt")), body).unwrap();
+    }
 }
 
 /// `n` regular files with data, spread over the tree, listed in reverse path order (so that

@@ -31,6 +31,9 @@ pub enum Error {
         /// The output being written.
         path: PathBuf,
     },
+    /// A signal arrived: the run is being abandoned and no output is put in place.
+    #[error("interrupted")]
+    Interrupted,
     /// The source tree holds something the image cannot represent.
     #[error("{path}: {reason}")]
     Unsupported {

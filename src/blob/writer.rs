@@ -386,6 +386,7 @@ impl BlobWriter {
     /// Records chunk `info` (its bytes `raw` mirrored into the blob cache) and moves the
     /// uncompressed end past it.
     fn push_chunk(&mut self, info: ChunkInfo, raw: &[u8], place: CiPlace) -> Result<ChunkInfo> {
+        crate::io::failpoint::reached("chunk");
         self.uncompressed_end += if self.opts.v6 || self.opts.aligned {
             (raw.len() as u64).div_ceil(CHUNK_ALIGN) * CHUNK_ALIGN
         } else {

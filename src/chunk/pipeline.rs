@@ -637,6 +637,34 @@ fn read_full(f: &mut dyn Read, buf: &mut [u8], name: &Path, size: u64, done: u64
     Ok(())
 }
 
+/// Opens a file found by the walk for reading, refusing it if it is no longer a regular file:
+/// replaced by a directory, a FIFO (whose open would block), a device or a symlink (which
+/// could lead outside the source tree) since it was seen.
+fn open_walked_file(path: &Path) -> Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path);
+    let changed = |now: &str| Error::Unsupported {
+        path: path.to_path_buf(),
+        reason: format!("changed type while the tree was read: now {now}"),
+    };
+    let f = match f {
+        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => return Err(changed("a symlink")),
+        other => other.ctx("open", path)?,
+    };
+    let t = f.metadata().ctx("stat", path)?.file_type();
+    if !t.is_file() {
+        return Err(changed(if t.is_dir() {
+            "a directory"
+        } else {
+            "a special file"
+        }));
+    }
+    Ok(f)
+}
+
 /// Reads a batch's file ranges into `raw`, in order.
 fn read_pieces(batch: &mut Batch) -> Result<()> {
     use std::os::unix::fs::FileExt;
@@ -650,7 +678,7 @@ fn read_pieces(batch: &mut Batch) -> Result<()> {
         let file = match &open {
             Some((p, f)) if Arc::ptr_eq(p, &piece.path) => f,
             _ => {
-                let f = File::open(&piece.path).ctx("open", &*piece.path)?;
+                let f = open_walked_file(&piece.path)?;
                 &open.insert((piece.path.clone(), f)).1
             }
         };

@@ -16,15 +16,19 @@ use std::collections::HashSet;
 use std::fs::File;
 use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use tempfile::NamedTempFile;
 
 use std::io::{Seek, Write};
 
 use crate::error::{write_error, Error, IoContext, Result};
+use crate::io::failpoint;
 
 static REGISTRY: Mutex<Option<HashSet<PathBuf>>> = Mutex::new(None);
+/// Set once [`remove_all`] has run: paths registered later are removed at once.
+static CLOSED: AtomicBool = AtomicBool::new(false);
 /// Held while outputs are renamed into place, and (for good) by [`remove_all`].
 static COMMIT: Mutex<()> = Mutex::new(());
 
@@ -32,11 +36,38 @@ fn registry() -> MutexGuard<'static, Option<HashSet<PathBuf>>> {
     REGISTRY.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// The flag a signal handler sets, at the moment the signal arrives, to say the process is
+/// going away: no output is renamed into place after it is set, even if the thread that
+/// cleans up has not run yet.
+pub fn interrupted() -> Arc<AtomicBool> {
+    static FLAG: OnceLock<Arc<AtomicBool>> = OnceLock::new();
+    FLAG.get_or_init(|| Arc::new(AtomicBool::new(false)))
+        .clone()
+}
+
+/// Takes the commit lock, unless the process is being interrupted.
+fn commit_lock() -> Result<MutexGuard<'static, ()>> {
+    let guard = COMMIT.lock().unwrap_or_else(|e| e.into_inner());
+    if interrupted().load(Ordering::SeqCst) {
+        return Err(Error::Interrupted);
+    }
+    Ok(guard)
+}
+
 /// Records a temporary file or directory to remove if the process is interrupted.
 pub fn register(path: &Path) {
-    registry()
-        .get_or_insert_with(HashSet::new)
-        .insert(path.to_path_buf());
+    {
+        let mut reg = registry();
+        if CLOSED.load(Ordering::SeqCst) {
+            // the cleanup already ran and the process is about to exit: nothing may outlive it
+            drop(reg);
+            remove_path(path);
+            return;
+        }
+        reg.get_or_insert_with(HashSet::new)
+            .insert(path.to_path_buf());
+    }
+    failpoint::reached("temp");
 }
 
 /// Forgets a temporary path (it was renamed into place or removed).
@@ -46,23 +77,37 @@ pub fn unregister(path: &Path) {
     }
 }
 
+/// Removes a file, or a directory and everything in it. Another thread may still be adding
+/// files to a directory being removed (the process is exiting under it), so the removal is
+/// retried a few times.
+fn remove_path(p: &Path) -> bool {
+    for _ in 0..8 {
+        let done = match std::fs::symlink_metadata(p) {
+            Ok(m) if m.is_dir() => std::fs::remove_dir_all(p).is_ok(),
+            Ok(_) => std::fs::remove_file(p).is_ok(),
+            Err(_) => return false,
+        };
+        if done {
+            return true;
+        }
+    }
+    false
+}
+
 /// Removes every registered temporary file and directory, waiting for a commit in progress to
 /// finish first, and returns how many were removed. Meant to be called once, right before the
-/// process exits: no later commit can start, since the commit lock stays held.
+/// process exits: no later commit can start, since the commit lock stays held, and a path
+/// registered later is removed as it is registered.
 pub fn remove_all() -> usize {
+    interrupted().store(true, Ordering::SeqCst);
     let guard = COMMIT.lock().unwrap_or_else(|e| e.into_inner());
     std::mem::forget(guard);
-    let paths = registry().take().unwrap_or_default();
-    let mut n = 0;
-    for p in paths {
-        let removed = match std::fs::symlink_metadata(&p) {
-            Ok(m) if m.is_dir() => std::fs::remove_dir_all(&p).is_ok(),
-            Ok(_) => std::fs::remove_file(&p).is_ok(),
-            Err(_) => false,
-        };
-        n += usize::from(removed);
-    }
-    n
+    let paths = {
+        let mut reg = registry();
+        CLOSED.store(true, Ordering::SeqCst);
+        reg.take().unwrap_or_default()
+    };
+    paths.iter().filter(|p| remove_path(p)).count()
 }
 
 /// Whether `path` names an existing stream output: a FIFO or a device (possibly through a
@@ -187,12 +232,17 @@ impl Outputs {
     /// Renames every output into place. If one fails, those already renamed are removed and
     /// the remaining temporary files are deleted: no final name is left behind.
     pub fn commit(self) -> Result<()> {
-        let _commit = COMMIT.lock().unwrap_or_else(|e| e.into_inner());
+        failpoint::reached("commit");
+        let _commit = commit_lock()?;
         let mut done: Vec<PathBuf> = Vec::new();
         for (tmp, path) in self.items {
             let streamed = matches!(tmp, Staged::Stream { .. });
+            let result = match tmp {
+                Staged::Temp(t) => persist_unlocked(t, &path),
+                Staged::Stream { .. } => Ok(()),
+            };
             // (a failed persist drops, and so removes, its temporary file)
-            if let Err(e) = tmp.commit(&path) {
+            if let Err(e) = result {
                 for p in &done {
                     let _ = std::fs::remove_file(p);
                 }
@@ -235,7 +285,8 @@ fn temp_dir_in(parent: &Path) -> Result<tempfile::TempDir> {
 /// Renames a finished temporary directory to `final_dir` (which must not exist, or be an
 /// empty directory).
 pub fn persist_dir(tmp: &Path, final_dir: &Path) -> Result<()> {
-    let _commit = COMMIT.lock().unwrap_or_else(|e| e.into_inner());
+    failpoint::reached("commit");
+    let _commit = commit_lock()?;
     std::fs::rename(tmp, final_dir).map_err(|source| Error::Io {
         op: "rename into",
         path: final_dir.to_path_buf(),
@@ -255,6 +306,13 @@ pub fn discard_dir(tmp: &Path) {
 /// filesystem (`create --tmp-dir`) is first copied beside the final name. A stream (see
 /// [`is_stream`]) is not replaced: the file is copied into it in order, then removed.
 pub fn persist(tmp: NamedTempFile, path: &Path) -> Result<()> {
+    failpoint::reached("commit");
+    let _commit = commit_lock()?;
+    persist_unlocked(tmp, path)
+}
+
+/// [`persist`], for a caller that holds the commit lock.
+fn persist_unlocked(tmp: NamedTempFile, path: &Path) -> Result<()> {
     use std::os::unix::fs::PermissionsExt;
     if is_stream(path) {
         return copy_into_stream(tmp, path);
@@ -289,7 +347,7 @@ pub fn persist(tmp: NamedTempFile, path: &Path) -> Result<()> {
             })?;
             drop(from);
             unregister(&tmp_path);
-            persist(copy, path)
+            persist_unlocked(copy, path)
         }
         Err(e) => {
             unregister(&tmp_path);

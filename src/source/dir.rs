@@ -64,6 +64,7 @@ pub fn walk_with(
             if meta.is_dir() {
                 subdirs.push((entry, path));
             } else if new && meta.is_file() && meta.len() > 0 {
+                crate::io::failpoint::reached("file");
                 on_file(inode, &path, meta.len())?;
             }
         }

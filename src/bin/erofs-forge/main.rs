@@ -11,6 +11,7 @@ mod resolve;
 mod run;
 
 use std::process::ExitCode;
+use std::sync::atomic::Ordering;
 
 use anyhow::{Context, Result};
 use clap::Parser;
@@ -33,6 +34,11 @@ fn init_logging(cli: &Cli) -> Result<()> {
 /// that is under way), then exit with 128 + the signal number.
 fn handle_signals() {
     use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    // set inside the handler itself, so that a rename about to happen is refused even before
+    // the cleanup thread below runs
+    for sig in [SIGINT, SIGTERM, SIGHUP] {
+        let _ = signal_hook::flag::register(sig, erofs_forge::staged::interrupted());
+    }
     let mut signals = match signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP]) {
         Ok(s) => s,
         Err(e) => {
@@ -69,6 +75,13 @@ fn main() -> ExitCode {
     }
     match run::run(cli.command) {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e) if erofs_forge::staged::interrupted().load(Ordering::SeqCst) => {
+            // a signal stopped the run: its handler thread cleans up and exits with the
+            // signal's status; this error is only a consequence of it
+            drop(e);
+            std::thread::sleep(std::time::Duration::from_secs(10));
+            ExitCode::from(130)
+        }
         Err(e) => {
             eprintln!("error: {e:#}");
             // as nydus-image: 2 when images cannot be stacked (acceleration-service then

@@ -60,7 +60,7 @@ pub mod read {
 /// them into place at the end; a program that catches a signal calls [`staged::remove_all`]
 /// before exiting so that none is left behind.
 pub mod staged {
-    pub use crate::io::staged::{interrupted, remove_all, write_atomic};
+    pub use crate::io::staged::{interrupted, remove_all, write_atomic, write_together};
 }
 
 /// Internal parsers and on-disk constants the fuzz targets (`fuzz/`) and the tests drive

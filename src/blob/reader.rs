@@ -213,6 +213,7 @@ impl<'a> ChunkReader<'a> {
 
     /// The uncompressed bytes of chunk `id`, checked against its digest when known.
     pub fn read(&mut self, id: ChunkId) -> Result<Vec<u8>> {
+        crate::io::failpoint::reached("read");
         let c: ChunkInfo = *self
             .image
             .chunks

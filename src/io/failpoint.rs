@@ -9,7 +9,8 @@
 //!
 //! Points: `temp` (a temporary output path was just registered), `commit` (outputs are about to
 //! be renamed into place), `file` (the walk of a directory source just found a regular file,
-//! whose data is read later), `chunk` (a chunk was written to a blob).
+//! whose data is read later), `chunk` (a chunk was written to a blob), `read` (a chunk is
+//! about to be read from a blob).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
@@ -43,5 +44,9 @@ pub fn reached(name: &str) {
     if COUNT.fetch_add(1, Ordering::SeqCst) + 1 == *n {
         eprintln!("stopped at {name} {n}");
         let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGSTOP);
+        // a signal sent while stopped is delivered to whichever thread runs first after
+        // SIGCONT: give its handler the time to run, so that it acts at this point and not a
+        // little later
+        std::thread::sleep(std::time::Duration::from_millis(50));
     }
 }

@@ -411,6 +411,16 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     write_temp(path, bytes, None)?.commit(path)
 }
 
+/// Writes several files, each `(path, bytes)`, and puts them in place together: all of them or
+/// none.
+pub fn write_together(files: &[(&Path, &[u8])]) -> Result<()> {
+    let mut outputs = Outputs::new();
+    for (path, bytes) in files {
+        outputs.add(write_temp(path, bytes, None)?, path.to_path_buf());
+    }
+    outputs.commit()
+}
+
 /// Writes `bytes` into a new temporary file (in `tmp_dir`, or beside `path`) that is to
 /// become `path`, or straight into `path` if it is a stream. On a full disk the error names
 /// `path` and the bytes not written.
@@ -451,5 +461,70 @@ impl Drop for ScratchDir {
     fn drop(&mut self) {
         // the TempDir itself removes the directory right after
         unregister(self.0.path());
+    }
+}
+
+/// Paths a run adds to a place that already exists and is shared (content-addressed blobs in
+/// an OCI layout, the directories holding them), where a temporary name for the whole place is
+/// not possible. Each path is registered before it is created, so an interruption removes it;
+/// a failed run removes them when this is dropped; [`NewPaths::keep`] keeps them once the
+/// run's final outputs are in place. Paths that existed before are never recorded.
+#[derive(Debug, Default)]
+pub struct NewPaths(Vec<PathBuf>);
+
+impl NewPaths {
+    /// Creates `dir` and its missing parents, recording the ones it creates.
+    pub fn create_dir_all(&mut self, dir: &Path) -> Result<()> {
+        let mut missing = Vec::new();
+        let mut p = dir;
+        while !p.as_os_str().is_empty() && std::fs::symlink_metadata(p).is_err() {
+            missing.push(p.to_path_buf());
+            p = p.parent().unwrap_or(Path::new(""));
+        }
+        for d in missing.iter().rev() {
+            self.record(d);
+            match std::fs::create_dir(d) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(e).ctx("create directory", d),
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes `bytes` as `path` (through a temporary file), recording `path` if it is new.
+    pub fn write(&mut self, path: &Path, bytes: &[u8]) -> Result<()> {
+        if std::fs::symlink_metadata(path).is_err() {
+            self.record(path);
+        }
+        write_atomic(path, bytes)
+    }
+
+    /// Renames the finished file `from` to `to`, recording `to`; `to` must not exist.
+    pub fn rename(&mut self, from: &Path, to: &Path) -> Result<()> {
+        self.record(to);
+        let _commit = commit_lock()?;
+        std::fs::rename(from, to).ctx("move into place", from)
+    }
+
+    fn record(&mut self, path: &Path) {
+        register(path);
+        self.0.push(path.to_path_buf());
+    }
+
+    /// Keeps every recorded path (the run succeeded).
+    pub fn keep(mut self) {
+        for p in std::mem::take(&mut self.0) {
+            unregister(&p);
+        }
+    }
+}
+
+impl Drop for NewPaths {
+    fn drop(&mut self) {
+        for p in self.0.drain(..).rev() {
+            remove_path(&p);
+            unregister(&p);
+        }
     }
 }

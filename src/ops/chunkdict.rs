@@ -15,8 +15,8 @@
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
-use crate::error::{Error, Result};
-use crate::io::staged::{write_temp, Outputs};
+use crate::error::{Error, IoContext, Result};
+use crate::io::staged::{temp_beside, write_temp, Outputs};
 use crate::model::stack::{empty_tree, StackKey};
 use crate::model::{
     BlobEntry, ChunkId, ChunkInfo, DataSource, EntryId, FileType, Image, Inode, InodeKind,
@@ -65,7 +65,8 @@ struct Source {
 pub fn generate(opts: &ChunkdictOptions) -> Result<ChunkdictOutput> {
     let db_path = database_path(&opts.database)?;
     let sources = load_sources(&opts.sources)?;
-    let mut conn = open_db(&db_path)?;
+    let db = StagedDb::open(&db_path)?;
+    let mut conn = open_db(db.work_path(), &db_path)?;
     let mut recorded = 0;
     for s in &sources {
         recorded += record(&mut conn, &db_path, s)?;
@@ -77,9 +78,11 @@ pub fn generate(opts: &ChunkdictOptions) -> Result<ChunkdictOutput> {
             "no chunk is shared by two of the image versions: the dictionary would be empty".into(),
         ));
     }
+    drop(conn);
     let first = &sources[0].image;
     let boot = rafs::encode_like(first, &tree, &chunks, &blobs, false, Vec::new())?;
     let mut outputs = Outputs::new();
+    db.add_to(&mut outputs, &db_path);
     outputs.add(
         write_temp(&opts.bootstrap, &boot, None)?,
         opts.bootstrap.clone(),
@@ -102,6 +105,45 @@ pub fn generate(opts: &ChunkdictOptions) -> Result<ChunkdictOutput> {
         distinct,
         chosen: chunks.len() as u64,
     })
+}
+
+/// The database as this run changes it: a copy beside it (or a new file), renamed over it with
+/// the other outputs, so that an interrupted or failed run leaves the database as it was and no
+/// journal behind. An in-memory database (`:memory:`) is used as is.
+enum StagedDb {
+    InMemory(PathBuf),
+    Copy(tempfile::NamedTempFile),
+}
+
+impl StagedDb {
+    fn open(path: &Path) -> Result<StagedDb> {
+        if path.starts_with(":") {
+            return Ok(StagedDb::InMemory(path.to_path_buf()));
+        }
+        let mut tmp = temp_beside(path)?;
+        match std::fs::File::open(path) {
+            Ok(mut f) => {
+                std::io::copy(&mut f, tmp.as_file_mut()).ctx("copy", path)?;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e).ctx("open", path),
+        }
+        Ok(StagedDb::Copy(tmp))
+    }
+
+    /// Where SQLite works.
+    fn work_path(&self) -> &Path {
+        match self {
+            StagedDb::InMemory(p) => p,
+            StagedDb::Copy(t) => t.path(),
+        }
+    }
+
+    fn add_to(self, outputs: &mut Outputs, path: &Path) {
+        if let StagedDb::Copy(t) = self {
+            outputs.add(t, path.to_path_buf());
+        }
+    }
 }
 
 /// The file of a `sqlite://PATH` URL; PATH must be absolute (or `:memory:`), as upstream asks.
@@ -165,11 +207,15 @@ fn db_error(path: &Path) -> impl Fn(rusqlite::Error) -> Error + '_ {
     }
 }
 
-/// Opens (creating) the database with nydus-image's two tables.
-fn open_db(path: &Path) -> Result<rusqlite::Connection> {
-    let conn = rusqlite::Connection::open(path).map_err(db_error(path))?;
+/// Opens (creating) the database with nydus-image's two tables: SQLite works on `work`, errors
+/// name the database `path`.
+fn open_db(work: &Path, path: &Path) -> Result<rusqlite::Connection> {
+    let conn = rusqlite::Connection::open(work).map_err(db_error(path))?;
+    // a private copy, put in place whole (StagedDb): a journal file would only be one more
+    // file to leave behind
     conn.execute_batch(
-        "CREATE TABLE IF NOT EXISTS chunk (
+        "PRAGMA journal_mode = OFF;
+         CREATE TABLE IF NOT EXISTS chunk (
             id INTEGER PRIMARY KEY,
             image_reference TEXT,
             version TEXT,

@@ -15,7 +15,7 @@ use serde_json::{json, Map, Value};
 use sha2::{Digest as _, Sha256};
 
 use crate::error::{Error, IoContext, Result};
-use crate::io::staged::write_atomic;
+use crate::io::staged::{write_temp, NewPaths, Outputs};
 use crate::model::overlay::WhiteoutSpec;
 use crate::ops::create::{self, CreateOptions, LayerStream, Progress, SourceType};
 use crate::ops::merge::{self, MergeOptions};
@@ -107,8 +107,11 @@ pub fn create_oci(
         None => Platform::host(),
     };
     let image = open_source(opts, &want)?;
-    let blobs_dir = dir.join("blobs/sha256");
-    std::fs::create_dir_all(&blobs_dir).ctx("create", &blobs_dir)?;
+    let mut blobs = Blobs {
+        dir: dir.join("blobs/sha256"),
+        created: NewPaths::default(),
+    };
+    blobs.created.create_dir_all(&blobs.dir)?;
     // per-layer outputs are staged here and only the blobs the image uses move into blobs/
     let work = crate::io::staged::ScratchDir::new_in(&dir)?;
     let boots = convert_layers(opts, &image, work.path(), progress)?;
@@ -120,23 +123,26 @@ pub fn create_oci(
         prefetch: opts.prefetch.clone(),
         ..MergeOptions::default()
     })?;
-    let mut layers = place_blobs(&merged.blobs, work.path(), &blobs_dir, opts.encrypt)?;
+    let mut layers = place_blobs(&merged.blobs, work.path(), &mut blobs, opts.encrypt)?;
     let boot_bytes = std::fs::read(&image_boot).ctx("read", &image_boot)?;
     let mut files = vec![LayerFile {
         name: BOOTSTRAP_IN_LAYER.into(),
         bytes: boot_bytes.clone(),
     }];
     if merged.fs_version == 6 {
-        files.extend(blob_meta_files(&image_boot, &blobs_dir)?);
+        files.extend(blob_meta_files(&image_boot, &blobs.dir)?);
     }
-    let boot_layer = layers.add_bootstrap(&blobs_dir, &files, &merged, &image_boot)?;
-    let config = write_config(opts, &image, &layers.diff_ids, &blobs_dir)?;
-    let manifest = write_manifest(&image, &config, layers.layers, &blobs_dir)?;
+    let boot_layer = layers.add_bootstrap(&mut blobs, &files, &merged, &image_boot)?;
+    let config = write_config(opts, &image, &layers.diff_ids, &mut blobs)?;
+    let manifest = write_manifest(&image, &config, layers.layers, &mut blobs)?;
     let p = image.platform.clone().unwrap_or(want);
-    write_index(&dir, &image, &p, &manifest)?;
+    // the image appears at once: index, layout marker, bootstrap and report are put in place
+    // together, after every blob they name
+    let mut outputs = Outputs::new();
+    write_index(&dir, &image, &p, &manifest, &mut outputs)?;
     let plain = match &opts.bootstrap {
         Some(p) => {
-            write_atomic(p, &boot_bytes)?;
+            outputs.add(write_temp(p, &boot_bytes, None)?, p.clone());
             Some(p.clone())
         }
         None => None,
@@ -167,8 +173,10 @@ pub fn create_oci(
         report
             .extra
             .insert("image_layout".into(), json!(dir.display().to_string()));
-        write_atomic(j, report.pretty().as_bytes())?;
+        outputs.add(write_temp(j, report.pretty().as_bytes(), None)?, j.clone());
     }
+    outputs.commit()?;
+    blobs.created.keep();
     Ok(out)
 }
 
@@ -252,7 +260,7 @@ struct Layers {
 
 /// Moves the data blobs the merged image uses into `blobs_dir`, in its blob table's order;
 /// `encrypted` (`--encrypt`) marks their layers as the converter does.
-fn place_blobs(ids: &[String], work: &Path, blobs_dir: &Path, encrypted: bool) -> Result<Layers> {
+fn place_blobs(ids: &[String], work: &Path, blobs: &mut Blobs, encrypted: bool) -> Result<Layers> {
     let mut out = Layers {
         layers: Vec::new(),
         diff_ids: Vec::new(),
@@ -260,9 +268,9 @@ fn place_blobs(ids: &[String], work: &Path, blobs_dir: &Path, encrypted: bool) -
     };
     for id in ids {
         let staged = work.join(id);
-        let dest = blobs_dir.join(id);
+        let dest = blobs.dir.join(id);
         if !dest.exists() {
-            std::fs::rename(&staged, &dest).ctx("move into place", &staged)?;
+            blobs.created.rename(&staged, &dest)?;
         }
         let size = std::fs::metadata(&dest).ctx("stat", &dest)?.len();
         let mut annotations = json!({ ANNOTATION_BLOB: "true" });
@@ -307,7 +315,7 @@ impl Layers {
     /// path.
     fn add_bootstrap(
         &mut self,
-        blobs_dir: &Path,
+        blobs: &mut Blobs,
         files: &[LayerFile],
         merged: &merge::MergeOutput,
         image_boot: &Path,
@@ -315,7 +323,7 @@ impl Layers {
         let tar = bootstrap_tar(files).ctx("write the bootstrap layer for", image_boot)?;
         let tar_digest = hex::encode(Sha256::digest(&tar));
         let gz = gzip(&tar).ctx("compress", image_boot)?;
-        let (hex, path) = put_blob(blobs_dir, &gz)?;
+        let (hex, path) = blobs.put(&gz)?;
         self.layers.push(json!({
             "mediaType": MEDIA_LAYER_GZIP,
             "digest": format!("sha256:{hex}"),
@@ -341,7 +349,7 @@ fn write_config(
     opts: &CreateOptions,
     image: &oci::Image,
     diff_ids: &[Value],
-    blobs_dir: &Path,
+    blobs: &mut Blobs,
 ) -> Result<Written> {
     let mut config = image.config.clone();
     let obj = config.as_object_mut().ok_or_else(|| Error::Unsupported {
@@ -361,7 +369,7 @@ fn write_config(
         }));
     }
     let bytes = to_json(&config);
-    let (hex, _) = put_blob(blobs_dir, &bytes)?;
+    let (hex, _) = blobs.put(&bytes)?;
     Ok(Written {
         hex,
         size: bytes.len(),
@@ -372,7 +380,7 @@ fn write_manifest(
     image: &oci::Image,
     config: &Written,
     layers: Vec<Value>,
-    blobs_dir: &Path,
+    blobs: &mut Blobs,
 ) -> Result<Written> {
     let mut manifest = Map::new();
     manifest.insert("schemaVersion".into(), json!(2));
@@ -390,7 +398,7 @@ fn write_manifest(
         manifest.insert("annotations".into(), a.clone());
     }
     let bytes = to_json(&Value::Object(manifest));
-    let (hex, _) = put_blob(blobs_dir, &bytes)?;
+    let (hex, _) = blobs.put(&bytes)?;
     Ok(Written {
         hex,
         size: bytes.len(),
@@ -398,7 +406,13 @@ fn write_manifest(
 }
 
 /// `oci-layout` and `index.json`, naming the one manifest for `p`.
-fn write_index(dir: &Path, image: &oci::Image, p: &Platform, manifest: &Written) -> Result<()> {
+fn write_index(
+    dir: &Path,
+    image: &oci::Image,
+    p: &Platform,
+    manifest: &Written,
+    outputs: &mut Outputs,
+) -> Result<()> {
     let mut platform_doc = Map::new();
     platform_doc.insert("architecture".into(), json!(p.architecture));
     platform_doc.insert("os".into(), json!(p.os));
@@ -419,11 +433,14 @@ fn write_index(dir: &Path, image: &oci::Image, p: &Platform, manifest: &Written)
         "mediaType": MEDIA_INDEX,
         "manifests": [Value::Object(entry)],
     });
-    write_atomic(
-        &dir.join("oci-layout"),
-        &to_json(&json!({ "imageLayoutVersion": "1.0.0" })),
-    )?;
-    write_atomic(&dir.join("index.json"), &to_json(&index))
+    for (name, doc) in [
+        ("oci-layout", json!({ "imageLayoutVersion": "1.0.0" })),
+        ("index.json", index),
+    ] {
+        let path = dir.join(name);
+        outputs.add(write_temp(&path, &to_json(&doc), None)?, path);
+    }
+    Ok(())
 }
 
 /// Compact JSON (keys sorted: serde_json's map is ordered by key), so output is reproducible.
@@ -431,12 +448,21 @@ fn to_json(v: &Value) -> Vec<u8> {
     serde_json::to_vec(v).unwrap_or_default()
 }
 
-/// Writes `bytes` as `blobs/sha256/<sha256>`; returns the hex digest and the path.
-fn put_blob(blobs_dir: &Path, bytes: &[u8]) -> Result<(String, PathBuf)> {
-    let hex = hex::encode(Sha256::digest(bytes));
-    let path = blobs_dir.join(&hex);
-    write_atomic(&path, bytes)?;
-    Ok((hex, path))
+/// The layout's `blobs/sha256`, and what this run added to it (removed again if the run fails
+/// or is interrupted before the index names it).
+struct Blobs {
+    dir: PathBuf,
+    created: NewPaths,
+}
+
+impl Blobs {
+    /// Writes `bytes` as `blobs/sha256/<sha256>`; returns the hex digest and the path.
+    fn put(&mut self, bytes: &[u8]) -> Result<(String, PathBuf)> {
+        let hex = hex::encode(Sha256::digest(bytes));
+        let path = self.dir.join(&hex);
+        self.created.write(&path, bytes)?;
+        Ok((hex, path))
+    }
 }
 
 /// gzip with a fixed header (no name, mtime 0), so equal input gives equal bytes.

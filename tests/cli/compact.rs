@@ -28,7 +28,7 @@ fn put(p: &Path, data: &[u8]) {
 }
 
 /// Four layers: l1 and l2 bring most of the data, l3 and l4 delete most of it.
-fn layers(base: &Path) -> Vec<PathBuf> {
+pub(crate) fn layers(base: &Path) -> Vec<PathBuf> {
     let l: Vec<PathBuf> = (1..=4).map(|i| base.join(format!("l{i}"))).collect();
     put(&l[0].join("opt/big-a"), &noise(1, 3 << 20));
     put(&l[0].join("opt/big-b"), &noise(2, 2 << 20));
@@ -49,6 +49,35 @@ fn layers(base: &Path) -> Vec<PathBuf> {
     put(&l[3].join("opt/.wh.big-c"), b"");
     put(&l[3].join("app/extra"), &noise(7, 20_000));
     l
+}
+
+/// Builds each of `srcs` as a layer of RAFS version `v` into `work/blobs` and merges them into
+/// `work/bootstrap`; returns the merged bootstrap and the blob directory.
+pub(crate) fn merged_layers(work: &Path, srcs: &[PathBuf], v: &str) -> (PathBuf, PathBuf) {
+    let blobs = work.join("blobs");
+    fs::create_dir_all(&blobs).unwrap();
+    let mut boots = Vec::new();
+    for (i, l) in srcs.iter().enumerate() {
+        let b = work.join(format!("layer{i}.boot"));
+        forge(&[
+            "create",
+            "--fs-version",
+            v,
+            "--whiteout-spec",
+            "none",
+            "-D",
+            s(&blobs),
+            "-B",
+            s(&b),
+            s(l),
+        ]);
+        boots.push(b);
+    }
+    let merged = work.join("bootstrap");
+    let mut args = vec!["merge", "-B", s(&merged)];
+    args.extend(boots.iter().map(|b| s(b)));
+    forge(&args);
+    (merged, blobs)
 }
 
 fn blob_sizes(boot: &Path) -> Vec<(String, u64)> {
@@ -114,29 +143,7 @@ fn compact_shrinks_a_four_layer_image_and_keeps_its_tree() {
     let srcs = layers(w.path());
     for v in ["6", "5"] {
         let work = w.path().join(format!("v{v}"));
-        let blobs = work.join("blobs");
-        fs::create_dir_all(&blobs).unwrap();
-        let mut boots = Vec::new();
-        for (i, l) in srcs.iter().enumerate() {
-            let b = work.join(format!("layer{i}.boot"));
-            forge(&[
-                "create",
-                "--fs-version",
-                v,
-                "--whiteout-spec",
-                "none",
-                "-D",
-                s(&blobs),
-                "-B",
-                s(&b),
-                s(l),
-            ]);
-            boots.push(b);
-        }
-        let merged = work.join("bootstrap");
-        let mut args = vec!["merge", "-B", s(&merged)];
-        args.extend(boots.iter().map(|b| s(b)));
-        forge(&args);
+        let (merged, blobs) = merged_layers(&work, &srcs, v);
         let (out, json) = (work.join("bootstrap.compact"), work.join("compact.json"));
         nydusify_compact(&merged, &blobs, &out, &json, &[]);
         assert!(out.is_file(), "nydusify looks for the compacted bootstrap");

@@ -28,6 +28,7 @@ mod reliability;
 mod report;
 mod reproducible;
 mod roundtrip;
+mod signals;
 mod tar;
 mod targz_ref;
 mod upstream_compat;

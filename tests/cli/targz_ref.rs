@@ -534,7 +534,7 @@ fn converter_merge_of_ref_layers_equals_upstreams() {
 /// members of `chunk` bytes, the `.prefetch.landmark` after the first file, the TOC
 /// (`stargz.index.json`, with the tar end blocks) in the last member, then the 51-byte footer
 /// whose extra field holds the TOC's offset.
-fn estargz(files: &[(&str, Vec<u8>)], chunk: usize) -> Vec<u8> {
+pub(crate) fn estargz(files: &[(&str, Vec<u8>)], chunk: usize) -> Vec<u8> {
     use flate2::write::GzEncoder;
     use std::io::Write;
     let gz = |data: &[u8]| {

@@ -2,7 +2,7 @@
 //! from the nydus-image commands (their exit codes are their own: `verify` exits 0 equal,
 //! 1 different, 2 could not compare).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use erofs_forge::ops::space::{self, Sizes, SpaceReport};
@@ -131,12 +131,19 @@ pub fn report(a: ReportArgs) -> anyhow::Result<()> {
         top: a.top,
     };
     let r = space::space(&opts)?;
+    let json = match &a.output_json {
+        Some(_) => serde_json::to_string_pretty(&r)?,
+        None => String::new(),
+    };
+    let html = a.html.as_ref().map(|_| r.html()).unwrap_or_default();
+    let mut files: Vec<(&Path, &[u8])> = Vec::new();
     if let Some(p) = &a.output_json {
-        write_atomic(p, serde_json::to_string_pretty(&r)?.as_bytes())?;
+        files.push((p, json.as_bytes()));
     }
     if let Some(p) = &a.html {
-        write_atomic(p, r.html().as_bytes())?;
+        files.push((p, html.as_bytes()));
     }
+    erofs_forge::staged::write_together(&files)?;
     print!("{}", report_text(&r));
     Ok(())
 }

@@ -60,7 +60,9 @@ pub mod read {
 /// them into place at the end; a program that catches a signal calls [`staged::remove_all`]
 /// before exiting so that none is left behind.
 pub mod staged {
-    pub use crate::io::staged::{interrupted, remove_all, write_atomic, write_together};
+    pub use crate::io::staged::{
+        claim_exit, gone_stream, interrupted, remove_all, write_atomic, write_together,
+    };
 }
 
 /// Internal parsers and on-disk constants the fuzz targets (`fuzz/`) and the tests drive

@@ -17,7 +17,7 @@ use std::fs::File;
 use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 
 use tempfile::NamedTempFile;
 
@@ -45,11 +45,15 @@ pub fn interrupted() -> Arc<AtomicBool> {
         .clone()
 }
 
-/// Takes the commit lock, unless the process is being interrupted.
+/// Takes the commit lock, unless the process is being interrupted or a consumer of its
+/// output has gone away (the run is failing: nothing may appear under a final name).
 fn commit_lock() -> Result<MutexGuard<'static, ()>> {
     let guard = COMMIT.lock().unwrap_or_else(|e| e.into_inner());
     if interrupted().load(Ordering::SeqCst) {
         return Err(Error::Interrupted);
+    }
+    if let Some(path) = gone_stream() {
+        return Err(Error::BrokenPipe { path });
     }
     Ok(guard)
 }
@@ -129,14 +133,62 @@ pub fn is_stream(path: &Path) -> bool {
 }
 
 /// Opens a stream output for writing in place: no creation, no truncation (a FIFO's reader,
-/// or whatever the device is, sees the bytes in the order they are written).
-pub fn open_stream(path: &Path) -> Result<File> {
+/// or whatever the device is, sees the bytes in the order they are written). The stream is
+/// watched while it is open (see [`gone_stream`]).
+pub fn open_stream(path: &Path) -> Result<Arc<File>> {
     let f = std::fs::OpenOptions::new()
         .write(true)
         .open(path)
         .ctx("open", path)?;
     widen_pipe(&f);
+    let f = Arc::new(f);
+    watched().push((Arc::downgrade(&f), path.to_path_buf()));
     Ok(f)
+}
+
+/// Stream outputs open now, for [`gone_stream`]: weak, so that a stream is closed (and its
+/// reader sees the end) as soon as its writer is done with it.
+fn watched() -> MutexGuard<'static, Vec<(Weak<File>, PathBuf)>> {
+    static WATCHED: Mutex<Vec<(Weak<File>, PathBuf)>> = Mutex::new(Vec::new());
+    WATCHED.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The first stream output (a FIFO or pipe written in place, or stdout when it is a pipe)
+/// whose reader has gone away, if any. Polling tells it at once, even while the run is busy
+/// elsewhere and writes nothing to that stream for minutes.
+pub fn gone_stream() -> Option<PathBuf> {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    use std::os::fd::AsFd;
+    let readerless = |fd: std::os::fd::BorrowedFd| {
+        let mut fds = [PollFd::new(fd, PollFlags::empty())];
+        poll(&mut fds, PollTimeout::ZERO).is_ok()
+            && fds[0]
+                .revents()
+                .is_some_and(|r| r.contains(PollFlags::POLLERR))
+    };
+    let mut list = watched();
+    list.retain(|(f, _)| f.strong_count() > 0);
+    for (f, path) in list.iter() {
+        // held while polled, so the descriptor cannot be closed and reused meanwhile
+        if let Some(f) = f.upgrade() {
+            if readerless(f.as_fd()) {
+                return Some(path.clone());
+            }
+        }
+    }
+    drop(list);
+    let out = std::io::stdout();
+    let is_pipe = File::from(out.as_fd().try_clone_to_owned().ok()?)
+        .metadata()
+        .is_ok_and(|m| m.file_type().is_fifo());
+    (is_pipe && readerless(out.as_fd())).then(|| PathBuf::from("stdout"))
+}
+
+/// Claims the right to end the process with an error message: true for the first caller
+/// only, so that a consumer noticed gone by two threads at once gives one line, not two.
+pub fn claim_exit() -> bool {
+    static CLAIMED: AtomicBool = AtomicBool::new(false);
+    !CLAIMED.swap(true, Ordering::SeqCst)
 }
 
 /// Gives a pipe or FIFO a 1 MiB buffer (Linux's default is 64 KiB), so that a layer streamed
@@ -156,8 +208,8 @@ pub enum Staged {
     Temp(NamedTempFile),
     /// The output itself, a stream written in place and in order (see [`is_stream`]).
     Stream {
-        /// The open stream.
-        file: File,
+        /// The open stream (shared with the watch of [`gone_stream`]).
+        file: Arc<File>,
         /// Its name, for errors.
         path: PathBuf,
     },
@@ -180,10 +232,10 @@ impl Staged {
         Ok(Staged::Temp(tmp))
     }
 
-    /// The file the bytes go to.
-    pub fn file_mut(&mut self) -> &mut File {
+    /// The file the bytes go to (`&File` writes).
+    pub fn file(&self) -> &File {
         match self {
-            Staged::Temp(t) => t.as_file_mut(),
+            Staged::Temp(t) => t.as_file(),
             Staged::Stream { file, .. } => file,
         }
     }
@@ -364,8 +416,8 @@ fn persist_unlocked(tmp: NamedTempFile, path: &Path) -> Result<()> {
 fn copy_into_stream(tmp: NamedTempFile, path: &Path) -> Result<()> {
     let tmp_path = tmp.path().to_path_buf();
     let mut from = tmp.reopen().ctx("open", &tmp_path)?;
-    let mut to = open_stream(path)?;
-    let result = std::io::copy(&mut from, &mut to);
+    let to = open_stream(path)?;
+    let result = std::io::copy(&mut from, &mut &*to);
     drop(tmp);
     unregister(&tmp_path);
     result.map_err(|e| write_error(e, path, None))?;
@@ -425,8 +477,8 @@ pub fn write_together(files: &[(&Path, &[u8])]) -> Result<()> {
 /// become `path`, or straight into `path` if it is a stream. On a full disk the error names
 /// `path` and the bytes not written.
 pub fn write_temp(path: &Path, bytes: &[u8], tmp_dir: Option<&Path>) -> Result<Staged> {
-    let mut out = Staged::create(path, tmp_dir)?;
-    let f = out.file_mut();
+    let out = Staged::create(path, tmp_dir)?;
+    let mut f = out.file();
     if let Err(e) = f.write_all(bytes) {
         let written = f.metadata().map(|m| m.len()).unwrap_or(0);
         return Err(write_error(

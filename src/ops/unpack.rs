@@ -199,12 +199,12 @@ fn pad(out: &mut dyn Write, len: u64, name: &Path) -> Result<()> {
 /// Writes the tar into a temporary file beside `out` (or straight into `out`, a stream such as
 /// a FIFO, in one sequential pass); returns it (to commit) and the count.
 fn write_tar(image: &Image, source: BlobSource, out: &Path) -> Result<(Staged, u64)> {
-    let mut tmp = Staged::create(out, None)?;
+    let tmp = Staged::create(out, None)?;
     let mut reader = ChunkReader::new(image, source);
     let mut first_path: HashMap<InodeId, Vec<u8>> = HashMap::new();
     let mut n = 0;
     {
-        let mut w = ::tar::Builder::new(BufWriter::with_capacity(1 << 20, tmp.file_mut()));
+        let mut w = ::tar::Builder::new(BufWriter::with_capacity(1 << 20, tmp.file()));
         for e in image.tree.numbering_order() {
             let ino = image.tree[e].inode;
             let inode = &image.tree[ino];

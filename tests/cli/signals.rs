@@ -373,7 +373,10 @@ fn every_create_type_leaves_nothing_when_interrupted() {
     let star = i.work.join("layer.stargz");
     let files: Vec<(&str, Vec<u8>)> = vec![
         ("a", vec![7u8; 300_000]),
-        ("b", (0..200_000u32).map(|x| ((x * 31) >> 5) as u8).collect()),
+        (
+            "b",
+            (0..200_000u32).map(|x| ((x * 31) >> 5) as u8).collect(),
+        ),
     ];
     fs::write(&star, crate::targz_ref::estargz(&files, 65_536)).unwrap();
     cases.push(Case {

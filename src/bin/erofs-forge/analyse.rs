@@ -2,6 +2,7 @@
 //! from the nydus-image commands (their exit codes are their own: `verify` exits 0 equal,
 //! 1 different, 2 could not compare).
 
+use crate::out::{out, outln};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -68,9 +69,9 @@ fn run_verify(a: VerifyArgs) -> anyhow::Result<bool> {
         doc["verdict"] = (if r.equal() { "equal" } else { "different" }).into();
         write_atomic(p, serde_json::to_string_pretty(&doc)?.as_bytes())?;
     }
-    println!("{}", r.verdict());
+    outln!("{}", r.verdict());
     for d in &r.differences {
-        println!("{}", line(d));
+        outln!("{}", line(d));
     }
     Ok(r.equal())
 }
@@ -144,7 +145,7 @@ pub fn report(a: ReportArgs) -> anyhow::Result<()> {
         files.push((p, html.as_bytes()));
     }
     erofs_forge::staged::write_together(&files)?;
-    print!("{}", report_text(&r));
+    out!("{}", report_text(&r));
     Ok(())
 }
 

@@ -6,10 +6,12 @@
 
 mod analyse;
 mod args;
+mod out;
 mod report;
 mod resolve;
 mod run;
 
+use crate::out::out;
 use std::process::ExitCode;
 use std::sync::atomic::Ordering;
 
@@ -49,6 +51,10 @@ fn handle_signals() {
     std::thread::spawn(move || {
         if let Some(sig) = signals.forever().next() {
             let n = erofs_forge::staged::remove_all();
+            if !erofs_forge::staged::claim_exit() {
+                // another thread is already ending the process with its own message
+                return;
+            }
             eprintln!(
                 "interrupted by signal {sig}: removed {n} temporary file{}",
                 if n == 1 { "" } else { "s" }
@@ -58,14 +64,33 @@ fn handle_signals() {
     });
 }
 
+/// Watches the stream outputs (FIFOs and pipes written in place, stdout when it is a pipe):
+/// when a consumer goes away, the run stops within a tenth of a second with one line naming
+/// the output, even if it would write nothing more to that stream for a long time.
+fn watch_consumers() {
+    std::thread::spawn(|| loop {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        if let Some(path) = erofs_forge::staged::gone_stream() {
+            let cleaned = erofs_forge::staged::remove_all();
+            if erofs_forge::staged::claim_exit() {
+                eprintln!("error: broken pipe writing {}", path.display());
+                log::debug!("removed {cleaned} temporary files");
+                std::process::exit(1);
+            }
+            return;
+        }
+    });
+}
+
 fn main() -> ExitCode {
     // `--version` in nydus-image's shape, not clap's one-line "name version"
     if resolve::asks_version(std::env::args_os().skip(1)) {
-        print!("{}", report::version());
+        out!("{}", report::version());
         return ExitCode::SUCCESS;
     }
     let cli = Cli::parse();
     handle_signals();
+    watch_consumers();
     if let Err(e) = init_logging(&cli) {
         eprintln!("error: {e:#}");
         return ExitCode::FAILURE;
@@ -75,9 +100,12 @@ fn main() -> ExitCode {
     }
     match run::run(cli.command) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) if erofs_forge::staged::interrupted().load(Ordering::SeqCst) => {
-            // a signal stopped the run: its handler thread cleans up and exits with the
-            // signal's status; this error is only a consequence of it
+        Err(e)
+            if erofs_forge::staged::interrupted().load(Ordering::SeqCst)
+                || !erofs_forge::staged::claim_exit() =>
+        {
+            // a signal or a consumer gone away stopped the run: the thread that saw it cleans
+            // up and exits with its status; this error is only a consequence of it
             drop(e);
             std::thread::sleep(std::time::Duration::from_secs(10));
             ExitCode::from(130)

@@ -1,5 +1,6 @@
 //! What the commands print, and the progress bar: nydus-image's wording where clients parse it.
 
+use crate::out::outln;
 use std::io::IsTerminal;
 use std::path::Path;
 
@@ -75,13 +76,13 @@ pub fn version() -> String {
 /// `create` of one layer.
 pub fn created(out: &CreateOutput) {
     let total = out.timings.get("total_build").copied().unwrap_or(0.0);
-    println!("meta blob path: {}", out.bootstrap);
+    outln!("meta blob path: {}", out.bootstrap);
     if let Some(p) = &out.blob_path {
-        println!("data blob path: {}", p.display());
+        outln!("data blob path: {}", p.display());
     }
-    println!("data blob size: {:#x}", out.blob_size);
-    println!("data blobs: {:?}", out.blobs);
-    println!(
+    outln!("data blob size: {:#x}", out.blob_size);
+    outln!("data blobs: {:?}", out.blobs);
+    outln!(
         "built {} entries, {} files, {} bytes of data in {} chunks ({} unique, {}) in {:.2}s ({:.1} MB/s)",
         out.entries,
         out.files,
@@ -96,32 +97,34 @@ pub fn created(out: &CreateOutput) {
 
 /// `create -t oci`.
 pub fn created_oci(out: &OciOutput, blob_cache_dir: Option<&Path>) {
-    println!("image layout: {}", out.dir.display());
-    println!(
+    outln!("image layout: {}", out.dir.display());
+    outln!(
         "source image: {} ({} layers, from {})",
-        out.platform, out.layers, out.found_in
+        out.platform,
+        out.layers,
+        out.found_in
     );
-    println!("manifest: {}", out.manifest);
-    println!("config: {}", out.config);
+    outln!("manifest: {}", out.manifest);
+    outln!("config: {}", out.config);
     for b in &out.blobs {
-        println!("data blob path: {}", b.display());
+        outln!("data blob path: {}", b.display());
     }
-    println!("bootstrap layer path: {}", out.bootstrap_layer.display());
+    outln!("bootstrap layer path: {}", out.bootstrap_layer.display());
     match &out.bootstrap {
-        Some(p) => println!("meta blob path: {}", p.display()),
+        Some(p) => outln!("meta blob path: {}", p.display()),
         None => {
-            println!("meta blob path: (only inside the bootstrap layer; -B writes it as a file)")
+            outln!("meta blob path: (only inside the bootstrap layer; -B writes it as a file)")
         }
     }
     if let Some(c) = blob_cache_dir {
-        println!("blob cache: {}", c.display());
+        outln!("blob cache: {}", c.display());
     }
 }
 
 /// `merge`.
 pub fn merged(out: &merge::MergeOutput) {
-    println!("meta blob path: {}", out.bootstrap.display());
-    println!("data blobs: {:?}", out.blobs);
+    outln!("meta blob path: {}", out.bootstrap.display());
+    outln!("data blobs: {:?}", out.blobs);
 }
 
 /// `export --block` (nydus layout), with the dm-verity parameters when asked for: first the
@@ -131,18 +134,18 @@ pub fn merged(out: &merge::MergeOutput) {
 /// first byte, so nothing may come before it); then the rest for people.
 pub fn exported_block(out: &export::ExportOutput) {
     let Some(root) = &out.root_hash else {
-        println!("block image: {}", out.path.display());
+        outln!("block image: {}", out.path.display());
         return;
     };
     let (b, h) = (export::VERITY_DATA_BLOCK, export::VERITY_HASH_BLOCK);
     let (blocks, offset) = (out.data_blocks, out.data_size);
-    println!(
+    outln!(
         "dm-verity options: --no-superblock --format=1 -s \"\" --hash=sha256 --data-block-size={b} --hash-block-size={h} --data-blocks {blocks} --hash-offset {offset} {root}"
     );
-    println!("block image: {}", out.path.display());
+    outln!("block image: {}", out.path.display());
     let p = out.path.display();
     // the same parameters in a form that survives splitting at spaces (no empty argument)
-    println!(
+    outln!(
         "veritysetup verify {p} {p} {root} --no-superblock --format=1 --hash=sha256 --salt=- --data-block-size={b} --hash-block-size={h} --data-blocks={blocks} --hash-offset={offset}"
     );
 }
@@ -150,12 +153,12 @@ pub fn exported_block(out: &export::ExportOutput) {
 /// `check`: the listing, the blob table and how the data was checked.
 pub fn checked(report: &check::CheckReport) {
     for line in &report.listing {
-        println!("{line}");
+        outln!("{line}");
     }
     let img = &report.image;
-    println!("RAFS filesystem metadata is valid, referenced data blobs: ");
+    outln!("RAFS filesystem metadata is valid, referenced data blobs: ");
     for (i, b) in img.blobs.iter().enumerate() {
-        println!(
+        outln!(
             "\t {i}: {}, compressed size {}, uncompressed size {}, chunk size: {}, chunk count: {}, features: {}",
             b.id,
             b.compressed_size,
@@ -166,13 +169,13 @@ pub fn checked(report: &check::CheckReport) {
         );
     }
     if report.chunks_verified > 0 {
-        println!(
+        outln!(
             "verified {} chunks against their digests",
             report.chunks_verified
         );
     }
     if report.chunks_unverified > 0 {
-        println!(
+        outln!(
             "read {} chunks whose digests the image does not record (sizes checked)",
             report.chunks_unverified
         );

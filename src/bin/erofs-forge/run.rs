@@ -1,5 +1,6 @@
 //! One library call per subcommand, between resolving its arguments and printing its result.
 
+use crate::out::outln;
 use anyhow::Result;
 use erofs_forge::ops::{self, report::Report};
 use erofs_forge::staged::write_atomic;
@@ -29,19 +30,19 @@ pub fn run(command: Command) -> Result<()> {
         Command::Merge(a) => report::merged(&ops::merge::merge(&resolve::merge(a)?)?),
         Command::Export(a) => match resolve::export(a) {
             ExportPlan::Tar(opts) => {
-                println!("exported {} entries", ops::unpack::unpack(&opts)?);
+                outln!("exported {} entries", ops::unpack::unpack(&opts)?);
             }
             ExportPlan::Compressed(opts) => {
                 let size = ops::export_compressed::export(&opts)?;
                 let (algo, out) = (opts.compressor, opts.output.display());
-                println!("EROFS image ({algo}): {out} ({size} bytes)");
+                outln!("EROFS image ({algo}): {out} ({size} bytes)");
             }
             ExportPlan::Block(opts) => report::exported_block(&ops::export::export_block(&opts)?),
         },
         Command::Check(a) => check(a)?,
         Command::Unpack(a) => {
             let n = ops::unpack::unpack(&resolve::unpack(a)?)?;
-            println!("unpacked {n} entries");
+            outln!("unpacked {n} entries");
         }
         Command::Inspect(a) => inspect(a)?,
         Command::Stat(a) => {
@@ -50,7 +51,7 @@ pub fn run(command: Command) -> Result<()> {
             let text = serde_json::to_string_pretty(&v)?;
             match json {
                 Some(p) => write_atomic(&p, text.as_bytes())?,
-                None => println!("{text}"),
+                None => outln!("{text}"),
             }
         }
         Command::BenchBound {
@@ -66,7 +67,7 @@ pub fn run(command: Command) -> Result<()> {
                 chunk_size,
                 threads,
             )?;
-            println!("{}", serde_json::json!(b));
+            outln!("{}", serde_json::json!(b));
         }
         Command::BenchChunkRead {
             bootstrap,
@@ -74,7 +75,7 @@ pub fn run(command: Command) -> Result<()> {
             chunk,
         } => {
             let r = ops::bench::chunk_read(&bootstrap.path()?, &blobs.into(), &chunk)?;
-            println!("{}", serde_json::json!(r));
+            outln!("{}", serde_json::json!(r));
         }
         Command::ExtractBootstrap { blob, output } => {
             write_atomic(&output, &erofs_forge::read::extract_bootstrap(&blob)?)?;
@@ -122,6 +123,6 @@ fn inspect(a: crate::args::InspectArgs) -> Result<()> {
     }
     // one line, as nydus-image prints it: nydus-snapshotter searches this output for
     // `"blob_id":"<hex>"`, nydusify parses it as one JSON document
-    println!("{}", serde_json::to_string(&v)?);
+    outln!("{}", serde_json::to_string(&v)?);
     Ok(())
 }

@@ -11,6 +11,7 @@ mod chunkdict;
 mod clients;
 mod common;
 mod compact;
+mod concurrent;
 mod consumer;
 mod corrupt;
 mod dump;

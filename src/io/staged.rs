@@ -268,6 +268,9 @@ impl From<NamedTempFile> for Staged {
 #[derive(Debug, Default)]
 pub struct Outputs {
     items: Vec<(Staged, PathBuf)>,
+    /// Temporary directories (from [`temp_dir_beside`]) and their final names, renamed after
+    /// the files (which may lie inside them).
+    dirs: Vec<(PathBuf, PathBuf)>,
 }
 
 impl Outputs {
@@ -281,13 +284,18 @@ impl Outputs {
         self.items.push((tmp.into(), path));
     }
 
+    /// Adds a finished temporary directory and its final name (which must not exist).
+    pub fn add_dir(&mut self, tmp: PathBuf, path: PathBuf) {
+        self.dirs.push((tmp, path));
+    }
+
     /// Renames every output into place. If one fails, those already renamed are removed and
     /// the remaining temporary files are deleted: no final name is left behind.
-    pub fn commit(self) -> Result<()> {
+    pub fn commit(mut self) -> Result<()> {
         failpoint::reached("commit");
         let _commit = commit_lock()?;
         let mut done: Vec<PathBuf> = Vec::new();
-        for (tmp, path) in self.items {
+        for (tmp, path) in std::mem::take(&mut self.items) {
             let streamed = matches!(tmp, Staged::Stream { .. });
             let result = match tmp {
                 Staged::Temp(t) => persist_unlocked(t, &path),
@@ -304,12 +312,39 @@ impl Outputs {
                 done.push(path);
             }
         }
+        // (on an early return, the directories not yet renamed are removed by Drop)
+        while let Some((tmp, path)) = self.dirs.pop() {
+            if let Err(source) = std::fs::rename(&tmp, &path) {
+                for p in &done {
+                    remove_path(p);
+                }
+                remove_path(&tmp);
+                unregister(&tmp);
+                return Err(Error::Io {
+                    op: "rename into",
+                    path,
+                    source,
+                });
+            }
+            unregister(&tmp);
+            done.push(path);
+        }
         Ok(())
     }
 }
 
+impl Drop for Outputs {
+    /// Removes the temporary directories of a set that was not committed.
+    fn drop(&mut self) {
+        for (tmp, _) in self.dirs.drain(..) {
+            remove_path(&tmp);
+            unregister(&tmp);
+        }
+    }
+}
+
 /// A temporary directory beside `final_dir`, registered; renamed into place by
-/// [`persist_dir`].
+/// [`persist_dir`] or [`Outputs::commit`].
 pub fn temp_dir_beside(final_dir: &Path) -> Result<PathBuf> {
     let parent = match final_dir.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,

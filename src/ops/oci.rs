@@ -15,7 +15,7 @@ use serde_json::{json, Map, Value};
 use sha2::{Digest as _, Sha256};
 
 use crate::error::{Error, IoContext, Result};
-use crate::io::staged::{write_temp, NewPaths, Outputs};
+use crate::io::staged::{temp_dir_beside, write_temp, NewPaths, Outputs};
 use crate::model::overlay::WhiteoutSpec;
 use crate::ops::create::{self, CreateOptions, LayerStream, Progress, SourceType};
 use crate::ops::merge::{self, MergeOptions};
@@ -101,7 +101,21 @@ pub fn create_oci(
     platform: Option<&str>,
     progress: &dyn Progress,
 ) -> Result<OciOutput> {
-    let dir = check_options(opts)?.to_path_buf();
+    let final_dir = check_options(opts)?.to_path_buf();
+    let mut outputs = Outputs::new();
+    let dir = if std::fs::symlink_metadata(&final_dir).is_err() {
+        // a new layout is built under a temporary name and appears whole at the end
+        let tmp = temp_dir_beside(&final_dir)?;
+        outputs.add_dir(tmp.clone(), final_dir.clone());
+        tmp
+    } else {
+        final_dir.clone()
+    };
+    // where a path inside the layout will be once it is in place
+    let placed = |p: &Path| match p.strip_prefix(&dir) {
+        Ok(rel) => final_dir.join(rel),
+        Err(_) => p.to_path_buf(),
+    };
     let want = match platform {
         Some(p) => Platform::parse(p)?,
         None => Platform::host(),
@@ -138,7 +152,6 @@ pub fn create_oci(
     let p = image.platform.clone().unwrap_or(want);
     // the image appears at once: index, layout marker, bootstrap and report are put in place
     // together, after every blob they name
-    let mut outputs = Outputs::new();
     write_index(&dir, &image, &p, &manifest, &mut outputs)?;
     let plain = match &opts.bootstrap {
         Some(p) => {
@@ -148,14 +161,14 @@ pub fn create_oci(
         None => None,
     };
     let out = OciOutput {
-        dir: dir.clone(),
+        dir: final_dir.clone(),
         platform: p.to_string(),
         found_in: image.found_in,
         layers: image.layers.len(),
         manifest: format!("sha256:{}", manifest.hex),
         config: format!("sha256:{}", config.hex),
-        blobs: layers.blob_paths,
-        bootstrap_layer: boot_layer,
+        blobs: layers.blob_paths.iter().map(|b| placed(b)).collect(),
+        bootstrap_layer: placed(&boot_layer),
         bootstrap: plain,
         fs_version: merged.fs_version,
     };
@@ -170,11 +183,14 @@ pub fn create_oci(
             opts.compressor.unwrap_or(crate::codec::Compressor::Zstd),
         );
         report.extra.insert("manifest".into(), json!(out.manifest));
-        report
-            .extra
-            .insert("image_layout".into(), json!(dir.display().to_string()));
+        report.extra.insert(
+            "image_layout".into(),
+            json!(final_dir.display().to_string()),
+        );
         outputs.add(write_temp(j, report.pretty().as_bytes(), None)?, j.clone());
     }
+    // the scratch directory lies inside the layout: gone before the layout moves into place
+    drop(work);
     outputs.commit()?;
     blobs.created.keep();
     Ok(out)

@@ -581,36 +581,79 @@ fn maintenance_and_analysis_commands_leave_nothing_when_interrupted() {
 
 #[test]
 fn sigkill_never_leaves_a_final_name() {
-    // after SIGKILL only temporary names (`.erofs-forge.*.tmp`, as the README says) may remain
+    // after SIGKILL only temporary names (`.erofs-forge.*.tmp`, as the README says) and what
+    // lies inside them may remain
     let i = Inputs::new();
-    let (out, boot) = (i.p("out"), i.p("new.boot"));
-    let case = Case {
-        name: "create",
-        args: strings(&[
-            "create",
-            "-D",
-            &out,
-            "-B",
-            &boot,
-            "--chunk-size",
-            "0x10000",
-            s(&i.src),
-        ]),
-        stdin: None,
-    };
+    i.image("a", &["--chunk-size", "0x10000"]);
+    let (a, ab) = (i.p("a.boot"), i.p("a.blobs"));
+    let (out, new) = (i.p("out"), i.p("new"));
+    let cases = [
+        (
+            strings(&[
+                "create",
+                "-D",
+                &out,
+                "-B",
+                &new,
+                "--chunk-size",
+                "0x10000",
+                s(&i.src),
+            ]),
+            ["temp:1", "chunk:3", "commit:1"],
+        ),
+        (
+            strings(&[
+                "create",
+                "-t",
+                "targz-rafs",
+                "-D",
+                &out,
+                "-B",
+                &new,
+                s(&i.targz),
+            ]),
+            ["temp:2", "chunk:3", "commit:1"],
+        ),
+        (
+            strings(&["unpack", &a, "-D", &ab, "--output-dir", &new]),
+            ["temp:1", "read:5", "commit:1"],
+        ),
+        (
+            strings(&[
+                "export",
+                "--block",
+                "--compressor",
+                "lz4",
+                "-B",
+                &a,
+                "-D",
+                &ab,
+                "-O",
+                &new,
+            ]),
+            ["temp:1", "read:5", "commit:1"],
+        ),
+    ];
+    let temp_named = |c: &str| c.starts_with(".erofs-forge.") && c.ends_with(".tmp");
     let before = listing(&i.work);
-    for point in ["temp:1", "chunk:3", "commit:1"] {
-        let mut child = until_stopped(case.spawn(&i.work, Some(point))).expect(point);
-        child.kill().unwrap();
-        child.wait().unwrap();
-        let after = listing(&i.work);
-        for p in after.difference(&before) {
-            let name = p.rsplit('/').next().unwrap();
-            assert!(
-                name.starts_with(".erofs-forge.") && name.ends_with(".tmp"),
-                "SIGKILL at {point} left {p}"
-            );
+    for (args, points) in cases {
+        let case = Case {
+            name: &args[0],
+            args: args.clone(),
+            stdin: None,
+        };
+        for point in points {
+            let mut child = until_stopped(case.spawn(&i.work, Some(point))).expect(point);
+            child.kill().unwrap();
+            child.wait().unwrap();
+            let after = listing(&i.work);
+            for p in after.difference(&before) {
+                assert!(
+                    p.split('/').any(temp_named),
+                    "SIGKILL of {args:?} at {point} left {p}"
+                );
+            }
+            restore(&i.work, &before);
         }
-        restore(&i.work, &before);
     }
 }

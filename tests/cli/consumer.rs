@@ -3,14 +3,13 @@
 //! non-zero exit, and leaves nothing behind (no temporary file, no final name).
 
 use std::fs;
-use std::io::Read;
 use std::os::fd::OwnedFd;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::common::*;
-use crate::signals::{listing, wait_for};
+use crate::signals::{listing, wait_stderr};
 
 /// An image of the sample tree in `w` (`img.boot`, blobs in `img.blobs/`).
 fn image(w: &Path) {
@@ -156,16 +155,9 @@ fn a_fifo_reader_gone_while_the_run_waits_stops_it_within_a_second() {
     std::thread::sleep(Duration::from_millis(300));
     drop(reader);
     let gone = Instant::now();
-    let status = wait_for(&mut child, Duration::from_secs(10));
+    let (status, err) = wait_stderr(child, Duration::from_secs(10));
     let took = gone.elapsed();
     drop(input);
-    let mut err = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut err)
-        .unwrap();
     assert!(!status.success());
     assert_eq!(
         err.lines().collect::<Vec<_>>(),

@@ -62,6 +62,18 @@ pub(crate) fn until_stopped(mut child: Child) -> Result<Child, ExitStatus> {
     }
 }
 
+/// Waits for `child` (spawned with stderr piped) to exit, at most `limit`; returns its status
+/// and what it wrote on stderr.
+pub(crate) fn wait_stderr(mut child: Child, limit: Duration) -> (ExitStatus, String) {
+    use std::io::Read;
+    let status = wait_for(&mut child, limit);
+    let mut err = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        e.read_to_string(&mut err).unwrap();
+    }
+    (status, err)
+}
+
 /// Waits for `child` to exit, at most `limit`.
 pub(crate) fn wait_for(child: &mut Child, limit: Duration) -> ExitStatus {
     let start = Instant::now();
@@ -103,8 +115,8 @@ impl Case<'_> {
 }
 
 /// Runs `case` once to completion (it must succeed; its outputs are then removed again), then
-/// interrupts it at every `temp` and `commit` point and at some `chunk` and `read` points, checking after each that
-/// the work directory holds exactly what it held before.
+/// interrupts it at every `temp` and `commit` point and at some `chunk` and `read` points,
+/// checking after each that the work directory holds exactly what it held before.
 fn interrupt_everywhere(work: &Path, case: &Case) -> usize {
     fs::create_dir_all(work.join("tmp")).unwrap();
     let before = listing(work);
@@ -125,19 +137,10 @@ fn interrupt_everywhere(work: &Path, case: &Case) -> usize {
                 }
             };
             interrupted += 1;
-            let mut child = child;
             let pid = Pid::from_raw(child.id() as i32);
             kill(pid, sig).unwrap();
             kill(pid, Signal::SIGCONT).unwrap();
-            let status = wait_for(&mut child, Duration::from_secs(20));
-            let mut err = String::new();
-            use std::io::Read;
-            child
-                .stderr
-                .take()
-                .unwrap()
-                .read_to_string(&mut err)
-                .unwrap();
+            let (status, err) = wait_stderr(child, Duration::from_secs(20));
             assert_eq!(
                 status.code(),
                 Some(128 + sig as i32),
@@ -211,8 +214,9 @@ fn source(dir: &Path) {
     std::os::unix::fs::symlink("sub/f1", dir.join("link")).unwrap();
 }
 
-fn strings(args: &[&str]) -> Vec<String> {
-    args.iter().map(|a| a.to_string()).collect()
+/// A command line split at spaces (test paths hold none).
+fn argv(line: &str) -> Vec<String> {
+    line.split_whitespace().map(String::from).collect()
 }
 
 /// The work directory with a source tree, its tar and tar.gz, and one v6 and one v5 image.
@@ -276,97 +280,57 @@ fn every_create_type_leaves_nothing_when_interrupted() {
     let mut cases = vec![
         Case {
             name: "create dir v6",
-            args: strings(&[
-                "create",
-                "-D",
-                &out,
-                "-B",
-                &boot,
-                "-J",
-                &json,
-                "--chunk-size",
-                "0x10000",
-                src,
-            ]),
+            args: argv(&format!(
+                "create -D {out} -B {boot} -J {json} --chunk-size 0x10000 {src}"
+            )),
             stdin: None,
         },
         Case {
             name: "create dir v5, one blob file",
-            args: strings(&[
-                "create",
-                "--fs-version",
-                "5",
-                "-b",
-                &i.p("new.blob"),
-                "-B",
-                &boot,
-                "--chunk-size",
-                "0x10000",
-                src,
-            ]),
+            args: argv(&format!(
+                "create --fs-version 5 -b {} -B {boot} --chunk-size 0x10000 {src}",
+                &i.p("new.blob")
+            )),
             stdin: None,
         },
         Case {
             name: "create batch encrypt inline",
-            args: strings(&[
-                "create",
-                "-D",
-                &out,
-                "--blob-inline-meta",
-                "--batch-size",
-                "0x10000",
-                "--encrypt",
-                "--chunk-size",
-                "0x10000",
-                src,
-            ]),
+            args: argv(&format!(
+                "create -D {out} --blob-inline-meta --batch-size 0x10000 --encrypt \
+                --chunk-size 0x10000 {src}"
+            )),
             stdin: None,
         },
         Case {
             name: "create blob cache",
-            args: strings(&[
-                "create",
-                "-D",
-                &out,
-                "-B",
-                &boot,
-                "--blob-cache-dir",
-                &i.p("out"),
-                "--chunk-size",
-                "0x10000",
-                src,
-            ]),
+            args: argv(&format!(
+                "create -D {out} -B {boot} --blob-cache-dir {} --chunk-size \
+                0x10000 {src}",
+                &i.p("out")
+            )),
             stdin: None,
         },
         Case {
             name: "create tar-rafs from stdin",
-            args: strings(&["create", "-t", "tar-rafs", "-D", &out, "-B", &boot, "-"]),
+            args: argv(&format!("create -t tar-rafs -D {out} -B {boot} -")),
             stdin: Some(i.tar.clone()),
         },
         Case {
             name: "create targz-rafs",
-            args: strings(&[
-                "create",
-                "-t",
-                "targz-rafs",
-                "-D",
-                &out,
-                "-B",
-                &boot,
-                "--chunk-size",
-                "0x10000",
-                targz,
-            ]),
+            args: argv(&format!(
+                "create -t targz-rafs -D {out} -B {boot} --chunk-size 0x10000 \
+                {targz}"
+            )),
             stdin: None,
         },
         Case {
             name: "create targz-ref",
-            args: strings(&["create", "-t", "targz-ref", "-D", &out, "-B", &boot, targz]),
+            args: argv(&format!("create -t targz-ref -D {out} -B {boot} {targz}")),
             stdin: None,
         },
         Case {
             name: "create tar-tarfs",
-            args: strings(&["create", "-t", "tar-tarfs", "-D", &out, "-B", &boot, tar]),
+            args: argv(&format!("create -t tar-tarfs -D {out} -B {boot} {tar}")),
             stdin: None,
         },
     ];
@@ -381,16 +345,10 @@ fn every_create_type_leaves_nothing_when_interrupted() {
     fs::write(&star, crate::targz_ref::estargz(&files, 65_536)).unwrap();
     cases.push(Case {
         name: "create estargz-ref",
-        args: strings(&[
-            "create",
-            "-t",
-            "estargz-ref",
-            "-D",
-            &out,
-            "-B",
-            &boot,
-            s(&star),
-        ]),
+        args: argv(&format!(
+            "create -t estargz-ref -D {out} -B {boot} {}",
+            s(&star)
+        )),
         stdin: None,
     });
     for c in &cases {
@@ -411,7 +369,7 @@ fn create_oci_leaves_nothing_when_interrupted() {
         let boot = s(&w.path().join("oci.boot")).to_string();
         let case = Case {
             name: "create -t oci",
-            args: strings(&["create", "-t", "oci", "-D", &out, "-B", &boot, s(&img)]),
+            args: argv(&format!("create -t oci -D {out} -B {boot} {}", s(&img))),
             stdin: None,
         };
         let n = interrupt_everywhere(w.path(), &case);
@@ -432,55 +390,44 @@ fn merge_export_unpack_leave_nothing_when_interrupted() {
     let cases = [
         Case {
             name: "merge",
-            args: strings(&["merge", "-B", &new, "-J", &i.p("m.json"), &a, &b]),
+            args: argv(&format!("merge -B {new} -J {} {a} {b}", &i.p("m.json"))),
             stdin: None,
         },
         Case {
             name: "export --block",
-            args: strings(&["export", "--block", "-B", &a, "-D", &ab, "-O", &new]),
+            args: argv(&format!("export --block -B {a} -D {ab} -O {new}")),
             stdin: None,
         },
         Case {
             name: "export --block --verity",
-            args: strings(&[
-                "export", "--block", "--verity", "-B", &a, "-D", &ab, "-O", &new,
-            ]),
+            args: argv(&format!("export --block --verity -B {a} -D {ab} -O {new}")),
             stdin: None,
         },
         Case {
             name: "export --block --compressor lz4",
-            args: strings(&[
-                "export",
-                "--block",
-                "--compressor",
-                "lz4",
-                "-B",
-                &a,
-                "-D",
-                &ab,
-                "-O",
-                &new,
-            ]),
+            args: argv(&format!(
+                "export --block --compressor lz4 -B {a} -D {ab} -O {new}"
+            )),
             stdin: None,
         },
         Case {
             name: "export --tar",
-            args: strings(&["export", "--tar", &new, "-B", &a, "-D", &ab]),
+            args: argv(&format!("export --tar {new} -B {a} -D {ab}")),
             stdin: None,
         },
         Case {
             name: "unpack -o",
-            args: strings(&["unpack", &a, "-D", &ab, "-o", &new]),
+            args: argv(&format!("unpack {a} -D {ab} -o {new}")),
             stdin: None,
         },
         Case {
             name: "unpack --output-dir",
-            args: strings(&["unpack", &a, "-D", &ab, "--output-dir", &new]),
+            args: argv(&format!("unpack {a} -D {ab} --output-dir {new}")),
             stdin: None,
         },
         Case {
             name: "check -J",
-            args: strings(&["check", "-B", &a, "-D", &ab, "-J", &new]),
+            args: argv(&format!("check -B {a} -D {ab} -J {new}")),
             stdin: None,
         },
     ];
@@ -502,46 +449,28 @@ fn maintenance_and_analysis_commands_leave_nothing_when_interrupted() {
     let cases = [
         Case {
             name: "optimize",
-            args: strings(&[
-                "optimize",
-                "--prefetch-files",
-                s(&list),
-                "--bootstrap",
-                &a,
-                "--blob-dir",
-                &ab,
-                "--output-blob-dir",
-                &ab,
-                "--output-bootstrap",
-                &new,
-                "--output-json",
-                &json,
-            ]),
+            args: argv(&format!(
+                "optimize --prefetch-files {} --bootstrap {a} --blob-dir {ab} \
+                --output-blob-dir {ab} --output-bootstrap {new} --output-json {json}",
+                s(&list)
+            )),
             stdin: None,
         },
         Case {
             name: "chunkdict generate",
-            args: strings(&[
-                "chunkdict",
-                "generate",
-                "-B",
-                &new,
-                "--database",
-                &db,
-                "-J",
-                &json,
-                &a,
-            ]),
+            args: argv(&format!(
+                "chunkdict generate -B {new} --database {db} -J {json} {a}"
+            )),
             stdin: None,
         },
         Case {
             name: "report",
-            args: strings(&["report", &a, "-D", &ab, "-J", &json, "--html", &new]),
+            args: argv(&format!("report {a} -D {ab} -J {json} --html {new}")),
             stdin: None,
         },
         Case {
             name: "verify",
-            args: strings(&["verify", &a, "-D", &ab, "-J", &json, s(&i.src)]),
+            args: argv(&format!("verify {a} -D {ab} -J {json} {}", s(&i.src))),
             stdin: None,
         },
     ];
@@ -554,25 +483,13 @@ fn maintenance_and_analysis_commands_leave_nothing_when_interrupted() {
     let (merged, blobs) = crate::compact::merged_layers(&i.work.join("image"), &srcs, "6");
     let case = Case {
         name: "compact",
-        args: strings(&[
-            "compact",
-            "--bootstrap",
+        args: argv(&format!(
+            "compact --bootstrap {} --blob-dir {} --min-used-ratio 50 \
+            --compact-blob-size 1048576 --max-compact-size 10485760 --layers-to-compact 2 \
+            --output-bootstrap {new} --output-json {json}",
             s(&merged),
-            "--blob-dir",
-            s(&blobs),
-            "--min-used-ratio",
-            "50",
-            "--compact-blob-size",
-            "1048576",
-            "--max-compact-size",
-            "10485760",
-            "--layers-to-compact",
-            "2",
-            "--output-bootstrap",
-            &new,
-            "--output-json",
-            &json,
-        ]),
+            s(&blobs)
+        )),
         stdin: None,
     };
     let n = interrupt_everywhere(&i.work, &case);
@@ -589,48 +506,27 @@ fn sigkill_never_leaves_a_final_name() {
     let (out, new) = (i.p("out"), i.p("new"));
     let cases = [
         (
-            strings(&[
-                "create",
-                "-D",
-                &out,
-                "-B",
-                &new,
-                "--chunk-size",
-                "0x10000",
-                s(&i.src),
-            ]),
+            argv(&format!(
+                "create -D {out} -B {new} --chunk-size 0x10000 {}",
+                s(&i.src)
+            )),
             ["temp:1", "chunk:3", "commit:1"],
         ),
         (
-            strings(&[
-                "create",
-                "-t",
-                "targz-rafs",
-                "-D",
-                &out,
-                "-B",
-                &new,
-                s(&i.targz),
-            ]),
+            argv(&format!(
+                "create -t targz-rafs -D {out} -B {new} {}",
+                s(&i.targz)
+            )),
             ["temp:2", "chunk:3", "commit:1"],
         ),
         (
-            strings(&["unpack", &a, "-D", &ab, "--output-dir", &new]),
+            argv(&format!("unpack {a} -D {ab} --output-dir {new}")),
             ["temp:1", "read:5", "commit:1"],
         ),
         (
-            strings(&[
-                "export",
-                "--block",
-                "--compressor",
-                "lz4",
-                "-B",
-                &a,
-                "-D",
-                &ab,
-                "-O",
-                &new,
-            ]),
+            argv(&format!(
+                "export --block --compressor lz4 -B {a} -D {ab} -O {new}"
+            )),
             ["temp:1", "read:5", "commit:1"],
         ),
     ];

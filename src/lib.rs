@@ -57,8 +57,10 @@ pub mod read {
 }
 
 /// Temporary outputs: every operation writes its outputs beside their final paths and renames
-/// them into place at the end; a program that catches a signal calls [`staged::remove_all`]
-/// before exiting so that none is left behind.
+/// them into place at the end. A program that catches a signal sets [`staged::interrupted`]
+/// in its handler (no rename starts after it) and calls [`staged::remove_all`] before exiting
+/// so that none is left behind; one that watches its consumers polls [`staged::gone_stream`];
+/// [`staged::claim_exit`] keeps two threads from both reporting the end.
 pub mod staged {
     pub use crate::io::staged::{
         claim_exit, gone_stream, interrupted, remove_all, write_atomic, write_together,

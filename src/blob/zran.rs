@@ -26,7 +26,7 @@ use crate::model::BlobEntry;
 const MAX_SPAN: u32 = 64 << 20;
 
 /// One chunk of a zran blob, as its v2 record says (formats/blob.md §3.3, §10).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ZranChunk {
     /// Offset in the `.tar.gz` of the compressed bytes inflated while the chunk came out.
     pub compressed_offset: u64,

@@ -315,19 +315,43 @@ impl RefChunks {
         ctx.in_len = u32::try_from(in_end - ctx.in_offset.get())
             .map_err(|_| Error::Limit("an inflate context spans 4 GiB".into()))?
             .into();
+        let at = ZranChunk {
+            compressed_offset: in_start,
+            compressed_size: (in_end - in_start) as u32,
+            context: index,
+            offset: (start - out_offset) as u32,
+            ..ZranChunk::default()
+        };
+        Ok(self.record(data, at, true))
+    }
+}
+
+impl RefChunks {
+    /// Records one chunk of a plain tar, referenced where it lies: stored raw at its tar
+    /// offset (upstream's tar-ref, formats/blob.md §11).
+    fn chunk_in_place(&mut self, start: u64, data: &[u8]) -> ChunkId {
+        let at = ZranChunk {
+            compressed_offset: start,
+            compressed_size: data.len() as u32,
+            crc32: digest::crc32(data),
+            ..ZranChunk::default()
+        };
+        self.record(data, at, false)
+    }
+
+    /// Counts a reference to the chunk `data` and, unless equal bytes were recorded already,
+    /// records it where `at` says its bytes are (its compressed range, inflate context and
+    /// offset: `inflated` when they come out of the gzip stream); returns its id.
+    fn record(&mut self, data: &[u8], at: ZranChunk, inflated: bool) -> ChunkId {
         self.refs += 1;
         let digest = Digester::Sha256.digest(data);
         if let Some(id) = self.by_digest.get(&digest) {
-            return Ok(*id);
+            return *id;
         }
         let chunk = ZranChunk {
-            compressed_offset: in_start,
-            compressed_size: (in_end - in_start) as u32,
             uncompressed_offset: self.uncompressed_end,
             uncompressed_size: data.len() as u32,
-            context: index,
-            offset: (start - out_offset) as u32,
-            crc32: 0,
+            ..at
         };
         self.uncompressed_end += (data.len() as u64).div_ceil(4096) * 4096;
         let id = ChunkId::new(self.chunks.len() as u32);
@@ -337,47 +361,7 @@ impl RefChunks {
             has_crc32: true,
             blob_index: 0,
             index: id.get(),
-            compressed: true,
-            encrypted: false,
-            compressed_offset: chunk.compressed_offset,
-            compressed_size: chunk.compressed_size,
-            uncompressed_offset: chunk.uncompressed_offset,
-            uncompressed_size: chunk.uncompressed_size,
-        });
-        self.meta.chunks.push(chunk);
-        self.by_digest.insert(digest, id);
-        Ok(id)
-    }
-}
-
-impl RefChunks {
-    /// Records one chunk of a plain tar, referenced where it lies: stored raw at its tar
-    /// offset (upstream's tar-ref, formats/blob.md §11).
-    fn chunk_in_place(&mut self, start: u64, data: &[u8]) -> ChunkId {
-        self.refs += 1;
-        let digest = Digester::Sha256.digest(data);
-        if let Some(id) = self.by_digest.get(&digest) {
-            return *id;
-        }
-        let crc32 = digest::crc32(data);
-        let chunk = ZranChunk {
-            compressed_offset: start,
-            compressed_size: data.len() as u32,
-            uncompressed_offset: self.uncompressed_end,
-            uncompressed_size: data.len() as u32,
-            context: 0,
-            offset: 0,
-            crc32,
-        };
-        self.uncompressed_end += (data.len() as u64).div_ceil(4096) * 4096;
-        let id = ChunkId::new(self.chunks.len() as u32);
-        self.chunks.push(ChunkInfo {
-            digest,
-            crc32,
-            has_crc32: true,
-            blob_index: 0,
-            index: id.get(),
-            compressed: false,
+            compressed: inflated,
             encrypted: false,
             compressed_offset: chunk.compressed_offset,
             compressed_size: chunk.compressed_size,

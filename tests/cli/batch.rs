@@ -21,16 +21,7 @@ fn upstream_batch_image_exported_mounts_as_upstream_serves_it() {
     let d = fixture();
     let x = scratch();
     let disk = x.path().join("disk");
-    forge(&[
-        "export",
-        "--block",
-        "-B",
-        d.join("bootstrap").to_str().unwrap(),
-        "-D",
-        d.join("blobs").to_str().unwrap(),
-        "-O",
-        disk.to_str().unwrap(),
-    ]);
+    export_block(&d.join("bootstrap"), &d.join("blobs"), &disk);
     let m = mount(&disk, &[]);
     manifest_diff(&d.join("expected.txt"), m.dir.path());
 }

@@ -142,16 +142,7 @@ fn blob_toc_layer_mounts_equal_to_its_source() {
     let x = scratch();
     let blob = pack(x.path());
     let disk = x.path().join("layer.disk");
-    forge(&[
-        "export",
-        "--block",
-        "-B",
-        blob.to_str().unwrap(),
-        "-D",
-        x.path().to_str().unwrap(),
-        "-O",
-        disk.to_str().unwrap(),
-    ]);
+    export_block(&blob, x.path(), &disk);
     let m = mount(&disk, &[]);
     // upstream's runtime view of the same tar
     manifest_diff(&upstream().join("expected.txt"), m.dir.path());

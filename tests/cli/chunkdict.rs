@@ -335,16 +335,7 @@ fn debian_versions_and_umoci_layers_make_a_dictionary() {
     }
     let disk = work.join("with-dict.disk");
     let boot = work.join("with-dict.boot");
-    forge(&[
-        "export",
-        "--block",
-        "-B",
-        s(&boot),
-        "-D",
-        s(&blobs),
-        "-O",
-        s(&disk),
-    ]);
+    export_block(&boot, &blobs, &disk);
     let m = mount(&disk, &[]);
     // v3 is made of hardlinks into v1 and v2: compare without link counts
     let plain = |mut t: std::collections::BTreeMap<Vec<u8>, Desc>| {

@@ -542,3 +542,17 @@ pub fn run_fifos(
     let got = readers.into_iter().map(|r| r.join().unwrap()).collect();
     (out, got)
 }
+
+/// `export --block` of the image `boot` (blobs in `blobs`) into the disk image `disk`.
+pub fn export_block(boot: &Path, blobs: &Path, disk: &Path) {
+    forge(&[
+        "export",
+        "--block",
+        "-B",
+        s(boot),
+        "-D",
+        s(blobs),
+        "-O",
+        s(disk),
+    ]);
+}

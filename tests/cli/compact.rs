@@ -177,16 +177,7 @@ fn compact_shrinks_a_four_layer_image_and_keeps_its_tree() {
                 missing("compact (kernel part)", &why);
             }
             let disk = work.join("compacted.disk");
-            forge(&[
-                "export",
-                "--block",
-                "-B",
-                s(&out),
-                "-D",
-                s(&blobs),
-                "-O",
-                s(&disk),
-            ]);
+            export_block(&out, &blobs, &disk);
             let m = mount(&disk, &[]);
             let mut k = manifest(m.dir.path());
             k.remove(&b""[..]);

@@ -76,16 +76,7 @@ fn upstream_encrypted_image_exported_mounts_as_upstream_serves_it() {
     let d = fixture();
     let x = scratch();
     let disk = x.path().join("disk");
-    forge(&[
-        "export",
-        "--block",
-        "-B",
-        s(&d.join("bootstrap")),
-        "-D",
-        s(&d.join("blobs")),
-        "-O",
-        s(&disk),
-    ]);
+    export_block(&d.join("bootstrap"), &d.join("blobs"), &disk);
     let m = mount(&disk, &[]);
     manifest_diff(&d.join("expected.txt"), m.dir.path());
 }
@@ -180,16 +171,7 @@ fn encrypted_and_batched_builds_read_back_and_mount_equal() {
         let differences = diff(&manifest(src.path()), &manifest(&tree));
         assert!(differences.is_empty(), "{flags:?}: {differences:?}");
         let disk = x.path().join("disk");
-        forge(&[
-            "export",
-            "--block",
-            "-B",
-            s(&boot),
-            "-D",
-            s(x.path()),
-            "-O",
-            s(&disk),
-        ]);
+        export_block(&boot, x.path(), &disk);
         assert_mounts_equal(&disk, &[], src.path());
     }
 }

@@ -183,16 +183,7 @@ fn optimize_puts_the_listed_files_first_in_a_new_blob() {
         missing("optimize (kernel part)", &why);
     }
     let disk = w.path().join("optimized.disk");
-    forge(&[
-        "export",
-        "--block",
-        "-B",
-        s(&out_boot),
-        "-D",
-        s(&blobs),
-        "-O",
-        s(&disk),
-    ]);
+    export_block(&out_boot, &blobs, &disk);
     let m = mount(&disk, &[]);
     let d = diff(&want, &manifest(m.dir.path()));
     assert!(d.is_empty(), "kernel:\n{}", d.join("\n"));

@@ -115,16 +115,7 @@ fn upstream_targz_ref_exports_a_disk_the_kernel_mounts() {
     let name = meta.file_name().unwrap().to_str().unwrap().to_string();
     let blobs = blob_dir(w.path(), &[(&name, &meta)]);
     let disk = w.path().join("disk.img");
-    forge(&[
-        "export",
-        "--block",
-        "-B",
-        s(&d.join("bootstrap")),
-        "-D",
-        s(&blobs),
-        "-O",
-        s(&disk),
-    ]);
+    export_block(&d.join("bootstrap"), &blobs, &disk);
     let m = mount(&disk, &[]);
     manifest_diff(&d.join("expected.txt"), m.dir.path());
 }
@@ -283,16 +274,7 @@ fn our_targz_ref_exports_a_disk_the_kernel_mounts() {
     let (tgz, _) = layer();
     let (boot, blobs) = our_ref(w.path(), &tgz);
     let disk = w.path().join("disk.img");
-    forge(&[
-        "export",
-        "--block",
-        "-B",
-        s(&boot),
-        "-D",
-        s(&blobs),
-        "-O",
-        s(&disk),
-    ]);
+    export_block(&boot, &blobs, &disk);
     let m = mount(&disk, &[]);
     manifest_diff(&upstream("v6-targz-ref/expected.txt"), m.dir.path());
 }
@@ -412,16 +394,7 @@ fn umoci_layers_as_targz_ref_equal_their_tar_rafs() {
         let d = diff(&manifest(&b), &manifest(&a));
         assert!(d.is_empty(), "layer {i}:\n{}", d.join("\n"));
         let disk = x.join("disk.img");
-        forge(&[
-            "export",
-            "--block",
-            "-B",
-            s(&boot),
-            "-D",
-            s(&blobs),
-            "-O",
-            s(&disk),
-        ]);
+        export_block(&boot, &blobs, &disk);
         let m = mount(&disk, &[]);
         let d = diff(&manifest(&b), &manifest(m.dir.path()));
         assert!(d.is_empty(), "layer {i} mounted:\n{}", d.join("\n"));
@@ -635,16 +608,7 @@ fn estargz_ref_reads_every_file_from_its_members() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("verified 5 chunks"), "{text}");
     let disk = w.path().join("disk.img");
-    forge(&[
-        "export",
-        "--block",
-        "-B",
-        s(&boot),
-        "-D",
-        s(&blobs),
-        "-O",
-        s(&disk),
-    ]);
+    export_block(&boot, &blobs, &disk);
     let m = mount(&disk, &[]);
     let mut names: Vec<String> = std::fs::read_dir(m.dir.path())
         .unwrap()
@@ -715,16 +679,7 @@ fn a_plain_tar_is_referenced_in_place() {
     forge(&["unpack", s(&boot), "-D", s(&blobs), "-o", s(&unpacked)]);
     manifest_diff(&tar, &unpacked);
     let disk = w.path().join("disk");
-    forge(&[
-        "export",
-        "--block",
-        "-B",
-        s(&boot),
-        "-D",
-        s(&blobs),
-        "-O",
-        s(&disk),
-    ]);
+    export_block(&boot, &blobs, &disk);
     let m = mount(&disk, &[]);
     manifest_diff(&tar, m.dir.path());
 }

@@ -120,6 +120,15 @@ pub enum Error {
         /// What failed.
         reason: String,
     },
+    /// An error inside a named input file (a bootstrap, a blob, a tar archive) whose own
+    /// message does not name the file: the file, then that error.
+    #[error("{path}: {source}")]
+    InFile {
+        /// The input file.
+        path: PathBuf,
+        /// What is wrong inside it (its offset, where it has one).
+        source: Box<Error>,
+    },
 }
 
 /// Result alias for the library.
@@ -148,6 +157,27 @@ pub fn write_error(source: std::io::Error, path: &std::path::Path, needed: Optio
             path: path.to_path_buf(),
             source,
         }
+    }
+}
+
+/// `e`, naming the input file `path` unless its message already names a file.
+pub fn in_file(path: &std::path::Path, e: Error) -> Error {
+    match e {
+        Error::Io { .. }
+        | Error::NoSpace { .. }
+        | Error::BrokenPipe { .. }
+        | Error::Interrupted
+        | Error::Unsupported { .. }
+        | Error::FileChanged { .. }
+        | Error::Database { .. }
+        | Error::Incompatible { .. }
+        | Error::Mismatch { .. }
+        | Error::Internal(_)
+        | Error::InFile { .. } => e,
+        _ => Error::InFile {
+            path: path.to_path_buf(),
+            source: Box::new(e),
+        },
     }
 }
 

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use zerocopy::{FromBytes, IntoBytes};
 
 use crate::codec::Compressor;
-use crate::error::{Error, IoContext, Result};
+use crate::error::{in_file, Error, IoContext, Result};
 use crate::format::blob::{
     BatchContext, BlobFeatures, BlobMetaHeader, ChunkInfoV1, BATCH_CONTEXT_SIZE,
     BLOB_META_HEADER_SIZE, BLOB_META_MAGIC,
@@ -165,10 +165,14 @@ impl<'a> ChunkReader<'a> {
 
     fn find(&self, blob: &BlobEntry) -> Result<Opened> {
         if let Some(f) = &self.source.file {
+            not_a_directory(f)?;
             return Ok(Opened::Blob(File::open(f).ctx("open blob", f)?, f.clone()));
         }
         if let Some(dir) = &self.source.dir {
             let p = dir.join(&blob.id);
+            if p.is_dir() && !dir.join(format!("{}.blob.data", blob.id)).is_file() {
+                not_a_directory(&p)?;
+            }
             if p.is_file() {
                 return Ok(Opened::Blob(File::open(&p).ctx("open blob", &p)?, p));
             }
@@ -182,7 +186,7 @@ impl<'a> ChunkReader<'a> {
             return Err(Error::Io {
                 op: "find blob",
                 path: p,
-                source: std::io::Error::from(std::io::ErrorKind::NotFound),
+                source: std::io::Error::from_raw_os_error(libc::ENOENT),
             });
         }
         Err(Error::InvalidOption(
@@ -211,9 +215,24 @@ impl<'a> ChunkReader<'a> {
         Ok(self.ci.get(&index).map(Vec::as_slice).unwrap_or(&[]))
     }
 
-    /// The uncompressed bytes of chunk `id`, checked against its digest when known.
+    /// The uncompressed bytes of chunk `id`, checked against its digest when known. An error
+    /// inside the blob (a short blob, bytes that do not decompress or do not match their
+    /// digest: the blob of another image) names the blob file.
     pub fn read(&mut self, id: ChunkId) -> Result<Vec<u8>> {
         crate::io::failpoint::reached("read");
+        self.read_chunk(id).map_err(|e| self.name_blob(id, e))
+    }
+
+    /// `e`, naming the file of chunk `id`'s blob when it is open.
+    fn name_blob(&self, id: ChunkId, e: Error) -> Error {
+        let blob = self.image.chunks.get(id.index()).map(|c| c.blob_index);
+        match blob.and_then(|b| self.open.get(&b)) {
+            Some(Opened::Blob(_, p) | Opened::CacheData(_, p)) => in_file(p, e),
+            None => e,
+        }
+    }
+
+    fn read_chunk(&mut self, id: ChunkId) -> Result<Vec<u8>> {
         let c: ChunkInfo = *self
             .image
             .chunks
@@ -252,8 +271,7 @@ impl<'a> ChunkReader<'a> {
             (Opened::Blob(..), Some(slot)) => self.read_batched(c, loc, slot)?,
             (Opened::Blob(f, p), None) => {
                 let mut buf = vec![0u8; loc.compressed_size as usize];
-                f.read_exact_at(&mut buf, loc.compressed_offset)
-                    .ctx("read chunk from", p.clone())?;
+                read_exact_at(f, p, &mut buf, loc.compressed_offset)?;
                 let buf = decrypt_chunk(blob, buf, loc.compressed_offset, c.index)?;
                 if loc.compressed && !tarfs {
                     let piece = Piece {
@@ -268,8 +286,7 @@ impl<'a> ChunkReader<'a> {
             }
             (Opened::CacheData(f, p), _) => {
                 let mut buf = vec![0u8; loc.uncompressed_size as usize];
-                f.read_exact_at(&mut buf, loc.uncompressed_offset)
-                    .ctx("read chunk from", p.clone())?;
+                read_exact_at(f, p, &mut buf, loc.uncompressed_offset)?;
                 buf
             }
         };
@@ -321,8 +338,7 @@ impl ChunkReader<'_> {
             let blob = self.blob(c.blob_index)?;
             let mut buf = vec![0u8; slot.stored_size as usize];
             if let Opened::Blob(f, p) = self.open(c.blob_index)? {
-                f.read_exact_at(&mut buf, loc.compressed_offset)
-                    .ctx("read batch chunk from", p.clone())?;
+                read_exact_at(f, p, &mut buf, loc.compressed_offset)?;
             }
             let buf = decrypt_chunk(blob, buf, loc.compressed_offset, c.index)?;
             // a batch that did not compress is stored raw (formats/blob.md §3.4); once
@@ -352,6 +368,33 @@ impl ChunkReader<'_> {
                 )
             })
     }
+}
+
+/// Reads `buf.len()` bytes of the blob `path` at `offset`: a blob that ends first (a blob of
+/// another image, a truncated one) is corrupt at that offset, not a bare "failed to fill
+/// whole buffer".
+fn read_exact_at(f: &File, path: &Path, buf: &mut [u8], offset: u64) -> Result<()> {
+    match f.read_exact_at(buf, offset) {
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Err(corrupt(
+            "chunk data",
+            offset,
+            &format!("{} bytes needed, the blob ends before them", buf.len()),
+        )),
+        other => other.ctx("read chunk from", path),
+    }
+}
+
+/// Refuses a directory given where a blob file is expected, with EISDIR as the cause (opening
+/// it would succeed and only the first read would fail, without the blob's name).
+fn not_a_directory(path: &Path) -> Result<()> {
+    if path.is_dir() {
+        return Err(Error::Io {
+            op: "open blob",
+            path: path.to_path_buf(),
+            source: std::io::Error::from_raw_os_error(libc::EISDIR),
+        });
+    }
+    Ok(())
 }
 
 /// A stored piece of a blob (a chunk or a batch), as errors name it.

@@ -672,7 +672,8 @@ fn tar_input(
                 files: 0,
                 bytes: 0,
             };
-            let tree = tar::read_tar(&mut input, &source, &mut files)?;
+            let tree = tar::read_tar(&mut input, &source, &mut files)
+                .map_err(|e| crate::error::in_file(&source, e))?;
             Ok((tree, files.files, files.bytes, input.finish()))
         })?;
     if let Some((what, digest, size, diff_id)) = expect {
@@ -937,7 +938,8 @@ fn create_tarfs(opts: &CreateOptions, progress: &dyn Progress) -> Result<CreateO
                 ),
             });
         }
-        tar::read_tar(&mut input, &opts.source, &mut chunks)?
+        tar::read_tar(&mut input, &opts.source, &mut chunks)
+            .map_err(|e| crate::error::in_file(&opts.source, e))?
     };
     let tar_size = hashing.count;
     let sha256 = hex::encode(hashing.hasher.finalize());

@@ -59,9 +59,13 @@ pub fn export_block(opts: &ExportOptions) -> Result<ExportOutput> {
         blobs: source,
     } = OpenedImage::open(&opts.bootstrap, &opts.blobs)?;
     if image.version != 6 {
-        return Err(Error::InvalidOption(
-            "export --block needs a RAFS v6 bootstrap".into(),
-        ));
+        return Err(Error::Unsupported {
+            path: opts.bootstrap.clone(),
+            reason: format!(
+                "RAFS v{}: export --block needs a RAFS v6 bootstrap",
+                image.version
+            ),
+        });
     }
     let block = u64::from(image.block_size);
     let (boot, positions) = if opts.single_device {

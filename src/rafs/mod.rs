@@ -5,7 +5,7 @@ pub mod v6;
 
 use std::path::Path;
 
-use crate::error::{IoContext, Result};
+use crate::error::{in_file, Error, IoContext, Result};
 use crate::model::Tree;
 use crate::model::{BlobEntry, ChunkInfo, Image};
 
@@ -79,7 +79,25 @@ pub fn read_bootstrap(path: &Path) -> Result<Vec<u8>> {
     if is_bootstrap(&bytes) {
         return Ok(bytes);
     }
-    crate::blob::inline::extract_bootstrap(path)
+    inlined_bootstrap(path)
+}
+
+/// The bootstrap inlined at the end of the blob `path`; when there is none the error says
+/// that the file is neither kind, with what the blob reader found.
+fn inlined_bootstrap(path: &Path) -> Result<Vec<u8>> {
+    crate::blob::inline::extract_bootstrap(path).map_err(|e| match e {
+        Error::Corrupt { .. } => in_file(
+            path,
+            crate::io::bytes::corrupt(
+                "bootstrap",
+                0,
+                &format!(
+                    "no RAFS v5 or v6 superblock, and not a blob with an inlined bootstrap ({e})"
+                ),
+            ),
+        ),
+        other => in_file(path, other),
+    })
 }
 
 /// A bootstrap as [`load`] found it.
@@ -98,11 +116,11 @@ pub fn load(path: &Path) -> Result<Loaded> {
     let bytes = read_bootstrap_raw(path)?;
     let from_blob = !is_bootstrap(&bytes);
     let bytes = if from_blob {
-        crate::blob::inline::extract_bootstrap(path)?
+        inlined_bootstrap(path)?
     } else {
         bytes
     };
-    let mut image = decode(&bytes)?;
+    let mut image = decode(&bytes).map_err(|e| in_file(path, e))?;
     let file_name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())

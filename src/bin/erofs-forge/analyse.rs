@@ -44,7 +44,10 @@ pub fn verify(a: VerifyArgs) -> ExitCode {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::from(1),
         Err(e) => {
-            eprintln!("error: could not compare: {e:#}");
+            eprintln!(
+                "error: could not compare: {}",
+                crate::report::error_line(&e)
+            );
             ExitCode::from(2)
         }
     }

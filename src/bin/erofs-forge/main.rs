@@ -111,7 +111,7 @@ fn main() -> ExitCode {
             ExitCode::from(130)
         }
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", report::error_line(&e));
             // as nydus-image: 2 when images cannot be stacked (acceleration-service then
             // retries without its chunk-dictionary cache)
             let incompatible = matches!(

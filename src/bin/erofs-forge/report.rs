@@ -227,3 +227,27 @@ pub fn chunkdict(out: &erofs_forge::ops::chunkdict::ChunkdictOutput) {
         out.blobs.len()
     );
 }
+
+/// The one line an error prints after `error: `: its message, then each cause whose text the
+/// line does not hold yet (the library's errors already quote their I/O cause, and anyhow's
+/// `{:#}` would repeat it), with any line breaks inside a message folded into `; `, so that a
+/// client reading the last stderr line gets the whole story.
+pub fn error_line(e: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if line.contains(text.trim()) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    let parts: Vec<&str> = line
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    parts.join("; ")
+}

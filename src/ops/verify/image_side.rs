@@ -106,8 +106,10 @@ fn open_layout(dir: &Path, blobs: &BlobSource) -> Result<(Image, Data)> {
         path: where_.clone(),
         reason: "the last layer holds no image/image.boot: not a nydus image".into(),
     })?;
-    let image = rafs::decode(&boot)?;
-    image.validate()?;
+    let image = rafs::decode(&boot).map_err(|e| crate::error::in_file(&where_, e))?;
+    image
+        .validate()
+        .map_err(|e| crate::error::in_file(&where_, e))?;
     let source = if blobs.file.is_some() || blobs.dir.is_some() {
         blobs.clone()
     } else {

@@ -223,7 +223,7 @@ impl Hashing {
 
 fn read_layer(what: &Path, raw: Box<dyn Read + Send>, hashing: &mut Hashing) -> Result<Tree> {
     let (mut plain, _) = tar::decompress(raw, what)?;
-    tar::read_tar(&mut plain, what, hashing)
+    tar::read_tar(&mut plain, what, hashing).map_err(|e| crate::error::in_file(what, e))
 }
 
 fn read_oci(path: &Path, platform: Option<&str>) -> Result<Side> {

@@ -5,6 +5,7 @@
 // test scratch directories need no signal cleanup (the library's staged outputs do)
 #![allow(clippy::disallowed_methods)]
 
+mod bad_input;
 mod batch;
 mod blob_toc;
 mod chunkdict;

@@ -92,7 +92,7 @@ fn main() -> ExitCode {
     handle_signals();
     watch_consumers();
     if let Err(e) = init_logging(&cli) {
-        eprintln!("error: {e:#}");
+        eprintln!("error: {}", report::error_line(&e));
         return ExitCode::FAILURE;
     }
     if let args::Command::Verify(a) = cli.command {

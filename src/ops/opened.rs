@@ -23,7 +23,10 @@ impl OpenedImage {
     /// Loads `bootstrap` (or a blob with an inlined bootstrap) and validates it.
     pub fn open(bootstrap: &Path, blobs: &BlobSource) -> Result<OpenedImage> {
         let loaded = rafs::load(bootstrap)?;
-        (loaded.image.validate()).map_err(|e| crate::error::in_file(bootstrap, e))?;
+        loaded
+            .image
+            .validate()
+            .map_err(|e| crate::error::in_file(bootstrap, e))?;
         let mut blobs = blobs.clone();
         if loaded.from_inline_blob && blobs.file.is_none() && blobs.dir.is_none() {
             blobs.file = Some(bootstrap.to_path_buf());

@@ -17,6 +17,7 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
 use crate::common::*;
+use crate::compact::noise;
 use crate::signals::{until_stopped, wait_stderr};
 
 /// One command run on one kind of bad input.
@@ -45,19 +46,6 @@ struct Fixture {
     id_a6: String,
 }
 
-/// Deterministic bytes that do not compress (so blobs differ in size between images).
-fn noise(n: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
-
 fn write(p: &Path, bytes: &[u8]) {
     std::fs::create_dir_all(p.parent().unwrap()).unwrap();
     std::fs::write(p, bytes).unwrap();
@@ -78,7 +66,7 @@ fn build_images(r: &Path) {
         write(&r.join(tree).join("a"), format!("{tree}\n").as_bytes());
         // the second tree's blob is the shorter
         let big = 300_000 - 100_000 * (seed as usize - 1);
-        write(&r.join(tree).join("d/big"), &noise(big, seed));
+        write(&r.join(tree).join("d/big"), &noise(seed, big));
         write(&r.join(tree).join("d/small"), b"x\n");
     }
     for (name, v, tree) in [("a6", "6", "src"), ("b6", "6", "src2")]
@@ -675,7 +663,7 @@ fn type_change(version: &str) {
     let w = scratch();
     let (src, out) = (w.path().join("src"), w.path().join("out"));
     write(&src.join("a"), b"a file\n");
-    write(&src.join("b/c"), &noise(10_000, 3));
+    write(&src.join("b/c"), &noise(3, 10_000));
     std::fs::create_dir(&out).unwrap();
     let child = Command::new(bin())
         .args(["create", "-v", version, "-D", s(&out), s(&src)])

@@ -112,6 +112,25 @@ pub enum Error {
         /// Error text.
         reason: String,
     },
+    /// A compressed input declares a window or dictionary larger than the decompression
+    /// memory limit: refused before the decoder allocates it.
+    #[error("{path}: the {algo} stream needs more than {} of memory to decompress (the limit); --max-decompress-memory raises it", human_bytes(*.limit))]
+    DecompressMemory {
+        /// The input.
+        path: PathBuf,
+        /// The compression (`xz`, `zstd`).
+        algo: &'static str,
+        /// The limit, in bytes.
+        limit: u64,
+    },
+    /// A source has more entries than allowed.
+    #[error("{path}: more than {limit} entries; --max-entries raises the limit")]
+    TooManyEntries {
+        /// The source.
+        path: PathBuf,
+        /// The limit.
+        limit: u64,
+    },
     /// The chunk database (`chunkdict generate --database`) could not be opened or written.
     #[error("database {path}: {reason}")]
     Database {
@@ -173,11 +192,24 @@ pub fn in_file(path: &std::path::Path, e: Error) -> Error {
         | Error::Incompatible { .. }
         | Error::Mismatch { .. }
         | Error::Internal(_)
+        | Error::DecompressMemory { .. }
+        | Error::TooManyEntries { .. }
         | Error::InFile { .. } => e,
         _ => Error::InFile {
             path: path.to_path_buf(),
             source: Box::new(e),
         },
+    }
+}
+
+/// `bytes` for a message: in MiB (or KiB) when exact, in bytes otherwise.
+pub fn human_bytes(bytes: u64) -> String {
+    if bytes >= 1 << 20 && bytes % (1 << 20) == 0 {
+        format!("{} MiB", bytes >> 20)
+    } else if bytes >= 1 << 10 && bytes % (1 << 10) == 0 {
+        format!("{} KiB", bytes >> 10)
+    } else {
+        format!("{bytes} bytes")
     }
 }
 
@@ -189,6 +221,13 @@ pub(crate) trait IoContext<T> {
 impl<T> IoContext<T> for std::io::Result<T> {
     fn ctx(self, op: &'static str, path: impl Into<PathBuf>) -> Result<T> {
         self.map_err(|source| {
+            // a decoder wrapper's own error (a refused window) travels through `Read` intact
+            if source.get_ref().is_some_and(|e| e.is::<Error>()) {
+                if let Some(Ok(inner)) = source.into_inner().map(|e| e.downcast::<Error>()) {
+                    return *inner;
+                }
+                return Error::Internal("an error lost its payload".into());
+            }
             if source.kind() == std::io::ErrorKind::BrokenPipe {
                 Error::BrokenPipe { path: path.into() }
             } else if is_no_space(&source) {

@@ -46,6 +46,7 @@ pub use model::{
     BlobEntry, BlobRefs, ChunkId, ChunkInfo, DataSource, Entry, EntryId, FileType, Image, Inode,
     InodeId, InodeKind, RegularFile, Tree,
 };
+pub use source::limits::{SourceLimits, DEFAULT_MAX_DECOMPRESS_MEMORY, DEFAULT_MAX_ENTRIES};
 
 /// Reading images: bootstraps (ours and upstream's, v5 and v6, plain or inlined at the end of a
 /// blob) decoded into an [`Image`], and chunk data read back from its blobs.

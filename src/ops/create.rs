@@ -25,6 +25,7 @@ use crate::model::{ChunkId, FileType, InodeId};
 use crate::ops::paths::bootstrap_path;
 use crate::ops::report::Report;
 use crate::rafs::v6::{self, EncodeOptions};
+use crate::source::limits::SourceLimits;
 use crate::source::tar;
 
 /// Blob id written into a bootstrap inlined in its own blob (its id is not known yet).
@@ -115,6 +116,9 @@ pub struct CreateOptions {
     /// `--encrypt`: encrypt the blob with a fresh random AES-128-XTS key, kept in the
     /// bootstrap's blob table as upstream keeps it (formats/blob.md §10).
     pub encrypt: bool,
+    /// `--max-decompress-memory` and `--max-entries`: what the source may make the tool
+    /// allocate.
+    pub limits: SourceLimits,
 }
 
 impl Default for CreateOptions {
@@ -145,6 +149,7 @@ impl Default for CreateOptions {
             blob_offset: 0,
             batch_size: None,
             encrypt: false,
+            limits: SourceLimits::default(),
         }
     }
 }
@@ -605,19 +610,21 @@ fn walk_input(
     // prefetched files go first (upstream's blob layout), so their order is known only after
     // the walk: then the walk collects and the data follows it
     let deferred = opts.prefetch.reorders_data();
+    let max_entries = opts.limits.entries;
     let (per_inode, (tree, files, bytes)) =
         pipeline::run_with(popts, table, writer, &|n| progress.advance(n), |sink| {
             let (mut files, mut bytes) = (0u64, 0u64);
             let mut later = Vec::new();
-            let tree = crate::source::dir::walk_with(source, &mut |ino, path, size| {
-                files += 1;
-                bytes += size;
-                if deferred {
-                    later.push((ino, (path.to_path_buf(), size)));
-                    return Ok(());
-                }
-                sink.add_path(ino, path, size)
-            })?;
+            let tree =
+                crate::source::dir::walk_with(source, max_entries, &mut |ino, path, size| {
+                    files += 1;
+                    bytes += size;
+                    if deferred {
+                        later.push((ino, (path.to_path_buf(), size)));
+                        return Ok(());
+                    }
+                    sink.add_path(ino, path, size)
+                })?;
             for (ino, (path, size)) in opts.prefetch.data_order(&tree, later) {
                 sink.add_path(ino, &path, size)?;
             }
@@ -658,9 +665,11 @@ fn tar_input(
     let want_diff = expect.as_ref().is_some_and(|e| e.3.is_some());
     let stored_ref = &mut stored;
     let source = opts.source.clone();
+    let max_memory = opts.limits.decompress_memory;
+    let max_entries = opts.limits.entries;
     let (per_inode, (tree, files, bytes, diff)) =
         pipeline::run_with(popts, table, writer, &|_| {}, move |sink| {
-            let (input, compression) = tar::decompress(Box::new(stored_ref), &source)?;
+            let (input, compression) = tar::decompress(Box::new(stored_ref), &source, max_memory)?;
             log::debug!(
                 "{}: tar, compression {}",
                 source.display(),
@@ -672,7 +681,7 @@ fn tar_input(
                 files: 0,
                 bytes: 0,
             };
-            let tree = tar::read_tar(&mut input, &source, &mut files)
+            let tree = tar::read_tar_limited(&mut input, &source, &mut files, max_entries)
                 .map_err(|e| crate::error::in_file(&source, e))?;
             Ok((tree, files.files, files.bytes, input.finish()))
         })?;
@@ -928,7 +937,11 @@ fn create_tarfs(opts: &CreateOptions, progress: &dyn Progress) -> Result<CreateO
         chunks: Vec::new(),
     };
     let tree = {
-        let (mut input, compression) = tar::decompress(Box::new(&mut hashing), &opts.source)?;
+        let (mut input, compression) = tar::decompress(
+            Box::new(&mut hashing),
+            &opts.source,
+            opts.limits.decompress_memory,
+        )?;
         if compression != tar::Compression::None {
             return Err(Error::Unsupported {
                 path: opts.source.clone(),
@@ -938,7 +951,7 @@ fn create_tarfs(opts: &CreateOptions, progress: &dyn Progress) -> Result<CreateO
                 ),
             });
         }
-        tar::read_tar(&mut input, &opts.source, &mut chunks)
+        tar::read_tar_limited(&mut input, &opts.source, &mut chunks, opts.limits.entries)
             .map_err(|e| crate::error::in_file(&opts.source, e))?
     };
     let tar_size = hashing.count;

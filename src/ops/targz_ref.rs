@@ -445,7 +445,7 @@ fn scan(opts: &CreateOptions, progress: &dyn Progress) -> Result<Scanned> {
         bytes: 0,
     };
     let mut stream = TarStream(z.clone());
-    let tree = tar::read_tar(&mut stream, &opts.source, &mut cut)
+    let tree = tar::read_tar_limited(&mut stream, &opts.source, &mut cut, opts.limits.entries)
         .map_err(|e| crate::error::in_file(&opts.source, e))?;
     // the rest of the layer (tar padding, gzip trailer) for its digest and size
     std::io::copy(&mut stream, &mut std::io::sink()).map_err(|e| Error::Corrupt {

@@ -8,13 +8,14 @@ use std::path::{Path, PathBuf};
 
 use crate::error::{Error, IoContext, Result};
 use crate::model::{DataSource, EntryId, FileType, Inode, InodeId, InodeKind, RegularFile, Tree};
+use crate::source::limits::DEFAULT_MAX_ENTRIES;
 
 /// Reads the directory `root` into a tree with sorted children.
 ///
 /// Hardlinks of every non-directory type become one inode with several names. The root keeps
 /// its own metadata (mode, owner, mtime, xattrs).
 pub fn walk(root: &Path) -> Result<Tree> {
-    walk_with(root, &mut |_, _, _| Ok(()))
+    walk_with(root, DEFAULT_MAX_ENTRIES, &mut |_, _, _| Ok(()))
 }
 
 /// [`walk`], handing each regular file with data to `on_file` (its inode, path and size) as
@@ -22,9 +23,11 @@ pub fn walk(root: &Path) -> Result<Tree> {
 ///
 /// Directories are read in numbering order (formats/rafs-v6.md §13: a directory's children
 /// in name order, then the subdirectories' contents, depth first), so `on_file` sees each
-/// inode once, at its first name, in the order its data goes into the blob.
+/// inode once, at its first name, in the order its data goes into the blob. A tree of more
+/// than `max_entries` entries (the root included) is refused.
 pub fn walk_with(
     root: &Path,
+    max_entries: u64,
     on_file: &mut dyn FnMut(InodeId, &Path, u64) -> Result<()>,
 ) -> Result<Tree> {
     let meta = std::fs::symlink_metadata(root).ctx("stat", root)?;
@@ -61,6 +64,12 @@ pub fn walk_with(
                 (tree.add_inode(inode_from(&path, &meta)?), true)
             };
             let entry = tree.add_entry(dir, name.as_bytes(), inode)?;
+            if tree.entries.len() as u64 > max_entries {
+                return Err(Error::TooManyEntries {
+                    path: root.to_path_buf(),
+                    limit: max_entries,
+                });
+            }
             if meta.is_dir() {
                 subdirs.push((entry, path));
             } else if new && meta.is_file() && meta.len() > 0 {

@@ -29,6 +29,7 @@ use base64::Engine as _;
 use crate::error::{Error, IoContext, Result};
 use crate::format::tar::{self as header, field, kind, Magic, Segment, BLOCK};
 use crate::model::{ChunkId, EntryId, FileType, Inode, InodeId, InodeKind, Tree};
+use crate::source::limits::DEFAULT_MAX_ENTRIES;
 
 /// Largest PAX extended header accepted (bounded memory).
 pub const MAX_PAX_HEADER: u64 = 16 << 20;
@@ -136,9 +137,12 @@ pub fn open_raw(path: &Path) -> Result<(Box<dyn Read + Send>, Option<u64>)> {
 }
 
 /// Detects the compression of `raw` from its first bytes and returns the decompressed stream.
+/// An xz or zstd stream that needs more than `max_memory` bytes for its dictionary or window
+/// fails its first read with [`Error::DecompressMemory`], before the decoder allocates it.
 pub fn decompress<'a>(
     mut raw: Box<dyn Read + Send + 'a>,
     path: &Path,
+    max_memory: u64,
 ) -> Result<(Box<dyn Read + Send + 'a>, Compression)> {
     let mut prefix = Vec::with_capacity(6);
     (&mut raw)
@@ -148,16 +152,84 @@ pub fn decompress<'a>(
     let compression = Compression::detect(&prefix);
     let whole = std::io::Cursor::new(prefix).chain(raw);
     let buffered = BufReader::with_capacity(256 << 10, whole);
-    let out: Box<dyn Read + Send + 'a> = match compression {
-        Compression::None => Box::new(buffered),
-        Compression::Gzip => Box::new(flate2::bufread::MultiGzDecoder::new(buffered)),
-        Compression::Zstd => Box::new(
-            zstd::stream::read::Decoder::with_buffer(buffered)
-                .ctx("start zstd decoding of", path)?,
-        ),
-        Compression::Xz => Box::new(liblzma::bufread::XzDecoder::new_multi_decoder(buffered)),
+    let decoder: Box<dyn Read + Send + 'a> = match compression {
+        Compression::None => return Ok((Box::new(buffered), compression)),
+        // inflate's window is 32 KiB whatever the stream says
+        Compression::Gzip => {
+            let gz = flate2::bufread::MultiGzDecoder::new(buffered);
+            return Ok((Box::new(gz), compression));
+        }
+        Compression::Zstd => {
+            let mut d = zstd::stream::read::Decoder::with_buffer(buffered)
+                .ctx("start zstd decoding of", path)?;
+            d.window_log_max(zstd_window_log(max_memory))
+                .ctx("start zstd decoding of", path)?;
+            Box::new(d)
+        }
+        Compression::Xz => {
+            let stream = liblzma::stream::Stream::new_auto_decoder(
+                max_memory,
+                liblzma::stream::CONCATENATED,
+            )
+            .map_err(std::io::Error::from)
+            .ctx("start xz decoding of", path)?;
+            Box::new(liblzma::bufread::XzDecoder::new_stream(buffered, stream))
+        }
     };
-    Ok((out, compression))
+    let capped = Capped {
+        inner: decoder,
+        path: path.to_path_buf(),
+        compression,
+        max_memory,
+    };
+    Ok((Box::new(capped), compression))
+}
+
+/// The largest zstd window log whose window fits in `max_memory`, within what zstd accepts
+/// (10 to 31).
+fn zstd_window_log(max_memory: u64) -> u32 {
+    max_memory.max(1).ilog2().clamp(10, 31)
+}
+
+/// A decoder whose refusal of an oversized window or dictionary becomes
+/// [`Error::DecompressMemory`], naming the input, the limit and the flag.
+struct Capped<'a> {
+    inner: Box<dyn Read + Send + 'a>,
+    path: PathBuf,
+    compression: Compression,
+    max_memory: u64,
+}
+
+impl Capped<'_> {
+    /// Whether `e` is the decoder refusing a stream for the memory it needs.
+    fn is_memory_refusal(&self, e: &std::io::Error) -> bool {
+        match self.compression {
+            Compression::Xz => e
+                .get_ref()
+                .and_then(|inner| inner.downcast_ref::<liblzma::stream::Error>())
+                .is_some_and(|inner| matches!(inner, liblzma::stream::Error::MemLimit)),
+            // the zstd crate passes on only ZSTD_getErrorName's text for
+            // frameParameter_windowTooLarge
+            Compression::Zstd => e.to_string().contains("requires too much memory"),
+            Compression::None | Compression::Gzip => false,
+        }
+    }
+}
+
+impl Read for Capped<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.inner.read(buf).map_err(|e| {
+            if self.is_memory_refusal(&e) {
+                std::io::Error::other(Error::DecompressMemory {
+                    path: self.path.clone(),
+                    algo: self.compression.name(),
+                    limit: self.max_memory,
+                })
+            } else {
+                e
+            }
+        })
+    }
 }
 
 /// A reader that reports every byte count it reads (progress of the raw input).
@@ -208,7 +280,19 @@ pub trait FileData {
 /// Reads the tar stream `input` (already decompressed) into a tree. `source` names the input in
 /// I/O errors.
 pub fn read_tar(input: &mut dyn Read, source: &Path, files: &mut dyn FileData) -> Result<Tree> {
+    read_tar_limited(input, source, files, DEFAULT_MAX_ENTRIES)
+}
+
+/// [`read_tar`] refusing an archive that makes the tree hold more than `max_entries` entries
+/// or inodes (a later entry replacing an earlier one may add an inode without an entry).
+pub fn read_tar_limited(
+    input: &mut dyn Read,
+    source: &Path,
+    files: &mut dyn FileData,
+    max_entries: u64,
+) -> Result<Tree> {
     let mut r = Reader {
+        max_entries,
         s: Stream {
             r: BufReader::with_capacity(1 << 20, input),
             pos: 0,
@@ -446,6 +530,8 @@ impl Ext {
 }
 
 struct Reader<'a> {
+    /// Most entries (and inodes) the tree may hold.
+    max_entries: u64,
     s: Stream<'a>,
     b: Builder,
     global: Ext,
@@ -594,6 +680,13 @@ impl Reader<'_> {
             };
             entry_start = None;
             self.entry(&h, at, link, ext, size, files)?;
+            let held = self.b.tree.entries.len().max(self.b.tree.inodes.len());
+            if held as u64 > self.max_entries {
+                return Err(Error::TooManyEntries {
+                    path: self.s.source.clone(),
+                    limit: self.max_entries,
+                });
+            }
         }
     }
 

@@ -23,6 +23,7 @@ mod fuzz_regressions;
 mod golden;
 mod kernel_mount;
 mod layers;
+mod memory;
 mod oci_layers;
 mod optimize;
 mod options;

@@ -403,6 +403,15 @@ pub struct CreateArgs {
     /// succeeds.
     #[arg(long)]
     pub tmp_dir: Option<PathBuf>,
+    /// Most memory an xz or zstd source may need to decompress (its dictionary or window):
+    /// bytes, or with K, M, G (binary). A stream declaring more is refused before it is
+    /// allocated.
+    #[arg(long, default_value = "256M", value_parser = parse_mem_size)]
+    pub max_decompress_memory: u64,
+    /// Most entries the source (a directory, a tar or each OCI layer) may have: each costs
+    /// metadata memory for the whole build.
+    #[arg(long, default_value = "10000000")]
+    pub max_entries: u64,
 }
 
 /// Where an image's blobs are read from: nydus-image's backend flags. Only `localfs` (a
@@ -543,4 +552,25 @@ pub fn parse_size(s: &str) -> Result<u32, String> {
         None => s.parse(),
     };
     v.map_err(|e| format!("invalid size {s:?}: {e}"))
+}
+
+/// A memory size: decimal bytes, or with a binary `K`, `M`, `G` or `T` suffix (`KiB`... too).
+pub fn parse_mem_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let t = t
+        .strip_suffix("iB")
+        .or_else(|| t.strip_suffix('B'))
+        .unwrap_or(t);
+    let (digits, shift) = match t.chars().last().map(|c| c.to_ascii_uppercase()) {
+        Some('K') => (&t[..t.len() - 1], 10),
+        Some('M') => (&t[..t.len() - 1], 20),
+        Some('G') => (&t[..t.len() - 1], 30),
+        Some('T') => (&t[..t.len() - 1], 40),
+        _ => (t, 0),
+    };
+    digits
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(1 << shift))
+        .ok_or_else(|| format!("invalid size {s:?}: a number with an optional K, M, G or T"))
 }

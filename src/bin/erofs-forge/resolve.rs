@@ -9,7 +9,7 @@ use anyhow::{bail, Context, Result};
 use erofs_forge::ops::create::{CreateOptions, SourceType};
 use erofs_forge::ops::{check, export, export_compressed, merge, unpack};
 use erofs_forge::read::BlobSource;
-use erofs_forge::{Prefetch, PrefetchPolicy};
+use erofs_forge::{Prefetch, PrefetchPolicy, SourceLimits};
 
 use crate::args::{
     BlobArgs, BootstrapArg, CheckArgs, CreateArgs, ExportArgs, FeatureArg, MergeArgs,
@@ -146,6 +146,10 @@ pub fn create(a: CreateArgs) -> Result<CreatePlan> {
         blob_offset: a.blob_offset,
         batch_size: Some(a.batch_size).filter(|b| *b > 0),
         encrypt: a.encrypt,
+        limits: SourceLimits {
+            decompress_memory: a.max_decompress_memory,
+            entries: a.max_entries,
+        },
     };
     if a.blob_data_size.is_some() {
         // as nydus-image, which reads it for estargztoc-ref only (not a type built here)

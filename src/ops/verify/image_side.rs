@@ -89,7 +89,11 @@ fn open_layout(dir: &Path, blobs: &BlobSource) -> Result<(Image, Data)> {
     })?;
     let where_ = img.store.describe(&layer.name);
     let (raw, _) = img.store.reader(&layer.name)?;
-    let (plain, _) = crate::source::tar::decompress(raw, &where_)?;
+    let (plain, _) = crate::source::tar::decompress(
+        raw,
+        &where_,
+        crate::source::limits::DEFAULT_MAX_DECOMPRESS_MEMORY,
+    )?;
     let mut archive = ::tar::Archive::new(plain);
     let mut boot = None;
     for entry in archive.entries().ctx("read", &where_)? {

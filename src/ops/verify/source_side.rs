@@ -222,7 +222,11 @@ impl Hashing {
 }
 
 fn read_layer(what: &Path, raw: Box<dyn Read + Send>, hashing: &mut Hashing) -> Result<Tree> {
-    let (mut plain, _) = tar::decompress(raw, what)?;
+    let (mut plain, _) = tar::decompress(
+        raw,
+        what,
+        crate::source::limits::DEFAULT_MAX_DECOMPRESS_MEMORY,
+    )?;
     tar::read_tar(&mut plain, what, hashing).map_err(|e| crate::error::in_file(what, e))
 }
 

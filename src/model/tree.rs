@@ -6,7 +6,7 @@
 
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
 
@@ -127,8 +127,8 @@ impl FileType {
 pub enum DataSource {
     /// No data (empty file, or not a regular file).
     None,
-    /// A file on the local filesystem.
-    Path(PathBuf),
+    /// A file on the local filesystem (boxed: no spare capacity, 8 bytes less per inode).
+    Path(Box<Path>),
 }
 
 /// A regular file's data: its size, where its bytes come from, and (after the chunk pipeline)
@@ -468,9 +468,12 @@ impl Tree {
 
     /// Sorts every directory's children by raw name bytes.
     pub fn sort(&mut self) {
-        let names: Vec<Vec<u8>> = self.entries.iter().map(|e| e.name.clone()).collect();
-        for e in &mut self.entries {
-            e.children.sort_by(|a, b| names[a.0].cmp(&names[b.0]));
+        // children are taken out while sorted so that names are compared in place: a copy of
+        // every name would double the tree's peak memory
+        for i in 0..self.entries.len() {
+            let mut children = std::mem::take(&mut self.entries[i].children);
+            children.sort_by(|a, b| self.entries[a.0].name.cmp(&self.entries[b.0].name));
+            self.entries[i].children = children;
         }
     }
 
@@ -497,11 +500,26 @@ impl Tree {
     /// Drops entries no longer reachable from the root (left behind when a source replaced a
     /// directory by something else), renumbering the rest. Inode ids do not change.
     pub fn prune_unreachable(&mut self) {
+        // entries are moved, not copied, into the new arena (each is kept at most once), so
+        // the tree is never held twice
+        let mut old = std::mem::take(&mut self.entries);
+        let len = old.len();
+        let mut take = |id: EntryId| {
+            std::mem::replace(
+                &mut old[id.0],
+                Entry {
+                    name: Vec::new(),
+                    parent: EntryId::ROOT,
+                    inode: InodeId(0),
+                    children: Vec::new(),
+                },
+            )
+        };
         // whether an old entry was already kept (an entry reached twice is kept once)
-        let mut seen = vec![false; self.entries.len()];
-        let mut kept: Vec<Entry> = Vec::with_capacity(self.entries.len());
+        let mut seen = vec![false; len];
+        let mut kept: Vec<Entry> = Vec::with_capacity(len);
         seen[0] = true;
-        kept.push(self[EntryId::ROOT].clone());
+        kept.push(take(EntryId::ROOT));
         let mut i = 0;
         while i < kept.len() {
             let children = std::mem::take(&mut kept[i].children);
@@ -512,7 +530,7 @@ impl Tree {
                 }
                 seen[c.0] = true;
                 let id = EntryId(kept.len());
-                let mut e = self[c].clone();
+                let mut e = take(c);
                 e.parent = EntryId(i);
                 kept.push(e);
                 new_children.push(id);

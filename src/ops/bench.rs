@@ -45,7 +45,7 @@ pub fn stage_bound(
         if let Some(f) = i.file() {
             if let DataSource::Path(p) = &f.data {
                 if !std::mem::replace(&mut seen[ino.index()], true) {
-                    files.push((p.clone(), f.size));
+                    files.push((p.to_path_buf(), f.size));
                 }
             }
         }

@@ -93,7 +93,7 @@ fn inode_from(path: &Path, meta: &std::fs::Metadata) -> Result<Inode> {
             size: meta.size(),
             data: match meta.size() {
                 0 => DataSource::None,
-                _ => DataSource::Path(path.to_path_buf()),
+                _ => DataSource::Path(path.into()),
             },
             chunks: Vec::new(),
         }),

@@ -303,7 +303,9 @@ pub fn read_tar_limited(
         global: Ext::default(),
     };
     r.run(files)?;
-    let mut tree = r.b.tree;
+    // the name index is as large as the tree: gone before pruning and sorting allocate
+    let Builder { mut tree, index } = r.b;
+    drop(index);
     tree.prune_unreachable();
     tree.sort();
     Ok(tree)

@@ -137,7 +137,7 @@ fn read_dir(path: &Path) -> Result<Side> {
     let files: Vec<(InodeId, &Path)> = tree
         .inode_ids()
         .filter_map(|i| match tree[i].file().map(|f| &f.data) {
-            Some(DataSource::Path(p)) => Some((i, p.as_path())),
+            Some(DataSource::Path(p)) => Some((i, &**p)),
             _ => None,
         })
         .collect();

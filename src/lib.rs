@@ -78,4 +78,15 @@ pub mod fuzzing {
     pub use crate::format::rafs_v5::{RAFS_V5_MAGIC, RAFS_V5_VERSION};
     pub use crate::format::rafs_v6::EROFS_MAGIC;
     pub use crate::source::tar::{read_tar, DataLocation, FileData};
+    // parsers added since (issue 18): blob ToC, zran meta, eStargz/targz layer scan, encrypted
+    // chunk info, OCI documents
+    pub use crate::blob::inline::{extract_bootstrap_from, toc_bootstrap_entry};
+    pub use crate::blob::reader::decrypt_chunk;
+    pub use crate::blob::zran::{encode_meta, gzip_header_len, inflate_span};
+    pub use crate::blob::zran::{EncodedMeta, InflateError, ZranChunk, ZranMeta};
+    pub use crate::format::blob::{BlobMetaHeader, TocEntry};
+    pub use crate::format::zran::ZranContext;
+    pub use crate::ops::targz_ref::{scan_layer, ScannedLayer};
+    pub use crate::source::oci::Store as OciStore;
+    pub use crate::source::oci::{open_image, Image as OciImage, Layer as OciLayer, Platform};
 }

@@ -99,7 +99,12 @@ pub fn toc_bootstrap_entry(toc: &[u8], toc_offset: u64) -> Result<TocEntry> {
 
 /// Reads the bootstrap of a `blob-toc` blob whose ToC (`toc_size` bytes) ends at `toc_end`:
 /// decompressed as its ToC entry says and checked against the entry's sha256.
-fn bootstrap_via_toc(f: &mut File, blob: &Path, toc_end: u64, toc_size: u64) -> Result<Vec<u8>> {
+fn bootstrap_via_toc<R: Read + Seek>(
+    f: &mut R,
+    blob: &Path,
+    toc_end: u64,
+    toc_size: u64,
+) -> Result<Vec<u8>> {
     if toc_size > toc_end || toc_size > MAX_TOC {
         return Err(Error::Corrupt {
             what: "rafs.blob.toc section",
@@ -130,7 +135,7 @@ fn bootstrap_via_toc(f: &mut File, blob: &Path, toc_end: u64, toc_size: u64) -> 
     Ok(boot)
 }
 
-fn read_at(f: &mut File, blob: &Path, offset: u64, len: u64) -> Result<Vec<u8>> {
+fn read_at<R: Read + Seek>(f: &mut R, blob: &Path, offset: u64, len: u64) -> Result<Vec<u8>> {
     let mut buf = vec![0u8; len as usize];
     f.seek(SeekFrom::Start(offset)).ctx("seek", blob)?;
     f.read_exact(&mut buf).ctx("read", blob)?;
@@ -141,6 +146,12 @@ fn read_at(f: &mut File, blob: &Path, offset: u64, len: u64) -> Result<Vec<u8>> 
 pub fn extract_bootstrap(blob: &Path) -> Result<Vec<u8>> {
     let mut f = File::open(blob).ctx("open", blob)?;
     let len = f.metadata().ctx("stat", blob)?.len();
+    extract_bootstrap_from(&mut f, len, blob)
+}
+
+/// Reads the bootstrap inlined at the end of the blob `f` (`len` bytes, named `blob` in
+/// errors): any seekable reader, so that the fuzz target can hand it an in-memory blob.
+pub fn extract_bootstrap_from<R: Read + Seek>(f: &mut R, len: u64, blob: &Path) -> Result<Vec<u8>> {
     if len < TAR_HEADER_SIZE as u64 {
         return Err(Error::Corrupt {
             what: "inlined-meta blob",
@@ -149,13 +160,13 @@ pub fn extract_bootstrap(blob: &Path) -> Result<Vec<u8>> {
         });
     }
     let hdr_off = len - TAR_HEADER_SIZE as u64;
-    let h = read_at(&mut f, blob, hdr_off, TAR_HEADER_SIZE as u64)?;
+    let h = read_at(f, blob, hdr_off, TAR_HEADER_SIZE as u64)?;
     let (name, size) = parse_tar_header(&h, hdr_off)?;
     if name == format::TOC_SECTION.as_bytes() {
-        return bootstrap_via_toc(&mut f, blob, hdr_off, size);
+        return bootstrap_via_toc(f, blob, hdr_off, size);
     }
     let (start, size) = bootstrap_range(&h, len)?;
-    read_at(&mut f, blob, start, size)
+    read_at(f, blob, start, size)
 }
 
 #[cfg(test)]

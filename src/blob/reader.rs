@@ -421,7 +421,12 @@ const NO_KEY: &str = "the blob is encrypted but the bootstrap holds no key for i
 /// The stored bytes of chunk `index` (or of the batch holding it) in the clear: decrypted when
 /// the blob is encrypted (formats/blob.md §10). XTS cannot tell a wrong key or damaged bytes;
 /// the decompression and the digest check after this catch them.
-fn decrypt_chunk(blob: &BlobEntry, stored: Vec<u8>, offset: u64, index: u32) -> Result<Vec<u8>> {
+pub fn decrypt_chunk(
+    blob: &BlobEntry,
+    stored: Vec<u8>,
+    offset: u64,
+    index: u32,
+) -> Result<Vec<u8>> {
     match &blob.cipher {
         None if blob.features.contains(BlobFeatures::ENCRYPTED) => Err(Error::Corrupt {
             what: "chunk data",

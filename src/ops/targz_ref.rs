@@ -421,6 +421,34 @@ struct Scanned {
 fn scan(opts: &CreateOptions, progress: &dyn Progress) -> Result<Scanned> {
     let (raw, size) = tar::open_raw(&opts.source)?;
     progress.start(0, size.unwrap_or(0));
+    scan_raw(raw, opts)
+}
+
+/// A layer read through by [`scan_layer`]: its tree (eStargz entries dropped) and zran meta.
+#[doc(hidden)]
+pub struct ScannedLayer {
+    /// The tree the layer's tar holds.
+    pub tree: Tree,
+    /// Its chunks and inflate contexts.
+    pub meta: ZranMeta,
+    /// The chunk table entries (digests), by chunk index.
+    pub chunks: Vec<ChunkInfo>,
+}
+
+/// The layer scan of `create -t targz-ref` / `estargz-ref` on any reader (as `opts` says:
+/// source type, chunk size; `opts.source` names it in errors). For the fuzz targets.
+#[doc(hidden)]
+pub fn scan_layer(raw: Box<dyn Read + Send>, opts: &CreateOptions) -> Result<ScannedLayer> {
+    let s = scan_raw(raw, opts)?;
+    Ok(ScannedLayer {
+        tree: s.tree,
+        meta: s.cut.meta,
+        chunks: s.cut.chunks,
+    })
+}
+
+/// [`scan`] once the layer is open.
+fn scan_raw(raw: Box<dyn Read + Send>, opts: &CreateOptions) -> Result<Scanned> {
     // a layer that is not gzip is taken as a plain tar, as upstream takes it
     let mut raw = std::io::BufReader::with_capacity(INPUT_BUF, raw);
     let head = raw.fill_buf().ctx("read", &opts.source)?;

@@ -15,7 +15,7 @@
 //! - `layers`                  check src/'s imports against the layer table (no upward edge, no cycle)
 //! - `citations`               check that every `formats/*.md §N` cited in the code resolves
 //! - `test [--fuzz-seconds N]`  the README's test command: install what the tests need (Debian
-//!   packages as root, cargo-fuzz), fuzz each target N s (default 30), `cargo test`; fails when
+//!   packages as root, cargo-fuzz), fuzz each target N s (default 20), `cargo test`; fails when
 //!   any test failed or was ignored
 
 mod citations;
@@ -675,12 +675,18 @@ fn roundtrip(trees: Vec<PathBuf>) -> Result<()> {
     Ok(())
 }
 
-const FUZZ_TARGETS: [&str; 5] = [
+const FUZZ_TARGETS: [&str; 11] = [
     "v5_bootstrap",
     "v6_bootstrap",
     "blob_meta",
     "tar_reader",
     "roundtrip",
+    "blob_toc",
+    "prefetch_table",
+    "zran_meta",
+    "estargz_ref",
+    "encrypted_ci",
+    "oci_json",
 ];
 
 /// One target's run: executions, seconds, and whether libFuzzer reported a crash.

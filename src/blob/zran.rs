@@ -21,8 +21,9 @@ use crate::format::zran::{
 use crate::io::bytes::corrupt;
 use crate::model::BlobEntry;
 
-/// Largest compressed span one context may cover: upstream cuts contexts at 2 MiB of output, and
-/// a span never needs more input than a stored deflate stream's overhead on top of that.
+/// Largest span one context may cover, compressed or not: upstream cuts contexts at 2 MiB of
+/// output (plus the chunk that crosses the cut), and a span never needs more input than a stored
+/// deflate stream's overhead on top of that.
 const MAX_SPAN: u32 = 64 << 20;
 
 /// One chunk of a zran blob, as its v2 record says (formats/blob.md §3.3, §10).
@@ -123,6 +124,18 @@ impl ZranMeta {
     /// inside the table and is at most one window.
     fn check(&self) -> Result<()> {
         for (i, c) in self.contexts.iter().enumerate() {
+            // the reader inflates a context's whole span into memory: bound it as the compressed
+            // side is, before anything is allocated
+            if c.out_len.get() > MAX_SPAN {
+                return Err(corrupt(
+                    "zran context",
+                    i as u64,
+                    &format!(
+                        "spans {} uncompressed bytes, more than {MAX_SPAN}",
+                        c.out_len.get()
+                    ),
+                ));
+            }
             let end = c
                 .dict_offset
                 .get()

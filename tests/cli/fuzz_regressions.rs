@@ -40,3 +40,37 @@ fn v5_root_not_a_directory() {
     assert!(err.contains("root inode"), "{err}");
     assert!(err.contains("is not a directory"), "{err}");
 }
+
+/// What the `zran_meta` target does with its input: the header fields, the ci area, then the
+/// layer (see fuzz/fuzz_targets/zran_meta.rs); returns the parse result.
+fn parse_zran(data: &[u8]) -> Result<erofs_forge::fuzzing::ZranMeta, String> {
+    use erofs_forge::fuzzing::{BlobMetaHeader, ZranMeta};
+    use zerocopy::FromZeros;
+    let word = |at: usize, n: usize| {
+        let mut w = [0u8; 8];
+        w[..n].copy_from_slice(&data[at..at + n]);
+        u64::from_le_bytes(w)
+    };
+    let mut h = BlobMetaHeader::new_zeroed();
+    if data[0] & 1 != 0 {
+        h.features = erofs_forge::BlobFeatures::ZRAN.bits().into();
+    }
+    let chunk_count = word(1, 2) as u32;
+    h.ci_zran_offset = word(3, 4).into();
+    h.ci_zran_count = (word(7, 2) as u32).into();
+    h.ci_zran_size = word(9, 4).into();
+    let raw_len = word(13, 4) as usize;
+    let raw = &data[17..(17 + raw_len).min(data.len())];
+    ZranMeta::parse(raw, &h, chunk_count).map_err(|e| e.to_string())
+}
+
+/// zran meta: a context declaring a ~4 GiB uncompressed span passed the checks, and reading a
+/// chunk of it allocated the whole span (libFuzzer: malloc(4143989544)). Refused when parsed.
+#[test]
+fn zran_context_spanning_4_gib() {
+    let err = parse_zran(&input("zran_meta", "context-spans-4gib")).unwrap_err();
+    assert!(
+        err.contains("zran context") && err.contains("uncompressed bytes, more than"),
+        "{err}"
+    );
+}

@@ -128,11 +128,44 @@ fn bootstrap_via_toc<R: Read + Seek>(
         format::TOC_FLAG_LZ4_BLOCK => Compressor::Lz4Block,
         other => return Err(corrupt(format!("unknown ToC compression flags {other:#x}"))),
     };
-    let boot = compressor.decompress(&stored, entry.uncompressed_size.get() as usize)?;
+    let boot = inflate_boot(compressor, &stored, entry.uncompressed_size.get(), offset)?;
     if Sha256::digest(&boot).as_slice() != entry.uncompressed_digest {
         return Err(corrupt("sha256 differs from its ToC entry".into()));
     }
     Ok(boot)
+}
+
+/// Decompresses an inlined bootstrap whose ToC entry declares `size` bytes, without allocating
+/// what it declares before the data proves it: zstd streams into a growing buffer; lz4 cannot
+/// expand a byte into more than 255, so a larger claim is refused at once.
+fn inflate_boot(compressor: Compressor, stored: &[u8], size: u64, offset: u64) -> Result<Vec<u8>> {
+    let corrupt = |reason: String| Error::Corrupt {
+        what: "image.boot section",
+        offset,
+        reason,
+    };
+    match compressor {
+        Compressor::Zstd => {
+            let mut out = Vec::new();
+            zstd::stream::read::Decoder::with_buffer(stored)
+                .and_then(|d| d.take(size.saturating_add(1)).read_to_end(&mut out))
+                .map_err(|e| corrupt(format!("zstd: {e}")))?;
+            if out.len() as u64 != size {
+                return Err(corrupt(format!(
+                    "decompressed {} bytes, its ToC entry says {size}",
+                    out.len()
+                )));
+            }
+            Ok(out)
+        }
+        Compressor::Lz4Block if size > (stored.len() as u64).saturating_mul(256) + 64 => {
+            Err(corrupt(format!(
+                "{} bytes of lz4 cannot hold the {size} bytes its ToC entry says",
+                stored.len()
+            )))
+        }
+        c => Ok(c.decompress(stored, size as usize)?),
+    }
 }
 
 fn read_at<R: Read + Seek>(f: &mut R, blob: &Path, offset: u64, len: u64) -> Result<Vec<u8>> {

@@ -74,3 +74,21 @@ fn zran_context_spanning_4_gib() {
         "{err}"
     );
 }
+
+/// blob ToC: an image.boot entry declaring a ~4 GiB bootstrap made the reader allocate all of
+/// it before decompressing 16 KiB of zstd (libFuzzer: malloc(4294918151)). Now the bootstrap
+/// grows only as it decompresses, and the size mismatch is an error naming the section.
+#[test]
+fn blob_toc_bootstrap_declaring_4_gib() {
+    // as the blob_toc target: zero bytes (u32), then the blob's tail
+    let data = input("blob_toc", "boot-declares-4gib");
+    let zeros = u64::from(u32::from_le_bytes(data[..4].try_into().unwrap()) % (16 << 20));
+    let mut blob = vec![0u8; zeros as usize];
+    blob.extend_from_slice(&data[4..]);
+    let len = blob.len() as u64;
+    let mut r = std::io::Cursor::new(blob);
+    let err = erofs_forge::fuzzing::extract_bootstrap_from(&mut r, len, std::path::Path::new("b"))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("image.boot section"), "{err}");
+}

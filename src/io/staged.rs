@@ -314,19 +314,14 @@ impl Outputs {
         }
         // (on an early return, the directories not yet renamed are removed by Drop)
         while let Some((tmp, path)) = self.dirs.pop() {
-            if let Err(source) = std::fs::rename(&tmp, &path) {
+            if let Err(e) = rename_dir_unlocked(&tmp, &path) {
                 for p in &done {
                     remove_path(p);
                 }
                 remove_path(&tmp);
                 unregister(&tmp);
-                return Err(Error::Io {
-                    op: "rename into",
-                    path,
-                    source,
-                });
+                return Err(e);
             }
-            unregister(&tmp);
             done.push(path);
         }
         Ok(())
@@ -374,6 +369,12 @@ fn temp_dir_in(parent: &Path) -> Result<tempfile::TempDir> {
 pub fn persist_dir(tmp: &Path, final_dir: &Path) -> Result<()> {
     failpoint::reached("commit");
     let _commit = commit_lock()?;
+    rename_dir_unlocked(tmp, final_dir)
+}
+
+/// Renames the temporary directory `tmp` to `final_dir` and forgets it, for a caller that holds
+/// the commit lock.
+fn rename_dir_unlocked(tmp: &Path, final_dir: &Path) -> Result<()> {
     std::fs::rename(tmp, final_dir).map_err(|source| Error::Io {
         op: "rename into",
         path: final_dir.to_path_buf(),

@@ -50,16 +50,10 @@ fn handle_signals() {
     };
     std::thread::spawn(move || {
         if let Some(sig) = signals.forever().next() {
-            let n = erofs_forge::staged::remove_all();
-            if !erofs_forge::staged::claim_exit() {
-                // another thread is already ending the process with its own message
-                return;
-            }
-            eprintln!(
-                "interrupted by signal {sig}: removed {n} temporary file{}",
-                if n == 1 { "" } else { "s" }
-            );
-            std::process::exit(128 + sig);
+            out::end_run(128 + sig, |n| {
+                let s = if n == 1 { "" } else { "s" };
+                format!("interrupted by signal {sig}: removed {n} temporary file{s}")
+            });
         }
     });
 }
@@ -71,13 +65,9 @@ fn watch_consumers() {
     std::thread::spawn(|| loop {
         std::thread::sleep(std::time::Duration::from_millis(100));
         if let Some(path) = erofs_forge::staged::gone_stream() {
-            let cleaned = erofs_forge::staged::remove_all();
-            if erofs_forge::staged::claim_exit() {
-                eprintln!("error: broken pipe writing {}", path.display());
-                log::debug!("removed {cleaned} temporary files");
-                std::process::exit(1);
-            }
-            return;
+            out::end_run(1, |_| {
+                format!("error: broken pipe writing {}", path.display())
+            });
         }
     });
 }

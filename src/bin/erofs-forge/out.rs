@@ -35,15 +35,24 @@ pub fn text(args: std::fmt::Arguments) {
 }
 
 fn gone(e: &std::io::Error) -> ! {
-    erofs_forge::staged::remove_all();
-    if !erofs_forge::staged::claim_exit() {
-        // another thread is ending the process with its own message
-        std::thread::sleep(std::time::Duration::from_secs(10));
-    }
     if e.kind() == std::io::ErrorKind::BrokenPipe {
-        eprintln!("error: broken pipe writing stdout");
+        end_run(1, |_| "error: broken pipe writing stdout".into())
     } else {
-        eprintln!("error: write stdout: {e}");
+        end_run(1, |_| format!("error: write stdout: {e}"))
     }
-    std::process::exit(1);
+}
+
+/// Ends the process from any thread: removes the temporary outputs, prints `line` (given how
+/// many were removed) and exits with `code`; if another thread is already ending it (a signal
+/// and a vanished consumer at once), waits for that one instead, so that the run ends with one
+/// line.
+pub fn end_run(code: i32, line: impl FnOnce(usize) -> String) -> ! {
+    let removed = erofs_forge::staged::remove_all();
+    if erofs_forge::staged::claim_exit() {
+        eprintln!("{}", line(removed));
+        std::process::exit(code);
+    }
+    loop {
+        std::thread::park();
+    }
 }

@@ -12,6 +12,9 @@
 //! - `fuzz [--seconds N] [TARGET...]`  run each cargo-fuzz target (fuzz/) for N seconds, one at a
 //!   time, seeded from fuzz/seeds; prints executions per target (skips when cargo-fuzz or the
 //!   nightly features it needs are not available, or fails with `--no-skip`)
+//! - `campaign [--runs N] [--jobs J] [TARGET...]`  the long fuzz campaign: every target (or
+//!   those named) to N executions (default 10 000 000), J libFuzzer processes at once (default:
+//!   the cores), without a sanitizer, on a corpus kept in target/fuzz-campaign/
 //! - `layers`                  check src/'s imports against the layer table (no upward edge, no cycle)
 //! - `citations`               check that every `formats/*.md §N` cited in the code resolves
 //! - `test [--fuzz-seconds N]`  the README's test command: install what the tests need (Debian
@@ -19,6 +22,7 @@
 //!   any test failed or was ignored
 
 mod citations;
+mod fuzz;
 mod layers;
 mod test;
 
@@ -675,167 +679,6 @@ fn roundtrip(trees: Vec<PathBuf>) -> Result<()> {
     Ok(())
 }
 
-const FUZZ_TARGETS: [&str; 11] = [
-    "v5_bootstrap",
-    "v6_bootstrap",
-    "blob_meta",
-    "tar_reader",
-    "roundtrip",
-    "blob_toc",
-    "prefetch_table",
-    "zran_meta",
-    "estargz_ref",
-    "encrypted_ci",
-    "oci_json",
-];
-
-/// One target's run: executions, seconds, and whether libFuzzer reported a crash.
-struct FuzzRun {
-    target: String,
-    execs: u64,
-    seconds: u64,
-    crashed: bool,
-    log: PathBuf,
-}
-
-fn fuzz_unavailable() -> Option<String> {
-    let cargo = env!("CARGO");
-    match Command::new(cargo).args(["fuzz", "--version"]).output() {
-        Ok(o) if o.status.success() => {}
-        _ => {
-            return Some(
-                "cargo-fuzz is not installed (`cargo install cargo-fuzz` adds it)".to_string(),
-            )
-        }
-    }
-    // cargo-fuzz needs -Zsanitizer; a stable toolchain allows it with RUSTC_BOOTSTRAP=1
-    let build = Command::new(cargo)
-        .current_dir(root().join("fuzz"))
-        .env("RUSTC_BOOTSTRAP", "1")
-        .args(["fuzz", "build"])
-        .output();
-    match build {
-        Ok(o) if o.status.success() => None,
-        Ok(o) => Some(format!(
-            "`cargo fuzz build` failed (toolchain without sanitizer support?):\n{}",
-            String::from_utf8_lossy(&o.stderr)
-                .lines()
-                .rev()
-                .take(15)
-                .collect::<Vec<_>>()
-                .into_iter()
-                .rev()
-                .collect::<Vec<_>>()
-                .join("\n")
-        )),
-        Err(e) => Some(format!("cannot run cargo: {e}")),
-    }
-}
-
-fn fuzz_one(target: &str, seconds: u64) -> Result<FuzzRun> {
-    let corpus = root().join("target/fuzz-corpus").join(target);
-    std::fs::create_dir_all(&corpus)?;
-    let seeds = root().join("fuzz/seeds").join(target);
-    std::fs::create_dir_all(&seeds)?;
-    let logs = root().join("target/fuzz-logs");
-    std::fs::create_dir_all(&logs)?;
-    let log = logs.join(format!("{target}.log"));
-    let file = std::fs::File::create(&log)?;
-    let status = Command::new(env!("CARGO"))
-        .current_dir(root().join("fuzz"))
-        .env("RUSTC_BOOTSTRAP", "1")
-        .args(["fuzz", "run", target])
-        .arg(&corpus)
-        .arg(&seeds)
-        .args([
-            "--",
-            &format!("-max_total_time={seconds}"),
-            "-print_final_stats=1",
-            "-timeout=20",
-            "-rss_limit_mb=3072",
-        ])
-        .stdout(file.try_clone()?)
-        .stderr(file)
-        .status()
-        .context("spawn cargo fuzz run")?;
-    let text = std::fs::read_to_string(&log).unwrap_or_default();
-    let stat = |key: &str| -> Option<u64> {
-        text.lines()
-            .find_map(|l| l.strip_prefix(key))
-            .and_then(|v| v.trim().parse().ok())
-    };
-    Ok(FuzzRun {
-        target: target.to_string(),
-        execs: stat("stat::number_of_executed_units:").unwrap_or(0),
-        seconds: stat("stat::total_time_in_seconds:").unwrap_or(seconds),
-        crashed: !status.success(),
-        log,
-    })
-}
-
-fn fuzz(args: &[String]) -> Result<()> {
-    let mut seconds = 60u64;
-    let mut targets: Vec<String> = Vec::new();
-    let mut no_skip = false;
-    let mut it = args.iter();
-    while let Some(a) = it.next() {
-        match a.as_str() {
-            "--seconds" => {
-                seconds = it
-                    .next()
-                    .context("--seconds needs a value")?
-                    .parse()
-                    .context("--seconds")?
-            }
-            "--no-skip" => no_skip = true,
-            t if FUZZ_TARGETS.contains(&t) => targets.push(t.to_string()),
-            other => bail!("unknown fuzz argument {other:?}; targets: {FUZZ_TARGETS:?}"),
-        }
-    }
-    if targets.is_empty() {
-        targets = FUZZ_TARGETS.iter().map(|t| t.to_string()).collect();
-    }
-    if let Some(why) = fuzz_unavailable() {
-        if no_skip {
-            bail!("fuzz: cannot run: {why}");
-        }
-        println!("fuzz: SKIPPED: {why}");
-        return Ok(());
-    }
-    let mut runs = Vec::new();
-    // one target at a time: libFuzzer runs one process on one core
-    for t in &targets {
-        println!("fuzz: {t} for {seconds}s ...");
-        let r = fuzz_one(t, seconds)?;
-        println!(
-            "fuzz: {:<14} {:>10} executions in {:>5}s ({:>7.0}/s){}",
-            r.target,
-            r.execs,
-            r.seconds,
-            r.execs as f64 / r.seconds.max(1) as f64,
-            if r.crashed {
-                format!(
-                    " CRASH, see {} and fuzz/artifacts/{}/",
-                    r.log.display(),
-                    r.target
-                )
-            } else {
-                String::new()
-            }
-        );
-        runs.push(r);
-    }
-    let crashed: Vec<&str> = runs
-        .iter()
-        .filter(|r| r.crashed)
-        .map(|r| r.target.as_str())
-        .collect();
-    if !crashed.is_empty() {
-        bail!("fuzz targets crashed: {crashed:?}");
-    }
-    Ok(())
-}
-
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let paths = |from: usize| -> Vec<PathBuf> { args[from..].iter().map(PathBuf::from).collect() };
@@ -873,7 +716,8 @@ fn main() -> Result<()> {
             let dir = args.get(2).context("usage: corpus small|dedup DIR")?;
             corpus(kind, Path::new(dir))
         }
-        Some("fuzz") => fuzz(&args[1..]),
+        Some("fuzz") => fuzz::fuzz(&args[1..]),
+        Some("campaign") => fuzz::campaign(&args[1..]),
         Some("test") => test::test(&args[1..]),
         Some("layers") => layers::check(&root()),
         Some("citations") => citations::check(&root()),
@@ -883,7 +727,7 @@ fn main() -> Result<()> {
             default_trees()?
         }),
         _ => {
-            eprintln!("tasks: full-tree DIR [--big] | debian DIR | linux DIR | kernel-check [TREE...] | bench [TREE...] | roundtrip [TREE...] | corpus small|dedup DIR | fuzz [--seconds N] [--no-skip] [TARGET...] | test [--fuzz-seconds N] | layers | citations");
+            eprintln!("tasks: full-tree DIR [--big] | debian DIR | linux DIR | kernel-check [TREE...] | bench [TREE...] | roundtrip [TREE...] | corpus small|dedup DIR | fuzz [--seconds N] [--no-skip] [TARGET...] | campaign [--runs N] [--jobs J] [TARGET...] | test [--fuzz-seconds N] | layers | citations");
             std::process::exit(2)
         }
     }

@@ -52,7 +52,7 @@ pub fn test(args: &[String]) -> Result<()> {
     install_packages()?;
     if fuzz_seconds > 0 {
         install_cargo_fuzz()?;
-        crate::fuzz(&[
+        crate::fuzz::fuzz(&[
             "--seconds".into(),
             fuzz_seconds.to_string(),
             "--no-skip".into(),

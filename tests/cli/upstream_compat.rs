@@ -189,12 +189,8 @@ fn only_root_mtime_differs(ours: &[u8], theirs: &[u8], fixture: &str) {
 /// (`fixtures/upstream/v6-encrypt/decrypt.txt`); only the random key and tweak differ.
 #[test]
 #[cfg_attr(
-    no_full_tree,
-    ignore = "needs the full fixture tree (root, setfattr, setfacl, setcap)"
-)]
-#[cfg_attr(
-    no_py_crypto,
-    ignore = "needs Debian's python3-cryptography and python3-zstandard"
+    any(no_full_tree, no_py_crypto),
+    ignore = "needs the full fixture tree (root, setfattr, setfacl, setcap) and Debian's python3-cryptography and python3-zstandard"
 )]
 fn encrypted_blob_decrypts_to_upstreams_layout() {
     if let Some(why) = cannot_build_full_tree() {

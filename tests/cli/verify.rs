@@ -376,9 +376,10 @@ fn ignored_fields_and_errors() {
 }
 
 #[test]
-#[cfg_attr(no_umoci, ignore = "needs umoci")]
-#[cfg_attr(no_skopeo, ignore = "needs skopeo")]
-#[cfg_attr(no_root, ignore = "needs root")]
+#[cfg_attr(
+    any(no_umoci, no_skopeo, no_root),
+    ignore = "needs umoci, skopeo and root"
+)]
 fn umoci_image_merge_is_equal() {
     let w = scratch();
     let (img, rootfs) = crate::oci_layers::image_and_rootfs("umoci_image_merge_is_equal", w.path());

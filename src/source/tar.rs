@@ -283,6 +283,12 @@ pub fn read_tar(input: &mut dyn Read, source: &Path, files: &mut dyn FileData) -
     read_tar_limited(input, source, files, DEFAULT_MAX_ENTRIES)
 }
 
+/// The tar reader's own buffer: it serves the 512-byte headers and the tails of reads; a
+/// chunk-sized data read larger than it goes straight to the input. Over a `dyn Read` a
+/// `BufReader` zeroes its whole buffer on first use, so a 1 MiB buffer cost a megabyte of page
+/// faults on every archive, over the `decompress` reader's 256 KiB buffer, for nothing.
+const TAR_BUFFER: usize = 64 << 10;
+
 /// [`read_tar`] refusing an archive that makes the tree hold more than `max_entries` entries
 /// or inodes (a later entry replacing an earlier one may add an inode without an entry).
 pub fn read_tar_limited(
@@ -294,7 +300,7 @@ pub fn read_tar_limited(
     let mut r = Reader {
         max_entries,
         s: Stream {
-            r: BufReader::with_capacity(1 << 20, input),
+            r: BufReader::with_capacity(TAR_BUFFER, input),
             pos: 0,
             eof: false,
             source: source.to_path_buf(),

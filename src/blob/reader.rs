@@ -459,9 +459,18 @@ struct StoredMeta {
     header: Vec<u8>,
 }
 
-/// Reads the stored blob meta at the place the blob table gives, after checking its sizes.
+/// Reads the stored blob meta at the place the blob table gives, after checking its sizes
+/// against the blob table and the file.
 fn read_stored_meta(f: &File, path: &Path, blob: &BlobEntry) -> Result<StoredMeta> {
     check_ci_sizes(blob)?;
+    let hdr_at = blob.ci_offset.saturating_add(blob.ci_compressed_size);
+    if hdr_at.saturating_add(BLOB_META_HEADER_SIZE as u64) > f.metadata().ctx("stat", path)?.len() {
+        return Err(corrupt(
+            "blob meta",
+            hdr_at,
+            &format!("{} ends before the blob meta header", path.display()),
+        ));
+    }
     let mut ci = vec![0u8; blob.ci_compressed_size as usize];
     f.read_exact_at(&mut ci, blob.ci_offset)
         .ctx("read chunk-info array of", path)?;
@@ -471,10 +480,13 @@ fn read_stored_meta(f: &File, path: &Path, blob: &BlobEntry) -> Result<StoredMet
     Ok(StoredMeta { ci, header })
 }
 
-/// A blob's stored ci area (`stored`, compressed as the blob table says) checked against the
-/// blob meta `header` and returned uncompressed (formats/blob.md §3, §10).
-pub(crate) fn decode_ci_area(stored: Vec<u8>, header: &[u8], blob: &BlobEntry) -> Result<Vec<u8>> {
-    open_blob_meta(stored, header, blob).map(|p| p.ci)
+/// The blob meta of the file at `path` (a data blob, or a targz-ref meta blob), checked
+/// against the blob table, in the clear: the chunk-info data uncompressed and the header
+/// (formats/blob.md §3, §10).
+pub(crate) fn read_plain_meta(path: &Path, blob: &BlobEntry) -> Result<(Vec<u8>, BlobMetaHeader)> {
+    let f = File::open(path).ctx("open blob meta", path)?;
+    let m = read_stored_meta(&f, path, blob)?;
+    open_blob_meta(m.ci, &m.header, blob).map(|p| (p.ci, p.header))
 }
 
 fn read_ci(f: &File, path: &Path, blob: &BlobEntry) -> Result<Vec<CiEntry>> {

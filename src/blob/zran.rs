@@ -240,29 +240,8 @@ fn decode_record(r: &[u8], i: usize, in_place: bool) -> Result<ZranChunk> {
 /// Reads and decodes the zran meta of `blob` from `meta`: the stored ci area at `ci_offset`,
 /// then the 4096-byte header, checked against the blob table.
 pub fn read_meta(path: &Path, blob: &BlobEntry) -> Result<ZranMeta> {
-    let f = File::open(path).ctx("open blob meta", path)?;
-    let len = f.metadata().ctx("stat", path)?.len();
-    let hdr_at = blob.ci_offset.saturating_add(blob.ci_compressed_size);
-    if hdr_at.saturating_add(BLOB_META_HEADER_SIZE as u64) > len {
-        return Err(corrupt(
-            "blob meta",
-            hdr_at,
-            &format!("{} ends before the blob meta header", path.display()),
-        ));
-    }
-    let mut header = vec![0u8; BLOB_META_HEADER_SIZE];
-    f.read_exact_at(&mut header, hdr_at)
-        .ctx("read blob meta header of", path)?;
-    let h = BlobMetaHeader::ref_from_bytes(&header)
-        .map_err(|_| corrupt("blob meta header", hdr_at, "bad size"))?;
-    if h.magic.get() != BLOB_META_MAGIC || h.magic2.get() != BLOB_META_MAGIC {
-        return Err(corrupt("blob meta header", hdr_at, "bad magic"));
-    }
-    let mut stored = vec![0u8; blob.ci_compressed_size as usize];
-    f.read_exact_at(&mut stored, blob.ci_offset)
-        .ctx("read chunk-info array of", path)?;
-    let raw = crate::blob::reader::decode_ci_area(stored, &header, blob)?;
-    ZranMeta::parse(&raw, h, blob.chunk_count)
+    let (raw, header) = crate::blob::reader::read_plain_meta(path, blob)?;
+    ZranMeta::parse(&raw, &header, blob.chunk_count)
 }
 
 /// A zran blob opened for reading: its meta decoded, its gzip layer open.

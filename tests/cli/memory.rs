@@ -102,55 +102,77 @@ fn last_line(stderr: &str) -> &str {
     stderr.lines().rev().find(|l| !l.is_empty()).unwrap_or("")
 }
 
-#[test]
-fn xz_dictionary_beyond_the_cap_is_refused() {
+/// One decoder's cap, both ways: a stream `huge` needs more than the 256 MiB default and is
+/// refused, naming the source, the need and the flag, with nothing written (and passes when
+/// the limit is raised to `huge_passes_at`, if given); a stream `big` passes under the default
+/// and is refused under the lower limit `big_fails_at`.
+struct CapCase {
+    kind: &'static str,
+    ext: &'static str,
+    huge: Vec<u8>,
+    huge_passes_at: Option<&'static str>,
+    big: Vec<u8>,
+    big_fails_at: &'static str,
+}
+
+fn assert_cap(c: CapCase) {
     let d = scratch();
-    let tar = small_tar(d.path(), 3);
-    // 37: 1.5 GiB; 28: 64 MiB (what xz -9 uses)
-    let huge = d.path().join("huge.tar.xz");
-    std::fs::write(&huge, xz_with_dict(&tar, 37)).unwrap();
-    let big = d.path().join("big.tar.xz");
-    std::fs::write(&big, xz_with_dict(&tar, 28)).unwrap();
+    let huge = d.path().join(format!("huge.tar.{}", c.ext));
+    std::fs::write(&huge, &c.huge).unwrap();
+    let big = d.path().join(format!("big.tar.{}", c.ext));
+    std::fs::write(&big, &c.big).unwrap();
+    let (boot, blob) = (d.path().join("boot"), d.path().join("blob"));
 
     let err = run_create(&huge, d.path(), &[]).unwrap_err();
     let line = last_line(&err);
     assert!(line.contains(s(&huge)), "{err}");
-    assert!(line.contains("xz stream needs more than 256 MiB"), "{err}");
+    let need = format!("{} stream needs more than 256 MiB", c.kind);
+    assert!(line.contains(&need), "{err}");
     assert!(line.contains("--max-decompress-memory"), "{err}");
-    assert!(!d.path().join("boot").exists() && !d.path().join("blob").exists());
+    assert!(!boot.exists() && !blob.exists());
+    if let Some(limit) = c.huge_passes_at {
+        run_create(&huge, d.path(), &["--max-decompress-memory", limit]).unwrap();
+        std::fs::remove_file(&boot).unwrap();
+    }
 
     run_create(&big, d.path(), &[]).unwrap();
-    std::fs::remove_file(d.path().join("boot")).unwrap();
-    let err = run_create(&big, d.path(), &["--max-decompress-memory", "32M"]).unwrap_err();
-    assert!(last_line(&err).contains("needs more than 32 MiB"), "{err}");
-    assert!(!d.path().join("boot").exists());
+    std::fs::remove_file(&boot).unwrap();
+    let err = run_create(&big, d.path(), &["--max-decompress-memory", c.big_fails_at]);
+    let err = err.unwrap_err();
+    let size = c.big_fails_at.trim_end_matches('M');
+    let need = format!("needs more than {size} MiB");
+    assert!(last_line(&err).contains(&need), "{err}");
+    assert!(!boot.exists());
+}
+
+#[test]
+fn xz_dictionary_beyond_the_cap_is_refused() {
+    let d = scratch();
+    let tar = small_tar(d.path(), 3);
+    assert_cap(CapCase {
+        kind: "xz",
+        ext: "xz",
+        // 37: 1.5 GiB; 28: 64 MiB (what xz -9 uses)
+        huge: xz_with_dict(&tar, 37),
+        huge_passes_at: None,
+        big: xz_with_dict(&tar, 28),
+        big_fails_at: "32M",
+    });
 }
 
 #[test]
 fn zstd_window_beyond_the_cap_is_refused() {
     let d = scratch();
     let tar = small_tar(d.path(), 3);
-    // 0xa8: 2 GiB (as --long=31); 0x88: 128 MiB (as --long=27)
-    let huge = d.path().join("huge.tar.zst");
-    std::fs::write(&huge, zstd_with_window(&tar, 0xa8)).unwrap();
-    let big = d.path().join("big.tar.zst");
-    std::fs::write(&big, zstd_with_window(&tar, 0x88)).unwrap();
-
-    let err = run_create(&huge, d.path(), &[]).unwrap_err();
-    let line = last_line(&err);
-    assert!(line.contains(s(&huge)), "{err}");
-    assert!(
-        line.contains("zstd stream needs more than 256 MiB"),
-        "{err}"
-    );
-    assert!(line.contains("--max-decompress-memory"), "{err}");
-    run_create(&huge, d.path(), &["--max-decompress-memory", "2G"]).unwrap();
-    std::fs::remove_file(d.path().join("boot")).unwrap();
-
-    run_create(&big, d.path(), &[]).unwrap();
-    std::fs::remove_file(d.path().join("boot")).unwrap();
-    let err = run_create(&big, d.path(), &["--max-decompress-memory", "64M"]).unwrap_err();
-    assert!(last_line(&err).contains("needs more than 64 MiB"), "{err}");
+    assert_cap(CapCase {
+        kind: "zstd",
+        ext: "zst",
+        // 0xa8: 2 GiB (as --long=31); 0x88: 128 MiB (as --long=27)
+        huge: zstd_with_window(&tar, 0xa8),
+        huge_passes_at: Some("2G"),
+        big: zstd_with_window(&tar, 0x88),
+        big_fails_at: "64M",
+    });
 }
 
 /// A tar.gz of one file of `gib` GiB of zeros: gzip members of 64 MiB of zeros each (a few

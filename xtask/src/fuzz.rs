@@ -240,8 +240,15 @@ fn fail_on_crash(runs: &[FuzzRun]) -> Result<()> {
     Ok(())
 }
 
-/// `cargo xtask fuzz [--seconds N] [--no-skip] [TARGET...]`
-pub fn fuzz(args: &[String]) -> Result<()> {
+/// `fuzz`'s arguments: the targets, the seconds per target and whether to fail instead of
+/// skipping when cargo-fuzz cannot run.
+struct FuzzArgs {
+    targets: Vec<String>,
+    seconds: u64,
+    no_skip: bool,
+}
+
+fn fuzz_args(args: &[String]) -> Result<FuzzArgs> {
     let mut seconds = 60u64;
     let mut no_skip = false;
     let targets = parse(args, |flag, value| match flag {
@@ -255,6 +262,20 @@ pub fn fuzz(args: &[String]) -> Result<()> {
         }
         _ => bail!("unknown fuzz argument {flag:?}; targets: {TARGETS:?}"),
     })?;
+    Ok(FuzzArgs {
+        targets,
+        seconds,
+        no_skip,
+    })
+}
+
+/// `cargo xtask fuzz [--seconds N] [--no-skip] [TARGET...]`
+pub fn fuzz(args: &[String]) -> Result<()> {
+    let FuzzArgs {
+        targets,
+        seconds,
+        no_skip,
+    } = fuzz_args(args)?;
     let plan = Plan {
         stop: Stop::Seconds(seconds),
         campaign: false,
@@ -380,28 +401,14 @@ mod tests {
 
     #[test]
     fn parse_takes_flags_values_and_targets() {
-        let (mut seconds, mut no_skip) = (0, false);
-        let got = parse(
-            &args(&["--seconds", "20", "--no-skip", "zran_meta"]),
-            |flag, value| match flag {
-                "--seconds" => number(flag, value).map(|n| {
-                    seconds = n;
-                    true
-                }),
-                "--no-skip" => {
-                    no_skip = true;
-                    Ok(false)
-                }
-                _ => bail!("unknown {flag}"),
-            },
-        )
-        .unwrap();
-        assert_eq!(got, ["zran_meta"]);
-        assert_eq!((seconds, no_skip), (20, true));
-        let all = parse(&[], |_, _| Ok(false)).unwrap();
-        assert_eq!(all.len(), TARGETS.len());
-        assert!(parse(&args(&["nonsense"]), |f, _| bail!("unknown {f}")).is_err());
-        assert!(parse(&args(&["--seconds"]), |f, v| number(f, v).map(|_| true)).is_err());
+        let got = fuzz_args(&args(&["--seconds", "20", "--no-skip", "zran_meta"])).unwrap();
+        assert_eq!(got.targets, ["zran_meta"]);
+        assert_eq!((got.seconds, got.no_skip), (20, true));
+        let all = fuzz_args(&[]).unwrap();
+        assert_eq!(all.targets.len(), TARGETS.len());
+        assert_eq!((all.seconds, all.no_skip), (60, false));
+        assert!(fuzz_args(&args(&["nonsense"])).is_err());
+        assert!(fuzz_args(&args(&["--seconds"])).is_err());
     }
 
     #[test]

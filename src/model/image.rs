@@ -90,6 +90,17 @@ impl BlobEntry {
         }
     }
 
+    /// This entry as a bootstrap other than the one inlined in the blob records it (merge,
+    /// `--parent-bootstrap`, `--chunk-dict`): that bootstrap is not inside the blob, so
+    /// INLINED_FS_META goes, as upstream's builder drops it from every blob it takes from
+    /// another bootstrap. nydusd renames each blob still marked so after the file name of the
+    /// bootstrap it loads, and then finds no such blob (formats/blob.md §12).
+    pub fn referenced_from_outside(&self) -> BlobEntry {
+        let mut e = self.clone();
+        e.features = BlobFeatures(e.features.bits() & !BlobFeatures::INLINED_FS_META.bits());
+        e
+    }
+
     /// Whether this is a tar-tarfs blob (chunks address the tar in place).
     pub fn is_tarfs(&self) -> bool {
         self.features.contains(BlobFeatures::TARFS)

@@ -449,7 +449,8 @@ impl Base {
             let img = crate::rafs::load(path)?.image;
             check_base(opts, &img, path)?;
             let offset = base.blobs.len() as u32;
-            base.blobs.extend(img.blobs.iter().cloned());
+            base.blobs
+                .extend(img.blobs.iter().map(BlobEntry::referenced_from_outside));
             for c in &img.chunks {
                 base.table.push(crate::model::ChunkInfo {
                     blob_index: c.blob_index + offset,
@@ -751,6 +752,7 @@ fn encode(
         tarfs: false,
         single_device: false,
         prefetch: opts.prefetch.table(tree),
+        has_xattr: false,
     };
     let records = |id: &str, w: &Option<WrittenBlob>| -> Vec<BlobEntry> {
         let mut all = base.blobs.clone();
@@ -993,6 +995,7 @@ fn create_tarfs(opts: &CreateOptions, progress: &dyn Progress) -> Result<CreateO
         tarfs: true,
         single_device: false,
         prefetch: opts.prefetch.table(&tree),
+        has_xattr: false,
     };
     let bytes = v6::encode(&tree, &chunks.chunks, &blobs, &eopts)?;
     timings.insert("dump_bootstrap".into(), t2.elapsed().as_secs_f64());

@@ -217,6 +217,7 @@ pub fn export(opts: &CompressedExportOptions) -> Result<u64> {
         tarfs: false,
         single_device: false,
         prefetch: Vec::new(),
+        has_xattr: false,
     };
     write_standalone_inodes(&mut meta, &image.tree, &eopts, &lay, &files)?;
 

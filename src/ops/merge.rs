@@ -83,7 +83,11 @@ pub fn merge(opts: &MergeOptions) -> Result<MergeOutput> {
     let (chunks, blobs) = compact_blobs(&mut tree, &chunks, &blobs)?;
     let first = &layers[0].image;
     let table = opts.prefetch.table(&tree);
-    let bytes = rafs::encode_like(first, &tree, &chunks, &blobs, false, table)?;
+    let opts_like = rafs::v6::EncodeOptions {
+        has_xattr: true,
+        ..rafs::options_like(first, false, table)
+    };
+    let bytes = rafs::encode(first.version, &tree, &chunks, &blobs, &opts_like)?;
     let path = bootstrap_path(opts.bootstrap.as_deref(), opts.blob_dir.as_deref(), &bytes)?;
     let mut outputs = crate::io::staged::Outputs::new();
     outputs.add(write_temp(&path, &bytes, None)?, path.clone());
@@ -187,7 +191,7 @@ impl Stack {
         let mut own = 0;
         let mut local_to_global = Vec::with_capacity(img.blobs.len());
         for b in &img.blobs {
-            let mut rec = b.clone();
+            let mut rec = b.referenced_from_outside();
             if let Some(i) = layer.source.filter(|_| !dict_ids.contains(&b.id)) {
                 own += 1;
                 if own > 1 {
@@ -239,8 +243,6 @@ fn rename_own_blob(opts: &MergeOptions, i: usize, rec: &mut BlobEntry) -> Result
         rec.refs.toc_size = *s;
     }
     if rec.features.contains(BlobFeatures::SEPARATE) {
-        // the merged bootstrap is no longer inside the meta blob
-        rec.features = BlobFeatures(rec.features.bits() & !BlobFeatures::INLINED_FS_META.bits());
         if let Some(d) = opts.blob_digests.get(i) {
             rec.refs.meta_digest = digest_bytes(d, "--blob-digests")?;
         }

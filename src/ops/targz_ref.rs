@@ -553,6 +553,7 @@ fn encode_options(opts: &CreateOptions, tree: &Tree) -> EncodeOptions {
         tarfs: false,
         single_device: false,
         prefetch: opts.prefetch.table(tree),
+        has_xattr: false,
     }
 }
 

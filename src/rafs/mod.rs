@@ -1,5 +1,6 @@
 //! RAFS bootstraps: the encoders, the decoders, and the decoded [`Image`] model.
 
+pub mod nydusd;
 pub mod v5;
 pub mod v6;
 
@@ -39,8 +40,18 @@ pub fn encode_like(
     single_device: bool,
     prefetch: Vec<crate::model::EntryId>,
 ) -> Result<Vec<u8>> {
+    let opts = options_like(like, single_device, prefetch);
+    encode(like.version, tree, chunks, blobs, &opts)
+}
+
+/// The encoder options [`encode_like`] uses: the settings of `like`.
+pub fn options_like(
+    like: &Image,
+    single_device: bool,
+    prefetch: Vec<crate::model::EntryId>,
+) -> v6::EncodeOptions {
     use crate::format::rafs_v6::super_flags;
-    let opts = v6::EncodeOptions {
+    v6::EncodeOptions {
         chunk_size: like.chunk_size,
         compressor: like.compressor,
         digester: like.digester,
@@ -53,8 +64,8 @@ pub fn encode_like(
         tarfs: like.flags.contains(super_flags::TARTFS_MODE),
         single_device,
         prefetch,
-    };
-    encode(like.version, tree, chunks, blobs, &opts)
+        has_xattr: false,
+    }
 }
 
 /// Decodes a bootstrap of either version.
@@ -244,6 +255,7 @@ mod tests {
             tarfs: false,
             single_device: false,
             prefetch,
+            has_xattr: false,
         }
     }
 

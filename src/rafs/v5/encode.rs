@@ -196,7 +196,7 @@ pub fn encode(
     if opts.explicit_uid_gid {
         flags |= super_flags::EXPLICIT_UID_GID;
     }
-    if tree.inodes.iter().any(|i| !i.xattrs.is_empty()) {
+    if opts.has_xattr || tree.inodes.iter().any(|i| !i.xattrs.is_empty()) {
         flags |= super_flags::HAS_XATTR;
     }
     let sb = SuperBlock {

@@ -44,6 +44,9 @@ pub struct EncodeOptions {
     pub single_device: bool,
     /// Entries the prefetch table names, in table order (empty: no table).
     pub prefetch: Vec<EntryId>,
+    /// Set HAS_XATTR even when no inode has an xattr, as upstream's merge always does
+    /// (formats/blob.md §12); otherwise it is set when some inode has one.
+    pub has_xattr: bool,
 }
 
 /// Block address of each blob in a flattened disk image: after the bootstrap, each on a 512 KiB
@@ -314,7 +317,7 @@ fn rafs_flags(blobs: &[BlobEntry], opts: &EncodeOptions, layout: &Layout) -> u64
     if opts.tarfs {
         flags |= super_flags::TARTFS_MODE;
     }
-    if layout.xattr_size.iter().any(|s| *s > 0) {
+    if opts.has_xattr || layout.xattr_size.iter().any(|s| *s > 0) {
         flags |= super_flags::HAS_XATTR;
     }
     // set when every blob inlines its chunk digests, vacuously for no blob (upstream rule)

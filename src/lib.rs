@@ -54,6 +54,9 @@ pub mod read {
     pub use crate::blob::inline::extract_bootstrap;
     pub use crate::blob::reader::{BlobSource, ChunkReader};
     pub use crate::ops::opened::OpenedImage;
+    /// What upstream's nydusd makes of a bootstrap when it loads it: the blob files it looks
+    /// up, and the rules a bootstrap must keep to be served (formats/blob.md §12).
+    pub use crate::rafs::nydusd;
     pub use crate::rafs::{decode, load, read_bootstrap, Loaded};
 }
 

@@ -38,6 +38,8 @@ impl BlobFeatures {
     pub const BATCH: BlobFeatures = BlobFeatures(0x80);
     /// Chunks, the chunk-info array and the blob-meta header are encrypted (formats/blob.md §10).
     pub const ENCRYPTED: BlobFeatures = BlobFeatures(0x100);
+    /// The blob's data lives outside any blob file (upstream's external blobs; never written).
+    pub const EXTERNAL: BlobFeatures = BlobFeatures(0x800);
     /// Sections are framed by tar headers.
     pub const HAS_TAR_HEADER: BlobFeatures = BlobFeatures(0x1000_0000);
     /// Table of contents present.

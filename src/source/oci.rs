@@ -464,24 +464,54 @@ fn str_field<'a>(v: &'a Value, key: &str) -> Option<&'a str> {
     v.get(key).and_then(Value::as_str)
 }
 
-/// Whether an index entry names `want` (full name, or its tag).
-fn names(annotations: Option<&Value>, want: &str) -> bool {
-    let Some(a) = annotations else { return false };
-    [REF_NAME, CONTAINERD_NAME].iter().any(|k| {
-        str_field(a, k)
-            .is_some_and(|n| n == want || n.rsplit_once(':').is_some_and(|t| t.1 == want))
-    })
+/// The names an index entry gives (`org.opencontainers.image.ref.name`, then
+/// `io.containerd.image.name`).
+fn ref_names(descriptor: &Value) -> Vec<String> {
+    let Some(a) = descriptor.get("annotations") else {
+        return Vec::new();
+    };
+    [REF_NAME, CONTAINERD_NAME]
+        .iter()
+        .filter_map(|k| str_field(a, k))
+        .map(str::to_string)
+        .collect()
 }
 
-/// An image manifest the index leads to.
+/// Whether one of `names` is `want` (full name, or its tag).
+fn named(names: &[String], want: &str) -> bool {
+    names
+        .iter()
+        .any(|n| n == want || n.rsplit_once(':').is_some_and(|t| t.1 == want))
+}
+
+/// Appends the names of `more` that `names` lacks.
+fn add_names(names: &mut Vec<String>, more: &[String]) {
+    for n in more {
+        if !names.contains(n) {
+            names.push(n.clone());
+        }
+    }
+}
+
+/// An image manifest the index leads to: one entry (the same manifest may be listed again under
+/// other names).
 struct Candidate {
     digest: String,
     descriptor: Value,
+    /// The entry's names, and those of the nested indexes leading to it.
+    names: Vec<String>,
 }
 
-/// Collects the image manifests an index lists (nested indexes followed) whose blobs the store
-/// holds.
-fn collect(store: &Store, index: &Value, depth: usize, out: &mut Vec<Candidate>) -> Result<()> {
+/// Collects every entry for an image manifest an index lists (nested indexes followed; their
+/// names go to the manifests under them) whose blob the store holds. A manifest listed under
+/// several names gives an entry for each; `select` merges them.
+fn collect(
+    store: &Store,
+    index: &Value,
+    depth: usize,
+    above: &[String],
+    out: &mut Vec<Candidate>,
+) -> Result<()> {
     let Some(list) = index.get("manifests").and_then(Value::as_array) else {
         return Ok(());
     };
@@ -495,26 +525,65 @@ fn collect(store: &Store, index: &Value, depth: usize, out: &mut Vec<Candidate>)
         if !store.exists(&name) {
             continue;
         }
+        let mut names = above.to_vec();
+        add_names(&mut names, &ref_names(d));
         let media = str_field(d, "mediaType").unwrap_or("");
         if media == MEDIA_INDEX || media == DOCKER_LIST {
             if depth < MAX_INDEX_DEPTH {
                 let nested = store.json(&name)?;
-                collect(store, &nested, depth + 1, out)?;
+                collect(store, &nested, depth + 1, &names, out)?;
             }
             continue;
         }
         if !(media.is_empty() || media == MEDIA_MANIFEST || media == DOCKER_MANIFEST) {
             continue;
         }
-        if out.iter().any(|c| c.digest == digest) {
-            continue;
-        }
         out.push(Candidate {
             digest: digest.to_string(),
             descriptor: d.clone(),
+            names,
         });
     }
     Ok(())
+}
+
+/// The distinct images `reference` names (every image without one). Entries are matched by
+/// name first; entries for the same manifest then count once, keeping the first matching
+/// entry's descriptor and the names of all of them.
+fn select(found: Vec<Candidate>, reference: Option<&str>) -> Vec<Candidate> {
+    let mut images: Vec<Candidate> = Vec::new();
+    for c in found {
+        if reference.is_some_and(|r| !named(&c.names, r)) {
+            continue;
+        }
+        match images.iter_mut().find(|i| i.digest == c.digest) {
+            Some(image) => add_names(&mut image.names, &c.names),
+            None => images.push(c),
+        }
+    }
+    images
+}
+
+/// Every name the entries give, each once, in index order.
+fn offered_names(found: &[Candidate]) -> Vec<String> {
+    let mut names = Vec::new();
+    for c in found {
+        add_names(&mut names, &c.names);
+    }
+    names
+}
+
+/// The error for a `reference` no entry of index.json gives.
+fn unnamed(store: &Store, reference: &str, offered: &[String]) -> Error {
+    let listed = if offered.is_empty() {
+        "its entries have no names".to_string()
+    } else {
+        format!("it names {}", offered.join(", "))
+    };
+    Error::Unsupported {
+        path: store.describe("index.json"),
+        reason: format!("no image manifest named {reference:?} ({listed})"),
+    }
 }
 
 /// Opens `source` (`PATH` or `PATH:REF`) and picks the image for `want`.
@@ -524,19 +593,18 @@ pub fn open_image(source: &Path, want: &Platform) -> Result<Image> {
     if store.exists("index.json") {
         let index = store.json("index.json")?;
         let mut found = Vec::new();
-        collect(&store, &index, 0, &mut found)?;
-        if let Some(r) = &reference {
-            found.retain(|c| names(c.descriptor.get("annotations"), r));
-        }
-        if !found.is_empty() {
-            return from_index(store, found, want, reference.as_deref());
+        collect(&store, &index, 0, &[], &mut found)?;
+        let offered = offered_names(&found);
+        let images = select(found, reference.as_deref());
+        if !images.is_empty() {
+            return from_index(store, images, want, reference.as_deref());
         }
         if !store.exists("manifest.json") {
-            return Err(Error::Unsupported {
-                path: store.describe("index.json"),
-                reason: match reference {
-                    Some(r) => format!("no image manifest named {r:?}"),
-                    None => "lists no image manifest whose blob is present".into(),
+            return Err(match &reference {
+                Some(r) => unnamed(&store, r, &offered),
+                None => Error::Unsupported {
+                    path: store.describe("index.json"),
+                    reason: "lists no image manifest whose blob is present".into(),
                 },
             });
         }
@@ -556,13 +624,13 @@ pub fn open_image(source: &Path, want: &Platform) -> Result<Image> {
 
 fn from_index(
     store: Store,
-    found: Vec<Candidate>,
+    images: Vec<Candidate>,
     want: &Platform,
     reference: Option<&str>,
 ) -> Result<Image> {
     let mut seen = Vec::new();
     let mut chosen: Vec<(Candidate, Value, Value, Option<Platform>)> = Vec::new();
-    for c in found {
+    for c in images {
         let (name, _) = blob_name(&c.digest, store.path())?;
         let manifest = store.json(&name)?;
         let config_digest = manifest
@@ -587,16 +655,14 @@ fn from_index(
         chosen.push((c, manifest, config, platform));
     }
     if chosen.len() > 1 {
-        let refs: Vec<String> = chosen
-            .iter()
-            .map(|c| {
-                c.0.descriptor
-                    .get("annotations")
-                    .and_then(|a| str_field(a, REF_NAME).or_else(|| str_field(a, CONTAINERD_NAME)))
-                    .unwrap_or(&c.0.digest)
-                    .to_string()
-            })
-            .collect();
+        let mut refs = Vec::new();
+        for (c, ..) in &chosen {
+            if c.names.is_empty() {
+                add_names(&mut refs, std::slice::from_ref(&c.digest));
+            } else {
+                add_names(&mut refs, &c.names);
+            }
+        }
         return Err(Error::InvalidOption(format!(
             "{} holds {} images for {want}{}: name one as {}:REF ({})",
             store.path().display(),
@@ -796,5 +862,98 @@ mod tests {
         assert!(safe_name("../etc/passwd").is_none());
         assert!(safe_name("a/../../b").is_none());
         assert!(safe_name("a/b").is_some());
+    }
+
+    /// A layout whose index lists manifest 1 as `a` and as `alias` (what `latest` usually is),
+    /// and a nested index `multi` of manifests 1 and 2; every name resolves.
+    #[test]
+    #[allow(clippy::disallowed_methods)] // test scratch directories need no signal cleanup
+    fn every_ref_resolves() {
+        let d = tempfile::tempdir().unwrap();
+        let digest = |n: u8| format!("sha256:{}", format!("{n:x}").repeat(64));
+        let entry = |n: u8, media: &str, name: Option<&str>| {
+            let mut e = serde_json::json!({"mediaType": media, "digest": digest(n), "size": 2});
+            if let Some(name) = name {
+                e["annotations"] = serde_json::json!({ REF_NAME: name });
+            }
+            e
+        };
+        let blobs = d.path().join("blobs/sha256");
+        std::fs::create_dir_all(&blobs).unwrap();
+        let put = |n: u8, doc: &Value| {
+            let hex = &digest(n)["sha256:".len()..];
+            std::fs::write(blobs.join(hex), doc.to_string()).unwrap();
+        };
+        put(1, &serde_json::json!({}));
+        put(2, &serde_json::json!({}));
+        put(
+            3,
+            &serde_json::json!({"manifests": [
+                entry(1, MEDIA_MANIFEST, None),
+                entry(2, MEDIA_MANIFEST, None),
+            ]}),
+        );
+        let index = serde_json::json!({"manifests": [
+            entry(1, MEDIA_MANIFEST, Some("a")),
+            entry(1, MEDIA_MANIFEST, Some("alias")),
+            entry(3, MEDIA_INDEX, Some("docker.io/x/multi:v1")),
+        ]});
+        let store = Store::Dir(d.path().to_path_buf());
+        let found = || {
+            let mut out = Vec::new();
+            collect(&store, &index, 0, &[], &mut out).unwrap();
+            out
+        };
+        let pick = |r: Option<&str>| -> Vec<(String, Option<String>, Vec<String>)> {
+            select(found(), r)
+                .into_iter()
+                .map(|c| {
+                    let own = ref_names(&c.descriptor).first().cloned();
+                    (c.digest, own, c.names)
+                })
+                .collect()
+        };
+        let v = |names: &[&str]| -> Vec<String> { names.iter().map(|n| n.to_string()).collect() };
+        assert_eq!(found().len(), 4, "an entry for each manifest listed");
+        assert_eq!(pick(Some("a")), [(digest(1), Some("a".into()), v(&["a"]))]);
+        // the entry kept is the one named: its annotations go to the output index
+        assert_eq!(
+            pick(Some("alias")),
+            [(digest(1), Some("alias".into()), v(&["alias"]))]
+        );
+        let multi = v(&["docker.io/x/multi:v1"]);
+        for r in ["v1", "docker.io/x/multi:v1"] {
+            assert_eq!(
+                pick(Some(r)),
+                [
+                    (digest(1), None, multi.clone()),
+                    (digest(2), None, multi.clone())
+                ]
+            );
+        }
+        assert!(pick(Some("nope")).is_empty());
+        // without a name: each image once, with every name it has
+        assert_eq!(
+            pick(None),
+            [
+                (
+                    digest(1),
+                    Some("a".into()),
+                    v(&["a", "alias", "docker.io/x/multi:v1"])
+                ),
+                (digest(2), None, multi.clone()),
+            ]
+        );
+        assert_eq!(
+            offered_names(&found()),
+            v(&["a", "alias", "docker.io/x/multi:v1"])
+        );
+        let err = unnamed(&store, "nope", &offered_names(&found())).to_string();
+        assert!(
+            err.contains(
+                r#"no image manifest named "nope" (it names a, alias, docker.io/x/multi:v1)"#
+            ),
+            "{err}"
+        );
     }
 }

@@ -261,8 +261,8 @@ fn debian_versions_and_umoci_layers_make_a_dictionary() {
     };
     let mut sources = Vec::new();
     // the umoci test image: l1, l1+l2, l1+l2+l3 as three versions
-    let (img, _) = crate::oci_layers::image_and_rootfs("chunkdict umoci", work);
-    let layers: Vec<String> = crate::oci_layers::manifest_of(&img)["layers"]
+    let (img, _) = crate::umoci_image::image_and_rootfs("chunkdict umoci", work);
+    let layers: Vec<String> = crate::umoci_image::manifest_of(&img)["layers"]
         .as_array()
         .unwrap()
         .iter()
@@ -271,7 +271,7 @@ fn debian_versions_and_umoci_layers_make_a_dictionary() {
     let mut boots = Vec::new();
     for (i, d) in layers.iter().enumerate() {
         let b = work.join(format!("umoci-layer{i}.boot"));
-        let tar = crate::oci_layers::blob(&img, d);
+        let tar = crate::umoci_image::blob(&img, d);
         forge(&[
             "create",
             "-t",

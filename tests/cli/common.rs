@@ -29,7 +29,37 @@ pub fn forge(args: &[&str]) -> Output {
         args,
         String::from_utf8_lossy(&out.stderr)
     );
+    audit_bootstraps(args);
     out
+}
+
+/// Holds every bootstrap a successful writing command produced to nydusd's load-time rules
+/// (`erofs_forge::read::nydusd`, formats/blob.md §12): the kernel ignores blob ids and
+/// features, so the mount checks cannot see a table nydusd would fail to serve.
+pub fn audit_bootstraps(args: &[&str]) {
+    let writes = ["create", "merge", "compact", "optimize", "chunkdict"];
+    if !args.first().is_some_and(|c| writes.contains(c)) {
+        return;
+    }
+    let inline = args.contains(&"--blob-inline-meta") || args.contains(&"--inline-bootstrap");
+    let mut outputs = Vec::new();
+    for w in args.windows(2) {
+        let boot = ["-B", "--bootstrap", "--output-bootstrap"].contains(&w[0]);
+        if boot || (inline && ["-b", "--blob"].contains(&w[0])) {
+            outputs.push(Path::new(w[1]));
+        }
+    }
+    for p in outputs.into_iter().filter(|p| p.is_file()) {
+        let loaded = erofs_forge::read::load(p)
+            .unwrap_or_else(|e| panic!("{args:?}: {} does not load: {e}", p.display()));
+        let broken = erofs_forge::read::nydusd::violations(&loaded.image);
+        assert!(
+            broken.is_empty(),
+            "{args:?}: nydusd could not serve {}:\n{}",
+            p.display(),
+            broken.join("\n")
+        );
+    }
 }
 
 /// Runs erofs-forge expecting failure; returns stderr.
@@ -446,6 +476,9 @@ pub fn run_with_stdin(args: &[&str], stdin: &[u8]) -> Output {
         std::thread::sleep(std::time::Duration::from_millis(20));
     };
     feeder.join().unwrap();
+    if status.success() {
+        audit_bootstraps(args);
+    }
     Output {
         status,
         stdout: out_t.join().unwrap(),

@@ -331,7 +331,7 @@ fn encrypted_layers_merge_and_dedup_as_parents() {
 #[cfg_attr(no_umoci, ignore = "needs umoci")]
 fn oci_conversion_with_encrypt_marks_its_data_layers() {
     let w = scratch();
-    let (img, expect) = crate::oci_layers::image_and_rootfs(
+    let (img, expect) = crate::umoci_image::image_and_rootfs(
         "oci_conversion_with_encrypt_marks_its_data_layers",
         w.path(),
     );
@@ -348,7 +348,7 @@ fn oci_conversion_with_encrypt_marks_its_data_layers() {
         s(&boot),
         s(&img),
     ]);
-    let image_manifest = crate::oci_layers::manifest_of(&layout);
+    let image_manifest = crate::umoci_image::manifest_of(&layout);
     let layers = image_manifest["layers"].as_array().unwrap();
     let (bootstrap_layer, data_layers) = layers.split_last().unwrap();
     assert!(!data_layers.is_empty());

@@ -361,8 +361,10 @@ fn every_create_type_leaves_nothing_when_interrupted() {
 #[cfg_attr(no_umoci, ignore = "needs umoci")]
 fn create_oci_leaves_nothing_when_interrupted() {
     let w = scratch();
-    let (img, _) =
-        crate::oci_layers::image_and_rootfs("create_oci_leaves_nothing_when_interrupted", w.path());
+    let (img, _) = crate::umoci_image::image_and_rootfs(
+        "create_oci_leaves_nothing_when_interrupted",
+        w.path(),
+    );
     fs::create_dir_all(w.path().join("existing/blobs/sha256")).unwrap();
     for layout in ["new-layout", "existing"] {
         let out = s(&w.path().join(layout)).to_string();

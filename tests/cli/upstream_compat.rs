@@ -234,3 +234,68 @@ fn encrypted_blob_decrypts_to_upstreams_layout() {
         layout(&theirs)
     );
 }
+
+/// The converter's Merge of two layers packed with `--blob-inline-meta --features blob-toc`
+/// (fixtures/upstream/v6-merge-inline): upstream's bootstrap byte for byte, so its blob table
+/// drops INLINED_FS_META as upstream's does (`blobtable.txt`); with the flag kept, nydusd
+/// looked every blob up under the merged bootstrap's own file name (issue #25).
+#[test]
+fn converter_merge_of_inline_meta_layers_is_upstreams_bootstrap() {
+    let dir = repo().join("fixtures/upstream/v6-merge-inline");
+    let w = scratch();
+    let boot = w.path().join("image.boot");
+    let mut layers: Vec<_> = std::fs::read_dir(dir.join("layers"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    // upstream's order: l1 (182ff…, 47 chunks) below l2 (29b75…)
+    layers.sort_by_key(|p| {
+        !p.file_name()
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .starts_with("182ff")
+    });
+    let mut args = vec![
+        "merge",
+        "--log-level",
+        "warn",
+        "--prefetch-policy",
+        "fs",
+        "--output-json",
+    ];
+    let json = w.path().join("output.json");
+    args.extend([s(&json), "--bootstrap", s(&boot)]);
+    args.extend(layers.iter().map(|p| s(p)));
+    assert_ok(&run_with_stdin(&args, b"/"));
+    let ours = std::fs::read(&boot).unwrap();
+    assert!(
+        ours == std::fs::read(dir.join("bootstrap")).unwrap(),
+        "differs from upstream's merge"
+    );
+    let img = erofs_forge::read::load(&boot).unwrap().image;
+    for b in &img.blobs {
+        assert!(!b
+            .features
+            .contains(erofs_forge::BlobFeatures::INLINED_FS_META));
+    }
+    // where nydusd looks for each blob, the bootstrap saved as the snapshotter saves it
+    let found = erofs_forge::read::nydusd::lookups(
+        &img,
+        erofs_forge::read::nydusd::Handed::Bootstrap(&boot),
+    );
+    let names: Vec<&str> = found.iter().map(|l| l.data.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "29b75862740e6205e229e4a65b0cdf215616aee2afdae559bca328e5852075ec",
+            "182ff32685f02e17cc6e28cf2da75da3f20491891479c4b149a465eeeed4797b"
+        ]
+    );
+    for n in names {
+        assert!(
+            dir.join("blobs").join(n).is_file(),
+            "{n} is not among the layer blobs"
+        );
+    }
+}

@@ -382,7 +382,8 @@ fn ignored_fields_and_errors() {
 )]
 fn umoci_image_merge_is_equal() {
     let w = scratch();
-    let (img, rootfs) = crate::oci_layers::image_and_rootfs("umoci_image_merge_is_equal", w.path());
+    let (img, rootfs) =
+        crate::umoci_image::image_and_rootfs("umoci_image_merge_is_equal", w.path());
     let layout = w.path().join("nydus");
     forge(&["create", "-t", "oci", "-D", s(&layout), s(&img)]);
     // the layout against the image it came from (layers stacked by verify) and against

@@ -15,6 +15,8 @@
 //! - `campaign [--runs N] [--jobs J] [TARGET...]`  the long fuzz campaign: every target (or
 //!   those named) to N executions (default 10 000 000), J libFuzzer processes at once (default:
 //!   the cores), without a sanitizer, on a corpus kept in target/fuzz-campaign/
+//! - `readers --upstream DIR` upstream's nydusd and `nydus-image check` on one image per
+//!   command and mode (tests/readers/); fails, never skips, without DIR's binaries
 //! - `layers`                  check src/'s imports against the layer table (no upward edge, no cycle)
 //! - `citations`               check that every `formats/*.md §N` cited in the code resolves
 //! - `test [--fuzz-seconds N]`  the README's test command: install what the tests need (Debian
@@ -24,6 +26,7 @@
 mod citations;
 mod fuzz;
 mod layers;
+mod readers;
 mod test;
 
 use std::path::{Path, PathBuf};
@@ -719,6 +722,7 @@ fn main() -> Result<()> {
         Some("fuzz") => fuzz::fuzz(&args[1..]),
         Some("campaign") => fuzz::campaign(&args[1..]),
         Some("test") => test::test(&args[1..]),
+        Some("readers") => readers::readers(&args[1..]),
         Some("layers") => layers::check(&root()),
         Some("citations") => citations::check(&root()),
         Some("roundtrip") => roundtrip(if args.len() > 1 {
@@ -727,7 +731,7 @@ fn main() -> Result<()> {
             default_trees()?
         }),
         _ => {
-            eprintln!("tasks: full-tree DIR [--big] | debian DIR | linux DIR | kernel-check [TREE...] | bench [TREE...] | roundtrip [TREE...] | corpus small|dedup DIR | fuzz [--seconds N] [--no-skip] [TARGET...] | campaign [--runs N] [--jobs J] [TARGET...] | test [--fuzz-seconds N] | layers | citations");
+            eprintln!("tasks: full-tree DIR [--big] | debian DIR | linux DIR | kernel-check [TREE...] | bench [TREE...] | roundtrip [TREE...] | corpus small|dedup DIR | fuzz [--seconds N] [--no-skip] [TARGET...] | campaign [--runs N] [--jobs J] [TARGET...] | test [--fuzz-seconds N] | readers --upstream DIR | layers | citations");
             std::process::exit(2)
         }
     }

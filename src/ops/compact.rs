@@ -192,6 +192,12 @@ pub fn compact(opts: &CompactOptions) -> Result<CompactOutput> {
             *c = *m;
         }
     }
+    // the new bootstrap is inside no blob (formats/blob.md §12)
+    image.blobs = image
+        .blobs
+        .iter()
+        .map(BlobEntry::referenced_from_outside)
+        .collect();
     let (path, ids) = encode(opts, &image, &mut outputs)?;
     outputs.commit()?;
     Ok(CompactOutput {

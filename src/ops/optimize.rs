@@ -10,7 +10,7 @@ use crate::blob::reader::BlobSource;
 use crate::error::{Error, IoContext, Result};
 use crate::io::staged::{write_temp, Outputs};
 use crate::model::prefetch::{Prefetch, PrefetchPolicy};
-use crate::model::{ChunkId, InodeId};
+use crate::model::{BlobEntry, ChunkId, InodeId};
 use crate::ops::opened::OpenedImage;
 use crate::ops::report::Report;
 use crate::rafs;
@@ -104,6 +104,12 @@ pub fn optimize(opts: &OptimizeOptions) -> Result<OptimizeOutput> {
             f.chunks = ids;
         }
     }
+    // the new bootstrap is inside no blob (formats/blob.md §12)
+    image.blobs = image
+        .blobs
+        .iter()
+        .map(BlobEntry::referenced_from_outside)
+        .collect();
     image.blobs.push(blob.entry.clone());
     let boot = rafs::encode_like(
         &image,

@@ -361,6 +361,34 @@ fn optimized(w: &Path, src: &Sources) -> Built {
     }
 }
 
+/// `optimize` of a converter layer's own bootstrap (`<sha256>.boot`, its blob keeping
+/// INLINED_FS_META): the new bootstrap is inside no blob, so the flag must go.
+fn optimized_layer(w: &Path, src: &Sources) -> Built {
+    let layer = converter_layer(&w.join("layer"), src, "6");
+    let list = w.join("prefetch.txt");
+    fs::write(&list, first_files(&src.tar_tree, 3).join("\n")).unwrap();
+    let out = w.join("optimized.boot");
+    ok(
+        &[
+            "optimize",
+            "--log-level",
+            "warn",
+            "--prefetch-files",
+            s(&list),
+            "--bootstrap",
+            s(&layer.boot),
+            "--blob-dir",
+            s(&layer.blobs),
+            "--output-blob-dir",
+            s(&layer.blobs),
+            "--output-bootstrap",
+            s(&out),
+        ],
+        b"",
+    );
+    Built { boot: out, ..layer }
+}
+
 /// Absolute paths of the first `n` regular files of `tree`, in name order.
 fn first_files(tree: &Path, n: usize) -> Vec<String> {
     let mut files: Vec<String> = walkdir::WalkDir::new(tree)
@@ -485,6 +513,10 @@ fn tree_cases(src: &Sources) -> Vec<Case<'_>> {
             Box::new(|w: &Path| on_chunk_dict(w, src)),
         ),
         ("optimize", Box::new(|w: &Path| optimized(w, src))),
+        (
+            "optimize of a converter layer's image.boot",
+            Box::new(|w: &Path| optimized_layer(w, src)),
+        ),
     ]
 }
 

@@ -349,7 +349,7 @@ fn dictionary(
                 continue;
             };
             let index = *blob_index.entry(blob.id.clone()).or_insert_with(|| {
-                blobs.push(blob.clone());
+                blobs.push(blob.referenced_from_outside());
                 blobs.len() as u32 - 1
             });
             chunks.push(ChunkInfo {

@@ -108,6 +108,19 @@ pub fn violations(image: &Image) -> Vec<String> {
     }
     for (i, b) in image.blobs.iter().enumerate() {
         out.extend(entry_violation(i, b, renamed.contains(&i)));
+        if image.blobs[..i].iter().any(|o| o.id == b.id) && !renamed.contains(&i) {
+            // the device slots' tags must be unique: a duplicate fails every load
+            out.push(format!("blob {i}: id {} is listed twice", b.id));
+        }
+    }
+    let has_xattrs = image.tree.inodes.iter().any(|n| !n.xattrs.is_empty());
+    if has_xattrs
+        && !image
+            .flags
+            .contains(crate::format::rafs_v6::super_flags::HAS_XATTR)
+    {
+        // nydusd answers getxattr with ENOSYS without the flag: the xattrs vanish
+        out.push("inodes have xattrs but the superblock lacks HAS_XATTR".into());
     }
     out
 }
@@ -129,6 +142,17 @@ fn entry_violation(i: usize, b: &BlobEntry, renamed: bool) -> Option<String> {
              nydusd looks the meta up as 000…0",
             b.id
         ));
+    }
+    let v2 = has(b, BlobFeatures::CHUNK_INFO_V2);
+    for (f, name) in [
+        (BlobFeatures::BATCH, "BATCH"),
+        (BlobFeatures::ZRAN, "ZRAN"),
+        (BlobFeatures::ENCRYPTED, "ENCRYPTED"),
+    ] {
+        if has(b, f) && !v2 {
+            // nydusd decodes their chunk records as v1 (16 bytes) without it
+            return Some(format!("blob {i} ({}): {name} without CHUNK_INFO_V2", b.id));
+        }
     }
     if b.id.len() > 64 {
         // the v6 blob table and device slots hold 64 bytes of id
@@ -227,6 +251,19 @@ mod tests {
         let found = lookups(&img, Handed::InlineBlob(Path::new("/w/metablob")));
         assert_eq!(found[0].data, "d".repeat(64));
         assert_eq!(found[0].meta.as_deref(), Some("metablob"));
+    }
+
+    #[test]
+    fn duplicate_ids_and_v1_records_of_v2_features_are_refused() {
+        let a = "a".repeat(64);
+        assert_eq!(
+            violations(&image(vec![blob(&a, TOC), blob(&a, TOC)])).len(),
+            1
+        );
+        let batch = BlobFeatures(TOC.bits() | BlobFeatures::BATCH.bits());
+        assert_eq!(violations(&image(vec![blob(&a, batch)])).len(), 1);
+        let v2 = BlobFeatures(batch.bits() | BlobFeatures::CHUNK_INFO_V2.bits());
+        assert!(violations(&image(vec![blob(&a, v2)])).is_empty());
     }
 
     #[test]

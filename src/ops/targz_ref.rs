@@ -253,7 +253,7 @@ impl RefChunks {
     /// The context chunk `[start, start + size)` is read through (upstream's `begin_read` rules,
     /// formats/blob.md §11), then `(context, its out_offset)`.
     fn context(&mut self, start: u64) -> Result<(u32, u64)> {
-        let mut z = self.z.borrow_mut();
+        let z = self.z.borrow_mut();
         let boundary = z
             .boundaries
             .iter()
@@ -278,6 +278,9 @@ impl RefChunks {
                 && u64::from(ctx.in_len.get()) > MIN_COMP;
             (!switched && !enough && !stretched).then_some((cur.index, ctx.out_offset.get()))
         });
+        drop(z);
+        self.cover_member_end();
+        let mut z = self.z.borrow_mut();
         z.prune(start);
         if let Some(k) = keep {
             return Ok(k);
@@ -327,6 +330,34 @@ impl RefChunks {
 }
 
 impl RefChunks {
+    /// When the current context's output ends where a gzip member ended, its input must reach
+    /// past that member's trailer and the next member's header: nydusd's inflater meets the
+    /// member's end and reads both from the context's own input (upstream
+    /// `ZranDecoder::uncompress`), where erofs-forge's reader skips them on its own
+    /// (formats/blob.md §11). Called once the stream has been read past that point.
+    fn cover_member_end(&mut self) {
+        let Some(index) = self.current.as_ref().map(|c| c.index as usize) else {
+            return;
+        };
+        let z = self.z.borrow();
+        let ctx = &mut self.meta.contexts[index];
+        let end = ctx.out_offset.get() + u64::from(ctx.out_len.get());
+        if !z.members.contains(&end) {
+            return;
+        }
+        let reach = z
+            .samples
+            .iter()
+            .find(|(o, _)| *o > end)
+            .map_or(z.total_in, |(_, i)| *i);
+        let len = reach.saturating_sub(ctx.in_offset.get());
+        if let Ok(len) = u32::try_from(len) {
+            if len > ctx.in_len.get() {
+                ctx.in_len = len.into();
+            }
+        }
+    }
+
     /// Records one chunk of a plain tar, referenced where it lies: stored raw at its tar
     /// offset (upstream's tar-ref, formats/blob.md §11).
     fn chunk_in_place(&mut self, start: u64, data: &[u8]) -> ChunkId {
@@ -481,6 +512,7 @@ fn scan_raw(raw: Box<dyn Read + Send>, opts: &CreateOptions) -> Result<Scanned> 
         offset: z.borrow().total_in,
         reason: e.to_string(),
     })?;
+    cut.cover_member_end();
     let mut tree = tree;
     if opts.source_type == crate::ops::create::SourceType::EstargzRef {
         drop_estargz_entries(&mut tree, &opts.source)?;

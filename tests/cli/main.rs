@@ -18,6 +18,7 @@ mod converter;
 mod corrupt;
 mod dump;
 mod encrypt;
+mod estargz;
 mod export;
 pub(crate) mod fifo;
 mod fuzz_regressions;

@@ -342,7 +342,7 @@ fn every_create_type_leaves_nothing_when_interrupted() {
             (0..200_000u32).map(|x| ((x * 31) >> 5) as u8).collect(),
         ),
     ];
-    fs::write(&star, crate::targz_ref::estargz(&files, 65_536)).unwrap();
+    fs::write(&star, crate::estargz::estargz(&files, 65_536)).unwrap();
     cases.push(Case {
         name: "create estargz-ref",
         args: argv(&format!(

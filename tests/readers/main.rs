@@ -19,6 +19,8 @@ mod common;
 #[allow(dead_code)]
 #[path = "../cli/converter.rs"]
 mod converter;
+#[path = "../cli/estargz.rs"]
+mod estargz;
 #[allow(dead_code)]
 #[path = "../cli/umoci_image.rs"]
 mod umoci_image;
@@ -269,6 +271,37 @@ fn targz_ref_converter(w: &Path, src: &Sources) -> Built {
     }
 }
 
+/// `-t estargz-ref` over an eStargz layer of a few files (the layer itself is the data blob);
+/// nydusd must serve what GNU tar extracts, less eStargz's own TOC and landmark entries.
+fn estargz_ref(w: &Path) -> Built {
+    let big: Vec<u8> = (0..2_600_000u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    let files = [
+        ("hello.txt", b"hello estargz\n".to_vec()),
+        ("big.bin", big),
+        ("small", vec![7u8; 5000]),
+    ];
+    let layer = w.join("layer.tar.gz");
+    fs::write(&layer, estargz::estargz(&files, 1 << 20)).unwrap();
+    let expect = w.join("expect");
+    fs::create_dir_all(&expect).unwrap();
+    let o = std::process::Command::new("sh")
+        .arg("-ec")
+        .arg(format!(
+            "tar --numeric-owner -C {0} -xzf {1}; rm -f {0}/stargz.index.json {0}/.prefetch.landmark \
+             {0}/.no.prefetch.landmark; chmod 0755 {0}; touch -d @0 {0}",
+            s(&expect),
+            s(&layer)
+        ))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let b = create(w, &layer, &expect, &["-t", "estargz-ref"], b"");
+    save_by_digest(&b.blobs, &fs::read(&layer).unwrap());
+    b
+}
+
 /// A layer on a parent bootstrap: the parent's blobs and the layer's in one directory.
 fn on_parent(w: &Path, src: &Sources, version: &str) -> Built {
     let parent = create(
@@ -500,6 +533,7 @@ fn tree_cases(src: &Sources) -> Vec<Case<'_>> {
             "create -t targz-ref converter (OCIRef)",
             Box::new(|w: &Path| targz_ref_converter(w, src)),
         ),
+        ("create -t estargz-ref", Box::new(estargz_ref)),
         (
             "create v6 --parent-bootstrap",
             Box::new(|w: &Path| on_parent(w, src, "6")),
@@ -554,8 +588,13 @@ fn judge(up: &Upstream, root: &Path, cases: Vec<Case<'_>>) -> Vec<String> {
     failures
 }
 
-fn report(failures: Vec<String>, total: &str) {
+/// Prints the total; on a failure keeps the work directory (its `caseNN` directories hold
+/// each image, its blobs and nydusd's log) and fails.
+fn report(failures: Vec<String>, total: &str, work: tempfile::TempDir) {
     println!("readers: {} failures ({total})", failures.len());
+    if !failures.is_empty() {
+        println!("readers: work directory kept: {}", work.keep().display());
+    }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
@@ -567,7 +606,7 @@ fn every_kind_of_image_from_the_fixture_tree() {
     let cases = tree_cases(&src);
     let n = cases.len();
     let failures = judge(&up, w.path(), cases);
-    report(failures, &format!("{n} images of the fixture tree"));
+    report(failures, &format!("{n} images of the fixture tree"), w);
 }
 
 #[test]
@@ -578,7 +617,7 @@ fn every_kind_of_image_from_the_umoci_image() {
     let cases = umoci_cases(&img, &rootfs);
     let n = cases.len();
     let failures = judge(&up, w.path(), cases);
-    report(failures, &format!("{n} images of the umoci image"));
+    report(failures, &format!("{n} images of the umoci image"), w);
 }
 
 fn umoci_cases<'a>(img: &'a Path, rootfs: &'a Path) -> Vec<Case<'a>> {

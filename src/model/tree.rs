@@ -441,6 +441,22 @@ impl Tree {
         Ok(id)
     }
 
+    /// The child of directory `dir` named `name`.
+    pub fn child(&self, dir: EntryId, name: &[u8]) -> Option<EntryId> {
+        self[dir]
+            .children
+            .iter()
+            .copied()
+            .find(|c| self[*c].name == name)
+    }
+
+    /// Takes `entry` (and so what is under it) out of its directory; the arena keeps it until
+    /// [`Tree::prune_unreachable`].
+    pub fn detach(&mut self, entry: EntryId) {
+        let parent = self[entry].parent;
+        self[parent].children.retain(|c| *c != entry);
+    }
+
     /// The inode of an entry.
     pub fn inode_of(&self, entry: EntryId) -> &Inode {
         &self[self[entry].inode]

@@ -28,8 +28,6 @@ use crate::rafs::v6::layout::{self, RegularLayout};
 const BLOCK: u64 = 4096;
 /// Logical clusters per extent: 64 KiB of input per compressed physical cluster at most.
 const EXTENT_CLUSTERS: u64 = 16;
-/// LZMA dictionary: one extent.
-const LZMA_DICT: u32 = (EXTENT_CLUSTERS * BLOCK) as u32;
 
 /// EROFS compression algorithms.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -87,21 +85,49 @@ impl ErofsCompressor {
             ErofsCompressor::Zstd => 3,
         }
     }
+}
+
+/// How file data is compressed into EROFS extents: the algorithm, its level, and the input
+/// size of one extent, which bounds a physical cluster (formats/rafs-v6.md §19.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ErofsCompression {
+    /// The algorithm.
+    pub algo: ErofsCompressor,
+    /// Its level (`None`: the algorithm's default here: lz4hc 9, zstd 9, lzma 6).
+    pub level: Option<u32>,
+    /// Logical clusters (blocks) of input per extent: 2 to 256.
+    pub extent_blocks: u32,
+}
+
+impl ErofsCompression {
+    /// `export --compressor`'s settings: 64 KiB extents, the default levels.
+    pub fn export(algo: ErofsCompressor) -> ErofsCompression {
+        ErofsCompression {
+            algo,
+            level: None,
+            extent_blocks: EXTENT_CLUSTERS as u32,
+        }
+    }
+
+    fn extent_bytes(self) -> usize {
+        self.extent_blocks as usize * BLOCK as usize
+    }
 
     /// The per-algorithm configuration record written after the superblock.
     fn config(self) -> Vec<u8> {
-        match self {
+        let extent = self.extent_bytes() as u32;
+        match self.algo {
             ErofsCompressor::Lz4 | ErofsCompressor::Lz4hc => Lz4Config {
                 size: 14.into(),
                 max_distance: 65535.into(),
-                max_pclusterblks: (EXTENT_CLUSTERS as u16).into(),
+                max_pclusterblks: (self.extent_blocks as u16).into(),
                 reserved: [0; 10],
             }
             .as_bytes()
             .to_vec(),
             ErofsCompressor::Lzma => LzmaConfig {
                 size: 14.into(),
-                dict_size: LZMA_DICT.into(),
+                dict_size: extent.into(),
                 format: 0.into(),
                 reserved: [0; 8],
             }
@@ -110,8 +136,8 @@ impl ErofsCompressor {
             ErofsCompressor::Zstd => ZstdConfig {
                 size: 6.into(),
                 format: 0,
-                // frames of at most 64 KiB fit a 128 KiB window
-                windowlog: 17 - 10,
+                // a frame holds one extent: its window need not be larger
+                windowlog: (extent.next_power_of_two().trailing_zeros().max(17) - 10) as u8,
                 reserved: [0; 4],
             }
             .as_bytes()
@@ -124,23 +150,27 @@ impl ErofsCompressor {
             algo,
             reason: e.to_string(),
         };
-        match self {
+        match self.algo {
             ErofsCompressor::Lz4 => {
                 lz4::block::compress(input, Some(lz4::block::CompressionMode::DEFAULT), false)
                     .map_err(|e| codec("lz4", e))
             }
             ErofsCompressor::Lz4hc => lz4::block::compress(
                 input,
-                Some(lz4::block::CompressionMode::HIGHCOMPRESSION(9)),
+                Some(lz4::block::CompressionMode::HIGHCOMPRESSION(
+                    self.level.unwrap_or(9) as i32,
+                )),
                 false,
             )
             .map_err(|e| codec("lz4hc", e)),
-            ErofsCompressor::Zstd => zstd::bulk::compress(input, 9).map_err(|e| codec("zstd", e)),
+            ErofsCompressor::Zstd => zstd::bulk::compress(input, self.level.unwrap_or(9) as i32)
+                .map_err(|e| codec("zstd", e)),
             ErofsCompressor::Lzma => {
-                microlzma::compress(input, LZMA_DICT, 6).ok_or_else(|| Error::Codec {
-                    algo: "lzma",
-                    reason: "MicroLZMA encoder failed".into(),
-                })
+                microlzma::compress(input, self.extent_bytes() as u32, self.level.unwrap_or(6))
+                    .ok_or_else(|| Error::Codec {
+                        algo: "lzma",
+                        reason: "MicroLZMA encoder failed".into(),
+                    })
             }
         }
     }
@@ -186,15 +216,11 @@ pub fn export(opts: &CompressedExportOptions) -> Result<u64> {
     // compressed data goes to a scratch file beside the output, blocks numbered from 0
     // (registered, so that an interruption removes it; it is dropped, and so removed, at the end)
     let mut data = temp_beside(&opts.output)?;
-    let (mut files, data_blocks) = compress_files(
-        &image.tree,
-        &mut reader,
-        opts.compressor,
-        data.as_file_mut(),
-    )?;
-    let lay = layout::compute_with(&image.tree, BLOCK, &|ino, inode| match files.get(&ino) {
-        Some(f) if f.data.is_some() => RegularLayout::Data(inode.size()),
-        Some(f) => RegularLayout::Slots(f.body.len() as u64 / 8),
+    let how = ErofsCompression::export(opts.compressor);
+    let (mut files, data_blocks) =
+        compress_files(&image.tree, &mut reader, how, data.as_file_mut())?;
+    let lay = layout::compute_with(&image.tree, BLOCK, &|ino, _| match files.get(&ino) {
+        Some(f) => f.regular_layout(),
         None => RegularLayout::Data(0),
     })?;
     let meta_end = (lay.end).div_ceil(BLOCK) * BLOCK;
@@ -202,11 +228,13 @@ pub fn export(opts: &CompressedExportOptions) -> Result<u64> {
     relocate_indexes(&mut files, data_start)?;
     let total_blocks = data_start + data_blocks;
     let mut meta = vec![0u8; meta_end as usize];
-    write_superblock(
+    standalone_superblock(
         &mut meta,
-        opts.compressor,
+        Some(how),
         lay.order.len() as u64,
         total_blocks,
+        0,
+        &ImageIdentity::default(),
     )?;
     let eopts = EncodeOptions {
         chunk_size: crate::format::blob::DEFAULT_CHUNK_SIZE,
@@ -219,7 +247,7 @@ pub fn export(opts: &CompressedExportOptions) -> Result<u64> {
         prefetch: Vec::new(),
         has_xattr: false,
     };
-    write_standalone_inodes(&mut meta, &image.tree, &eopts, &lay, &files)?;
+    write_standalone_inodes(&mut meta, &image.tree, &eopts, &lay, &files, 0)?;
 
     let mut tmp = temp_beside(&opts.output)?;
     {
@@ -239,7 +267,7 @@ pub fn export(opts: &CompressedExportOptions) -> Result<u64> {
 fn compress_files(
     tree: &crate::model::Tree,
     reader: &mut ChunkReader,
-    algo: ErofsCompressor,
+    how: ErofsCompression,
     data: &mut std::fs::File,
 ) -> Result<(HashMap<InodeId, StandaloneFile>, u64)> {
     let mut files: HashMap<InodeId, StandaloneFile> = HashMap::new();
@@ -253,12 +281,9 @@ fn compress_files(
             continue;
         }
         let file = if inode.size() < BLOCK {
-            StandaloneFile {
-                data: Some(file_bytes(reader, inode.chunks())?),
-                ..Default::default()
-            }
+            StandaloneFile::Inline(file_bytes(reader, inode.chunks())?)
         } else {
-            compress_file(reader, inode, algo, data, &mut next_block)?
+            compress_file(reader, inode, how, data, &mut next_block)?
         };
         files.insert(ino, file);
     }
@@ -269,8 +294,11 @@ fn compress_files(
 /// `data_start`.
 fn relocate_indexes(files: &mut HashMap<InodeId, StandaloneFile>, data_start: u64) -> Result<()> {
     for f in files.values_mut() {
+        let StandaloneFile::Compressed { body, .. } = f else {
+            continue;
+        };
         // after the map header and its reserved word
-        for raw in f.body.chunks_exact_mut(8).skip(2) {
+        for raw in body.chunks_exact_mut(8).skip(2) {
             let Ok(idx) = LclusterIndex::mut_from_bytes(raw) else {
                 continue;
             };
@@ -285,13 +313,28 @@ fn relocate_indexes(files: &mut HashMap<InodeId, StandaloneFile>, data_start: u6
     Ok(())
 }
 
-/// The superblock and the compression configuration after it.
-fn write_superblock(
-    meta: &mut [u8],
-    algo: ErofsCompressor,
+/// What a standalone image's superblock records besides its layout.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ImageIdentity {
+    /// The filesystem UUID.
+    pub uuid: [u8; 16],
+    /// Build time, seconds since the epoch.
+    pub build_time: u64,
+    /// Volume label, NUL-padded.
+    pub volume_name: [u8; 16],
+}
+
+/// Writes the superblock of a standalone image (and, when compressed, the compression
+/// configuration after it) into `block0`, the image's first 4096 bytes.
+pub(crate) fn standalone_superblock(
+    block0: &mut [u8],
+    compression: Option<ErofsCompression>,
     inodes: u64,
     total_blocks: u64,
+    meta_blkaddr: u64,
+    id: &ImageIdentity,
 ) -> Result<()> {
+    let too_large = || Error::Limit("image larger than 2^32 blocks".into());
     let sb = SuperBlock {
         magic: EROFS_MAGIC.into(),
         checksum: 0.into(),
@@ -300,25 +343,29 @@ fn write_superblock(
         extslots: 0,
         root_nid: (ROOT_NID as u16).into(),
         inos: inodes.into(),
-        build_time: 0.into(),
+        build_time: id.build_time.into(),
         build_time_nsec: 0.into(),
-        blocks: u32::try_from(total_blocks)
-            .map_err(|_| Error::Limit("image larger than 2^32 blocks".into()))?
-            .into(),
-        meta_blkaddr: 0.into(),
+        blocks: u32::try_from(total_blocks).map_err(|_| too_large())?.into(),
+        meta_blkaddr: u32::try_from(meta_blkaddr).map_err(|_| too_large())?.into(),
         xattr_blkaddr: 0.into(),
-        uuid: [0; 16],
-        volume_name: [0; 16],
+        uuid: id.uuid,
+        volume_name: id.volume_name,
         // zero padding (right-aligned compressed data), compression configs / big pclusters
-        feature_incompat: (FEATURE_INCOMPAT_ZERO_PADDING | FEATURE_INCOMPAT_COMPR_CFGS).into(),
-        u1: (1u16 << algo.code()).into(),
+        feature_incompat: compression
+            .map_or(0, |_| {
+                FEATURE_INCOMPAT_ZERO_PADDING | FEATURE_INCOMPAT_COMPR_CFGS
+            })
+            .into(),
+        u1: compression.map_or(0, |c| 1u16 << c.algo.code()).into(),
         extra_devices: 0.into(),
         devt_slotoff: 0.into(),
         reserved: [0; 38],
     };
-    meta[SUPERBLOCK_OFFSET..SUPERBLOCK_OFFSET + 128].copy_from_slice(sb.as_bytes());
-    let cfg = algo.config();
-    meta[EXT_SUPERBLOCK_OFFSET..EXT_SUPERBLOCK_OFFSET + cfg.len()].copy_from_slice(&cfg);
+    block0[SUPERBLOCK_OFFSET..SUPERBLOCK_OFFSET + 128].copy_from_slice(sb.as_bytes());
+    if let Some(c) = compression {
+        let cfg = c.config();
+        block0[EXT_SUPERBLOCK_OFFSET..EXT_SUPERBLOCK_OFFSET + cfg.len()].copy_from_slice(&cfg);
+    }
     Ok(())
 }
 
@@ -326,103 +373,145 @@ fn write_superblock(
 fn compress_file(
     reader: &mut ChunkReader,
     inode: &crate::model::Inode,
-    algo: ErofsCompressor,
+    how: ErofsCompression,
     data: &mut std::fs::File,
     next_block: &mut u64,
 ) -> Result<StandaloneFile> {
-    let nclusters = inode.size().div_ceil(BLOCK);
-    let mut body = Vec::with_capacity(16 + 8 * nclusters as usize);
-    // map header: no tail packing, big pclusters for HEAD1, algorithm, 4 KiB logical clusters
-    let header = MapHeader {
-        fragment_off: 0.into(),
-        advise: ADVISE_BIG_PCLUSTER_1.into(),
-        algorithm: algo.code(),
-        clusterbits: 0,
-    };
-    body.extend_from_slice(header.as_bytes());
-    body.extend_from_slice(&[0u8; 8]); // reserved
-    let extent_len = (EXTENT_CLUSTERS * BLOCK) as usize;
-    // a window of extents is compressed in parallel, then written in order: bounded memory
-    let window = extent_len * 4 * rayon::current_num_threads().max(1);
-    let mut pending: Vec<u8> = Vec::new();
-    let mut chunk_iter = inode.chunks().iter();
+    let mut w = ExtentWriter::new(how, *next_block, inode.size());
     let mut left = inode.size();
-    let mut blocks = 0u64;
-    while left > 0 {
-        let want = left.min(window as u64) as usize;
-        while pending.len() < want {
-            let Some(id) = chunk_iter.next() else { break };
-            pending.extend_from_slice(&reader.read(*id)?);
-        }
-        let take = want.min(pending.len());
-        if take == 0 {
-            return Err(Error::Corrupt {
-                what: "file data",
-                offset: inode.size() - left,
-                reason: "chunks end before the file".into(),
-            });
-        }
+    for id in inode.chunks() {
+        let bytes = reader.read(*id)?;
+        let take = (bytes.len() as u64).min(left) as usize;
+        w.push(&bytes[..take], data)?;
         left -= take as u64;
-        let extents: Vec<&[u8]> = pending[..take].chunks(extent_len).collect();
+    }
+    if left > 0 {
+        return Err(Error::Corrupt {
+            what: "file data",
+            offset: inode.size() - left,
+            reason: "chunks end before the file".into(),
+        });
+    }
+    let (file, next) = w.finish(data)?;
+    *next_block = next;
+    Ok(file)
+}
+
+/// One regular file compressed into EROFS extents as its bytes arrive (formats/rafs-v6.md
+/// §19.1): a window of extents is compressed in parallel, then written in order, its blocks
+/// numbered from the block given at the start. Memory: one window, whatever the file's size.
+pub(crate) struct ExtentWriter {
+    how: ErofsCompression,
+    body: Vec<u8>,
+    pending: Vec<u8>,
+    window: usize,
+    next_block: u64,
+    blocks: u64,
+}
+
+impl ExtentWriter {
+    /// A writer for a file of `size` bytes whose data starts at block `first_block`.
+    pub(crate) fn new(how: ErofsCompression, first_block: u64, size: u64) -> ExtentWriter {
+        let nclusters = size.div_ceil(BLOCK);
+        let mut body = Vec::with_capacity(16 + 8 * nclusters as usize);
+        // map header: no tail packing, big pclusters for HEAD1, algorithm, 4 KiB lclusters
+        let header = MapHeader {
+            fragment_off: 0.into(),
+            advise: ADVISE_BIG_PCLUSTER_1.into(),
+            algorithm: how.algo.code(),
+            clusterbits: 0,
+        };
+        body.extend_from_slice(header.as_bytes());
+        body.extend_from_slice(&[0u8; 8]); // reserved
+        ExtentWriter {
+            how,
+            body,
+            pending: Vec::new(),
+            window: how.extent_bytes() * 4 * rayon::current_num_threads().max(1),
+            next_block: first_block,
+            blocks: 0,
+        }
+    }
+
+    /// Takes the file's next bytes; compresses and writes every full window.
+    pub(crate) fn push(&mut self, bytes: &[u8], out: &mut dyn Write) -> Result<()> {
+        self.pending.extend_from_slice(bytes);
+        while self.pending.len() >= self.window {
+            self.flush(self.window, out)?;
+        }
+        Ok(())
+    }
+
+    /// Writes what is left; returns the file's body and the next free block.
+    pub(crate) fn finish(mut self, out: &mut dyn Write) -> Result<(StandaloneFile, u64)> {
+        self.flush(self.pending.len(), out)?;
+        let blocks = u32::try_from(self.blocks)
+            .map_err(|_| Error::Limit("file larger than 2^32 blocks".into()))?;
+        Ok((
+            StandaloneFile::Compressed {
+                body: self.body,
+                blocks,
+            },
+            self.next_block,
+        ))
+    }
+
+    /// Compresses the first `take` pending bytes (whole extents but for the file's last one)
+    /// in parallel and writes them in order.
+    fn flush(&mut self, take: usize, out: &mut dyn Write) -> Result<()> {
+        let how = self.how;
+        let mut pending = std::mem::take(&mut self.pending);
+        let extents: Vec<&[u8]> = pending[..take].chunks(how.extent_bytes()).collect();
         let packed: Vec<Option<Vec<u8>>> = extents
             .par_iter()
             .map(|e| {
                 if e.len() as u64 > BLOCK {
-                    algo.compress(e).map(Some)
+                    how.compress(e).map(Some)
                 } else {
                     Ok(None)
                 }
             })
             .collect::<Result<_>>()?;
+        let mut written = Vec::new();
         for (extent, packed) in extents.iter().zip(packed) {
+            written.clear();
             let n = (extent.len() as u64).div_ceil(BLOCK);
             match packed {
                 Some(p) if (p.len() as u64).div_ceil(BLOCK) < n => {
                     let k = (p.len() as u64).div_ceil(BLOCK);
                     // right-aligned in its blocks: the decompressor skips the leading zeros
-                    let mut buf = vec![0u8; (k * BLOCK) as usize];
-                    let at = buf.len() - p.len();
-                    buf[at..].copy_from_slice(&p);
-                    data.write_all(&buf).ctx("write", "compressed data")?;
-                    body.extend_from_slice(
-                        lcluster_index(TYPE_HEAD1, *next_block as u32).as_bytes(),
-                    );
-                    body.extend_from_slice(
-                        lcluster_index(
-                            TYPE_NONHEAD,
-                            (D0_CBLKCNT | k as u32) | (((n - 1) as u32) << 16),
-                        )
-                        .as_bytes(),
+                    written.resize((k * BLOCK) as usize - p.len(), 0);
+                    written.extend_from_slice(&p);
+                    self.index(TYPE_HEAD1, self.next_block as u32);
+                    self.index(
+                        TYPE_NONHEAD,
+                        (D0_CBLKCNT | k as u32) | (((n - 1) as u32) << 16),
                     );
                     for j in 2..n {
-                        body.extend_from_slice(
-                            lcluster_index(TYPE_NONHEAD, j as u32 | (((n - j) as u32) << 16))
-                                .as_bytes(),
-                        );
+                        self.index(TYPE_NONHEAD, j as u32 | (((n - j) as u32) << 16));
                     }
-                    *next_block += k;
-                    blocks += k;
+                    self.next_block += k;
+                    self.blocks += k;
                 }
                 _ => {
                     for piece in extent.chunks(BLOCK as usize) {
-                        let mut buf = piece.to_vec();
-                        buf.resize(BLOCK as usize, 0);
-                        data.write_all(&buf).ctx("write", "compressed data")?;
-                        body.extend_from_slice(
-                            lcluster_index(TYPE_PLAIN, *next_block as u32).as_bytes(),
-                        );
-                        *next_block += 1;
-                        blocks += 1;
+                        written.extend_from_slice(piece);
+                        written.resize(written.len().div_ceil(BLOCK as usize) * BLOCK as usize, 0);
+                        self.index(TYPE_PLAIN, self.next_block as u32);
+                        self.next_block += 1;
+                        self.blocks += 1;
                     }
                 }
             }
+            out.write_all(&written).ctx("write", "compressed data")?;
         }
         pending.drain(..take);
+        self.pending = pending;
+        Ok(())
     }
-    Ok(StandaloneFile {
-        data: None,
-        body,
-        compressed_blocks: u32::try_from(blocks)
-            .map_err(|_| Error::Limit("file larger than 2^32 blocks".into()))?,
-    })
+
+    fn index(&mut self, kind: u16, blkaddr_or_delta: u32) {
+        self.body
+            .extend_from_slice(lcluster_index(kind, blkaddr_or_delta).as_bytes());
+    }
 }

@@ -11,6 +11,7 @@ pub mod export;
 pub mod export_compressed;
 pub mod inspect;
 pub mod merge;
+pub mod mkfs;
 pub mod oci;
 pub(crate) mod opened;
 pub mod optimize;

@@ -6,6 +6,7 @@
 
 mod analyse;
 mod args;
+mod mkfs;
 mod out;
 mod report;
 mod resolve;
@@ -72,7 +73,24 @@ fn watch_consumers() {
     });
 }
 
+/// The mkfs.erofs arguments when the binary runs as `mkfs.erofs` (a link named so) or as
+/// `erofs-forge mkfs ...`.
+fn mkfs_args() -> Option<Vec<std::ffi::OsString>> {
+    let mut args = std::env::args_os();
+    let argv0 = args.next()?;
+    let name = std::path::Path::new(&argv0).file_name()?.to_owned();
+    let rest: Vec<_> = args.collect();
+    if name == "mkfs.erofs" {
+        return Some(rest);
+    }
+    (rest.first().is_some_and(|a| a == "mkfs")).then(|| rest[1..].to_vec())
+}
+
 fn main() -> ExitCode {
+    if let Some(args) = mkfs_args() {
+        handle_signals();
+        return mkfs::main(args);
+    }
     // `--version` in nydus-image's shape, not clap's one-line "name version"
     if resolve::asks_version(std::env::args_os().skip(1)) {
         out!("{}", report::version());

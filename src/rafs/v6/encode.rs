@@ -427,16 +427,36 @@ impl CipherFields {
     }
 }
 
-/// The body of a regular file in a standalone EROFS image (no blobs): inline data, or an EROFS
-/// compressed layout (formats/rafs-v6.md §19).
-#[derive(Debug, Clone, Default)]
-pub struct StandaloneFile {
-    /// Data placed like a symlink target (small files).
-    pub data: Option<Vec<u8>>,
-    /// Map header, reserved word and lcluster indexes (absolute block addresses).
-    pub body: Vec<u8>,
-    /// Blocks of compressed data (`i_u`).
-    pub compressed_blocks: u32,
+/// The body of a regular file in a standalone EROFS image (no blobs, formats/rafs-v6.md §19).
+#[derive(Debug, Clone)]
+pub enum StandaloneFile {
+    /// Data placed like a symlink target (small files): inline tail or a block of the metadata.
+    Inline(Vec<u8>),
+    /// Data in contiguous blocks outside the metadata, from block `blkaddr` (flat plain).
+    Plain {
+        /// First block of the data (absolute).
+        blkaddr: u32,
+    },
+    /// An EROFS compressed layout.
+    Compressed {
+        /// Map header, reserved word and lcluster indexes (absolute block addresses).
+        body: Vec<u8>,
+        /// Blocks of compressed data (`i_u`).
+        blocks: u32,
+    },
+}
+
+impl StandaloneFile {
+    /// What the layout pass reserves after the inode.
+    pub fn regular_layout(&self) -> layout::RegularLayout {
+        match self {
+            StandaloneFile::Inline(d) => layout::RegularLayout::Data(d.len() as u64),
+            StandaloneFile::Plain { .. } => layout::RegularLayout::External,
+            StandaloneFile::Compressed { body, .. } => {
+                layout::RegularLayout::Slots(body.len() as u64 / 8)
+            }
+        }
+    }
 }
 
 /// Writes every inode of a standalone image; regular files take their bodies from `files`.
@@ -446,8 +466,11 @@ pub(crate) fn write_standalone_inodes(
     opts: &EncodeOptions,
     layout: &Layout,
     files: &HashMap<InodeId, StandaloneFile>,
+    meta_blkaddr: u64,
 ) -> Result<()> {
-    InodeWriter::new(tree, opts, layout, 0, FileData::Standalone(files)).write_all(buf)
+    let mut w = InodeWriter::new(tree, opts, layout, 0, FileData::Standalone(files));
+    w.block_base = meta_blkaddr;
+    w.write_all(buf)
 }
 
 /// Where regular files' data lives, which decides what follows their inodes.
@@ -476,6 +499,9 @@ struct InodeWriter<'a> {
     opts: &'a EncodeOptions,
     layout: &'a Layout,
     meta_addr: u64,
+    /// Block at which the metadata (`buf`) lies on disk when it is not at the image's start
+    /// (a standalone image written data first): added to directory and symlink blocks.
+    block_base: u64,
     data: FileData<'a>,
     links: Vec<u32>,
 }
@@ -493,6 +519,7 @@ impl<'a> InodeWriter<'a> {
             opts,
             layout,
             meta_addr,
+            block_base: 0,
             data,
             links: tree.link_counts(),
         }
@@ -531,7 +558,7 @@ impl<'a> InodeWriter<'a> {
     fn shape(&self, e: EntryId, ino: InodeId, place: &layout::InodePlace) -> Result<Shape> {
         let b = self.opts.block_size;
         let inode = &self.tree[ino];
-        let data_block = ((self.meta_addr + place.data_offset) / b) as u32;
+        let data_block = (self.block_base + (self.meta_addr + place.data_offset) / b) as u32;
         let (layout, u, nlink) = match inode.file_type() {
             FileType::Directory => {
                 let subdirs = self.tree[e]
@@ -544,14 +571,15 @@ impl<'a> InodeWriter<'a> {
             FileType::Symlink => (place.layout, data_block, self.links[ino.index()]),
             FileType::Regular => match &self.data {
                 FileData::Standalone(files) => match files.get(&ino) {
-                    Some(f) if f.data.is_some() => {
+                    Some(StandaloneFile::Inline(_)) => {
                         (place.layout, data_block, self.links[ino.index()])
                     }
-                    Some(f) => (
-                        DataLayout::CompressedFull,
-                        f.compressed_blocks,
-                        self.links[ino.index()],
-                    ),
+                    Some(StandaloneFile::Plain { blkaddr }) => {
+                        (DataLayout::FlatPlain, *blkaddr, self.links[ino.index()])
+                    }
+                    Some(StandaloneFile::Compressed { blocks, .. }) => {
+                        (DataLayout::CompressedFull, *blocks, self.links[ino.index()])
+                    }
                     None => (
                         DataLayout::ChunkBased,
                         chunk_format(inode, &[], self.opts.chunk_size, b)?,
@@ -642,11 +670,13 @@ impl<'a> InodeWriter<'a> {
                 );
             }
             (FileType::Regular, FileData::Standalone(files)) => match files.get(&ino) {
-                Some(StandaloneFile {
-                    data: Some(bytes), ..
-                }) => write_block_data(buf, &in_blocks(bytes), place.layout, data, after, b),
-                Some(f) => put(buf, after.div_ceil(8) * 8, &f.body),
-                None => {}
+                Some(StandaloneFile::Inline(bytes)) => {
+                    write_block_data(buf, &in_blocks(bytes), place.layout, data, after, b)
+                }
+                Some(StandaloneFile::Compressed { body, .. }) => {
+                    put(buf, after.div_ceil(8) * 8, body)
+                }
+                Some(StandaloneFile::Plain { .. }) | None => {}
             },
             (FileType::Regular, FileData::Chunks { chunks, mapped }) => {
                 let mut off = after.div_ceil(8) * 8;

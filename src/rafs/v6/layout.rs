@@ -252,6 +252,41 @@ pub enum RegularLayout {
     Slots(u64),
     /// This many bytes of data, placed like a symlink target (inline tail or plain blocks).
     Data(u64),
+    /// Data in blocks outside the metadata (a standalone image's plain files): the inode alone.
+    External,
+}
+
+/// Places a regular file's inode, and its data when that lives in the metadata.
+fn place_regular(
+    alloc: &mut Allocator,
+    how: RegularLayout,
+    inode_bytes: u64,
+    index: u32,
+    size: u64,
+) -> InodePlace {
+    let (offset, data_offset, layout, size) = match how {
+        RegularLayout::Slots(count) => {
+            let total = inode_bytes.div_ceil(8) * 8 + 8 * count;
+            (alloc.place_file(total), 0, DataLayout::ChunkBased, size)
+        }
+        RegularLayout::External => (
+            alloc.place_file(inode_bytes),
+            0,
+            DataLayout::FlatPlain,
+            size,
+        ),
+        RegularLayout::Data(d) => {
+            let (offset, data_offset, layout) = alloc.place_with_data(inode_bytes, d);
+            (offset, data_offset, layout, d)
+        }
+    };
+    InodePlace {
+        offset,
+        data_offset,
+        layout,
+        index,
+        size,
+    }
 }
 
 impl Layout {
@@ -320,29 +355,13 @@ pub fn compute_with(
                 continue;
             }
             let place = match inode.file_type() {
-                FileType::Regular => match regular(ino, inode) {
-                    RegularLayout::Slots(count) => {
-                        let total = inode_bytes(ino).div_ceil(8) * 8 + 8 * count;
-                        InodePlace {
-                            offset: alloc.place_file(total),
-                            data_offset: 0,
-                            layout: DataLayout::ChunkBased,
-                            index: first_index[ino.index()],
-                            size: inode.size(),
-                        }
-                    }
-                    RegularLayout::Data(d) => {
-                        let (offset, data_offset, layout) =
-                            alloc.place_with_data(inode_bytes(ino), d);
-                        InodePlace {
-                            offset,
-                            data_offset,
-                            layout,
-                            index: first_index[ino.index()],
-                            size: d,
-                        }
-                    }
-                },
+                FileType::Regular => place_regular(
+                    &mut alloc,
+                    regular(ino, inode),
+                    inode_bytes(ino),
+                    first_index[ino.index()],
+                    inode.size(),
+                ),
                 FileType::Symlink => {
                     let d = inode.target().len() as u64;
                     let (offset, data_offset, layout) = alloc.place_with_data(inode_bytes(ino), d);

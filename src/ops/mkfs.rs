@@ -1,0 +1,471 @@
+//! `mkfs.erofs`'s job (the command line of erofs-utils 1.9, `bin/erofs-forge/mkfs.rs`): a tar
+//! stream, a tar file or a directory made into one self-contained EROFS image, the data of
+//! each regular file stored plain or compressed in EROFS extents (formats/rafs-v6.md §20).
+//!
+//! The source is read once, in a stream: file data goes straight into the image, from block 1
+//! on, as it arrives (compressed a window at a time, in parallel); the metadata, known only
+//! once the source has ended, follows the data (`meta_blkaddr`), and the superblock is written
+//! last. Memory holds the tree and one compression window, whatever the layer's size.
+
+use std::collections::HashMap;
+use std::io::{BufWriter, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+use crate::codec::{Compressor, Digester};
+use crate::error::{Error, IoContext, Result};
+use crate::io::staged::{persist, temp_beside};
+use crate::model::{EntryId, FileType, InodeId, InodeKind, Tree};
+use crate::ops::export_compressed::{
+    standalone_superblock, ErofsCompression, ExtentWriter, ImageIdentity,
+};
+use crate::rafs::v6::encode::{write_standalone_inodes, EncodeOptions, StandaloneFile};
+use crate::rafs::v6::layout::{self, RegularLayout};
+use crate::source::limits::SourceLimits;
+use crate::source::tar::{self, DataLocation};
+
+const BLOCK: u64 = 4096;
+/// overlayfs's opaque-directory mark, and the mark of a directory holding whiteouts.
+const OVL_OPAQUE: &[u8] = b"trusted.overlay.opaque";
+const OVL_ORIGIN: &[u8] = b"trusted.overlay.origin";
+/// aufs (and OCI) whiteout spellings that `--aufs` turns into overlayfs ones.
+const AUFS_WH_PREFIX: &[u8] = b".wh.";
+const AUFS_OPAQUE: &[u8] = b".wh..wh..opq";
+
+/// Where the tree comes from.
+#[derive(Debug, Clone)]
+pub enum MkfsSource {
+    /// A tar stream (plain, gzip, zstd or xz): a file, a fifo, or `-` for standard input.
+    Tar(PathBuf),
+    /// A directory.
+    Directory(PathBuf),
+}
+
+/// How file modification times are set (`-T`, `--all-time`, `--mkfs-time`,
+/// `SOURCE_DATE_EPOCH`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Mtimes {
+    /// As the source has them.
+    #[default]
+    Kept,
+    /// Every file's mtime is the build time.
+    Fixed,
+    /// Mtimes later than the build time become the build time.
+    Clamped,
+}
+
+/// Owner rules (`--all-root`, `--force-uid`, `--force-gid`, `--uid-offset`, `--gid-offset`):
+/// forced ids replace the source's, then the offsets are added.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Owners {
+    /// Every inode's uid.
+    pub force_uid: Option<u32>,
+    /// Every inode's gid.
+    pub force_gid: Option<u32>,
+    /// Added to every uid.
+    pub uid_offset: u32,
+    /// Added to every gid.
+    pub gid_offset: u32,
+}
+
+/// Options of [`mkfs`]: what mkfs.erofs's command line asks for.
+#[derive(Debug, Clone)]
+pub struct MkfsOptions {
+    /// The image written.
+    pub output: PathBuf,
+    /// The source.
+    pub source: MkfsSource,
+    /// File data compression (`-z`); `None` stores it plain.
+    pub compression: Option<ErofsCompression>,
+    /// Turn aufs whiteouts (`.wh.NAME`, `.wh..wh..opq`) of a tar into overlayfs ones (`--aufs`).
+    pub aufs: bool,
+    /// Drop overlayfs whiteouts and opaque marks from the image (`--ovlfs-strip=1`).
+    pub ovlfs_strip: bool,
+    /// The image's UUID (`-U`).
+    pub uuid: [u8; 16],
+    /// The volume label (`-L`).
+    pub label: Option<String>,
+    /// Build time, seconds since the epoch (`-T`, `SOURCE_DATE_EPOCH`, else now).
+    pub build_time: u64,
+    /// How files' mtimes relate to the build time.
+    pub mtimes: Mtimes,
+    /// Owner rules.
+    pub owners: Owners,
+    /// Keep xattrs (`-x` below 0 drops them all).
+    pub xattrs: bool,
+    /// uid and gid a tar's implied root directory is given (mkfs.erofs: its own).
+    pub process_ids: (u32, u32),
+    /// Decompressor memory and entry count limits.
+    pub limits: SourceLimits,
+}
+
+/// What [`mkfs`] wrote.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MkfsOutput {
+    /// Inodes in the image.
+    pub inodes: u64,
+    /// Blocks of file data.
+    pub data_blocks: u64,
+    /// Size of the image in bytes.
+    pub size: u64,
+}
+
+/// Builds the image.
+pub fn mkfs(opts: &MkfsOptions) -> Result<MkfsOutput> {
+    let mut tmp = temp_beside(&opts.output)?;
+    let (mut tree, files, next_block) = {
+        let mut sink = DataWriter::new(tmp.as_file_mut(), &opts.output, opts.compression)?;
+        let tree = read_source(opts, &mut sink)?;
+        let (files, next_block) = sink.finish()?;
+        (tree, files, next_block)
+    };
+    shape_tree(opts, &mut tree)?;
+    let out = write_metadata(opts, &tree, &files, next_block, tmp.as_file_mut())?;
+    persist(tmp, &opts.output)?;
+    Ok(out)
+}
+
+/// Reads the source into a tree, every regular file's data going into `sink`.
+fn read_source(opts: &MkfsOptions, sink: &mut DataWriter<'_>) -> Result<Tree> {
+    match &opts.source {
+        MkfsSource::Tar(path) => {
+            let (raw, _) = tar::open_raw(path)?;
+            let (mut input, _) = tar::decompress(raw, path, opts.limits.decompress_memory)?;
+            tar::read_tar_limited(&mut input, path, sink, opts.limits.entries)
+                .map_err(|e| crate::error::in_file(path, e))
+        }
+        MkfsSource::Directory(root) => {
+            crate::source::dir::walk_with(root, opts.limits.entries, &mut |ino, path, size| {
+                let mut f = std::fs::File::open(path).ctx("open", path)?;
+                sink.write_file(ino, &mut f, size, path)
+            })
+        }
+    }
+}
+
+/// Where each regular file's data went, and the writer putting it there.
+struct DataWriter<'a> {
+    out: BufWriter<&'a mut std::fs::File>,
+    /// The image's final name, for messages.
+    image: &'a Path,
+    compression: Option<ErofsCompression>,
+    files: HashMap<InodeId, StandaloneFile>,
+    next_block: u64,
+}
+
+impl<'a> DataWriter<'a> {
+    /// Starts writing data at block 1: block 0 holds the superblock, written last.
+    fn new(
+        file: &'a mut std::fs::File,
+        image: &'a Path,
+        compression: Option<ErofsCompression>,
+    ) -> Result<Self> {
+        let mut out = BufWriter::with_capacity(1 << 20, file);
+        out.write_all(&[0u8; BLOCK as usize]).ctx("write", image)?;
+        Ok(DataWriter {
+            out,
+            image,
+            compression,
+            files: HashMap::new(),
+            next_block: 1,
+        })
+    }
+
+    /// Stores the `size` bytes `data` yields for `ino`.
+    fn write_file(
+        &mut self,
+        ino: InodeId,
+        data: &mut dyn Read,
+        size: u64,
+        name: &Path,
+    ) -> Result<()> {
+        let file = match self.compression {
+            _ if size == 0 => StandaloneFile::Inline(Vec::new()),
+            Some(how) if size > BLOCK => self.compressed(how, data, size, name)?,
+            _ => self.plain(data, size, name)?,
+        };
+        self.files.insert(ino, file);
+        Ok(())
+    }
+
+    /// Contiguous blocks, the last one zero-padded (flat plain).
+    fn plain(&mut self, data: &mut dyn Read, size: u64, name: &Path) -> Result<StandaloneFile> {
+        let blkaddr = self.block_u32()?;
+        let copied = std::io::copy(&mut data.take(size), &mut self.out).ctx("read", name)?;
+        if copied != size {
+            return Err(short(name, copied, size));
+        }
+        let pad = (BLOCK - size % BLOCK) % BLOCK;
+        self.out
+            .write_all(&vec![0u8; pad as usize])
+            .ctx("write", self.image)?;
+        self.next_block += size.div_ceil(BLOCK);
+        Ok(StandaloneFile::Plain { blkaddr })
+    }
+
+    /// EROFS extents, compressed a window at a time.
+    fn compressed(
+        &mut self,
+        how: ErofsCompression,
+        data: &mut dyn Read,
+        size: u64,
+        name: &Path,
+    ) -> Result<StandaloneFile> {
+        let mut w = ExtentWriter::new(how, self.next_block, size);
+        let mut buf = vec![0u8; 1 << 20];
+        let mut left = size;
+        while left > 0 {
+            let want = left.min(buf.len() as u64) as usize;
+            let n = data.read(&mut buf[..want]).ctx("read", name)?;
+            if n == 0 {
+                return Err(short(name, size - left, size));
+            }
+            w.push(&buf[..n], &mut self.out)?;
+            left -= n as u64;
+        }
+        let (file, next) = w.finish(&mut self.out)?;
+        self.next_block = next;
+        Ok(file)
+    }
+
+    fn block_u32(&self) -> Result<u32> {
+        u32::try_from(self.next_block)
+            .map_err(|_| Error::Limit("image larger than 2^32 blocks".into()))
+    }
+
+    /// The files' bodies and the first block after the data.
+    fn finish(self) -> Result<(HashMap<InodeId, StandaloneFile>, u64)> {
+        self.out
+            .into_inner()
+            .map_err(|e| e.into_error())
+            .ctx("write", self.image)?;
+        Ok((self.files, self.next_block))
+    }
+}
+
+impl tar::FileData for DataWriter<'_> {
+    fn file(
+        &mut self,
+        inode: InodeId,
+        data: &mut dyn Read,
+        size: u64,
+        _location: DataLocation,
+        name: &Path,
+    ) -> Result<Option<Vec<crate::model::ChunkId>>> {
+        self.write_file(inode, data, size, name)?;
+        Ok(None)
+    }
+}
+
+fn short(name: &Path, got: u64, size: u64) -> Error {
+    Error::Corrupt {
+        what: "file data",
+        offset: got,
+        reason: format!("{}: {got} of {size} bytes", name.display()),
+    }
+}
+
+/// What mkfs.erofs does to the tree between reading the source and writing it: aufs whiteouts
+/// made overlayfs ones, a tar's implied directories given mkfs.erofs's metadata, owners and
+/// times set as asked, overlayfs marks kept or stripped.
+fn shape_tree(opts: &MkfsOptions, tree: &mut Tree) -> Result<()> {
+    if let MkfsSource::Tar(_) = opts.source {
+        if opts.aufs {
+            aufs_to_overlayfs(tree)?;
+        }
+        implied_dirs(tree, opts);
+    }
+    for ino in tree.inode_ids() {
+        let inode = &mut tree[ino];
+        owners(&opts.owners, &mut inode.uid, &mut inode.gid);
+        match opts.mtimes {
+            Mtimes::Kept => {}
+            Mtimes::Fixed => (inode.mtime, inode.mtime_nsec) = (opts.build_time as i64, 0),
+            Mtimes::Clamped => {
+                if inode.mtime > opts.build_time as i64 {
+                    (inode.mtime, inode.mtime_nsec) = (opts.build_time as i64, 0);
+                }
+            }
+        }
+        if !opts.xattrs {
+            inode.set_xattrs(Vec::new());
+        }
+    }
+    overlay_marks(tree, opts.ovlfs_strip);
+    tree.prune_unreachable();
+    Ok(())
+}
+
+fn owners(rules: &Owners, uid: &mut u32, gid: &mut u32) {
+    *uid = rules
+        .force_uid
+        .unwrap_or(*uid)
+        .wrapping_add(rules.uid_offset);
+    *gid = rules
+        .force_gid
+        .unwrap_or(*gid)
+        .wrapping_add(rules.gid_offset);
+}
+
+/// `--aufs` (erofs-utils `erofs_rebuild_get_dentry`): `.wh.NAME` becomes a character device
+/// 0:0 named NAME with no permission bits (replacing what the layer had under NAME), and
+/// `.wh..wh..opq` marks its directory opaque (`trusted.overlay.opaque=y`) and goes.
+fn aufs_to_overlayfs(tree: &mut Tree) -> Result<()> {
+    for e in tree.numbering_order() {
+        let name = tree[e].name.clone();
+        let parent = tree[e].parent;
+        if e == EntryId::ROOT || !name.starts_with(AUFS_WH_PREFIX) {
+            continue;
+        }
+        if name == AUFS_OPAQUE {
+            let dir = tree[parent].inode;
+            let mut xattrs = tree[dir].xattrs.clone();
+            xattrs.retain(|(k, _)| k != OVL_OPAQUE);
+            xattrs.push((OVL_OPAQUE.to_vec(), b"y".to_vec()));
+            tree[dir].set_xattrs(xattrs);
+            tree.detach(e);
+            continue;
+        }
+        let target = name[AUFS_WH_PREFIX.len()..].to_vec();
+        if let Some(old) = tree.child(parent, &target) {
+            tree.detach(old);
+        }
+        let ino = tree[e].inode;
+        let mut whiteout = tree[ino].clone();
+        whiteout.kind = InodeKind::CharDevice { rdev: 0 };
+        whiteout.permissions = 0;
+        whiteout.set_xattrs(Vec::new());
+        let wino = tree.add_inode(whiteout);
+        tree.detach(e);
+        tree.add_entry(parent, &target, wino)?;
+    }
+    tree.sort();
+    Ok(())
+}
+
+/// A tar's implied directories as mkfs.erofs makes them: the root 0777, owned by mkfs.erofs's
+/// own ids, its mtime the build time (erofs-utils `erofs_mkfs_alloc_root`); any other 0755 plus
+/// its parent's group and other write bits, its parent's owner and mtime
+/// (`erofs_rebuild_mkdir`). Parents come first in numbering order.
+fn implied_dirs(tree: &mut Tree, opts: &MkfsOptions) {
+    for e in tree.numbering_order() {
+        let ino = tree[e].inode;
+        if !tree[ino].is_implied_dir() {
+            continue;
+        }
+        if e == EntryId::ROOT {
+            let root = &mut tree[ino];
+            root.permissions = 0o777;
+            (root.uid, root.gid) = opts.process_ids;
+            (root.mtime, root.mtime_nsec) = (opts.build_time as i64, 0);
+        } else {
+            let p = tree[tree[e].parent].inode;
+            let (pmode, puid, pgid, pm, pn) = {
+                let pi = &tree[p];
+                (pi.permissions, pi.uid, pi.gid, pi.mtime, pi.mtime_nsec)
+            };
+            let d = &mut tree[ino];
+            d.permissions = 0o755 | (pmode & 0o022);
+            (d.uid, d.gid, d.mtime, d.mtime_nsec) = (puid, pgid, pm, pn);
+        }
+        tree[ino].kind = InodeKind::Directory { implied: false };
+    }
+}
+
+/// overlayfs marks: with `--ovlfs-strip` whiteouts (character devices 0:0) and opaque marks
+/// go; otherwise a directory holding a whiteout gets an empty `trusted.overlay.origin`, which
+/// keeps overlayfs from listing it directly (Linux commit b79e05aaa166; erofs-utils does so).
+fn overlay_marks(tree: &mut Tree, strip: bool) {
+    for e in tree.numbering_order() {
+        let ino = tree[e].inode;
+        if tree[ino].file_type() != FileType::Directory {
+            continue;
+        }
+        let whiteouts: Vec<EntryId> = tree[e]
+            .children
+            .iter()
+            .copied()
+            .filter(|c| {
+                let i = &tree[tree[*c].inode];
+                i.file_type() == FileType::CharDevice && i.rdev() == 0
+            })
+            .collect();
+        let mut xattrs = tree[ino].xattrs.clone();
+        if strip {
+            for w in whiteouts {
+                tree.detach(w);
+            }
+            xattrs.retain(|(k, _)| k != OVL_OPAQUE);
+        } else if !whiteouts.is_empty() && !xattrs.iter().any(|(k, _)| k == OVL_ORIGIN) {
+            xattrs.push((OVL_ORIGIN.to_vec(), Vec::new()));
+        }
+        tree[ino].set_xattrs(xattrs);
+    }
+}
+
+/// Lays out and writes the metadata after the data, then the superblock in block 0.
+fn write_metadata(
+    opts: &MkfsOptions,
+    tree: &Tree,
+    files: &HashMap<InodeId, StandaloneFile>,
+    meta_blkaddr: u64,
+    out: &mut std::fs::File,
+) -> Result<MkfsOutput> {
+    let lay = layout::compute_with(tree, BLOCK, &|ino, _| {
+        files
+            .get(&ino)
+            .map_or(RegularLayout::Data(0), StandaloneFile::regular_layout)
+    })?;
+    let meta_len = lay.end.div_ceil(BLOCK) * BLOCK;
+    let mut meta = vec![0u8; meta_len as usize];
+    let eopts = EncodeOptions {
+        chunk_size: crate::format::blob::DEFAULT_CHUNK_SIZE,
+        compressor: Compressor::None,
+        digester: Digester::Blake3,
+        explicit_uid_gid: true,
+        block_size: BLOCK,
+        tarfs: false,
+        single_device: false,
+        prefetch: Vec::new(),
+        has_xattr: false,
+    };
+    write_standalone_inodes(&mut meta, tree, &eopts, &lay, files, meta_blkaddr)?;
+    let total_blocks = meta_blkaddr + meta_len / BLOCK;
+    let mut block0 = vec![0u8; BLOCK as usize];
+    let identity = ImageIdentity {
+        uuid: opts.uuid,
+        build_time: opts.build_time,
+        volume_name: volume_name(opts.label.as_deref()),
+    };
+    standalone_superblock(
+        &mut block0,
+        opts.compression,
+        lay.order.len() as u64,
+        total_blocks,
+        meta_blkaddr,
+        &identity,
+    )?;
+    // the metadata area's first block stays unused: nids count from `meta_blkaddr`, and the
+    // root's (128) is that block's end, as in an image whose metadata starts at block 0
+    meta[..BLOCK as usize].fill(0);
+    let path = &opts.output;
+    out.seek(SeekFrom::Start(meta_blkaddr * BLOCK))
+        .ctx("seek", path)?;
+    out.write_all(&meta).ctx("write", path)?;
+    out.seek(SeekFrom::Start(0)).ctx("seek", path)?;
+    out.write_all(&block0).ctx("write", path)?;
+    out.flush().ctx("write", path)?;
+    Ok(MkfsOutput {
+        inodes: lay.order.len() as u64,
+        data_blocks: meta_blkaddr - 1,
+        size: total_blocks * BLOCK,
+    })
+}
+
+fn volume_name(label: Option<&str>) -> [u8; 16] {
+    let mut name = [0u8; 16];
+    if let Some(l) = label {
+        let n = l.len().min(16);
+        name[..n].copy_from_slice(&l.as_bytes()[..n]);
+    }
+    name
+}

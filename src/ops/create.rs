@@ -901,22 +901,6 @@ impl<R: std::io::Read> std::io::Read for Digesting<R> {
     }
 }
 
-/// Reads through whatever it wraps, hashing every byte (the tarfs blob id) and counting them.
-struct Hashing<R> {
-    inner: R,
-    hasher: Sha256,
-    count: u64,
-}
-
-impl<R: std::io::Read> std::io::Read for Hashing<R> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.hasher.update(&buf[..n]);
-        self.count += n as u64;
-        Ok(n)
-    }
-}
-
 /// `tar-tarfs`: a bootstrap with 512-byte blocks whose chunks point at the file data inside
 /// the tar, which is the image's only device (formats/rafs-v6.md §18). No blob is written; the
 /// blob id is the sha256 of the tar.
@@ -929,11 +913,7 @@ fn create_tarfs(opts: &CreateOptions, progress: &dyn Progress) -> Result<CreateO
     let (raw, size) = tar::open_raw(&opts.source)?;
     progress.start(0, size.unwrap_or(0));
     let report = |n: u64| progress.advance(n);
-    let mut hashing = Hashing {
-        inner: tar::Counting::new(raw, &report),
-        hasher: Sha256::new(),
-        count: 0,
-    };
+    let mut hashing = tar::Hashing::new(tar::Counting::new(raw, &report));
     let mut chunks = tar::TarfsChunks {
         chunk_size: opts.chunk_size,
         chunks: Vec::new(),
@@ -956,8 +936,7 @@ fn create_tarfs(opts: &CreateOptions, progress: &dyn Progress) -> Result<CreateO
         tar::read_tar_limited(&mut input, &opts.source, &mut chunks, opts.limits.entries)
             .map_err(|e| crate::error::in_file(&opts.source, e))?
     };
-    let tar_size = hashing.count;
-    let sha256 = hex::encode(hashing.hasher.finalize());
+    let (tar_size, sha256) = hashing.finish();
     let id = opts.blob_id.clone().unwrap_or(sha256);
     timings.insert("load_tree".into(), t0.elapsed().as_secs_f64());
 

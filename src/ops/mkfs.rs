@@ -38,6 +38,15 @@ pub enum MkfsSource {
     Tar(PathBuf),
     /// A directory.
     Directory(PathBuf),
+    /// EROFS images (lowest layer first) merged into one metadata image whose files' data
+    /// stays in them: each becomes one of the image's devices, in this order, as mkfs.erofs's
+    /// rebuild mode makes them (formats/rafs-v6.md §20).
+    Images(Vec<PathBuf>),
+    /// A tar stream (uncompressed) made into an index only (`--tar=i`): 512-byte blocks, every
+    /// file's data referenced where the tar holds it, the tar to be appended to the image
+    /// right after the index, which records it as its one extra device at that block
+    /// (formats/rafs-v6.md §20).
+    TarIndex(PathBuf),
 }
 
 /// How file modification times are set (`-T`, `--all-time`, `--mkfs-time`,
@@ -111,6 +120,11 @@ pub struct MkfsOutput {
 
 /// Builds the image.
 pub fn mkfs(opts: &MkfsOptions) -> Result<MkfsOutput> {
+    match &opts.source {
+        MkfsSource::TarIndex(path) => return tar_index(opts, path),
+        MkfsSource::Images(layers) => return merge_images(opts, layers),
+        _ => {}
+    }
     let mut tmp = temp_beside(&opts.output)?;
     let (mut tree, files, next_block) = {
         let mut sink = DataWriter::new(tmp.as_file_mut(), &opts.output, opts.compression)?;
@@ -139,7 +153,167 @@ fn read_source(opts: &MkfsOptions, sink: &mut DataWriter<'_>) -> Result<Tree> {
                 sink.write_file(ino, &mut f, size, path)
             })
         }
+        MkfsSource::TarIndex(_) | MkfsSource::Images(_) => {
+            Err(Error::Internal("indexes and merges are built apart".into()))
+        }
     }
+}
+
+/// `--tar=i`: the index of a tar, to which the tar itself is appended. The tar is read once
+/// (hashed: its sha256 names the device) and not copied; the index is a tarfs bootstrap
+/// (formats/rafs-v6.md §18) whose device slot places the tar at the block right after the
+/// index, which is padded (sparsely) up to there, so that `[index][tar]` mounts as one file.
+fn tar_index(opts: &MkfsOptions, path: &Path) -> Result<MkfsOutput> {
+    use crate::format::blob::BlobFeatures;
+    use crate::model::BlobEntry;
+    use crate::rafs::v6;
+    let (raw, _) = tar::open_raw(path)?;
+    let mut hashing = tar::Hashing::new(raw);
+    let mut chunks = tar::TarfsChunks {
+        chunk_size: crate::format::blob::DEFAULT_CHUNK_SIZE,
+        chunks: Vec::new(),
+    };
+    let mut tree = tar::read_tar_limited(&mut hashing, path, &mut chunks, opts.limits.entries)
+        .map_err(|e| crate::error::in_file(path, e))?;
+    // the tar's end blocks and padding belong to the device too
+    std::io::copy(&mut hashing, &mut std::io::sink()).ctx("read", path)?;
+    let (tar_size, sha256) = hashing.finish();
+    shape_tree(opts, &mut tree)?;
+    let blobs: Vec<BlobEntry> = if chunks.chunks.is_empty() {
+        Vec::new()
+    } else {
+        vec![BlobEntry {
+            chunk_count: chunks.chunks.len() as u32,
+            compressed_size: tar_size,
+            uncompressed_size: tar_size,
+            features: BlobFeatures::TARFS | BlobFeatures::CAP_TAR_TOC,
+            ci_compressor: Compressor::Lz4Block.code(),
+            ..BlobEntry::new(sha256, Compressor::None, Digester::Sha256)
+        }]
+    };
+    let eopts = EncodeOptions {
+        chunk_size: crate::format::blob::DEFAULT_CHUNK_SIZE,
+        compressor: Compressor::None,
+        digester: Digester::Sha256,
+        explicit_uid_gid: true,
+        block_size: v6::encode::TARFS_BLOCK_SIZE,
+        tarfs: true,
+        single_device: false,
+        prefetch: Vec::new(),
+        has_xattr: false,
+    };
+    let mut bytes = v6::encode(&tree, &chunks.chunks, &blobs, &eopts)?;
+    stamp_identity(&mut bytes, opts)?;
+    // where the tar starts: the device slot's mapped block (512-byte blocks)
+    let tar_at = v6::encode::mapped_blkaddrs(bytes.len() as u64, &blobs, eopts.block_size)
+        .first()
+        .map_or(bytes.len() as u64, |b| b * eopts.block_size);
+    let mut tmp = temp_beside(&opts.output)?;
+    tmp.as_file_mut()
+        .write_all(&bytes)
+        .ctx("write", &opts.output)?;
+    tmp.as_file_mut()
+        .set_len(tar_at)
+        .ctx("write", &opts.output)?;
+    persist(tmp, &opts.output)?;
+    Ok(MkfsOutput {
+        inodes: tree.entries.len() as u64,
+        data_blocks: 0,
+        size: tar_at,
+    })
+}
+
+/// Rebuild mode: the trees of EROFS layer images (ours, or any whose regular files are flat
+/// plain) stacked with overlayfs's rules (character devices 0:0 remove, `trusted.overlay.opaque`
+/// hides what is below; neither is kept), every file's data referenced in the layer that holds
+/// it. The layers are the image's devices in the order given, each tagged with its UUID in
+/// hex, so that `mount -o device=L1,...,device=Ln` in that order mounts the merged tree.
+fn merge_images(opts: &MkfsOptions, layers: &[PathBuf]) -> Result<MkfsOutput> {
+    use crate::model::overlay::{self, WhiteoutSpec};
+    use crate::model::{BlobEntry, ChunkId, ChunkInfo};
+    let mut tree = crate::model::stack::empty_tree();
+    let mut chunks: Vec<ChunkInfo> = Vec::new();
+    let mut blobs: Vec<BlobEntry> = Vec::new();
+    for (i, path) in layers.iter().enumerate() {
+        let bytes = std::fs::read(path).ctx("read", path)?;
+        let image = crate::rafs::decode(&bytes).map_err(|e| crate::error::in_file(path, e))?;
+        let own = layer_blob(&image, path, bytes.len() as u64)?;
+        let offset = chunks.len() as u32;
+        chunks.extend(image.chunks.iter().map(|c| ChunkInfo {
+            blob_index: i as u32,
+            ..*c
+        }));
+        blobs.push(own);
+        overlay::apply(&mut tree, &image.tree, WhiteoutSpec::Overlayfs, &|id| {
+            ChunkId::new(id.get() + offset)
+        });
+    }
+    let mut tree = tree.compact();
+    shape_tree(opts, &mut tree)?;
+    let eopts = EncodeOptions {
+        chunk_size: crate::rafs::v6::decode::IN_IMAGE_CHUNK as u32,
+        compressor: Compressor::None,
+        digester: Digester::Blake3,
+        explicit_uid_gid: true,
+        block_size: BLOCK,
+        tarfs: false,
+        single_device: false,
+        prefetch: Vec::new(),
+        has_xattr: false,
+    };
+    let mut bytes = crate::rafs::v6::encode(&tree, &chunks, &blobs, &eopts)?;
+    stamp_identity(&mut bytes, opts)?;
+    let mut tmp = temp_beside(&opts.output)?;
+    tmp.as_file_mut()
+        .write_all(&bytes)
+        .ctx("write", &opts.output)?;
+    persist(tmp, &opts.output)?;
+    Ok(MkfsOutput {
+        inodes: tree.entries.len() as u64,
+        data_blocks: 0,
+        size: bytes.len() as u64,
+    })
+}
+
+/// The device a layer image becomes: the blob standing for its own data (every chunk of a
+/// plain image's flat files is in it), or a placeholder when it has no file data.
+fn layer_blob(
+    image: &crate::model::Image,
+    path: &Path,
+    size: u64,
+) -> Result<crate::model::BlobEntry> {
+    match image.blobs.as_slice() {
+        [] => Ok(crate::model::BlobEntry {
+            compressed_size: size,
+            uncompressed_size: size,
+            ..crate::model::BlobEntry::new(
+                format!("{:032x}", 0),
+                Compressor::None,
+                Digester::Blake3,
+            )
+        }),
+        [own] => Ok(own.clone()),
+        _ => Err(Error::Unsupported {
+            path: path.to_path_buf(),
+            reason: "a layer with devices of its own cannot be merged (its data is elsewhere)"
+                .into(),
+        }),
+    }
+}
+
+/// Sets the UUID, build time and label in an encoded image's superblock.
+fn stamp_identity(bytes: &mut [u8], opts: &MkfsOptions) -> Result<()> {
+    use crate::format::rafs_v6::{SuperBlock, SUPERBLOCK_OFFSET};
+    use zerocopy::FromBytes;
+    let end = SUPERBLOCK_OFFSET + size_of::<SuperBlock>();
+    let sb = bytes
+        .get_mut(SUPERBLOCK_OFFSET..end)
+        .and_then(|b| SuperBlock::mut_from_bytes(b).ok())
+        .ok_or_else(|| Error::Internal("encoded image without a superblock".into()))?;
+    sb.uuid = opts.uuid;
+    sb.build_time = opts.build_time.into();
+    sb.volume_name = volume_name(opts.label.as_deref());
+    Ok(())
 }
 
 /// Where each regular file's data went, and the writer putting it there.
@@ -268,7 +442,7 @@ fn short(name: &Path, got: u64, size: u64) -> Error {
 /// made overlayfs ones, a tar's implied directories given mkfs.erofs's metadata, owners and
 /// times set as asked, overlayfs marks kept or stripped.
 fn shape_tree(opts: &MkfsOptions, tree: &mut Tree) -> Result<()> {
-    if let MkfsSource::Tar(_) = opts.source {
+    if let MkfsSource::Tar(_) | MkfsSource::TarIndex(_) = opts.source {
         if opts.aufs {
             aufs_to_overlayfs(tree)?;
         }
@@ -371,8 +545,8 @@ fn implied_dirs(tree: &mut Tree, opts: &MkfsOptions) {
     }
 }
 
-/// overlayfs marks: with `--ovlfs-strip` whiteouts (character devices 0:0) and opaque marks
-/// go; otherwise a directory holding a whiteout gets an empty `trusted.overlay.origin`, which
+/// overlayfs marks: with `--ovlfs-strip` whiteouts (character devices 0:0), opaque marks and
+/// empty origin marks go; otherwise a directory holding a whiteout gets an empty `trusted.overlay.origin`, which
 /// keeps overlayfs from listing it directly (Linux commit b79e05aaa166; erofs-utils does so).
 fn overlay_marks(tree: &mut Tree, strip: bool) {
     for e in tree.numbering_order() {
@@ -394,7 +568,9 @@ fn overlay_marks(tree: &mut Tree, strip: bool) {
             for w in whiteouts {
                 tree.detach(w);
             }
-            xattrs.retain(|(k, _)| k != OVL_OPAQUE);
+            // an empty origin only marks a directory that held whiteouts (erofs-utils reads it
+            // back so, and writes it only without --ovlfs-strip)
+            xattrs.retain(|(k, v)| k != OVL_OPAQUE && !(k == OVL_ORIGIN && v.is_empty()));
         } else if !whiteouts.is_empty() && !xattrs.iter().any(|(k, _)| k == OVL_ORIGIN) {
             xattrs.push((OVL_ORIGIN.to_vec(), Vec::new()));
         }

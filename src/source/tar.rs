@@ -1162,6 +1162,39 @@ fn implied_dir() -> Inode {
     Inode::implied_dir()
 }
 
+/// Reads through whatever it wraps, hashing every byte and counting them: a tar referenced in
+/// place (tarfs) is named by its sha256.
+pub struct Hashing<R> {
+    inner: R,
+    hasher: sha2::Sha256,
+    count: u64,
+}
+
+impl<R: Read> Hashing<R> {
+    /// Hashes what `inner` yields.
+    pub fn new(inner: R) -> Hashing<R> {
+        Hashing {
+            inner,
+            hasher: <sha2::Sha256 as sha2::Digest>::new(),
+            count: 0,
+        }
+    }
+
+    /// Bytes read so far, and their sha256 in hex.
+    pub fn finish(self) -> (u64, String) {
+        (self.count, hex::encode(sha2::Digest::finalize(self.hasher)))
+    }
+}
+
+impl<R: Read> Read for Hashing<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        sha2::Digest::update(&mut self.hasher, &buf[..n]);
+        self.count += n as u64;
+        Ok(n)
+    }
+}
+
 /// The tarfs [`FileData`]: records where each chunk of a file lies in the tar (no data is
 /// copied; chunk digests are not computed, as upstream).
 pub struct TarfsChunks {

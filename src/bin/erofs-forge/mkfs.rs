@@ -285,25 +285,21 @@ impl Plan {
         for g in given {
             s.apply(g)?;
         }
-        let source = match (&s.tar, operands) {
-            (Some(mode), _) if mode == "i" || mode == "0" || mode == "headerball" => {
-                return Err(format!(
-                    "--tar={mode} is not supported yet: only --tar=f (full mode)"
-                ))
+        let index = |p: &str| MkfsSource::TarIndex(PathBuf::from(p));
+        let source = match (s.tar.as_deref(), operands) {
+            (Some("headerball"), _) => {
+                return Err("--tar=headerball is not supported: only f (full) and i (index)".into())
             }
+            (Some("i" | "0"), [_]) => index("-"),
+            (Some("i" | "0"), [_, tar]) => index(tar),
             (Some(_), [_]) => MkfsSource::Tar(PathBuf::from("-")),
             (Some(_), [_, tar]) => MkfsSource::Tar(PathBuf::from(tar)),
-            (None, [_, src]) => {
-                let p = PathBuf::from(src);
-                if !p.is_dir() {
-                    return Err(format!(
-                        "{src}: not a directory (several EROFS images to merge are not supported yet; a tar needs --tar)"
-                    ));
-                }
-                MkfsSource::Directory(p)
+            (None, [_, src]) if std::path::Path::new(src).is_dir() => {
+                MkfsSource::Directory(PathBuf::from(src))
             }
-            (None, [_, _, ..]) => {
-                return Err("merging EROFS images (rebuild mode) is not supported yet".into())
+            // rebuild mode: the sources are EROFS images, lowest layer first
+            (None, [_, images @ ..]) if !images.is_empty() => {
+                MkfsSource::Images(images.iter().map(PathBuf::from).collect())
             }
             (_, []) => return Err("missing output image".into()),
             _ => return Err("too many operands: IMAGE [SOURCE]".into()),
@@ -523,8 +519,9 @@ Generate an EROFS image (FILE) from a directory, a tarball or standard input
  --gid-offset=#         add # to all file gids
  --aufs                 replace aufs special files with overlayfs metadata
  --ovlfs-strip=<0,1>    strip overlayfs metadata in the target image (e.g. whiteouts)
- --tar=X                generate an image from a tarball (X = f: full mode), from SOURCE or
-                        standard input; gzip, zstd and xz tarballs are told by their magic
+ --tar=X                generate an image from a tarball, from SOURCE or standard input
+                        (X = f: full mode; i: index only, 512-byte blocks, the tar to be
+                        appended to the image); gzip, zstd and xz tarballs (f) are detected
  --gzip, --ungzip       accepted: compressed tarballs are detected
  --sort=<path,none>     accepted: data goes in tar order
  --workers=#            compression threads

@@ -66,6 +66,11 @@ struct Decoder<'a> {
     blob_count: u32,
     /// tarfs: data sits in the tar at `blkaddr × block`; chunk records carry nothing useful
     tarfs: bool,
+    /// A plain EROFS image (no RAFS extension): flat plain files' data is in the image itself,
+    /// which becomes one more blob after the table's (see [`Decoder::in_image`]).
+    plain: bool,
+    /// Chunks of that last blob: data inside the image.
+    in_image_chunks: u32,
     /// What the image can still make the decoder allocate (see [`Budget`]).
     budget: Budgets,
 }
@@ -145,10 +150,16 @@ pub fn decode(data: &[u8]) -> Result<Image> {
         chunk_ids: HashMap::new(),
         blob_count: nblobs as u32,
         tarfs: flags & super_flags::TARTFS_MODE != 0,
+        plain: !is_rafs,
+        in_image_chunks: 0,
         budget: Budgets::new(b.len()),
     };
     let root_nid = u64::from(sb.root_nid.get());
     let (tree, nids) = d.walk(root_nid)?;
+    let mut blobs = blobs;
+    if d.in_image_chunks > 0 {
+        blobs.push(image_as_blob(sb, data.len() as u64, d.in_image_chunks));
+    }
     Ok(Image {
         version: 6,
         tree,
@@ -164,6 +175,29 @@ pub fn decode(data: &[u8]) -> Result<Image> {
         prefetch,
         size: data.len() as u64,
     })
+}
+
+/// Bytes of a plain image's file data one chunk of the image-as-blob describes.
+pub const IN_IMAGE_CHUNK: u64 = crate::format::blob::DEFAULT_CHUNK_SIZE as u64;
+
+/// The blob standing for a plain image's own data: named by the image's UUID in hex (as
+/// mkfs.erofs tags a source image's device), or `image` when the UUID is clear.
+fn image_as_blob(sb: &SuperBlock, size: u64, chunks: u32) -> crate::model::BlobEntry {
+    let id = if sb.uuid == [0; 16] {
+        "image".to_string()
+    } else {
+        hex::encode(sb.uuid)
+    };
+    crate::model::BlobEntry {
+        chunk_count: chunks,
+        compressed_size: size,
+        uncompressed_size: size,
+        ..crate::model::BlobEntry::new(
+            id,
+            crate::codec::Compressor::None,
+            crate::codec::Digester::Blake3,
+        )
+    }
 }
 
 /// Blobs in the blob table, which must match the device count.
@@ -391,14 +425,18 @@ impl Decoder<'_> {
             2 => {
                 let tail = size % self.block;
                 let full = size - tail;
-                let mut v = self
-                    .b
-                    .slice(
-                        u64::from(r.u) * self.block,
-                        full,
-                        "directory or symlink blocks",
-                    )?
-                    .to_vec();
+                // with no full block, `i_u` is unused (erofs-utils writes 0xffffffff there)
+                let mut v = if full == 0 {
+                    Vec::new()
+                } else {
+                    self.b
+                        .slice(
+                            u64::from(r.u) * self.block,
+                            full,
+                            "directory or symlink blocks",
+                        )?
+                        .to_vec()
+                };
                 if (tail_at % self.block) + tail > self.block {
                     return Err(corrupt("inline data", tail_at, "crosses a block boundary"));
                 }
@@ -571,6 +609,9 @@ impl Decoder<'_> {
     }
 
     fn file_chunks(&mut self, nid: u64, off: u64, r: &RawInode) -> Result<Vec<ChunkId>> {
+        if self.plain && r.layout() == LAYOUT_FLAT_PLAIN {
+            return self.in_image(nid, r);
+        }
         if r.layout() != LAYOUT_CHUNK_BASED {
             return Err(corrupt(
                 "inode",
@@ -613,6 +654,54 @@ impl Decoder<'_> {
             let left = r.size - i as u64 * u64::from(self.chunk_size);
             let hint = left.min(u64::from(self.chunk_size)) as u32;
             ids.push(self.chunk_id(dev - 1, ci, c.blkaddr.get(), hint)?);
+        }
+        Ok(ids)
+    }
+
+    /// A plain image's flat plain file: contiguous blocks from `i_u` in the image itself,
+    /// described as chunks of [`IN_IMAGE_CHUNK`] bytes of the blob standing for the image (the
+    /// last of the table), so that another image can reference them as a device (mkfs.erofs's
+    /// merge of layer images, formats/rafs-v6.md §20).
+    fn in_image(&mut self, nid: u64, r: &RawInode) -> Result<Vec<ChunkId>> {
+        if r.size == 0 {
+            return Ok(Vec::new());
+        }
+        let start = u64::from(r.u) * self.block;
+        if start
+            .checked_add(r.size)
+            .is_none_or(|end| end > self.b.len())
+        {
+            return Err(corrupt(
+                "inode",
+                nid,
+                &format!("file data at block {} runs past the image", r.u),
+            ));
+        }
+        let count = r.size.div_ceil(IN_IMAGE_CHUNK);
+        self.budget
+            .chunk_indexes
+            .spend(count, "file data extents", start)?;
+        let mut ids = Vec::with_capacity(count as usize);
+        for i in 0..count {
+            let at = start + i * IN_IMAGE_CHUNK;
+            let size = (r.size - i * IN_IMAGE_CHUNK).min(IN_IMAGE_CHUNK) as u32;
+            let id = ChunkId::new(self.chunks.len() as u32);
+            self.chunks.push(ChunkInfo {
+                digest: [0; 32],
+                crc32: 0,
+                blob_index: self.blob_count,
+                index: self.in_image_chunks,
+                compressed: false,
+                has_crc32: false,
+                encrypted: false,
+                compressed_offset: at,
+                compressed_size: size,
+                uncompressed_offset: at,
+                uncompressed_size: size,
+            });
+            self.digest_known.push(false);
+            self.in_image_chunks += 1;
+            ids.push(id);
         }
         Ok(ids)
     }

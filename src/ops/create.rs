@@ -4,8 +4,6 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use sha2::{Digest as _, Sha256};
-
 use crate::blob::WrittenBlob;
 use crate::blob::{BlobWriter, BlobWriterOptions};
 use crate::chunk::pipeline::{self, ChunkTable, PipelineOptions};
@@ -368,6 +366,50 @@ pub(crate) struct LayerStream<'a> {
     pub diff_id: Option<String>,
 }
 
+/// What an OCI layer's descriptor and config say its bytes are.
+pub(crate) struct LayerDigests {
+    /// sha256 (hex) of the stored bytes.
+    pub digest: Option<String>,
+    /// Size of the stored bytes.
+    pub size: Option<u64>,
+    /// sha256 (hex) of the uncompressed tar.
+    pub diff_id: Option<String>,
+}
+
+impl LayerDigests {
+    /// Compares with what reading found: the stored bytes' count and sha256, and the
+    /// uncompressed tar's sha256. A mismatch names the layer and the field.
+    pub(crate) fn check(
+        self,
+        what: String,
+        stored: (u64, Option<String>),
+        diff_id: Option<String>,
+    ) -> Result<()> {
+        let checks = [
+            (
+                "size",
+                self.size.map(|s| s.to_string()),
+                Some(stored.0.to_string()),
+            ),
+            ("sha256", self.digest, stored.1),
+            ("uncompressed sha256 (diff_id)", self.diff_id, diff_id),
+        ];
+        for (field, expected, actual) in checks {
+            if let (Some(expected), Some(actual)) = (expected, actual) {
+                if !expected.eq_ignore_ascii_case(&actual) {
+                    return Err(Error::Mismatch {
+                        what,
+                        field,
+                        expected,
+                        actual,
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Builds an image from `opts.source`.
 pub fn create(opts: &CreateOptions, progress: &dyn Progress) -> Result<CreateOutput> {
     validate(opts)?;
@@ -659,7 +701,7 @@ fn tar_input(
     };
     progress.start(0, size.unwrap_or(0));
     let report = |n: u64| progress.advance(n);
-    let mut stored = Digesting::new(
+    let mut stored = tar::Digesting::new(
         tar::Counting::new(raw, &report),
         expect.as_ref().is_some_and(|e| e.1.is_some()),
     );
@@ -676,7 +718,7 @@ fn tar_input(
                 source.display(),
                 compression.name()
             );
-            let mut input = Digesting::new(input, want_diff);
+            let mut input = tar::Digesting::new(input, want_diff);
             let mut files = PipelineFiles {
                 sink,
                 files: 0,
@@ -689,24 +731,12 @@ fn tar_input(
     if let Some((what, digest, size, diff_id)) = expect {
         // whatever follows the compressed stream counts too
         std::io::copy(&mut stored, &mut std::io::sink()).ctx("read", &opts.source)?;
-        let (count, actual) = stored.finish();
-        let checks = [
-            ("size", size.map(|s| s.to_string()), Some(count.to_string())),
-            ("sha256", digest, actual),
-            ("uncompressed sha256 (diff_id)", diff_id, diff.1),
-        ];
-        for (field, expected, actual) in checks {
-            if let (Some(expected), Some(actual)) = (expected, actual) {
-                if !expected.eq_ignore_ascii_case(&actual) {
-                    return Err(Error::Mismatch {
-                        what,
-                        field,
-                        expected,
-                        actual,
-                    });
-                }
-            }
-        }
+        let expected = LayerDigests {
+            digest,
+            size,
+            diff_id,
+        };
+        expected.check(what, stored.finish(), diff.1)?;
     }
     Ok(Input {
         tree,
@@ -868,39 +898,6 @@ impl tar::FileData for PipelineFiles<'_, '_> {
     }
 }
 
-/// Reads through whatever it wraps, counting the bytes and, when asked, hashing them.
-struct Digesting<R> {
-    inner: R,
-    hasher: Option<Sha256>,
-    count: u64,
-}
-
-impl<R> Digesting<R> {
-    fn new(inner: R, hash: bool) -> Self {
-        Digesting {
-            inner,
-            hasher: hash.then(Sha256::new),
-            count: 0,
-        }
-    }
-
-    /// Bytes read and their sha256 (hex), if hashed.
-    fn finish(self) -> (u64, Option<String>) {
-        (self.count, self.hasher.map(|h| hex::encode(h.finalize())))
-    }
-}
-
-impl<R: std::io::Read> std::io::Read for Digesting<R> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        if let Some(h) = &mut self.hasher {
-            h.update(&buf[..n]);
-        }
-        self.count += n as u64;
-        Ok(n)
-    }
-}
-
 /// `tar-tarfs`: a bootstrap with 512-byte blocks whose chunks point at the file data inside
 /// the tar, which is the image's only device (formats/rafs-v6.md §18). No blob is written; the
 /// blob id is the sha256 of the tar.
@@ -913,7 +910,7 @@ fn create_tarfs(opts: &CreateOptions, progress: &dyn Progress) -> Result<CreateO
     let (raw, size) = tar::open_raw(&opts.source)?;
     progress.start(0, size.unwrap_or(0));
     let report = |n: u64| progress.advance(n);
-    let mut hashing = tar::Hashing::new(tar::Counting::new(raw, &report));
+    let mut hashing = tar::Digesting::new(tar::Counting::new(raw, &report), true);
     let mut chunks = tar::TarfsChunks {
         chunk_size: opts.chunk_size,
         chunks: Vec::new(),
@@ -937,6 +934,7 @@ fn create_tarfs(opts: &CreateOptions, progress: &dyn Progress) -> Result<CreateO
             .map_err(|e| crate::error::in_file(&opts.source, e))?
     };
     let (tar_size, sha256) = hashing.finish();
+    let sha256 = sha256.unwrap_or_default();
     let id = opts.blob_id.clone().unwrap_or(sha256);
     timings.insert("load_tree".into(), t0.elapsed().as_secs_f64());
 

@@ -121,42 +121,63 @@ pub struct MkfsOutput {
 /// Builds the image.
 pub fn mkfs(opts: &MkfsOptions) -> Result<MkfsOutput> {
     match &opts.source {
-        MkfsSource::TarIndex(path) => return tar_index(opts, path),
-        MkfsSource::Images(layers) => return merge_images(opts, layers),
-        _ => {}
-    }
-    let mut tmp = temp_beside(&opts.output)?;
-    let (mut tree, files, next_block) = {
-        let mut sink = DataWriter::new(tmp.as_file_mut(), &opts.output, opts.compression)?;
-        let tree = read_source(opts, &mut sink)?;
-        let (files, next_block) = sink.finish()?;
-        (tree, files, next_block)
-    };
-    shape_tree(opts, &mut tree)?;
-    let out = write_metadata(opts, &tree, &files, next_block, tmp.as_file_mut())?;
-    persist(tmp, &opts.output)?;
-    Ok(out)
-}
-
-/// Reads the source into a tree, every regular file's data going into `sink`.
-fn read_source(opts: &MkfsOptions, sink: &mut DataWriter<'_>) -> Result<Tree> {
-    match &opts.source {
         MkfsSource::Tar(path) => {
             let (raw, _) = tar::open_raw(path)?;
             let (mut input, _) = tar::decompress(raw, path, opts.limits.decompress_memory)?;
-            tar::read_tar_limited(&mut input, path, sink, opts.limits.entries)
-                .map_err(|e| crate::error::in_file(path, e))
+            mkfs_tar_stream(opts, &mut input, path)
         }
-        MkfsSource::Directory(root) => {
-            crate::source::dir::walk_with(root, opts.limits.entries, &mut |ino, path, size| {
-                let mut f = std::fs::File::open(path).ctx("open", path)?;
-                sink.write_file(ino, &mut f, size, path)
-            })
-        }
-        MkfsSource::TarIndex(_) | MkfsSource::Images(_) => {
-            Err(Error::Internal("indexes and merges are built apart".into()))
-        }
+        MkfsSource::Directory(root) => mkfs_dir(opts, root),
+        MkfsSource::TarIndex(path) => tar_index(opts, path),
+        MkfsSource::Images(layers) => merge_images(opts, layers),
     }
+}
+
+/// [`mkfs`] of a full image from a tar stream already open and decompressed (the layers of
+/// an OCI image, their digests checked by the caller as they are read); `name` names it in
+/// messages. `opts.source` is not read.
+pub(crate) fn mkfs_tar_stream(
+    opts: &MkfsOptions,
+    input: &mut dyn Read,
+    name: &Path,
+) -> Result<MkfsOutput> {
+    full_image(opts, &mut |sink| {
+        let mut tree = tar::read_tar_limited(input, name, sink, opts.limits.entries)
+            .map_err(|e| crate::error::in_file(name, e))?;
+        if opts.aufs {
+            aufs_to_overlayfs(&mut tree)?;
+        }
+        implied_dirs(&mut tree, opts);
+        Ok(tree)
+    })
+}
+
+/// [`mkfs`] of a directory: its files' data in numbering order.
+fn mkfs_dir(opts: &MkfsOptions, root: &Path) -> Result<MkfsOutput> {
+    full_image(opts, &mut |sink| {
+        crate::source::dir::walk_with(root, opts.limits.entries, &mut |ino, path, size| {
+            let mut f = std::fs::File::open(path).ctx("open", path)?;
+            sink.write_file(ino, &mut f, size, path)
+        })
+    })
+}
+
+/// A full image: `read` builds the tree, every regular file's data going into the sink as
+/// it is read; the metadata follows.
+fn full_image(
+    opts: &MkfsOptions,
+    read: &mut dyn FnMut(&mut DataWriter<'_>) -> Result<Tree>,
+) -> Result<MkfsOutput> {
+    let mut tmp = temp_beside(&opts.output)?;
+    let (mut tree, files, next_block) = {
+        let mut sink = DataWriter::new(tmp.as_file_mut(), &opts.output, opts.compression)?;
+        let tree = read(&mut sink)?;
+        let (files, next_block) = sink.finish()?;
+        (tree, files, next_block)
+    };
+    shape_common(opts, &mut tree);
+    let out = write_metadata(opts, &tree, &files, next_block, tmp.as_file_mut())?;
+    persist(tmp, &opts.output)?;
+    Ok(out)
 }
 
 /// `--tar=i`: the index of a tar, to which the tar itself is appended. The tar is read once
@@ -168,7 +189,7 @@ fn tar_index(opts: &MkfsOptions, path: &Path) -> Result<MkfsOutput> {
     use crate::model::BlobEntry;
     use crate::rafs::v6;
     let (raw, _) = tar::open_raw(path)?;
-    let mut hashing = tar::Hashing::new(raw);
+    let mut hashing = tar::Digesting::new(raw, true);
     let mut chunks = tar::TarfsChunks {
         chunk_size: crate::format::blob::DEFAULT_CHUNK_SIZE,
         chunks: Vec::new(),
@@ -178,7 +199,12 @@ fn tar_index(opts: &MkfsOptions, path: &Path) -> Result<MkfsOutput> {
     // the tar's end blocks and padding belong to the device too
     std::io::copy(&mut hashing, &mut std::io::sink()).ctx("read", path)?;
     let (tar_size, sha256) = hashing.finish();
-    shape_tree(opts, &mut tree)?;
+    let sha256 = sha256.unwrap_or_default();
+    if opts.aufs {
+        aufs_to_overlayfs(&mut tree)?;
+    }
+    implied_dirs(&mut tree, opts);
+    shape_common(opts, &mut tree);
     let blobs: Vec<BlobEntry> = if chunks.chunks.is_empty() {
         Vec::new()
     } else {
@@ -249,7 +275,7 @@ fn merge_images(opts: &MkfsOptions, layers: &[PathBuf]) -> Result<MkfsOutput> {
         });
     }
     let mut tree = tree.compact();
-    shape_tree(opts, &mut tree)?;
+    shape_common(opts, &mut tree);
     let eopts = EncodeOptions {
         chunk_size: crate::rafs::v6::decode::IN_IMAGE_CHUNK as u32,
         compressor: Compressor::None,
@@ -438,16 +464,9 @@ fn short(name: &Path, got: u64, size: u64) -> Error {
     }
 }
 
-/// What mkfs.erofs does to the tree between reading the source and writing it: aufs whiteouts
-/// made overlayfs ones, a tar's implied directories given mkfs.erofs's metadata, owners and
-/// times set as asked, overlayfs marks kept or stripped.
-fn shape_tree(opts: &MkfsOptions, tree: &mut Tree) -> Result<()> {
-    if let MkfsSource::Tar(_) | MkfsSource::TarIndex(_) = opts.source {
-        if opts.aufs {
-            aufs_to_overlayfs(tree)?;
-        }
-        implied_dirs(tree, opts);
-    }
+/// What mkfs.erofs does to every tree between reading the source and writing it: owners and
+/// times set as asked, xattrs dropped with `-x` below 0, overlayfs marks kept or stripped.
+fn shape_common(opts: &MkfsOptions, tree: &mut Tree) {
     for ino in tree.inode_ids() {
         let inode = &mut tree[ino];
         owners(&opts.owners, &mut inode.uid, &mut inode.gid);
@@ -466,7 +485,6 @@ fn shape_tree(opts: &MkfsOptions, tree: &mut Tree) -> Result<()> {
     }
     overlay_marks(tree, opts.ovlfs_strip);
     tree.prune_unreachable();
-    Ok(())
 }
 
 fn owners(rules: &Owners, uid: &mut u32, gid: &mut u32) {

@@ -1162,34 +1162,40 @@ fn implied_dir() -> Inode {
     Inode::implied_dir()
 }
 
-/// Reads through whatever it wraps, hashing every byte and counting them: a tar referenced in
-/// place (tarfs) is named by its sha256.
-pub struct Hashing<R> {
+/// Reads through whatever it wraps, counting the bytes and, when asked, hashing them: an OCI
+/// layer is checked against its digests this way, and a tar referenced in place (tarfs) is
+/// named by its sha256.
+pub struct Digesting<R> {
     inner: R,
-    hasher: sha2::Sha256,
+    hasher: Option<sha2::Sha256>,
     count: u64,
 }
 
-impl<R: Read> Hashing<R> {
-    /// Hashes what `inner` yields.
-    pub fn new(inner: R) -> Hashing<R> {
-        Hashing {
+impl<R> Digesting<R> {
+    /// Counts what `inner` yields, and hashes it when `hash`.
+    pub fn new(inner: R, hash: bool) -> Self {
+        Digesting {
             inner,
-            hasher: <sha2::Sha256 as sha2::Digest>::new(),
+            hasher: hash.then(<sha2::Sha256 as sha2::Digest>::new),
             count: 0,
         }
     }
 
-    /// Bytes read so far, and their sha256 in hex.
-    pub fn finish(self) -> (u64, String) {
-        (self.count, hex::encode(sha2::Digest::finalize(self.hasher)))
+    /// Bytes read and their sha256 (hex), if hashed.
+    pub fn finish(self) -> (u64, Option<String>) {
+        (
+            self.count,
+            self.hasher.map(|h| hex::encode(sha2::Digest::finalize(h))),
+        )
     }
 }
 
-impl<R: Read> Read for Hashing<R> {
+impl<R: Read> Read for Digesting<R> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         let n = self.inner.read(buf)?;
-        sha2::Digest::update(&mut self.hasher, &buf[..n]);
+        if let Some(h) = &mut self.hasher {
+            sha2::Digest::update(h, &buf[..n]);
+        }
         self.count += n as u64;
         Ok(n)
     }

@@ -44,6 +44,22 @@ const BOOTSTRAP_HISTORY_CREATED_BY: &str = "Nydus Converter";
 /// Its comment.
 const BOOTSTRAP_HISTORY_COMMENT: &str = "Nydus Bootstrap Layer";
 
+/// containerd's media type of a native EROFS layer (`core/images/mediatypes.go`): its
+/// EROFS differ copies such a blob as the layer, unconverted.
+pub const MEDIA_EROFS_LAYER: &str = "application/vnd.erofs.layer.v1";
+/// The platform feature that makes containerd unpack with its EROFS snapshotter and differ.
+pub(crate) const OS_FEATURE_EROFS: &str = "erofs";
+
+/// What the layers of a converted image are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LayerFormat {
+    /// nydus data blobs and a bootstrap layer (formats/oci.md §4).
+    #[default]
+    Nydus,
+    /// Native EROFS images, one per layer (formats/oci.md §6).
+    Erofs,
+}
+
 /// What `create -t oci` produced.
 #[derive(Debug, Clone)]
 pub struct OciOutput {
@@ -147,12 +163,12 @@ pub fn create_oci(
         files.extend(blob_meta_files(&image_boot, &blobs.dir)?);
     }
     let boot_layer = layers.add_bootstrap(&mut blobs, &files, &merged, &image_boot)?;
-    let config = write_config(opts, &image, &layers.diff_ids, &mut blobs)?;
+    let config = write_config(opts, &image, &layers.diff_ids, &mut blobs, LayerFormat::Nydus)?;
     let manifest = write_manifest(&image, &config, layers.layers, &mut blobs)?;
     let p = image.platform.clone().unwrap_or(want);
     // the image appears at once: index, layout marker, bootstrap and report are put in place
     // together, after every blob they name
-    write_index(&dir, &image, &p, &manifest, &mut outputs)?;
+    write_index(&dir, &image, &p, &manifest, &mut outputs, LayerFormat::Nydus)?;
     let plain = match &opts.bootstrap {
         Some(p) => {
             outputs.add(write_temp(p, &boot_bytes, None)?, p.clone());
@@ -194,6 +210,140 @@ pub fn create_oci(
     outputs.commit()?;
     blobs.created.keep();
     Ok(out)
+}
+
+/// What `create -t oci --layer-format erofs` produced.
+#[derive(Debug, Clone)]
+pub struct OciErofsOutput {
+    /// The image layout directory written.
+    pub dir: PathBuf,
+    /// The platform of the converted image.
+    pub platform: String,
+    /// Layers converted.
+    pub layers: usize,
+    /// Digest of the manifest written.
+    pub manifest: String,
+    /// The EROFS layers, lowest first: their files under `blobs/sha256`.
+    pub erofs_layers: Vec<PathBuf>,
+}
+
+/// Converts the OCI image `opts.source` into an image of native EROFS layers laid out in
+/// `opts.blob_dir`: each layer made by `mkfs` as containerd's EROFS differ makes it
+/// (`--tar=f --aufs -Enoinline_data`, compressed when asked), media type
+/// [`MEDIA_EROFS_LAYER`], its `diff_id` its own digest, `os.features: ["erofs"]` in the config
+/// and the index (formats/oci.md §6).
+pub fn create_oci_erofs(
+    opts: &CreateOptions,
+    platform: Option<&str>,
+    compression: Option<crate::ops::export_compressed::ErofsCompression>,
+) -> Result<OciErofsOutput> {
+    let final_dir = check_options(opts)?.to_path_buf();
+    let mut outputs = Outputs::new();
+    let dir = if std::fs::symlink_metadata(&final_dir).is_err() {
+        let tmp = temp_dir_beside(&final_dir)?;
+        outputs.add_dir(tmp.clone(), final_dir.clone());
+        tmp
+    } else {
+        final_dir.clone()
+    };
+    let want = match platform {
+        Some(p) => Platform::parse(p)?,
+        None => Platform::host(),
+    };
+    let image = open_source(opts, &want)?;
+    let mut blobs = Blobs {
+        dir: dir.join("blobs/sha256"),
+        created: NewPaths::default(),
+    };
+    blobs.created.create_dir_all(&blobs.dir)?;
+    let work = crate::io::staged::ScratchDir::new_in(&dir)?;
+    let mut layers = Layers {
+        layers: Vec::new(),
+        diff_ids: Vec::new(),
+        blob_paths: Vec::new(),
+    };
+    for (i, l) in image.layers.iter().enumerate() {
+        let built = erofs_layer(opts, &image, i, l, work.path(), compression)?;
+        layers.add_erofs(&built, &mut blobs)?;
+    }
+    let config = write_config(opts, &image, &layers.diff_ids, &mut blobs, LayerFormat::Erofs)?;
+    let manifest = write_manifest(&image, &config, layers.layers, &mut blobs)?;
+    let p = image.platform.clone().unwrap_or(want);
+    write_index(&dir, &image, &p, &manifest, &mut outputs, LayerFormat::Erofs)?;
+    let placed = |b: &Path| match b.strip_prefix(&dir) {
+        Ok(rel) => final_dir.join(rel),
+        Err(_) => b.to_path_buf(),
+    };
+    let out = OciErofsOutput {
+        dir: final_dir.clone(),
+        platform: p.to_string(),
+        layers: image.layers.len(),
+        manifest: format!("sha256:{}", manifest.hex),
+        erofs_layers: layers.blob_paths.iter().map(|b| placed(b)).collect(),
+    };
+    drop(work);
+    outputs.commit()?;
+    blobs.created.keep();
+    Ok(out)
+}
+
+/// One layer as an EROFS image in `work`, its source bytes checked against the descriptor and
+/// the config's diff_id while they are read. Reproducible: build time 0, the implied root
+/// owned by 0:0, the UUID derived from the source layer's digest.
+fn erofs_layer(
+    opts: &CreateOptions,
+    image: &oci::Image,
+    i: usize,
+    l: &oci::Layer,
+    work: &Path,
+    compression: Option<crate::ops::export_compressed::ErofsCompression>,
+) -> Result<PathBuf> {
+    use crate::ops::mkfs::{MkfsOptions, MkfsSource, Mtimes, Owners};
+    let (raw, _) = image.store.reader(&l.name)?;
+    let where_ = image.store.describe(&l.name);
+    let output = work.join(format!("layer-{i}.erofs"));
+    let mopts = MkfsOptions {
+        output: output.clone(),
+        source: MkfsSource::Tar(where_.clone()),
+        compression,
+        aufs: true,
+        ovlfs_strip: false,
+        uuid: layer_uuid(&l.digest.clone().unwrap_or_default()),
+        label: None,
+        build_time: 0,
+        mtimes: Mtimes::Kept,
+        owners: Owners::default(),
+        xattrs: true,
+        process_ids: (0, 0),
+        limits: opts.limits,
+    };
+    let mut stored = crate::source::tar::Digesting::new(raw, l.digest.is_some());
+    let (input, _) = crate::source::tar::decompress(
+        Box::new(&mut stored),
+        &where_,
+        opts.limits.decompress_memory,
+    )?;
+    let mut input = crate::source::tar::Digesting::new(input, l.diff_id.is_some());
+    crate::ops::mkfs::mkfs_tar_stream(&mopts, &mut input, &where_)?;
+    let diff = input.finish();
+    std::io::copy(&mut stored, &mut std::io::sink()).ctx("read", &where_)?;
+    let expected = create::LayerDigests {
+        digest: l.digest.clone(),
+        size: l.size,
+        diff_id: l.diff_id.clone(),
+    };
+    expected.check(format!("layer {i} ({})", where_.display()), stored.finish(), diff.1)?;
+    Ok(output)
+}
+
+/// A version-4-shaped UUID drawn from a layer's digest, so that equal layers give equal images.
+fn layer_uuid(digest: &str) -> [u8; 16] {
+    let h = Sha256::digest(format!("erofs:blobs/{digest}").as_bytes());
+    let mut u = [0u8; 16];
+    u.copy_from_slice(&h[..16]);
+    u[6] = (u[6] & 0x0f) | 0x40;
+    u[8] = (u[8] & 0x3f) | 0x80;
+    u
 }
 
 /// Opens the source image and checks that every layer is one this tool can read.
@@ -327,6 +477,24 @@ fn blob_meta_files(image_boot: &Path, blobs_dir: &Path) -> Result<Vec<LayerFile>
 }
 
 impl Layers {
+    /// Adds an EROFS layer built in the scratch directory: moved into `blobs/sha256` under
+    /// its digest, which is also its diff_id (containerd's unpacker checks it so).
+    fn add_erofs(&mut self, built: &Path, blobs: &mut Blobs) -> Result<()> {
+        let (hex, size) = sha256_file(built)?;
+        let dest = blobs.dir.join(&hex);
+        if !dest.exists() {
+            blobs.created.rename(built, &dest)?;
+        }
+        self.layers.push(json!({
+            "mediaType": MEDIA_EROFS_LAYER,
+            "digest": format!("sha256:{hex}"),
+            "size": size,
+        }));
+        self.diff_ids.push(json!(format!("sha256:{hex}")));
+        self.blob_paths.push(dest);
+        Ok(())
+    }
+
     /// Adds the bootstrap layer, a gzipped tar holding `files` under `image/`; returns its
     /// path.
     fn add_bootstrap(
@@ -366,6 +534,7 @@ fn write_config(
     image: &oci::Image,
     diff_ids: &[Value],
     blobs: &mut Blobs,
+    format: LayerFormat,
 ) -> Result<Written> {
     let mut config = image.config.clone();
     let obj = config.as_object_mut().ok_or_else(|| Error::Unsupported {
@@ -376,13 +545,21 @@ fn write_config(
         "rootfs".into(),
         json!({ "type": "layers", "diff_ids": diff_ids }),
     );
-    // the converter appends one history entry for the bootstrap layer and keeps the rest
-    let history = obj.entry("history").or_insert_with(|| json!([]));
-    if let Some(h) = history.as_array_mut() {
-        h.push(json!({
-            "created_by": BOOTSTRAP_HISTORY_CREATED_BY,
-            "comment": BOOTSTRAP_HISTORY_COMMENT,
-        }));
+    match format {
+        // the converter appends one history entry for the bootstrap layer and keeps the rest
+        LayerFormat::Nydus => {
+            let history = obj.entry("history").or_insert_with(|| json!([]));
+            if let Some(h) = history.as_array_mut() {
+                h.push(json!({
+                    "created_by": BOOTSTRAP_HISTORY_CREATED_BY,
+                    "comment": BOOTSTRAP_HISTORY_COMMENT,
+                }));
+            }
+        }
+        // as containerd's EROFS converter (UpdateManifestPlatform): the platform feature
+        LayerFormat::Erofs => {
+            obj.insert("os.features".into(), json!([OS_FEATURE_EROFS]));
+        }
     }
     let bytes = to_json(&config);
     let (hex, _) = blobs.put(&bytes)?;
@@ -428,6 +605,7 @@ fn write_index(
     p: &Platform,
     manifest: &Written,
     outputs: &mut Outputs,
+    format: LayerFormat,
 ) -> Result<()> {
     let mut platform_doc = Map::new();
     platform_doc.insert("architecture".into(), json!(p.architecture));
@@ -435,7 +613,11 @@ fn write_index(
     if let Some(v) = &p.variant {
         platform_doc.insert("variant".into(), json!(v));
     }
-    platform_doc.insert("os.features".into(), json!([OS_FEATURE_NYDUS]));
+    let feature = match format {
+        LayerFormat::Nydus => OS_FEATURE_NYDUS,
+        LayerFormat::Erofs => OS_FEATURE_EROFS,
+    };
+    platform_doc.insert("os.features".into(), json!([feature]));
     let mut entry = Map::new();
     entry.insert("mediaType".into(), json!(MEDIA_MANIFEST));
     entry.insert("digest".into(), json!(format!("sha256:{}", manifest.hex)));
@@ -479,6 +661,15 @@ impl Blobs {
         self.created.write(&path, bytes)?;
         Ok((hex, path))
     }
+}
+
+/// sha256 (hex) and size of a file, read in pieces.
+fn sha256_file(path: &Path) -> Result<(String, u64)> {
+    let f = std::fs::File::open(path).ctx("open", path)?;
+    let mut d = crate::source::tar::Digesting::new(f, true);
+    std::io::copy(&mut d, &mut std::io::sink()).ctx("read", path)?;
+    let (size, hex) = d.finish();
+    Ok((hex.unwrap_or_default(), size))
 }
 
 /// gzip with a fixed header (no name, mtime 0), so equal input gives equal bytes.

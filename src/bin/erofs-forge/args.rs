@@ -398,6 +398,14 @@ pub struct CreateArgs {
     /// -t oci: the image to take from an index, os/arch[/variant] (default: this machine's).
     #[arg(long)]
     pub platform: Option<String>,
+    /// -t oci: the converted layers' format: nydus (data blobs and a bootstrap layer) or erofs
+    /// (one native EROFS image per layer, containerd's application/vnd.erofs.layer.v1).
+    #[arg(long, default_value = "nydus", value_parser = ["nydus", "erofs"])]
+    pub layer_format: String,
+    /// --layer-format erofs: compress the layers' file data (lz4, lz4hc, zstd or lzma,
+    /// optionally `,LEVEL`), as mkfs.erofs -z; default: stored plain.
+    #[arg(long, requires = "layer_format")]
+    pub erofs_compressor: Option<String>,
     /// Directory for the outputs under construction (default: beside each output). Finished
     /// outputs are moved (or, across filesystems, copied) into place only when the build
     /// succeeds.

@@ -17,6 +17,7 @@ use crate::args::{
 };
 // image maintenance (optimize, compact, chunkdict)
 use crate::args::{BackendArgs, ChunkdictArgs, CompactArgs, OptimizeArgs};
+use erofs_forge::ops::export_compressed::{ErofsCompression, ErofsCompressor};
 use erofs_forge::ops::{chunkdict, compact, optimize};
 use std::path::Path;
 
@@ -31,6 +32,28 @@ pub enum CreatePlan {
         /// The image to take from an index, `os/arch[/variant]`.
         platform: Option<String>,
     },
+    /// An OCI image layout of native EROFS layers (`-t oci --layer-format erofs`).
+    OciErofs {
+        /// Where the layout goes and the source's limits.
+        opts: CreateOptions,
+        /// The image to take from an index.
+        platform: Option<String>,
+        /// The layers' compression.
+        compression: Option<ErofsCompression>,
+    },
+}
+
+/// `--erofs-compressor ALG[,LEVEL]`.
+fn erofs_compression(v: &str) -> Result<ErofsCompression> {
+    let (name, level) = match v.split_once(',') {
+        Some((n, l)) => (n, Some(l.parse::<u32>().with_context(|| format!("level {l:?}"))?)),
+        None => (v, None),
+    };
+    let algo: ErofsCompressor = name.parse()?;
+    Ok(ErofsCompression {
+        level,
+        ..ErofsCompression::export(algo)
+    })
 }
 
 /// What `export` writes.
@@ -155,7 +178,16 @@ pub fn create(a: CreateArgs) -> Result<CreatePlan> {
         // as nydus-image, which reads it for estargztoc-ref only (not a type built here)
         log::debug!("--blob-data-size is used by estargztoc-ref conversion only; ignored");
     }
-    Ok(if oci {
+    if (a.layer_format == "erofs" || a.erofs_compressor.is_some()) && !oci {
+        bail!("--layer-format and --erofs-compressor apply to -t oci only");
+    }
+    Ok(if oci && a.layer_format == "erofs" {
+        CreatePlan::OciErofs {
+            opts,
+            platform: a.platform,
+            compression: a.erofs_compressor.as_deref().map(erofs_compression).transpose()?,
+        }
+    } else if oci {
         CreatePlan::Oci {
             opts,
             platform: a.platform,

@@ -26,6 +26,19 @@ pub fn run(command: Command) -> Result<()> {
                 bar.finish();
                 report::created_oci(&out, opts.blob_cache_dir.as_deref());
             }
+            CreatePlan::OciErofs {
+                opts,
+                platform,
+                compression,
+            } => {
+                let out = ops::oci::create_oci_erofs(&opts, platform.as_deref(), compression)?;
+                outln!("image layout: {}", out.dir.display());
+                outln!("source image: {} ({} layers)", out.platform, out.layers);
+                outln!("manifest: {}", out.manifest);
+                for l in &out.erofs_layers {
+                    outln!("EROFS layer: {}", l.display());
+                }
+            }
         },
         Command::Merge(a) => report::merged(&ops::merge::merge(&resolve::merge(a)?)?),
         Command::Export(a) => match resolve::export(a) {

@@ -20,6 +20,7 @@ const FLAGS: &[&str] = &[
     "no_compressors",
     "no_py_crypto",
     "no_chromium",
+    "no_mkfs19",
 ];
 
 fn main() {
@@ -64,9 +65,31 @@ fn main() {
         !["gzip", "zstd", "xz"].iter().all(|t| have(t)),
     );
     set("no_chromium", !have("chromium"));
+    // the reference mkfs.erofs of erofs-utils 1.9 (tests/tools/build-erofs-utils.sh, run by
+    // `cargo xtask test`): the mkfs.erofs front end is compared with it
+    set("no_mkfs19", !mkfs19());
     // Debian's python3 with python3-cryptography (OpenSSL) and python3-zstandard: the
     // independent decryption of an encrypted blob (tests/tools/decrypt.py)
     set("no_py_crypto", !py_crypto());
+}
+
+/// Whether `tests/tools/build-erofs-utils.sh target/erofs-utils-1.9` has built its binaries
+/// (it installs its `bin` directory whole, by a rename). Watched so that the probe reruns once
+/// they appear: the `bin` directory when it exists, else the directory the script builds in,
+/// made here if need be (a missing path would rerun this script on every build, and `target`
+/// itself changes with every build).
+fn mkfs19() -> bool {
+    let manifest_dir = std::env::var_os("CARGO_MANIFEST_DIR").unwrap_or_else(|| ".".into());
+    let base = Path::new(&manifest_dir).join("target/erofs-utils-1.9");
+    let bin = base.join("bin");
+    if bin.is_dir() {
+        println!("cargo::rerun-if-changed=target/erofs-utils-1.9/bin");
+    } else if std::fs::create_dir_all(&base).is_ok() {
+        println!("cargo::rerun-if-changed=target/erofs-utils-1.9");
+    }
+    ["mkfs.erofs", "fsck.erofs"]
+        .iter()
+        .all(|t| bin.join(t).is_file())
 }
 
 fn py_crypto() -> bool {

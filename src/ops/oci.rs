@@ -163,12 +163,25 @@ pub fn create_oci(
         files.extend(blob_meta_files(&image_boot, &blobs.dir)?);
     }
     let boot_layer = layers.add_bootstrap(&mut blobs, &files, &merged, &image_boot)?;
-    let config = write_config(opts, &image, &layers.diff_ids, &mut blobs, LayerFormat::Nydus)?;
+    let config = write_config(
+        opts,
+        &image,
+        &layers.diff_ids,
+        &mut blobs,
+        LayerFormat::Nydus,
+    )?;
     let manifest = write_manifest(&image, &config, layers.layers, &mut blobs)?;
     let p = image.platform.clone().unwrap_or(want);
     // the image appears at once: index, layout marker, bootstrap and report are put in place
     // together, after every blob they name
-    write_index(&dir, &image, &p, &manifest, &mut outputs, LayerFormat::Nydus)?;
+    write_index(
+        &dir,
+        &image,
+        &p,
+        &manifest,
+        &mut outputs,
+        LayerFormat::Nydus,
+    )?;
     let plain = match &opts.bootstrap {
         Some(p) => {
             outputs.add(write_temp(p, &boot_bytes, None)?, p.clone());
@@ -266,10 +279,23 @@ pub fn create_oci_erofs(
         let built = erofs_layer(opts, &image, i, l, work.path(), compression)?;
         layers.add_erofs(&built, &mut blobs)?;
     }
-    let config = write_config(opts, &image, &layers.diff_ids, &mut blobs, LayerFormat::Erofs)?;
+    let config = write_config(
+        opts,
+        &image,
+        &layers.diff_ids,
+        &mut blobs,
+        LayerFormat::Erofs,
+    )?;
     let manifest = write_manifest(&image, &config, layers.layers, &mut blobs)?;
     let p = image.platform.clone().unwrap_or(want);
-    write_index(&dir, &image, &p, &manifest, &mut outputs, LayerFormat::Erofs)?;
+    write_index(
+        &dir,
+        &image,
+        &p,
+        &manifest,
+        &mut outputs,
+        LayerFormat::Erofs,
+    )?;
     let placed = |b: &Path| match b.strip_prefix(&dir) {
         Ok(rel) => final_dir.join(rel),
         Err(_) => b.to_path_buf(),
@@ -332,7 +358,11 @@ fn erofs_layer(
         size: l.size,
         diff_id: l.diff_id.clone(),
     };
-    expected.check(format!("layer {i} ({})", where_.display()), stored.finish(), diff.1)?;
+    expected.check(
+        format!("layer {i} ({})", where_.display()),
+        stored.finish(),
+        diff.1,
+    )?;
     Ok(output)
 }
 

@@ -26,6 +26,7 @@ mod golden;
 mod kernel_mount;
 mod layers;
 mod memory;
+mod mkfs;
 mod oci_layers;
 mod optimize;
 mod options;

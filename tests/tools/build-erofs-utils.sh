@@ -24,7 +24,7 @@
 #
 # Environment: JOBS (make -j, default 2), EROFS_UTILS_VERSION (exact Debian version to
 # fetch instead of the newest 1.9.x, e.g. 1.9.4-1), DEBIAN_MIRROR (default: the mirror in
-# the system's apt sources, else http://deb.debian.org/debian).
+# the system's apt sources).
 set -euo pipefail
 
 ME=build-erofs-utils
@@ -83,7 +83,7 @@ if [[ -z "${DEBIAN_MIRROR:-}" ]]; then
 			sed -E 's/\[[^]]*\]//' | awk '{print $2}'; } |
 		grep -E '^https?://[^ ]*/debian/?$' | head -n1 | sed 's:/*$::'
 	) || true
-	DEBIAN_MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
+	[[ -n "$DEBIAN_MIRROR" ]] || fail "no Debian mirror in the apt sources (set DEBIAN_MIRROR)"
 fi
 SID_SRC=/etc/apt/sources.list.d/erofs-forge-sid-src.sources
 KEYRING=/usr/share/keyrings/debian-archive-keyring.gpg
@@ -132,7 +132,7 @@ mkdir -p "$DEST/src"
 # _apt cannot write into a root-owned dir: harmless warning, apt then downloads as root.
 (cd "$DEST/src" && apt-get source --download-only "erofs-utils=$VER" >>"$LOG" 2>&1) ||
 	fail "apt-get source --download-only erofs-utils=$VER failed"
-DSC=$(ls "$DEST"/src/erofs-utils_*.dsc 2>/dev/null | head -n1)
+DSC=$(ls "$DEST"/src/erofs-utils_*.dsc 2>/dev/null | head -n1) || true
 [[ -n "$DSC" ]] || fail "no .dsc downloaded for erofs-utils $VER"
 
 STEP="unpack"

@@ -15,6 +15,8 @@
 //! - `campaign [--runs N] [--jobs J] [TARGET...]`  the long fuzz campaign: every target (or
 //!   those named) to N executions (default 10 000 000), J libFuzzer processes at once (default:
 //!   the cores), without a sanitizer, on a corpus kept in target/fuzz-campaign/
+//! - `bench-mkfs [--runs N] [TAR...]`  containerd's mkfs.erofs calls, erofs-forge against
+//!   erofs-utils 1.9, tar on a pipe: wall, CPU, peak RSS, image size (target/bench-mkfs.json)
 //! - `readers --upstream DIR` upstream's nydusd and `nydus-image check` on one image per
 //!   command and mode (tests/readers/); fails, never skips, without DIR's binaries
 //! - `layers`                  check src/'s imports against the layer table (no upward edge, no cycle)
@@ -23,6 +25,7 @@
 //!   packages as root, cargo-fuzz), fuzz each target N s (default 20), `cargo test`; fails when
 //!   any test failed or was ignored
 
+mod bench_mkfs;
 mod citations;
 mod fuzz;
 mod layers;
@@ -269,10 +272,10 @@ fn blob_feature_check(bin: &Path, tree: &Path) -> Result<()> {
     Ok(())
 }
 
-struct Measured {
-    wall: f64,
-    cpu: f64,
-    max_rss_kib: i64,
+pub(crate) struct Measured {
+    pub(crate) wall: f64,
+    pub(crate) cpu: f64,
+    pub(crate) max_rss_kib: i64,
 }
 
 /// Runs of each build and of its stage bound; the medians count.
@@ -723,6 +726,7 @@ fn main() -> Result<()> {
         Some("campaign") => fuzz::campaign(&args[1..]),
         Some("test") => test::test(&args[1..]),
         Some("readers") => readers::readers(&args[1..]),
+        Some("bench-mkfs") => bench_mkfs::bench_mkfs(&args[1..]),
         Some("layers") => layers::check(&root()),
         Some("citations") => citations::check(&root()),
         Some("roundtrip") => roundtrip(if args.len() > 1 {
@@ -731,7 +735,7 @@ fn main() -> Result<()> {
             default_trees()?
         }),
         _ => {
-            eprintln!("tasks: full-tree DIR [--big] | debian DIR | linux DIR | kernel-check [TREE...] | bench [TREE...] | roundtrip [TREE...] | corpus small|dedup DIR | fuzz [--seconds N] [--no-skip] [TARGET...] | campaign [--runs N] [--jobs J] [TARGET...] | test [--fuzz-seconds N] | readers --upstream DIR | layers | citations");
+            eprintln!("tasks: full-tree DIR [--big] | debian DIR | linux DIR | kernel-check [TREE...] | bench [TREE...] | roundtrip [TREE...] | corpus small|dedup DIR | fuzz [--seconds N] [--no-skip] [TARGET...] | campaign [--runs N] [--jobs J] [TARGET...] | test [--fuzz-seconds N] | readers --upstream DIR | bench-mkfs [--runs N] [TAR...] | layers | citations");
             std::process::exit(2)
         }
     }

@@ -1,9 +1,11 @@
 //! `cargo xtask test`: the one test command of the README and of `.ci/run`.
 //!
-//! It installs what the tests need (Debian packages when run as root, cargo-fuzz), runs every
-//! fuzz target briefly, then `cargo test`, and fails when any test was ignored: the CLI tests
-//! mark themselves ignored when `build.rs` finds a requirement missing, so a skipped check can
-//! never pass as a passed one.
+//! It installs what the tests need (Debian packages and, built from Debian's source package by
+//! `tests/tools/build-erofs-utils.sh`, the reference mkfs.erofs of erofs-utils 1.9 in
+//! `target/erofs-utils-1.9` when run as root; cargo-fuzz), runs every fuzz target briefly, then
+//! `cargo test`, and fails when any test was ignored: the CLI tests mark themselves ignored
+//! when `build.rs` finds a requirement missing, so a skipped check can never pass as a passed
+//! one.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
@@ -13,6 +15,8 @@ use anyhow::{bail, Context, Result};
 /// Debian packages the tests call: the kernel-mount and fsck checks (erofs-utils), the full
 /// fixture tree (attr, acl, libcap2-bin, python3), dm-verity (cryptsetup-bin), tar layers (tar,
 /// gzip, zstd, xz-utils), OCI images (umoci, skopeo), `report --html` rendered headless (chromium).
+/// (erofs-utils here is Debian's 1.5; the mkfs.erofs front end is compared with 1.9, which
+/// [`install_erofs_utils_19`] builds beside, never installing it.)
 const PACKAGES: &[&str] = &[
     "erofs-utils",
     "attr",
@@ -50,6 +54,7 @@ pub fn test(args: &[String]) -> Result<()> {
         }
     }
     install_packages()?;
+    install_erofs_utils_19()?;
     if fuzz_seconds > 0 {
         install_cargo_fuzz()?;
         crate::fuzz::fuzz(&[
@@ -115,6 +120,27 @@ fn install_packages() -> Result<()> {
             .args(["install", "-y", "-qq"])
             .args(&missing),
     )
+}
+
+/// Where `tests/tools/build-erofs-utils.sh` puts erofs-utils 1.9 (`build.rs` looks there).
+const EROFS_UTILS_19: &str = "target/erofs-utils-1.9";
+
+/// Builds the reference erofs-utils 1.9 (`mkfs.erofs`, `fsck.erofs`, `dump.erofs`) the mkfs
+/// tests compare with, unless already built (the script returns at once then).
+fn install_erofs_utils_19() -> Result<()> {
+    if !is_root() {
+        println!(
+            "test: cannot build erofs-utils 1.9 into {EROFS_UTILS_19} (needs root and apt-get); \
+             the mkfs tests will show as ignored and make this task fail"
+        );
+        return Ok(());
+    }
+    crate::run(
+        Command::new("bash")
+            .current_dir(crate::root())
+            .args(["tests/tools/build-erofs-utils.sh", EROFS_UTILS_19]),
+    )
+    .context("building erofs-utils 1.9 (tests/tools/build-erofs-utils.sh)")
 }
 
 fn install_cargo_fuzz() -> Result<()> {

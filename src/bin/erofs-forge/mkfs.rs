@@ -299,6 +299,13 @@ impl Plan {
             }
             // rebuild mode: the sources are EROFS images, lowest layer first
             (None, [_, images @ ..]) if !images.is_empty() => {
+                for i in images {
+                    if !is_erofs(std::path::Path::new(i)) {
+                        return Err(format!(
+                            "{i}: neither a directory nor an EROFS image (a tar source needs --tar)"
+                        ));
+                    }
+                }
                 MkfsSource::Images(images.iter().map(PathBuf::from).collect())
             }
             (_, []) => return Err("missing output image".into()),
@@ -398,6 +405,17 @@ fn times(timestamp: Option<u64>, mtimes: Option<Mtimes>) -> Result<(u64, Mtimes)
                 .map_or(0, |d| d.as_secs());
             Ok((now, mtimes.unwrap_or(Mtimes::Kept)))
         }
+    }
+}
+
+/// Whether `p` starts like an EROFS image (the superblock magic at 1024); a file that cannot
+/// be read is left to the merge, which names the error.
+fn is_erofs(p: &std::path::Path) -> bool {
+    use std::io::Read;
+    let mut head = [0u8; 1028];
+    match std::fs::File::open(p).and_then(|mut f| f.read_exact(&mut head)) {
+        Ok(()) => head[1024..1028] == 0xE0F5_E1E2u32.to_le_bytes(),
+        Err(e) => e.kind() != std::io::ErrorKind::UnexpectedEof,
     }
 }
 

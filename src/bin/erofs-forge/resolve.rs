@@ -46,7 +46,10 @@ pub enum CreatePlan {
 /// `--erofs-compressor ALG[,LEVEL]`.
 fn erofs_compression(v: &str) -> Result<ErofsCompression> {
     let (name, level) = match v.split_once(',') {
-        Some((n, l)) => (n, Some(l.parse::<u32>().with_context(|| format!("level {l:?}"))?)),
+        Some((n, l)) => (
+            n,
+            Some(l.parse::<u32>().with_context(|| format!("level {l:?}"))?),
+        ),
         None => (v, None),
     };
     let algo: ErofsCompressor = name.parse()?;
@@ -185,7 +188,11 @@ pub fn create(a: CreateArgs) -> Result<CreatePlan> {
         CreatePlan::OciErofs {
             opts,
             platform: a.platform,
-            compression: a.erofs_compressor.as_deref().map(erofs_compression).transpose()?,
+            compression: a
+                .erofs_compressor
+                .as_deref()
+                .map(erofs_compression)
+                .transpose()?,
         }
     } else if oci {
         CreatePlan::Oci {

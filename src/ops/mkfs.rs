@@ -76,6 +76,26 @@ pub struct Owners {
     pub gid_offset: u32,
 }
 
+/// An entry of a directory source left out of the image (`--exclude-path`,
+/// `--exclude-regex`), matched against its path relative to the source, without a leading
+/// slash, as erofs-utils matches it.
+#[derive(Debug, Clone)]
+pub enum Exclude {
+    /// That exact path.
+    Path(Vec<u8>),
+    /// Paths the expression matches anywhere in.
+    Regex(regex::bytes::Regex),
+}
+
+impl Exclude {
+    fn matches(&self, rel: &[u8]) -> bool {
+        match self {
+            Exclude::Path(p) => p == rel,
+            Exclude::Regex(r) => r.is_match(rel),
+        }
+    }
+}
+
 /// Options of [`mkfs`]: what mkfs.erofs's command line asks for.
 #[derive(Debug, Clone)]
 pub struct MkfsOptions {
@@ -101,6 +121,8 @@ pub struct MkfsOptions {
     pub owners: Owners,
     /// Keep xattrs (`-x` below 0 drops them all).
     pub xattrs: bool,
+    /// Entries of a directory source left out.
+    pub exclude: Vec<Exclude>,
     /// uid and gid a tar's implied root directory is given (mkfs.erofs: its own).
     pub process_ids: (u32, u32),
     /// Decompressor memory and entry count limits.
@@ -154,7 +176,9 @@ pub(crate) fn mkfs_tar_stream(
 /// [`mkfs`] of a directory: its files' data in numbering order.
 fn mkfs_dir(opts: &MkfsOptions, root: &Path) -> Result<MkfsOutput> {
     full_image(opts, &mut |sink| {
-        crate::source::dir::walk_with(root, opts.limits.entries, &mut |ino, path, size| {
+        let skip = |rel: &[u8]| opts.exclude.iter().any(|x| x.matches(rel));
+        let entries = opts.limits.entries;
+        crate::source::dir::walk_excluding(root, entries, &skip, &mut |ino, path, size| {
             let mut f = std::fs::File::open(path).ctx("open", path)?;
             sink.write_file(ino, &mut f, size, path)
         })

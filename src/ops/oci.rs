@@ -340,6 +340,7 @@ fn erofs_layer(
         mtimes: Mtimes::Kept,
         owners: Owners::default(),
         xattrs: true,
+        exclude: Vec::new(),
         process_ids: (0, 0),
         limits: opts.limits,
     };

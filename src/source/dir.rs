@@ -30,6 +30,17 @@ pub fn walk_with(
     max_entries: u64,
     on_file: &mut dyn FnMut(InodeId, &Path, u64) -> Result<()>,
 ) -> Result<Tree> {
+    walk_excluding(root, max_entries, &|_| false, on_file)
+}
+
+/// [`walk_with`], leaving out every entry (and what is under it) for which `skip` holds: it
+/// is given the path relative to `root`, without a leading slash (`usr/bin/ls`).
+pub fn walk_excluding(
+    root: &Path,
+    max_entries: u64,
+    skip: &dyn Fn(&[u8]) -> bool,
+    on_file: &mut dyn FnMut(InodeId, &Path, u64) -> Result<()>,
+) -> Result<Tree> {
     let meta = std::fs::symlink_metadata(root).ctx("stat", root)?;
     if !meta.is_dir() {
         return Err(Error::Unsupported {
@@ -51,6 +62,14 @@ pub fn walk_with(
         items.sort_unstable_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
         for (name, item) in items {
             let path = dir_path.join(&name);
+            if skip(
+                path.strip_prefix(root)
+                    .unwrap_or(&path)
+                    .as_os_str()
+                    .as_bytes(),
+            ) {
+                continue;
+            }
             // stat relative to the open directory: no path lookup from the root
             let meta = item.metadata().ctx("stat", &path)?;
             let (inode, new) = if !meta.is_dir() && meta.nlink() > 1 {

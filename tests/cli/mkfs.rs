@@ -1066,3 +1066,57 @@ impl Drop for Overlay {
         let _ = Command::new("umount").arg(self.dir.path()).status();
     }
 }
+
+/// `--exclude-path` and `--exclude-regex` on a directory source leave out what erofs-utils
+/// 1.9 leaves out (paths relative to the source; a regex matching anywhere in one).
+#[test]
+#[cfg_attr(
+    any(no_mkfs19, no_mount),
+    ignore = "needs erofs-utils 1.9 in target/, a kernel EROFS mount"
+)]
+fn directory_exclusions_equal_mkfs_erofs_1_9() {
+    let test = "directory_exclusions_equal_mkfs_erofs_1_9";
+    need_reference_and_mount(test);
+    let w = scratch();
+    let src = w.path().join("src");
+    for (p, data) in [
+        ("keep/a", &b"a"[..]),
+        ("keep/skip.log", b"log"),
+        ("drop/inner/b", b"b"),
+        ("top.log", b"top"),
+        ("c", b"c"),
+    ] {
+        let path = src.join(p);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, data).unwrap();
+    }
+    // times away from the build's second (erofs-utils drops nanoseconds there)
+    let touched = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "find {} -exec touch -h -d @1600000000.25 {{}} +",
+            s(&src)
+        ))
+        .status()
+        .unwrap();
+    assert!(touched.success());
+    let call = [
+        "--quiet",
+        "-Enoinline_data",
+        "--exclude-path=drop",
+        "--exclude-path=c",
+        "--exclude-regex=\\.log$",
+        "-U",
+        UUID,
+        "IMG",
+    ];
+    let (mine, theirs) = replay(w.path(), "excl", &call, &[s(&src)], b"", b"");
+    assert_same_tree(test, &mine, &theirs, &|_| {});
+    let m = mount(&mine, &[]);
+    let got = manifest(m.dir.path());
+    let names: Vec<String> = got
+        .keys()
+        .map(|k| String::from_utf8_lossy(k).into())
+        .collect();
+    assert_eq!(names, ["", "keep", "keep/a"], "{names:?}");
+}

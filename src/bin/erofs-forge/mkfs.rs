@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use erofs_forge::ops::export_compressed::{ErofsCompression, ErofsCompressor};
-use erofs_forge::ops::mkfs::{MkfsOptions, MkfsSource, Mtimes, Owners};
+use erofs_forge::ops::mkfs::{Exclude, MkfsOptions, MkfsSource, Mtimes, Owners};
 use erofs_forge::SourceLimits;
 
 /// Whether an option takes a value.
@@ -43,6 +43,8 @@ const OPTIONS: &[(&str, Option<char>, Arg)] = &[
     ("all-time", None, Arg::No),
     ("mkfs-time", None, Arg::No),
     ("all-root", None, Arg::No),
+    ("exclude-path", None, Arg::Required),
+    ("exclude-regex", None, Arg::Required),
     ("force-uid", None, Arg::Required),
     ("force-gid", None, Arg::Required),
     ("uid-offset", None, Arg::Required),
@@ -272,6 +274,7 @@ struct Settings {
     mtimes: Option<Mtimes>,
     owners: Owners,
     xattrs: bool,
+    exclude: Vec<Exclude>,
     quiet: bool,
     workers: Option<usize>,
 }
@@ -311,6 +314,9 @@ impl Plan {
             (_, []) => return Err("missing output image".into()),
             _ => return Err("too many operands: IMAGE [SOURCE]".into()),
         };
+        if !s.exclude.is_empty() && !matches!(source, MkfsSource::Directory(_)) {
+            return Err("--exclude-path and --exclude-regex apply to a directory source".into());
+        }
         let output = PathBuf::from(&operands[0]);
         if let Some(parent) = output.parent().filter(|p| !p.as_os_str().is_empty()) {
             if !parent.is_dir() {
@@ -334,6 +340,7 @@ impl Plan {
             mtimes,
             owners: s.owners,
             xattrs: s.xattrs,
+            exclude: s.exclude,
             process_ids: (
                 nix::unistd::getuid().as_raw(),
                 nix::unistd::getgid().as_raw(),
@@ -377,6 +384,11 @@ impl Settings {
             "all-time" | "ignore-mtime" => self.mtimes = Some(Mtimes::Fixed),
             "mkfs-time" => self.mtimes = Some(Mtimes::Kept),
             "all-root" => (self.owners.force_uid, self.owners.force_gid) = (Some(0), Some(0)),
+            "exclude-path" => self.exclude.push(Exclude::Path(v.as_bytes().to_vec())),
+            "exclude-regex" => self.exclude.push(Exclude::Regex(
+                regex::bytes::Regex::new(v)
+                    .map_err(|e| format!("invalid --exclude-regex {v:?}: {e}"))?,
+            )),
             "force-uid" => self.owners.force_uid = Some(id(v, "--force-uid")?),
             "force-gid" => self.owners.force_gid = Some(id(v, "--force-gid")?),
             "uid-offset" => self.owners.uid_offset = id(v, "--uid-offset")?,
@@ -531,6 +543,8 @@ Generate an EROFS image (FILE) from a directory, a tarball or standard input
  -d#                    verbosity (0: quiet)
  -x#                    xattr tolerance (< 0: no xattrs)
  --all-root             make all files owned by root
+ --exclude-path=X       leave out X (a directory source's path, relative to it)
+ --exclude-regex=X      leave out paths the regular expression X matches
  --force-uid=#          set all file uids to #
  --force-gid=#          set all file gids to #
  --uid-offset=#         add # to all file uids

@@ -285,7 +285,7 @@ fn merge_images(opts: &MkfsOptions, layers: &[PathBuf]) -> Result<MkfsOutput> {
     let mut chunks: Vec<ChunkInfo> = Vec::new();
     let mut blobs: Vec<BlobEntry> = Vec::new();
     for (i, path) in layers.iter().enumerate() {
-        let bytes = std::fs::read(path).ctx("read", path)?;
+        let bytes = layer_metadata(path)?;
         let image = crate::rafs::decode(&bytes).map_err(|e| crate::error::in_file(path, e))?;
         let own = layer_blob(&image, path, bytes.len() as u64)?;
         let offset = chunks.len() as u32;
@@ -323,6 +323,43 @@ fn merge_images(opts: &MkfsOptions, layers: &[PathBuf]) -> Result<MkfsOutput> {
         data_blocks: 0,
         size: bytes.len() as u64,
     })
+}
+
+/// A layer image as the decoder reads it: the whole file, except that for an image laid out
+/// data first (ours: `meta_blkaddr` past the data, no shared xattrs) only block 0 and the
+/// metadata are read into a zeroed buffer of the file's size. The zeroes are never written, so
+/// the file data costs no memory: merging layers of gigabytes stays small.
+fn layer_metadata(path: &Path) -> Result<Vec<u8>> {
+    use crate::format::rafs_v6::{SuperBlock, SUPERBLOCK_OFFSET};
+    use zerocopy::FromBytes;
+    let mut f = std::fs::File::open(path).ctx("open", path)?;
+    let len = f.metadata().ctx("stat", path)?.len();
+    let mut head = vec![0u8; BLOCK as usize];
+    let got = read_up_to(&mut f, &mut head).ctx("read", path)?;
+    let sb = SuperBlock::ref_from_bytes(&head[SUPERBLOCK_OFFSET..SUPERBLOCK_OFFSET + 128]).ok();
+    let meta_at = sb.map_or(0, |sb| u64::from(sb.meta_blkaddr.get()) * BLOCK);
+    let data_first = sb.is_some_and(|sb| sb.xattr_blkaddr.get() == 0 && sb.blkszbits == 12);
+    if got < head.len() || meta_at <= BLOCK || meta_at >= len || !data_first {
+        return std::fs::read(path).ctx("read", path);
+    }
+    let mut bytes = vec![0u8; len as usize];
+    bytes[..head.len()].copy_from_slice(&head);
+    f.seek(SeekFrom::Start(meta_at)).ctx("seek", path)?;
+    f.read_exact(&mut bytes[meta_at as usize..])
+        .ctx("read", path)?;
+    Ok(bytes)
+}
+
+/// Reads until `buf` is full or the input ends; how much was read.
+fn read_up_to(r: &mut dyn Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match r.read(&mut buf[n..])? {
+            0 => break,
+            k => n += k,
+        }
+    }
+    Ok(n)
 }
 
 /// The device a layer image becomes: the blob standing for its own data (every chunk of a

@@ -145,6 +145,22 @@ impl ErofsCompression {
         }
     }
 
+    /// One extent compressed, when it is more than a block (a block cannot shrink).
+    fn pack(self, extent: &[u8]) -> Result<Option<Vec<u8>>> {
+        if extent.len() as u64 > BLOCK {
+            self.compress(extent).map(Some)
+        } else {
+            Ok(None)
+        }
+    }
+
+    /// Every extent of a whole file, packed one after the other on this thread.
+    pub(crate) fn pack_file(self, data: &[u8]) -> Result<Vec<Option<Vec<u8>>>> {
+        data.chunks(self.extent_bytes())
+            .map(|e| self.pack(e))
+            .collect()
+    }
+
     fn compress(self, input: &[u8]) -> Result<Vec<u8>> {
         let codec = |algo: &'static str, e: std::io::Error| Error::Codec {
             algo,
@@ -464,14 +480,37 @@ impl ExtentWriter {
         let extents: Vec<&[u8]> = pending[..take].chunks(how.extent_bytes()).collect();
         let packed: Vec<Option<Vec<u8>>> = extents
             .par_iter()
-            .map(|e| {
-                if e.len() as u64 > BLOCK {
-                    how.compress(e).map(Some)
-                } else {
-                    Ok(None)
-                }
-            })
+            .map(|e| how.pack(e))
             .collect::<Result<_>>()?;
+        self.emit(&extents, packed, out)?;
+        pending.drain(..take);
+        self.pending = pending;
+        Ok(())
+    }
+
+    /// A whole file at once, its extents already packed ([`pack_file`]): how many small files
+    /// are compressed side by side, each on one thread, then written in order.
+    pub(crate) fn whole(
+        how: ErofsCompression,
+        first_block: u64,
+        data: &[u8],
+        packed: Vec<Option<Vec<u8>>>,
+        out: &mut dyn Write,
+    ) -> Result<(StandaloneFile, u64)> {
+        let mut w = ExtentWriter::new(how, first_block, data.len() as u64);
+        let extents: Vec<&[u8]> = data.chunks(how.extent_bytes()).collect();
+        w.emit(&extents, packed, out)?;
+        w.finish(out)
+    }
+
+    /// Writes extents in order, each compressed (right-aligned in its blocks) when `packed`
+    /// holds a form that saves a block, else block by block; records their indexes.
+    fn emit(
+        &mut self,
+        extents: &[&[u8]],
+        packed: Vec<Option<Vec<u8>>>,
+        out: &mut dyn Write,
+    ) -> Result<()> {
         let mut written = Vec::new();
         for (extent, packed) in extents.iter().zip(packed) {
             written.clear();
@@ -505,8 +544,6 @@ impl ExtentWriter {
             }
             out.write_all(&written).ctx("write", "compressed data")?;
         }
-        pending.drain(..take);
-        self.pending = pending;
         Ok(())
     }
 

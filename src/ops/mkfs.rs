@@ -404,7 +404,16 @@ fn stamp_identity(bytes: &mut [u8], opts: &MkfsOptions) -> Result<()> {
 }
 
 /// Where each regular file's data went, and the writer putting it there.
+/// Regular files up to this size are compressed side by side (a batch of them in parallel,
+/// each on one thread); larger ones stream through [`ExtentWriter`], a window at a time.
+const SMALL_FILE: u64 = 1 << 20;
+/// Bytes of small files held for one batch.
+const BATCH_BYTES: usize = 16 << 20;
+
 struct DataWriter<'a> {
+    /// Small files waiting to be compressed together, in source order.
+    batch: Vec<(InodeId, Vec<u8>)>,
+    batch_bytes: usize,
     out: BufWriter<&'a mut std::fs::File>,
     /// The image's final name, for messages.
     image: &'a Path,
@@ -423,6 +432,8 @@ impl<'a> DataWriter<'a> {
         let mut out = BufWriter::with_capacity(1 << 20, file);
         out.write_all(&[0u8; BLOCK as usize]).ctx("write", image)?;
         Ok(DataWriter {
+            batch: Vec::new(),
+            batch_bytes: 0,
             out,
             image,
             compression,
@@ -441,10 +452,51 @@ impl<'a> DataWriter<'a> {
     ) -> Result<()> {
         let file = match self.compression {
             _ if size == 0 => StandaloneFile::Inline(Vec::new()),
+            Some(how) if size > BLOCK && size <= SMALL_FILE => {
+                return self.queue(how, ino, data, size, name);
+            }
             Some(how) if size > BLOCK => self.compressed(how, data, size, name)?,
             _ => self.plain(data, size, name)?,
         };
         self.files.insert(ino, file);
+        Ok(())
+    }
+
+    /// Holds a small file for the next batch; compresses the batch when it is full.
+    fn queue(
+        &mut self,
+        how: ErofsCompression,
+        ino: InodeId,
+        data: &mut dyn Read,
+        size: u64,
+        name: &Path,
+    ) -> Result<()> {
+        let mut bytes = vec![0u8; size as usize];
+        data.read_exact(&mut bytes).ctx("read", name)?;
+        self.batch_bytes += bytes.len();
+        self.batch.push((ino, bytes));
+        if self.batch_bytes >= BATCH_BYTES {
+            self.flush_batch(how)?;
+        }
+        Ok(())
+    }
+
+    /// Compresses the held files in parallel, then writes them in source order: the image is
+    /// the same whatever the number of threads.
+    fn flush_batch(&mut self, how: ErofsCompression) -> Result<()> {
+        use rayon::prelude::*;
+        let batch = std::mem::take(&mut self.batch);
+        self.batch_bytes = 0;
+        let packed: Vec<Vec<Option<Vec<u8>>>> = batch
+            .par_iter()
+            .map(|(_, d)| how.pack_file(d))
+            .collect::<Result<_>>()?;
+        for ((ino, data), packed) in batch.into_iter().zip(packed) {
+            let (file, next) =
+                ExtentWriter::whole(how, self.next_block, &data, packed, &mut self.out)?;
+            self.next_block = next;
+            self.files.insert(ino, file);
+        }
         Ok(())
     }
 
@@ -494,7 +546,10 @@ impl<'a> DataWriter<'a> {
     }
 
     /// The files' bodies and the first block after the data.
-    fn finish(self) -> Result<(HashMap<InodeId, StandaloneFile>, u64)> {
+    fn finish(mut self) -> Result<(HashMap<InodeId, StandaloneFile>, u64)> {
+        if let Some(how) = self.compression {
+            self.flush_batch(how)?;
+        }
         self.out
             .into_inner()
             .map_err(|e| e.into_error())

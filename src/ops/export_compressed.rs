@@ -15,7 +15,6 @@ use rayon::prelude::*;
 use zerocopy::{FromBytes, IntoBytes};
 
 use crate::blob::reader::{BlobSource, ChunkReader};
-use crate::codec::{Compressor, Digester};
 use crate::error::{Error, IoContext, Result};
 use crate::format::erofs_z::*;
 use crate::format::rafs_v6::*;
@@ -252,17 +251,7 @@ pub fn export(opts: &CompressedExportOptions) -> Result<u64> {
         0,
         &ImageIdentity::default(),
     )?;
-    let eopts = EncodeOptions {
-        chunk_size: crate::format::blob::DEFAULT_CHUNK_SIZE,
-        compressor: Compressor::None,
-        digester: Digester::Blake3,
-        explicit_uid_gid: true,
-        block_size: BLOCK,
-        tarfs: false,
-        single_device: false,
-        prefetch: Vec::new(),
-        has_xattr: false,
-    };
+    let eopts = EncodeOptions::standalone(crate::format::blob::DEFAULT_CHUNK_SIZE);
     write_standalone_inodes(&mut meta, &image.tree, &eopts, &lay, &files, 0)?;
 
     let mut tmp = temp_beside(&opts.output)?;

@@ -300,17 +300,7 @@ fn merge_images(opts: &MkfsOptions, layers: &[PathBuf]) -> Result<MkfsOutput> {
     }
     let mut tree = tree.compact();
     shape_common(opts, &mut tree);
-    let eopts = EncodeOptions {
-        chunk_size: crate::rafs::v6::decode::IN_IMAGE_CHUNK as u32,
-        compressor: Compressor::None,
-        digester: Digester::Blake3,
-        explicit_uid_gid: true,
-        block_size: BLOCK,
-        tarfs: false,
-        single_device: false,
-        prefetch: Vec::new(),
-        has_xattr: false,
-    };
+    let eopts = EncodeOptions::standalone(crate::rafs::v6::decode::IN_IMAGE_CHUNK as u32);
     let mut bytes = crate::rafs::v6::encode(&tree, &chunks, &blobs, &eopts)?;
     stamp_identity(&mut bytes, opts)?;
     let mut tmp = temp_beside(&opts.output)?;
@@ -727,17 +717,7 @@ fn write_metadata(
     })?;
     let meta_len = lay.end.div_ceil(BLOCK) * BLOCK;
     let mut meta = vec![0u8; meta_len as usize];
-    let eopts = EncodeOptions {
-        chunk_size: crate::format::blob::DEFAULT_CHUNK_SIZE,
-        compressor: Compressor::None,
-        digester: Digester::Blake3,
-        explicit_uid_gid: true,
-        block_size: BLOCK,
-        tarfs: false,
-        single_device: false,
-        prefetch: Vec::new(),
-        has_xattr: false,
-    };
+    let eopts = EncodeOptions::standalone(crate::format::blob::DEFAULT_CHUNK_SIZE);
     write_standalone_inodes(&mut meta, tree, &eopts, &lay, files, meta_blkaddr)?;
     let total_blocks = meta_blkaddr + meta_len / BLOCK;
     let mut block0 = vec![0u8; BLOCK as usize];

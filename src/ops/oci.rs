@@ -117,31 +117,19 @@ pub fn create_oci(
     platform: Option<&str>,
     progress: &dyn Progress,
 ) -> Result<OciOutput> {
-    let final_dir = check_options(opts)?.to_path_buf();
-    let mut outputs = Outputs::new();
-    let dir = if std::fs::symlink_metadata(&final_dir).is_err() {
-        // a new layout is built under a temporary name and appears whole at the end
-        let tmp = temp_dir_beside(&final_dir)?;
-        outputs.add_dir(tmp.clone(), final_dir.clone());
-        tmp
-    } else {
-        final_dir.clone()
-    };
+    let Target {
+        final_dir,
+        dir,
+        mut outputs,
+        want,
+        image,
+        mut blobs,
+    } = Target::open(opts, platform)?;
     // where a path inside the layout will be once it is in place
     let placed = |p: &Path| match p.strip_prefix(&dir) {
         Ok(rel) => final_dir.join(rel),
         Err(_) => p.to_path_buf(),
     };
-    let want = match platform {
-        Some(p) => Platform::parse(p)?,
-        None => Platform::host(),
-    };
-    let image = open_source(opts, &want)?;
-    let mut blobs = Blobs {
-        dir: dir.join("blobs/sha256"),
-        created: NewPaths::default(),
-    };
-    blobs.created.create_dir_all(&blobs.dir)?;
     // per-layer outputs are staged here and only the blobs the image uses move into blobs/
     let work = crate::io::staged::ScratchDir::new_in(&dir)?;
     let boots = convert_layers(opts, &image, work.path(), progress)?;
@@ -250,25 +238,14 @@ pub fn create_oci_erofs(
     platform: Option<&str>,
     compression: Option<crate::ops::export_compressed::ErofsCompression>,
 ) -> Result<OciErofsOutput> {
-    let final_dir = check_options(opts)?.to_path_buf();
-    let mut outputs = Outputs::new();
-    let dir = if std::fs::symlink_metadata(&final_dir).is_err() {
-        let tmp = temp_dir_beside(&final_dir)?;
-        outputs.add_dir(tmp.clone(), final_dir.clone());
-        tmp
-    } else {
-        final_dir.clone()
-    };
-    let want = match platform {
-        Some(p) => Platform::parse(p)?,
-        None => Platform::host(),
-    };
-    let image = open_source(opts, &want)?;
-    let mut blobs = Blobs {
-        dir: dir.join("blobs/sha256"),
-        created: NewPaths::default(),
-    };
-    blobs.created.create_dir_all(&blobs.dir)?;
+    let Target {
+        final_dir,
+        dir,
+        mut outputs,
+        want,
+        image,
+        mut blobs,
+    } = Target::open(opts, platform)?;
     let work = crate::io::staged::ScratchDir::new_in(&dir)?;
     let mut layers = Layers {
         layers: Vec::new(),
@@ -375,6 +352,51 @@ fn layer_uuid(digest: &str) -> [u8; 16] {
     u[6] = (u[6] & 0x0f) | 0x40;
     u[8] = (u[8] & 0x3f) | 0x80;
     u
+}
+
+/// Where a conversion writes, and what it converts.
+struct Target {
+    /// The layout directory named on the command line.
+    final_dir: PathBuf,
+    /// Where the layout is built: a temporary name beside `final_dir` for a new layout (it
+    /// appears whole at the end), or `final_dir` itself when adding to one.
+    dir: PathBuf,
+    outputs: Outputs,
+    want: Platform,
+    image: oci::Image,
+    blobs: Blobs,
+}
+
+impl Target {
+    fn open(opts: &CreateOptions, platform: Option<&str>) -> Result<Target> {
+        let final_dir = check_options(opts)?.to_path_buf();
+        let mut outputs = Outputs::new();
+        let dir = if std::fs::symlink_metadata(&final_dir).is_err() {
+            let tmp = temp_dir_beside(&final_dir)?;
+            outputs.add_dir(tmp.clone(), final_dir.clone());
+            tmp
+        } else {
+            final_dir.clone()
+        };
+        let want = match platform {
+            Some(p) => Platform::parse(p)?,
+            None => Platform::host(),
+        };
+        let image = open_source(opts, &want)?;
+        let mut blobs = Blobs {
+            dir: dir.join("blobs/sha256"),
+            created: NewPaths::default(),
+        };
+        blobs.created.create_dir_all(&blobs.dir)?;
+        Ok(Target {
+            final_dir,
+            dir,
+            outputs,
+            want,
+            image,
+            blobs,
+        })
+    }
 }
 
 /// Opens the source image and checks that every layer is one this tool can read.

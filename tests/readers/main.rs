@@ -361,12 +361,11 @@ fn on_chunk_dict(w: &Path, src: &Sources) -> Built {
     }
 }
 
-/// `optimize`: the files a workload reads first copied into a new blob, in the table.
-fn optimized(w: &Path, src: &Sources) -> Built {
-    let b = create(w, &src.tree, &src.tree, &[], b"");
+/// `optimize` of the image `b`: the first three files of `tree` (with data) copied into a new
+/// blob, in its prefetch table.
+fn optimized(w: &Path, b: Built, tree: &Path) -> Built {
     let list = w.join("prefetch.txt");
-    let first = first_files(&src.tree, 3);
-    fs::write(&list, first.join("\n")).unwrap();
+    fs::write(&list, first_files(tree, 3).join("\n")).unwrap();
     let out = w.join("optimized.boot");
     ok(
         &[
@@ -386,40 +385,7 @@ fn optimized(w: &Path, src: &Sources) -> Built {
         ],
         b"",
     );
-    Built {
-        boot: out,
-        blobs: b.blobs,
-        expect: src.tree.clone(),
-        reader: Reader::Nydusd,
-    }
-}
-
-/// `optimize` of a converter layer's own bootstrap (`<sha256>.boot`, its blob keeping
-/// INLINED_FS_META): the new bootstrap is inside no blob, so the flag must go.
-fn optimized_layer(w: &Path, src: &Sources) -> Built {
-    let layer = converter_layer(&w.join("layer"), src, "6");
-    let list = w.join("prefetch.txt");
-    fs::write(&list, first_files(&src.tar_tree, 3).join("\n")).unwrap();
-    let out = w.join("optimized.boot");
-    ok(
-        &[
-            "optimize",
-            "--log-level",
-            "warn",
-            "--prefetch-files",
-            s(&list),
-            "--bootstrap",
-            s(&layer.boot),
-            "--blob-dir",
-            s(&layer.blobs),
-            "--output-blob-dir",
-            s(&layer.blobs),
-            "--output-bootstrap",
-            s(&out),
-        ],
-        b"",
-    );
-    Built { boot: out, ..layer }
+    Built { boot: out, ..b }
 }
 
 /// Absolute paths of the first `n` regular files of `tree`, in name order.
@@ -546,10 +512,20 @@ fn tree_cases(src: &Sources) -> Vec<Case<'_>> {
             "create v6 --chunk-dict",
             Box::new(|w: &Path| on_chunk_dict(w, src)),
         ),
-        ("optimize", Box::new(|w: &Path| optimized(w, src))),
         (
+            "optimize",
+            Box::new(|w: &Path| {
+                let b = create(&w.join("image"), &src.tree, &src.tree, &[], b"");
+                optimized(w, b, &src.tree)
+            }),
+        ),
+        (
+            // the layer's own bootstrap keeps INLINED_FS_META: the optimized one must not
             "optimize of a converter layer's image.boot",
-            Box::new(|w: &Path| optimized_layer(w, src)),
+            Box::new(|w: &Path| {
+                let layer = converter_layer(&w.join("layer"), src, "6");
+                optimized(w, layer, &src.tar_tree)
+            }),
         ),
     ]
 }

@@ -49,6 +49,24 @@ pub struct EncodeOptions {
     pub has_xattr: bool,
 }
 
+impl EncodeOptions {
+    /// A plain EROFS image of 4096-byte blocks (no RAFS settings matter): uid/gid kept, no
+    /// prefetch table; `chunk_size` for chunk-based files (a merge's, or none at all).
+    pub fn standalone(chunk_size: u32) -> EncodeOptions {
+        EncodeOptions {
+            chunk_size,
+            compressor: Compressor::None,
+            digester: Digester::Blake3,
+            explicit_uid_gid: true,
+            block_size: BLOCK_SIZE,
+            tarfs: false,
+            single_device: false,
+            prefetch: Vec::new(),
+            has_xattr: false,
+        }
+    }
+}
+
 /// Block address of each blob in a flattened disk image: after the bootstrap, each on a 512 KiB
 /// boundary after the one before (formats/rafs-v6.md §15).
 pub fn mapped_blkaddrs(bootstrap_size: u64, blobs: &[BlobEntry], block: u64) -> Vec<u64> {

@@ -440,6 +440,8 @@ impl<'a> DataWriter<'a> {
         size: u64,
         name: &Path,
     ) -> Result<()> {
+        // tests stop here to interrupt a build halfway through its data
+        crate::io::failpoint::reached("chunk");
         let file = match self.compression {
             _ if size == 0 => StandaloneFile::Inline(Vec::new()),
             Some(how) if size > BLOCK && size <= SMALL_FILE => {

@@ -357,6 +357,45 @@ fn every_create_type_leaves_nothing_when_interrupted() {
     }
 }
 
+/// The mkfs.erofs front end: a full image from a tar on stdin (compressed), from a directory,
+/// an index, and a merge of layer images.
+#[test]
+fn mkfs_leaves_nothing_when_interrupted() {
+    let i = Inputs::new();
+    let (src, tar) = (s(&i.src), s(&i.tar));
+    let img = i.p("new.erofs");
+    let layer = i.p("layer.erofs");
+    forge(&["mkfs", "--tar=f", "--quiet", &layer, tar]);
+    let cases = [
+        Case {
+            name: "mkfs --tar=f -zlz4hc from stdin",
+            args: argv(&format!("mkfs --tar=f --aufs --quiet -zlz4hc {img}")),
+            stdin: Some(i.tar.clone()),
+        },
+        Case {
+            name: "mkfs directory",
+            args: argv(&format!("mkfs --quiet -Enoinline_data {img} {src}")),
+            stdin: None,
+        },
+        Case {
+            name: "mkfs --tar=i",
+            args: argv(&format!("mkfs --tar=i --quiet {img} {tar}")),
+            stdin: None,
+        },
+        Case {
+            name: "mkfs merge",
+            args: argv(&format!(
+                "mkfs --ovlfs-strip=1 --quiet {img} {layer} {layer}"
+            )),
+            stdin: None,
+        },
+    ];
+    for c in &cases {
+        let n = interrupt_everywhere(&i.work, c);
+        eprintln!("{}: interrupted at {n} points", c.name);
+    }
+}
+
 #[test]
 #[cfg_attr(no_umoci, ignore = "needs umoci")]
 fn create_oci_leaves_nothing_when_interrupted() {

@@ -123,6 +123,9 @@ pub struct MkfsOptions {
     pub xattrs: bool,
     /// Entries of a directory source left out.
     pub exclude: Vec<Exclude>,
+    /// `--incremental=data`: `output` is an existing image (ours, or any whose regular files
+    /// are flat plain) and the tar is applied on top of it, its data appended.
+    pub incremental: bool,
     /// uid and gid a tar's implied root directory is given (mkfs.erofs: its own).
     pub process_ids: (u32, u32),
     /// Decompressor memory and entry count limits.
@@ -146,8 +149,14 @@ pub fn mkfs(opts: &MkfsOptions) -> Result<MkfsOutput> {
         MkfsSource::Tar(path) => {
             let (raw, _) = tar::open_raw(path)?;
             let (mut input, _) = tar::decompress(raw, path, opts.limits.decompress_memory)?;
+            if opts.incremental {
+                return incremental(opts, &mut input, path);
+            }
             mkfs_tar_stream(opts, &mut input, path)
         }
+        _ if opts.incremental => Err(Error::InvalidOption(
+            "--incremental applies a tar (--tar=f) on top of an existing image".into(),
+        )),
         MkfsSource::Directory(root) => mkfs_dir(opts, root),
         MkfsSource::TarIndex(path) => tar_index(opts, path),
         MkfsSource::Images(layers) => merge_images(opts, layers),
@@ -171,6 +180,111 @@ pub(crate) fn mkfs_tar_stream(
         implied_dirs(&mut tree, opts);
         Ok(tree)
     })
+}
+
+/// `--incremental=data`: the tar applied on top of the image at `opts.output`, as erofs-utils
+/// applies it (formats/rafs-v6.md §20): its entries replace the image's of the same name,
+/// directories merge, a directory marked opaque hides what the image had in it, and what the
+/// tar only implies keeps the image's metadata; whiteouts are entries like any other (with
+/// `--aufs`, overlayfs whiteouts replacing what they name). The new data follows the image's
+/// last block and the metadata is written anew after it. The result is built on a copy and
+/// renamed over the image, so a failure leaves the image as it was.
+fn incremental(opts: &MkfsOptions, input: &mut dyn Read, name: &Path) -> Result<MkfsOutput> {
+    use crate::model::{ChunkId, Image};
+    let out = &opts.output;
+    let bytes = layer_metadata(out)?;
+    let base: Image = crate::rafs::decode(&bytes).map_err(|e| crate::error::in_file(out, e))?;
+    drop(bytes);
+    let mut tmp = temp_beside(out)?;
+    std::fs::copy(out, tmp.path()).ctx("copy", out)?;
+    let len = tmp.as_file_mut().metadata().ctx("stat", out)?.len();
+    let first = len.div_ceil(BLOCK);
+    let (mut upper, files) = {
+        let mut sink = DataWriter::at(tmp.as_file_mut(), out, opts.compression, first)?;
+        let mut upper = tar::read_tar_limited(input, name, &mut sink, opts.limits.entries)
+            .map_err(|e| crate::error::in_file(name, e))?;
+        if opts.aufs {
+            aufs_to_overlayfs(&mut upper)?;
+        }
+        let (files, next) = sink.finish()?;
+        (upper, (files, next))
+    };
+    // the layer's files get chunk ids past the image's, so that they can be told apart after
+    // the merge (which keeps chunk ids)
+    let n_base = base.chunks.len() as u32;
+    let mut upper_files: Vec<StandaloneFile> = Vec::new();
+    for ino in upper.inode_ids() {
+        if let Some(f) = files.0.get(&ino) {
+            let id = ChunkId::new(n_base + upper_files.len() as u32);
+            upper_files.push(f.clone());
+            if let Some(file) = upper[ino].file_mut() {
+                file.chunks = vec![id];
+            }
+        }
+    }
+    let mut tree = base.tree.clone();
+    hide_under_opaque(&mut tree, &upper);
+    crate::model::overlay::apply(
+        &mut tree,
+        &upper,
+        crate::model::overlay::WhiteoutSpec::None,
+        &|c| c,
+    );
+    let mut tree = tree.compact();
+    let mut merged_files = HashMap::new();
+    for ino in tree.inode_ids() {
+        let Some(f) = tree[ino].file() else { continue };
+        let file = match f.chunks.first() {
+            None => StandaloneFile::Inline(Vec::new()),
+            Some(c) if c.get() < n_base => {
+                let at = base.chunks[c.index()].uncompressed_offset / BLOCK;
+                StandaloneFile::Plain {
+                    blkaddr: u32::try_from(at)
+                        .map_err(|_| Error::Limit("image larger than 2^32 blocks".into()))?,
+                }
+            }
+            Some(c) => upper_files[(c.get() - n_base) as usize].clone(),
+        };
+        merged_files.insert(ino, file);
+    }
+    shape_common(opts, &mut tree);
+    let written = write_metadata(opts, &tree, &merged_files, files.1, tmp.as_file_mut())?;
+    persist(tmp, out)?;
+    Ok(written)
+}
+
+/// Empties each directory of `tree` that `upper` marks opaque (`trusted.overlay.opaque=y`),
+/// and marks it so: the layer hides what was below it there.
+fn hide_under_opaque(tree: &mut Tree, upper: &Tree) {
+    let mut stack = vec![(EntryId::ROOT, EntryId::ROOT)];
+    while let Some((l, u)) = stack.pop() {
+        let opaque = upper
+            .inode_of(u)
+            .xattrs
+            .iter()
+            .any(|(k, v)| k == OVL_OPAQUE && v == b"y");
+        if opaque {
+            tree[l].children.clear();
+            // a directory the layer only implies keeps the image's inode in the merge: the
+            // mark goes on that one
+            let ino = tree[l].inode;
+            let mut xattrs = tree[ino].xattrs.clone();
+            xattrs.retain(|(k, _)| k != OVL_OPAQUE);
+            xattrs.push((OVL_OPAQUE.to_vec(), b"y".to_vec()));
+            tree[ino].set_xattrs(xattrs);
+            continue;
+        }
+        for uc in upper[u].children.clone() {
+            if !upper.is_dir(uc) {
+                continue;
+            }
+            if let Some(lc) = tree.child(l, &upper[uc].name) {
+                if tree.is_dir(lc) {
+                    stack.push((lc, uc));
+                }
+            }
+        }
+    }
 }
 
 /// [`mkfs`] of a directory: its files' data in numbering order.
@@ -419,8 +533,24 @@ impl<'a> DataWriter<'a> {
         image: &'a Path,
         compression: Option<ErofsCompression>,
     ) -> Result<Self> {
-        let mut out = BufWriter::with_capacity(1 << 20, file);
-        out.write_all(&[0u8; BLOCK as usize]).ctx("write", image)?;
+        let mut w = DataWriter::at(file, image, compression, 0)?;
+        w.out
+            .write_all(&[0u8; BLOCK as usize])
+            .ctx("write", image)?;
+        w.next_block = 1;
+        Ok(w)
+    }
+
+    /// A writer whose data starts at block `first` of `file` (an image being added to).
+    fn at(
+        file: &'a mut std::fs::File,
+        image: &'a Path,
+        compression: Option<ErofsCompression>,
+        first: u64,
+    ) -> Result<Self> {
+        file.seek(SeekFrom::Start(first * BLOCK))
+            .ctx("seek", image)?;
+        let out = BufWriter::with_capacity(1 << 20, file);
         Ok(DataWriter {
             batch: Vec::new(),
             batch_bytes: 0,
@@ -428,7 +558,7 @@ impl<'a> DataWriter<'a> {
             image,
             compression,
             files: HashMap::new(),
-            next_block: 1,
+            next_block: first,
         })
     }
 

@@ -318,6 +318,7 @@ fn erofs_layer(
         owners: Owners::default(),
         xattrs: true,
         exclude: Vec::new(),
+        incremental: false,
         process_ids: (0, 0),
         limits: opts.limits,
     };

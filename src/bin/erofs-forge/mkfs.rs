@@ -43,6 +43,7 @@ const OPTIONS: &[(&str, Option<char>, Arg)] = &[
     ("all-time", None, Arg::No),
     ("mkfs-time", None, Arg::No),
     ("all-root", None, Arg::No),
+    ("incremental", None, Arg::Optional),
     ("exclude-path", None, Arg::Required),
     ("exclude-regex", None, Arg::Required),
     ("force-uid", None, Arg::Required),
@@ -275,6 +276,7 @@ struct Settings {
     owners: Owners,
     xattrs: bool,
     exclude: Vec<Exclude>,
+    incremental: bool,
     quiet: bool,
     workers: Option<usize>,
 }
@@ -341,6 +343,7 @@ impl Plan {
             owners: s.owners,
             xattrs: s.xattrs,
             exclude: s.exclude,
+            incremental: s.incremental,
             process_ids: (
                 nix::unistd::getuid().as_raw(),
                 nix::unistd::getgid().as_raw(),
@@ -384,6 +387,12 @@ impl Settings {
             "all-time" | "ignore-mtime" => self.mtimes = Some(Mtimes::Fixed),
             "mkfs-time" => self.mtimes = Some(Mtimes::Kept),
             "all-root" => (self.owners.force_uid, self.owners.force_gid) = (Some(0), Some(0)),
+            "incremental" if v.is_empty() || v == "data" => self.incremental = true,
+            "incremental" => {
+                return Err(format!(
+                    "--incremental={v}: only data (the new data appended)"
+                ))
+            }
             "exclude-path" => self.exclude.push(Exclude::Path(v.as_bytes().to_vec())),
             "exclude-regex" => self.exclude.push(Exclude::Regex(
                 regex::bytes::Regex::new(v)
@@ -543,6 +552,7 @@ Generate an EROFS image (FILE) from a directory, a tarball or standard input
  -d#                    verbosity (0: quiet)
  -x#                    xattr tolerance (< 0: no xattrs)
  --all-root             make all files owned by root
+ --incremental[=data]  apply the tar (--tar=f) on top of the existing IMAGE, appending its data
  --exclude-path=X       leave out X (a directory source's path, relative to it)
  --exclude-regex=X      leave out paths the regular expression X matches
  --force-uid=#          set all file uids to #

@@ -613,10 +613,23 @@ impl Decoder<'_> {
             return self.in_image(nid, r);
         }
         if r.layout() != LAYOUT_CHUNK_BASED {
+            let what = match r.layout() {
+                LAYOUT_COMPRESSED_FULL | 3 => "compressed",
+                LAYOUT_FLAT_INLINE => "inline",
+                _ => "plain",
+            };
             return Err(corrupt(
                 "inode",
                 nid,
-                &format!("regular file layout {} is not chunk-based", r.layout()),
+                &format!(
+                    "regular file layout {} ({what}) is not chunk-based{}",
+                    r.layout(),
+                    if self.plain {
+                        ": its data cannot be referenced from another image"
+                    } else {
+                        ""
+                    }
+                ),
             ));
         }
         if r.size == 0 {

@@ -973,6 +973,19 @@ fn fsmerge_and_native_erofs_layers_equal_umoci_unpack() {
         "{}",
         String::from_utf8_lossy(&inspected.stderr)
     );
+    let copied = Command::new("skopeo")
+        .args([
+            "copy",
+            &format!("oci:{}", s(&out)),
+            &format!("oci:{}:t", s(&w.path().join("copy"))),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        copied.status.success(),
+        "{}",
+        String::from_utf8_lossy(&copied.stderr)
+    );
     let manifest_doc = manifest_of(&out);
     let config_digest = manifest_doc["config"]["digest"].as_str().unwrap();
     let config: serde_json::Value =

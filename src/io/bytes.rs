@@ -9,17 +9,32 @@ use crate::error::{Error, Result};
 #[derive(Clone, Copy)]
 pub struct Bytes<'a> {
     data: &'a [u8],
+    /// Where the bytes that were not read start, and how many there are: `data` holds what
+    /// comes before them, then what comes after (an image's file data, never decoded).
+    gap: (u64, u64),
 }
 
 impl<'a> Bytes<'a> {
     /// Wraps `data`.
     pub fn new(data: &'a [u8]) -> Bytes<'a> {
-        Bytes { data }
+        Bytes {
+            data,
+            gap: (data.len() as u64, 0),
+        }
+    }
+
+    /// Wraps `data`, the input less the `len` bytes at `start`, which were not read: a read
+    /// there fails.
+    pub fn with_gap(data: &'a [u8], start: u64, len: u64) -> Bytes<'a> {
+        Bytes {
+            data,
+            gap: (start.min(data.len() as u64), len),
+        }
     }
 
     /// Total length.
     pub fn len(&self) -> u64 {
-        self.data.len() as u64
+        self.data.len() as u64 + self.gap.1
     }
 
     /// `len` bytes at `offset`.
@@ -34,7 +49,18 @@ impl<'a> Bytes<'a> {
                 &format!("{len} bytes needed, the image ends at {:#x}", self.len()),
             ));
         }
-        Ok(&self.data[offset as usize..end as usize])
+        let (gap_start, gap_len) = self.gap;
+        if end <= gap_start || len == 0 && offset <= gap_start {
+            return Ok(&self.data[offset as usize..end as usize]);
+        }
+        if offset >= gap_start + gap_len {
+            return Ok(&self.data[(offset - gap_len) as usize..(end - gap_len) as usize]);
+        }
+        Err(corrupt(
+            what,
+            offset,
+            "lies in the file data, which was not read (metadata expected)",
+        ))
     }
 
     /// A structure at `offset`.
@@ -82,5 +108,26 @@ pub fn corrupt(what: &'static str, offset: u64, reason: &str) -> Error {
         what,
         offset,
         reason: reason.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Bytes;
+
+    #[test]
+    fn a_gap_reads_around_it_and_refuses_into_it() {
+        // the input was 0..=9, bytes 3..7 not read
+        let data = [0u8, 1, 2, 7, 8, 9];
+        let b = Bytes::with_gap(&data, 3, 4);
+        assert_eq!(b.len(), 10);
+        assert_eq!(b.slice(0, 3, "x").unwrap(), &[0, 1, 2]);
+        assert_eq!(b.slice(7, 3, "x").unwrap(), &[7, 8, 9]);
+        assert_eq!(b.slice(3, 0, "x").unwrap(), &[] as &[u8]);
+        assert!(b.slice(2, 2, "x").is_err());
+        assert!(b.slice(5, 1, "x").is_err());
+        assert!(b.slice(8, 3, "x").is_err());
+        let whole = Bytes::new(&data);
+        assert_eq!(whole.slice(2, 3, "x").unwrap(), &[2, 7, 8]);
     }
 }

@@ -192,9 +192,7 @@ pub(crate) fn mkfs_tar_stream(
 fn incremental(opts: &MkfsOptions, input: &mut dyn Read, name: &Path) -> Result<MkfsOutput> {
     use crate::model::{ChunkId, Image};
     let out = &opts.output;
-    let bytes = layer_metadata(out)?;
-    let base: Image = crate::rafs::decode(&bytes).map_err(|e| crate::error::in_file(out, e))?;
-    drop(bytes);
+    let base: Image = decode_layer(out)?;
     let mut tmp = temp_beside(out)?;
     std::fs::copy(out, tmp.path()).ctx("copy", out)?;
     let len = tmp.as_file_mut().metadata().ctx("stat", out)?.len();
@@ -399,9 +397,8 @@ fn merge_images(opts: &MkfsOptions, layers: &[PathBuf]) -> Result<MkfsOutput> {
     let mut chunks: Vec<ChunkInfo> = Vec::new();
     let mut blobs: Vec<BlobEntry> = Vec::new();
     for (i, path) in layers.iter().enumerate() {
-        let bytes = layer_metadata(path)?;
-        let image = crate::rafs::decode(&bytes).map_err(|e| crate::error::in_file(path, e))?;
-        let own = layer_blob(&image, path, bytes.len() as u64)?;
+        let image = decode_layer(path)?;
+        let own = layer_blob(&image, path, image.size)?;
         let offset = chunks.len() as u32;
         chunks.extend(image.chunks.iter().map(|c| ChunkInfo {
             blob_index: i as u32,
@@ -429,13 +426,14 @@ fn merge_images(opts: &MkfsOptions, layers: &[PathBuf]) -> Result<MkfsOutput> {
     })
 }
 
-/// A layer image as the decoder reads it: the whole file, except that for an image laid out
-/// data first (ours: `meta_blkaddr` past the data, no shared xattrs) only block 0 and the
-/// metadata are read into a zeroed buffer of the file's size. The zeroes are never written, so
-/// the file data costs no memory: merging layers of gigabytes stays small.
-fn layer_metadata(path: &Path) -> Result<Vec<u8>> {
+/// A layer image decoded from its metadata alone. An image laid out data first (ours:
+/// `meta_blkaddr` past the data, no shared xattrs) is read as block 0 and its metadata area,
+/// the file data between them skipped (the decoder never reads a plain file's data; a read
+/// there fails): merging layers of gigabytes stays small. Any other image is read whole.
+fn decode_layer(path: &Path) -> Result<crate::model::Image> {
     use crate::format::rafs_v6::{SuperBlock, SUPERBLOCK_OFFSET};
     use zerocopy::FromBytes;
+    let in_file = |e| crate::error::in_file(path, e);
     let mut f = std::fs::File::open(path).ctx("open", path)?;
     let len = f.metadata().ctx("stat", path)?.len();
     let mut head = vec![0u8; BLOCK as usize];
@@ -444,14 +442,15 @@ fn layer_metadata(path: &Path) -> Result<Vec<u8>> {
     let meta_at = sb.map_or(0, |sb| u64::from(sb.meta_blkaddr.get()) * BLOCK);
     let data_first = sb.is_some_and(|sb| sb.xattr_blkaddr.get() == 0 && sb.blkszbits == 12);
     if got < head.len() || meta_at <= BLOCK || meta_at >= len || !data_first {
-        return std::fs::read(path).ctx("read", path);
+        let bytes = std::fs::read(path).ctx("read", path)?;
+        return crate::rafs::decode(&bytes).map_err(in_file);
     }
-    let mut bytes = vec![0u8; len as usize];
-    bytes[..head.len()].copy_from_slice(&head);
     f.seek(SeekFrom::Start(meta_at)).ctx("seek", path)?;
-    f.read_exact(&mut bytes[meta_at as usize..])
-        .ctx("read", path)?;
-    Ok(bytes)
+    let mut meta = Vec::new();
+    f.read_to_end(&mut meta).ctx("read", path)?;
+    head.extend_from_slice(&meta);
+    drop(meta);
+    crate::rafs::v6::decode::decode_sparse(&head, BLOCK, meta_at - BLOCK).map_err(in_file)
 }
 
 /// Reads until `buf` is full or the input ends; how much was read.

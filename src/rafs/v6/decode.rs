@@ -95,7 +95,16 @@ impl Budgets {
 
 /// Decodes a v6 bootstrap.
 pub fn decode(data: &[u8]) -> Result<Image> {
-    let b = Bytes::new(data);
+    decode_bytes(Bytes::new(data))
+}
+
+/// Decodes an image of which only the metadata was read: `data` is the image less the
+/// `gap_len` bytes at `gap_start` (file data of a plain image, laid out data first).
+pub fn decode_sparse(data: &[u8], gap_start: u64, gap_len: u64) -> Result<Image> {
+    decode_bytes(Bytes::with_gap(data, gap_start, gap_len))
+}
+
+fn decode_bytes(b: Bytes<'_>) -> Result<Image> {
     let sb: &SuperBlock = b.get(SUPERBLOCK_OFFSET as u64, "EROFS superblock")?;
     if sb.magic.get() != EROFS_MAGIC {
         return Err(corrupt("EROFS superblock", 1024, "bad magic"));
@@ -158,7 +167,7 @@ pub fn decode(data: &[u8]) -> Result<Image> {
     let (tree, nids) = d.walk(root_nid)?;
     let mut blobs = blobs;
     if d.in_image_chunks > 0 {
-        blobs.push(image_as_blob(sb, data.len() as u64, d.in_image_chunks));
+        blobs.push(image_as_blob(sb, b.len(), d.in_image_chunks));
     }
     Ok(Image {
         version: 6,
@@ -173,7 +182,7 @@ pub fn decode(data: &[u8]) -> Result<Image> {
         block_size: block as u32,
         inode_numbers: nids,
         prefetch,
-        size: data.len() as u64,
+        size: b.len(),
     })
 }
 

@@ -138,7 +138,7 @@ pub fn load(path: &Path) -> Result<Loaded> {
         .unwrap_or_default();
     // an inlined bootstrap saved on its own names its blob as upstream does: the file name cut
     // at the first dot, when that is a blob id (`<id>.boot`, `<id>.image.boot`; blob.md §9)
-    let stem = file_name.split('.').next().unwrap_or_default();
+    let stem = nydusd::file_prefix(path).unwrap_or_default();
     let named_by_id = stem.len() == 64 && stem.bytes().all(|c| c.is_ascii_hexdigit());
     if from_blob || named_by_id {
         let name = if from_blob {

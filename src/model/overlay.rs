@@ -58,15 +58,7 @@ fn classify<'a>(name: &'a [u8], inode: &Inode, spec: WhiteoutSpec) -> Whiteout<'
         {
             Whiteout::Remove(name)
         }
-        WhiteoutSpec::Overlayfs
-            if inode.file_type() == FileType::Directory
-                && inode
-                    .xattrs
-                    .iter()
-                    .any(|(k, v)| k == OVERLAY_OPAQUE_XATTR && v == b"y") =>
-        {
-            Whiteout::OpaqueDir
-        }
+        WhiteoutSpec::Overlayfs if is_opaque(inode) => Whiteout::OpaqueDir,
         _ => Whiteout::Not,
     }
 }
@@ -88,6 +80,35 @@ pub fn apply(
     spec: WhiteoutSpec,
     chunk_map: &dyn Fn(ChunkId) -> ChunkId,
 ) {
+    apply_with(lower, upper, spec, chunk_map, false);
+}
+
+/// [`apply`] with overlayfs's rules that keeps the layer's marks in the result, as an image
+/// meant to be stacked further holds them (mkfs.erofs `--incremental`): a whiteout replaces
+/// what it names instead of removing it, an opaque directory hides what was below it and keeps
+/// `trusted.overlay.opaque`, on the lower directory when the layer only implies it.
+pub fn apply_keeping_marks(lower: &mut Tree, upper: &Tree, chunk_map: &dyn Fn(ChunkId) -> ChunkId) {
+    if is_opaque(upper.inode_of(EntryId::ROOT)) {
+        lower[EntryId::ROOT].children.clear();
+    }
+    apply_with(lower, upper, WhiteoutSpec::Overlayfs, chunk_map, true);
+}
+
+fn is_opaque(inode: &Inode) -> bool {
+    inode.file_type() == FileType::Directory
+        && inode
+            .xattrs
+            .iter()
+            .any(|(k, v)| k == OVERLAY_OPAQUE_XATTR && v == b"y")
+}
+
+fn apply_with(
+    lower: &mut Tree,
+    upper: &Tree,
+    spec: WhiteoutSpec,
+    chunk_map: &dyn Fn(ChunkId) -> ChunkId,
+    keep_marks: bool,
+) {
     let mut inode_map: HashMap<InodeId, InodeId> = HashMap::new();
     let mut map_inode = |lower: &mut Tree, ino: InodeId, strip_opaque: bool| -> InodeId {
         *inode_map.entry(ino).or_insert_with(|| {
@@ -106,14 +127,14 @@ pub fn apply(
         let root = map_inode(
             lower,
             upper[EntryId::ROOT].inode,
-            spec == WhiteoutSpec::Overlayfs,
+            spec == WhiteoutSpec::Overlayfs && !keep_marks,
         );
         lower[EntryId::ROOT].inode = root;
     }
     let mut stack: Vec<(EntryId, EntryId)> = vec![(EntryId::ROOT, EntryId::ROOT)];
     while let Some((ldir, udir)) = stack.pop() {
         // whiteouts first, so they never hide siblings from the same layer
-        let kept = apply_whiteouts(lower, ldir, upper, udir, spec);
+        let kept = apply_whiteouts(lower, ldir, upper, udir, spec, keep_marks);
         let mut by_name: HashMap<Vec<u8>, EntryId> = lower[ldir]
             .children
             .iter()
@@ -129,6 +150,12 @@ pub fn apply(
                     // a directory the layer only implies leaves the lower one as it was
                     if !(is_dir && lower_is_dir && upper[uino].is_implied_dir()) {
                         lower[l].inode = map_inode(lower, uino, strip);
+                    } else if keep_marks && is_opaque(&upper[uino]) {
+                        let lino = lower[l].inode;
+                        let mut xattrs = lower[lino].xattrs.clone();
+                        xattrs.retain(|(k, _)| k != OVERLAY_OPAQUE_XATTR);
+                        xattrs.push((OVERLAY_OPAQUE_XATTR.to_vec(), b"y".to_vec()));
+                        lower[lino].set_xattrs(xattrs);
                     }
                     if !(is_dir && lower_is_dir) {
                         lower[l].children.clear();
@@ -206,6 +233,7 @@ fn apply_whiteouts(
     upper: &Tree,
     udir: EntryId,
     spec: WhiteoutSpec,
+    keep_marks: bool,
 ) -> Vec<(EntryId, bool)> {
     let mut kept = Vec::new();
     for &u in &upper[udir].children {
@@ -221,6 +249,9 @@ fn apply_whiteouts(
                     .filter(|c| lower[*c].name != target)
                     .collect();
                 lower[ldir].children = keep;
+                if keep_marks {
+                    kept.push((u, false));
+                }
             }
             Whiteout::OpaqueDir => {
                 let existing = lower[ldir]
@@ -231,7 +262,7 @@ fn apply_whiteouts(
                 if let Some(l) = existing {
                     lower[l].children.clear();
                 }
-                kept.push((u, true));
+                kept.push((u, !keep_marks));
             }
             Whiteout::Not => kept.push((u, false)),
         }

@@ -24,6 +24,8 @@ use crate::source::limits::SourceLimits;
 use crate::source::tar::{self, DataLocation};
 
 const BLOCK: u64 = 4096;
+/// The zeros that pad a plain file's last block.
+const ZERO_BLOCK: [u8; BLOCK as usize] = [0; BLOCK as usize];
 /// overlayfs's opaque-directory mark, and the mark of a directory holding whiteouts.
 const OVL_OPAQUE: &[u8] = b"trusted.overlay.opaque";
 const OVL_ORIGIN: &[u8] = b"trusted.overlay.origin";
@@ -204,85 +206,52 @@ fn incremental(opts: &MkfsOptions, input: &mut dyn Read, name: &Path) -> Result<
         if opts.aufs {
             aufs_to_overlayfs(&mut upper)?;
         }
-        let (files, next) = sink.finish()?;
-        (upper, (files, next))
+        (upper, sink.finish()?)
     };
     // the layer's files get chunk ids past the image's, so that they can be told apart after
     // the merge (which keeps chunk ids)
+    let (mut new_files, next_block) = files;
     let n_base = base.chunks.len() as u32;
-    let mut upper_files: Vec<StandaloneFile> = Vec::new();
+    let mut upper_files: Vec<Option<StandaloneFile>> = Vec::new();
     for ino in upper.inode_ids() {
-        if let Some(f) = files.0.get(&ino) {
+        if let Some(f) = new_files.remove(&ino) {
             let id = ChunkId::new(n_base + upper_files.len() as u32);
-            upper_files.push(f.clone());
+            upper_files.push(Some(f));
             if let Some(file) = upper[ino].file_mut() {
                 file.chunks = vec![id];
             }
         }
     }
-    let mut tree = base.tree.clone();
-    hide_under_opaque(&mut tree, &upper);
-    crate::model::overlay::apply(
-        &mut tree,
-        &upper,
-        crate::model::overlay::WhiteoutSpec::None,
-        &|c| c,
-    );
-    let mut tree = tree.compact();
+    let Image {
+        tree: mut lower,
+        chunks: base_chunks,
+        ..
+    } = base;
+    crate::model::overlay::apply_keeping_marks(&mut lower, &upper, &|c| c);
+    let mut tree = lower.compact();
     let mut merged_files = HashMap::new();
     for ino in tree.inode_ids() {
         let Some(f) = tree[ino].file() else { continue };
         let file = match f.chunks.first() {
             None => StandaloneFile::Inline(Vec::new()),
             Some(c) if c.get() < n_base => {
-                let at = base.chunks[c.index()].uncompressed_offset / BLOCK;
+                let at = base_chunks[c.index()].uncompressed_offset / BLOCK;
                 StandaloneFile::Plain {
                     blkaddr: u32::try_from(at)
                         .map_err(|_| Error::Limit("image larger than 2^32 blocks".into()))?,
                 }
             }
-            Some(c) => upper_files[(c.get() - n_base) as usize].clone(),
+            // each of the layer's inodes is in the result once
+            Some(c) => upper_files[(c.get() - n_base) as usize]
+                .take()
+                .ok_or_else(|| Error::Internal("a layer file merged twice".into()))?,
         };
         merged_files.insert(ino, file);
     }
     shape_common(opts, &mut tree);
-    let written = write_metadata(opts, &tree, &merged_files, files.1, tmp.as_file_mut())?;
+    let written = write_metadata(opts, &tree, &merged_files, next_block, tmp.as_file_mut())?;
     persist(tmp, out)?;
     Ok(written)
-}
-
-/// Empties each directory of `tree` that `upper` marks opaque (`trusted.overlay.opaque=y`),
-/// and marks it so: the layer hides what was below it there.
-fn hide_under_opaque(tree: &mut Tree, upper: &Tree) {
-    let mut stack = vec![(EntryId::ROOT, EntryId::ROOT)];
-    while let Some((l, u)) = stack.pop() {
-        let opaque = upper
-            .inode_of(u)
-            .xattrs
-            .iter()
-            .any(|(k, v)| k == OVL_OPAQUE && v == b"y");
-        if opaque {
-            tree[l].children.clear();
-            // a directory the layer only implies keeps the image's inode in the merge: the
-            // mark goes on that one
-            let ino = tree[l].inode;
-            let mut xattrs = tree[ino].xattrs.clone();
-            xattrs.retain(|(k, _)| k != OVL_OPAQUE);
-            xattrs.push((OVL_OPAQUE.to_vec(), b"y".to_vec()));
-            tree[ino].set_xattrs(xattrs);
-            continue;
-        }
-        for uc in upper[u].children.clone() {
-            if !upper.is_dir(uc) {
-                continue;
-            }
-            if let Some(lc) = tree.child(l, &upper[uc].name) {
-                if tree.is_dir(lc) {
-                    stack.push((lc, uc));
-                }
-            }
-        }
-    }
 }
 
 /// [`mkfs`] of a directory: its files' data in numbering order.
@@ -533,9 +502,7 @@ impl<'a> DataWriter<'a> {
         compression: Option<ErofsCompression>,
     ) -> Result<Self> {
         let mut w = DataWriter::at(file, image, compression, 0)?;
-        w.out
-            .write_all(&[0u8; BLOCK as usize])
-            .ctx("write", image)?;
+        w.out.write_all(&ZERO_BLOCK).ctx("write", image)?;
         w.next_block = 1;
         Ok(w)
     }
@@ -630,7 +597,7 @@ impl<'a> DataWriter<'a> {
         }
         let pad = (BLOCK - size % BLOCK) % BLOCK;
         self.out
-            .write_all(&vec![0u8; pad as usize])
+            .write_all(&ZERO_BLOCK[..pad as usize])
             .ctx("write", self.image)?;
         self.next_block += size.div_ceil(BLOCK);
         Ok(StandaloneFile::Plain { blkaddr })

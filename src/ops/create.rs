@@ -898,6 +898,70 @@ impl tar::FileData for PipelineFiles<'_, '_> {
     }
 }
 
+/// A tar read for tarfs: its tree, each file's chunks where the tar holds them, the one blob
+/// table entry naming the tar (none when it holds no file data, as upstream) and its size.
+pub(crate) struct TarfsRead {
+    pub tree: Tree,
+    pub chunks: Vec<crate::model::ChunkInfo>,
+    pub blobs: Vec<BlobEntry>,
+    pub tar_size: u64,
+}
+
+/// Reads the tar `raw` (which must not be compressed: its file data is referenced in place)
+/// to its end; the blob id is `blob_id`, else the tar's sha256 (formats/rafs-v6.md §18).
+pub(crate) fn read_tarfs(
+    raw: Box<dyn std::io::Read + Send + '_>,
+    source: &Path,
+    chunk_size: u32,
+    limits: &SourceLimits,
+    blob_id: Option<String>,
+) -> Result<TarfsRead> {
+    let mut hashing = tar::Digesting::new(raw, true);
+    let mut chunks = tar::TarfsChunks {
+        chunk_size,
+        chunks: Vec::new(),
+    };
+    let tree = {
+        let (mut input, compression) =
+            tar::decompress(Box::new(&mut hashing), source, limits.decompress_memory)?;
+        if compression != tar::Compression::None {
+            return Err(Error::Unsupported {
+                path: source.to_path_buf(),
+                reason: format!(
+                    "tar-tarfs references file data inside the tar, so the tar must not be compressed (this one is {})",
+                    compression.name()
+                ),
+            });
+        }
+        let tree = tar::read_tar_limited(&mut input, source, &mut chunks, limits.entries)
+            .map_err(|e| crate::error::in_file(source, e))?;
+        // the tar's end blocks and padding are the device's too
+        std::io::copy(&mut input, &mut std::io::sink()).ctx("read", source)?;
+        tree
+    };
+    let (tar_size, sha256) = hashing.finish();
+    let id = blob_id.unwrap_or(sha256.unwrap_or_default());
+    let blobs = if chunks.chunks.is_empty() {
+        Vec::new()
+    } else {
+        vec![BlobEntry {
+            chunk_count: chunks.chunks.len() as u32,
+            compressed_size: tar_size,
+            uncompressed_size: tar_size,
+            features: BlobFeatures::TARFS | BlobFeatures::CAP_TAR_TOC,
+            // no chunk-info array; upstream leaves the header default (lz4) here
+            ci_compressor: Compressor::Lz4Block.code(),
+            ..BlobEntry::new(id, Compressor::None, Digester::Sha256)
+        }]
+    };
+    Ok(TarfsRead {
+        tree,
+        chunks: chunks.chunks,
+        blobs,
+        tar_size,
+    })
+}
+
 /// `tar-tarfs`: a bootstrap with 512-byte blocks whose chunks point at the file data inside
 /// the tar, which is the image's only device (formats/rafs-v6.md §18). No blob is written; the
 /// blob id is the sha256 of the tar.
@@ -910,32 +974,19 @@ fn create_tarfs(opts: &CreateOptions, progress: &dyn Progress) -> Result<CreateO
     let (raw, size) = tar::open_raw(&opts.source)?;
     progress.start(0, size.unwrap_or(0));
     let report = |n: u64| progress.advance(n);
-    let mut hashing = tar::Digesting::new(tar::Counting::new(raw, &report), true);
-    let mut chunks = tar::TarfsChunks {
-        chunk_size: opts.chunk_size,
-        chunks: Vec::new(),
-    };
-    let tree = {
-        let (mut input, compression) = tar::decompress(
-            Box::new(&mut hashing),
-            &opts.source,
-            opts.limits.decompress_memory,
-        )?;
-        if compression != tar::Compression::None {
-            return Err(Error::Unsupported {
-                path: opts.source.clone(),
-                reason: format!(
-                    "tar-tarfs references file data inside the tar, so the tar must not be compressed (this one is {})",
-                    compression.name()
-                ),
-            });
-        }
-        tar::read_tar_limited(&mut input, &opts.source, &mut chunks, opts.limits.entries)
-            .map_err(|e| crate::error::in_file(&opts.source, e))?
-    };
-    let (tar_size, sha256) = hashing.finish();
-    let sha256 = sha256.unwrap_or_default();
-    let id = opts.blob_id.clone().unwrap_or(sha256);
+    let read = read_tarfs(
+        Box::new(tar::Counting::new(raw, &report)),
+        &opts.source,
+        opts.chunk_size,
+        &opts.limits,
+        opts.blob_id.clone(),
+    )?;
+    let TarfsRead {
+        tree,
+        chunks,
+        blobs,
+        tar_size,
+    } = read;
     timings.insert("load_tree".into(), t0.elapsed().as_secs_f64());
 
     let file_count = tree
@@ -943,38 +994,14 @@ fn create_tarfs(opts: &CreateOptions, progress: &dyn Progress) -> Result<CreateO
         .iter()
         .filter(|i| i.file_type() == FileType::Regular && !i.chunks().is_empty())
         .count() as u64;
-    let data_bytes: u64 = chunks
-        .chunks
-        .iter()
-        .map(|c| u64::from(c.uncompressed_size))
-        .sum();
-    // like upstream, a tar without file data needs no device
-    let blobs: Vec<BlobEntry> = if chunks.chunks.is_empty() {
-        Vec::new()
-    } else {
-        vec![BlobEntry {
-            chunk_count: chunks.chunks.len() as u32,
-            compressed_size: tar_size,
-            uncompressed_size: tar_size,
-            features: BlobFeatures::TARFS | BlobFeatures::CAP_TAR_TOC,
-            // no chunk-info array; upstream leaves the header default (lz4) here
-            ci_compressor: Compressor::Lz4Block.code(),
-            ..BlobEntry::new(id.clone(), Compressor::None, Digester::Sha256)
-        }]
-    };
+    let data_bytes: u64 = chunks.iter().map(|c| u64::from(c.uncompressed_size)).sum();
     let t2 = Instant::now();
     let eopts = EncodeOptions {
-        chunk_size: opts.chunk_size,
-        compressor: Compressor::None,
-        digester: Digester::Sha256,
         explicit_uid_gid: !opts.repeatable,
-        block_size: v6::encode::TARFS_BLOCK_SIZE,
-        tarfs: true,
-        single_device: false,
         prefetch: opts.prefetch.table(&tree),
-        has_xattr: false,
+        ..EncodeOptions::tarfs(opts.chunk_size)
     };
-    let bytes = v6::encode(&tree, &chunks.chunks, &blobs, &eopts)?;
+    let bytes = v6::encode(&tree, &chunks, &blobs, &eopts)?;
     timings.insert("dump_bootstrap".into(), t2.elapsed().as_secs_f64());
     let path = bootstrap_path(opts.bootstrap.as_deref(), opts.blob_dir.as_deref(), &bytes)?;
     let mut outputs = Outputs::new();
@@ -991,8 +1018,8 @@ fn create_tarfs(opts: &CreateOptions, progress: &dyn Progress) -> Result<CreateO
         entries: tree.entries.len() as u64,
         files: file_count,
         data_bytes,
-        chunks: chunks.chunks.len() as u64,
-        unique_chunks: chunks.chunks.len() as u64,
+        chunks: chunks.len() as u64,
+        unique_chunks: chunks.len() as u64,
         compressor: Compressor::None,
         fs_version: 6,
         timings,

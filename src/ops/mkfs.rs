@@ -290,50 +290,22 @@ fn full_image(
 /// (formats/rafs-v6.md §18) whose device slot places the tar at the block right after the
 /// index, which is padded (sparsely) up to there, so that `[index][tar]` mounts as one file.
 fn tar_index(opts: &MkfsOptions, path: &Path) -> Result<MkfsOutput> {
-    use crate::format::blob::BlobFeatures;
-    use crate::model::BlobEntry;
     use crate::rafs::v6;
     let (raw, _) = tar::open_raw(path)?;
-    let mut hashing = tar::Digesting::new(raw, true);
-    let mut chunks = tar::TarfsChunks {
-        chunk_size: crate::format::blob::DEFAULT_CHUNK_SIZE,
-        chunks: Vec::new(),
-    };
-    let mut tree = tar::read_tar_limited(&mut hashing, path, &mut chunks, opts.limits.entries)
-        .map_err(|e| crate::error::in_file(path, e))?;
-    // the tar's end blocks and padding belong to the device too
-    std::io::copy(&mut hashing, &mut std::io::sink()).ctx("read", path)?;
-    let (tar_size, sha256) = hashing.finish();
-    let sha256 = sha256.unwrap_or_default();
+    let chunk_size = crate::format::blob::DEFAULT_CHUNK_SIZE;
+    let crate::ops::create::TarfsRead {
+        mut tree,
+        chunks,
+        blobs,
+        ..
+    } = crate::ops::create::read_tarfs(raw, path, chunk_size, &opts.limits, None)?;
     if opts.aufs {
         aufs_to_overlayfs(&mut tree)?;
     }
     implied_dirs(&mut tree, opts);
     shape_common(opts, &mut tree);
-    let blobs: Vec<BlobEntry> = if chunks.chunks.is_empty() {
-        Vec::new()
-    } else {
-        vec![BlobEntry {
-            chunk_count: chunks.chunks.len() as u32,
-            compressed_size: tar_size,
-            uncompressed_size: tar_size,
-            features: BlobFeatures::TARFS | BlobFeatures::CAP_TAR_TOC,
-            ci_compressor: Compressor::Lz4Block.code(),
-            ..BlobEntry::new(sha256, Compressor::None, Digester::Sha256)
-        }]
-    };
-    let eopts = EncodeOptions {
-        chunk_size: crate::format::blob::DEFAULT_CHUNK_SIZE,
-        compressor: Compressor::None,
-        digester: Digester::Sha256,
-        explicit_uid_gid: true,
-        block_size: v6::encode::TARFS_BLOCK_SIZE,
-        tarfs: true,
-        single_device: false,
-        prefetch: Vec::new(),
-        has_xattr: false,
-    };
-    let mut bytes = v6::encode(&tree, &chunks.chunks, &blobs, &eopts)?;
+    let eopts = EncodeOptions::tarfs(chunk_size);
+    let mut bytes = v6::encode(&tree, &chunks, &blobs, &eopts)?;
     stamp_identity(&mut bytes, opts)?;
     // where the tar starts: the device slot's mapped block (512-byte blocks)
     let tar_at = v6::encode::mapped_blkaddrs(bytes.len() as u64, &blobs, eopts.block_size)

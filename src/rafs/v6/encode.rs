@@ -50,6 +50,17 @@ pub struct EncodeOptions {
 }
 
 impl EncodeOptions {
+    /// A tar-tarfs bootstrap (512-byte blocks, formats/rafs-v6.md §18): uid/gid kept, no
+    /// prefetch table.
+    pub fn tarfs(chunk_size: u32) -> EncodeOptions {
+        EncodeOptions {
+            digester: Digester::Sha256,
+            block_size: TARFS_BLOCK_SIZE,
+            tarfs: true,
+            ..EncodeOptions::standalone(chunk_size)
+        }
+    }
+
     /// A plain EROFS image of 4096-byte blocks (no RAFS settings matter): uid/gid kept, no
     /// prefetch table; `chunk_size` for chunk-based files (a merge's, or none at all).
     pub fn standalone(chunk_size: u32) -> EncodeOptions {

@@ -441,14 +441,23 @@ const RUN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(300);
 /// closed), as the clients' `exec.Command` with `cmd.Stdin = strings.NewReader(...)` does.
 /// Standard output and error are read while it runs; a run over five minutes fails the test.
 pub fn run_with_stdin(args: &[&str], stdin: &[u8]) -> Output {
+    let out = run_program(Path::new(bin()), args, stdin);
+    if out.status.success() {
+        audit_bootstraps(args);
+    }
+    out
+}
+
+/// [`run_with_stdin`] for any program (the binary under another name, a reference tool).
+pub fn run_program(program: &Path, args: &[&str], stdin: &[u8]) -> Output {
     use std::io::{Read, Write};
-    let mut child = Command::new(bin())
+    let mut child = Command::new(program)
         .args(args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .expect("spawn erofs-forge");
+        .unwrap_or_else(|e| panic!("spawn {}: {e}", program.display()));
     let mut input = child.stdin.take().unwrap();
     let data = stdin.to_vec();
     let feeder = std::thread::spawn(move || {
@@ -471,14 +480,14 @@ pub fn run_with_stdin(args: &[&str], stdin: &[u8]) -> Output {
         }
         if start.elapsed() > RUN_TIMEOUT {
             let _ = child.kill();
-            panic!("erofs-forge {args:?} did not finish in {RUN_TIMEOUT:?}");
+            panic!(
+                "{} {args:?} did not finish in {RUN_TIMEOUT:?}",
+                program.display()
+            );
         }
         std::thread::sleep(std::time::Duration::from_millis(20));
     };
     feeder.join().unwrap();
-    if status.success() {
-        audit_bootstraps(args);
-    }
     Output {
         status,
         stdout: out_t.join().unwrap(),

@@ -26,16 +26,13 @@ use crate::umoci_image::{blob, image_and_rootfs, manifest_of};
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 
 /// The UUID every compared call fixes (`-U`): the two superblocks' must agree.
 const UUID: &str = "6f1c1b5e-6d2a-4c1e-9a57-3d1f0f6c2b10";
 
 /// A tree as [`manifest`] describes it, keyed by path.
 type Tree = BTreeMap<Vec<u8>, Desc>;
-
-/// How long one run may take before the test calls it a hang.
-const RUN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(300);
 
 /// The calls compared on a tar (`IMG` stands for the image each writes): the plain call of
 /// container tools, with each compressor setting, stripped and reproducible, with fixed
@@ -159,53 +156,6 @@ fn ours(dir: &Path) -> PathBuf {
     link
 }
 
-/// Runs `program` with `args`, `stdin` written to a pipe (then closed) while standard output
-/// and error are read; a run over five minutes fails the test.
-fn run(program: &Path, args: &[&str], stdin: &[u8]) -> Output {
-    let mut child = Command::new(program)
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("spawn {}: {e}", program.display()));
-    let mut input = child.stdin.take().unwrap();
-    let data = stdin.to_vec();
-    // the program may not read its input at all: a broken pipe is fine
-    let feeder = std::thread::spawn(move || {
-        let _ = input.write_all(&data);
-    });
-    let read_all = |mut r: Box<dyn Read + Send>| {
-        std::thread::spawn(move || {
-            let mut v = Vec::new();
-            let _ = r.read_to_end(&mut v);
-            v
-        })
-    };
-    let out_t = read_all(Box::new(child.stdout.take().unwrap()));
-    let err_t = read_all(Box::new(child.stderr.take().unwrap()));
-    let start = std::time::Instant::now();
-    let status = loop {
-        if let Some(st) = child.try_wait().unwrap() {
-            break st;
-        }
-        if start.elapsed() > RUN_TIMEOUT {
-            let _ = child.kill();
-            panic!(
-                "{} {args:?} did not finish in {RUN_TIMEOUT:?}",
-                program.display()
-            );
-        }
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    };
-    feeder.join().unwrap();
-    Output {
-        status,
-        stdout: out_t.join().unwrap(),
-        stderr: err_t.join().unwrap(),
-    }
-}
-
 /// `call` with `IMG` replaced by `image`, and any further operands.
 fn argv<'a>(call: &[&'a str], image: &'a Path, operands: &[&'a str]) -> Vec<&'a str> {
     let mut v: Vec<&str> = call
@@ -218,7 +168,7 @@ fn argv<'a>(call: &[&'a str], image: &'a Path, operands: &[&'a str]) -> Vec<&'a 
 
 /// Runs `program` and fails the test, with its stderr, unless it succeeded.
 fn run_ok(program: &Path, args: &[&str], stdin: &[u8]) {
-    let out = run(program, args, stdin);
+    let out = run_program(program, args, stdin);
     assert!(
         out.status.success(),
         "{} {args:?} failed ({}):\n{}",
@@ -796,7 +746,7 @@ fn bad_input_is_one_line_and_leaves_nothing() {
         ),
     ];
     for (what, args, stdin, starts) in cases {
-        let out = run(&link, &args, stdin);
+        let out = run_program(&link, &args, stdin);
         let line = one_line_failure(what, &out);
         if let Some(p) = starts {
             assert!(line.starts_with(p), "{what}: {line:?}");
@@ -817,7 +767,7 @@ fn help_and_version() {
     let w = scratch();
     let link = ours(w.path());
     for args in [&["--help"][..], &["-h"][..]] {
-        let out = run(&link, args, b"");
+        let out = run_program(&link, args, b"");
         assert_ok(&out);
         let text = String::from_utf8_lossy(&out.stdout);
         // containerd's probe for tar support
@@ -827,7 +777,7 @@ fn help_and_version() {
     assert_ok(&sub);
     assert!(String::from_utf8_lossy(&sub.stdout).contains("--tar="));
     for args in [&["-V"][..], &["--version"][..]] {
-        let out = run(&link, args, b"");
+        let out = run_program(&link, args, b"");
         assert_ok(&out);
         let text = String::from_utf8_lossy(&out.stdout);
         assert!(
@@ -1246,7 +1196,7 @@ fn incremental_layers_equal_mkfs_erofs_1_9() {
     let zcall = ["--tar=f", "--quiet", "-zlz4hc", "IMG"];
     run_ok(&ours(w.path()), &argv(&zcall, &packed, &[]), &tars[0]);
     let before = std::fs::read(&packed).unwrap();
-    let out = run(&ours(w.path()), &argv(&more, &packed, &[]), &tars[1]);
+    let out = run_program(&ours(w.path()), &argv(&more, &packed, &[]), &tars[1]);
     let err = one_line_failure("incremental onto compressed files", &out);
     assert!(err.contains("compressed"), "{err}");
     assert!(

@@ -555,11 +555,16 @@ pub fn parse_hex_u64(s: &str) -> Result<u64, String> {
 
 /// Sizes in decimal or `0x` hex.
 pub fn parse_size(s: &str) -> Result<u32, String> {
-    let v = match s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
-        Some(h) => u32::from_str_radix(h, 16),
+    let v = parse_number(s).map_err(|e| format!("invalid size {s:?}: {e}"))?;
+    u32::try_from(v).map_err(|e| format!("invalid size {s:?}: {e}"))
+}
+
+/// A number in decimal or `0x` hex.
+pub fn parse_number(s: &str) -> Result<u64, std::num::ParseIntError> {
+    match s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
+        Some(h) => u64::from_str_radix(h, 16),
         None => s.parse(),
-    };
-    v.map_err(|e| format!("invalid size {s:?}: {e}"))
+    }
 }
 
 /// A memory size: decimal bytes, or with a binary `K`, `M`, `G` or `T` suffix (`KiB`... too).

@@ -495,12 +495,7 @@ fn extended(v: &str) -> Result<(), String> {
 }
 
 fn number(v: &str, what: &str) -> Result<u64, String> {
-    let t = v.trim();
-    let parsed = match t.strip_prefix("0x") {
-        Some(h) => u64::from_str_radix(h, 16),
-        None => t.parse(),
-    };
-    parsed.map_err(|_| format!("invalid {what} value '{v}'"))
+    crate::args::parse_number(v.trim()).map_err(|_| format!("invalid {what} value '{v}'"))
 }
 
 fn id(v: &str, what: &str) -> Result<u32, String> {

@@ -216,7 +216,7 @@ fn add_dict_blobs(image: &mut Image, dict: Option<&Image>) -> Vec<u32> {
         let slot = match image.blobs.iter().position(|x| x.id == b.id) {
             Some(i) => i,
             None => {
-                image.blobs.push(b.referenced_from_outside());
+                image.blobs.push(b.clone());
                 image.blobs.len() - 1
             }
         };

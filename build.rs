@@ -16,6 +16,7 @@ const FLAGS: &[&str] = &[
     "no_veritysetup",
     "no_umoci",
     "no_skopeo",
+    "no_registry",
     "no_gnu_tar",
     "no_compressors",
     "no_py_crypto",
@@ -59,6 +60,13 @@ fn main() {
     set("no_veritysetup", !have("veritysetup"));
     set("no_umoci", !have("umoci"));
     set("no_skopeo", !have("skopeo"));
+    // Debian's docker-registry (the CNCF distribution registry): the registry tests start one
+    // on 127.0.0.1 (tests/cli/registry.rs), with apache2-utils' htpasswd for its basic auth
+    set(
+        "no_registry",
+        !((have("docker-registry") || Path::new("/usr/bin/docker-registry").is_file())
+            && have("htpasswd")),
+    );
     set("no_gnu_tar", !gnu_tar());
     set(
         "no_compressors",

@@ -139,6 +139,16 @@ pub enum Error {
         /// What failed.
         reason: String,
     },
+    /// A registry refused or failed a request (after the retries allowed).
+    #[error("registry {registry}: {what}: {reason}")]
+    Registry {
+        /// The registry host.
+        registry: String,
+        /// What was asked of it (naming the blob or manifest and the repository).
+        what: String,
+        /// Its answer, or why there was none.
+        reason: String,
+    },
     /// An error inside a named input file (a bootstrap, a blob, a tar archive) whose own
     /// message does not name the file: the file, then that error.
     #[error("{path}: {source}")]
@@ -194,7 +204,8 @@ pub fn in_file(path: &std::path::Path, e: Error) -> Error {
         | Error::Internal(_)
         | Error::DecompressMemory { .. }
         | Error::TooManyEntries { .. }
-        | Error::InFile { .. } => e,
+        | Error::InFile { .. }
+        | Error::Registry { .. } => e,
         _ => Error::InFile {
             path: path.to_path_buf(),
             source: Box::new(e),

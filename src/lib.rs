@@ -33,6 +33,7 @@ mod io;
 mod model;
 pub mod ops;
 mod rafs;
+mod registry;
 mod source;
 
 pub use codec::cipher::{BlobKey, CipherError};
@@ -46,7 +47,9 @@ pub use model::{
     BlobEntry, BlobRefs, ChunkId, ChunkInfo, DataSource, Entry, EntryId, FileType, Image, Inode,
     InodeId, InodeKind, RegularFile, Tree,
 };
+pub use registry::{ImageRef, Transport};
 pub use source::limits::{SourceLimits, DEFAULT_MAX_DECOMPRESS_MEMORY, DEFAULT_MAX_ENTRIES};
+pub use source::oci::Platform;
 
 /// Reading images: bootstraps (ours and upstream's, v5 and v6, plain or inlined at the end of a
 /// blob) decoded into an [`Image`], and chunk data read back from its blobs.
@@ -90,6 +93,6 @@ pub mod fuzzing {
     pub use crate::format::blob::{BlobMetaHeader, TocEntry};
     pub use crate::format::zran::ZranContext;
     pub use crate::ops::targz_ref::{scan_layer, ScannedLayer};
-    pub use crate::source::oci::Store as OciStore;
     pub use crate::source::oci::{open_image, Image as OciImage, Layer as OciLayer, Platform};
+    pub use crate::source::oci::{RemoteFiles as OciRemoteFiles, Store as OciStore};
 }

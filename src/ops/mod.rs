@@ -5,6 +5,7 @@ pub mod bench;
 pub mod check;
 pub mod chunkdict;
 pub mod compact;
+pub mod convert;
 pub mod create;
 pub mod dump;
 pub mod export;

@@ -117,6 +117,27 @@ pub fn create_oci(
     platform: Option<&str>,
     progress: &dyn Progress,
 ) -> Result<OciOutput> {
+    let want = wanted(platform)?;
+    let image = open_source(opts, &want)?;
+    create_oci_image(opts, image, want, progress)
+}
+
+/// The platform asked for, or this machine's.
+fn wanted(platform: Option<&str>) -> Result<Platform> {
+    match platform {
+        Some(p) => Platform::parse(p),
+        None => Ok(Platform::host()),
+    }
+}
+
+/// Converts an image already opened (from a layout, an archive or a registry) into a nydus
+/// image laid out in `opts.blob_dir`; `want` names its platform when the image does not.
+pub(crate) fn create_oci_image(
+    opts: &CreateOptions,
+    image: oci::Image,
+    want: Platform,
+    progress: &dyn Progress,
+) -> Result<OciOutput> {
     let Target {
         final_dir,
         dir,
@@ -124,7 +145,7 @@ pub fn create_oci(
         want,
         image,
         mut blobs,
-    } = Target::open(opts, platform)?;
+    } = Target::open(opts, want, image)?;
     // where a path inside the layout will be once it is in place
     let placed = |p: &Path| match p.strip_prefix(&dir) {
         Ok(rel) => final_dir.join(rel),
@@ -238,6 +259,18 @@ pub fn create_oci_erofs(
     platform: Option<&str>,
     compression: Option<crate::ops::export_compressed::ErofsCompression>,
 ) -> Result<OciErofsOutput> {
+    let want = wanted(platform)?;
+    let image = open_source(opts, &want)?;
+    create_oci_erofs_image(opts, image, want, compression)
+}
+
+/// [`create_oci_erofs`] of an image already opened.
+pub(crate) fn create_oci_erofs_image(
+    opts: &CreateOptions,
+    image: oci::Image,
+    want: Platform,
+    compression: Option<crate::ops::export_compressed::ErofsCompression>,
+) -> Result<OciErofsOutput> {
     let Target {
         final_dir,
         dir,
@@ -245,7 +278,7 @@ pub fn create_oci_erofs(
         want,
         image,
         mut blobs,
-    } = Target::open(opts, platform)?;
+    } = Target::open(opts, want, image)?;
     let work = crate::io::staged::ScratchDir::new_in(&dir)?;
     let mut layers = Layers {
         layers: Vec::new(),
@@ -369,8 +402,9 @@ struct Target {
 }
 
 impl Target {
-    fn open(opts: &CreateOptions, platform: Option<&str>) -> Result<Target> {
+    fn open(opts: &CreateOptions, want: Platform, image: oci::Image) -> Result<Target> {
         let final_dir = check_options(opts)?.to_path_buf();
+        check_layers(&image)?;
         let mut outputs = Outputs::new();
         let dir = if std::fs::symlink_metadata(&final_dir).is_err() {
             let tmp = temp_dir_beside(&final_dir)?;
@@ -379,11 +413,6 @@ impl Target {
         } else {
             final_dir.clone()
         };
-        let want = match platform {
-            Some(p) => Platform::parse(p)?,
-            None => Platform::host(),
-        };
-        let image = open_source(opts, &want)?;
         let mut blobs = Blobs {
             dir: dir.join("blobs/sha256"),
             created: NewPaths::default(),
@@ -400,7 +429,7 @@ impl Target {
     }
 }
 
-/// Opens the source image and checks that every layer is one this tool can read.
+/// Opens the source image.
 fn open_source(opts: &CreateOptions, want: &Platform) -> Result<oci::Image> {
     let image = oci::open_image(&opts.source, want)?;
     log::info!(
@@ -414,6 +443,11 @@ fn open_source(opts: &CreateOptions, want: &Platform) -> Result<oci::Image> {
             .unwrap_or_else(|| "unnamed platform".into()),
         image.found_in
     );
+    Ok(image)
+}
+
+/// Checks that every layer of the image is one this tool can read.
+fn check_layers(image: &oci::Image) -> Result<()> {
     for (i, l) in image.layers.iter().enumerate() {
         if !readable_layer(&l.media_type) {
             return Err(Error::Unsupported {
@@ -425,7 +459,7 @@ fn open_source(opts: &CreateOptions, want: &Platform) -> Result<oci::Image> {
             });
         }
     }
-    Ok(image)
+    Ok(())
 }
 
 /// Builds each layer (its digests checked as it streams) into `work`; returns their bootstraps.

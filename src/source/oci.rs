@@ -36,7 +36,18 @@ pub const REF_NAME: &str = "org.opencontainers.image.ref.name";
 /// Index annotation docker and containerd use for the full image name.
 const CONTAINERD_NAME: &str = "io.containerd.image.name";
 
-/// Where an image's files are: a directory, or a plain tar indexed once.
+/// An image's files served from elsewhere (a registry), by their names in an image layout
+/// (`index.json`, `blobs/sha256/<hex>`).
+pub trait RemoteFiles: Send + Sync {
+    /// Names the store in messages (`registry/repository`).
+    fn location(&self) -> &Path;
+    /// Whether a file of that name is there.
+    fn exists(&self, name: &str) -> bool;
+    /// A reader of a file's bytes as they arrive, and its size (0 when unknown).
+    fn reader(&self, name: &str) -> Result<(Box<dyn Read + Send>, u64)>;
+}
+
+/// Where an image's files are: a directory, a plain tar indexed once, or a registry.
 pub enum Store {
     /// An image layout directory.
     Dir(PathBuf),
@@ -47,6 +58,8 @@ pub enum Store {
         /// Name → (offset of the data, size).
         files: HashMap<String, (u64, u64)>,
     },
+    /// A registry's repository, seen as an image layout.
+    Remote(Box<dyn RemoteFiles>),
 }
 
 impl Store {
@@ -67,6 +80,7 @@ impl Store {
         match self {
             Store::Dir(p) => p,
             Store::Archive { path, .. } => path,
+            Store::Remote(r) => r.location(),
         }
     }
 
@@ -80,6 +94,7 @@ impl Store {
         match self {
             Store::Dir(d) => safe_name(name).is_some() && d.join(name).is_file(),
             Store::Archive { files, .. } => files.contains_key(&normalise(name)),
+            Store::Remote(r) => r.exists(name),
         }
     }
 
@@ -110,6 +125,7 @@ impl Store {
                 f.seek(SeekFrom::Start(offset)).ctx("seek", path)?;
                 Ok((Box::new(f.take(size)), size))
             }
+            Store::Remote(r) => r.reader(name),
         }
     }
 
@@ -124,9 +140,15 @@ impl Store {
             )));
         }
         let mut bytes = Vec::with_capacity(size as usize);
-        r.take(MAX_JSON)
+        r.take(MAX_JSON + 1)
             .read_to_end(&mut bytes)
             .ctx("read", &path)?;
+        if bytes.len() as u64 > MAX_JSON {
+            return Err(Error::Limit(format!(
+                "{}: {size} bytes of JSON, at most {MAX_JSON} are read",
+                path.display()
+            )));
+        }
         serde_json::from_slice(&bytes).map_err(|e| Error::Unsupported {
             path,
             reason: format!("invalid JSON: {e}"),
@@ -375,7 +397,7 @@ impl Platform {
     }
 
     /// The platform an index descriptor or a config states, if it states one.
-    fn of(v: &Value) -> Option<Platform> {
+    pub fn of(v: &Value) -> Option<Platform> {
         let os = v.get("os")?.as_str()?;
         let arch = v.get("architecture")?.as_str()?;
         Some(Platform {
@@ -387,7 +409,7 @@ impl Platform {
 
     /// Whether an image of platform `have` runs here: os and architecture equal; a variant
     /// asked for must match (arm64 without a variant counts as v8).
-    fn accepts(&self, have: &Platform) -> bool {
+    pub fn accepts(&self, have: &Platform) -> bool {
         if self.os != have.os || self.architecture != have.architecture {
             return false;
         }
@@ -589,7 +611,13 @@ fn unnamed(store: &Store, reference: &str, offered: &[String]) -> Error {
 /// Opens `source` (`PATH` or `PATH:REF`) and picks the image for `want`.
 pub fn open_image(source: &Path, want: &Platform) -> Result<Image> {
     let (path, reference) = split_ref(source);
-    let store = Store::open(&path)?;
+    open_store(Store::open(&path)?, reference.as_deref(), want)
+}
+
+/// Picks the image for `want` (named `reference`, if given) from an opened store.
+pub fn open_store(store: Store, reference: Option<&str>, want: &Platform) -> Result<Image> {
+    let path = store.path().to_path_buf();
+    let reference = reference.map(str::to_string);
     if store.exists("index.json") {
         let index = store.json("index.json")?;
         let mut found = Vec::new();

@@ -18,7 +18,7 @@ pub const LAYERS: &[&[&str]] = &[
     &["model"],
     &["rafs", "blob"],
     &["chunk"],
-    &["source"],
+    &["source", "registry"],
     &["ops"],
     &["bin"],
 ];

@@ -14,7 +14,9 @@ use anyhow::{bail, Context, Result};
 
 /// Debian packages the tests call: the kernel-mount and fsck checks (erofs-utils), the full
 /// fixture tree (attr, acl, libcap2-bin, python3), dm-verity (cryptsetup-bin), tar layers (tar,
-/// gzip, zstd, xz-utils), OCI images (umoci, skopeo), `report --html` rendered headless (chromium).
+/// gzip, zstd, xz-utils), OCI images (umoci, skopeo), a real registry to push to and pull from
+/// (docker-registry, with apache2-utils' htpasswd for its auth), `report --html` rendered headless
+/// (chromium).
 /// (erofs-utils here is Debian's 1.5; the mkfs.erofs front end is compared with 1.9, which
 /// [`install_erofs_utils_19`] builds beside, never installing it.)
 const PACKAGES: &[&str] = &[
@@ -33,6 +35,8 @@ const PACKAGES: &[&str] = &[
     "xz-utils",
     "umoci",
     "skopeo",
+    "docker-registry",
+    "apache2-utils",
     "chromium",
 ];
 

@@ -82,6 +82,9 @@ pub enum Command {
     /// Rewrite the sparsely used blobs of an image (dropping unused data, merging small
     /// blobs) and write a new bootstrap.
     Compact(CompactArgs),
+    /// Convert an image in a registry into a nydus (or native EROFS) image pushed to a
+    /// registry, as `nydusify convert` does.
+    Convert(crate::convert::ConvertArgs),
     /// Chunk dictionaries: `generate` one from several images.
     Chunkdict {
         #[command(subcommand)]

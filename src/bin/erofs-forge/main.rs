@@ -6,6 +6,7 @@
 
 mod analyse;
 mod args;
+mod convert;
 mod mkfs;
 mod out;
 mod report;

@@ -44,7 +44,7 @@ pub enum CreatePlan {
 }
 
 /// `--erofs-compressor ALG[,LEVEL]`.
-fn erofs_compression(v: &str) -> Result<ErofsCompression> {
+pub fn erofs_compression(v: &str) -> Result<ErofsCompression> {
     let (name, level) = match v.split_once(',') {
         Some((n, l)) => (
             n,

@@ -96,6 +96,7 @@ pub fn run(command: Command) -> Result<()> {
         Command::Optimize(a) => {
             report::optimized(&ops::optimize::optimize(&resolve::optimize(a)?)?)
         }
+        Command::Convert(a) => crate::convert::run(a)?,
         Command::Compact(a) => report::compacted(&ops::compact::compact(&resolve::compact(a)?)?),
         Command::Chunkdict {
             command: ChunkdictCommand::Generate(a),

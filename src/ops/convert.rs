@@ -1,0 +1,800 @@
+//! `convert`: registry to registry, as `nydusify convert` does it (formats/oci.md §7). The
+//! source image's manifests are read from its registry (or an OCI layout or archive); each
+//! chosen platform's layers stream from the registry straight into the same conversion
+//! `create -t oci` runs (their digests checked as they arrive, nothing of the source kept on
+//! disk), and the converted blobs, config, manifests and, last, the index or tag are pushed.
+//! A failed run leaves no tag: the tag is written by the last request.
+
+use std::collections::HashMap;
+use std::io::{Cursor, Read};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use serde_json::{json, Value};
+use sha2::{Digest as _, Sha256};
+
+use crate::error::{Error, IoContext, Result};
+use crate::io::staged::{write_temp, Outputs, ScratchDir};
+use crate::ops::create::{CreateOptions, NoProgress};
+use crate::ops::export_compressed::ErofsCompression;
+use crate::ops::oci::{self as oci_ops, LayerFormat};
+use crate::registry::{Client, ImageRef, Manifest, Transport};
+use crate::source::oci::{self, Platform, RemoteFiles, Store};
+
+const MEDIA_OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+const MEDIA_OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+const MEDIA_DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
+const MEDIA_DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
+const MEDIA_DOCKER_CONFIG: &str = "application/vnd.docker.container.image.v1+json";
+const MEDIA_DOCKER_LAYER_GZIP: &str = "application/vnd.docker.image.rootfs.diff.tar.gzip";
+const MEDIA_OCI_LAYER_GZIP: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
+/// The artifact type nydusify gives the nydus entries of a merged index.
+const ARTIFACT_NYDUS: &str = "application/vnd.nydus.image.manifest.v1+json";
+
+/// Where an image is: a registry, an OCI image layout directory, or an OCI archive.
+#[derive(Debug, Clone)]
+pub enum ImageLocation {
+    /// `[host[:port]/]repository[:tag]` in a registry.
+    Registry(ImageRef),
+    /// `oci:DIR[:TAG]`.
+    Layout {
+        /// The layout directory.
+        dir: PathBuf,
+        /// The image's name in its index.json.
+        tag: Option<String>,
+    },
+    /// `oci-archive:FILE` (read only).
+    Archive(PathBuf),
+}
+
+impl ImageLocation {
+    /// Parses a reference as skopeo and nydusify spell them (`docker://` optional).
+    pub fn parse(s: &str) -> Result<ImageLocation> {
+        if let Some(rest) = s.strip_prefix("oci:") {
+            let (dir, tag) = match rest.rsplit_once(':') {
+                Some((d, t)) if !t.contains('/') && !d.is_empty() => {
+                    (d.to_string(), Some(t.to_string()))
+                }
+                _ => (rest.to_string(), None),
+            };
+            return Ok(ImageLocation::Layout {
+                dir: PathBuf::from(dir),
+                tag,
+            });
+        }
+        if let Some(rest) = s.strip_prefix("oci-archive:") {
+            return Ok(ImageLocation::Archive(PathBuf::from(rest)));
+        }
+        let s = s.strip_prefix("docker://").unwrap_or(s);
+        Ok(ImageLocation::Registry(ImageRef::parse(s)?))
+    }
+
+    fn describe(&self) -> String {
+        match self {
+            ImageLocation::Registry(r) => r.whole(),
+            ImageLocation::Layout { dir, tag } => match tag {
+                Some(t) => format!("oci:{}:{t}", dir.display()),
+                None => format!("oci:{}", dir.display()),
+            },
+            ImageLocation::Archive(p) => format!("oci-archive:{}", p.display()),
+        }
+    }
+}
+
+/// Which platforms of a multi-platform source are converted.
+#[derive(Debug, Clone)]
+pub enum Platforms {
+    /// One platform.
+    One(Platform),
+    /// Every platform the index lists.
+    All,
+}
+
+/// The kind of manifest written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ManifestKind {
+    /// The source's own kind (docker stays docker, OCI stays OCI).
+    #[default]
+    Keep,
+    /// OCI (`--oci`).
+    Oci,
+    /// Docker v2 schema 2 (`--docker-v2-format`).
+    DockerV2,
+}
+
+/// What `convert` is asked to do.
+#[derive(Debug, Clone)]
+pub struct ConvertOptions {
+    /// The image to convert.
+    pub source: ImageLocation,
+    /// Where the converted image goes.
+    pub target: ImageLocation,
+    /// How registries are reached.
+    pub transport: Transport,
+    /// Which platforms are converted.
+    pub platforms: Platforms,
+    /// Original and converted manifests in one index.
+    pub merge_platform: bool,
+    /// The manifest kind written.
+    pub manifest_kind: ManifestKind,
+    /// nydus blobs, or native EROFS layers.
+    pub layer_format: LayerFormat,
+    /// EROFS compression for `--target-format erofs`.
+    pub erofs_compression: Option<ErofsCompression>,
+    /// The per-layer build settings (fs version, compressor, chunk size, batch size,
+    /// prefetch); `source` and `blob_dir` are set per platform.
+    pub create: CreateOptions,
+    /// The converted manifest names the source manifest as its `subject`.
+    pub with_referrer: bool,
+    /// Where layouts are built before they are pushed.
+    pub work_dir: PathBuf,
+    /// Where the JSON summary goes.
+    pub output_json: Option<PathBuf>,
+}
+
+/// One layer's conversion, for the summary.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct LayerReport {
+    /// Digest of the blob written.
+    pub digest: String,
+    /// Its size.
+    pub size: u64,
+    /// Whether it was uploaded (false: the target already had it, or mounted it).
+    pub uploaded: bool,
+    /// Seconds its push took.
+    pub push_seconds: f64,
+}
+
+/// One platform's conversion.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct PlatformReport {
+    /// The platform.
+    pub platform: String,
+    /// The source manifest's digest.
+    pub source_manifest: String,
+    /// Bytes of the source's layers.
+    pub source_size: u64,
+    /// The converted manifest's digest.
+    pub target_manifest: String,
+    /// Bytes of the converted layers.
+    pub target_size: u64,
+    /// Seconds the pull and conversion took (they run as one stream).
+    pub convert_seconds: f64,
+    /// The converted image's layers and config.
+    pub blobs: Vec<LayerReport>,
+}
+
+/// What `convert` did.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ConvertOutput {
+    /// The source as named.
+    pub source: String,
+    /// The target as written.
+    pub target: String,
+    /// Digest of the source's top manifest or index.
+    pub source_digest: String,
+    /// Digest of what the target tag names.
+    pub target_digest: String,
+    /// Each platform converted.
+    pub platforms: Vec<PlatformReport>,
+    /// Bytes uploaded.
+    pub bytes_pushed: u64,
+    /// Seconds the whole run took.
+    pub seconds: f64,
+}
+
+/// The source's top document and the manifests chosen from it.
+struct Source {
+    top: Manifest,
+    chosen: Vec<Chosen>,
+}
+
+/// One platform's manifest of the source.
+struct Chosen {
+    manifest: Manifest,
+    /// The index entry naming it (`None` for a plain manifest).
+    descriptor: Option<Value>,
+    platform: Option<Platform>,
+}
+
+/// Converts and pushes (formats/oci.md §7).
+pub fn convert(opts: &ConvertOptions) -> Result<ConvertOutput> {
+    let started = Instant::now();
+    check(opts)?;
+    std::fs::create_dir_all(&opts.work_dir).ctx("create", &opts.work_dir)?;
+    let work = ScratchDir::new_in(&opts.work_dir)?;
+    let client = Client::new(opts.transport.clone())?;
+    let ImageLocation::Registry(src) = &opts.source else {
+        return convert_local(opts, started);
+    };
+    let source = resolve(&client, src, &opts.platforms)?;
+    let target = target_ref(opts)?;
+    let mut reports = Vec::new();
+    let mut converted = Vec::new();
+    for (i, c) in source.chosen.iter().enumerate() {
+        let layout = work.path().join(format!("platform-{i}"));
+        let converted_doc = convert_platform(opts, &client, src, c, &layout)?;
+        let (report, manifest) =
+            push_platform(opts, &client, &target, &layout, &c.manifest, converted_doc)?;
+        std::fs::remove_dir_all(&layout).ctx("remove", &layout)?;
+        let platform = platform_json(c, &report.platform);
+        converted.push(Converted {
+            chosen: c,
+            manifest,
+            platform,
+        });
+        reports.push(report);
+    }
+    let target_digest = publish(opts, &client, src, &target, &converted)?;
+    let out = ConvertOutput {
+        source: src.whole(),
+        target: target.whole(),
+        source_digest: source.top.digest.clone(),
+        target_digest,
+        bytes_pushed: reports
+            .iter()
+            .flat_map(|r| &r.blobs)
+            .filter(|b| b.uploaded)
+            .map(|b| b.size)
+            .sum(),
+        platforms: reports,
+        seconds: started.elapsed().as_secs_f64(),
+    };
+    write_json(opts, &out)?;
+    Ok(out)
+}
+
+fn check(opts: &ConvertOptions) -> Result<()> {
+    let bad = |m: &str| Err(Error::InvalidOption(m.to_string()));
+    let remote = matches!(opts.source, ImageLocation::Registry(_));
+    if !remote && (opts.merge_platform || opts.with_referrer) {
+        return bad("--merge-platform and --with-referrer need a registry source");
+    }
+    if !remote && matches!(opts.platforms, Platforms::All) {
+        return bad("--all-platforms needs a registry source");
+    }
+    if matches!(opts.target, ImageLocation::Archive(_)) {
+        return bad("oci-archive: is a source only; write an oci:DIR target");
+    }
+    if remote && !matches!(opts.target, ImageLocation::Registry(_)) {
+        return bad("a registry source converts into a registry target (use skopeo to copy it to a layout first, or write to a registry)");
+    }
+    if opts.merge_platform && opts.layer_format == LayerFormat::Erofs {
+        return bad("--merge-platform writes nydus manifests beside the originals; it does not take --target-format erofs");
+    }
+    Ok(())
+}
+
+/// The target reference (a `--target-suffix` has been applied by the front end).
+fn target_ref(opts: &ConvertOptions) -> Result<ImageRef> {
+    match &opts.target {
+        ImageLocation::Registry(r) => Ok(r.clone()),
+        other => Err(Error::InvalidOption(format!(
+            "target {}: not a registry reference",
+            other.describe()
+        ))),
+    }
+}
+
+/// A local source into a local layout: `create -t oci` with these settings.
+fn convert_local(opts: &ConvertOptions, started: Instant) -> Result<ConvertOutput> {
+    let (source, dir) = match (&opts.source, &opts.target) {
+        (ImageLocation::Layout { dir, tag }, ImageLocation::Layout { dir: out, .. }) => (
+            match tag {
+                Some(t) => PathBuf::from(format!("{}:{t}", dir.display())),
+                None => dir.clone(),
+            },
+            out.clone(),
+        ),
+        (ImageLocation::Archive(p), ImageLocation::Layout { dir: out, .. }) => {
+            (p.clone(), out.clone())
+        }
+        _ => {
+            return Err(Error::InvalidOption(
+                "a local source (oci:, oci-archive:) converts into an oci:DIR target".into(),
+            ))
+        }
+    };
+    let platform = match &opts.platforms {
+        Platforms::One(p) => Some(p.to_string()),
+        Platforms::All => None,
+    };
+    let copts = CreateOptions {
+        source,
+        blob_dir: Some(dir.clone()),
+        ..opts.create.clone()
+    };
+    let manifest = match opts.layer_format {
+        LayerFormat::Nydus => {
+            oci_ops::create_oci(&copts, platform.as_deref(), &NoProgress)?.manifest
+        }
+        LayerFormat::Erofs => {
+            oci_ops::create_oci_erofs(&copts, platform.as_deref(), opts.erofs_compression)?.manifest
+        }
+    };
+    let out = ConvertOutput {
+        source: opts.source.describe(),
+        target: opts.target.describe(),
+        source_digest: String::new(),
+        target_digest: manifest,
+        platforms: Vec::new(),
+        bytes_pushed: 0,
+        seconds: started.elapsed().as_secs_f64(),
+    };
+    write_json(opts, &out)?;
+    Ok(out)
+}
+
+/// Reads the source's top document and picks the manifests to convert.
+fn resolve(client: &Client, src: &ImageRef, platforms: &Platforms) -> Result<Source> {
+    let top = client.manifest(src)?;
+    let doc = parse_doc(&top.bytes, src)?;
+    let is_index = matches!(top.media_type.as_str(), MEDIA_OCI_INDEX | MEDIA_DOCKER_LIST)
+        || (top.media_type.is_empty() && doc.get("manifests").is_some());
+    if !is_index {
+        return Ok(Source {
+            chosen: vec![Chosen {
+                manifest: top.clone(),
+                descriptor: None,
+                platform: None,
+            }],
+            top,
+        });
+    }
+    let mut chosen = Vec::new();
+    let mut seen = Vec::new();
+    for entry in doc["manifests"].as_array().into_iter().flatten() {
+        let Some(p) = entry.get("platform").and_then(Platform::of) else {
+            continue;
+        };
+        // attestation manifests (buildkit's) carry unknown/unknown: not images
+        if p.os == "unknown" {
+            continue;
+        }
+        let take = match platforms {
+            Platforms::All => true,
+            Platforms::One(want) => want.accepts(&p),
+        };
+        seen.push(p.to_string());
+        if !take
+            || chosen
+                .iter()
+                .any(|c: &Chosen| c.platform.as_ref() == Some(&p))
+        {
+            continue;
+        }
+        let digest = entry["digest"].as_str().unwrap_or_default();
+        let manifest = client.manifest(&src.at_digest(digest))?;
+        chosen.push(Chosen {
+            manifest,
+            descriptor: Some(entry.clone()),
+            platform: Some(p),
+        });
+    }
+    if chosen.is_empty() {
+        return Err(Error::InvalidOption(format!(
+            "{src} has no image for {} (it has {})",
+            match platforms {
+                Platforms::One(p) => p.to_string(),
+                Platforms::All => "any platform".into(),
+            },
+            seen.join(", ")
+        )));
+    }
+    Ok(Source { top, chosen })
+}
+
+fn parse_doc(bytes: &[u8], at: &ImageRef) -> Result<Value> {
+    serde_json::from_slice(bytes).map_err(|e| Error::Unsupported {
+        path: PathBuf::from(at.whole()),
+        reason: format!("invalid JSON: {e}"),
+    })
+}
+
+/// A registry repository seen as an image layout holding one manifest: what `create -t oci`
+/// reads. Manifests come from memory; blobs stream from the registry as they are read.
+struct RegistryFiles {
+    client: Client,
+    at: ImageRef,
+    location: PathBuf,
+    index: Vec<u8>,
+    docs: HashMap<String, Vec<u8>>,
+    sizes: HashMap<String, u64>,
+}
+
+impl RemoteFiles for RegistryFiles {
+    fn location(&self) -> &Path {
+        &self.location
+    }
+
+    fn exists(&self, name: &str) -> bool {
+        name == "index.json" || blob_hex(name).is_some()
+    }
+
+    fn reader(&self, name: &str) -> Result<(Box<dyn Read + Send>, u64)> {
+        if name == "index.json" {
+            let b = self.index.clone();
+            let n = b.len() as u64;
+            return Ok((Box::new(Cursor::new(b)), n));
+        }
+        let hex = blob_hex(name).ok_or_else(|| Error::Unsupported {
+            path: self.location.join(name),
+            reason: "not a blob of the repository".into(),
+        })?;
+        if let Some(d) = self.docs.get(hex) {
+            let n = d.len() as u64;
+            return Ok((Box::new(Cursor::new(d.clone())), n));
+        }
+        let size = self.sizes.get(hex).copied();
+        let r = self
+            .client
+            .blob_reader(&self.at, &format!("sha256:{hex}"), size);
+        Ok((Box::new(r), size.unwrap_or(0)))
+    }
+}
+
+fn blob_hex(name: &str) -> Option<&str> {
+    name.strip_prefix("blobs/sha256/")
+        .filter(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
+/// One platform converted and pushed, for the index.
+struct Converted<'a> {
+    chosen: &'a Chosen,
+    manifest: Manifest,
+    /// Its index entry's platform object.
+    platform: Value,
+}
+
+/// The platform object of an index entry: the source index's, else the image config's.
+fn platform_json(c: &Chosen, from_config: &str) -> Value {
+    if let Some(p) = c.descriptor.as_ref().and_then(|d| d.get("platform")) {
+        return p.clone();
+    }
+    let mut p = json!({});
+    let mut parts = from_config.split('/');
+    p["os"] = json!(parts.next().unwrap_or("linux"));
+    p["architecture"] = json!(parts.next().unwrap_or("amd64"));
+    if let Some(v) = parts.next() {
+        p["variant"] = json!(v);
+    }
+    p
+}
+
+/// The store through which one source manifest is converted: an index.json naming it, the
+/// manifest itself, and the sizes of the blobs it lists.
+fn remote_store(client: &Client, src: &ImageRef, c: &Chosen) -> Result<Store> {
+    let doc = parse_doc(&c.manifest.bytes, src)?;
+    let mut sizes = HashMap::new();
+    for d in doc["layers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .chain(doc.get("config"))
+    {
+        if let (Some(dg), Some(n)) = (d["digest"].as_str(), d["size"].as_u64()) {
+            if let Some(hex) = dg.strip_prefix("sha256:") {
+                sizes.insert(hex.to_string(), n);
+            }
+        }
+    }
+    let mut entry = json!({
+        "mediaType": if c.manifest.media_type.is_empty() { MEDIA_OCI_MANIFEST } else { &c.manifest.media_type },
+        "digest": c.manifest.digest,
+        "size": c.manifest.bytes.len(),
+    });
+    if let Some(p) = c.descriptor.as_ref().and_then(|d| d.get("platform")) {
+        entry["platform"] = p.clone();
+    }
+    let index = json!({"schemaVersion": 2, "manifests": [entry]});
+    let hex = c.manifest.digest.trim_start_matches("sha256:").to_string();
+    Ok(Store::Remote(Box::new(RegistryFiles {
+        client: client.clone(),
+        at: src.clone(),
+        location: PathBuf::from(src.whole()),
+        index: serde_json::to_vec(&index).unwrap_or_default(),
+        docs: HashMap::from([(hex, c.manifest.bytes.clone())]),
+        sizes,
+    })))
+}
+
+/// Streams one platform's layers from the source through the conversion into a layout.
+/// Returns its report (pushes still to come) and the converted manifest.
+fn convert_platform(
+    opts: &ConvertOptions,
+    client: &Client,
+    src: &ImageRef,
+    c: &Chosen,
+    layout: &Path,
+) -> Result<(PlatformReport, Value)> {
+    let started = Instant::now();
+    let store = remote_store(client, src, c)?;
+    let want = c.platform.clone().unwrap_or_else(|| match &opts.platforms {
+        Platforms::One(p) => p.clone(),
+        Platforms::All => Platform::host(),
+    });
+    let image = oci::open_store(store, None, &want)?;
+    let source_size = image.layers.iter().filter_map(|l| l.size).sum();
+    let platform = image
+        .platform
+        .clone()
+        .unwrap_or_else(|| want.clone())
+        .to_string();
+    log::info!(
+        "{src} ({platform}): converting {} layers",
+        image.layers.len()
+    );
+    let copts = CreateOptions {
+        source: PathBuf::from(src.whole()),
+        blob_dir: Some(layout.to_path_buf()),
+        ..opts.create.clone()
+    };
+    let manifest_digest = match opts.layer_format {
+        LayerFormat::Nydus => oci_ops::create_oci_image(&copts, image, want, &NoProgress)?.manifest,
+        LayerFormat::Erofs => {
+            oci_ops::create_oci_erofs_image(&copts, image, want, opts.erofs_compression)?.manifest
+        }
+    };
+    let doc = read_layout_doc(layout, &manifest_digest)?;
+    let report = PlatformReport {
+        platform,
+        source_manifest: c.manifest.digest.clone(),
+        source_size,
+        target_manifest: String::new(),
+        target_size: 0,
+        convert_seconds: started.elapsed().as_secs_f64(),
+        blobs: Vec::new(),
+    };
+    Ok((report, doc))
+}
+
+fn read_layout_doc(layout: &Path, digest: &str) -> Result<Value> {
+    let p = layout
+        .join("blobs/sha256")
+        .join(digest.trim_start_matches("sha256:"));
+    let bytes = std::fs::read(&p).ctx("read", &p)?;
+    serde_json::from_slice(&bytes).map_err(|e| Error::Unsupported {
+        path: p,
+        reason: format!("invalid JSON: {e}"),
+    })
+}
+
+/// The converted manifest as it is pushed: its kind chosen, its source named when asked.
+fn final_manifest(
+    opts: &ConvertOptions,
+    mut doc: Value,
+    source: &Manifest,
+    config: (String, u64),
+) -> Value {
+    let docker = match opts.manifest_kind {
+        ManifestKind::DockerV2 => true,
+        ManifestKind::Oci => false,
+        ManifestKind::Keep => source.media_type == MEDIA_DOCKER_MANIFEST,
+    };
+    if docker {
+        doc["mediaType"] = json!(MEDIA_DOCKER_MANIFEST);
+        doc["config"]["mediaType"] = json!(MEDIA_DOCKER_CONFIG);
+        for l in doc["layers"].as_array_mut().into_iter().flatten() {
+            if l["mediaType"] == MEDIA_OCI_LAYER_GZIP {
+                l["mediaType"] = json!(MEDIA_DOCKER_LAYER_GZIP);
+            }
+        }
+    }
+    if opts.with_referrer {
+        doc["subject"] = json!({
+            "mediaType": if source.media_type.is_empty() { MEDIA_OCI_MANIFEST } else { &source.media_type },
+            "digest": source.digest,
+            "size": source.bytes.len(),
+        });
+    }
+    doc["config"]["digest"] = json!(config.0);
+    doc["config"]["size"] = json!(config.1);
+    doc
+}
+
+/// Pushes a converted layout's blobs, then its manifest by digest.
+fn push_platform(
+    opts: &ConvertOptions,
+    client: &Client,
+    target: &ImageRef,
+    layout: &Path,
+    source: &Manifest,
+    (mut report, doc): (PlatformReport, Value),
+) -> Result<(PlatformReport, Manifest)> {
+    let blobs_dir = layout.join("blobs/sha256");
+    let mut descriptors: Vec<Value> = doc["layers"].as_array().cloned().unwrap_or_default();
+    descriptors.push(doc["config"].clone());
+    for d in &descriptors {
+        let digest = d["digest"].as_str().unwrap_or_default().to_string();
+        let size = d["size"].as_u64().unwrap_or(0);
+        let path = blobs_dir.join(digest.trim_start_matches("sha256:"));
+        let started = Instant::now();
+        let uploaded = if client.has_blob(target, &digest)? {
+            false
+        } else {
+            client.push_file(target, &path, &digest, size)?;
+            true
+        };
+        log::info!(
+            "{target}: blob {digest} ({size} bytes) {}",
+            if uploaded { "pushed" } else { "already there" }
+        );
+        report.target_size += size;
+        report.blobs.push(LayerReport {
+            digest,
+            size,
+            uploaded,
+            push_seconds: started.elapsed().as_secs_f64(),
+        });
+    }
+    let config = (
+        doc["config"]["digest"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string(),
+        doc["config"]["size"].as_u64().unwrap_or(0),
+    );
+    let doc = final_manifest(opts, doc, source, config);
+    let bytes = serde_json::to_vec(&doc).unwrap_or_default();
+    let manifest = Manifest {
+        digest: format!("sha256:{}", hex::encode(Sha256::digest(&bytes))),
+        media_type: doc["mediaType"]
+            .as_str()
+            .unwrap_or(MEDIA_OCI_MANIFEST)
+            .to_string(),
+        bytes,
+    };
+    client.push_manifest(
+        &target.at_digest(&manifest.digest),
+        &manifest.bytes,
+        &manifest.media_type,
+    )?;
+    report.target_manifest = manifest.digest.clone();
+    Ok((report, manifest))
+}
+
+/// Puts the tag in place, last: the converted manifest itself when one platform was converted
+/// and nothing is merged, else an index of them (after the source's own entries with
+/// `--merge-platform`).
+fn publish(
+    opts: &ConvertOptions,
+    client: &Client,
+    src: &ImageRef,
+    target: &ImageRef,
+    converted: &[Converted],
+) -> Result<String> {
+    let tagged = target.at_tag(target.tag().unwrap_or("latest"));
+    if let ([one], false) = (converted, opts.merge_platform) {
+        let m = &one.manifest;
+        client.push_manifest(&tagged, &m.bytes, &m.media_type)?;
+        return Ok(m.digest.clone());
+    }
+    let mut entries = Vec::new();
+    if opts.merge_platform {
+        for c in converted {
+            copy_manifest(client, src, target, &c.chosen.manifest)?;
+            let mut e = source_entry(c.chosen);
+            e["platform"] = c.platform.clone();
+            entries.push(e);
+        }
+    }
+    for c in converted {
+        let mut e = json!({
+            "mediaType": c.manifest.media_type,
+            "digest": c.manifest.digest,
+            "size": c.manifest.bytes.len(),
+            "platform": c.platform,
+        });
+        if opts.merge_platform {
+            e["artifactType"] = json!(ARTIFACT_NYDUS);
+        }
+        entries.push(e);
+    }
+    let docker = converted
+        .iter()
+        .all(|c| c.manifest.media_type == MEDIA_DOCKER_MANIFEST);
+    let media = if docker {
+        MEDIA_DOCKER_LIST
+    } else {
+        MEDIA_OCI_INDEX
+    };
+    let index = json!({"schemaVersion": 2, "mediaType": media, "manifests": entries});
+    let bytes = serde_json::to_vec(&index).unwrap_or_default();
+    client.push_manifest(&tagged, &bytes, media)?;
+    Ok(format!("sha256:{}", hex::encode(Sha256::digest(&bytes))))
+}
+
+/// The source's own index entry for a manifest (or one made from it).
+fn source_entry(c: &Chosen) -> Value {
+    let mut e = c.descriptor.clone().unwrap_or_else(|| json!({}));
+    e["mediaType"] = json!(if c.manifest.media_type.is_empty() {
+        MEDIA_OCI_MANIFEST
+    } else {
+        &c.manifest.media_type
+    });
+    e["digest"] = json!(c.manifest.digest);
+    e["size"] = json!(c.manifest.bytes.len());
+    e
+}
+
+/// Makes a source manifest and its blobs present in the target repository: mounted when
+/// both are on one registry, else streamed through.
+fn copy_manifest(client: &Client, src: &ImageRef, target: &ImageRef, m: &Manifest) -> Result<()> {
+    let doc = parse_doc(&m.bytes, src)?;
+    let mut descriptors: Vec<Value> = doc["layers"].as_array().cloned().unwrap_or_default();
+    descriptors.push(doc["config"].clone());
+    for d in descriptors {
+        let digest = d["digest"].as_str().unwrap_or_default();
+        let size = d["size"].as_u64().unwrap_or(0);
+        copy_blob(client, src, target, digest, size)?;
+    }
+    client.push_manifest(&target.at_digest(&m.digest), &m.bytes, &m.media_type)
+}
+
+/// One blob of the source made present in the target.
+pub(crate) fn copy_blob(
+    client: &Client,
+    src: &ImageRef,
+    target: &ImageRef,
+    digest: &str,
+    size: u64,
+) -> Result<()> {
+    if client.has_blob(target, digest)? {
+        return Ok(());
+    }
+    if src.registry() == target.registry()
+        && src.repository() != target.repository()
+        && client.mount(target, src, digest)
+    {
+        return Ok(());
+    }
+    let tmp = crate::io::staged::temp_in(std::env::temp_dir().as_path())?;
+    let mut w = tmp.as_file();
+    let mut r = client.blob_reader(src, digest, Some(size));
+    let copied = std::io::copy(&mut r, &mut w).map_err(|e| Error::Registry {
+        registry: src.registry().to_string(),
+        what: format!("get blob {digest} ({})", src.repository()),
+        reason: e.to_string(),
+    })?;
+    if copied != size {
+        return Err(Error::Registry {
+            registry: src.registry().to_string(),
+            what: format!("get blob {digest} ({})", src.repository()),
+            reason: format!("{copied} bytes, the manifest says {size}"),
+        });
+    }
+    client.push_file(target, tmp.path(), digest, size)
+}
+
+fn write_json(opts: &ConvertOptions, out: &ConvertOutput) -> Result<()> {
+    let Some(path) = &opts.output_json else {
+        return Ok(());
+    };
+    let secs = |s: f64| (s * 1e9) as u64;
+    let convert_s: f64 = out.platforms.iter().map(|p| p.convert_seconds).sum();
+    let push_s: f64 = out
+        .platforms
+        .iter()
+        .flat_map(|p| &p.blobs)
+        .map(|b| b.push_seconds)
+        .sum();
+    // nydusify's five fields (nanoseconds), then what this tool adds
+    let doc = json!({
+        "SourceImageSize": out.platforms.iter().map(|p| p.source_size).sum::<u64>(),
+        "TargetImageSize": out.platforms.iter().map(|p| p.target_size).sum::<u64>(),
+        "SourcePullElapsed": 0,
+        "ConversionElapsed": secs(convert_s),
+        "TargetPushElapsed": secs(push_s),
+        "source": out.source,
+        "target": out.target,
+        "source_digest": out.source_digest,
+        "target_digest": out.target_digest,
+        "platforms": out.platforms,
+        "bytes_pushed": out.bytes_pushed,
+        "seconds": out.seconds,
+    });
+    let mut outputs = Outputs::new();
+    let text = serde_json::to_string_pretty(&doc).unwrap_or_default();
+    outputs.add(write_temp(path, text.as_bytes(), None)?, path.clone());
+    outputs.commit()
+}

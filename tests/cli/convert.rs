@@ -1,0 +1,341 @@
+//! Issue #27: `convert` registry to registry against a real registry (Debian's
+//! `docker-registry`, started per test on 127.0.0.1): the umoci-built image pushed with skopeo,
+//! converted to v6, v5, native EROFS layers and a merged index; each target read back by
+//! skopeo and by our readers, equal to `umoci unpack` and to a local `create -t oci` of the
+//! same image; a second convert uploads nothing; a proxy that cuts connections; wrong
+//! credentials.
+
+use crate::common::*;
+use crate::fault_proxy::FaultProxy;
+use crate::registry::{small_layout, Registry};
+use crate::umoci_image::*;
+
+use std::fs;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+/// `convert` with the flags every test passes (plain HTTP, quick retries).
+fn convert(source: &str, target: &str, work: &Path, extra: &[&str]) -> std::process::Output {
+    let mut args = vec![
+        "convert",
+        "--source",
+        source,
+        "--target",
+        target,
+        "--plain-http",
+        "--push-retry-delay",
+        "20ms",
+        "--work-dir",
+        s(work),
+    ];
+    args.extend_from_slice(extra);
+    forge(&args)
+}
+
+/// The image bootstrap of a nydus image in an OCI layout (its bootstrap layer's
+/// `image/image.boot`).
+fn bootstrap_of(layout: &Path, out: &Path) -> PathBuf {
+    let m = manifest_of(layout);
+    let top = m["layers"].as_array().unwrap().last().unwrap().clone();
+    assert_eq!(
+        top["annotations"]["containerd.io/snapshot/nydus-bootstrap"],
+        "true"
+    );
+    let gz = fs::read(blob(layout, top["digest"].as_str().unwrap())).unwrap();
+    let mut tar_bytes = Vec::new();
+    flate2::read::GzDecoder::new(&gz[..])
+        .read_to_end(&mut tar_bytes)
+        .unwrap();
+    for e in tar::Archive::new(&tar_bytes[..]).entries().unwrap() {
+        let mut e = e.unwrap();
+        if e.path().unwrap().to_str() == Some("image/image.boot") {
+            let mut b = Vec::new();
+            e.read_to_end(&mut b).unwrap();
+            fs::write(out, b).unwrap();
+            return out.to_path_buf();
+        }
+    }
+    panic!("no image/image.boot in the bootstrap layer");
+}
+
+fn same_tree(what: &str, expect: &Path, got: &Path) {
+    let d = diff(&manifest(expect), &manifest(got));
+    assert!(
+        d.is_empty(),
+        "{what}: {} differences from umoci unpack:\n{}",
+        d.len(),
+        d.join("\n")
+    );
+}
+
+/// The digest of the manifest `create -t oci` writes locally for the same image.
+fn local_manifest(img: &Path, w: &Path, extra: &[&str]) -> String {
+    let layout = w.join(format!("local-{}", extra.join("-").replace('/', "_")));
+    let mut args = vec!["create", "-t", "oci", "-D", s(&layout)];
+    args.extend_from_slice(extra);
+    let src = format!("{}:t", s(img));
+    args.push(&src);
+    forge(&args);
+    let index = json(&layout.join("index.json"));
+    index["manifests"][0]["digest"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+#[test]
+#[cfg_attr(
+    any(no_registry, no_skopeo, no_umoci, no_root),
+    ignore = "needs docker-registry, skopeo, umoci, root"
+)]
+fn registry_to_registry_matches_umoci() {
+    let w = scratch();
+    let (img, expect) = image_and_rootfs("registry_to_registry_matches_umoci", w.path());
+    let reg = Registry::start();
+    reg.push_oci_layout(&format!("{}:t", s(&img)), "app:t");
+    let src = reg.reference("app:t");
+    let work = w.path().join("work");
+    for v in ["6", "5"] {
+        let target = reg.reference(&format!("app:t-nydus-v{v}"));
+        let json_out = w.path().join(format!("convert-v{v}.json"));
+        convert(
+            &src,
+            &target,
+            &work,
+            &["--fs-version", v, "--oci", "-J", s(&json_out)],
+        );
+        // skopeo reads the target; its layers are nydus blobs and a bootstrap layer
+        let raw = reg.inspect_raw(&format!("app:t-nydus-v{v}"));
+        let layers = raw["layers"].as_array().unwrap();
+        assert!(layers[..layers.len() - 1]
+            .iter()
+            .all(|l| l["mediaType"] == "application/vnd.oci.image.layer.nydus.blob.v1"));
+        let summary = reg.inspect(&format!("app:t-nydus-v{v}"));
+        assert_eq!(summary["Architecture"], "amd64");
+        // the same bytes a local conversion of the same image writes
+        let report = json(&json_out);
+        let local = local_manifest(&img, w.path(), &["--fs-version", v]);
+        assert_eq!(report["platforms"][0]["target_manifest"], local.as_str());
+        assert_eq!(report["target_digest"], local.as_str());
+        assert!(report["TargetImageSize"].as_u64().unwrap() > 0);
+        // pulled back by skopeo and read by our reader: umoci unpack's tree
+        let pulled = w.path().join(format!("pulled-v{v}"));
+        reg.pull_to_oci(&format!("app:t-nydus-v{v}"), &format!("{}:t", s(&pulled)));
+        let boot = bootstrap_of(&pulled, &w.path().join(format!("v{v}.boot")));
+        forge(&["check", s(&boot), "-D", s(&pulled.join("blobs/sha256"))]);
+        let dest = w.path().join(format!("unpacked-v{v}"));
+        forge(&[
+            "unpack",
+            s(&boot),
+            "-D",
+            s(&pulled.join("blobs/sha256")),
+            "--output-dir",
+            s(&dest),
+        ]);
+        same_tree(&format!("convert v{v}, pulled back"), &expect, &dest);
+    }
+    // a second identical convert uploads no blob again: only the manifest and tag
+    let puts = reg.blob_puts();
+    let target = reg.reference("app:t-nydus-v6");
+    let again = convert(&src, &target, &work, &["--fs-version", "6", "--oci"]);
+    let printed = String::from_utf8_lossy(&again.stdout);
+    assert!(printed.contains("0 pushed"), "{printed}");
+    assert_eq!(reg.blob_puts(), puts, "no blob is uploaded twice");
+    // nothing of the work is left behind
+    assert_eq!(fs::read_dir(&work).unwrap().count(), 0);
+}
+
+#[test]
+#[cfg_attr(
+    any(no_registry, no_skopeo, no_umoci, no_root),
+    ignore = "needs docker-registry, skopeo, umoci, root"
+)]
+fn erofs_layers_and_merged_index() {
+    let w = scratch();
+    let (img, _expect) = image_and_rootfs("erofs_layers_and_merged_index", w.path());
+    let reg = Registry::start();
+    reg.push_oci_layout(&format!("{}:t", s(&img)), "app:t");
+    let src = reg.reference("app:t");
+    let work = w.path().join("work");
+    // native EROFS layers: the same blobs `create -t oci --layer-format erofs` writes
+    convert(
+        &src,
+        &reg.reference("erofs:t"),
+        &work,
+        &["--target-format", "erofs", "--oci"],
+    );
+    let raw = reg.inspect_raw("erofs:t");
+    let local_layout = w.path().join("local-erofs");
+    forge(&[
+        "create",
+        "-t",
+        "oci",
+        "--layer-format",
+        "erofs",
+        "-D",
+        s(&local_layout),
+        &format!("{}:t", s(&img)),
+    ]);
+    let local = manifest_of(&local_layout);
+    assert_eq!(raw["layers"], local["layers"]);
+    for l in raw["layers"].as_array().unwrap() {
+        assert_eq!(l["mediaType"], "application/vnd.erofs.layer.v1");
+    }
+    reg.inspect("erofs:t");
+    // --merge-platform: the source manifest first, then the nydus one marked as nydusify marks it
+    convert(
+        &src,
+        &reg.reference("merged:t"),
+        &work,
+        &["--merge-platform"],
+    );
+    let index = reg.inspect_raw("merged:t");
+    let entries = index["manifests"].as_array().unwrap();
+    assert_eq!(entries.len(), 2, "{index}");
+    let source_digest = reg.inspect("app:t")["Digest"].as_str().unwrap().to_string();
+    assert_eq!(entries[0]["digest"], source_digest.as_str());
+    assert!(entries[0].get("artifactType").is_none());
+    assert_eq!(
+        entries[1]["artifactType"],
+        "application/vnd.nydus.image.manifest.v1+json"
+    );
+    assert_eq!(entries[1]["platform"]["architecture"], "amd64");
+    // both manifests are in the target repository, readable by skopeo
+    let out = reg.client().inspect(
+        &format!("merged@{}", entries[1]["digest"].as_str().unwrap()),
+        true,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // the source layers came by cross-repository mount, not upload
+    assert!(reg.blob_mounts() > 0, "the original blobs are mounted");
+    // --with-referrer: the converted manifest names its source
+    convert(&src, &reg.reference("ref:t"), &work, &["--with-referrer"]);
+    let m = reg.inspect_raw("ref:t");
+    assert_eq!(m["subject"]["digest"], source_digest.as_str());
+}
+
+#[test]
+#[cfg_attr(any(no_registry, no_skopeo), ignore = "needs docker-registry, skopeo")]
+fn cut_connections_are_resumed_or_reported() {
+    let w = scratch();
+    let reg = Registry::start();
+    // a 3 MiB incompressible layer: its pull through a proxy cutting every connection after
+    // 1 MiB resumes where it broke off
+    let (layout, _) = small_layout(&w.path().join("img"), "t", 3 << 20);
+    reg.push_oci_layout(&layout, "big:t");
+    let proxy = FaultProxy::start(&reg.addr(), Some(1 << 20));
+    let via_proxy = format!("{}/big:t", proxy.addr());
+    let work = w.path().join("work");
+    let json_out = w.path().join("out.json");
+    convert(
+        &via_proxy,
+        &reg.reference("big:nydus"),
+        &work,
+        &["--push-retry-count", "8", "-J", s(&json_out)],
+    );
+    assert!(
+        proxy.cut() >= 2,
+        "the proxy cut {} connections",
+        proxy.cut()
+    );
+    reg.inspect("big:nydus");
+    // the same image as converted without the proxy
+    let direct = w.path().join("direct.json");
+    convert(
+        &reg.reference("big:t"),
+        &reg.reference("big:nydus2"),
+        &work,
+        &["-J", s(&direct)],
+    );
+    assert_eq!(
+        json(&json_out)["target_digest"],
+        json(&direct)["target_digest"]
+    );
+    // no retries: one line naming the registry and the blob, and no tag written
+    let err = forge_fails(&[
+        "convert",
+        "--source",
+        &via_proxy,
+        "--target",
+        &reg.reference("big:never"),
+        "--plain-http",
+        "--push-retry-count",
+        "0",
+        "--work-dir",
+        s(&work),
+    ]);
+    let errors: Vec<&str> = err.lines().filter(|l| l.starts_with("error:")).collect();
+    assert_eq!(errors.len(), 1, "{err}");
+    assert!(
+        errors[0].contains(&proxy.addr()) && errors[0].contains("get blob sha256:"),
+        "{err}"
+    );
+    let out = reg.client().inspect("big:never", true);
+    assert!(!out.status.success(), "the tag must not exist");
+}
+
+#[test]
+#[cfg_attr(any(no_registry, no_skopeo), ignore = "needs docker-registry, skopeo")]
+fn wrong_credentials_are_one_line() {
+    let w = scratch();
+    let reg = Registry::start_with_auth("alice", "right");
+    let (layout, _) = small_layout(&w.path().join("img"), "t", 4096);
+    reg.push_oci_layout(&layout, "small:t");
+    let cfg = w.path().join("docker");
+    fs::create_dir_all(&cfg).unwrap();
+    let write_auth = |pass: &str| {
+        use base64::Engine as _;
+        let auth = base64::engine::general_purpose::STANDARD.encode(format!("alice:{pass}"));
+        let doc = serde_json::json!({"auths": {reg.addr(): {"auth": auth}}});
+        fs::write(cfg.join("config.json"), doc.to_string()).unwrap();
+    };
+    let work = w.path().join("work");
+    let args = |target: &str| -> Vec<String> {
+        [
+            "convert",
+            "--source",
+            &reg.reference("small:t"),
+            "--target",
+            target,
+            "--plain-http",
+            "--push-retry-delay",
+            "20ms",
+            "--work-dir",
+            s(&work),
+        ]
+        .iter()
+        .map(|a| a.to_string())
+        .collect()
+    };
+    write_auth("wrong");
+    let a = args(&reg.reference("small:nydus"));
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_erofs-forge"))
+        .args(&a)
+        .env("DOCKER_CONFIG", &cfg)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    let errors: Vec<&str> = err.lines().filter(|l| l.starts_with("error:")).collect();
+    assert_eq!(errors.len(), 1, "{err}");
+    assert!(
+        errors[0].contains(&reg.addr()) && errors[0].contains("unauthorized"),
+        "{err}"
+    );
+    assert!(!err.contains("panicked"), "{err}");
+    write_auth("right");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_erofs-forge"))
+        .args(&a)
+        .env("DOCKER_CONFIG", &cfg)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

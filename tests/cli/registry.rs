@@ -1,0 +1,691 @@
+//! A real OCI distribution registry for the tests: Debian's `docker-registry` (the CNCF
+//! distribution registry, 2.8) started on 127.0.0.1 with its own storage directory, never a
+//! mock; skopeo pushes to it, pulls from it and inspects it. [`Registry`] counts what reached
+//! the registry (completed blob uploads, cross-repository mounts, manifest PUTs) from its access
+//! log, so a test can tell that a blob was uploaded, or was not uploaded again.
+//!
+//! Plain HTTP only: skopeo needs `--tls-verify=false` (`--src-`/`--dest-`) even for 127.0.0.1,
+//! which [`Client`] always passes. It also passes credentials explicitly (or `--no-creds`), so
+//! no auth file of the machine takes part, and `--insecure-policy`, so no `policy.json` does.
+//!
+//! Needs `docker-registry` and `htpasswd` (`no_registry`) and skopeo (`no_skopeo`).
+
+use crate::common::*;
+
+use std::fs::{self, OpenOptions};
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
+
+/// How long the registry may take to answer `GET /v2/` after it was started.
+const START_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A `docker-registry serve` child on 127.0.0.1:PORT, storing into a scratch directory and
+/// logging (application log and one access-log line per request) into a file there. Killed on
+/// drop; a panicking test gets the log's tail on stderr.
+pub struct Registry {
+    child: Child,
+    addr: String,
+    creds: Option<(String, String)>,
+    log_path: PathBuf,
+    storage: PathBuf,
+    // last: the directory outlives the child
+    _dir: tempfile::TempDir,
+}
+
+/// One request of the registry's access log (Apache combined format).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Request {
+    pub method: String,
+    /// the request URI, query string included
+    pub uri: String,
+    pub status: u16,
+}
+
+impl Request {
+    /// The URI without its query string.
+    pub fn path(&self) -> &str {
+        self.uri.split('?').next().unwrap_or("")
+    }
+
+    /// A completed blob upload: the closing `PUT /v2/<name>/blobs/uploads/<uuid>?digest=...`
+    /// answered 201 (the POST and PATCHes before it are not counted).
+    pub fn is_blob_put(&self) -> bool {
+        self.method == "PUT"
+            && self.status == 201
+            && self.path().starts_with("/v2/")
+            && self.path().contains("/blobs/uploads/")
+            && !self.path().ends_with("/blobs/uploads/")
+    }
+
+    /// A blob mounted from another repository of the same registry (no bytes sent):
+    /// `POST /v2/<name>/blobs/uploads/?mount=<digest>&from=<repo>` answered 201.
+    pub fn is_blob_mount(&self) -> bool {
+        self.method == "POST"
+            && self.status == 201
+            && self.path().ends_with("/blobs/uploads/")
+            && self.uri.contains("mount=")
+    }
+
+    /// A manifest stored: `PUT /v2/<name>/manifests/<tag or digest>` answered 201.
+    pub fn is_manifest_put(&self) -> bool {
+        self.method == "PUT"
+            && self.status == 201
+            && self.path().starts_with("/v2/")
+            && self.path().contains("/manifests/")
+    }
+}
+
+impl Registry {
+    /// A registry without authentication.
+    pub fn start() -> Registry {
+        launch(None)
+    }
+
+    /// A registry that wants HTTP basic auth (htpasswd, bcrypt) for `user`:`password` on every
+    /// request, `GET /v2/` included.
+    pub fn start_with_auth(user: &str, password: &str) -> Registry {
+        launch(Some((user, password)))
+    }
+
+    /// `127.0.0.1:PORT`
+    pub fn addr(&self) -> String {
+        self.addr.clone()
+    }
+
+    /// `127.0.0.1:PORT/<repo_ref>`, the form `convert --source/--target` and skopeo's
+    /// `docker://` take; `repo_ref` is `name:tag` or `name@sha256:...`.
+    pub fn reference(&self, repo_ref: &str) -> String {
+        format!("{}/{repo_ref}", self.addr)
+    }
+
+    /// The credentials it wants, if any.
+    pub fn creds(&self) -> Option<(&str, &str)> {
+        self.creds.as_ref().map(|(u, p)| (u.as_str(), p.as_str()))
+    }
+
+    /// Its storage root (`docker/registry/v2/{blobs,repositories}` below).
+    pub fn storage(&self) -> &Path {
+        &self.storage
+    }
+
+    /// Everything it logged so far (stdout and stderr).
+    pub fn log(&self) -> String {
+        String::from_utf8_lossy(&fs::read(&self.log_path).unwrap_or_default()).into_owned()
+    }
+
+    /// Every request of the access log so far, in order. A request is logged when its handler
+    /// returns, before the response is flushed, so a client that has its answer finds it
+    /// logged, except possibly the end of a large streamed GET.
+    pub fn requests(&self) -> Vec<Request> {
+        self.log().lines().filter_map(parse_access_line).collect()
+    }
+
+    /// Completed blob uploads (see [`Request::is_blob_put`]).
+    pub fn blob_puts(&self) -> usize {
+        self.requests().iter().filter(|r| r.is_blob_put()).count()
+    }
+
+    /// Blobs mounted from another repository (see [`Request::is_blob_mount`]).
+    pub fn blob_mounts(&self) -> usize {
+        self.requests().iter().filter(|r| r.is_blob_mount()).count()
+    }
+
+    /// Manifests stored (see [`Request::is_manifest_put`]).
+    pub fn manifest_puts(&self) -> usize {
+        self.requests()
+            .iter()
+            .filter(|r| r.is_manifest_put())
+            .count()
+    }
+
+    /// A skopeo client of this registry, with its credentials.
+    pub fn client(&self) -> Client {
+        Client::new(&self.addr, self.creds())
+    }
+
+    /// `skopeo copy oci:<layout_with_tag> docker://ADDR/<repo_ref>`; `layout_with_tag` is
+    /// `DIR:TAG`. Panics when it fails.
+    pub fn push_oci_layout(&self, layout_with_tag: &str, repo_ref: &str) {
+        let out = self.client().push(layout_with_tag, repo_ref);
+        self.assert_skopeo(&out, &format!("push {layout_with_tag} to {repo_ref}"));
+    }
+
+    /// `skopeo copy docker://ADDR/<repo_ref> oci:<layout_with_tag>`. Panics when it fails.
+    pub fn pull_to_oci(&self, repo_ref: &str, layout_with_tag: &str) {
+        let out = self.client().pull(repo_ref, layout_with_tag);
+        self.assert_skopeo(&out, &format!("pull {repo_ref} to {layout_with_tag}"));
+    }
+
+    /// `skopeo inspect`: its summary (`Digest`, `Layers`, `Architecture`, ...).
+    pub fn inspect(&self, repo_ref: &str) -> serde_json::Value {
+        let out = self.client().inspect(repo_ref, false);
+        self.assert_skopeo(&out, &format!("inspect {repo_ref}"));
+        serde_json::from_slice(&out.stdout).expect("skopeo inspect prints JSON")
+    }
+
+    /// `skopeo inspect --raw`: the manifest (or index) as the registry serves it.
+    pub fn inspect_raw(&self, repo_ref: &str) -> serde_json::Value {
+        let out = self.client().inspect(repo_ref, true);
+        self.assert_skopeo(&out, &format!("inspect --raw {repo_ref}"));
+        serde_json::from_slice(&out.stdout).expect("the manifest is JSON")
+    }
+
+    fn assert_skopeo(&self, out: &Output, what: &str) {
+        assert!(
+            out.status.success(),
+            "skopeo {what} at {} failed ({}):\n{}\nregistry log (tail):\n{}",
+            self.addr,
+            out.status,
+            String::from_utf8_lossy(&out.stderr),
+            tail(&self.log(), 20)
+        );
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!(
+                "registry {} log (tail):\n{}",
+                self.addr,
+                tail(&self.log(), 40)
+            );
+        }
+    }
+}
+
+/// skopeo pointed at a registry address (the registry's own, or a proxy's in front of it)
+/// with the credentials it sends (`None`: `--no-creds`). Its methods return skopeo's output,
+/// failed or not; `Registry`'s panic on failure.
+#[derive(Debug, Clone)]
+pub struct Client {
+    pub addr: String,
+    /// `user:password`
+    pub creds: Option<String>,
+}
+
+impl Client {
+    pub fn new(addr: &str, creds: Option<(&str, &str)>) -> Client {
+        Client {
+            addr: addr.to_string(),
+            creds: creds.map(|(u, p)| format!("{u}:{p}")),
+        }
+    }
+
+    /// The same client through another address (a [`crate::fault_proxy::FaultProxy`]).
+    pub fn via(&self, addr: &str) -> Client {
+        Client {
+            addr: addr.to_string(),
+            creds: self.creds.clone(),
+        }
+    }
+
+    /// `docker://ADDR/<repo_ref>`
+    pub fn docker_ref(&self, repo_ref: &str) -> String {
+        format!("docker://{}/{repo_ref}", self.addr)
+    }
+
+    /// `skopeo copy oci:<layout_with_tag> docker://ADDR/<repo_ref>`
+    pub fn push(&self, layout_with_tag: &str, repo_ref: &str) -> Output {
+        let mut args = vec!["copy", "--quiet", "--dest-tls-verify=false"];
+        let creds;
+        match &self.creds {
+            Some(c) => {
+                creds = format!("--dest-creds={c}");
+                args.push(&creds);
+            }
+            None => args.push("--dest-no-creds"),
+        }
+        let (src, dst) = (format!("oci:{layout_with_tag}"), self.docker_ref(repo_ref));
+        args.extend([src.as_str(), dst.as_str()]);
+        skopeo(&args)
+    }
+
+    /// `skopeo copy docker://ADDR/<repo_ref> oci:<layout_with_tag>`
+    pub fn pull(&self, repo_ref: &str, layout_with_tag: &str) -> Output {
+        let mut args = vec!["copy", "--quiet", "--src-tls-verify=false"];
+        let creds;
+        match &self.creds {
+            Some(c) => {
+                creds = format!("--src-creds={c}");
+                args.push(&creds);
+            }
+            None => args.push("--src-no-creds"),
+        }
+        let (src, dst) = (self.docker_ref(repo_ref), format!("oci:{layout_with_tag}"));
+        args.extend([src.as_str(), dst.as_str()]);
+        skopeo(&args)
+    }
+
+    /// `skopeo inspect [--raw] docker://ADDR/<repo_ref>`
+    pub fn inspect(&self, repo_ref: &str, raw: bool) -> Output {
+        let mut args = vec!["inspect", "--tls-verify=false"];
+        if raw {
+            args.push("--raw");
+        }
+        let creds;
+        match &self.creds {
+            Some(c) => {
+                creds = format!("--creds={c}");
+                args.push(&creds);
+            }
+            None => args.push("--no-creds"),
+        }
+        let r = self.docker_ref(repo_ref);
+        args.push(&r);
+        skopeo(&args)
+    }
+}
+
+/// Runs `skopeo --insecure-policy ARGS` (five minutes at most).
+pub fn skopeo(args: &[&str]) -> Output {
+    let mut all = vec!["--insecure-policy"];
+    all.extend_from_slice(args);
+    run_program(Path::new("skopeo"), &all, b"")
+}
+
+/// Writes a one-layer OCI image layout to `dir` (no root, no umoci): a gzip tar layer holding
+/// `data`, `payload` pseudo-random (incompressible) bytes, tagged `tag`. Returns `DIR:TAG` for
+/// [`Registry::push_oci_layout`] and the layer's digest. (gzip, because skopeo compresses an
+/// uncompressed layer on its way to a registry or a layout, changing its digest.)
+pub fn small_layout(dir: &Path, tag: &str, payload: usize) -> (String, String) {
+    let mut data = Vec::with_capacity(payload);
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    while data.len() < payload {
+        // xorshift64
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        data.extend_from_slice(&x.to_le_bytes());
+    }
+    data.truncate(payload);
+    let mut layer = tar::Builder::new(Vec::new());
+    let mut h = tar::Header::new_ustar();
+    h.set_path("data").unwrap();
+    h.set_size(data.len() as u64);
+    h.set_mode(0o644);
+    h.set_mtime(1_700_000_000);
+    h.set_entry_type(tar::EntryType::Regular);
+    h.set_cksum();
+    layer.append(&h, data.as_slice()).unwrap();
+    let tar = layer.into_inner().unwrap();
+    let diff_id = format!("sha256:{}", hex::encode(Sha256::digest(&tar)));
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    gz.write_all(&tar).unwrap();
+    let layer = gz.finish().unwrap();
+
+    let blobs = dir.join("blobs/sha256");
+    fs::create_dir_all(&blobs).unwrap();
+    let put = |bytes: &[u8]| -> (String, usize) {
+        let hex = hex::encode(Sha256::digest(bytes));
+        fs::write(blobs.join(&hex), bytes).unwrap();
+        (format!("sha256:{hex}"), bytes.len())
+    };
+    let (layer_digest, layer_size) = put(&layer);
+    let config = serde_json::json!({
+        "architecture": "amd64",
+        "os": "linux",
+        "config": {},
+        "rootfs": {"type": "layers", "diff_ids": [diff_id]},
+    });
+    let (config_digest, config_size) = put(&serde_json::to_vec(&config).unwrap());
+    let manifest = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {
+            "mediaType": "application/vnd.oci.image.config.v1+json",
+            "digest": config_digest,
+            "size": config_size,
+        },
+        "layers": [{
+            "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+            "digest": layer_digest,
+            "size": layer_size,
+        }],
+    });
+    let (manifest_digest, manifest_size) = put(&serde_json::to_vec(&manifest).unwrap());
+    let index = serde_json::json!({
+        "schemaVersion": 2,
+        "manifests": [{
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "digest": manifest_digest,
+            "size": manifest_size,
+            "annotations": {"org.opencontainers.image.ref.name": tag},
+        }],
+    });
+    fs::write(dir.join("index.json"), serde_json::to_vec(&index).unwrap()).unwrap();
+    fs::write(dir.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
+    (format!("{}:{tag}", s(dir)), layer_digest)
+}
+
+/// Starts the registry; when another process took the port first, again on another one.
+fn launch(auth: Option<(&str, &str)>) -> Registry {
+    let test = "Registry::start";
+    let program = ["/usr/bin/docker-registry", "docker-registry"]
+        .into_iter()
+        .find(|p| Path::new(p).is_file() || have(p))
+        .unwrap_or_else(|| missing(test, "docker-registry is not installed"));
+    if auth.is_some() && !have("htpasswd") {
+        missing(test, "htpasswd (apache2-utils) is not installed");
+    }
+    let mut last = String::new();
+    for _ in 0..5 {
+        match launch_once(program, auth) {
+            Ok(registry) => return registry,
+            Err(log) if log.contains("address already in use") => last = log,
+            Err(log) => panic!("docker-registry did not start:\n{log}"),
+        }
+    }
+    panic!("docker-registry found no free port:\n{last}")
+}
+
+/// One start on a port that was free a moment ago; Err(log) when the registry exited.
+fn launch_once(program: &str, auth: Option<(&str, &str)>) -> Result<Registry, String> {
+    let dir = scratch();
+    let storage = dir.path().join("storage");
+    fs::create_dir(&storage).unwrap();
+    let auth_yaml = match auth {
+        None => String::new(),
+        Some((user, password)) => {
+            let out = Command::new("htpasswd")
+                .args(["-Bbn", user, password])
+                .output()
+                .expect("spawn htpasswd");
+            assert!(
+                out.status.success(),
+                "htpasswd: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let file = dir.path().join("htpasswd");
+            fs::write(&file, &out.stdout).unwrap();
+            format!(
+                "auth:\n  htpasswd:\n    realm: erofs-forge-test\n    path: {}\n",
+                s(&file)
+            )
+        }
+    };
+    // a port is free once its listener is dropped; another process may take it before the
+    // registry binds it (the registry then exits, and launch tries again)
+    let port = TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port on 127.0.0.1")
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let config = dir.path().join("config.yml");
+    fs::write(
+        &config,
+        format!(
+            "version: 0.1\n\
+             log:\n  level: info\n  accesslog:\n    disabled: false\n\
+             storage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\n\
+             http:\n  addr: {addr}\n  secret: erofs-forge-test\n{auth_yaml}",
+            s(&storage)
+        ),
+    )
+    .unwrap();
+    // one file for both streams, appended to line by line
+    let log_path = dir.path().join("registry.log");
+    let log = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .unwrap();
+    let child = Command::new(program)
+        .arg("serve")
+        .arg(&config)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn {program}: {e}"));
+    let mut registry = Registry {
+        child,
+        addr,
+        creds: auth.map(|(u, p)| (u.to_string(), p.to_string())),
+        log_path,
+        storage,
+        _dir: dir,
+    };
+    registry.wait_ready()?;
+    Ok(registry)
+}
+
+impl Registry {
+    /// Waits until `GET /v2/` is answered (200, or 401 with auth) by this child, which must
+    /// have logged that it listens on its address. Err(log) when the child exited.
+    fn wait_ready(&mut self) -> Result<(), String> {
+        let deadline = Instant::now() + START_TIMEOUT;
+        let listening = format!("listening on {}", self.addr);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return Err(format!("exited ({status}):\n{}", self.log()));
+            }
+            let answered = http_status(&self.addr, "/v2/").is_some_and(|c| c == 200 || c == 401);
+            if answered && self.log().contains(&listening) {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!(
+                    "docker-registry on {} did not answer GET /v2/ in {START_TIMEOUT:?}:\n{}",
+                    self.addr,
+                    self.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+/// The status code of `GET path` (HTTP/1.0, no credentials), or None when nothing answers.
+fn http_status(addr: &str, path: &str) -> Option<u16> {
+    let sa = addr.parse().ok()?;
+    let mut c = TcpStream::connect_timeout(&sa, Duration::from_secs(1)).ok()?;
+    c.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    c.set_write_timeout(Some(Duration::from_secs(2))).ok()?;
+    write!(c, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").ok()?;
+    let mut head = Vec::new();
+    let mut buf = [0u8; 256];
+    while head.len() < 12 {
+        let n = c.read(&mut buf).ok()?;
+        if n == 0 {
+            break;
+        }
+        head.extend_from_slice(&buf[..n]);
+    }
+    // "HTTP/1.1 200 OK"
+    let line = String::from_utf8_lossy(&head);
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// `127.0.0.1 - - [06/Dec/2026:15:35:29 +0000] "PUT /v2/a/b/manifests/t HTTP/1.1" 201 0 "" "skopeo/1.9.3"`
+fn parse_access_line(line: &str) -> Option<Request> {
+    let rest = &line[line.find("] \"")? + 3..];
+    let (request, rest) = rest.split_once("\" ")?;
+    let mut words = request.split(' ');
+    let method = words.next()?;
+    let uri = words.next()?;
+    if !words.next()?.starts_with("HTTP/") {
+        return None;
+    }
+    let status = rest.split(' ').next()?.parse().ok()?;
+    Some(Request {
+        method: method.to_string(),
+        uri: uri.to_string(),
+        status,
+    })
+}
+
+fn tail(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+#[test]
+fn access_lines_parse() {
+    let put = parse_access_line(
+        "127.0.0.1 - - [06/Dec/2026:15:35:29 +0000] \"PUT /v2/test/img/blobs/uploads/d914?_state=x&digest=sha256%3Ab0 HTTP/1.1\" 201 0 \"\" \"skopeo/1.9.3\"",
+    )
+    .unwrap();
+    assert!(put.is_blob_put() && !put.is_manifest_put() && !put.is_blob_mount());
+    assert_eq!(put.path(), "/v2/test/img/blobs/uploads/d914");
+    let manifest = parse_access_line(
+        "127.0.0.1 - - [06/Dec/2026:15:35:29 +0000] \"PUT /v2/a/b/manifests/t HTTP/1.1\" 201 0 \"\" \"skopeo/1.9.3\"",
+    )
+    .unwrap();
+    assert!(manifest.is_manifest_put() && !manifest.is_blob_put());
+    let mount = parse_access_line(
+        "127.0.0.1 - - [06/Dec/2026:15:35:29 +0000] \"POST /v2/b/blobs/uploads/?from=a&mount=sha256%3Ab0 HTTP/1.1\" 201 0 \"\" \"skopeo/1.9.3\"",
+    )
+    .unwrap();
+    assert!(mount.is_blob_mount() && !mount.is_blob_put());
+    // the application log's own lines are not requests
+    assert_eq!(
+        parse_access_line(
+            "time=\"2026-12-06T15:35:23Z\" level=info msg=\"response completed\" http.request.method=GET"
+        ),
+        None
+    );
+}
+
+#[test]
+#[cfg_attr(
+    any(no_registry, no_skopeo, no_umoci, no_root),
+    ignore = "needs docker-registry, skopeo, umoci and root"
+)]
+fn registry_takes_the_umoci_image_and_counts_its_uploads() {
+    use crate::umoci_image::{blob, build_image, manifest_of, why_skip};
+    let test = "registry_takes_the_umoci_image_and_counts_its_uploads";
+    if let Some(why) = why_skip() {
+        missing(test, &why);
+    }
+    let w = scratch();
+    let img = build_image(w.path());
+    let manifest = manifest_of(&img);
+    let layers = manifest["layers"].as_array().unwrap().len();
+    assert_eq!(layers, 3);
+
+    let registry = Registry::start();
+    assert_eq!((registry.blob_puts(), registry.manifest_puts()), (0, 0));
+    registry.push_oci_layout(&format!("{}:t", s(&img)), "forge/umoci:t");
+    // every layer and the config uploaded once, the manifest stored once
+    assert_eq!(
+        registry.blob_puts(),
+        layers + 1,
+        "{:#?}",
+        registry.requests()
+    );
+    assert_eq!(registry.manifest_puts(), 1);
+    assert_eq!(registry.blob_mounts(), 0);
+
+    // read back: the manifest byte for byte (as JSON), the layers skopeo lists
+    assert_eq!(registry.inspect_raw("forge/umoci:t"), manifest);
+    let seen = registry.inspect("forge/umoci:t");
+    let digests: Vec<&serde_json::Value> = manifest["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| &l["digest"])
+        .collect();
+    assert_eq!(
+        seen["Layers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .collect::<Vec<_>>(),
+        digests
+    );
+    assert_eq!(seen["Architecture"], "amd64");
+
+    // pushed again to the same repository: every blob is found there, nothing is uploaded
+    registry.push_oci_layout(&format!("{}:t", s(&img)), "forge/umoci:again");
+    assert_eq!(registry.blob_puts(), layers + 1);
+    assert_eq!(registry.manifest_puts(), 2);
+
+    // pulled into a layout: the same manifest and blobs
+    let pulled = w.path().join("pulled");
+    registry.pull_to_oci("forge/umoci:t", &format!("{}:t", s(&pulled)));
+    assert_eq!(manifest_of(&pulled), manifest);
+    for d in digests {
+        let d = d.as_str().unwrap();
+        assert_eq!(
+            fs::read(blob(&pulled, d)).unwrap(),
+            fs::read(blob(&img, d)).unwrap(),
+            "layer {d}"
+        );
+    }
+    // stored under its own root; and named as `convert --source` takes it
+    let repo = registry
+        .storage()
+        .join("docker/registry/v2/repositories/forge/umoci");
+    assert!(repo.is_dir(), "{}", repo.display());
+    let out = skopeo(&[
+        "inspect",
+        "--tls-verify=false",
+        "--raw",
+        &format!("docker://{}", registry.reference("forge/umoci:again")),
+    ]);
+    assert_ok(&out);
+    assert_eq!(
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap(),
+        manifest
+    );
+    // and by digest
+    let digest = registry.inspect("forge/umoci:t")["Digest"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        registry.inspect_raw(&format!("forge/umoci@{digest}")),
+        manifest
+    );
+}
+
+#[test]
+#[cfg_attr(any(no_registry, no_skopeo), ignore = "needs docker-registry, skopeo")]
+fn registry_with_auth_wants_the_right_credentials() {
+    let w = scratch();
+    let (layout, _) = small_layout(&w.path().join("img"), "t", 100_000);
+    let registry = Registry::start_with_auth("forge", "s3cret pass");
+    assert_eq!(registry.creds(), Some(("forge", "s3cret pass")));
+    let unauthorized = |out: &Output, what: &str| {
+        assert!(!out.status.success(), "{what} succeeded");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("unauthorized"), "{what}: {err}");
+    };
+    let wrong = Client::new(&registry.addr(), Some(("forge", "wrong")));
+    let anonymous = Client::new(&registry.addr(), None);
+    unauthorized(&wrong.push(&layout, "secret/img:t"), "push, wrong password");
+    unauthorized(
+        &anonymous.push(&layout, "secret/img:t"),
+        "push, no credentials",
+    );
+    assert_eq!((registry.blob_puts(), registry.manifest_puts()), (0, 0));
+
+    registry.push_oci_layout(&layout, "secret/img:t");
+    assert_eq!((registry.blob_puts(), registry.manifest_puts()), (2, 1));
+    unauthorized(
+        &wrong.inspect("secret/img:t", true),
+        "inspect, wrong password",
+    );
+    unauthorized(
+        &anonymous.inspect("secret/img:t", true),
+        "inspect, no credentials",
+    );
+    let manifest = registry.inspect_raw("secret/img:t");
+    assert_eq!(manifest["layers"].as_array().unwrap().len(), 1);
+    // every refusal is in the access log
+    let refused = registry
+        .requests()
+        .iter()
+        .filter(|r| r.status == 401)
+        .count();
+    assert!(refused >= 4, "{:#?}", registry.requests());
+}

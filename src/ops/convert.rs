@@ -213,7 +213,7 @@ pub fn convert(opts: &ConvertOptions) -> Result<ConvertOutput> {
     let mut converted = Vec::new();
     for (i, c) in source.chosen.iter().enumerate() {
         let layout = work.path().join(format!("platform-{i}"));
-        let converted_doc = convert_platform(opts, &client, src, c, &layout)?;
+        let converted_doc = convert_platform(opts, &client, (src, &target), c, &layout)?;
         let (report, manifest) =
             push_platform(opts, &client, &target, &layout, &c.manifest, converted_doc)?;
         std::fs::remove_dir_all(&layout).ctx("remove", &layout)?;
@@ -503,7 +503,7 @@ fn remote_store(client: &Client, src: &ImageRef, c: &Chosen) -> Result<Store> {
 fn convert_platform(
     opts: &ConvertOptions,
     client: &Client,
-    src: &ImageRef,
+    (src, target): (&ImageRef, &ImageRef),
     c: &Chosen,
     layout: &Path,
 ) -> Result<(PlatformReport, Value)> {
@@ -529,12 +529,37 @@ fn convert_platform(
         blob_dir: Some(layout.to_path_buf()),
         ..opts.create.clone()
     };
-    let manifest_digest = match opts.layer_format {
-        LayerFormat::Nydus => oci_ops::create_oci_image(&copts, image, want, &NoProgress)?.manifest,
-        LayerFormat::Erofs => {
-            oci_ops::create_oci_erofs_image(&copts, image, want, opts.erofs_compression)?.manifest
-        }
-    };
+    // each layer's blob is pushed by a second thread while the next layer converts
+    let (tx, rx) = std::sync::mpsc::channel::<Finished>();
+    let (manifest_digest, early) = std::thread::scope(|scope| -> Result<_> {
+        let worker = scope.spawn(move || push_worker(client, target, rx));
+        let built = {
+            let on_layer = move |p: &Path| match Finished::open(p) {
+                Ok(f) => {
+                    let _ = tx.send(f);
+                }
+                Err(e) => log::warn!("{e}: pushed with the manifest instead"),
+            };
+            match opts.layer_format {
+                LayerFormat::Nydus => {
+                    oci_ops::create_oci_image(&copts, image, want, &NoProgress, Some(&on_layer))
+                        .map(|o| o.manifest)
+                }
+                LayerFormat::Erofs => oci_ops::create_oci_erofs_image(
+                    &copts,
+                    image,
+                    want,
+                    opts.erofs_compression,
+                    Some(&on_layer),
+                )
+                .map(|o| o.manifest),
+            }
+        };
+        let pushed = worker
+            .join()
+            .map_err(|_| Error::Internal("the push thread panicked".into()))?;
+        Ok((built?, pushed?))
+    })?;
     let doc = read_layout_doc(layout, &manifest_digest)?;
     let report = PlatformReport {
         platform,
@@ -543,9 +568,66 @@ fn convert_platform(
         target_manifest: String::new(),
         target_size: 0,
         convert_seconds: started.elapsed().as_secs_f64(),
-        blobs: Vec::new(),
+        blobs: early,
     };
     Ok((report, doc))
+}
+
+/// A layer's blob, complete, opened at once (the layout moves it afterwards).
+struct Finished {
+    file: std::fs::File,
+    digest: String,
+    size: u64,
+}
+
+impl Finished {
+    /// Opens a blob named by its sha256, as the layout names it.
+    fn open(p: &Path) -> Result<Finished> {
+        let file = std::fs::File::open(p).ctx("open", p)?;
+        let size = file.metadata().ctx("stat", p)?.len();
+        let hex = p.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+        Ok(Finished {
+            file,
+            digest: format!("sha256:{hex}"),
+            size,
+        })
+    }
+}
+
+/// Pushes each finished blob the target lacks, in the order they come.
+fn push_worker(
+    client: &Client,
+    target: &ImageRef,
+    rx: std::sync::mpsc::Receiver<Finished>,
+) -> Result<Vec<LayerReport>> {
+    let mut done = Vec::new();
+    for f in rx {
+        done.push(push_blob(client, target, &f)?);
+    }
+    Ok(done)
+}
+
+/// One blob made present in the target: uploaded unless it is there already.
+fn push_blob(client: &Client, target: &ImageRef, f: &Finished) -> Result<LayerReport> {
+    let started = Instant::now();
+    let uploaded = if client.has_blob(target, &f.digest)? {
+        false
+    } else {
+        client.push_file(target, &f.file, &f.digest, f.size)?;
+        true
+    };
+    log::info!(
+        "{target}: blob {} ({} bytes) {}",
+        f.digest,
+        f.size,
+        if uploaded { "pushed" } else { "already there" }
+    );
+    Ok(LayerReport {
+        digest: f.digest.clone(),
+        size: f.size,
+        uploaded,
+        push_seconds: started.elapsed().as_secs_f64(),
+    })
 }
 
 fn read_layout_doc(layout: &Path, digest: &str) -> Result<Value> {
@@ -604,28 +686,18 @@ fn push_platform(
     let blobs_dir = layout.join("blobs/sha256");
     let mut descriptors: Vec<Value> = doc["layers"].as_array().cloned().unwrap_or_default();
     descriptors.push(doc["config"].clone());
+    let early = std::mem::take(&mut report.blobs);
     for d in &descriptors {
-        let digest = d["digest"].as_str().unwrap_or_default().to_string();
-        let size = d["size"].as_u64().unwrap_or(0);
-        let path = blobs_dir.join(digest.trim_start_matches("sha256:"));
-        let started = Instant::now();
-        let uploaded = if client.has_blob(target, &digest)? {
-            false
-        } else {
-            client.push_file(target, &path, &digest, size)?;
-            true
+        let digest = d["digest"].as_str().unwrap_or_default();
+        let blob = match early.iter().find(|b| b.digest == digest) {
+            Some(b) => b.clone(),
+            None => {
+                let path = blobs_dir.join(digest.trim_start_matches("sha256:"));
+                push_blob(client, target, &Finished::open(&path)?)?
+            }
         };
-        log::info!(
-            "{target}: blob {digest} ({size} bytes) {}",
-            if uploaded { "pushed" } else { "already there" }
-        );
-        report.target_size += size;
-        report.blobs.push(LayerReport {
-            digest,
-            size,
-            uploaded,
-            push_seconds: started.elapsed().as_secs_f64(),
-        });
+        report.target_size += blob.size;
+        report.blobs.push(blob);
     }
     let config = (
         doc["config"]["digest"]
@@ -763,7 +835,7 @@ pub(crate) fn copy_blob(
             reason: format!("{copied} bytes, the manifest says {size}"),
         });
     }
-    client.push_file(target, tmp.path(), digest, size)
+    client.push_file(target, tmp.as_file(), digest, size)
 }
 
 fn write_json(opts: &ConvertOptions, out: &ConvertOutput) -> Result<()> {

@@ -60,6 +60,10 @@ pub enum LayerFormat {
     Erofs,
 }
 
+/// Called with each layer's output (a nydus data blob, or an EROFS layer) as soon as it is
+/// complete, while the next layer is converted: `convert` pushes it meanwhile.
+pub(crate) type OnLayer<'a> = Option<&'a (dyn Fn(&Path) + Sync)>;
+
 /// What `create -t oci` produced.
 #[derive(Debug, Clone)]
 pub struct OciOutput {
@@ -119,7 +123,7 @@ pub fn create_oci(
 ) -> Result<OciOutput> {
     let want = wanted(platform)?;
     let image = open_source(opts, &want)?;
-    create_oci_image(opts, image, want, progress)
+    create_oci_image(opts, image, want, progress, None)
 }
 
 /// The platform asked for, or this machine's.
@@ -137,6 +141,7 @@ pub(crate) fn create_oci_image(
     image: oci::Image,
     want: Platform,
     progress: &dyn Progress,
+    on_layer: OnLayer,
 ) -> Result<OciOutput> {
     let Target {
         final_dir,
@@ -153,7 +158,7 @@ pub(crate) fn create_oci_image(
     };
     // per-layer outputs are staged here and only the blobs the image uses move into blobs/
     let work = crate::io::staged::ScratchDir::new_in(&dir)?;
-    let boots = convert_layers(opts, &image, work.path(), progress)?;
+    let boots = convert_layers(opts, &image, work.path(), progress, on_layer)?;
     let image_boot = work.path().join("image.boot");
     let merged = merge::merge(&MergeOptions {
         sources: boots,
@@ -261,7 +266,7 @@ pub fn create_oci_erofs(
 ) -> Result<OciErofsOutput> {
     let want = wanted(platform)?;
     let image = open_source(opts, &want)?;
-    create_oci_erofs_image(opts, image, want, compression)
+    create_oci_erofs_image(opts, image, want, compression, None)
 }
 
 /// [`create_oci_erofs`] of an image already opened.
@@ -270,6 +275,7 @@ pub(crate) fn create_oci_erofs_image(
     image: oci::Image,
     want: Platform,
     compression: Option<crate::ops::export_compressed::ErofsCompression>,
+    on_layer: OnLayer,
 ) -> Result<OciErofsOutput> {
     let Target {
         final_dir,
@@ -288,6 +294,9 @@ pub(crate) fn create_oci_erofs_image(
     for (i, l) in image.layers.iter().enumerate() {
         let built = erofs_layer(opts, &image, i, l, work.path(), compression)?;
         layers.add_erofs(&built, &mut blobs)?;
+        if let (Some(f), Some(p)) = (on_layer, layers.blob_paths.last()) {
+            f(p);
+        }
     }
     let config = write_config(
         opts,
@@ -468,6 +477,7 @@ fn convert_layers(
     image: &oci::Image,
     work: &Path,
     progress: &dyn Progress,
+    on_layer: OnLayer,
 ) -> Result<Vec<PathBuf>> {
     let mut boots = Vec::with_capacity(image.layers.len());
     for (i, l) in image.layers.iter().enumerate() {
@@ -500,6 +510,9 @@ fn convert_layers(
             out.data_bytes,
             out.blob_path
         );
+        if let (Some(f), Some(b)) = (on_layer, &out.blob_path) {
+            f(b);
+        }
         boots.push(boot);
     }
     Ok(boots)

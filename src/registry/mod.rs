@@ -6,7 +6,6 @@
 //! existence checks and cross-repository mounts, and one-line errors naming the registry.
 
 use std::io::Read;
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -331,19 +330,29 @@ impl Client {
         done.is_ok() && self.has_blob(r, digest).unwrap_or(false)
     }
 
-    /// Uploads a file as a blob of `r`'s repository, streamed from disk (one PUT); a broken
-    /// upload starts again from the beginning, up to the retry count.
-    pub fn push_file(&self, r: &ImageRef, path: &Path, digest: &str, size: u64) -> Result<()> {
+    /// Uploads an open file as a blob of `r`'s repository, streamed from disk (one PUT); a
+    /// broken upload starts again from the file's first byte, up to the retry count.
+    pub fn push_file(
+        &self,
+        r: &ImageRef,
+        file: &std::fs::File,
+        digest: &str,
+        size: u64,
+    ) -> Result<()> {
         let inner = self.inner.clone();
         self.retrying(r, &format!("upload blob {digest}"), || {
             let inner = inner.clone();
-            let path = path.to_path_buf();
             let reference = r.0.clone();
             let digest = digest.to_string();
+            let file = file.try_clone();
             async move {
-                let f = tokio::fs::File::open(&path).await?;
-                let stream = tokio_util::io::ReaderStream::with_capacity(f, 1 << 20)
-                    .map(|b| b.map_err(OciDistributionError::IoError));
+                let mut f = file?;
+                std::io::Seek::seek(&mut f, std::io::SeekFrom::Start(0))?;
+                let stream = tokio_util::io::ReaderStream::with_capacity(
+                    tokio::fs::File::from_std(f),
+                    1 << 20,
+                )
+                .map(|b| b.map_err(OciDistributionError::IoError));
                 inner
                     .push_blob_stream(&reference, stream, &digest, Some(size))
                     .await

@@ -98,12 +98,31 @@ fn registry_to_registry_matches_umoci() {
     for v in ["6", "5"] {
         let target = reg.reference(&format!("app:t-nydus-v{v}"));
         let json_out = w.path().join(format!("convert-v{v}.json"));
+        let before = reg.requests().len();
         convert(
             &src,
             &target,
             &work,
             &["--fs-version", v, "--oci", "-J", s(&json_out)],
         );
+        if v == "6" {
+            // layer 0's blob was uploaded before the last source layer was fetched: pushing
+            // runs while the next layers convert
+            let last_layer = manifest_of(&img)["layers"][2]["digest"]
+                .as_str()
+                .unwrap()
+                .to_string();
+            let reqs = reg.requests().split_off(before);
+            let first_put = reqs.iter().position(|r| r.is_blob_put()).unwrap();
+            let last_get = reqs
+                .iter()
+                .rposition(|r| r.method == "GET" && r.uri.ends_with(&last_layer))
+                .unwrap();
+            assert!(
+                first_put < last_get,
+                "a blob is pushed while layers convert"
+            );
+        }
         // skopeo reads the target; its layers are nydus blobs and a bootstrap layer
         let raw = reg.inspect_raw(&format!("app:t-nydus-v{v}"));
         let layers = raw["layers"].as_array().unwrap();

@@ -126,6 +126,8 @@ pub struct ConvertOptions {
     pub create: CreateOptions,
     /// The converted manifest names the source manifest as its `subject`.
     pub with_referrer: bool,
+    /// Reference the source's gzip layers in place (targz-ref, nydusify's `--oci-ref`).
+    pub oci_ref: bool,
     /// Where layouts are built before they are pushed.
     pub work_dir: PathBuf,
     /// Where the JSON summary goes.
@@ -214,8 +216,14 @@ pub fn convert(opts: &ConvertOptions) -> Result<ConvertOutput> {
     for (i, c) in source.chosen.iter().enumerate() {
         let layout = work.path().join(format!("platform-{i}"));
         let converted_doc = convert_platform(opts, &client, (src, &target), c, &layout)?;
-        let (report, manifest) =
-            push_platform(opts, &client, &target, &layout, &c.manifest, converted_doc)?;
+        let (report, manifest) = push_platform(
+            opts,
+            &client,
+            (src, &target),
+            &layout,
+            &c.manifest,
+            converted_doc,
+        )?;
         std::fs::remove_dir_all(&layout).ctx("remove", &layout)?;
         let platform = platform_json(c, &report.platform);
         converted.push(Converted {
@@ -258,6 +266,9 @@ fn check(opts: &ConvertOptions) -> Result<()> {
     }
     if remote && !matches!(opts.target, ImageLocation::Registry(_)) {
         return bad("a registry source converts into a registry target (use skopeo to copy it to a layout first, or write to a registry)");
+    }
+    if opts.oci_ref && (opts.layer_format == LayerFormat::Erofs || !remote) {
+        return bad("--oci-ref references the layers of a registry source; it does not take --target-format erofs");
     }
     if opts.merge_platform && opts.layer_format == LayerFormat::Erofs {
         return bad("--merge-platform writes nydus manifests beside the originals; it does not take --target-format erofs");
@@ -541,6 +552,10 @@ fn convert_platform(
                 Err(e) => log::warn!("{e}: pushed with the manifest instead"),
             };
             match opts.layer_format {
+                LayerFormat::Nydus if opts.oci_ref => {
+                    oci_ops::create_oci_ref_image(&copts, image, want, Some(&on_layer))
+                        .map(|o| o.manifest)
+                }
                 LayerFormat::Nydus => {
                     oci_ops::create_oci_image(&copts, image, want, &NoProgress, Some(&on_layer))
                         .map(|o| o.manifest)
@@ -678,7 +693,7 @@ fn final_manifest(
 fn push_platform(
     opts: &ConvertOptions,
     client: &Client,
-    target: &ImageRef,
+    (src, target): (&ImageRef, &ImageRef),
     layout: &Path,
     source: &Manifest,
     (mut report, doc): (PlatformReport, Value),
@@ -687,6 +702,20 @@ fn push_platform(
     let mut descriptors: Vec<Value> = doc["layers"].as_array().cloned().unwrap_or_default();
     descriptors.push(doc["config"].clone());
     let early = std::mem::take(&mut report.blobs);
+    // --oci-ref: the gzip layers the ref blobs name must be in the target repository too
+    let source_doc = parse_doc(&source.bytes, src)?;
+    for d in &descriptors {
+        if let Some(orig) = d["annotations"][oci_ops::ANNOTATION_NYDUS_REF].as_str() {
+            let size = source_doc["layers"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|l| l["digest"] == orig)
+                .and_then(|l| l["size"].as_u64())
+                .unwrap_or(0);
+            copy_blob(client, src, target, orig, size)?;
+        }
+    }
     for d in &descriptors {
         let digest = d["digest"].as_str().unwrap_or_default();
         let blob = match early.iter().find(|b| b.digest == digest) {

@@ -31,6 +31,8 @@ pub(crate) const ANNOTATION_BLOB: &str = "containerd.io/snapshot/nydus-blob";
 /// Annotation marking an encrypted data blob layer (value `"true"`), as the converter's
 /// encrypted path sets it.
 pub(crate) const ANNOTATION_ENCRYPTED_BLOB: &str = "containerd.io/snapshot/nydus-encrypted-blob";
+/// Annotation naming the gzip layer a targz-ref blob references (`convert --oci-ref`).
+pub const ANNOTATION_NYDUS_REF: &str = "containerd.io/snapshot/nydus-ref";
 /// Annotation marking the bootstrap layer (value `"true"`).
 pub(crate) const ANNOTATION_BOOTSTRAP: &str = "containerd.io/snapshot/nydus-bootstrap";
 /// Annotation giving the RAFS version of the bootstrap layer (`"5"` or `"6"`).
@@ -237,6 +239,224 @@ pub(crate) fn create_oci_image(
     outputs.commit()?;
     blobs.created.keep();
     Ok(out)
+}
+
+/// `convert --oci-ref` (nydusify's zran mode): every gzip layer stays in place and is
+/// referenced, as nydus-snapshotter's converter does it (formats/oci.md §7.1). Each layer is
+/// read once into the scratch directory (its digest checked), made into the converter's
+/// targz-ref blob (`create -t targz-ref --blob-inline-meta --features blob-toc`), and the
+/// per-layer bootstraps are merged with those blobs' digests, sizes and ToC digests. The
+/// manifest lists the small ref blobs, each annotated with the gzip layer it references,
+/// then the bootstrap layer; the gzip layers themselves are not part of it.
+pub(crate) fn create_oci_ref_image(
+    opts: &CreateOptions,
+    image: oci::Image,
+    want: Platform,
+    on_layer: OnLayer,
+) -> Result<OciOutput> {
+    let Target {
+        final_dir,
+        dir,
+        mut outputs,
+        want,
+        image,
+        mut blobs,
+    } = Target::open(opts, want, image)?;
+    let work = crate::io::staged::ScratchDir::new_in(&dir)?;
+    let mut refs = Vec::with_capacity(image.layers.len());
+    for (i, l) in image.layers.iter().enumerate() {
+        let r = ref_layer(opts, &image, i, l, work.path(), &mut blobs)?;
+        if let Some(f) = on_layer {
+            f(&r.path);
+        }
+        refs.push(r);
+    }
+    let image_boot = work.path().join("image.boot");
+    let merged = merge::merge(&MergeOptions {
+        sources: refs.iter().map(|r| r.boot.clone()).collect(),
+        bootstrap: Some(image_boot.clone()),
+        blob_digests: refs.iter().map(|r| r.hex.clone()).collect(),
+        blob_sizes: refs.iter().map(|r| r.size).collect(),
+        blob_toc_digests: refs.iter().map(|r| r.toc_hex.clone()).collect(),
+        whiteout_spec: WhiteoutSpec::Oci,
+        prefetch: opts.prefetch.clone(),
+        ..MergeOptions::default()
+    })?;
+    let mut layers = Layers {
+        layers: Vec::new(),
+        diff_ids: Vec::new(),
+        blob_paths: Vec::new(),
+    };
+    let mut files = vec![LayerFile {
+        name: BOOTSTRAP_IN_LAYER.into(),
+        bytes: std::fs::read(&image_boot).ctx("read", &image_boot)?,
+    }];
+    for r in &refs {
+        layers.layers.push(json!({
+            "mediaType": MEDIA_NYDUS_BLOB,
+            "digest": format!("sha256:{}", r.hex),
+            "size": r.size,
+            "annotations": {
+                ANNOTATION_BLOB: "true",
+                ANNOTATION_NYDUS_REF: format!("sha256:{}", r.original),
+            },
+        }));
+        layers.diff_ids.push(json!(format!("sha256:{}", r.hex)));
+        layers.blob_paths.push(r.path.clone());
+        if let Some(meta) = &r.meta {
+            files.push(LayerFile {
+                name: format!("image/{}.blob.meta", r.hex),
+                bytes: meta.clone(),
+            });
+        }
+    }
+    let boot_layer = layers.add_bootstrap(&mut blobs, &files, &merged, &image_boot)?;
+    let config = write_config(
+        opts,
+        &image,
+        &layers.diff_ids,
+        &mut blobs,
+        LayerFormat::Nydus,
+    )?;
+    let manifest = write_manifest(&image, &config, layers.layers, &mut blobs)?;
+    let p = image.platform.clone().unwrap_or(want);
+    write_index(
+        &dir,
+        &image,
+        &p,
+        &manifest,
+        &mut outputs,
+        LayerFormat::Nydus,
+    )?;
+    let placed = |b: &Path| match b.strip_prefix(&dir) {
+        Ok(rel) => final_dir.join(rel),
+        Err(_) => b.to_path_buf(),
+    };
+    let out = OciOutput {
+        dir: final_dir.clone(),
+        platform: p.to_string(),
+        found_in: image.found_in,
+        layers: image.layers.len(),
+        manifest: format!("sha256:{}", manifest.hex),
+        config: format!("sha256:{}", config.hex),
+        blobs: layers.blob_paths.iter().map(|b| placed(b)).collect(),
+        bootstrap_layer: placed(&boot_layer),
+        bootstrap: None,
+        fs_version: merged.fs_version,
+    };
+    drop(work);
+    outputs.commit()?;
+    blobs.created.keep();
+    Ok(out)
+}
+
+/// One layer's targz-ref blob, placed in `blobs/sha256`.
+struct RefLayer {
+    /// Its file.
+    path: PathBuf,
+    /// Its sha256 (hex): the blob's meta digest in the merged bootstrap.
+    hex: String,
+    size: u64,
+    /// sha256 (hex) of its ToC entry's data, as the converter computes it.
+    toc_hex: String,
+    /// The gzip layer it references (hex).
+    original: String,
+    /// Its bootstrap, in the scratch directory.
+    boot: PathBuf,
+    /// The blob cache meta file (RAFS v6), for the bootstrap layer.
+    meta: Option<Vec<u8>>,
+}
+
+fn ref_layer(
+    opts: &CreateOptions,
+    image: &oci::Image,
+    i: usize,
+    l: &oci::Layer,
+    work: &Path,
+    blobs: &mut Blobs,
+) -> Result<RefLayer> {
+    let where_ = image.store.describe(&l.name);
+    if !l.media_type.contains("gzip") {
+        return Err(Error::Unsupported {
+            path: where_,
+            reason: format!(
+                "layer {i} has media type {}: --oci-ref references gzip layers only",
+                l.media_type
+            ),
+        });
+    }
+    // the layer, once, into the scratch directory: targz-ref reads a file
+    let gz = work.join(format!("layer-{i}.tar.gz"));
+    let (raw, _) = image.store.reader(&l.name)?;
+    let mut stored = crate::source::tar::Digesting::new(raw, true);
+    let mut f = std::fs::File::create(&gz).ctx("create", &gz)?;
+    std::io::copy(&mut stored, &mut f).ctx("read", &where_)?;
+    drop(f);
+    let (size, digest) = stored.finish();
+    let expected = create::LayerDigests {
+        digest: l.digest.clone(),
+        size: l.size,
+        diff_id: None,
+    };
+    expected.check(
+        format!("layer {i} ({})", where_.display()),
+        (size, digest.clone()),
+        None,
+    )?;
+    let original = digest.unwrap_or_default();
+    let blob = work.join(format!("layer-{i}.ref"));
+    let boot = work.join(format!("layer-{i}.boot"));
+    create::create(
+        &CreateOptions {
+            source: gz.clone(),
+            source_type: SourceType::TargzRef,
+            fs_version: 6,
+            // the converter's blob carries the bootstrap (its image.boot entry)
+            bootstrap: None,
+            blob: Some(blob.clone()),
+            blob_dir: None,
+            blob_inline_meta: true,
+            blob_toc: true,
+            output_json: None,
+            ..opts.clone()
+        },
+        &crate::ops::create::NoProgress,
+    )?;
+    std::fs::remove_file(&gz).ctx("remove", &gz)?;
+    let boot_bytes = crate::blob::inline::extract_bootstrap(&blob)?;
+    std::fs::write(&boot, &boot_bytes).ctx("write", &boot)?;
+    let bytes = std::fs::read(&blob).ctx("read", &blob)?;
+    let toc_hex = toc_digest(&bytes).ok_or_else(|| {
+        Error::Internal(format!(
+            "{}: no ToC at the end of the ref blob",
+            blob.display()
+        ))
+    })?;
+    let (hex, path) = blobs.put(&bytes)?;
+    let meta = match crate::rafs::load(&boot)?.image.blobs.first() {
+        Some(entry) => Some(crate::blob::reader::cache_meta_file(&path, entry)?),
+        None => None,
+    };
+    Ok(RefLayer {
+        path,
+        hex,
+        size: bytes.len() as u64,
+        toc_hex,
+        original,
+        boot,
+        meta,
+    })
+}
+
+/// sha256 (hex) of a blob's ToC data: the entry whose tar header ends the blob
+/// (formats/blob.md §9).
+fn toc_digest(blob: &[u8]) -> Option<String> {
+    let header = blob.len().checked_sub(512).map(|at| &blob[at..])?;
+    let size_field = std::str::from_utf8(&header[124..136]).ok()?;
+    let size =
+        u64::from_str_radix(size_field.trim_matches(|c: char| c == '\0' || c == ' '), 8).ok()?;
+    let start = (blob.len() - 512).checked_sub(size as usize)?;
+    Some(hex::encode(Sha256::digest(&blob[start..blob.len() - 512])))
 }
 
 /// What `create -t oci --layer-format erofs` produced.

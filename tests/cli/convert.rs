@@ -358,3 +358,62 @@ fn wrong_credentials_are_one_line() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+#[cfg_attr(
+    any(no_registry, no_skopeo, no_umoci, no_root),
+    ignore = "needs docker-registry, skopeo, umoci, root"
+)]
+fn oci_ref_references_the_source_layers() {
+    let w = scratch();
+    let (img, expect) = image_and_rootfs("oci_ref_references_the_source_layers", w.path());
+    let reg = Registry::start();
+    reg.push_oci_layout(&format!("{}:t", s(&img)), "app:t");
+    let work = w.path().join("work");
+    // into another repository: the gzip layers it references are mounted there
+    convert(
+        &reg.reference("app:t"),
+        &reg.reference("zran:t"),
+        &work,
+        &["--oci-ref"],
+    );
+    let raw = reg.inspect_raw("zran:t");
+    let source_layers = manifest_of(&img)["layers"].as_array().unwrap().clone();
+    let layers = raw["layers"].as_array().unwrap();
+    assert_eq!(layers.len(), source_layers.len() + 1);
+    for (l, src) in layers.iter().zip(&source_layers) {
+        assert_eq!(
+            l["mediaType"],
+            "application/vnd.oci.image.layer.nydus.blob.v1"
+        );
+        assert_eq!(
+            l["annotations"]["containerd.io/snapshot/nydus-ref"],
+            src["digest"]
+        );
+    }
+    // the referenced layers came into the target repository by mount, not upload
+    assert!(reg.blob_mounts() >= source_layers.len());
+    // pulled back: the ref blobs and the bootstrap; the data comes from the gzip layers
+    let pulled = w.path().join("pulled");
+    reg.pull_to_oci("zran:t", &format!("{}:t", s(&pulled)));
+    let boot = bootstrap_of(&pulled, &w.path().join("zran.boot"));
+    let blobs = w.path().join("blobs");
+    fs::create_dir_all(&blobs).unwrap();
+    for dir in [pulled.join("blobs/sha256"), img.join("blobs/sha256")] {
+        for e in fs::read_dir(dir).unwrap() {
+            let e = e.unwrap();
+            let _ = fs::copy(e.path(), blobs.join(e.file_name()));
+        }
+    }
+    forge(&["check", s(&boot), "-D", s(&blobs)]);
+    let dest = w.path().join("unpacked");
+    forge(&[
+        "unpack",
+        s(&boot),
+        "-D",
+        s(&blobs),
+        "--output-dir",
+        s(&dest),
+    ]);
+    same_tree("convert --oci-ref, pulled back", &expect, &dest);
+}

@@ -220,9 +220,6 @@ fn resolve(a: ConvertArgs) -> Result<ConvertOptions> {
     if a.chunk_dict.is_some() {
         bail!("--chunk-dict is not supported by convert yet: build with `create --chunk-dict` per layer");
     }
-    if a.oci_ref {
-        bail!("--oci-ref is not supported by convert yet: use `create -t targz-ref` per layer");
-    }
     if a.oci && a.docker_v2_format {
         bail!("--oci conflicts with --docker-v2-format");
     }
@@ -251,7 +248,8 @@ fn resolve(a: ConvertArgs) -> Result<ConvertOptions> {
         target,
         platforms,
         merge_platform: a.merge_platform,
-        manifest_kind: if a.oci {
+        // --oci-ref writes OCI manifests, as nydusify forces it
+        manifest_kind: if a.oci || a.oci_ref {
             ManifestKind::Oci
         } else if a.docker_v2_format {
             ManifestKind::DockerV2
@@ -265,6 +263,7 @@ fn resolve(a: ConvertArgs) -> Result<ConvertOptions> {
             .map(crate::resolve::erofs_compression)
             .transpose()?,
         with_referrer: a.with_referrer,
+        oci_ref: a.oci_ref,
         work_dir: a.work_dir,
         output_json: a.output_json,
     })

@@ -47,7 +47,7 @@ pub use model::{
     BlobEntry, BlobRefs, ChunkId, ChunkInfo, DataSource, Entry, EntryId, FileType, Image, Inode,
     InodeId, InodeKind, RegularFile, Tree,
 };
-pub use registry::{ImageRef, Transport};
+pub use registry::{ImageRef, Observer, Transfer, Transport, Unobserved};
 pub use source::limits::{SourceLimits, DEFAULT_MAX_DECOMPRESS_MEMORY, DEFAULT_MAX_ENTRIES};
 pub use source::oci::Platform;
 

@@ -8,6 +8,7 @@
 use std::collections::HashMap;
 use std::io::{Cursor, Read};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Instant;
 
 use serde_json::{json, Value};
@@ -18,7 +19,7 @@ use crate::io::staged::{write_temp, Outputs, ScratchDir};
 use crate::ops::create::{CreateOptions, NoProgress};
 use crate::ops::export_compressed::ErofsCompression;
 use crate::ops::oci::{self as oci_ops, LayerFormat};
-use crate::registry::{Client, ImageRef, Manifest, Transport};
+use crate::registry::{Client, ImageRef, Manifest, Observer, Transport};
 use crate::source::oci::{self, Platform, RemoteFiles, Store};
 
 const MEDIA_OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
@@ -200,12 +201,12 @@ struct Chosen {
 }
 
 /// Converts and pushes (formats/oci.md §7).
-pub fn convert(opts: &ConvertOptions) -> Result<ConvertOutput> {
+pub fn convert(opts: &ConvertOptions, observer: Arc<dyn Observer>) -> Result<ConvertOutput> {
     let started = Instant::now();
     check(opts)?;
     std::fs::create_dir_all(&opts.work_dir).ctx("create", &opts.work_dir)?;
     let work = ScratchDir::new_in(&opts.work_dir)?;
-    let client = Client::new(opts.transport.clone())?;
+    let client = Client::new(opts.transport.clone(), observer)?;
     let ImageLocation::Registry(src) = &opts.source else {
         return convert_local(opts, started);
     };
@@ -267,8 +268,10 @@ fn check(opts: &ConvertOptions) -> Result<()> {
     if remote && !matches!(opts.target, ImageLocation::Registry(_)) {
         return bad("a registry source converts into a registry target (use skopeo to copy it to a layout first, or write to a registry)");
     }
-    if opts.oci_ref && (opts.layer_format == LayerFormat::Erofs || !remote) {
-        return bad("--oci-ref references the layers of a registry source; it does not take --target-format erofs");
+    if opts.oci_ref && opts.layer_format == LayerFormat::Erofs {
+        return bad(
+            "--oci-ref references the source's gzip layers; it does not take --target-format erofs",
+        );
     }
     if opts.merge_platform && opts.layer_format == LayerFormat::Erofs {
         return bad("--merge-platform writes nydus manifests beside the originals; it does not take --target-format erofs");
@@ -316,6 +319,14 @@ fn convert_local(opts: &ConvertOptions, started: Instant) -> Result<ConvertOutpu
         ..opts.create.clone()
     };
     let manifest = match opts.layer_format {
+        LayerFormat::Nydus if opts.oci_ref => {
+            let want = match &opts.platforms {
+                Platforms::One(p) => p.clone(),
+                Platforms::All => Platform::host(),
+            };
+            let image = oci::open_image(&copts.source, &want)?;
+            oci_ops::create_oci_ref_image(&copts, image, want, None)?.manifest
+        }
         LayerFormat::Nydus => {
             oci_ops::create_oci(&copts, platform.as_deref(), &NoProgress)?.manifest
         }
@@ -626,6 +637,7 @@ fn push_worker(
 fn push_blob(client: &Client, target: &ImageRef, f: &Finished) -> Result<LayerReport> {
     let started = Instant::now();
     let uploaded = if client.has_blob(target, &f.digest)? {
+        client.skipped(&f.digest);
         false
     } else {
         client.push_file(target, &f.file, &f.digest, f.size)?;

@@ -103,6 +103,29 @@ impl std::fmt::Display for ImageRef {
     }
 }
 
+/// Which way a blob moves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transfer {
+    /// From a registry.
+    Pull,
+    /// To a registry.
+    Push,
+}
+
+/// Told of blobs as they move, for progress displays. Called from the transfer threads.
+pub trait Observer: Send + Sync {
+    /// A blob started moving (`size` 0 when unknown).
+    fn started(&self, _way: Transfer, _digest: &str, _size: u64) {}
+    /// More of its bytes moved.
+    fn moved(&self, _way: Transfer, _digest: &str, _bytes: u64) {}
+    /// It is complete (`moved` false: the target had it already, nothing moved).
+    fn finished(&self, _way: Transfer, _digest: &str, _moved: bool) {}
+}
+
+/// An [`Observer`] that shows nothing.
+pub struct Unobserved;
+impl Observer for Unobserved {}
+
 /// A manifest (or index) as the registry served it.
 #[derive(Debug, Clone)]
 pub struct Manifest {
@@ -120,6 +143,7 @@ pub struct Client {
     rt: Arc<tokio::runtime::Runtime>,
     inner: Arc<oci_client::Client>,
     transport: Arc<Transport>,
+    observer: Arc<dyn Observer>,
 }
 
 /// An error from the registry, one line naming the registry and what was asked.
@@ -212,8 +236,8 @@ fn credentials(registry: &str) -> RegistryAuth {
 }
 
 impl Client {
-    /// A client for `transport`'s registries.
-    pub fn new(transport: Transport) -> Result<Client> {
+    /// A client for `transport`'s registries, telling `observer` of blobs as they move.
+    pub fn new(transport: Transport, observer: Arc<dyn Observer>) -> Result<Client> {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name("registry")
@@ -238,6 +262,7 @@ impl Client {
             rt: Arc::new(rt),
             inner: Arc::new(oci_client::Client::new(config)),
             transport: Arc::new(transport),
+            observer,
         })
     }
 
@@ -305,8 +330,10 @@ impl Client {
             size: size.unwrap_or(0) as i64,
             ..OciDescriptor::default()
         };
+        let observer = self.observer.clone();
+        observer.started(Transfer::Pull, digest, size.unwrap_or(0));
         self.rt.spawn(async move {
-            pull_resuming(inner, transport, reference, desc, tx).await;
+            pull_resuming(inner, transport, reference, desc, tx, observer).await;
         });
         BlobReader {
             rx,
@@ -340,25 +367,40 @@ impl Client {
         size: u64,
     ) -> Result<()> {
         let inner = self.inner.clone();
+        self.observer.started(Transfer::Push, digest, size);
         self.retrying(r, &format!("upload blob {digest}"), || {
             let inner = inner.clone();
             let reference = r.0.clone();
             let digest = digest.to_string();
             let file = file.try_clone();
+            let observer = self.observer.clone();
             async move {
                 let mut f = file?;
                 std::io::Seek::seek(&mut f, std::io::SeekFrom::Start(0))?;
+                let seen = digest.clone();
                 let stream = tokio_util::io::ReaderStream::with_capacity(
                     tokio::fs::File::from_std(f),
                     1 << 20,
                 )
-                .map(|b| b.map_err(OciDistributionError::IoError));
+                .map(move |b| {
+                    if let Ok(b) = &b {
+                        observer.moved(Transfer::Push, &seen, b.len() as u64);
+                    }
+                    b.map_err(OciDistributionError::IoError)
+                });
                 inner
                     .push_blob_stream(&reference, stream, &digest, Some(size))
                     .await
                     .map(|_| ())
             }
-        })
+        })?;
+        self.observer.finished(Transfer::Push, digest, true);
+        Ok(())
+    }
+
+    /// Tells the observer that a blob did not need to move.
+    pub fn skipped(&self, digest: &str) {
+        self.observer.finished(Transfer::Push, digest, false);
     }
 
     /// Puts a manifest or index under `r` (its tag or digest).
@@ -388,6 +430,7 @@ async fn pull_resuming(
     r: ImageRef,
     desc: OciDescriptor,
     tx: tokio::sync::mpsc::Sender<std::io::Result<Bytes>>,
+    observer: Arc<dyn Observer>,
 ) {
     let mut offset: u64 = 0;
     let mut attempt = 0u32;
@@ -417,6 +460,7 @@ async fn pull_resuming(
                                 continue;
                             }
                             offset += b.len() as u64;
+                            observer.moved(Transfer::Pull, &desc.digest, b.len() as u64);
                             attempt = 0;
                             if tx.send(Ok(b)).await.is_err() {
                                 return; // the reader went away
@@ -429,7 +473,11 @@ async fn pull_resuming(
                     }
                 }
                 match broke {
-                    None => return, // complete: dropping tx ends the reader's stream
+                    None => {
+                        // complete: dropping tx ends the reader's stream
+                        observer.finished(Transfer::Pull, &desc.digest, true);
+                        return;
+                    }
                     Some(e) => e,
                 }
             }

@@ -623,6 +623,10 @@ fn umoci_cases<'a>(img: &'a Path, rootfs: &'a Path) -> Vec<Case<'a>> {
             Box::new(move |w: &Path| oci(w, img, rootfs, "5")),
         ),
         (
+            "convert --oci-ref (targz-ref layers of the image)",
+            Box::new(move |w: &Path| oci_ref(w, img, rootfs)),
+        ),
+        (
             "compact of the v6 merge",
             Box::new(move |w: &Path| compacted(w, img, rootfs)),
         ),
@@ -739,6 +743,51 @@ fn oci(w: &Path, img: &Path, rootfs: &Path, version: &str) -> Built {
     ]);
     // the layout's blobs are named by their digests, which are the nydus blob ids
     let blobs = blobs.join("blobs/sha256");
+    Built {
+        boot,
+        blobs,
+        expect: rootfs.to_path_buf(),
+        reader: Reader::Nydusd,
+    }
+}
+
+/// `convert --oci-ref` of the image's layout: the ref blobs and the bootstrap layer; nydusd
+/// reads the ref blobs' meta and inflates the image's own gzip layers (both saved under
+/// their digests in one directory, as a registry would serve them).
+fn oci_ref(w: &Path, img: &Path, rootfs: &Path) -> Built {
+    let out = w.join("layout");
+    let src = format!("oci:{}:t", s(img));
+    let target = format!("oci:{}", s(&out));
+    forge(&[
+        "convert",
+        "--source",
+        &src,
+        "--target",
+        &target,
+        "--oci-ref",
+        "--work-dir",
+        s(&w.join("work")),
+    ]);
+    let blobs = w.join("blobs");
+    fs::create_dir_all(&blobs).unwrap();
+    for dir in [out.join("blobs/sha256"), img.join("blobs/sha256")] {
+        for e in fs::read_dir(dir).unwrap() {
+            let e = e.unwrap();
+            fs::copy(e.path(), blobs.join(e.file_name())).unwrap();
+        }
+    }
+    let m = umoci_image::manifest_of(&out);
+    let top = m["layers"].as_array().unwrap().last().unwrap().clone();
+    let gz = fs::read(umoci_image::blob(&out, top["digest"].as_str().unwrap())).unwrap();
+    let mut tar_bytes = Vec::new();
+    std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&gz[..]), &mut tar_bytes).unwrap();
+    let boot = w.join("bootstrap");
+    for e in tar::Archive::new(&tar_bytes[..]).entries().unwrap() {
+        let mut e = e.unwrap();
+        if e.path().unwrap().to_str() == Some("image/image.boot") {
+            e.unpack(&boot).unwrap();
+        }
+    }
     Built {
         boot,
         blobs,

@@ -2,8 +2,10 @@
 //! (docs/convert.md). Parses, resolves into [`ConvertOptions`], runs, prints one summary line
 //! per platform.
 
+use std::collections::HashMap;
 use std::io::{IsTerminal, Read};
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
@@ -13,7 +15,7 @@ use erofs_forge::ops::convert::{self, ConvertOptions, ImageLocation, ManifestKin
 use erofs_forge::ops::create::{CreateOptions, SourceType};
 use erofs_forge::ops::oci::LayerFormat;
 use erofs_forge::Platform;
-use erofs_forge::{Compressor, Prefetch, PrefetchPolicy, Transport};
+use erofs_forge::{Compressor, Observer, Prefetch, PrefetchPolicy, Transfer, Transport};
 
 use crate::args::parse_size;
 
@@ -28,7 +30,7 @@ pub struct ConvertArgs {
     #[arg(long)]
     target: Option<String>,
     /// Target is the source with this appended to its tag (`:latest` → `:latest-nydus`).
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true)]
     target_suffix: Option<String>,
     /// Do not check the source registry's TLS certificate.
     #[arg(long)]
@@ -269,10 +271,84 @@ fn resolve(a: ConvertArgs) -> Result<ConvertOptions> {
     })
 }
 
+/// One bar per blob moving (pull of a source layer, push of a converted blob) on a terminal;
+/// a plain line per blob done otherwise.
+struct Transfers {
+    bars: Option<indicatif::MultiProgress>,
+    live: Mutex<HashMap<(bool, String), indicatif::ProgressBar>>,
+}
+
+impl Transfers {
+    fn for_stderr() -> Transfers {
+        Transfers {
+            bars: std::io::stderr()
+                .is_terminal()
+                .then(indicatif::MultiProgress::new),
+            live: Mutex::new(HashMap::new()),
+        }
+    }
+}
+
+fn way_name(way: Transfer) -> &'static str {
+    match way {
+        Transfer::Pull => "pull",
+        Transfer::Push => "push",
+    }
+}
+
+fn short(digest: &str) -> &str {
+    let hex = digest.trim_start_matches("sha256:");
+    &hex[..hex.len().min(12)]
+}
+
+impl Observer for Transfers {
+    fn started(&self, way: Transfer, digest: &str, size: u64) {
+        let Some(m) = &self.bars else {
+            return;
+        };
+        let b = m.add(indicatif::ProgressBar::new(size));
+        b.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{prefix} {msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        b.set_prefix(way_name(way));
+        b.set_message(short(digest).to_string());
+        if let Ok(mut live) = self.live.lock() {
+            live.insert((way == Transfer::Pull, digest.to_string()), b);
+        }
+    }
+
+    fn moved(&self, way: Transfer, digest: &str, bytes: u64) {
+        if let Ok(live) = self.live.lock() {
+            if let Some(b) = live.get(&(way == Transfer::Pull, digest.to_string())) {
+                b.inc(bytes);
+            }
+        }
+    }
+
+    fn finished(&self, way: Transfer, digest: &str, moved: bool) {
+        let bar = self
+            .live
+            .lock()
+            .ok()
+            .and_then(|mut l| l.remove(&(way == Transfer::Pull, digest.to_string())));
+        match (&self.bars, bar) {
+            (Some(_), Some(b)) => b.finish(),
+            (Some(_), None) => {}
+            (None, _) => {
+                let what = if moved { "done" } else { "already there" };
+                eprintln!("{} {digest}: {what}", way_name(way));
+            }
+        }
+    }
+}
+
 /// Runs `convert` and prints what it pushed.
 pub fn run(a: ConvertArgs) -> Result<()> {
     let opts = resolve(a)?;
-    let out = convert::convert(&opts)?;
+    let out = convert::convert(&opts, Arc::new(Transfers::for_stderr()))?;
     for p in &out.platforms {
         let pushed = p.blobs.iter().filter(|b| b.uploaded).count();
         crate::out::out!(

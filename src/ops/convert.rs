@@ -129,6 +129,8 @@ pub struct ConvertOptions {
     pub with_referrer: bool,
     /// Reference the source's gzip layers in place (targz-ref, nydusify's `--oci-ref`).
     pub oci_ref: bool,
+    /// A nydus image in a registry whose chunks the layers reuse (`--chunk-dict`).
+    pub chunk_dict: Option<ImageRef>,
     /// Where layouts are built before they are pushed.
     pub work_dir: PathBuf,
     /// Where the JSON summary goes.
@@ -212,19 +214,28 @@ pub fn convert(opts: &ConvertOptions, observer: Arc<dyn Observer>) -> Result<Con
     };
     let source = resolve(&client, src, &opts.platforms)?;
     let target = target_ref(opts)?;
+    let dict = match &opts.chunk_dict {
+        Some(r) => Some((r, fetch_dict(&client, r, &opts.platforms, work.path())?)),
+        None => None,
+    };
     let mut reports = Vec::new();
     let mut converted = Vec::new();
     for (i, c) in source.chosen.iter().enumerate() {
         let layout = work.path().join(format!("platform-{i}"));
-        let converted_doc = convert_platform(opts, &client, (src, &target), c, &layout)?;
-        let (report, manifest) = push_platform(
+        let converted_doc = convert_platform(
             opts,
             &client,
             (src, &target),
+            (c, dict.as_ref().map(|d| &d.1)),
             &layout,
-            &c.manifest,
-            converted_doc,
         )?;
+        let ends = Ends {
+            src,
+            target: &target,
+            dict: dict.as_ref().map(|d| d.0),
+        };
+        let (report, manifest) =
+            push_platform(opts, &client, &ends, &layout, &c.manifest, converted_doc)?;
         std::fs::remove_dir_all(&layout).ctx("remove", &layout)?;
         let platform = platform_json(c, &report.platform);
         converted.push(Converted {
@@ -460,6 +471,15 @@ fn blob_hex(name: &str) -> Option<&str> {
         .filter(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()))
 }
 
+/// Where a platform's blobs come from and go to.
+#[derive(Clone, Copy)]
+struct Ends<'a> {
+    src: &'a ImageRef,
+    target: &'a ImageRef,
+    /// The chunk dictionary's repository, whose blobs the image may use.
+    dict: Option<&'a ImageRef>,
+}
+
 /// One platform converted and pushed, for the index.
 struct Converted<'a> {
     chosen: &'a Chosen,
@@ -526,7 +546,7 @@ fn convert_platform(
     opts: &ConvertOptions,
     client: &Client,
     (src, target): (&ImageRef, &ImageRef),
-    c: &Chosen,
+    (c, dict): (&Chosen, Option<&oci_ops::ChunkDictImage>),
     layout: &Path,
 ) -> Result<(PlatformReport, Value)> {
     let started = Instant::now();
@@ -567,10 +587,14 @@ fn convert_platform(
                     oci_ops::create_oci_ref_image(&copts, image, want, Some(&on_layer))
                         .map(|o| o.manifest)
                 }
-                LayerFormat::Nydus => {
-                    oci_ops::create_oci_image(&copts, image, want, &NoProgress, Some(&on_layer))
-                        .map(|o| o.manifest)
-                }
+                LayerFormat::Nydus => oci_ops::create_oci_image(
+                    &copts,
+                    image,
+                    want,
+                    &NoProgress,
+                    (Some(&on_layer), dict),
+                )
+                .map(|o| o.manifest),
                 LayerFormat::Erofs => oci_ops::create_oci_erofs_image(
                     &copts,
                     image,
@@ -705,11 +729,12 @@ fn final_manifest(
 fn push_platform(
     opts: &ConvertOptions,
     client: &Client,
-    (src, target): (&ImageRef, &ImageRef),
+    ends: &Ends,
     layout: &Path,
     source: &Manifest,
     (mut report, doc): (PlatformReport, Value),
 ) -> Result<(PlatformReport, Manifest)> {
+    let Ends { src, target, dict } = *ends;
     let blobs_dir = layout.join("blobs/sha256");
     let mut descriptors: Vec<Value> = doc["layers"].as_array().cloned().unwrap_or_default();
     descriptors.push(doc["config"].clone());
@@ -734,7 +759,20 @@ fn push_platform(
             Some(b) => b.clone(),
             None => {
                 let path = blobs_dir.join(digest.trim_start_matches("sha256:"));
-                push_blob(client, target, &Finished::open(&path)?)?
+                match dict {
+                    // a dictionary blob the image uses: from the dictionary's repository
+                    Some(from) if !path.exists() => {
+                        let size = d["size"].as_u64().unwrap_or(0);
+                        copy_blob(client, from, target, digest, size)?;
+                        LayerReport {
+                            digest: digest.to_string(),
+                            size,
+                            uploaded: false,
+                            push_seconds: 0.0,
+                        }
+                    }
+                    _ => push_blob(client, target, &Finished::open(&path)?)?,
+                }
             }
         };
         report.target_size += blob.size;
@@ -842,6 +880,63 @@ fn copy_manifest(client: &Client, src: &ImageRef, target: &ImageRef, m: &Manifes
         copy_blob(client, src, target, digest, size)?;
     }
     client.push_manifest(&target.at_digest(&m.digest), &m.bytes, &m.media_type)
+}
+
+/// Reads a chunk dictionary image (a nydus image in a registry): its bootstrap into `work`,
+/// its blobs' sizes and the blob meta files of its bootstrap layer.
+fn fetch_dict(
+    client: &Client,
+    r: &ImageRef,
+    platforms: &Platforms,
+    work: &Path,
+) -> Result<oci_ops::ChunkDictImage> {
+    let found = resolve(client, r, platforms)?;
+    let doc = parse_doc(&found.chosen[0].manifest.bytes, r)?;
+    let mut dict = oci_ops::ChunkDictImage {
+        bootstrap: work.join("chunk-dict.boot"),
+        ..Default::default()
+    };
+    let mut boot_layer = None;
+    for l in doc["layers"].as_array().into_iter().flatten() {
+        let digest = l["digest"].as_str().unwrap_or_default();
+        let size = l["size"].as_u64().unwrap_or(0);
+        if l["annotations"][oci_ops::ANNOTATION_BOOTSTRAP] == "true" {
+            boot_layer = Some((digest.to_string(), size));
+        } else if let Some(hex) = digest.strip_prefix("sha256:") {
+            dict.blobs.insert(hex.to_string(), size);
+        }
+    }
+    let (digest, size) = boot_layer.ok_or_else(|| Error::Unsupported {
+        path: PathBuf::from(r.whole()),
+        reason: "--chunk-dict: not a nydus image (its manifest has no bootstrap layer)".into(),
+    })?;
+    let gz = client.blob_reader(r, &digest, Some(size));
+    let mut tar = tar::Archive::new(flate2::read::GzDecoder::new(gz));
+    let what = || PathBuf::from(format!("{} bootstrap layer {digest}", r.whole()));
+    let mut found_boot = false;
+    for e in tar.entries().ctx("read", what())? {
+        let mut e = e.ctx("read", what())?;
+        let name = e.path().ctx("read", what())?.to_string_lossy().into_owned();
+        if name == oci_ops::BOOTSTRAP_IN_LAYER {
+            let mut f = std::fs::File::create(&dict.bootstrap).ctx("create", &dict.bootstrap)?;
+            std::io::copy(&mut e, &mut f).ctx("read", what())?;
+            found_boot = true;
+        } else if let Some(id) = name
+            .strip_prefix("image/")
+            .and_then(|n| n.strip_suffix(".blob.meta"))
+        {
+            let mut bytes = Vec::new();
+            e.read_to_end(&mut bytes).ctx("read", what())?;
+            dict.metas.insert(id.to_string(), bytes);
+        }
+    }
+    if !found_boot {
+        return Err(Error::Unsupported {
+            path: what(),
+            reason: format!("no {}", oci_ops::BOOTSTRAP_IN_LAYER),
+        });
+    }
+    Ok(dict)
 }
 
 /// One blob of the source made present in the target.

@@ -34,13 +34,13 @@ pub(crate) const ANNOTATION_ENCRYPTED_BLOB: &str = "containerd.io/snapshot/nydus
 /// Annotation naming the gzip layer a targz-ref blob references (`convert --oci-ref`).
 pub const ANNOTATION_NYDUS_REF: &str = "containerd.io/snapshot/nydus-ref";
 /// Annotation marking the bootstrap layer (value `"true"`).
-pub(crate) const ANNOTATION_BOOTSTRAP: &str = "containerd.io/snapshot/nydus-bootstrap";
+pub const ANNOTATION_BOOTSTRAP: &str = "containerd.io/snapshot/nydus-bootstrap";
 /// Annotation giving the RAFS version of the bootstrap layer (`"5"` or `"6"`).
 pub(crate) const ANNOTATION_FS_VERSION: &str = "containerd.io/snapshot/nydus-fs-version";
 /// The platform feature an index gives nydus manifests.
 pub(crate) const OS_FEATURE_NYDUS: &str = "nydus.remoteimage.v1";
 /// Where the bootstrap lies inside the bootstrap layer.
-pub(crate) const BOOTSTRAP_IN_LAYER: &str = "image/image.boot";
+pub const BOOTSTRAP_IN_LAYER: &str = "image/image.boot";
 /// The history entry the converter appends to the config for the bootstrap layer.
 const BOOTSTRAP_HISTORY_CREATED_BY: &str = "Nydus Converter";
 /// Its comment.
@@ -65,6 +65,19 @@ pub enum LayerFormat {
 /// Called with each layer's output (a nydus data blob, or an EROFS layer) as soon as it is
 /// complete, while the next layer is converted: `convert` pushes it meanwhile.
 pub(crate) type OnLayer<'a> = Option<&'a (dyn Fn(&Path) + Sync)>;
+
+/// A chunk dictionary that lives in a registry (`convert --chunk-dict`): its bootstrap here,
+/// its blobs there. Layers are built against it; the dictionary blobs the merged image uses
+/// are listed in the manifest without being part of the layout.
+#[derive(Debug, Default)]
+pub(crate) struct ChunkDictImage {
+    /// Its image bootstrap.
+    pub bootstrap: PathBuf,
+    /// Its blobs: id (sha256 hex) → size.
+    pub blobs: std::collections::HashMap<String, u64>,
+    /// The blob cache meta files its bootstrap layer carries (RAFS v6), by blob id.
+    pub metas: std::collections::HashMap<String, Vec<u8>>,
+}
 
 /// What `create -t oci` produced.
 #[derive(Debug, Clone)]
@@ -125,7 +138,7 @@ pub fn create_oci(
 ) -> Result<OciOutput> {
     let want = wanted(platform)?;
     let image = open_source(opts, &want)?;
-    create_oci_image(opts, image, want, progress, None)
+    create_oci_image(opts, image, want, progress, (None, None))
 }
 
 /// The platform asked for, or this machine's.
@@ -143,7 +156,7 @@ pub(crate) fn create_oci_image(
     image: oci::Image,
     want: Platform,
     progress: &dyn Progress,
-    on_layer: OnLayer,
+    (on_layer, dict): (OnLayer, Option<&ChunkDictImage>),
 ) -> Result<OciOutput> {
     let Target {
         final_dir,
@@ -160,23 +173,32 @@ pub(crate) fn create_oci_image(
     };
     // per-layer outputs are staged here and only the blobs the image uses move into blobs/
     let work = crate::io::staged::ScratchDir::new_in(&dir)?;
-    let boots = convert_layers(opts, &image, work.path(), progress, on_layer)?;
+    // the per-layer builds and the merge see the dictionary; the layout never holds it
+    let with_dict = CreateOptions {
+        chunk_dict: dict.map(|d| d.bootstrap.clone()),
+        ..opts.clone()
+    };
+    // against a dictionary, a layer may write a blob the merged image ends up not using:
+    // only the merge tells, so nothing is handed on early
+    let on_layer = if dict.is_some() { None } else { on_layer };
+    let boots = convert_layers(&with_dict, &image, work.path(), progress, on_layer)?;
     let image_boot = work.path().join("image.boot");
     let merged = merge::merge(&MergeOptions {
         sources: boots,
         bootstrap: Some(image_boot.clone()),
+        chunk_dict: with_dict.chunk_dict.clone(),
         whiteout_spec: WhiteoutSpec::Oci,
         prefetch: opts.prefetch.clone(),
         ..MergeOptions::default()
     })?;
-    let mut layers = place_blobs(&merged.blobs, work.path(), &mut blobs, opts.encrypt)?;
+    let mut layers = place_blobs(&merged.blobs, work.path(), &mut blobs, (opts.encrypt, dict))?;
     let boot_bytes = std::fs::read(&image_boot).ctx("read", &image_boot)?;
     let mut files = vec![LayerFile {
         name: BOOTSTRAP_IN_LAYER.into(),
         bytes: boot_bytes.clone(),
     }];
     if merged.fs_version == 6 {
-        files.extend(blob_meta_files(&image_boot, &blobs.dir)?);
+        files.extend(blob_meta_files(&image_boot, &blobs.dir, dict)?);
     }
     let boot_layer = layers.add_bootstrap(&mut blobs, &files, &merged, &image_boot)?;
     let config = write_config(
@@ -747,7 +769,12 @@ struct Layers {
 
 /// Moves the data blobs the merged image uses into `blobs_dir`, in its blob table's order;
 /// `encrypted` (`--encrypt`) marks their layers as the converter does.
-fn place_blobs(ids: &[String], work: &Path, blobs: &mut Blobs, encrypted: bool) -> Result<Layers> {
+fn place_blobs(
+    ids: &[String],
+    work: &Path,
+    blobs: &mut Blobs,
+    (encrypted, dict): (bool, Option<&ChunkDictImage>),
+) -> Result<Layers> {
     let mut out = Layers {
         layers: Vec::new(),
         diff_ids: Vec::new(),
@@ -756,10 +783,18 @@ fn place_blobs(ids: &[String], work: &Path, blobs: &mut Blobs, encrypted: bool) 
     for id in ids {
         let staged = work.join(id);
         let dest = blobs.dir.join(id);
-        if !dest.exists() {
-            blobs.created.rename(&staged, &dest)?;
-        }
-        let size = std::fs::metadata(&dest).ctx("stat", &dest)?.len();
+        let dict_size = dict.and_then(|d| d.blobs.get(id)).copied();
+        let size = match dict_size {
+            // a dictionary blob: named, not copied (the push brings it from its repository)
+            Some(size) if !staged.exists() && !dest.exists() => size,
+            _ => {
+                if !dest.exists() {
+                    blobs.created.rename(&staged, &dest)?;
+                }
+                out.blob_paths.push(dest.clone());
+                std::fs::metadata(&dest).ctx("stat", &dest)?.len()
+            }
+        };
         let mut annotations = json!({ ANNOTATION_BLOB: "true" });
         if encrypted {
             annotations[ANNOTATION_ENCRYPTED_BLOB] = json!("true");
@@ -771,7 +806,6 @@ fn place_blobs(ids: &[String], work: &Path, blobs: &mut Blobs, encrypted: bool) 
             "annotations": annotations,
         }));
         out.diff_ids.push(json!(format!("sha256:{id}")));
-        out.blob_paths.push(dest);
     }
     Ok(out)
 }
@@ -785,13 +819,22 @@ struct LayerFile {
 /// `image/<blob id>.blob.meta` for each blob of the image (RAFS v6): the blob cache's meta
 /// file, which the snapshotter puts beside the bootstrap so that the kernel (fscache) and
 /// nydusd find each blob's chunk table without fetching the blob first.
-fn blob_meta_files(image_boot: &Path, blobs_dir: &Path) -> Result<Vec<LayerFile>> {
+fn blob_meta_files(
+    image_boot: &Path,
+    blobs_dir: &Path,
+    dict: Option<&ChunkDictImage>,
+) -> Result<Vec<LayerFile>> {
     let image = crate::rafs::load(image_boot)?.image;
     let mut out = Vec::with_capacity(image.blobs.len());
     for b in &image.blobs {
+        let path = blobs_dir.join(&b.id);
+        let bytes = match dict.and_then(|d| d.metas.get(&b.id)) {
+            Some(meta) if !path.exists() => meta.clone(),
+            _ => crate::blob::reader::cache_meta_file(&path, b)?,
+        };
         out.push(LayerFile {
             name: format!("image/{}.blob.meta", b.id),
-            bytes: crate::blob::reader::cache_meta_file(&blobs_dir.join(&b.id), b)?,
+            bytes,
         });
     }
     Ok(out)

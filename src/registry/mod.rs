@@ -155,7 +155,8 @@ fn registry_error(r: &ImageRef, what: &str, e: &OciDistributionError) -> Error {
             r.registry()
         ),
         OciDistributionError::ServerError { code, message, .. } => {
-            let m = message.lines().next().unwrap_or("").trim();
+            let m = envelope_text(message)
+                .unwrap_or_else(|| message.lines().next().unwrap_or("").trim().to_string());
             format!(
                 "HTTP {code}{}",
                 if m.is_empty() {
@@ -180,6 +181,24 @@ fn registry_error(r: &ImageRef, what: &str, e: &OciDistributionError) -> Error {
         what: format!("{what} ({})", r.repository()),
         reason,
     }
+}
+
+/// The distribution protocol's error body (`{"errors":[{"code","message"}]}`) as `CODE:
+/// message; ...`, when the text is one.
+fn envelope_text(body: &str) -> Option<String> {
+    let v: serde_json::Value = serde_json::from_str(body).ok()?;
+    let parts: Vec<String> = v["errors"]
+        .as_array()?
+        .iter()
+        .map(|e| {
+            format!(
+                "{}: {}",
+                e["code"].as_str().unwrap_or("?"),
+                e["message"].as_str().unwrap_or("")
+            )
+        })
+        .collect();
+    (!parts.is_empty()).then(|| parts.join("; "))
 }
 
 /// An error and its causes, on one line.
@@ -282,8 +301,7 @@ impl Client {
                     Err(e) if retryable(&e) && attempt < self.transport.retries => {
                         attempt += 1;
                         log::warn!(
-                            "{}: {what}: {} (try {} of {})",
-                            r.registry(),
+                            "{} (try {} of {})",
                             registry_error(r, what, &e),
                             attempt + 1,
                             self.transport.retries + 1
@@ -490,8 +508,7 @@ async fn pull_resuming(
         }
         attempt += 1;
         log::warn!(
-            "{}: {what}: {} at byte {offset}, resuming (try {} of {})",
-            r.registry(),
+            "{} at byte {offset}, resuming (try {} of {})",
             registry_error(&r, &what, &failure),
             attempt + 1,
             transport.retries + 1

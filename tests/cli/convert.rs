@@ -417,3 +417,79 @@ fn oci_ref_references_the_source_layers() {
     ]);
     same_tree("convert --oci-ref, pulled back", &expect, &dest);
 }
+
+#[test]
+#[cfg_attr(
+    any(no_registry, no_skopeo, no_umoci, no_root),
+    ignore = "needs docker-registry, skopeo, umoci, root"
+)]
+fn chunk_dict_image_in_a_registry() {
+    let w = scratch();
+    let (img, expect) = image_and_rootfs("chunk_dict_image_in_a_registry", w.path());
+    let reg = Registry::start();
+    reg.push_oci_layout(&format!("{}:t", s(&img)), "app:t");
+    let work = w.path().join("work");
+    // the dictionary: the image itself, converted into its own repository
+    convert(
+        &reg.reference("app:t"),
+        &reg.reference("dict:t"),
+        &work,
+        &[],
+    );
+    let dict = reg.inspect_raw("dict:t");
+    let dict_blobs: Vec<&str> = dict["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|l| l["annotations"]["containerd.io/snapshot/nydus-blob"] == "true")
+        .map(|l| l["digest"].as_str().unwrap())
+        .collect();
+    // converted against it: every chunk is the dictionary's, so no data blob is uploaded;
+    // the manifest names the dictionary's blobs, mounted into the target repository
+    let before = reg.requests().len();
+    let dict_arg = format!("bootstrap:registry:{}", reg.reference("dict:t"));
+    convert(
+        &reg.reference("app:t"),
+        &reg.reference("deduped:t"),
+        &work,
+        &["--chunk-dict", &dict_arg],
+    );
+    let m = reg.inspect_raw("deduped:t");
+    let blobs: Vec<&str> = m["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|l| l["annotations"]["containerd.io/snapshot/nydus-blob"] == "true")
+        .map(|l| l["digest"].as_str().unwrap())
+        .collect();
+    assert!(!blobs.is_empty());
+    assert!(
+        blobs.iter().all(|b| dict_blobs.contains(b)),
+        "{blobs:?} {dict_blobs:?}"
+    );
+    // only the bootstrap layer and the config were uploaded
+    let uploads: Vec<String> = reg.requests()[before..]
+        .iter()
+        .filter(|r| r.is_blob_put())
+        .map(|r| r.uri.clone())
+        .collect();
+    assert_eq!(
+        uploads.len(),
+        2,
+        "{uploads:#?} dict {dict_blobs:?} image {blobs:?}"
+    );
+    // pulled back and read: umoci unpack's tree
+    let pulled = w.path().join("pulled");
+    reg.pull_to_oci("deduped:t", &format!("{}:t", s(&pulled)));
+    let boot = bootstrap_of(&pulled, &w.path().join("deduped.boot"));
+    let dest = w.path().join("unpacked");
+    forge(&[
+        "unpack",
+        s(&boot),
+        "-D",
+        s(&pulled.join("blobs/sha256")),
+        "--output-dir",
+        s(&dest),
+    ]);
+    same_tree("convert --chunk-dict, pulled back", &expect, &dest);
+}

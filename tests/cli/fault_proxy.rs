@@ -8,16 +8,29 @@
 //! sockets are shut down (the client sees its connection end mid-response or mid-upload, the
 //! server sees its peer go away). [`FaultProxy::set_cut_after`] changes the limit for live and
 //! later connections alike, e.g. to let a retry through.
+//!
+//! [`FaultProxy::start_answering`] makes an HTTP/1.1 proxy of it instead, that answers some
+//! requests itself with an error status: it reads each request head a client sends (up to the
+//! blank line) and its body (`Content-Length` or chunked), and either forwards both to the
+//! target or, for the first `times` requests whose target (path and query) contains `only`,
+//! discards the body and answers `status` with a registry's JSON error envelope, `Retry-After:
+//! 1` and `Connection: close`, then closes that connection. It counts requests, not
+//! connections: a kept-alive connection carries several, each decided on its own. Answers come
+//! back from the target byte for byte; the cut applies in this mode too.
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// `cut_after` as stored: no limit.
 const NEVER: u64 = u64::MAX;
+
+/// The longest request head (request line and header fields) the answering mode reads; a
+/// longer one ends its connection.
+const MAX_HEAD: usize = 64 << 10;
 
 pub struct FaultProxy {
     addr: String,
@@ -32,9 +45,59 @@ struct Shared {
     accepted: AtomicUsize,
     cut: AtomicUsize,
     forwarded: AtomicU64,
+    /// Some: the answering mode (HTTP requests parsed, some answered here)
+    answer: Option<Answer>,
+    requests: AtomicUsize,
+    injected: AtomicUsize,
     // every connection, to shut down on drop (weak: a finished one closes its sockets)
     conns: Mutex<Vec<Weak<Conn>>>,
     pumps: Mutex<Vec<JoinHandle<()>>>,
+}
+
+/// What the answering mode answers, and to which requests.
+struct Answer {
+    status: u16,
+    /// only requests whose target contains this (None: every request)
+    only: Option<String>,
+    /// answers left to give
+    left: AtomicUsize,
+    started: Instant,
+    /// every request answered: when (since the start) and its request line
+    log: Mutex<Vec<(Duration, String)>>,
+}
+
+impl Answer {
+    /// Whether to answer this request here (and if so, one answer fewer is left).
+    fn takes(&self, target: &str) -> bool {
+        self.only.as_deref().is_none_or(|o| target.contains(o))
+            && self
+                .left
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                .is_ok()
+    }
+
+    /// The whole answer: status line, fields, and (not to a HEAD) the JSON error envelope.
+    fn response(&self, method: &str) -> Vec<u8> {
+        let (reason, code) = match self.status {
+            429 => ("Too Many Requests", "TOOMANYREQUESTS"),
+            500 => ("Internal Server Error", "UNAVAILABLE"),
+            502 => ("Bad Gateway", "UNAVAILABLE"),
+            503 => ("Service Unavailable", "UNAVAILABLE"),
+            504 => ("Gateway Timeout", "UNAVAILABLE"),
+            _ => ("Injected Error", "UNAVAILABLE"),
+        };
+        let body = format!(r#"{{"errors":[{{"code":"{code}","message":"injected"}}]}}"#);
+        let mut r = format!(
+            "HTTP/1.1 {} {reason}\r\nContent-Length: {}\r\nRetry-After: 1\r\n\
+             Connection: close\r\nContent-Type: application/json\r\n\r\n",
+            self.status,
+            body.len()
+        );
+        if method != "HEAD" {
+            r.push_str(&body);
+        }
+        r.into_bytes()
+    }
 }
 
 struct Conn {
@@ -57,35 +120,33 @@ impl FaultProxy {
     /// (`HOST:PORT`, a loopback address), cutting each after `cut_after` bytes (both directions
     /// counted) when it is Some.
     pub fn start(target: &str, cut_after: Option<u64>) -> FaultProxy {
-        let target: SocketAddr = target
-            .parse()
-            .unwrap_or_else(|e| panic!("fault proxy target {target:?}: {e}"));
-        assert!(
-            target.ip().is_loopback(),
-            "the fault proxy only forwards to loopback, not {target}"
-        );
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-        listener.set_nonblocking(true).unwrap();
-        let addr = listener.local_addr().unwrap().to_string();
-        let shared = Arc::new(Shared {
-            target,
-            stop: AtomicBool::new(false),
-            cut_after: AtomicU64::new(cut_after.unwrap_or(NEVER)),
-            accepted: AtomicUsize::new(0),
-            cut: AtomicUsize::new(0),
-            forwarded: AtomicU64::new(0),
-            conns: Mutex::new(Vec::new()),
-            pumps: Mutex::new(Vec::new()),
-        });
-        let sh = shared.clone();
-        let acceptor = std::thread::spawn(move || accept_loop(listener, sh));
-        FaultProxy {
-            addr,
-            shared,
-            acceptor: Some(acceptor),
-        }
+        launch(target, cut_after, None)
     }
 
+    /// Listens on 127.0.0.1:<free port> as an HTTP/1.1 proxy to `target` (`HOST:PORT`, a
+    /// loopback address) that answers the first `times` requests whose target (path and
+    /// query) contains `only` (every request when None) with `status` (4xx or 5xx: 429 says
+    /// `TOOMANYREQUESTS`, others `UNAVAILABLE`) and closes their connection; it forwards every
+    /// other request. `times` may be `usize::MAX`: always.
+    pub fn start_answering(
+        target: &str,
+        status: u16,
+        times: usize,
+        only: Option<&str>,
+    ) -> FaultProxy {
+        assert!(
+            (400..600).contains(&status),
+            "the fault proxy answers errors only, not {status}"
+        );
+        let answer = Answer {
+            status,
+            only: only.map(str::to_string),
+            left: AtomicUsize::new(times),
+            started: Instant::now(),
+            log: Mutex::new(Vec::new()),
+        };
+        launch(target, None, Some(answer))
+    }
     /// `127.0.0.1:PORT`, to give clients instead of the target's address.
     pub fn addr(&self) -> String {
         self.addr.clone()
@@ -112,6 +173,58 @@ impl FaultProxy {
     /// Bytes forwarded so far, both directions, all connections.
     pub fn forwarded(&self) -> u64 {
         self.shared.forwarded.load(Ordering::SeqCst)
+    }
+
+    /// Answering mode: the HTTP requests received so far (answered here or forwarded).
+    pub fn requests(&self) -> usize {
+        self.shared.requests.load(Ordering::SeqCst)
+    }
+
+    /// Answering mode: the requests answered here with the error status so far.
+    pub fn injected(&self) -> usize {
+        self.shared.injected.load(Ordering::SeqCst)
+    }
+
+    /// Answering mode: the requests answered here, in order: when (since the proxy started)
+    /// and the request line (`GET /v2/.../blobs/sha256:... HTTP/1.1`).
+    pub fn injections(&self) -> Vec<(Duration, String)> {
+        match &self.shared.answer {
+            Some(a) => a.log.lock().unwrap().clone(),
+            None => Vec::new(),
+        }
+    }
+}
+
+fn launch(target: &str, cut_after: Option<u64>, answer: Option<Answer>) -> FaultProxy {
+    let target: SocketAddr = target
+        .parse()
+        .unwrap_or_else(|e| panic!("fault proxy target {target:?}: {e}"));
+    assert!(
+        target.ip().is_loopback(),
+        "the fault proxy only forwards to loopback, not {target}"
+    );
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    listener.set_nonblocking(true).unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let shared = Arc::new(Shared {
+        target,
+        stop: AtomicBool::new(false),
+        cut_after: AtomicU64::new(cut_after.unwrap_or(NEVER)),
+        accepted: AtomicUsize::new(0),
+        cut: AtomicUsize::new(0),
+        forwarded: AtomicU64::new(0),
+        answer,
+        requests: AtomicUsize::new(0),
+        injected: AtomicUsize::new(0),
+        conns: Mutex::new(Vec::new()),
+        pumps: Mutex::new(Vec::new()),
+    });
+    let sh = shared.clone();
+    let acceptor = std::thread::spawn(move || accept_loop(listener, sh));
+    FaultProxy {
+        addr,
+        shared,
+        acceptor: Some(acceptor),
     }
 }
 
@@ -174,13 +287,19 @@ fn connect(client: TcpStream, shared: &Arc<Shared>) {
     let mut pumps = shared.pumps.lock().unwrap();
     for upstream in [true, false] {
         let (conn, sh) = (conn.clone(), shared.clone());
-        pumps.push(std::thread::spawn(move || pump(&conn, upstream, &sh)));
+        pumps.push(std::thread::spawn(move || {
+            if upstream && sh.answer.is_some() {
+                http_pump(&conn, &sh)
+            } else {
+                pump(&conn, upstream, &sh)
+            }
+        }));
     }
 }
 
 /// Copies one direction (client → server when `upstream`) until EOF, an error or the cut.
 fn pump(conn: &Conn, upstream: bool, shared: &Shared) {
-    let (mut from, mut to) = if upstream {
+    let (mut from, to) = if upstream {
         (&conn.client, &conn.server)
     } else {
         (&conn.server, &conn.client)
@@ -193,32 +312,271 @@ fn pump(conn: &Conn, upstream: bool, shared: &Shared) {
                 let _ = to.shutdown(Shutdown::Write);
                 return;
             }
-            Ok(n) => n as u64,
+            Ok(n) => n,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             Err(_) => {
                 conn.shutdown();
                 return;
             }
         };
-        let limit = shared.cut_after.load(Ordering::SeqCst);
-        let before = conn.crossed.fetch_add(n, Ordering::SeqCst);
-        let allowed = if limit == NEVER {
-            n
-        } else {
-            limit.saturating_sub(before).min(n)
-        };
-        if allowed > 0 {
-            if to.write_all(&buf[..allowed as usize]).is_err() {
-                conn.shutdown();
-                return;
-            }
-            shared.forwarded.fetch_add(allowed, Ordering::SeqCst);
-        }
-        if limit != NEVER && before + n >= limit {
-            cut(conn, shared);
+        if !pass(conn, to, &buf[..n], shared) {
             return;
         }
     }
+}
+
+/// Forwards `data` to `to` within the connection's limit; false when the connection ended
+/// (cut here, or `to` gone), its sockets then shut down.
+fn pass(conn: &Conn, mut to: &TcpStream, data: &[u8], shared: &Shared) -> bool {
+    let n = data.len() as u64;
+    let limit = shared.cut_after.load(Ordering::SeqCst);
+    let before = conn.crossed.fetch_add(n, Ordering::SeqCst);
+    let allowed = if limit == NEVER {
+        n
+    } else {
+        limit.saturating_sub(before).min(n)
+    };
+    if allowed > 0 {
+        if to.write_all(&data[..allowed as usize]).is_err() {
+            conn.shutdown();
+            return false;
+        }
+        shared.forwarded.fetch_add(allowed, Ordering::SeqCst);
+    }
+    if limit != NEVER && before + n >= limit {
+        cut(conn, shared);
+        return false;
+    }
+    true
+}
+
+/// The answering mode's client → server direction: request by request, each forwarded (head
+/// and body) or answered here, until EOF, an error, the cut or an answer given.
+fn http_pump(conn: &Conn, shared: &Shared) {
+    let answer = shared.answer.as_ref().expect("the answering mode");
+    let mut from = Requests::new(&conn.client);
+    loop {
+        let head = match from.head() {
+            Ok(Some(head)) => head,
+            Ok(None) => {
+                // EOF between requests: a half close passes through
+                let _ = conn.server.shutdown(Shutdown::Write);
+                return;
+            }
+            Err(_) => {
+                conn.shutdown();
+                return;
+            }
+        };
+        let Some(req) = Head::parse(&head) else {
+            // not HTTP/1.x: nothing to forward it as
+            conn.shutdown();
+            return;
+        };
+        shared.requests.fetch_add(1, Ordering::SeqCst);
+        if answer.takes(&req.target) {
+            shared.injected.fetch_add(1, Ordering::SeqCst);
+            answer
+                .log
+                .lock()
+                .unwrap()
+                .push((answer.started.elapsed(), req.line.clone()));
+            // the body is read (and dropped) first: the client then reads the answer, where
+            // an unread body could make closing the socket reset the connection
+            if from.body(req.body, &mut |_| true) {
+                let _ = (&conn.client).write_all(&answer.response(&req.method));
+            }
+            conn.shutdown();
+            return;
+        }
+        let forwarded = pass(conn, &conn.server, &head, shared)
+            && from.body(req.body, &mut |b| pass(conn, &conn.server, b, shared));
+        if !forwarded {
+            conn.shutdown();
+            return;
+        }
+    }
+}
+
+/// How a request's body is delimited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Body {
+    None,
+    Length(u64),
+    Chunked,
+}
+
+/// What the answering mode needs of a request head.
+#[derive(Debug)]
+struct Head {
+    /// the request line
+    line: String,
+    method: String,
+    /// the request target (path and query)
+    target: String,
+    body: Body,
+}
+
+impl Head {
+    /// Parses a head (through its blank line); None when it is not an HTTP/1.x request.
+    fn parse(head: &[u8]) -> Option<Head> {
+        let text = std::str::from_utf8(head).ok()?;
+        let mut lines = text.split("\r\n");
+        let line = lines.next()?;
+        let mut words = line.split(' ');
+        let (method, target, version) = (words.next()?, words.next()?, words.next()?);
+        if !version.starts_with("HTTP/1.") || words.next().is_some() {
+            return None;
+        }
+        let (mut length, mut chunked) = (None, false);
+        for field in lines {
+            let Some((name, value)) = field.split_once(':') else {
+                continue;
+            };
+            let value = value.trim();
+            if name.eq_ignore_ascii_case("content-length") {
+                length = Some(value.parse().ok()?);
+            } else if name.eq_ignore_ascii_case("transfer-encoding") {
+                chunked |= value.to_ascii_lowercase().contains("chunked");
+            }
+        }
+        // chunked wins over a length (RFC 9112 §6.3)
+        let body = match (chunked, length) {
+            (true, _) => Body::Chunked,
+            (false, Some(n)) if n > 0 => Body::Length(n),
+            _ => Body::None,
+        };
+        Some(Head {
+            line: line.to_string(),
+            method: method.to_string(),
+            target: target.to_string(),
+            body,
+        })
+    }
+}
+
+/// A reader of HTTP requests from a socket: what was read past a head or body waits in `buf`.
+struct Requests<'a> {
+    from: &'a TcpStream,
+    buf: Vec<u8>,
+    chunk: Vec<u8>,
+}
+
+impl<'a> Requests<'a> {
+    fn new(from: &'a TcpStream) -> Requests<'a> {
+        Requests {
+            from,
+            buf: Vec::new(),
+            chunk: vec![0u8; 64 * 1024],
+        }
+    }
+
+    /// Reads more into `buf`; the count read, 0 at EOF.
+    fn fill(&mut self) -> std::io::Result<usize> {
+        loop {
+            match self.from.read(&mut self.chunk) {
+                Ok(n) => {
+                    self.buf.extend_from_slice(&self.chunk[..n]);
+                    return Ok(n);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// The next request head, through its blank line; None at EOF before its first byte.
+    fn head(&mut self) -> std::io::Result<Option<Vec<u8>>> {
+        let mut searched = 0;
+        loop {
+            if let Some(i) = find(&self.buf[searched..], b"\r\n\r\n") {
+                let end = searched + i + 4;
+                return Ok(Some(self.buf.drain(..end).collect()));
+            }
+            searched = self.buf.len().saturating_sub(3);
+            if self.buf.len() > MAX_HEAD {
+                return Err(std::io::Error::other("request head too long"));
+            }
+            if self.fill()? == 0 {
+                return match self.buf.is_empty() {
+                    true => Ok(None),
+                    false => Err(std::io::ErrorKind::UnexpectedEof.into()),
+                };
+            }
+        }
+    }
+
+    /// One line (of a chunked body), through its CRLF.
+    fn line(&mut self) -> std::io::Result<Vec<u8>> {
+        loop {
+            if let Some(i) = find(&self.buf, b"\r\n") {
+                return Ok(self.buf.drain(..i + 2).collect());
+            }
+            if self.buf.len() > MAX_HEAD {
+                return Err(std::io::Error::other("chunk line too long"));
+            }
+            if self.fill()? == 0 {
+                return Err(std::io::ErrorKind::UnexpectedEof.into());
+            }
+        }
+    }
+
+    /// Hands the next `n` bytes to `sink` as they come; false when they end early or `sink`
+    /// returns false.
+    fn take(&mut self, mut n: u64, sink: &mut dyn FnMut(&[u8]) -> bool) -> bool {
+        while n > 0 {
+            if self.buf.is_empty() && !matches!(self.fill(), Ok(k) if k > 0) {
+                return false;
+            }
+            let k = n.min(self.buf.len() as u64) as usize;
+            if !sink(&self.buf[..k]) {
+                return false;
+            }
+            self.buf.drain(..k);
+            n -= k as u64;
+        }
+        true
+    }
+
+    /// Hands a request's body to `sink`, framing (chunk sizes, trailers) included; false when
+    /// it ends early, is malformed, or `sink` returns false.
+    fn body(&mut self, body: Body, sink: &mut dyn FnMut(&[u8]) -> bool) -> bool {
+        match body {
+            Body::None => true,
+            Body::Length(n) => self.take(n, sink),
+            Body::Chunked => loop {
+                let Ok(line) = self.line() else { return false };
+                if !sink(&line) {
+                    return false;
+                }
+                let text = String::from_utf8_lossy(&line);
+                let size = text.trim_end().split(';').next().unwrap_or("").trim();
+                let Ok(size) = u64::from_str_radix(size, 16) else {
+                    return false;
+                };
+                if size == 0 {
+                    // trailer fields, up to the empty line
+                    loop {
+                        let Ok(line) = self.line() else { return false };
+                        if !sink(&line) {
+                            return false;
+                        }
+                        if line == b"\r\n" {
+                            return true;
+                        }
+                    }
+                }
+                // the data and its CRLF
+                if !self.take(size + 2, sink) {
+                    return false;
+                }
+            },
+        }
+    }
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
 }
 
 fn cut(conn: &Conn, shared: &Shared) {
@@ -385,5 +743,383 @@ fn fault_proxy_in_front_of_a_registry() {
     assert_eq!(
         std::fs::read(pulled.join("blobs/sha256").join(sha)).unwrap(),
         std::fs::read(w.path().join("img/blobs/sha256").join(sha)).unwrap()
+    );
+}
+
+/// An HTTP/1.1 server on 127.0.0.1 keeping connections alive: it answers every request 200
+/// with `METHOD TARGET BODYLEN` (nothing to a HEAD) and reports each request, its raw body
+/// (framing included) with it.
+fn http_server() -> (String, std::sync::mpsc::Receiver<(String, Vec<u8>)>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for c in listener.incoming() {
+            let Ok(c) = c else { return };
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                let mut requests = Requests::new(&c);
+                while let Ok(Some(head)) = requests.head() {
+                    let req = Head::parse(&head).expect("an HTTP request");
+                    let mut body = Vec::new();
+                    assert!(requests.body(req.body, &mut |b| {
+                        body.extend_from_slice(b);
+                        true
+                    }));
+                    let text = format!("{} {} {}", req.method, req.target, body.len());
+                    let mut answer =
+                        format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", text.len());
+                    if req.method != "HEAD" {
+                        answer.push_str(&text);
+                    }
+                    if (&c).write_all(answer.as_bytes()).is_err()
+                        || tx.send((req.line, body)).is_err()
+                    {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, rx)
+}
+
+/// Sends one request on `c` and reads its answer: the status, the header block, the body
+/// (by its Content-Length; none to a HEAD).
+fn roundtrip(c: &TcpStream, head: &str, body: &[u8]) -> (u16, String, Vec<u8>) {
+    (&*c).write_all(head.as_bytes()).unwrap();
+    (&*c).write_all(body).unwrap();
+    let mut answers = Requests::new(c);
+    let head_bytes = answers.head().unwrap().expect("an answer");
+    let text = String::from_utf8(head_bytes).unwrap();
+    let status = text.split(' ').nth(1).unwrap().parse().unwrap();
+    let length = text
+        .lines()
+        .find_map(|l| l.strip_prefix("Content-Length: "))
+        .map_or(0, |n| n.trim().parse().unwrap());
+    let mut got = Vec::new();
+    if !head.starts_with("HEAD ") {
+        assert!(answers.take(length, &mut |b| {
+            got.extend_from_slice(b);
+            true
+        }));
+    }
+    assert!(answers.buf.is_empty(), "nothing follows the answer");
+    (status, text, got)
+}
+
+/// Whether the peer closed `c` (EOF or a reset, within 10 s).
+fn closed(c: &TcpStream) -> bool {
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut b = [0u8; 1];
+    match (&*c).read(&mut b) {
+        Ok(n) => n == 0,
+        Err(e) => !matches!(
+            e.kind(),
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+        ),
+    }
+}
+
+#[test]
+fn fault_proxy_answers_the_first_matching_requests() {
+    let (target, seen) = http_server();
+    let wait = || seen.recv_timeout(Duration::from_secs(10)).unwrap();
+    let proxy = FaultProxy::start_answering(&target, 503, 2, Some("/blobs/"));
+    let addr = proxy.addr();
+    let connect = || {
+        let c = TcpStream::connect(&addr).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        c
+    };
+
+    // one kept-alive connection: the ping passes, the blob upload (and its body) is answered
+    let c = connect();
+    let (status, _, body) = roundtrip(&c, "GET /v2/ HTTP/1.1\r\nHost: x\r\n\r\n", b"");
+    assert_eq!((status, body), (200, b"GET /v2/ 0".to_vec()));
+    assert_eq!(wait().0, "GET /v2/ HTTP/1.1");
+    let put = "PUT /v2/a/blobs/uploads/u?digest=sha256%3A00 HTTP/1.1\r\nHost: x\r\n\
+               Content-Length: 100000\r\n\r\n";
+    let (status, head, body) = roundtrip(&c, put, &[7u8; 100_000]);
+    assert_eq!(status, 503);
+    assert!(
+        head.starts_with("HTTP/1.1 503 Service Unavailable\r\n"),
+        "{head}"
+    );
+    assert!(head.contains("\r\nRetry-After: 1\r\n") && head.contains("\r\nConnection: close\r\n"));
+    let envelope: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(envelope["errors"][0]["code"], "UNAVAILABLE");
+    assert!(closed(&c), "an answered request's connection is closed");
+
+    // a chunked body is read to its end before the answer too
+    let c = connect();
+    let chunked =
+        "POST /v2/a/blobs/uploads/ HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n";
+    let (status, _, _) = roundtrip(&c, chunked, b"5\r\nhello\r\n0\r\n\r\n");
+    assert_eq!(status, 503);
+    assert!(closed(&c));
+
+    // both answers given: the same requests are forwarded, bodies byte for byte, several on
+    // one connection
+    let c = connect();
+    let (status, _, body) = roundtrip(&c, chunked, b"5\r\nhello\r\n0\r\n\r\n");
+    assert_eq!(
+        (status, body),
+        (200, b"POST /v2/a/blobs/uploads/ 15".to_vec())
+    );
+    assert_eq!(wait().1, b"5\r\nhello\r\n0\r\n\r\n");
+    let (status, _, body) = roundtrip(&c, put, &[7u8; 100_000]);
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    assert_eq!(wait().1, vec![7u8; 100_000]);
+    let (status, _, _) = roundtrip(
+        &c,
+        "HEAD /v2/a/blobs/sha256:00 HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"",
+    );
+    assert_eq!(status, 200);
+    assert_eq!(wait().0, "HEAD /v2/a/blobs/sha256:00 HTTP/1.1");
+
+    assert_eq!(
+        (proxy.requests(), proxy.injected(), proxy.accepted()),
+        (6, 2, 3)
+    );
+    let lines: Vec<String> = proxy.injections().into_iter().map(|(_, l)| l).collect();
+    assert_eq!(
+        lines,
+        [
+            "PUT /v2/a/blobs/uploads/u?digest=sha256%3A00 HTTP/1.1",
+            "POST /v2/a/blobs/uploads/ HTTP/1.1"
+        ]
+    );
+
+    // 429 to everything: TOOMANYREQUESTS, and no body to a HEAD
+    let busy = FaultProxy::start_answering(&target, 429, usize::MAX, None);
+    let c = TcpStream::connect(busy.addr()).unwrap();
+    let (status, head, body) = roundtrip(&c, "GET /v2/ HTTP/1.1\r\nHost: x\r\n\r\n", b"");
+    assert!(
+        head.starts_with("HTTP/1.1 429 Too Many Requests\r\n"),
+        "{head}"
+    );
+    let envelope: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(
+        (status, &envelope["errors"][0]["code"]),
+        (429, &"TOOMANYREQUESTS".into())
+    );
+    let c = TcpStream::connect(busy.addr()).unwrap();
+    let (status, _, _) = roundtrip(
+        &c,
+        "HEAD /v2/a/blobs/sha256:00 HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"",
+    );
+    assert_eq!(status, 429);
+    assert!(closed(&c), "and nothing after the head");
+    assert_eq!((busy.requests(), busy.injected()), (2, 2));
+    // nothing reached the server
+    assert!(seen.recv_timeout(Duration::from_millis(200)).is_err());
+}
+
+/// `convert --source SOURCE --target TARGET --plain-http --push-retry-count RETRIES
+/// --push-retry-delay 20ms --work-dir WORK EXTRA...`
+fn convert_args(
+    source: &str,
+    target: &str,
+    work: &std::path::Path,
+    retries: &str,
+    extra: &[&str],
+) -> Vec<String> {
+    let mut args: Vec<String> = [
+        "convert",
+        "--source",
+        source,
+        "--target",
+        target,
+        "--plain-http",
+        "--push-retry-count",
+        retries,
+        "--push-retry-delay",
+        "20ms",
+        "--work-dir",
+        work.to_str().unwrap(),
+    ]
+    .iter()
+    .map(|a| a.to_string())
+    .collect();
+    args.extend(extra.iter().map(|a| a.to_string()));
+    args
+}
+
+fn strs(args: &[String]) -> Vec<&str> {
+    args.iter().map(String::as_str).collect()
+}
+
+/// A registry holding `img:t`, a one-layer image (256 KiB of data).
+fn registry_with_image(w: &std::path::Path) -> crate::registry::Registry {
+    let reg = crate::registry::Registry::start();
+    let (layout, _) = crate::registry::small_layout(&w.join("img"), "t", 256 << 10);
+    reg.push_oci_layout(&layout, "img:t");
+    reg
+}
+
+#[test]
+#[cfg_attr(any(no_registry, no_skopeo), ignore = "needs docker-registry, skopeo")]
+fn convert_retries_503_on_source_blobs_with_backoff() {
+    use crate::common::*;
+    let w = scratch();
+    let reg = registry_with_image(w.path());
+    let proxy = FaultProxy::start_answering(&reg.addr(), 503, 3, Some("/blobs/"));
+    let work = w.path().join("work");
+    let report = w.path().join("out.json");
+    let args = convert_args(
+        &format!("{}/img:t", proxy.addr()),
+        &reg.reference("img:nydus"),
+        &work,
+        "5",
+        &["-J", s(&report)],
+    );
+    let out = forge(&strs(&args));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(proxy.injected(), 3, "{err}");
+    // the answers went to blob GETs only (the ping and the manifest passed), and each was
+    // retried after a wait doubling from 20 ms
+    let injections = proxy.injections();
+    assert!(
+        injections
+            .iter()
+            .all(|(_, l)| l.starts_with("GET /v2/img/blobs/sha256:")),
+        "{injections:?}"
+    );
+    assert!(proxy.requests() > 3, "the retries got through");
+    let mut per_blob: std::collections::BTreeMap<&str, Vec<Duration>> = Default::default();
+    for (at, line) in &injections {
+        per_blob.entry(line).or_default().push(*at);
+    }
+    for (line, times) in &per_blob {
+        for (i, pair) in times.windows(2).enumerate() {
+            let wait = Duration::from_millis(20 << i);
+            assert!(
+                pair[1] - pair[0] >= wait,
+                "{line}: try {} came {:?} after the one before, under {wait:?}",
+                i + 2,
+                pair[1] - pair[0]
+            );
+        }
+    }
+    // each retry is a warning naming the proxy and the answer
+    let warnings = err
+        .lines()
+        .filter(|l| l.contains(&proxy.addr()) && l.contains("HTTP 503"))
+        .count();
+    assert_eq!(warnings, 3, "{err}");
+    // the target is complete: skopeo reads it, and it is what a direct conversion writes
+    reg.inspect("img:nydus");
+    let digest = |p: &std::path::Path| {
+        let r: serde_json::Value = serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap();
+        r["target_digest"].as_str().unwrap().to_string()
+    };
+    let direct = w.path().join("direct.json");
+    let args = convert_args(
+        &reg.reference("img:t"),
+        &reg.reference("img:direct"),
+        &work,
+        "0",
+        &["-J", s(&direct)],
+    );
+    forge(&strs(&args));
+    assert_eq!(digest(&report), digest(&direct));
+}
+
+#[test]
+#[cfg_attr(any(no_registry, no_skopeo), ignore = "needs docker-registry, skopeo")]
+fn convert_retries_429_on_target_uploads() {
+    use crate::common::*;
+    let w = scratch();
+    let reg = registry_with_image(w.path());
+    // in front of the target: the converted blobs go up through it, to the same registry
+    let proxy = FaultProxy::start_answering(&reg.addr(), 429, 3, Some("/blobs/uploads/"));
+    let work = w.path().join("work");
+    let args = convert_args(
+        &reg.reference("img:t"),
+        &format!("{}/img:nydus", proxy.addr()),
+        &work,
+        "5",
+        &[],
+    );
+    let out = forge(&strs(&args));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(proxy.injected(), 3, "{err}");
+    let injections = proxy.injections();
+    assert!(
+        injections
+            .iter()
+            .all(|(_, l)| (l.starts_with("POST ") || l.starts_with("PUT "))
+                && l.contains(" /v2/img/blobs/uploads/")),
+        "{injections:?}"
+    );
+    let warnings = err
+        .lines()
+        .filter(|l| l.contains(&proxy.addr()) && l.contains("HTTP 429"))
+        .count();
+    assert_eq!(warnings, 3, "{err}");
+    // every blob of the target arrived, and skopeo reads it from the registry itself
+    let manifest = reg.inspect_raw("img:nydus");
+    let blobs = manifest["layers"].as_array().unwrap().len() + 1;
+    assert!(reg.blob_puts() >= blobs, "{:#?}", reg.requests());
+    assert_eq!(reg.inspect("img:nydus")["Architecture"], "amd64");
+}
+
+#[test]
+#[cfg_attr(any(no_registry, no_skopeo), ignore = "needs docker-registry, skopeo")]
+fn convert_reports_exhausted_retries_in_one_line() {
+    use crate::common::*;
+    let w = scratch();
+    let reg = registry_with_image(w.path());
+    let work = w.path().join("work");
+    let one_error = |err: &str, proxy: &FaultProxy, what: &str| {
+        let errors: Vec<&str> = err.lines().filter(|l| l.starts_with("error:")).collect();
+        assert_eq!(errors.len(), 1, "{err}");
+        assert!(
+            errors[0].contains(&proxy.addr())
+                && errors[0].contains("HTTP 503")
+                && errors[0].contains(what),
+            "{err}"
+        );
+        assert!(!err.contains("panicked"), "{err}");
+    };
+
+    // every blob GET of the source answered 503, no retry: one try, one line
+    let source = FaultProxy::start_answering(&reg.addr(), 503, usize::MAX, Some("/blobs/"));
+    let args = convert_args(
+        &format!("{}/img:t", source.addr()),
+        &reg.reference("img:never"),
+        &work,
+        "0",
+        &[],
+    );
+    let err = forge_fails(&strs(&args));
+    one_error(&err, &source, "get blob sha256:");
+    assert!(!err.contains("(try 2 of"), "no retry: {err}");
+    assert!(source.injected() >= 1);
+    let out = reg.client().inspect("img:never", true);
+    assert!(!out.status.success(), "the tag must not exist");
+
+    // every upload to the target answered 503, one retry: both tries fail, one line
+    let target = FaultProxy::start_answering(&reg.addr(), 503, usize::MAX, Some("/blobs/uploads/"));
+    let args = convert_args(
+        &reg.reference("img:t"),
+        &format!("{}/img:never2", target.addr()),
+        &work,
+        "1",
+        &[],
+    );
+    let err = forge_fails(&strs(&args));
+    one_error(&err, &target, "upload blob sha256:");
+    assert!(err.contains("(try 2 of 2)"), "the retry is logged: {err}");
+    assert!(target.injected() >= 2);
+    let out = reg.client().inspect("img:never2", true);
+    assert!(!out.status.success(), "the tag must not exist");
+    assert_eq!(
+        reg.manifest_puts(),
+        1,
+        "only the source's manifest was ever stored"
     );
 }

@@ -17,6 +17,9 @@
 //!   the cores), without a sanitizer, on a corpus kept in target/fuzz-campaign/
 //! - `bench-mkfs [--runs N] [TAR...]`  containerd's mkfs.erofs calls, erofs-forge against
 //!   erofs-utils 1.9, tar on a pipe: wall, CPU, peak RSS, image size (target/bench-mkfs.json)
+//! - `bench-convert [--runs N] [--layout OCI_DIR:TAG]`  registry to registry on local
+//!   `docker-registry`s: `skopeo copy` (the floor), `erofs-forge convert`, and skopeo + `create
+//!   -t oci` + skopeo; wall, CPU, peak RSS, image sizes (default source: the Debian tree's tar)
 //! - `readers --upstream DIR` upstream's nydusd and `nydus-image check` on one image per
 //!   command and mode (tests/readers/); fails, never skips, without DIR's binaries
 //! - `layers`                  check src/'s imports against the layer table (no upward edge, no cycle)
@@ -25,6 +28,7 @@
 //!   packages as root, cargo-fuzz), fuzz each target N s (default 20), `cargo test`; fails when
 //!   any test failed or was ignored
 
+mod bench_convert;
 mod bench_mkfs;
 mod citations;
 mod fuzz;
@@ -727,6 +731,7 @@ fn main() -> Result<()> {
         Some("test") => test::test(&args[1..]),
         Some("readers") => readers::readers(&args[1..]),
         Some("bench-mkfs") => bench_mkfs::bench_mkfs(&args[1..]),
+        Some("bench-convert") => bench_convert::bench_convert(&args[1..]),
         Some("layers") => layers::check(&root()),
         Some("citations") => citations::check(&root()),
         Some("roundtrip") => roundtrip(if args.len() > 1 {
@@ -735,7 +740,7 @@ fn main() -> Result<()> {
             default_trees()?
         }),
         _ => {
-            eprintln!("tasks: full-tree DIR [--big] | debian DIR | linux DIR | kernel-check [TREE...] | bench [TREE...] | roundtrip [TREE...] | corpus small|dedup DIR | fuzz [--seconds N] [--no-skip] [TARGET...] | campaign [--runs N] [--jobs J] [TARGET...] | test [--fuzz-seconds N] | readers --upstream DIR | bench-mkfs [--runs N] [TAR...] | layers | citations");
+            eprintln!("tasks: full-tree DIR [--big] | debian DIR | linux DIR | kernel-check [TREE...] | bench [TREE...] | roundtrip [TREE...] | corpus small|dedup DIR | fuzz [--seconds N] [--no-skip] [TARGET...] | campaign [--runs N] [--jobs J] [TARGET...] | test [--fuzz-seconds N] | readers --upstream DIR | bench-mkfs [--runs N] [TAR...] | bench-convert [--runs N] [--layout OCI_DIR:TAG] | layers | citations");
             std::process::exit(2)
         }
     }

@@ -15,7 +15,7 @@ use erofs_forge::ops::convert::{self, ConvertOptions, ImageLocation, ManifestKin
 use erofs_forge::ops::create::{CreateOptions, SourceType};
 use erofs_forge::ops::oci::LayerFormat;
 use erofs_forge::Platform;
-use erofs_forge::{Compressor, Observer, Prefetch, PrefetchPolicy, Transfer, Transport};
+use erofs_forge::{Compressor, ImageRef, Observer, Prefetch, PrefetchPolicy, Transfer, Transport};
 
 use crate::args::parse_size;
 
@@ -158,6 +158,21 @@ fn target(a: &ConvertArgs) -> Result<ImageLocation> {
     }
 }
 
+/// `--chunk-dict bootstrap:registry:REF` (nydusify's form; REF may hold colons), or REF.
+fn chunk_dict_ref(v: &str) -> Result<ImageRef> {
+    let r = match v.strip_prefix("bootstrap:") {
+        Some(rest) => match rest.split_once(':') {
+            Some(("registry", r)) => r,
+            Some(("local", _)) => bail!(
+                "--chunk-dict {v}: a local dictionary is not supported by convert (nor by nydusify); push it to a registry"
+            ),
+            _ => bail!("--chunk-dict {v}: expected bootstrap:registry:REF"),
+        },
+        None => v,
+    };
+    Ok(ImageRef::parse(r)?)
+}
+
 fn registry_of(l: &ImageLocation) -> Option<String> {
     match l {
         ImageLocation::Registry(r) => Some(r.registry().to_string()),
@@ -219,9 +234,6 @@ fn create_options(a: &ConvertArgs) -> Result<CreateOptions> {
 }
 
 fn resolve(a: ConvertArgs) -> Result<ConvertOptions> {
-    if a.chunk_dict.is_some() {
-        bail!("--chunk-dict is not supported by convert yet: build with `create --chunk-dict` per layer");
-    }
     if a.oci && a.docker_v2_format {
         bail!("--oci conflicts with --docker-v2-format");
     }
@@ -266,6 +278,7 @@ fn resolve(a: ConvertArgs) -> Result<ConvertOptions> {
             .transpose()?,
         with_referrer: a.with_referrer,
         oci_ref: a.oci_ref,
+        chunk_dict: a.chunk_dict.as_deref().map(chunk_dict_ref).transpose()?,
         work_dir: a.work_dir,
         output_json: a.output_json,
     })

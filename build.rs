@@ -22,6 +22,7 @@ const FLAGS: &[&str] = &[
     "no_py_crypto",
     "no_chromium",
     "no_mkfs19",
+    "no_debian",
 ];
 
 fn main() {
@@ -76,9 +77,21 @@ fn main() {
     // the reference mkfs.erofs of erofs-utils 1.9 (tests/tools/build-erofs-utils.sh, run by
     // `cargo xtask test`): the mkfs.erofs front end is compared with it
     set("no_mkfs19", !mkfs19());
+    set("no_debian", !debian_tar());
     // Debian's python3 with python3-cryptography (OpenSSL) and python3-zstandard: the
     // independent decryption of an encrypted blob (tests/tools/decrypt.py)
     set("no_py_crypto", !py_crypto());
+}
+
+/// Whether `cargo xtask test` has made the Debian tree's tar the convert tests push (watched
+/// through its directory, made here if need be, as for erofs-utils below).
+fn debian_tar() -> bool {
+    let manifest_dir = std::env::var_os("CARGO_MANIFEST_DIR").unwrap_or_else(|| ".".into());
+    let trees = Path::new(&manifest_dir).join("target/xtask-trees");
+    if std::fs::create_dir_all(&trees).is_ok() {
+        println!("cargo::rerun-if-changed=target/xtask-trees");
+    }
+    trees.join("debian.tar").is_file()
 }
 
 /// Whether `tests/tools/build-erofs-utils.sh target/erofs-utils-1.9` has built its binaries

@@ -493,3 +493,126 @@ fn chunk_dict_image_in_a_registry() {
     ]);
     same_tree("convert --chunk-dict, pulled back", &expect, &dest);
 }
+
+/// A one-layer OCI image layout (gzip layer, tag `tag`) of a tar, as a registry would hold a
+/// base image: the layer streamed through gzip once, both digests taken on the way.
+fn layout_of_tar(tar: &Path, dir: &Path, tag: &str) -> String {
+    use sha2::Digest as _;
+    use std::io::Write as _;
+    let blobs = dir.join("blobs/sha256");
+    fs::create_dir_all(&blobs).unwrap();
+    struct Hashing<W>(W, sha2::Sha256, u64);
+    impl<W: std::io::Write> std::io::Write for Hashing<W> {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            let n = self.0.write(b)?;
+            self.1.update(&b[..n]);
+            self.2 += n as u64;
+            Ok(n)
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            self.0.flush()
+        }
+    }
+    let tmp = blobs.join("layer.tmp");
+    let out = Hashing(fs::File::create(&tmp).unwrap(), sha2::Sha256::new(), 0);
+    let mut gz = flate2::write::GzEncoder::new(out, flate2::Compression::fast());
+    let mut diff = sha2::Sha256::new();
+    let mut f = fs::File::open(tar).unwrap();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf).unwrap();
+        if n == 0 {
+            break;
+        }
+        diff.update(&buf[..n]);
+        gz.write_all(&buf[..n]).unwrap();
+    }
+    let Hashing(_, h, size) = gz.finish().unwrap();
+    let layer = hex::encode(h.finalize());
+    fs::rename(&tmp, blobs.join(&layer)).unwrap();
+    let put = |doc: serde_json::Value| -> (String, usize) {
+        let bytes = serde_json::to_vec(&doc).unwrap();
+        let d = sha256_hex(&bytes);
+        fs::write(blobs.join(&d), &bytes).unwrap();
+        (d, bytes.len())
+    };
+    let (config, config_size) = put(serde_json::json!({
+        "architecture": "amd64", "os": "linux", "config": {},
+        "rootfs": {"type": "layers", "diff_ids": [format!("sha256:{}", hex::encode(diff.finalize()))]},
+    }));
+    let (manifest, manifest_size) = put(serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
+                   "digest": format!("sha256:{config}"), "size": config_size},
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+                    "digest": format!("sha256:{layer}"), "size": size}],
+    }));
+    fs::write(dir.join("oci-layout"), r#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
+    let index = serde_json::json!({"schemaVersion": 2, "manifests": [{
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "digest": format!("sha256:{manifest}"), "size": manifest_size,
+        "annotations": {"org.opencontainers.image.ref.name": tag}}]});
+    fs::write(dir.join("index.json"), index.to_string()).unwrap();
+    format!("{}:{tag}", s(dir))
+}
+
+/// A Debian bookworm base image (the tree `cargo xtask test` debootstraps), pushed with
+/// skopeo and converted: the nydus image pulled back and read equals the tree, and the native
+/// EROFS layer pulled back and mounted by the kernel equals it too.
+#[test]
+#[cfg_attr(
+    any(no_registry, no_skopeo, no_debian, no_mount),
+    ignore = "needs docker-registry, skopeo, the Debian tree (cargo xtask test), a kernel EROFS mount"
+)]
+fn debian_image_round_trip() {
+    let w = scratch();
+    let tree = repo().join("target/xtask-trees/debian");
+    let layout = layout_of_tar(
+        &repo().join("target/xtask-trees/debian.tar"),
+        &w.path().join("debian"),
+        "bookworm",
+    );
+    let reg = Registry::start();
+    reg.push_oci_layout(&layout, "debian:bookworm");
+    let work = w.path().join("work");
+    convert(
+        &reg.reference("debian:bookworm"),
+        &reg.reference("debian:bookworm-nydus"),
+        &work,
+        &[],
+    );
+    let pulled = w.path().join("pulled");
+    reg.pull_to_oci("debian:bookworm-nydus", &format!("{}:t", s(&pulled)));
+    let boot = bootstrap_of(&pulled, &w.path().join("debian.boot"));
+    let dest = w.path().join("unpacked");
+    forge(&[
+        "unpack",
+        s(&boot),
+        "-D",
+        s(&pulled.join("blobs/sha256")),
+        "--output-dir",
+        s(&dest),
+    ]);
+    same_tree("Debian, convert v6, pulled back", &tree, &dest);
+    fs::remove_dir_all(&dest).unwrap();
+    // native EROFS: the layer is an image the kernel mounts
+    convert(
+        &reg.reference("debian:bookworm"),
+        &reg.reference("debian:bookworm-erofs"),
+        &work,
+        &["--target-format", "erofs", "--erofs-compressor", "lz4hc"],
+    );
+    let pulled = w.path().join("pulled-erofs");
+    reg.pull_to_oci("debian:bookworm-erofs", &format!("{}:t", s(&pulled)));
+    let layer = manifest_of(&pulled)["layers"][0]["digest"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let m = mount(&blob(&pulled, &layer), &[]);
+    same_tree(
+        "Debian, --target-format erofs, kernel mount",
+        &tree,
+        m.dir.path(),
+    );
+}

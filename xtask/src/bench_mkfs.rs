@@ -95,27 +95,38 @@ fn tools(work: &Path) -> Result<Vec<(&'static str, PathBuf)>> {
 fn default_tars() -> Result<Vec<PathBuf>> {
     let mut out = Vec::new();
     for name in ["debian", "linux"] {
-        let tree = crate::root().join("target/xtask-trees").join(name);
-        if !tree.exists() {
-            continue;
+        if let Some(tar) = tree_tar(name)? {
+            out.push(tar);
         }
-        let tar = crate::root().join(format!("target/xtask-trees/{name}.tar"));
-        if !tar.exists() {
-            crate::run(
-                Command::new("tar")
-                    .args(["--numeric-owner", "--xattrs", "--xattrs-include=*", "-C"])
-                    .arg(&tree)
-                    .arg("-cf")
-                    .arg(&tar)
-                    .arg("."),
-            )?;
-        }
-        out.push(tar);
     }
     if out.is_empty() {
         bail!("no tar given and no tree in target/xtask-trees (cargo xtask debian DIR)");
     }
     Ok(out)
+}
+
+/// `target/xtask-trees/NAME.tar` of the tree `target/xtask-trees/NAME`, made once (written
+/// under a temporary name and renamed, so that an interrupted run leaves no partial tar);
+/// `None` without the tree.
+pub fn tree_tar(name: &str) -> Result<Option<PathBuf>> {
+    let tree = crate::root().join("target/xtask-trees").join(name);
+    if !tree.exists() {
+        return Ok(None);
+    }
+    let tar = crate::root().join(format!("target/xtask-trees/{name}.tar"));
+    if !tar.exists() {
+        let tmp = tar.with_extension("tar.partial");
+        crate::run(
+            Command::new("tar")
+                .args(["--numeric-owner", "--xattrs", "--xattrs-include=*", "-C"])
+                .arg(&tree)
+                .arg("-cf")
+                .arg(&tmp)
+                .arg("."),
+        )?;
+        std::fs::rename(&tmp, &tar)?;
+    }
+    Ok(Some(tar))
 }
 
 /// One call with the tar on stdin through a pipe (`cat TAR | mkfs.erofs ...`).

@@ -34,6 +34,7 @@ const PACKAGES: &[&str] = &[
     "zstd",
     "xz-utils",
     "umoci",
+    "debootstrap",
     "skopeo",
     "docker-registry",
     "apache2-utils",
@@ -59,6 +60,7 @@ pub fn test(args: &[String]) -> Result<()> {
     }
     install_packages()?;
     install_erofs_utils_19()?;
+    install_debian_tar()?;
     if fuzz_seconds > 0 {
         install_cargo_fuzz()?;
         crate::fuzz::fuzz(&[
@@ -145,6 +147,37 @@ fn install_erofs_utils_19() -> Result<()> {
             .args(["tests/tools/build-erofs-utils.sh", EROFS_UTILS_19]),
     )
     .context("building erofs-utils 1.9 (tests/tools/build-erofs-utils.sh)")
+}
+
+/// Where the Debian image of the convert tests comes from (`build.rs` looks there).
+const DEBIAN_TAR: &str = "target/xtask-trees/debian.tar";
+
+/// A Debian bookworm minbase tree, debootstrapped once and tarred (`DEBIAN_TAR`): the convert
+/// tests push it to a registry as a one-layer image.
+fn install_debian_tar() -> Result<()> {
+    if crate::root().join(DEBIAN_TAR).exists() {
+        return Ok(());
+    }
+    if !is_root() {
+        println!(
+            "test: cannot debootstrap a Debian tree (needs root); the Debian image tests will \
+             show as ignored and make this task fail"
+        );
+        return Ok(());
+    }
+    let tree = crate::root().join("target/xtask-trees/debian");
+    if !tree.join("etc/debian_version").exists() {
+        let _ = std::fs::remove_dir_all(&tree);
+        std::fs::create_dir_all(&tree)?;
+        crate::run(Command::new("debootstrap").args([
+            "--variant=minbase",
+            "bookworm",
+            &tree.to_string_lossy(),
+            "http://deb.debian.org/debian",
+        ]))
+        .context("debootstrap a Debian bookworm minbase tree")?;
+    }
+    crate::bench_mkfs::tree_tar("debian").map(|_| ())
 }
 
 fn install_cargo_fuzz() -> Result<()> {

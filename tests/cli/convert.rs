@@ -7,7 +7,7 @@
 
 use crate::common::*;
 use crate::fault_proxy::FaultProxy;
-use crate::registry::{small_layout, Registry};
+use crate::registry::{self, small_layout, Registry};
 use crate::umoci_image::*;
 
 use std::fs;
@@ -15,13 +15,19 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 
 /// `convert` with the flags every test passes (plain HTTP, quick retries).
+/// An empty `target` asks for `--target-suffix -nydus` instead.
 fn convert(source: &str, target: &str, work: &Path, extra: &[&str]) -> std::process::Output {
+    let (flag, value) = if target.is_empty() {
+        ("--target-suffix", "-nydus")
+    } else {
+        ("--target", target)
+    };
     let mut args = vec![
         "convert",
         "--source",
         source,
-        "--target",
-        target,
+        flag,
+        value,
         "--plain-http",
         "--push-retry-delay",
         "20ms",
@@ -615,4 +621,197 @@ fn debian_image_round_trip() {
         &tree,
         m.dir.path(),
     );
+}
+
+/// A two-platform image layout (linux/amd64 and linux/arm64, one gzip layer each holding a
+/// file naming its platform) under an image index tagged `tag`.
+fn two_platform_layout(dir: &Path, tag: &str) -> String {
+    use std::io::Write as _;
+    let blobs = dir.join("blobs/sha256");
+    fs::create_dir_all(&blobs).unwrap();
+    let put = |bytes: &[u8]| -> (String, usize) {
+        let d = sha256_hex(bytes);
+        fs::write(blobs.join(&d), bytes).unwrap();
+        (d, bytes.len())
+    };
+    let mut entries = Vec::new();
+    for arch in ["amd64", "arm64"] {
+        let mut t = tar::Builder::new(Vec::new());
+        let body = format!("built for {arch}\n");
+        let mut h = tar::Header::new_gnu();
+        h.set_path("etc/arch").unwrap();
+        h.set_size(body.len() as u64);
+        h.set_mode(0o644);
+        h.set_mtime(1_700_000_000);
+        h.set_cksum();
+        t.append(&h, body.as_bytes()).unwrap();
+        let tar_bytes = t.into_inner().unwrap();
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        gz.write_all(&tar_bytes).unwrap();
+        let (layer, layer_size) = put(&gz.finish().unwrap());
+        let (config, config_size) = put(
+            serde_json::json!({
+                "architecture": arch, "os": "linux", "config": {},
+                "rootfs": {"type": "layers", "diff_ids": [format!("sha256:{}", sha256_hex(&tar_bytes))]},
+            })
+            .to_string()
+            .as_bytes(),
+        );
+        let (manifest, manifest_size) = put(serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
+                       "digest": format!("sha256:{config}"), "size": config_size},
+            "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+                        "digest": format!("sha256:{layer}"), "size": layer_size}],
+        })
+        .to_string()
+        .as_bytes());
+        entries.push(serde_json::json!({
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "digest": format!("sha256:{manifest}"), "size": manifest_size,
+            "platform": {"os": "linux", "architecture": arch},
+        }));
+    }
+    let (index, index_size) = put(serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": entries,
+    })
+    .to_string()
+    .as_bytes());
+    fs::write(dir.join("oci-layout"), r#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
+    let top = serde_json::json!({"schemaVersion": 2, "manifests": [{
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "digest": format!("sha256:{index}"), "size": index_size,
+        "annotations": {"org.opencontainers.image.ref.name": tag}}]});
+    fs::write(dir.join("index.json"), top.to_string()).unwrap();
+    format!("{}:{tag}", s(dir))
+}
+
+/// The file `etc/arch` of the nydus image `repo_ref`, pulled back with skopeo.
+fn arch_file_of(reg: &Registry, repo_ref: &str, w: &Path, name: &str) -> String {
+    let pulled = w.join(format!("pulled-{name}"));
+    reg.pull_to_oci(repo_ref, &format!("{}:t", s(&pulled)));
+    let boot = bootstrap_of(&pulled, &w.join(format!("{name}.boot")));
+    let dest = w.join(format!("unpacked-{name}"));
+    forge(&[
+        "unpack",
+        s(&boot),
+        "-D",
+        s(&pulled.join("blobs/sha256")),
+        "--output-dir",
+        s(&dest),
+    ]);
+    fs::read_to_string(dest.join("etc/arch")).unwrap()
+}
+
+#[test]
+#[cfg_attr(any(no_registry, no_skopeo), ignore = "needs docker-registry, skopeo")]
+fn platforms_manifest_kinds_suffix_and_prefetch() {
+    let w = scratch();
+    let reg = Registry::start();
+    let layout = two_platform_layout(&w.path().join("multi"), "t");
+    let out = registry::skopeo(&[
+        "copy",
+        "--all",
+        "--dest-tls-verify=false",
+        "--dest-no-creds",
+        &format!("oci:{layout}"),
+        &format!("docker://{}", reg.reference("multi:t")),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let work = w.path().join("work");
+    // one platform asked for: a plain manifest of that platform
+    convert(
+        &reg.reference("multi:t"),
+        &reg.reference("multi:arm"),
+        &work,
+        &["--platform", "linux/arm64"],
+    );
+    let m = reg.inspect_raw("multi:arm");
+    assert_eq!(m["mediaType"], "application/vnd.oci.image.manifest.v1+json");
+    assert_eq!(
+        arch_file_of(&reg, "multi:arm", w.path(), "arm"),
+        "built for arm64\n"
+    );
+    // every platform: an index of the two converted manifests
+    convert(
+        &reg.reference("multi:t"),
+        &reg.reference("multi:all"),
+        &work,
+        &["--all-platforms"],
+    );
+    let index = reg.inspect_raw("multi:all");
+    let archs: Vec<&str> = index["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["platform"]["architecture"].as_str().unwrap())
+        .collect();
+    assert_eq!(archs, ["amd64", "arm64"]);
+    // merged: the two originals, then the two nydus manifests
+    convert(
+        &reg.reference("multi:t"),
+        &reg.reference("multi:merged"),
+        &work,
+        &["--all-platforms", "--merge-platform"],
+    );
+    let merged = reg.inspect_raw("multi:merged");
+    let entries = merged["manifests"].as_array().unwrap();
+    let source = reg.inspect_raw("multi:t");
+    assert_eq!(entries.len(), 4);
+    assert_eq!(entries[..2], source["manifests"].as_array().unwrap()[..]);
+    assert!(entries[2..]
+        .iter()
+        .all(|e| e["artifactType"] == "application/vnd.nydus.image.manifest.v1+json"));
+    // docker v2 manifests, a target named by its suffix
+    convert(
+        &reg.reference("multi:t"),
+        "",
+        &work,
+        &["--docker-v2-format", "--platform", "linux/amd64"],
+    );
+    // (skopeo 1.9 reads the raw manifest; it refuses nydus layer types in a docker manifest,
+    // as it does for nydusify's, so only --raw is asked)
+    let m = reg.inspect_raw("multi:t-nydus");
+    assert_eq!(
+        m["mediaType"],
+        "application/vnd.docker.distribution.manifest.v2+json"
+    );
+    assert_eq!(
+        m["config"]["mediaType"],
+        "application/vnd.docker.container.image.v1+json"
+    );
+    assert_eq!(
+        m["layers"].as_array().unwrap().last().unwrap()["mediaType"],
+        "application/vnd.docker.image.rootfs.diff.tar.gzip"
+    );
+    // prefetch patterns on stdin, as nydusify takes them
+    let target = reg.reference("multi:prefetch");
+    let source = reg.reference("multi:t");
+    let args = [
+        "convert",
+        "--source",
+        &source,
+        "--target",
+        &target,
+        "--prefetch-patterns",
+        "--platform",
+        "linux/amd64",
+        "--plain-http",
+        "--work-dir",
+        s(&work),
+    ];
+    assert_ok(&run_with_stdin(&args, b"/etc/arch\n"));
+    let pulled = w.path().join("pulled-prefetch");
+    reg.pull_to_oci("multi:prefetch", &format!("{}:t", s(&pulled)));
+    let boot = bootstrap_of(&pulled, &w.path().join("prefetch.boot"));
+    let table = forge(&["inspect", "-R", "prefetch", s(&boot)]);
+    let table: serde_json::Value = serde_json::from_slice(&table.stdout).unwrap();
+    assert_eq!(table[0]["path"][0], "/etc/arch", "{table}");
 }

@@ -209,33 +209,50 @@ pub fn convert(opts: &ConvertOptions, observer: Arc<dyn Observer>) -> Result<Con
     std::fs::create_dir_all(&opts.work_dir).ctx("create", &opts.work_dir)?;
     let work = ScratchDir::new_in(&opts.work_dir)?;
     let client = Client::new(opts.transport.clone(), observer)?;
-    let ImageLocation::Registry(src) = &opts.source else {
-        return convert_local(opts, started);
+    let mut out = match (&opts.source, &opts.target) {
+        (ImageLocation::Registry(src), ImageLocation::Registry(dst)) => {
+            registry_to_registry(opts, &client, (src, dst), work.path())?
+        }
+        (ImageLocation::Registry(src), _) => registry_to_local(opts, &client, src, work.path())?,
+        (_, ImageLocation::Registry(dst)) => local_to_registry(opts, &client, dst, work.path())?,
+        _ => local_to_local(opts, work.path())?,
     };
-    let source = resolve(&client, src, &opts.platforms)?;
-    let target = target_ref(opts)?;
+    out.seconds = started.elapsed().as_secs_f64();
+    write_json(opts, &out)?;
+    Ok(out)
+}
+
+/// Every chosen platform of a registry image converted, pushed, then the tag.
+fn registry_to_registry(
+    opts: &ConvertOptions,
+    client: &Client,
+    (src, target): (&ImageRef, &ImageRef),
+    work: &Path,
+) -> Result<ConvertOutput> {
+    let source = resolve(client, src, &opts.platforms)?;
     let dict = match &opts.chunk_dict {
-        Some(r) => Some((r, fetch_dict(&client, r, &opts.platforms, work.path())?)),
+        Some(r) => Some((r, fetch_dict(client, r, &opts.platforms, work)?)),
         None => None,
     };
     let mut reports = Vec::new();
     let mut converted = Vec::new();
     for (i, c) in source.chosen.iter().enumerate() {
-        let layout = work.path().join(format!("platform-{i}"));
-        let converted_doc = convert_platform(
+        let layout = work.join(format!("platform-{i}"));
+        let opened = open_remote(opts, client, src, c)?;
+        let built = convert_platform(
             opts,
-            &client,
-            (src, &target),
-            (c, dict.as_ref().map(|d| &d.1)),
+            client,
+            (opened, Some(target)),
+            dict.as_ref().map(|d| &d.1),
             &layout,
         )?;
         let ends = Ends {
-            src,
-            target: &target,
+            src: Some(src),
+            target,
             dict: dict.as_ref().map(|d| d.0),
         };
         let (report, manifest) =
-            push_platform(opts, &client, &ends, &layout, &c.manifest, converted_doc)?;
+            push_platform(opts, client, &ends, &layout, Some(&c.manifest), built)?;
         std::fs::remove_dir_all(&layout).ctx("remove", &layout)?;
         let platform = platform_json(c, &report.platform);
         converted.push(Converted {
@@ -245,39 +262,220 @@ pub fn convert(opts: &ConvertOptions, observer: Arc<dyn Observer>) -> Result<Con
         });
         reports.push(report);
     }
-    let target_digest = publish(opts, &client, src, &target, &converted)?;
-    let out = ConvertOutput {
-        source: src.whole(),
-        target: target.whole(),
-        source_digest: source.top.digest.clone(),
+    let target_digest = publish(opts, client, src, target, &converted)?;
+    Ok(output(
+        opts,
+        source.top.digest.clone(),
         target_digest,
-        bytes_pushed: reports
+        reports,
+    ))
+}
+
+/// One platform of a registry image into a local layout or archive.
+fn registry_to_local(
+    opts: &ConvertOptions,
+    client: &Client,
+    src: &ImageRef,
+    work: &Path,
+) -> Result<ConvertOutput> {
+    let source = resolve(client, src, &opts.platforms)?;
+    let [c] = &source.chosen[..] else {
+        return Err(Error::InvalidOption(format!(
+            "{src} has {} platforms to convert: an {} target holds one, name it with --platform",
+            source.chosen.len(),
+            opts.target.describe()
+        )));
+    };
+    let dict = match &opts.chunk_dict {
+        Some(r) => Some(fetch_dict(client, r, &opts.platforms, work)?),
+        None => None,
+    };
+    let opened = open_remote(opts, client, src, c)?;
+    let (layout, archive) = local_target(opts, work)?;
+    let (mut report, doc) = convert_platform(opts, client, (opened, None), dict.as_ref(), &layout)?;
+    report.target_manifest = digest_of_doc(&doc);
+    if let Some(file) = archive {
+        write_archive(&layout, &file)?;
+    }
+    let target = report.target_manifest.clone();
+    Ok(output(
+        opts,
+        source.top.digest.clone(),
+        target,
+        vec![report],
+    ))
+}
+
+/// A local image (layout or archive) converted and pushed under the target's tag.
+fn local_to_registry(
+    opts: &ConvertOptions,
+    client: &Client,
+    target: &ImageRef,
+    work: &Path,
+) -> Result<ConvertOutput> {
+    let layout = work.join("platform-0");
+    let opened = open_local(opts)?;
+    let built = convert_platform(opts, client, (opened, Some(target)), None, &layout)?;
+    let ends = Ends {
+        src: None,
+        target,
+        dict: None,
+    };
+    let (report, manifest) = push_platform(opts, client, &ends, &layout, None, built)?;
+    let tagged = target.at_tag(target.tag().unwrap_or("latest"));
+    client.push_manifest(&tagged, &manifest.bytes, &manifest.media_type)?;
+    Ok(output(opts, String::new(), manifest.digest, vec![report]))
+}
+
+/// A local image into a local layout or archive: `create -t oci` with these settings.
+fn local_to_local(opts: &ConvertOptions, work: &Path) -> Result<ConvertOutput> {
+    let opened = open_local(opts)?;
+    let (layout, archive) = local_target(opts, work)?;
+    let client = Client::new(
+        opts.transport.clone(),
+        Arc::new(crate::registry::Unobserved),
+    )?;
+    let (mut report, doc) = convert_platform(opts, &client, (opened, None), None, &layout)?;
+    report.target_manifest = digest_of_doc(&doc);
+    if let Some(file) = archive {
+        write_archive(&layout, &file)?;
+    }
+    let target = report.target_manifest.clone();
+    Ok(output(opts, String::new(), target, vec![report]))
+}
+
+/// The summary of a run, before its time is known.
+fn output(
+    opts: &ConvertOptions,
+    source_digest: String,
+    target_digest: String,
+    platforms: Vec<PlatformReport>,
+) -> ConvertOutput {
+    ConvertOutput {
+        source: opts.source.describe(),
+        target: opts.target.describe(),
+        source_digest,
+        target_digest,
+        bytes_pushed: platforms
             .iter()
             .flat_map(|r| &r.blobs)
             .filter(|b| b.uploaded)
             .map(|b| b.size)
             .sum(),
-        platforms: reports,
-        seconds: started.elapsed().as_secs_f64(),
+        platforms,
+        seconds: 0.0,
+    }
+}
+
+/// Where a local target's layout is built: the `oci:DIR` itself, or a scratch layout that
+/// becomes the `oci-archive:FILE`.
+fn local_target(opts: &ConvertOptions, work: &Path) -> Result<(PathBuf, Option<PathBuf>)> {
+    match &opts.target {
+        ImageLocation::Layout { dir, .. } => Ok((dir.clone(), None)),
+        ImageLocation::Archive(file) => Ok((work.join("archive"), Some(file.clone()))),
+        ImageLocation::Registry(r) => Err(Error::Internal(format!("{r} is not a local target"))),
+    }
+}
+
+/// Writes a layout as an OCI archive (a plain tar of its files), in place at once.
+fn write_archive(layout: &Path, file: &Path) -> Result<()> {
+    let tmp = crate::io::staged::temp_beside(file)?;
+    let mut t = tar::Builder::new(std::io::BufWriter::new(tmp.as_file()));
+    t.mode(tar::HeaderMode::Deterministic);
+    for name in ["oci-layout", "index.json"] {
+        t.append_path_with_name(layout.join(name), name)
+            .ctx("write", file)?;
+    }
+    t.append_dir_all("blobs", layout.join("blobs"))
+        .ctx("write", file)?;
+    t.into_inner()
+        .and_then(|mut w| std::io::Write::flush(&mut w))
+        .ctx("write", file)?;
+    crate::io::staged::persist(tmp, file)
+}
+
+fn digest_of_doc(doc: &Value) -> String {
+    let bytes = serde_json::to_vec(doc).unwrap_or_default();
+    format!("sha256:{}", hex::encode(Sha256::digest(&bytes)))
+}
+
+/// The image one conversion reads, opened, and what names it.
+struct Opened {
+    image: oci::Image,
+    want: Platform,
+    /// How messages name it.
+    name: String,
+    /// Its manifest digest, when known.
+    manifest: String,
+}
+
+/// The platform asked for (the machine's when every platform is).
+fn wanted(opts: &ConvertOptions) -> Platform {
+    match &opts.platforms {
+        Platforms::One(p) => p.clone(),
+        Platforms::All => Platform::host(),
+    }
+}
+
+fn open_remote(
+    opts: &ConvertOptions,
+    client: &Client,
+    src: &ImageRef,
+    c: &Chosen,
+) -> Result<Opened> {
+    let store = remote_store(client, src, c)?;
+    let want = c.platform.clone().unwrap_or_else(|| wanted(opts));
+    Ok(Opened {
+        image: oci::open_store(store, None, &want)?,
+        want,
+        name: src.whole(),
+        manifest: c.manifest.digest.clone(),
+    })
+}
+
+fn open_local(opts: &ConvertOptions) -> Result<Opened> {
+    let path = match &opts.source {
+        ImageLocation::Layout { dir, tag: Some(t) } => {
+            PathBuf::from(format!("{}:{t}", dir.display()))
+        }
+        ImageLocation::Layout { dir, tag: None } => dir.clone(),
+        ImageLocation::Archive(p) => p.clone(),
+        ImageLocation::Registry(r) => {
+            return Err(Error::Internal(format!("{r} is not a local source")))
+        }
     };
-    write_json(opts, &out)?;
-    Ok(out)
+    let want = wanted(opts);
+    Ok(Opened {
+        image: oci::open_image(&path, &want)?,
+        want,
+        name: opts.source.describe(),
+        manifest: String::new(),
+    })
 }
 
 fn check(opts: &ConvertOptions) -> Result<()> {
     let bad = |m: &str| Err(Error::InvalidOption(m.to_string()));
     let remote = matches!(opts.source, ImageLocation::Registry(_));
+    let remote_target = matches!(opts.target, ImageLocation::Registry(_));
     if !remote && (opts.merge_platform || opts.with_referrer) {
         return bad("--merge-platform and --with-referrer need a registry source");
     }
     if !remote && matches!(opts.platforms, Platforms::All) {
         return bad("--all-platforms needs a registry source");
     }
-    if matches!(opts.target, ImageLocation::Archive(_)) {
-        return bad("oci-archive: is a source only; write an oci:DIR target");
+    if !remote_target && (opts.merge_platform || matches!(opts.platforms, Platforms::All)) {
+        return bad("--merge-platform and --all-platforms need a registry target (a layout target holds one image)");
     }
-    if remote && !matches!(opts.target, ImageLocation::Registry(_)) {
-        return bad("a registry source converts into a registry target (use skopeo to copy it to a layout first, or write to a registry)");
+    if !remote && remote_target && opts.oci_ref {
+        return bad("--oci-ref into a registry needs a registry source: the gzip layers it references must be in the registry");
+    }
+    if !remote_target && opts.manifest_kind == ManifestKind::DockerV2 {
+        return bad(
+            "--docker-v2-format applies to a registry target; a layout holds OCI manifests",
+        );
+    }
+    if opts.chunk_dict.is_some() && !remote {
+        return bad("--chunk-dict needs a registry source");
     }
     if opts.oci_ref && opts.layer_format == LayerFormat::Erofs {
         return bad(
@@ -288,74 +486,6 @@ fn check(opts: &ConvertOptions) -> Result<()> {
         return bad("--merge-platform writes nydus manifests beside the originals; it does not take --target-format erofs");
     }
     Ok(())
-}
-
-/// The target reference (a `--target-suffix` has been applied by the front end).
-fn target_ref(opts: &ConvertOptions) -> Result<ImageRef> {
-    match &opts.target {
-        ImageLocation::Registry(r) => Ok(r.clone()),
-        other => Err(Error::InvalidOption(format!(
-            "target {}: not a registry reference",
-            other.describe()
-        ))),
-    }
-}
-
-/// A local source into a local layout: `create -t oci` with these settings.
-fn convert_local(opts: &ConvertOptions, started: Instant) -> Result<ConvertOutput> {
-    let (source, dir) = match (&opts.source, &opts.target) {
-        (ImageLocation::Layout { dir, tag }, ImageLocation::Layout { dir: out, .. }) => (
-            match tag {
-                Some(t) => PathBuf::from(format!("{}:{t}", dir.display())),
-                None => dir.clone(),
-            },
-            out.clone(),
-        ),
-        (ImageLocation::Archive(p), ImageLocation::Layout { dir: out, .. }) => {
-            (p.clone(), out.clone())
-        }
-        _ => {
-            return Err(Error::InvalidOption(
-                "a local source (oci:, oci-archive:) converts into an oci:DIR target".into(),
-            ))
-        }
-    };
-    let platform = match &opts.platforms {
-        Platforms::One(p) => Some(p.to_string()),
-        Platforms::All => None,
-    };
-    let copts = CreateOptions {
-        source,
-        blob_dir: Some(dir.clone()),
-        ..opts.create.clone()
-    };
-    let manifest = match opts.layer_format {
-        LayerFormat::Nydus if opts.oci_ref => {
-            let want = match &opts.platforms {
-                Platforms::One(p) => p.clone(),
-                Platforms::All => Platform::host(),
-            };
-            let image = oci::open_image(&copts.source, &want)?;
-            oci_ops::create_oci_ref_image(&copts, image, want, None)?.manifest
-        }
-        LayerFormat::Nydus => {
-            oci_ops::create_oci(&copts, platform.as_deref(), &NoProgress)?.manifest
-        }
-        LayerFormat::Erofs => {
-            oci_ops::create_oci_erofs(&copts, platform.as_deref(), opts.erofs_compression)?.manifest
-        }
-    };
-    let out = ConvertOutput {
-        source: opts.source.describe(),
-        target: opts.target.describe(),
-        source_digest: String::new(),
-        target_digest: manifest,
-        platforms: Vec::new(),
-        bytes_pushed: 0,
-        seconds: started.elapsed().as_secs_f64(),
-    };
-    write_json(opts, &out)?;
-    Ok(out)
 }
 
 /// Reads the source's top document and picks the manifests to convert.
@@ -474,7 +604,8 @@ fn blob_hex(name: &str) -> Option<&str> {
 /// Where a platform's blobs come from and go to.
 #[derive(Clone, Copy)]
 struct Ends<'a> {
-    src: &'a ImageRef,
+    /// The source repository, when the source is a registry's.
+    src: Option<&'a ImageRef>,
     target: &'a ImageRef,
     /// The chunk dictionary's repository, whose blobs the image may use.
     dict: Option<&'a ImageRef>,
@@ -540,22 +671,23 @@ fn remote_store(client: &Client, src: &ImageRef, c: &Chosen) -> Result<Store> {
     })))
 }
 
-/// Streams one platform's layers from the source through the conversion into a layout.
-/// Returns its report (pushes still to come) and the converted manifest.
+/// Streams one platform's layers from the source through the conversion into a layout;
+/// with a target, each finished layer blob is pushed meanwhile. Returns its report (the
+/// manifest still to push) and the converted manifest.
 fn convert_platform(
     opts: &ConvertOptions,
     client: &Client,
-    (src, target): (&ImageRef, &ImageRef),
-    (c, dict): (&Chosen, Option<&oci_ops::ChunkDictImage>),
+    (opened, target): (Opened, Option<&ImageRef>),
+    dict: Option<&oci_ops::ChunkDictImage>,
     layout: &Path,
 ) -> Result<(PlatformReport, Value)> {
     let started = Instant::now();
-    let store = remote_store(client, src, c)?;
-    let want = c.platform.clone().unwrap_or_else(|| match &opts.platforms {
-        Platforms::One(p) => p.clone(),
-        Platforms::All => Platform::host(),
-    });
-    let image = oci::open_store(store, None, &want)?;
+    let Opened {
+        image,
+        want,
+        name,
+        manifest,
+    } = opened;
     let source_size = image.layers.iter().filter_map(|l| l.size).sum();
     let platform = image
         .platform
@@ -563,17 +695,42 @@ fn convert_platform(
         .unwrap_or_else(|| want.clone())
         .to_string();
     log::info!(
-        "{src} ({platform}): converting {} layers",
+        "{name} ({platform}): converting {} layers",
         image.layers.len()
     );
     let copts = CreateOptions {
-        source: PathBuf::from(src.whole()),
+        source: PathBuf::from(&name),
         blob_dir: Some(layout.to_path_buf()),
         ..opts.create.clone()
     };
-    // each layer's blob is pushed by a second thread while the next layer converts
+    let (manifest_digest, early) = match target {
+        Some(target) => build_pushing(opts, client, target, (&copts, image, want), dict)?,
+        None => (build(opts, (&copts, image, want), None, dict)?, Vec::new()),
+    };
+    let doc = read_layout_doc(layout, &manifest_digest)?;
+    let report = PlatformReport {
+        platform,
+        source_manifest: manifest,
+        source_size,
+        target_manifest: String::new(),
+        target_size: 0,
+        convert_seconds: started.elapsed().as_secs_f64(),
+        blobs: early,
+    };
+    Ok((report, doc))
+}
+
+/// [`build`] with each finished layer blob pushed by a second thread while the next layer
+/// converts.
+fn build_pushing(
+    opts: &ConvertOptions,
+    client: &Client,
+    target: &ImageRef,
+    (copts, image, want): (&CreateOptions, oci::Image, Platform),
+    dict: Option<&oci_ops::ChunkDictImage>,
+) -> Result<(String, Vec<LayerReport>)> {
     let (tx, rx) = std::sync::mpsc::channel::<Finished>();
-    let (manifest_digest, early) = std::thread::scope(|scope| -> Result<_> {
+    std::thread::scope(|scope| -> Result<_> {
         let worker = scope.spawn(move || push_worker(client, target, rx));
         let built = {
             let on_layer = move |p: &Path| match Finished::open(p) {
@@ -582,45 +739,36 @@ fn convert_platform(
                 }
                 Err(e) => log::warn!("{e}: pushed with the manifest instead"),
             };
-            match opts.layer_format {
-                LayerFormat::Nydus if opts.oci_ref => {
-                    oci_ops::create_oci_ref_image(&copts, image, want, Some(&on_layer))
-                        .map(|o| o.manifest)
-                }
-                LayerFormat::Nydus => oci_ops::create_oci_image(
-                    &copts,
-                    image,
-                    want,
-                    &NoProgress,
-                    (Some(&on_layer), dict),
-                )
-                .map(|o| o.manifest),
-                LayerFormat::Erofs => oci_ops::create_oci_erofs_image(
-                    &copts,
-                    image,
-                    want,
-                    opts.erofs_compression,
-                    Some(&on_layer),
-                )
-                .map(|o| o.manifest),
-            }
+            build(opts, (copts, image, want), Some(&on_layer), dict)
         };
         let pushed = worker
             .join()
             .map_err(|_| Error::Internal("the push thread panicked".into()))?;
         Ok((built?, pushed?))
-    })?;
-    let doc = read_layout_doc(layout, &manifest_digest)?;
-    let report = PlatformReport {
-        platform,
-        source_manifest: c.manifest.digest.clone(),
-        source_size,
-        target_manifest: String::new(),
-        target_size: 0,
-        convert_seconds: started.elapsed().as_secs_f64(),
-        blobs: early,
+    })
+}
+
+/// The converted layout of one image (nydus, nydus referencing its gzip layers, or native
+/// EROFS layers); returns its manifest's digest.
+fn build(
+    opts: &ConvertOptions,
+    (copts, image, want): (&CreateOptions, oci::Image, Platform),
+    on_layer: oci_ops::OnLayer,
+    dict: Option<&oci_ops::ChunkDictImage>,
+) -> Result<String> {
+    let out = match opts.layer_format {
+        LayerFormat::Nydus if opts.oci_ref => {
+            oci_ops::create_oci_ref_image(copts, image, want, on_layer)?.manifest
+        }
+        LayerFormat::Nydus => {
+            oci_ops::create_oci_image(copts, image, want, &NoProgress, (on_layer, dict))?.manifest
+        }
+        LayerFormat::Erofs => {
+            oci_ops::create_oci_erofs_image(copts, image, want, opts.erofs_compression, on_layer)?
+                .manifest
+        }
     };
-    Ok((report, doc))
+    Ok(out)
 }
 
 /// A layer's blob, complete, opened at once (the layout moves it afterwards).
@@ -692,17 +840,40 @@ fn read_layout_doc(layout: &Path, digest: &str) -> Result<Value> {
     })
 }
 
+/// The gzip layers `--oci-ref` blobs name, made present in the target repository.
+fn copy_referenced(
+    client: &Client,
+    (src, target): (&ImageRef, &ImageRef),
+    source: &Manifest,
+    descriptors: &[Value],
+) -> Result<()> {
+    let source_doc = parse_doc(&source.bytes, src)?;
+    for d in descriptors {
+        if let Some(orig) = d["annotations"][oci_ops::ANNOTATION_NYDUS_REF].as_str() {
+            let size = source_doc["layers"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|l| l["digest"] == orig)
+                .and_then(|l| l["size"].as_u64())
+                .unwrap_or(0);
+            copy_blob(client, src, target, orig, size)?;
+        }
+    }
+    Ok(())
+}
+
 /// The converted manifest as it is pushed: its kind chosen, its source named when asked.
 fn final_manifest(
     opts: &ConvertOptions,
     mut doc: Value,
-    source: &Manifest,
+    source: Option<&Manifest>,
     config: (String, u64),
 ) -> Value {
     let docker = match opts.manifest_kind {
         ManifestKind::DockerV2 => true,
         ManifestKind::Oci => false,
-        ManifestKind::Keep => source.media_type == MEDIA_DOCKER_MANIFEST,
+        ManifestKind::Keep => source.is_some_and(|m| m.media_type == MEDIA_DOCKER_MANIFEST),
     };
     if docker {
         doc["mediaType"] = json!(MEDIA_DOCKER_MANIFEST);
@@ -713,7 +884,7 @@ fn final_manifest(
             }
         }
     }
-    if opts.with_referrer {
+    if let (true, Some(source)) = (opts.with_referrer, source) {
         doc["subject"] = json!({
             "mediaType": if source.media_type.is_empty() { MEDIA_OCI_MANIFEST } else { &source.media_type },
             "digest": source.digest,
@@ -731,7 +902,7 @@ fn push_platform(
     client: &Client,
     ends: &Ends,
     layout: &Path,
-    source: &Manifest,
+    source: Option<&Manifest>,
     (mut report, doc): (PlatformReport, Value),
 ) -> Result<(PlatformReport, Manifest)> {
     let Ends { src, target, dict } = *ends;
@@ -740,18 +911,9 @@ fn push_platform(
     descriptors.push(doc["config"].clone());
     let early = std::mem::take(&mut report.blobs);
     // --oci-ref: the gzip layers the ref blobs name must be in the target repository too
-    let source_doc = parse_doc(&source.bytes, src)?;
-    for d in &descriptors {
-        if let Some(orig) = d["annotations"][oci_ops::ANNOTATION_NYDUS_REF].as_str() {
-            let size = source_doc["layers"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .find(|l| l["digest"] == orig)
-                .and_then(|l| l["size"].as_u64())
-                .unwrap_or(0);
-            copy_blob(client, src, target, orig, size)?;
-        }
+    // (check() allows it into a registry only from a registry)
+    if let (Some(src), Some(source)) = (src, source) {
+        copy_referenced(client, (src, target), source, &descriptors)?;
     }
     for d in &descriptors {
         let digest = d["digest"].as_str().unwrap_or_default();

@@ -1075,6 +1075,121 @@ fn bootstrap_tar(files: &[LayerFile]) -> std::io::Result<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::HashMap;
+    use std::sync::{Arc, Mutex};
+
+    /// An image layout served from memory, recording which file is opened when.
+    struct Recorded {
+        files: HashMap<String, Vec<u8>>,
+        events: Arc<Mutex<Vec<String>>>,
+        at: PathBuf,
+    }
+
+    impl oci::RemoteFiles for Recorded {
+        fn location(&self) -> &Path {
+            &self.at
+        }
+        fn exists(&self, name: &str) -> bool {
+            self.files.contains_key(name)
+        }
+        fn reader(&self, name: &str) -> Result<(Box<dyn std::io::Read + Send>, u64)> {
+            self.events.lock().unwrap().push(format!("open {name}"));
+            let b = self.files[name].clone();
+            let n = b.len() as u64;
+            Ok((Box::new(std::io::Cursor::new(b)), n))
+        }
+    }
+
+    fn one_file_tar(name: &str, body: &[u8]) -> Vec<u8> {
+        let mut t = ::tar::Builder::new(Vec::new());
+        let mut h = ::tar::Header::new_gnu();
+        h.set_path(name).unwrap();
+        h.set_size(body.len() as u64);
+        h.set_mode(0o644);
+        h.set_cksum();
+        t.append(&h, body).unwrap();
+        t.into_inner().unwrap()
+    }
+
+    /// `convert` pushes a layer's blob while the next layer converts: the hook for layer N
+    /// fires before layer N+1 is opened, whatever the timing.
+    #[test]
+    fn each_layer_is_handed_on_before_the_next_is_read() {
+        let mut files = HashMap::new();
+        let mut put = |bytes: Vec<u8>| {
+            let hex = hex::encode(Sha256::digest(&bytes));
+            files.insert(format!("blobs/sha256/{hex}"), bytes);
+            hex
+        };
+        let layers: Vec<(String, usize)> = (0..3)
+            .map(|i| {
+                let t = one_file_tar(&format!("f{i}"), &vec![i as u8 + 1; 10_000]);
+                let n = t.len();
+                (put(t), n)
+            })
+            .collect();
+        let config = put(
+            json!({"architecture": "amd64", "os": "linux", "rootfs": {"type": "layers", "diff_ids": []}})
+                .to_string()
+                .into_bytes(),
+        );
+        let manifest = put(
+            json!({"schemaVersion": 2, "mediaType": MEDIA_MANIFEST,
+                "config": {"mediaType": MEDIA_CONFIG, "digest": format!("sha256:{config}"), "size": 1},
+                "layers": layers.iter().map(|(h, n)| json!({
+                    "mediaType": "application/vnd.oci.image.layer.v1.tar",
+                    "digest": format!("sha256:{h}"), "size": n})).collect::<Vec<_>>()})
+            .to_string()
+            .into_bytes(),
+        );
+        files.insert(
+            "index.json".into(),
+            json!({"schemaVersion": 2, "manifests": [{"mediaType": MEDIA_MANIFEST,
+                "digest": format!("sha256:{manifest}"), "size": 1}]})
+            .to_string()
+            .into_bytes(),
+        );
+        let events = Arc::new(Mutex::new(Vec::new()));
+        let store = oci::Store::Remote(Box::new(Recorded {
+            files,
+            events: events.clone(),
+            at: PathBuf::from("memory"),
+        }));
+        let want = Platform::host();
+        let image = oci::open_store(store, None, &want).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let opts = CreateOptions {
+            source_type: SourceType::Tar,
+            blob_dir: Some(dir.path().join("layout")),
+            ..CreateOptions::default()
+        };
+        let seen = events.clone();
+        let hook = move |p: &Path| {
+            let name = p.file_name().unwrap().to_string_lossy().into_owned();
+            seen.lock().unwrap().push(format!("blob {name}"));
+        };
+        create_oci_image(&opts, image, want, &create::NoProgress, (Some(&hook), None)).unwrap();
+        let log = events.lock().unwrap().clone();
+        let layer_opens: Vec<usize> = log
+            .iter()
+            .enumerate()
+            .filter(|(_, e)| layers.iter().any(|(h, _)| e.ends_with(h.as_str())))
+            .map(|(i, _)| i)
+            .collect();
+        let blobs: Vec<usize> = log
+            .iter()
+            .enumerate()
+            .filter(|(_, e)| e.starts_with("blob "))
+            .map(|(i, _)| i)
+            .collect();
+        assert_eq!((layer_opens.len(), blobs.len()), (3, 3), "{log:#?}");
+        for i in 0..3 {
+            assert!(layer_opens[i] < blobs[i], "{log:#?}");
+            if i + 1 < 3 {
+                assert!(blobs[i] < layer_opens[i + 1], "{log:#?}");
+            }
+        }
+    }
 
     #[test]
     fn bootstrap_tar_reads_back() {

@@ -1157,7 +1157,7 @@ mod tests {
         }));
         let want = Platform::host();
         let image = oci::open_store(store, None, &want).unwrap();
-        let dir = tempfile::tempdir().unwrap();
+        let dir = crate::io::staged::ScratchDir::new_in(&std::env::temp_dir()).unwrap();
         let opts = CreateOptions {
             source_type: SourceType::Tar,
             blob_dir: Some(dir.path().join("layout")),

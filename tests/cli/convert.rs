@@ -344,6 +344,42 @@ fn wrong_credentials_are_one_line() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // a credential helper (credsStore), as docker login with a store leaves it: asked with
+    // the registry on stdin, it answers with the secret
+    let helpers = w.path().join("helpers");
+    fs::create_dir_all(&helpers).unwrap();
+    let helper = helpers.join("docker-credential-forgetest");
+    fs::write(
+        &helper,
+        format!(
+            "#!/bin/sh\n[ \"$1\" = get ] || exit 1\nread server\n[ \"$server\" = \"{}\" ] || exit 1\n\
+             echo '{{\"ServerURL\":\"'$server'\",\"Username\":\"alice\",\"Secret\":\"right\"}}'\n",
+            reg.addr()
+        ),
+    )
+    .unwrap();
+    let mut perm = fs::metadata(&helper).unwrap().permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut perm, 0o755);
+    fs::set_permissions(&helper, perm).unwrap();
+    fs::write(cfg.join("config.json"), r#"{"credsStore": "forgetest"}"#).unwrap();
+    let path = format!(
+        "{}:{}",
+        s(&helpers),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_erofs-forge"))
+        .args(args(&reg.reference("small:helper")))
+        .env("DOCKER_CONFIG", &cfg)
+        .env("PATH", path)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let o = reg.client().inspect("small:helper", true);
+    assert!(o.status.success());
 }
 
 #[test]

@@ -815,7 +815,7 @@ fn push_blob(client: &Client, target: &ImageRef, f: &Finished) -> Result<LayerRe
         client.push_file(target, &f.file, &f.digest, f.size)?;
         true
     };
-    log::info!(
+    log::debug!(
         "{target}: blob {} ({} bytes) {}",
         f.digest,
         f.size,

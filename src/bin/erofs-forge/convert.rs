@@ -364,7 +364,7 @@ pub fn run(a: ConvertArgs) -> Result<()> {
     let out = convert::convert(&opts, Arc::new(Transfers::for_stderr()))?;
     for p in &out.platforms {
         let pushed = p.blobs.iter().filter(|b| b.uploaded).count();
-        crate::out::out!(
+        crate::out::outln!(
             "{} {}: {} -> {} ({} blobs, {} pushed, {} already there)",
             out.target,
             p.platform,
@@ -375,6 +375,6 @@ pub fn run(a: ConvertArgs) -> Result<()> {
             p.blobs.len() - pushed
         );
     }
-    crate::out::out!("{} {}", out.target, out.target_digest);
+    crate::out::outln!("{} {}", out.target, out.target_digest);
     Ok(())
 }

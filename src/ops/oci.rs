@@ -201,17 +201,15 @@ pub(crate) fn create_oci_image(
         files.extend(blob_meta_files(&image_boot, &blobs.dir, dict)?);
     }
     let boot_layer = layers.add_bootstrap(&mut blobs, &files, &merged, &image_boot)?;
-    let config = write_config(
+    // the image appears at once: index, layout marker, bootstrap and report are put in place
+    // together, after every blob they name
+    let (config, manifest, p) = write_documents(
         opts,
-        &image,
-        &layers.diff_ids,
+        (&image, want),
+        (&layers.diff_ids, layers.layers),
         &mut blobs,
         LayerFormat::Nydus,
     )?;
-    let manifest = write_manifest(&image, &config, layers.layers, &mut blobs)?;
-    let p = image.platform.clone().unwrap_or(want);
-    // the image appears at once: index, layout marker, bootstrap and report are put in place
-    // together, after every blob they name
     write_index(
         &dir,
         &image,
@@ -333,15 +331,13 @@ pub(crate) fn create_oci_ref_image(
         }
     }
     let boot_layer = layers.add_bootstrap(&mut blobs, &files, &merged, &image_boot)?;
-    let config = write_config(
+    let (config, manifest, p) = write_documents(
         opts,
-        &image,
-        &layers.diff_ids,
+        (&image, want),
+        (&layers.diff_ids, layers.layers),
         &mut blobs,
         LayerFormat::Nydus,
     )?;
-    let manifest = write_manifest(&image, &config, layers.layers, &mut blobs)?;
-    let p = image.platform.clone().unwrap_or(want);
     write_index(
         &dir,
         &image,
@@ -540,15 +536,13 @@ pub(crate) fn create_oci_erofs_image(
             f(p);
         }
     }
-    let config = write_config(
+    let (_config, manifest, p) = write_documents(
         opts,
-        &image,
-        &layers.diff_ids,
+        (&image, want),
+        (&layers.diff_ids, layers.layers),
         &mut blobs,
         LayerFormat::Erofs,
     )?;
-    let manifest = write_manifest(&image, &config, layers.layers, &mut blobs)?;
-    let p = image.platform.clone().unwrap_or(want);
     write_index(
         &dir,
         &image,
@@ -884,6 +878,21 @@ impl Layers {
         self.diff_ids.push(json!(format!("sha256:{tar_digest}")));
         Ok(path)
     }
+}
+
+/// The config and manifest of a converted image, written after every blob they name, and
+/// the platform its index entry names.
+fn write_documents(
+    opts: &CreateOptions,
+    (image, want): (&oci::Image, Platform),
+    (diff_ids, layers): (&[Value], Vec<Value>),
+    blobs: &mut Blobs,
+    format: LayerFormat,
+) -> Result<(Written, Written, Platform)> {
+    let config = write_config(opts, image, diff_ids, blobs, format)?;
+    let manifest = write_manifest(image, &config, layers, blobs)?;
+    let p = image.platform.clone().unwrap_or(want);
+    Ok((config, manifest, p))
 }
 
 /// A document written into `blobs/sha256`: its digest (hex) and size.

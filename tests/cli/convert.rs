@@ -64,6 +64,44 @@ fn bootstrap_of(layout: &Path, out: &Path) -> PathBuf {
     panic!("no image/image.boot in the bootstrap layer");
 }
 
+/// A nydus image pulled back from the registry by skopeo and unpacked by our reader, its
+/// data read from the pulled blobs and those of `more` (the gzip layers `--oci-ref`
+/// references); checked first. Returns the unpacked tree and the bootstrap.
+fn pull_and_unpack(
+    reg: &Registry,
+    repo_ref: &str,
+    w: &Path,
+    more: Option<&Path>,
+) -> (PathBuf, PathBuf) {
+    let name = repo_ref.replace([':', '/', '@'], "-");
+    let pulled = w.join(format!("pulled-{name}"));
+    reg.pull_to_oci(repo_ref, &format!("{}:t", s(&pulled)));
+    let boot = bootstrap_of(&pulled, &w.join(format!("{name}.boot")));
+    let mut blobs = pulled.join("blobs/sha256");
+    if let Some(more) = more {
+        let all = w.join(format!("blobs-{name}"));
+        fs::create_dir_all(&all).unwrap();
+        for dir in [blobs.as_path(), more] {
+            for e in fs::read_dir(dir).unwrap() {
+                let e = e.unwrap();
+                fs::copy(e.path(), all.join(e.file_name())).unwrap();
+            }
+        }
+        blobs = all;
+    }
+    forge(&["check", s(&boot), "-D", s(&blobs)]);
+    let dest = w.join(format!("unpacked-{name}"));
+    forge(&[
+        "unpack",
+        s(&boot),
+        "-D",
+        s(&blobs),
+        "--output-dir",
+        s(&dest),
+    ]);
+    (dest, boot)
+}
+
 fn same_tree(what: &str, expect: &Path, got: &Path) {
     let d = diff(&manifest(expect), &manifest(got));
     assert!(
@@ -125,19 +163,7 @@ fn registry_to_registry_matches_umoci() {
         assert_eq!(report["target_digest"], local.as_str());
         assert!(report["TargetImageSize"].as_u64().unwrap() > 0);
         // pulled back by skopeo and read by our reader: umoci unpack's tree
-        let pulled = w.path().join(format!("pulled-v{v}"));
-        reg.pull_to_oci(&format!("app:t-nydus-v{v}"), &format!("{}:t", s(&pulled)));
-        let boot = bootstrap_of(&pulled, &w.path().join(format!("v{v}.boot")));
-        forge(&["check", s(&boot), "-D", s(&pulled.join("blobs/sha256"))]);
-        let dest = w.path().join(format!("unpacked-v{v}"));
-        forge(&[
-            "unpack",
-            s(&boot),
-            "-D",
-            s(&pulled.join("blobs/sha256")),
-            "--output-dir",
-            s(&dest),
-        ]);
+        let (dest, _) = pull_and_unpack(&reg, &format!("app:t-nydus-v{v}"), w.path(), None);
         same_tree(&format!("convert v{v}, pulled back"), &expect, &dest);
     }
     // a second identical convert uploads no blob again: only the manifest and tag
@@ -417,27 +443,8 @@ fn oci_ref_references_the_source_layers() {
     // the referenced layers came into the target repository by mount, not upload
     assert!(reg.blob_mounts() >= source_layers.len());
     // pulled back: the ref blobs and the bootstrap; the data comes from the gzip layers
-    let pulled = w.path().join("pulled");
-    reg.pull_to_oci("zran:t", &format!("{}:t", s(&pulled)));
-    let boot = bootstrap_of(&pulled, &w.path().join("zran.boot"));
-    let blobs = w.path().join("blobs");
-    fs::create_dir_all(&blobs).unwrap();
-    for dir in [pulled.join("blobs/sha256"), img.join("blobs/sha256")] {
-        for e in fs::read_dir(dir).unwrap() {
-            let e = e.unwrap();
-            let _ = fs::copy(e.path(), blobs.join(e.file_name()));
-        }
-    }
-    forge(&["check", s(&boot), "-D", s(&blobs)]);
-    let dest = w.path().join("unpacked");
-    forge(&[
-        "unpack",
-        s(&boot),
-        "-D",
-        s(&blobs),
-        "--output-dir",
-        s(&dest),
-    ]);
+    let img_blobs = img.join("blobs/sha256");
+    let (dest, _) = pull_and_unpack(&reg, "zran:t", w.path(), Some(&img_blobs));
     same_tree("convert --oci-ref, pulled back", &expect, &dest);
 }
 
@@ -502,18 +509,7 @@ fn chunk_dict_image_in_a_registry() {
         "{uploads:#?} dict {dict_blobs:?} image {blobs:?}"
     );
     // pulled back and read: umoci unpack's tree
-    let pulled = w.path().join("pulled");
-    reg.pull_to_oci("deduped:t", &format!("{}:t", s(&pulled)));
-    let boot = bootstrap_of(&pulled, &w.path().join("deduped.boot"));
-    let dest = w.path().join("unpacked");
-    forge(&[
-        "unpack",
-        s(&boot),
-        "-D",
-        s(&pulled.join("blobs/sha256")),
-        "--output-dir",
-        s(&dest),
-    ]);
+    let (dest, _) = pull_and_unpack(&reg, "deduped:t", w.path(), None);
     same_tree("convert --chunk-dict, pulled back", &expect, &dest);
 }
 
@@ -605,18 +601,7 @@ fn debian_image_round_trip() {
         &work,
         &[],
     );
-    let pulled = w.path().join("pulled");
-    reg.pull_to_oci("debian:bookworm-nydus", &format!("{}:t", s(&pulled)));
-    let boot = bootstrap_of(&pulled, &w.path().join("debian.boot"));
-    let dest = w.path().join("unpacked");
-    forge(&[
-        "unpack",
-        s(&boot),
-        "-D",
-        s(&pulled.join("blobs/sha256")),
-        "--output-dir",
-        s(&dest),
-    ]);
+    let (dest, _) = pull_and_unpack(&reg, "debian:bookworm-nydus", w.path(), None);
     same_tree("Debian, convert v6, pulled back", &tree, &dest);
     fs::remove_dir_all(&dest).unwrap();
     // native EROFS: the layer is an image the kernel mounts
@@ -707,19 +692,8 @@ fn two_platform_layout(dir: &Path, tag: &str) -> String {
 }
 
 /// The file `etc/arch` of the nydus image `repo_ref`, pulled back with skopeo.
-fn arch_file_of(reg: &Registry, repo_ref: &str, w: &Path, name: &str) -> String {
-    let pulled = w.join(format!("pulled-{name}"));
-    reg.pull_to_oci(repo_ref, &format!("{}:t", s(&pulled)));
-    let boot = bootstrap_of(&pulled, &w.join(format!("{name}.boot")));
-    let dest = w.join(format!("unpacked-{name}"));
-    forge(&[
-        "unpack",
-        s(&boot),
-        "-D",
-        s(&pulled.join("blobs/sha256")),
-        "--output-dir",
-        s(&dest),
-    ]);
+fn arch_file_of(reg: &Registry, repo_ref: &str, w: &Path) -> String {
+    let (dest, _) = pull_and_unpack(reg, repo_ref, w, None);
     fs::read_to_string(dest.join("etc/arch")).unwrap()
 }
 
@@ -753,7 +727,7 @@ fn platforms_manifest_kinds_suffix_and_prefetch() {
     let m = reg.inspect_raw("multi:arm");
     assert_eq!(m["mediaType"], "application/vnd.oci.image.manifest.v1+json");
     assert_eq!(
-        arch_file_of(&reg, "multi:arm", w.path(), "arm"),
+        arch_file_of(&reg, "multi:arm", w.path()),
         "built for arm64\n"
     );
     // every platform: an index of the two converted manifests
@@ -825,9 +799,7 @@ fn platforms_manifest_kinds_suffix_and_prefetch() {
         s(&work),
     ];
     assert_ok(&run_with_stdin(&args, b"/etc/arch\n"));
-    let pulled = w.path().join("pulled-prefetch");
-    reg.pull_to_oci("multi:prefetch", &format!("{}:t", s(&pulled)));
-    let boot = bootstrap_of(&pulled, &w.path().join("prefetch.boot"));
+    let (_, boot) = pull_and_unpack(&reg, "multi:prefetch", w.path(), None);
     let table = forge(&["inspect", "-R", "prefetch", s(&boot)]);
     let table: serde_json::Value = serde_json::from_slice(&table.stdout).unwrap();
     assert_eq!(table[0]["path"][0], "/etc/arch", "{table}");

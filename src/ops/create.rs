@@ -710,24 +710,30 @@ fn tar_input(
     let source = opts.source.clone();
     let max_memory = opts.limits.decompress_memory;
     let max_entries = opts.limits.entries;
-    let (per_inode, (tree, files, bytes, diff)) =
-        pipeline::run_with(popts, table, writer, &|_| {}, move |sink| {
-            let (input, compression) = tar::decompress(Box::new(stored_ref), &source, max_memory)?;
-            log::debug!(
-                "{}: tar, compression {}",
-                source.display(),
-                compression.name()
-            );
-            let mut input = tar::Digesting::new(input, want_diff);
-            let mut files = PipelineFiles {
-                sink,
-                files: 0,
-                bytes: 0,
-            };
-            let tree = tar::read_tar_limited(&mut input, &source, &mut files, max_entries)
-                .map_err(|e| crate::error::in_file(&source, e))?;
-            Ok((tree, files.files, files.bytes, input.finish()))
-        })?;
+    let ran = pipeline::run_with(popts, table, writer, &|_| {}, move |sink| {
+        let (input, compression) = tar::decompress(Box::new(stored_ref), &source, max_memory)?;
+        log::debug!(
+            "{}: tar, compression {}",
+            source.display(),
+            compression.name()
+        );
+        let mut input = tar::Digesting::new(input, want_diff);
+        let mut files = PipelineFiles {
+            sink,
+            files: 0,
+            bytes: 0,
+        };
+        let tree = tar::read_tar_limited(&mut input, &source, &mut files, max_entries)
+            .map_err(|e| crate::error::in_file(&source, e))?;
+        Ok((tree, files.files, files.bytes, input.finish()))
+    });
+    let (per_inode, (tree, files, bytes, diff)) = match (ran, &expect) {
+        (Ok(v), _) => v,
+        (Err(e), Some((what, Some(digest), _, _))) if !matches!(e, Error::Interrupted) => {
+            return Err(wrong_bytes_first(e, stored, what, digest))
+        }
+        (Err(e), _) => return Err(e),
+    };
     if let Some((what, digest, size, diff_id)) = expect {
         // whatever follows the compressed stream counts too
         std::io::copy(&mut stored, &mut std::io::sink()).ctx("read", &opts.source)?;
@@ -744,6 +750,29 @@ fn tar_input(
         files,
         bytes,
     })
+}
+
+/// A layer that could not be read whose bytes are not the ones its descriptor names: that is
+/// the error to report (a flipped byte shows first as a broken gzip stream, say), so the rest
+/// of the bytes are read to tell. Otherwise the reading error stands.
+fn wrong_bytes_first<R: std::io::Read>(
+    e: Error,
+    mut stored: tar::Digesting<R>,
+    what: &str,
+    digest: &str,
+) -> Error {
+    if std::io::copy(&mut stored, &mut std::io::sink()).is_err() {
+        return e;
+    }
+    match stored.finish() {
+        (_, Some(actual)) if !actual.eq_ignore_ascii_case(digest) => Error::Mismatch {
+            what: what.to_string(),
+            field: "sha256",
+            expected: digest.to_string(),
+            actual,
+        },
+        _ => e,
+    }
 }
 
 /// The layer goes on top of its parent; whiteouts are applied and never stored. Without a

@@ -94,9 +94,28 @@ pub struct ErofsCompression {
     pub algo: ErofsCompressor,
     /// Its level (`None`: the algorithm's default here: lz4hc 9, zstd 9, lzma 6).
     pub level: Option<u32>,
-    /// Logical clusters (blocks) of input per extent: 2 to 256.
+    /// Blocks of a physical cluster at most: 2 to 256. Without `fill`, also the input of
+    /// each extent.
     pub extent_blocks: u32,
+    /// Size each extent's input so that its output nearly fills a physical cluster (what an
+    /// explicit `mkfs.erofs -C` asks for); otherwise every extent takes `extent_blocks`
+    /// blocks of input (formats/rafs-v6.md §19.1).
+    pub fill: bool,
 }
+
+/// One extent of a file: the input bytes it covers, and its compressed form when that saves a
+/// block.
+#[derive(Debug)]
+pub(crate) struct Packed {
+    len: usize,
+    stored: Option<Vec<u8>>,
+}
+
+/// Of a physical cluster, how much a filled extent's output aims at: a little room, so that
+/// few extents overflow and are split.
+const FILL_TARGET: f64 = 0.9;
+/// A filled extent takes at most this many physical clusters of input.
+const FILL_MAX_INPUT: usize = 8;
 
 impl ErofsCompression {
     /// `export --compressor`'s settings: 64 KiB extents, the default levels.
@@ -105,6 +124,7 @@ impl ErofsCompression {
             algo,
             level: None,
             extent_blocks: EXTENT_CLUSTERS as u32,
+            fill: false,
         }
     }
 
@@ -153,11 +173,61 @@ impl ErofsCompression {
         }
     }
 
+    /// The input of the next extent, `left` bytes remaining, `ratio` the output/input seen
+    /// so far: whole blocks, all that is left at the file's end.
+    fn next_len(self, ratio: f64, left: usize) -> usize {
+        let cluster = self.extent_bytes();
+        let len = if self.fill {
+            let want = (cluster as f64 * FILL_TARGET / ratio.max(0.01)) as usize;
+            want.clamp(cluster / 2, cluster * FILL_MAX_INPUT) / BLOCK as usize * BLOCK as usize
+        } else {
+            cluster
+        };
+        len.min(left)
+    }
+
+    /// Packs one extent; with `fill`, one whose output would overflow the physical cluster
+    /// is split in two (at a block) and each half packed again.
+    fn pack_fitting(self, extent: &[u8]) -> Result<Vec<Packed>> {
+        let stored = self.pack(extent)?;
+        let fits = stored
+            .as_ref()
+            .is_none_or(|p| p.len() <= self.extent_bytes() || extent.len() <= self.extent_bytes());
+        if fits {
+            return Ok(vec![Packed {
+                len: extent.len(),
+                stored,
+            }]);
+        }
+        let half = (extent.len() / 2).div_ceil(BLOCK as usize) * BLOCK as usize;
+        let mut out = self.pack_fitting(&extent[..half])?;
+        out.extend(self.pack_fitting(&extent[half..])?);
+        Ok(out)
+    }
+
+    /// The ratio a run of packed extents achieved (stored plain counts as 1).
+    fn ratio_of(packed: &[Packed]) -> Option<f64> {
+        let input: usize = packed.iter().map(|p| p.len).sum();
+        let output: usize = packed
+            .iter()
+            .map(|p| p.stored.as_ref().map_or(p.len, |s| s.len().min(p.len)))
+            .sum();
+        (input > 0).then(|| output as f64 / input as f64)
+    }
+
     /// Every extent of a whole file, packed one after the other on this thread.
-    pub(crate) fn pack_file(self, data: &[u8]) -> Result<Vec<Option<Vec<u8>>>> {
-        data.chunks(self.extent_bytes())
-            .map(|e| self.pack(e))
-            .collect()
+    pub(crate) fn pack_file(self, data: &[u8]) -> Result<Vec<Packed>> {
+        let mut out = Vec::new();
+        let mut ratio = 0.5;
+        let mut at = 0;
+        while at < data.len() {
+            let len = self.next_len(ratio, data.len() - at);
+            let packed = self.pack_fitting(&data[at..at + len])?;
+            ratio = Self::ratio_of(&packed).unwrap_or(ratio);
+            at += len;
+            out.extend(packed);
+        }
+        Ok(out)
     }
 
     fn compress(self, input: &[u8]) -> Result<Vec<u8>> {
@@ -412,6 +482,8 @@ pub(crate) struct ExtentWriter {
     window: usize,
     next_block: u64,
     blocks: u64,
+    /// Output/input of what was compressed so far (sizes filled extents).
+    ratio: f64,
 }
 
 impl ExtentWriter {
@@ -432,9 +504,12 @@ impl ExtentWriter {
             how,
             body,
             pending: Vec::new(),
-            window: how.extent_bytes() * 4 * rayon::current_num_threads().max(1),
+            window: how.extent_bytes()
+                * if how.fill { FILL_MAX_INPUT } else { 4 }
+                * rayon::current_num_threads().max(1),
             next_block: first_block,
             blocks: 0,
+            ratio: 0.5,
         }
     }
 
@@ -461,50 +536,58 @@ impl ExtentWriter {
         ))
     }
 
-    /// Compresses the first `take` pending bytes (whole extents but for the file's last one)
-    /// in parallel and writes them in order.
+    /// Compresses the first `take` pending bytes (whole blocks but for the file's last) in
+    /// parallel, in extents sized by the ratio seen so far, and writes them in order.
     fn flush(&mut self, take: usize, out: &mut dyn Write) -> Result<()> {
         let how = self.how;
         let mut pending = std::mem::take(&mut self.pending);
-        let extents: Vec<&[u8]> = pending[..take].chunks(how.extent_bytes()).collect();
-        let packed: Vec<Option<Vec<u8>>> = extents
+        let mut extents: Vec<&[u8]> = Vec::new();
+        let mut at = 0;
+        while at < take {
+            let len = how.next_len(self.ratio, take - at);
+            extents.push(&pending[at..at + len]);
+            at += len;
+        }
+        let packed: Vec<Packed> = extents
             .par_iter()
-            .map(|e| how.pack(e))
-            .collect::<Result<_>>()?;
-        self.emit(&extents, packed, out)?;
+            .map(|e| how.pack_fitting(e))
+            .collect::<Result<Vec<_>>>()?
+            .into_iter()
+            .flatten()
+            .collect();
+        self.ratio = ErofsCompression::ratio_of(&packed).unwrap_or(self.ratio);
+        self.emit(&pending[..take], packed, out)?;
         pending.drain(..take);
         self.pending = pending;
         Ok(())
     }
 
-    /// A whole file at once, its extents already packed ([`pack_file`]): how many small files
-    /// are compressed side by side, each on one thread, then written in order.
+    /// A whole file at once, its extents already packed ([`ErofsCompression::pack_file`]):
+    /// how many small files are compressed side by side, each on one thread, then written in
+    /// order.
     pub(crate) fn whole(
         how: ErofsCompression,
         first_block: u64,
         data: &[u8],
-        packed: Vec<Option<Vec<u8>>>,
+        packed: Vec<Packed>,
         out: &mut dyn Write,
     ) -> Result<(StandaloneFile, u64)> {
         let mut w = ExtentWriter::new(how, first_block, data.len() as u64);
-        let extents: Vec<&[u8]> = data.chunks(how.extent_bytes()).collect();
-        w.emit(&extents, packed, out)?;
+        w.emit(data, packed, out)?;
         w.finish(out)
     }
 
-    /// Writes extents in order, each compressed (right-aligned in its blocks) when `packed`
-    /// holds a form that saves a block, else block by block; records their indexes.
-    fn emit(
-        &mut self,
-        extents: &[&[u8]],
-        packed: Vec<Option<Vec<u8>>>,
-        out: &mut dyn Write,
-    ) -> Result<()> {
+    /// Writes `data`'s extents in order, each compressed (right-aligned in its blocks) when
+    /// its packed form saves a block, else block by block; records their indexes.
+    fn emit(&mut self, data: &[u8], packed: Vec<Packed>, out: &mut dyn Write) -> Result<()> {
         let mut written = Vec::new();
-        for (extent, packed) in extents.iter().zip(packed) {
+        let mut at = 0;
+        for p in packed {
+            let extent = &data[at..at + p.len];
+            at += p.len;
             written.clear();
             let n = (extent.len() as u64).div_ceil(BLOCK);
-            match packed {
+            match p.stored {
                 Some(p) if (p.len() as u64).div_ceil(BLOCK) < n => {
                     let k = (p.len() as u64).div_ceil(BLOCK);
                     // right-aligned in its blocks: the decompressor skips the leading zeros

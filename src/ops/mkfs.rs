@@ -547,7 +547,7 @@ impl<'a> DataWriter<'a> {
         use rayon::prelude::*;
         let batch = std::mem::take(&mut self.batch);
         self.batch_bytes = 0;
-        let packed: Vec<Vec<Option<Vec<u8>>>> = batch
+        let packed: Vec<Vec<crate::ops::export_compressed::Packed>> = batch
             .par_iter()
             .map(|(_, d)| how.pack_file(d))
             .collect::<Result<_>>()?;

@@ -17,7 +17,16 @@
 //! 1` and `Connection: close`, then closes that connection. It counts requests, not
 //! connections: a kept-alive connection carries several, each decided on its own. Answers come
 //! back from the target byte for byte; the cut applies in this mode too.
+//!
+//! [`FaultProxy::start_corrupting`] makes an HTTP/1.1 proxy of it that forwards every request
+//! but alters answers: it reads requests as the answering mode does and, on the way back, each
+//! response's head and body (`Content-Length`, chunked, or up to the end of the connection),
+//! pairing responses with requests in order; the body of a 2xx response to a `GET` whose target
+//! contains `only` gets the byte at offset `at` of its payload (chunk framing not counted)
+//! XORed with `0xff`. The head, `Content-Length` included, and every other byte pass
+//! unchanged, so the client gets a body of the announced size whose digest is wrong.
 
+use std::collections::VecDeque;
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -47,6 +56,8 @@ struct Shared {
     forwarded: AtomicU64,
     /// Some: the answering mode (HTTP requests parsed, some answered here)
     answer: Option<Answer>,
+    /// Some: the corrupting mode (HTTP requests and responses parsed, some bodies altered)
+    corrupt: Option<Corrupt>,
     requests: AtomicUsize,
     injected: AtomicUsize,
     // every connection, to shut down on drop (weak: a finished one closes its sockets)
@@ -100,9 +111,29 @@ impl Answer {
     }
 }
 
+/// What the corrupting mode alters.
+struct Corrupt {
+    /// only responses to GETs whose target contains this
+    only: String,
+    /// the offset in the body of the byte altered (a shorter body passes unchanged)
+    at: u64,
+    /// the request line of every response altered, in order
+    log: Mutex<Vec<String>>,
+}
+
+/// A request forwarded in the corrupting mode, its response not yet seen.
+struct Pending {
+    /// a HEAD: its response has no body, whatever its fields say
+    head: bool,
+    /// Some(request line): the response's body is to be altered
+    alter: Option<String>,
+}
+
 struct Conn {
     client: TcpStream,
     server: TcpStream,
+    /// the corrupting mode: the requests forwarded on this connection not yet answered
+    pending: Mutex<VecDeque<Pending>>,
     /// bytes forwarded (or claimed for forwarding) in both directions
     crossed: AtomicU64,
     cut: AtomicBool,
@@ -120,7 +151,7 @@ impl FaultProxy {
     /// (`HOST:PORT`, a loopback address), cutting each after `cut_after` bytes (both directions
     /// counted) when it is Some.
     pub fn start(target: &str, cut_after: Option<u64>) -> FaultProxy {
-        launch(target, cut_after, None)
+        launch(target, cut_after, None, None)
     }
 
     /// Listens on 127.0.0.1:<free port> as an HTTP/1.1 proxy to `target` (`HOST:PORT`, a
@@ -145,7 +176,22 @@ impl FaultProxy {
             started: Instant::now(),
             log: Mutex::new(Vec::new()),
         };
-        launch(target, None, Some(answer))
+        launch(target, None, Some(answer), None)
+    }
+
+    /// Listens on 127.0.0.1:<free port> as an HTTP/1.1 proxy to `target` (`HOST:PORT`, a
+    /// loopback address) that forwards every request and every response, but XORs the body
+    /// byte at offset `at` (0: the first) with `0xff` in each 2xx response to a `GET` whose
+    /// target (path and query) contains `only`, e.g. `/blobs/sha256:<hex>`; a body of `at`
+    /// bytes or fewer passes unchanged. The response head, `Content-Length` included, is left
+    /// as it is.
+    pub fn start_corrupting(target: &str, only: &str, at: u64) -> FaultProxy {
+        let corrupt = Corrupt {
+            only: only.to_string(),
+            at,
+            log: Mutex::new(Vec::new()),
+        };
+        launch(target, None, None, Some(corrupt))
     }
     /// `127.0.0.1:PORT`, to give clients instead of the target's address.
     pub fn addr(&self) -> String {
@@ -175,7 +221,8 @@ impl FaultProxy {
         self.shared.forwarded.load(Ordering::SeqCst)
     }
 
-    /// Answering mode: the HTTP requests received so far (answered here or forwarded).
+    /// Answering and corrupting modes: the HTTP requests received so far (answered here or
+    /// forwarded).
     pub fn requests(&self) -> usize {
         self.shared.requests.load(Ordering::SeqCst)
     }
@@ -193,9 +240,23 @@ impl FaultProxy {
             None => Vec::new(),
         }
     }
+
+    /// Corrupting mode: the request line of every response whose body was altered so far, in
+    /// order (logged before the altered byte is sent on).
+    pub fn corrupted(&self) -> Vec<String> {
+        match &self.shared.corrupt {
+            Some(c) => c.log.lock().unwrap().clone(),
+            None => Vec::new(),
+        }
+    }
 }
 
-fn launch(target: &str, cut_after: Option<u64>, answer: Option<Answer>) -> FaultProxy {
+fn launch(
+    target: &str,
+    cut_after: Option<u64>,
+    answer: Option<Answer>,
+    corrupt: Option<Corrupt>,
+) -> FaultProxy {
     let target: SocketAddr = target
         .parse()
         .unwrap_or_else(|e| panic!("fault proxy target {target:?}: {e}"));
@@ -214,6 +275,7 @@ fn launch(target: &str, cut_after: Option<u64>, answer: Option<Answer>) -> Fault
         cut: AtomicUsize::new(0),
         forwarded: AtomicU64::new(0),
         answer,
+        corrupt,
         requests: AtomicUsize::new(0),
         injected: AtomicUsize::new(0),
         conns: Mutex::new(Vec::new()),
@@ -276,6 +338,7 @@ fn connect(client: TcpStream, shared: &Arc<Shared>) {
     let conn = Arc::new(Conn {
         client,
         server,
+        pending: Mutex::new(VecDeque::new()),
         crossed: AtomicU64::new(0),
         cut: AtomicBool::new(false),
     });
@@ -288,8 +351,11 @@ fn connect(client: TcpStream, shared: &Arc<Shared>) {
     for upstream in [true, false] {
         let (conn, sh) = (conn.clone(), shared.clone());
         pumps.push(std::thread::spawn(move || {
-            if upstream && sh.answer.is_some() {
+            let http = sh.answer.is_some() || sh.corrupt.is_some();
+            if upstream && http {
                 http_pump(&conn, &sh)
+            } else if sh.corrupt.is_some() {
+                response_pump(&conn, &sh)
             } else {
                 pump(&conn, upstream, &sh)
             }
@@ -350,10 +416,9 @@ fn pass(conn: &Conn, mut to: &TcpStream, data: &[u8], shared: &Shared) -> bool {
     true
 }
 
-/// The answering mode's client → server direction: request by request, each forwarded (head
-/// and body) or answered here, until EOF, an error, the cut or an answer given.
+/// The answering and corrupting modes' client → server direction: request by request, each
+/// forwarded (head and body) or answered here, until EOF, an error, the cut or an answer given.
 fn http_pump(conn: &Conn, shared: &Shared) {
-    let answer = shared.answer.as_ref().expect("the answering mode");
     let mut from = Requests::new(&conn.client);
     loop {
         let head = match from.head() {
@@ -374,7 +439,7 @@ fn http_pump(conn: &Conn, shared: &Shared) {
             return;
         };
         shared.requests.fetch_add(1, Ordering::SeqCst);
-        if answer.takes(&req.target) {
+        if let Some(answer) = shared.answer.as_ref().filter(|a| a.takes(&req.target)) {
             shared.injected.fetch_add(1, Ordering::SeqCst);
             answer
                 .log
@@ -389,6 +454,14 @@ fn http_pump(conn: &Conn, shared: &Shared) {
             conn.shutdown();
             return;
         }
+        if let Some(corrupt) = &shared.corrupt {
+            // queued before the request leaves: its response cannot come back first
+            let alter = req.method == "GET" && req.target.contains(&corrupt.only);
+            conn.pending.lock().unwrap().push_back(Pending {
+                head: req.method == "HEAD",
+                alter: alter.then(|| req.line.clone()),
+            });
+        }
         let forwarded = pass(conn, &conn.server, &head, shared)
             && from.body(req.body, &mut |b| pass(conn, &conn.server, b, shared));
         if !forwarded {
@@ -398,12 +471,116 @@ fn http_pump(conn: &Conn, shared: &Shared) {
     }
 }
 
-/// How a request's body is delimited.
+/// The corrupting mode's server → client direction: response by response, each head and body
+/// forwarded (the body of one its request marked to alter with its byte at `at` flipped),
+/// until EOF, an error or the cut.
+fn response_pump(conn: &Conn, shared: &Shared) {
+    let corrupt = shared.corrupt.as_ref().expect("the corrupting mode");
+    let mut from = Requests::new(&conn.server);
+    loop {
+        let head = match from.head() {
+            Ok(Some(head)) => head,
+            Ok(None) => {
+                let _ = conn.client.shutdown(Shutdown::Write);
+                return;
+            }
+            Err(_) => {
+                conn.shutdown();
+                return;
+            }
+        };
+        let Some((status, body)) = parse_response(&head) else {
+            conn.shutdown();
+            return;
+        };
+        if !pass(conn, &conn.client, &head, shared) {
+            return;
+        }
+        if (100..200).contains(&status) {
+            // an interim answer (100 Continue): the final one follows
+            continue;
+        }
+        let pending = conn.pending.lock().unwrap().pop_front();
+        let (to_head, alter) = pending.map_or((false, None), |p| (p.head, p.alter));
+        let body = if to_head || status == 204 || status == 304 {
+            Body::None
+        } else {
+            body
+        };
+        let mut alter = alter.filter(|_| (200..300).contains(&status));
+        let mut at = 0u64;
+        let forwarded = from.body_parts(body, &mut |bytes, payload| {
+            let end = at + bytes.len() as u64;
+            if !payload {
+                return pass(conn, &conn.client, bytes, shared);
+            }
+            let start = at;
+            at = end;
+            match alter.take() {
+                Some(line) if (start..end).contains(&corrupt.at) => {
+                    let mut bytes = bytes.to_vec();
+                    bytes[(corrupt.at - start) as usize] ^= 0xff;
+                    corrupt.log.lock().unwrap().push(line);
+                    pass(conn, &conn.client, &bytes, shared)
+                }
+                other => {
+                    alter = other;
+                    pass(conn, &conn.client, bytes, shared)
+                }
+            }
+        });
+        if !forwarded {
+            conn.shutdown();
+            return;
+        }
+    }
+}
+
+/// A response head's status and how its body is delimited (without a length or chunking: up
+/// to the end of the connection); None when it is not an HTTP/1.x response.
+fn parse_response(head: &[u8]) -> Option<(u16, Body)> {
+    let text = std::str::from_utf8(head).ok()?;
+    let mut lines = text.split("\r\n");
+    let mut words = lines.next()?.split(' ');
+    if !words.next()?.starts_with("HTTP/1.") {
+        return None;
+    }
+    let status = words.next()?.parse().ok()?;
+    let body = match framing(lines)? {
+        (true, _) => Body::Chunked,
+        (false, Some(0)) => Body::None,
+        (false, Some(n)) => Body::Length(n),
+        (false, None) => Body::Close,
+    };
+    Some((status, body))
+}
+
+/// A head's framing fields: whether it is chunked, and its `Content-Length`; None when the
+/// length is not a number.
+fn framing<'a>(fields: impl Iterator<Item = &'a str>) -> Option<(bool, Option<u64>)> {
+    let (mut length, mut chunked) = (None, false);
+    for field in fields {
+        let Some((name, value)) = field.split_once(':') else {
+            continue;
+        };
+        let value = value.trim();
+        if name.eq_ignore_ascii_case("content-length") {
+            length = Some(value.parse().ok()?);
+        } else if name.eq_ignore_ascii_case("transfer-encoding") {
+            chunked |= value.to_ascii_lowercase().contains("chunked");
+        }
+    }
+    Some((chunked, length))
+}
+
+/// How a request's (or response's) body is delimited.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Body {
     None,
     Length(u64),
     Chunked,
+    /// a response's, up to the end of the connection
+    Close,
 }
 
 /// What the answering mode needs of a request head.
@@ -428,18 +605,7 @@ impl Head {
         if !version.starts_with("HTTP/1.") || words.next().is_some() {
             return None;
         }
-        let (mut length, mut chunked) = (None, false);
-        for field in lines {
-            let Some((name, value)) = field.split_once(':') else {
-                continue;
-            };
-            let value = value.trim();
-            if name.eq_ignore_ascii_case("content-length") {
-                length = Some(value.parse().ok()?);
-            } else if name.eq_ignore_ascii_case("transfer-encoding") {
-                chunked |= value.to_ascii_lowercase().contains("chunked");
-            }
-        }
+        let (chunked, length) = framing(lines)?;
         // chunked wins over a length (RFC 9112 §6.3)
         let body = match (chunked, length) {
             (true, _) => Body::Chunked,
@@ -541,12 +707,30 @@ impl<'a> Requests<'a> {
     /// Hands a request's body to `sink`, framing (chunk sizes, trailers) included; false when
     /// it ends early, is malformed, or `sink` returns false.
     fn body(&mut self, body: Body, sink: &mut dyn FnMut(&[u8]) -> bool) -> bool {
+        self.body_parts(body, &mut |bytes, _| sink(bytes))
+    }
+
+    /// [`Requests::body`], telling `sink` whether the bytes are payload (true) or framing.
+    fn body_parts(&mut self, body: Body, sink: &mut dyn FnMut(&[u8], bool) -> bool) -> bool {
         match body {
             Body::None => true,
-            Body::Length(n) => self.take(n, sink),
+            Body::Length(n) => self.take(n, &mut |b| sink(b, true)),
+            Body::Close => loop {
+                if self.buf.is_empty() {
+                    match self.fill() {
+                        Ok(0) => return true,
+                        Ok(_) => {}
+                        Err(_) => return false,
+                    }
+                }
+                if !sink(&self.buf, true) {
+                    return false;
+                }
+                self.buf.clear();
+            },
             Body::Chunked => loop {
                 let Ok(line) = self.line() else { return false };
-                if !sink(&line) {
+                if !sink(&line, false) {
                     return false;
                 }
                 let text = String::from_utf8_lossy(&line);
@@ -558,7 +742,7 @@ impl<'a> Requests<'a> {
                     // trailer fields, up to the empty line
                     loop {
                         let Ok(line) = self.line() else { return false };
-                        if !sink(&line) {
+                        if !sink(&line, false) {
                             return false;
                         }
                         if line == b"\r\n" {
@@ -566,8 +750,10 @@ impl<'a> Requests<'a> {
                         }
                     }
                 }
-                // the data and its CRLF
-                if !self.take(size + 2, sink) {
+                // the data, then its CRLF
+                if !self.take(size, &mut |b| sink(b, true))
+                    || !self.take(2, &mut |b| sink(b, false))
+                {
                     return false;
                 }
             },
@@ -918,6 +1104,149 @@ fn fault_proxy_answers_the_first_matching_requests() {
     assert!(seen.recv_timeout(Duration::from_millis(200)).is_err());
 }
 
+/// The bytes a canned server's body holds: `n` of a pattern.
+fn pattern(n: usize) -> Vec<u8> {
+    (0..n).map(|i| (i * 7 % 251) as u8).collect()
+}
+
+/// An HTTP/1.1 server on 127.0.0.1 answering by the target's first component, each body
+/// [`pattern`]: `/len/` 300 bytes with Content-Length (kept alive), `/short/` 50 bytes,
+/// `/missing/` a 404 with 300 bytes, `/chunked/` 300 bytes in five 60-byte chunks, `/close/`
+/// 300 bytes delimited by closing the connection (both then close). No body to a HEAD.
+fn canned_server() -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    std::thread::spawn(move || {
+        for c in listener.incoming() {
+            let Ok(c) = c else { return };
+            std::thread::spawn(move || {
+                let mut requests = Requests::new(&c);
+                while let Ok(Some(head)) = requests.head() {
+                    let req = Head::parse(&head).expect("an HTTP request");
+                    let with_body = |status: &str, n: usize| {
+                        let mut r = format!("HTTP/1.1 {status}\r\nContent-Length: {n}\r\n\r\n")
+                            .into_bytes();
+                        if req.method != "HEAD" {
+                            r.extend(pattern(n));
+                        }
+                        r
+                    };
+                    let (answer, last) = match req.target.split('/').nth(1).unwrap_or("") {
+                        "len" => (with_body("200 OK", 300), false),
+                        "short" => (with_body("200 OK", 50), false),
+                        "missing" => (with_body("404 Not Found", 300), false),
+                        "chunked" => {
+                            let mut r =
+                                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+                            for part in pattern(300).chunks(60) {
+                                r.extend(format!("{:x}\r\n", part.len()).into_bytes());
+                                r.extend(part);
+                                r.extend(b"\r\n");
+                            }
+                            r.extend(b"0\r\n\r\n");
+                            (r, true)
+                        }
+                        _ => {
+                            let mut r = b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n".to_vec();
+                            r.extend(pattern(300));
+                            (r, true)
+                        }
+                    };
+                    if (&c).write_all(&answer).is_err() || last {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// Sends `GET target` on a new connection to `addr` and reads the answer to the end of the
+/// connection: its head and its raw body (framing included).
+fn get_to_close(addr: &str, target: &str) -> (String, Vec<u8>) {
+    let mut c = TcpStream::connect(addr).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(c, "GET {target} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut all = Vec::new();
+    c.read_to_end(&mut all).unwrap();
+    let end = find(&all, b"\r\n\r\n").expect("a head") + 4;
+    let body = all.split_off(end);
+    (String::from_utf8(all).unwrap(), body)
+}
+
+#[test]
+fn fault_proxy_corrupts_one_body_byte_of_matching_responses() {
+    let target = canned_server();
+    let proxy = FaultProxy::start_corrupting(&target, "/blobs/sha256:", 100);
+    let addr = proxy.addr();
+    let flipped = |mut body: Vec<u8>| {
+        body[100] ^= 0xff;
+        body
+    };
+
+    // one kept-alive connection: responses pair with their requests, a HEAD's has no body
+    let c = TcpStream::connect(&addr).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let get = |path: &str| format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n");
+    let (status, head, body) = roundtrip(&c, &get("/len/v2/a/blobs/sha256:01"), b"");
+    assert_eq!(status, 200);
+    assert!(head.contains("\r\nContent-Length: 300\r\n"), "{head}");
+    assert_eq!(
+        body,
+        flipped(pattern(300)),
+        "one byte flipped, the length kept"
+    );
+    let (status, _, body) = roundtrip(
+        &c,
+        "HEAD /len/v2/a/blobs/sha256:01 HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"",
+    );
+    assert_eq!((status, body), (200, Vec::new()));
+    let (_, _, body) = roundtrip(&c, &get("/len/v2/a/manifests/t"), b"");
+    assert_eq!(body, pattern(300), "another target passes unchanged");
+    let (_, _, body) = roundtrip(&c, &get("/short/v2/a/blobs/sha256:02"), b"");
+    assert_eq!(
+        body,
+        pattern(50),
+        "a body too short for the offset passes unchanged"
+    );
+    let (status, _, body) = roundtrip(&c, &get("/missing/v2/a/blobs/sha256:03"), b"");
+    assert_eq!(
+        (status, body),
+        (404, pattern(300)),
+        "an error answer is not altered"
+    );
+    let (_, _, body) = roundtrip(&c, &get("/len/v2/a/blobs/sha256:04"), b"");
+    assert_eq!(body, flipped(pattern(300)));
+
+    // chunked: the payload's byte at the offset, the framing untouched
+    let (head, body) = get_to_close(&addr, "/chunked/v2/a/blobs/sha256:05");
+    assert!(head.contains("Transfer-Encoding: chunked"), "{head}");
+    let mut expect = Vec::new();
+    for part in flipped(pattern(300)).chunks(60) {
+        expect.extend(format!("{:x}\r\n", part.len()).into_bytes());
+        expect.extend(part);
+        expect.extend(b"\r\n");
+    }
+    expect.extend(b"0\r\n\r\n");
+    assert_eq!(body, expect);
+    // delimited by the end of the connection
+    let (_, body) = get_to_close(&addr, "/close/v2/a/blobs/sha256:06");
+    assert_eq!(body, flipped(pattern(300)));
+
+    assert_eq!(
+        proxy.corrupted(),
+        [
+            "GET /len/v2/a/blobs/sha256:01 HTTP/1.1",
+            "GET /len/v2/a/blobs/sha256:04 HTTP/1.1",
+            "GET /chunked/v2/a/blobs/sha256:05 HTTP/1.1",
+            "GET /close/v2/a/blobs/sha256:06 HTTP/1.1",
+        ]
+    );
+    assert_eq!((proxy.requests(), proxy.accepted()), (8, 3));
+}
+
 /// `convert --source SOURCE --target TARGET --plain-http --push-retry-count RETRIES
 /// --push-retry-delay 20ms --work-dir WORK EXTRA...`
 fn convert_args(
@@ -1122,4 +1451,74 @@ fn convert_reports_exhausted_retries_in_one_line() {
         1,
         "only the source's manifest was ever stored"
     );
+}
+
+#[test]
+#[cfg_attr(any(no_registry, no_skopeo), ignore = "needs docker-registry, skopeo")]
+fn convert_refuses_a_layer_whose_digest_is_wrong() {
+    use crate::common::*;
+    let w = scratch();
+    let reg = crate::registry::Registry::start();
+    let (layout, layer) = crate::registry::small_layout(&w.path().join("img"), "t", 64 << 10);
+    reg.push_oci_layout(&layout, "img:t");
+    let work = w.path().join("work");
+    // one byte of the layer's body flipped: in the gzip header's MTIME (offset 4: still a valid
+    // gzip stream of the same tar; only the digest tells), or in its deflate data (offset 100,
+    // which the gzip trailer's CRC catches too: the digest must still be what is blamed)
+    for at in [4, 100] {
+        // only the layer's GETs: the config (another blob) passes unchanged
+        let proxy = FaultProxy::start_corrupting(&reg.addr(), &format!("/blobs/{layer}"), at);
+        let before = reg.requests().len();
+        let args = convert_args(
+            &format!("{}/img:t", proxy.addr()),
+            &reg.reference("img:nydus"),
+            &work,
+            "0",
+            &[],
+        );
+        let out = run_with_stdin(&strs(&args), b"");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success(),
+            "byte {at} flipped: convert succeeded:\n{err}"
+        );
+        let corrupted = proxy.corrupted();
+        assert!(
+            !corrupted.is_empty(),
+            "byte {at}: the layer was not read: {err}"
+        );
+        assert!(
+            corrupted
+                .iter()
+                .all(|l| l.starts_with(&format!("GET /v2/img/blobs/{layer} "))),
+            "{corrupted:?}"
+        );
+        // one line naming the layer and what is wrong with it
+        let errors: Vec<&str> = err.lines().filter(|l| l.starts_with("error:")).collect();
+        assert_eq!(errors.len(), 1, "byte {at}: {err}");
+        assert!(
+            errors[0].contains(&layer) || errors[0].contains("layer 0"),
+            "byte {at}: the layer is named: {err}"
+        );
+        // "digest ... mismatch", or "sha256 is <got>, its descriptor says <hex>"
+        let lower = errors[0].to_lowercase();
+        let says = format!("descriptor says {}", &layer["sha256:".len()..]);
+        assert!(
+            lower.contains("digest") || lower.contains("mismatch") || lower.contains(&says),
+            "byte {at}: the digest is blamed: {err}"
+        );
+        assert!(!err.contains("panicked"), "{err}");
+        // nothing of the target exists: no tag, and no upload was even begun
+        let out = reg.client().inspect("img:nydus", true);
+        assert!(!out.status.success(), "byte {at}: the tag must not exist");
+        let requests = reg.requests();
+        let writes: Vec<_> = requests[before..]
+            .iter()
+            .filter(|r| r.method != "GET" && r.method != "HEAD")
+            .collect();
+        assert!(
+            writes.is_empty(),
+            "byte {at}: convert wrote to the registry: {writes:#?}"
+        );
+    }
 }

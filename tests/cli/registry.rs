@@ -4,11 +4,14 @@
 //! the registry (completed blob uploads, cross-repository mounts, manifest PUTs) from its access
 //! log, so a test can tell that a blob was uploaded, or was not uploaded again.
 //!
-//! Plain HTTP only: skopeo needs `--tls-verify=false` (`--src-`/`--dest-`) even for 127.0.0.1,
-//! which [`Client`] always passes. It also passes credentials explicitly (or `--no-creds`), so
-//! no auth file of the machine takes part, and `--insecure-policy`, so no `policy.json` does.
+//! Plain HTTP ([`Registry::start`]), or HTTPS with a self-signed certificate for 127.0.0.1
+//! made by `openssl` at start ([`Registry::start_tls`]). skopeo needs `--tls-verify=false`
+//! (`--src-`/`--dest-`) for both, even for 127.0.0.1, which [`Client`] always passes. It also
+//! passes credentials explicitly (or `--no-creds`), so no auth file of the machine takes part,
+//! and `--insecure-policy`, so no `policy.json` does.
 //!
-//! Needs `docker-registry` and `htpasswd` (`no_registry`) and skopeo (`no_skopeo`).
+//! Needs `docker-registry` and `htpasswd` (`no_registry`) and skopeo (`no_skopeo`);
+//! [`Registry::start_tls`] also `openssl` (and uses `curl`, when there is one, to wait for it).
 
 use crate::common::*;
 
@@ -31,6 +34,7 @@ pub struct Registry {
     child: Child,
     addr: String,
     creds: Option<(String, String)>,
+    tls: bool,
     log_path: PathBuf,
     storage: PathBuf,
     // last: the directory outlives the child
@@ -83,13 +87,22 @@ impl Request {
 impl Registry {
     /// A registry without authentication.
     pub fn start() -> Registry {
-        launch(None)
+        launch(None, false)
+    }
+
+    /// A registry without authentication that speaks HTTPS only, with a certificate for
+    /// `IP:127.0.0.1` signed by itself (valid one day, made by `openssl req -x509` in its
+    /// scratch directory): clients must skip the certificate check (`--tls-verify=false`,
+    /// `convert --source-insecure`/`--target-insecure`). A plain HTTP request gets 400 (or a
+    /// reset).
+    pub fn start_tls() -> Registry {
+        launch(None, true)
     }
 
     /// A registry that wants HTTP basic auth (htpasswd, bcrypt) for `user`:`password` on every
     /// request, `GET /v2/` included.
     pub fn start_with_auth(user: &str, password: &str) -> Registry {
-        launch(Some((user, password)))
+        launch(Some((user, password)), false)
     }
 
     /// `127.0.0.1:PORT`
@@ -366,7 +379,7 @@ pub fn small_layout(dir: &Path, tag: &str, payload: usize) -> (String, String) {
 }
 
 /// Starts the registry; when another process took the port first, again on another one.
-fn launch(auth: Option<(&str, &str)>) -> Registry {
+fn launch(auth: Option<(&str, &str)>, tls: bool) -> Registry {
     let test = "Registry::start";
     let program = ["/usr/bin/docker-registry", "docker-registry"]
         .into_iter()
@@ -375,9 +388,12 @@ fn launch(auth: Option<(&str, &str)>) -> Registry {
     if auth.is_some() && !have("htpasswd") {
         missing(test, "htpasswd (apache2-utils) is not installed");
     }
+    if tls && !have("openssl") {
+        missing(test, "openssl is not installed");
+    }
     let mut last = String::new();
     for _ in 0..5 {
-        match launch_once(program, auth) {
+        match launch_once(program, auth, tls) {
             Ok(registry) => return registry,
             Err(log) if log.contains("address already in use") => last = log,
             Err(log) => panic!("docker-registry did not start:\n{log}"),
@@ -387,7 +403,7 @@ fn launch(auth: Option<(&str, &str)>) -> Registry {
 }
 
 /// One start on a port that was free a moment ago; Err(log) when the registry exited.
-fn launch_once(program: &str, auth: Option<(&str, &str)>) -> Result<Registry, String> {
+fn launch_once(program: &str, auth: Option<(&str, &str)>, tls: bool) -> Result<Registry, String> {
     let dir = scratch();
     let storage = dir.path().join("storage");
     fs::create_dir(&storage).unwrap();
@@ -411,6 +427,17 @@ fn launch_once(program: &str, auth: Option<(&str, &str)>) -> Result<Registry, St
             )
         }
     };
+    let tls_yaml = if tls {
+        let (key, cert) = (dir.path().join("key.pem"), dir.path().join("cert.pem"));
+        self_signed(&key, &cert);
+        format!(
+            "  tls:\n    certificate: {}\n    key: {}\n",
+            s(&cert),
+            s(&key)
+        )
+    } else {
+        String::new()
+    };
     // a port is free once its listener is dropped; another process may take it before the
     // registry binds it (the registry then exits, and launch tries again)
     let port = TcpListener::bind("127.0.0.1:0")
@@ -425,7 +452,7 @@ fn launch_once(program: &str, auth: Option<(&str, &str)>) -> Result<Registry, St
             "version: 0.1\n\
              log:\n  level: info\n  accesslog:\n    disabled: false\n\
              storage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\n\
-             http:\n  addr: {addr}\n  secret: erofs-forge-test\n{auth_yaml}",
+             http:\n  addr: {addr}\n  secret: erofs-forge-test\n{tls_yaml}{auth_yaml}",
             s(&storage)
         ),
     )
@@ -449,6 +476,7 @@ fn launch_once(program: &str, auth: Option<(&str, &str)>) -> Result<Registry, St
         child,
         addr,
         creds: auth.map(|(u, p)| (u.to_string(), p.to_string())),
+        tls,
         log_path,
         storage,
         _dir: dir,
@@ -467,7 +495,12 @@ impl Registry {
             if let Some(status) = self.child.try_wait().unwrap() {
                 return Err(format!("exited ({status}):\n{}", self.log()));
             }
-            let answered = http_status(&self.addr, "/v2/").is_some_and(|c| c == 200 || c == 401);
+            let status = if self.tls {
+                https_status(&self.addr, "/v2/")
+            } else {
+                http_status(&self.addr, "/v2/")
+            };
+            let answered = status.is_some_and(|c| c == 200 || c == 401);
             if answered && self.log().contains(&listening) {
                 return Ok(());
             }
@@ -503,6 +536,55 @@ fn http_status(addr: &str, path: &str) -> Option<u16> {
     // "HTTP/1.1 200 OK"
     let line = String::from_utf8_lossy(&head);
     line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// The status code of `GET https://ADDR/path`, the certificate not checked, or None when
+/// nothing answers it over TLS: `curl -k`, or without curl, 200 once something accepts a
+/// TCP connection (the caller also waits for the registry's "listening on" line).
+fn https_status(addr: &str, path: &str) -> Option<u16> {
+    if !have("curl") {
+        let sa = addr.parse().ok()?;
+        return TcpStream::connect_timeout(&sa, Duration::from_secs(1))
+            .ok()
+            .map(|_| 200);
+    }
+    let out = Command::new("curl")
+        .args(["-k", "-s", "-o", "/dev/null", "--max-time", "2"])
+        .args(["-w", "%{http_code}", &format!("https://{addr}{path}")])
+        .stdin(Stdio::null())
+        .output()
+        .ok()?;
+    // 000 when nothing answered
+    match String::from_utf8_lossy(&out.stdout).trim().parse() {
+        Ok(0) | Err(_) => None,
+        Ok(code) => Some(code),
+    }
+}
+
+/// A key and a self-signed certificate for `IP:127.0.0.1` (one day), PEM, by `openssl req`.
+fn self_signed(key: &Path, cert: &Path) {
+    let out = Command::new("openssl")
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+        ])
+        .args([
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+        ])
+        .arg("-keyout")
+        .arg(key)
+        .arg("-out")
+        .arg(cert)
+        .stdin(Stdio::null())
+        .output()
+        .expect("spawn openssl");
+    assert!(
+        out.status.success() && cert.is_file() && key.is_file(),
+        "openssl req -x509: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// `127.0.0.1 - - [06/Dec/2026:15:35:29 +0000] "PUT /v2/a/b/manifests/t HTTP/1.1" 201 0 "" "skopeo/1.9.3"`
@@ -688,4 +770,55 @@ fn registry_with_auth_wants_the_right_credentials() {
         .filter(|r| r.status == 401)
         .count();
     assert!(refused >= 4, "{:#?}", registry.requests());
+}
+
+#[test]
+#[cfg_attr(any(no_registry, no_skopeo), ignore = "needs docker-registry, skopeo")]
+fn convert_over_tls_with_insecure_flags() {
+    let w = scratch();
+    let (layout, _) = small_layout(&w.path().join("img"), "t", 64 << 10);
+    let registry = Registry::start_tls();
+    let addr = registry.addr();
+    // HTTPS only: a plain HTTP request gets no answer of a registry (a 400, or a reset)
+    let plain = http_status(&addr, "/v2/");
+    assert!(!matches!(plain, Some(200 | 401)), "{plain:?}");
+    registry.push_oci_layout(&layout, "img:t");
+    let work = w.path().join("work");
+    let (source, target) = (registry.reference("img:t"), registry.reference("img:nydus"));
+    let args = |extra: &[&'static str]| {
+        let mut a = vec!["convert", "--source", &source, "--target", &target];
+        a.extend_from_slice(extra);
+        a.extend(["--push-retry-count", "0", "--work-dir", s(&work)]);
+        a
+    };
+
+    // the certificate is checked by default, and nothing trusts it: one error line naming the
+    // registry, nothing pushed
+    let err = forge_fails(&args(&[]));
+    let errors: Vec<&str> = err.lines().filter(|l| l.starts_with("error:")).collect();
+    assert_eq!(errors.len(), 1, "{err}");
+    assert!(errors[0].contains(&addr), "{err}");
+    assert!(
+        errors[0].to_lowercase().contains("certificate"),
+        "the error says why: {err}"
+    );
+    assert!(!err.contains("panicked"), "{err}");
+    let out = registry.client().inspect("img:nydus", true);
+    assert!(!out.status.success(), "the tag must not exist");
+    assert_eq!((registry.blob_puts(), registry.manifest_puts()), (2, 1));
+
+    // both insecure flags (no --plain-http): converted over HTTPS, and skopeo reads it
+    let out = forge(&args(&["--source-insecure", "--target-insecure"]));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains(&target), "{stdout}");
+    let seen = registry.inspect("img:nydus");
+    assert_eq!(seen["Architecture"], "amd64");
+    let manifest = registry.inspect_raw("img:nydus");
+    let layers = manifest["layers"].as_array().unwrap();
+    assert_eq!(
+        layers.last().unwrap()["annotations"]["containerd.io/snapshot/nydus-bootstrap"],
+        "true",
+        "{manifest}"
+    );
+    assert!(registry.blob_puts() > 2, "{:#?}", registry.requests());
 }

@@ -35,6 +35,8 @@ const PACKAGES: &[&str] = &[
     "xz-utils",
     "umoci",
     "debootstrap",
+    "openssl",
+    "curl",
     "skopeo",
     "docker-registry",
     "apache2-utils",

@@ -351,7 +351,11 @@ impl Observer for Transfers {
             (Some(_), Some(b)) => b.finish(),
             (Some(_), None) => {}
             (None, _) => {
-                let what = if moved { "done" } else { "already there" };
+                let what = match (way, moved) {
+                    (Transfer::Pull, _) => "received",
+                    (Transfer::Push, true) => "pushed",
+                    (Transfer::Push, false) => "already there",
+                };
                 eprintln!("{} {digest}: {what}", way_name(way));
             }
         }

@@ -25,6 +25,8 @@ use args::Cli;
 fn init_logging(cli: &Cli) -> Result<()> {
     let mut builder = env_logger::Builder::new();
     builder.parse_filters(&cli.log_level);
+    // the TLS verifier logs each refused certificate itself; convert's one error line says it
+    builder.filter_module("rustls_platform_verifier", log::LevelFilter::Off);
     if let Some(path) = &cli.log_file {
         let f =
             std::fs::File::create(path).with_context(|| format!("create {}", path.display()))?;

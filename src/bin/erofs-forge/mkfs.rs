@@ -328,6 +328,9 @@ impl Plan {
         let (build_time, mtimes) = times(s.timestamp, s.mtimes)?;
         let compression = s.compression.map(|c| ErofsCompression {
             extent_blocks: s.pcluster.map_or(c.extent_blocks, |p| (p / 4096).max(2)),
+            // an explicit -C asks for physical clusters that size: filled, as erofs-utils fills
+            // them (with its fixed-output compression)
+            fill: s.pcluster.is_some(),
             ..c
         });
         let opts = MkfsOptions {

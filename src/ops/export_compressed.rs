@@ -504,9 +504,13 @@ impl ExtentWriter {
             how,
             body,
             pending: Vec::new(),
-            window: how.extent_bytes()
-                * if how.fill { FILL_MAX_INPUT } else { 4 }
-                * rayon::current_num_threads().max(1),
+            // filled extents are sized by the ratio of the window before: the window must not
+            // depend on the thread count, or the image would
+            window: if how.fill {
+                how.extent_bytes() * FILL_MAX_INPUT * 8
+            } else {
+                how.extent_bytes() * 4 * rayon::current_num_threads().max(1)
+            },
             next_block: first_block,
             blocks: 0,
             ratio: 0.5,
@@ -622,5 +626,80 @@ impl ExtentWriter {
     fn index(&mut self, kind: u16, blkaddr_or_delta: u32) {
         self.body
             .extend_from_slice(lcluster_index(kind, blkaddr_or_delta).as_bytes());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Text-like input that compresses about 3:1 with lz4hc.
+    fn sample(len: usize) -> Vec<u8> {
+        let words = ["erofs ", "forge ", "cluster ", "extent ", "block ", "zero "];
+        let mut x = 7u64;
+        let mut out = Vec::with_capacity(len);
+        while out.len() < len {
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            out.extend_from_slice(words[(x >> 60) as usize % words.len()].as_bytes());
+            if x % 13 == 0 {
+                out.extend_from_slice(&x.to_le_bytes());
+            }
+        }
+        out.truncate(len);
+        out
+    }
+
+    /// Filled extents: whole blocks but the last, every stored form within one physical
+    /// cluster, the input covered exactly, and fewer extents than fixed 64 KiB ones.
+    #[test]
+    fn filled_extents_stay_within_the_physical_cluster() {
+        let data = sample(3 << 20 | 1234);
+        let fixed = ErofsCompression::export(ErofsCompressor::Lz4hc);
+        let filled = ErofsCompression {
+            fill: true,
+            ..fixed
+        };
+        let packed = filled.pack_file(&data).unwrap();
+        let (last, rest) = packed.split_last().unwrap();
+        assert!(rest.iter().all(|p| p.len % BLOCK as usize == 0));
+        assert_eq!(packed.iter().map(|p| p.len).sum::<usize>(), data.len());
+        assert!(last.len > 0);
+        for p in &packed {
+            if let Some(s) = &p.stored {
+                assert!(
+                    s.len() <= filled.extent_bytes(),
+                    "{} > one cluster",
+                    s.len()
+                );
+            }
+        }
+        assert!(packed.len() < fixed.pack_file(&data).unwrap().len());
+        // the window writer cuts the same way whatever the pushes' sizes
+        let mut a = Vec::new();
+        let mut w = ExtentWriter::new(filled, 0, data.len() as u64);
+        for piece in data.chunks(100_000) {
+            w.push(piece, &mut a).unwrap();
+        }
+        w.finish(&mut a).unwrap();
+        let mut b = Vec::new();
+        let mut w = ExtentWriter::new(filled, 0, data.len() as u64);
+        w.push(&data, &mut b).unwrap();
+        w.finish(&mut b).unwrap();
+        assert!(a == b, "the output depends on how the file's bytes arrive");
+        // nor on the number of threads
+        let one = rayon::ThreadPoolBuilder::new()
+            .num_threads(1)
+            .build()
+            .unwrap();
+        let c = one.install(|| {
+            let mut c = Vec::new();
+            let mut w = ExtentWriter::new(filled, 0, data.len() as u64);
+            w.push(&data, &mut c).unwrap();
+            w.finish(&mut c).unwrap();
+            c
+        });
+        assert!(a == c, "the output depends on the thread count");
     }
 }

@@ -83,15 +83,16 @@ fn main() {
     set("no_py_crypto", !py_crypto());
 }
 
-/// Whether `cargo xtask test` has made the Debian tree's tar the convert tests push (watched
-/// through its directory, made here if need be, as for erofs-utils below).
+/// Whether `cargo xtask test` has put the Debian tree's tar the convert tests push into
+/// `target/debian-image` (a directory of its own: cargo scans a watched directory, and the
+/// tree beside the tar holds links into /proc that look changed on every build).
 fn debian_tar() -> bool {
     let manifest_dir = std::env::var_os("CARGO_MANIFEST_DIR").unwrap_or_else(|| ".".into());
-    let trees = Path::new(&manifest_dir).join("target/xtask-trees");
-    if std::fs::create_dir_all(&trees).is_ok() {
-        println!("cargo::rerun-if-changed=target/xtask-trees");
+    let dir = Path::new(&manifest_dir).join("target/debian-image");
+    if std::fs::create_dir_all(&dir).is_ok() {
+        println!("cargo::rerun-if-changed=target/debian-image");
     }
-    trees.join("debian.tar").is_file()
+    dir.join("debian.tar").is_file()
 }
 
 /// Whether `tests/tools/build-erofs-utils.sh target/erofs-utils-1.9` has built its binaries

@@ -576,7 +576,8 @@ fn layout_of_tar(tar: &Path, dir: &Path, tag: &str) -> String {
     format!("{}:{tag}", s(dir))
 }
 
-/// A Debian bookworm base image (the tree `cargo xtask test` debootstraps), pushed with
+/// A Debian bookworm base image (the tree `cargo xtask test` debootstraps, its tar in
+/// `target/debian-image`), pushed with
 /// skopeo and converted: the nydus image pulled back and read equals the tree, and the native
 /// EROFS layer pulled back and mounted by the kernel equals it too.
 #[test]
@@ -588,7 +589,7 @@ fn debian_image_round_trip() {
     let w = scratch();
     let tree = repo().join("target/xtask-trees/debian");
     let layout = layout_of_tar(
-        &repo().join("target/xtask-trees/debian.tar"),
+        &repo().join("target/debian-image/debian.tar"),
         &w.path().join("debian"),
         "bookworm",
     );

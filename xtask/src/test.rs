@@ -151,13 +151,15 @@ fn install_erofs_utils_19() -> Result<()> {
     .context("building erofs-utils 1.9 (tests/tools/build-erofs-utils.sh)")
 }
 
-/// Where the Debian image of the convert tests comes from (`build.rs` looks there).
-const DEBIAN_TAR: &str = "target/xtask-trees/debian.tar";
+/// Where the Debian image of the convert tests comes from (`build.rs` looks there): a
+/// directory of its own, not the tree's, which cargo would scan on every build.
+const DEBIAN_TAR: &str = "target/debian-image/debian.tar";
 
-/// A Debian bookworm minbase tree, debootstrapped once and tarred (`DEBIAN_TAR`): the convert
-/// tests push it to a registry as a one-layer image.
+/// A Debian bookworm minbase tree, debootstrapped once and tarred, its tar linked to
+/// `DEBIAN_TAR`: the convert tests push it to a registry as a one-layer image.
 fn install_debian_tar() -> Result<()> {
-    if crate::root().join(DEBIAN_TAR).exists() {
+    let dest = crate::root().join(DEBIAN_TAR);
+    if dest.exists() {
         return Ok(());
     }
     if !is_root() {
@@ -179,7 +181,10 @@ fn install_debian_tar() -> Result<()> {
         ]))
         .context("debootstrap a Debian bookworm minbase tree")?;
     }
-    crate::bench_mkfs::tree_tar("debian").map(|_| ())
+    let tar = crate::bench_mkfs::tree_tar("debian")?.context("no Debian tree to tar")?;
+    std::fs::create_dir_all(dest.parent().context("DEBIAN_TAR has a parent")?)?;
+    std::fs::hard_link(&tar, &dest).or_else(|_| std::fs::copy(&tar, &dest).map(|_| ()))?;
+    Ok(())
 }
 
 fn install_cargo_fuzz() -> Result<()> {

@@ -729,8 +729,8 @@ fn tar_input(
     });
     let (per_inode, (tree, files, bytes, diff)) = match (ran, &expect) {
         (Ok(v), _) => v,
-        (Err(e), Some((what, Some(digest), _, _))) if !matches!(e, Error::Interrupted) => {
-            return Err(wrong_bytes_first(e, stored, what, digest))
+        (Err(e), Some((what, Some(digest), size, _))) if !matches!(e, Error::Interrupted) => {
+            return Err(wrong_bytes_first(e, stored, what, (digest, *size)))
         }
         (Err(e), _) => return Err(e),
     };
@@ -752,19 +752,21 @@ fn tar_input(
     })
 }
 
-/// A layer that could not be read whose bytes are not the ones its descriptor names: that is
-/// the error to report (a flipped byte shows first as a broken gzip stream, say), so the rest
-/// of the bytes are read to tell. Otherwise the reading error stands.
+/// A layer that could not be read, all of whose bytes arrived but are not the ones its
+/// descriptor names: that is the error to report (a flipped byte shows first as a broken gzip
+/// stream, say), so the rest of the bytes are read to tell. A layer cut short, or a source
+/// that failed, keeps its reading error, which says where.
 fn wrong_bytes_first<R: std::io::Read>(
     e: Error,
     mut stored: tar::Digesting<R>,
     what: &str,
-    digest: &str,
+    (digest, size): (&str, Option<u64>),
 ) -> Error {
     if std::io::copy(&mut stored, &mut std::io::sink()).is_err() {
         return e;
     }
     match stored.finish() {
+        (count, _) if size.is_some_and(|s| s != count) => e,
         (_, Some(actual)) if !actual.eq_ignore_ascii_case(digest) => Error::Mismatch {
             what: what.to_string(),
             field: "sha256",

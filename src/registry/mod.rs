@@ -356,6 +356,7 @@ impl Client {
         BlobReader {
             rx,
             current: Bytes::new(),
+            failed: None,
         }
     }
 
@@ -522,14 +523,23 @@ async fn pull_resuming(
 pub struct BlobReader {
     rx: tokio::sync::mpsc::Receiver<std::io::Result<Bytes>>,
     current: Bytes,
+    /// The failure that ended the transfer: every later read repeats it (the channel's end
+    /// after it must not read as the blob's end).
+    failed: Option<String>,
 }
 
 impl Read for BlobReader {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         while self.current.is_empty() {
+            if let Some(f) = &self.failed {
+                return Err(std::io::Error::other(f.clone()));
+            }
             match self.rx.blocking_recv() {
                 None => return Ok(0),
-                Some(Err(e)) => return Err(e),
+                Some(Err(e)) => {
+                    self.failed = Some(e.to_string());
+                    return Err(e);
+                }
                 Some(Ok(b)) => self.current = b,
             }
         }

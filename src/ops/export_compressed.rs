@@ -218,7 +218,8 @@ impl ErofsCompression {
     /// Every extent of a whole file, packed one after the other on this thread.
     pub(crate) fn pack_file(self, data: &[u8]) -> Result<Vec<Packed>> {
         let mut out = Vec::new();
-        let mut ratio = 0.5;
+        // formats/rafs-v6.md §19.1: the first extent's guess
+        let mut ratio = 0.7;
         let mut at = 0;
         while at < data.len() {
             let len = self.next_len(ratio, data.len() - at);
@@ -513,7 +514,7 @@ impl ExtentWriter {
             },
             next_block: first_block,
             blocks: 0,
-            ratio: 0.5,
+            ratio: 0.7,
         }
     }
 

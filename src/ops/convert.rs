@@ -292,8 +292,7 @@ fn registry_to_local(
     };
     let opened = open_remote(opts, client, src, c)?;
     let (layout, archive) = local_target(opts, work)?;
-    let (mut report, doc) = convert_platform(opts, client, (opened, None), dict.as_ref(), &layout)?;
-    report.target_manifest = digest_of_doc(&doc);
+    let (report, _) = convert_platform(opts, client, (opened, None), dict.as_ref(), &layout)?;
     if let Some(file) = archive {
         write_archive(&layout, &file)?;
     }
@@ -335,8 +334,7 @@ fn local_to_local(opts: &ConvertOptions, work: &Path) -> Result<ConvertOutput> {
         opts.transport.clone(),
         Arc::new(crate::registry::Unobserved),
     )?;
-    let (mut report, doc) = convert_platform(opts, &client, (opened, None), None, &layout)?;
-    report.target_manifest = digest_of_doc(&doc);
+    let (report, _) = convert_platform(opts, &client, (opened, None), None, &layout)?;
     if let Some(file) = archive {
         write_archive(&layout, &file)?;
     }
@@ -392,11 +390,6 @@ fn write_archive(layout: &Path, file: &Path) -> Result<()> {
         .and_then(|mut w| std::io::Write::flush(&mut w))
         .ctx("write", file)?;
     crate::io::staged::persist(tmp, file)
-}
-
-fn digest_of_doc(doc: &Value) -> String {
-    let bytes = serde_json::to_vec(doc).unwrap_or_default();
-    format!("sha256:{}", hex::encode(Sha256::digest(&bytes)))
 }
 
 /// The image one conversion reads, opened, and what names it.
@@ -712,7 +705,8 @@ fn convert_platform(
         platform,
         source_manifest: manifest,
         source_size,
-        target_manifest: String::new(),
+        // the layout's own manifest; a push may rewrite it (docker kind, subject)
+        target_manifest: manifest_digest.clone(),
         target_size: 0,
         convert_seconds: started.elapsed().as_secs_f64(),
         blobs: early,

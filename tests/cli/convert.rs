@@ -820,12 +820,14 @@ fn local_layouts_and_archives_in_and_out() {
     let local = local_manifest(&img, w.path(), &["--fs-version", "6"]);
     // registry → oci:DIR: the layout create -t oci writes
     let out = w.path().join("out-layout");
+    let report = w.path().join("local.json");
     convert(
         &reg.reference("app:t"),
         &format!("oci:{}", s(&out)),
         &work,
-        &[],
+        &["-J", s(&report)],
     );
+    assert_eq!(json(&report)["target_digest"], local.as_str());
     assert_eq!(
         json(&out.join("index.json"))["manifests"][0]["digest"],
         local.as_str()

@@ -4,16 +4,21 @@
 use zerocopy::little_endian::{U16, U32};
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
 
-/// lcluster type: stored uncompressed, `u` = its block address.
+/// lcluster type: the head of a block stored uncompressed.
 pub const TYPE_PLAIN: u16 = 0;
-/// lcluster type: the head of a compressed physical cluster, `u` = its block address.
+/// lcluster type: the head of a compressed physical cluster.
 pub const TYPE_HEAD1: u16 = 1;
-/// lcluster type: inside a compressed extent, `u` = deltas to its head and tail.
+/// lcluster type: inside an extent (distances to its head and the next).
 pub const TYPE_NONHEAD: u16 = 2;
-/// In the first NONHEAD index after a head: the low bits of `u` count compressed blocks.
+/// In the first NONHEAD entry after a compressed head: the low bits count its blocks.
 pub const D0_CBLKCNT: u32 = 1 << 11;
+/// Map header advise: lcluster indexes are compacted to 2 bytes where aligned (formats/rafs-v6.md §19.1).
+pub const ADVISE_COMPACTED_2B: u16 = 0x0001;
 /// Map header advise: heads may span several physical blocks (big pclusters).
 pub const ADVISE_BIG_PCLUSTER_1: u16 = 0x0002;
+/// Map header advise: plain heads may span several blocks too (compacted indexes need it
+/// set together with `ADVISE_BIG_PCLUSTER_1`; plain extents here are one block each).
+pub const ADVISE_BIG_PCLUSTER_2: u16 = 0x0004;
 
 /// The map header after a compressed file's inode and xattrs, 8 bytes (§19.1).
 #[derive(Debug, Clone, Copy, FromBytes, IntoBytes, Immutable, KnownLayout, Unaligned)]
@@ -29,19 +34,6 @@ pub struct MapHeader {
     pub clusterbits: u8,
 }
 const _: () = assert!(size_of::<MapHeader>() == 8);
-
-/// One full lcluster index, 8 bytes (§19.1).
-#[derive(Debug, Clone, Copy, FromBytes, IntoBytes, Immutable, KnownLayout, Unaligned)]
-#[repr(C)]
-pub struct LclusterIndex {
-    /// lcluster type in the low 2 bits (`TYPE_*`).
-    pub advise: U16,
-    /// Offset of the decompressed data in the lcluster: 0 (extents start on lclusters).
-    pub clusterofs: U16,
-    /// Block address (PLAIN, HEAD1) or head/tail deltas (NONHEAD).
-    pub u: U32,
-}
-const _: () = assert!(size_of::<LclusterIndex>() == 8);
 
 /// LZ4 configuration record after the superblock (size 14 and payload), §19.1.
 #[derive(Debug, Clone, Copy, FromBytes, IntoBytes, Immutable, KnownLayout, Unaligned)]

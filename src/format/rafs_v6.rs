@@ -37,6 +37,8 @@ pub const LAYOUT_FLAT_INLINE: u16 = 2;
 pub const LAYOUT_CHUNK_BASED: u16 = 4;
 /// EROFS compressed file with full (8-byte) lcluster indexes.
 pub const LAYOUT_COMPRESSED_FULL: u16 = 1;
+/// EROFS compressed file with compacted (2- and 4-byte) lcluster indexes.
+pub const LAYOUT_COMPRESSED_COMPACT: u16 = 3;
 /// `i_format` bit 0: extended (64-byte) inode.
 pub const INODE_EXTENDED: u16 = 1;
 /// Chunk format flag: the inode body holds chunk indexes.

@@ -12,7 +12,7 @@ use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::PathBuf;
 
 use rayon::prelude::*;
-use zerocopy::{FromBytes, IntoBytes};
+use zerocopy::IntoBytes;
 
 use crate::blob::reader::{BlobSource, ChunkReader};
 use crate::error::{Error, IoContext, Result};
@@ -23,6 +23,7 @@ use crate::model::{ChunkId, FileType, InodeId};
 use crate::ops::opened::OpenedImage;
 use crate::rafs::v6::encode::{write_standalone_inodes, EncodeOptions, StandaloneFile};
 use crate::rafs::v6::layout::{self, RegularLayout};
+use crate::rafs::v6::zmap::{ExtentHead, ExtentMap};
 
 const BLOCK: u64 = 4096;
 /// Logical clusters per extent: 64 KiB of input per compressed physical cluster at most.
@@ -116,6 +117,9 @@ pub(crate) struct Packed {
 const FILL_TARGET: f64 = 0.9;
 /// A filled extent takes at most this many physical clusters of input.
 const FILL_MAX_INPUT: usize = 8;
+/// The most input one fixed-output extent takes (erofs-utils' window, well under the 12 MiB
+/// a reader allows per physical cluster and the 2048 lclusters an index can count).
+const FIXED_MAX_INPUT: usize = 4000 * 1024;
 
 impl ErofsCompression {
     /// `export --compressor`'s settings: 64 KiB extents, the default levels.
@@ -215,8 +219,18 @@ impl ErofsCompression {
         (input > 0).then(|| output as f64 / input as f64)
     }
 
+    /// Whether filled extents come from liblz4's fixed-output compressor, which takes as
+    /// much input as fits a physical cluster: they then end anywhere, not on a block
+    /// (formats/rafs-v6.md §19.1).
+    fn fixed_output(self) -> bool {
+        self.fill && matches!(self.algo, ErofsCompressor::Lz4 | ErofsCompressor::Lz4hc)
+    }
+
     /// Every extent of a whole file, packed one after the other on this thread.
     pub(crate) fn pack_file(self, data: &[u8]) -> Result<Vec<Packed>> {
+        if self.fixed_output() {
+            return self.pack_segment(data);
+        }
         let mut out = Vec::new();
         // formats/rafs-v6.md §19.1: the first extent's guess
         let mut ratio = 0.7;
@@ -227,6 +241,48 @@ impl ErofsCompression {
             ratio = Self::ratio_of(&packed).unwrap_or(ratio);
             at += len;
             out.extend(packed);
+        }
+        Ok(out)
+    }
+
+    /// A run of a file's bytes cut into extents that each fill one physical cluster: the
+    /// longest input whose compressed form fits it, compressed when that saves a block;
+    /// otherwise whole blocks of it stored plain (formats/rafs-v6.md §19.1).
+    fn pack_segment(self, data: &[u8]) -> Result<Vec<Packed>> {
+        let cluster = self.extent_bytes();
+        let level = match self.algo {
+            ErofsCompressor::Lz4hc => Some(self.level.unwrap_or(9) as i32),
+            _ => None,
+        };
+        let block = BLOCK as usize;
+        let mut out = Vec::new();
+        let mut at = 0;
+        while at < data.len() {
+            let window = &data[at..data.len().min(at + FIXED_MAX_INPUT)];
+            let filled = lz4dest::compress_dest_size(window, cluster, level)
+                .filter(|f| f.consumed > 0)
+                .ok_or_else(|| Error::Codec {
+                    algo: "lz4",
+                    reason: "fixed-output compression failed".into(),
+                })?;
+            // a compressed extent spans at least two lclusters (it saves a block), so the
+            // next one starts in a later lcluster, as the index needs
+            if filled.data.len().div_ceil(block) < filled.consumed.div_ceil(block) {
+                at += filled.consumed;
+                out.push(Packed {
+                    len: filled.consumed,
+                    stored: Some(filled.data),
+                });
+            } else {
+                let len = if at + filled.consumed == data.len() {
+                    filled.consumed
+                } else {
+                    (filled.consumed / block).max(1) * block
+                }
+                .min(data.len() - at);
+                at += len;
+                out.push(Packed { len, stored: None });
+            }
         }
         Ok(out)
     }
@@ -273,14 +329,6 @@ pub struct CompressedExportOptions {
     pub output: PathBuf,
     /// Compression.
     pub compressor: ErofsCompressor,
-}
-
-fn lcluster_index(kind: u16, blkaddr_or_delta: u32) -> LclusterIndex {
-    LclusterIndex {
-        advise: kind.into(),
-        clusterofs: 0.into(),
-        u: blkaddr_or_delta.into(),
-    }
 }
 
 /// Reads a small file's data through its chunks, in order.
@@ -370,20 +418,8 @@ fn compress_files(
 /// `data_start`.
 fn relocate_indexes(files: &mut HashMap<InodeId, StandaloneFile>, data_start: u64) -> Result<()> {
     for f in files.values_mut() {
-        let StandaloneFile::Compressed { body, .. } = f else {
-            continue;
-        };
-        // after the map header and its reserved word
-        for raw in body.chunks_exact_mut(8).skip(2) {
-            let Ok(idx) = LclusterIndex::mut_from_bytes(raw) else {
-                continue;
-            };
-            let kind = idx.advise.get() & 3;
-            if kind == TYPE_PLAIN || kind == TYPE_HEAD1 {
-                let abs = u32::try_from(u64::from(idx.u.get()) + data_start)
-                    .map_err(|_| Error::Limit("image larger than 2^32 blocks".into()))?;
-                idx.u = abs.into();
-            }
+        if let StandaloneFile::Compressed { map, .. } = f {
+            map.relocate(data_start)?;
         }
     }
     Ok(())
@@ -478,36 +514,36 @@ fn compress_file(
 /// numbered from the block given at the start. Memory: one window, whatever the file's size.
 pub(crate) struct ExtentWriter {
     how: ErofsCompression,
-    body: Vec<u8>,
+    size: u64,
     pending: Vec<u8>,
     window: usize,
     next_block: u64,
     blocks: u64,
     /// Output/input of what was compressed so far (sizes filled extents).
     ratio: f64,
+    /// Bytes of the file already placed in extents.
+    placed: u64,
+    /// Every extent so far, in file order; the index is made from them at the end.
+    heads: Vec<ExtentHead>,
 }
+
+/// Of a file, the bytes each parallel task packs with [`ErofsCompression::pack_segment`];
+/// segments start at multiples of it whatever the window, so the image does not depend on
+/// how the bytes arrived or on the thread count.
+const FIXED_SEGMENT: usize = 16 << 20;
 
 impl ExtentWriter {
     /// A writer for a file of `size` bytes whose data starts at block `first_block`.
     pub(crate) fn new(how: ErofsCompression, first_block: u64, size: u64) -> ExtentWriter {
-        let nclusters = size.div_ceil(BLOCK);
-        let mut body = Vec::with_capacity(16 + 8 * nclusters as usize);
-        // map header: no tail packing, big pclusters for HEAD1, algorithm, 4 KiB lclusters
-        let header = MapHeader {
-            fragment_off: 0.into(),
-            advise: ADVISE_BIG_PCLUSTER_1.into(),
-            algorithm: how.algo.code(),
-            clusterbits: 0,
-        };
-        body.extend_from_slice(header.as_bytes());
-        body.extend_from_slice(&[0u8; 8]); // reserved
         ExtentWriter {
             how,
-            body,
+            size,
             pending: Vec::new(),
             // filled extents are sized by the ratio of the window before: the window must not
             // depend on the thread count, or the image would
-            window: if how.fill {
+            window: if how.fixed_output() {
+                FIXED_SEGMENT * 2
+            } else if how.fill {
                 how.extent_bytes() * FILL_MAX_INPUT * 8
             } else {
                 how.extent_bytes() * 4 * rayon::current_num_threads().max(1)
@@ -515,6 +551,8 @@ impl ExtentWriter {
             next_block: first_block,
             blocks: 0,
             ratio: 0.7,
+            placed: 0,
+            heads: Vec::new(),
         }
     }
 
@@ -534,7 +572,11 @@ impl ExtentWriter {
             .map_err(|_| Error::Limit("file larger than 2^32 blocks".into()))?;
         Ok((
             StandaloneFile::Compressed {
-                body: self.body,
+                map: ExtentMap {
+                    algorithm: self.how.algo.code(),
+                    size: self.size,
+                    heads: self.heads,
+                },
                 blocks,
             },
             self.next_block,
@@ -542,25 +584,37 @@ impl ExtentWriter {
     }
 
     /// Compresses the first `take` pending bytes (whole blocks but for the file's last) in
-    /// parallel, in extents sized by the ratio seen so far, and writes them in order.
+    /// parallel and writes them in order: fixed-output segments, or extents sized by the
+    /// ratio seen so far.
     fn flush(&mut self, take: usize, out: &mut dyn Write) -> Result<()> {
         let how = self.how;
         let mut pending = std::mem::take(&mut self.pending);
-        let mut extents: Vec<&[u8]> = Vec::new();
-        let mut at = 0;
-        while at < take {
-            let len = how.next_len(self.ratio, take - at);
-            extents.push(&pending[at..at + len]);
-            at += len;
-        }
-        let packed: Vec<Packed> = extents
-            .par_iter()
-            .map(|e| how.pack_fitting(e))
-            .collect::<Result<Vec<_>>>()?
-            .into_iter()
-            .flatten()
-            .collect();
-        self.ratio = ErofsCompression::ratio_of(&packed).unwrap_or(self.ratio);
+        let packed: Vec<Packed> = if how.fixed_output() {
+            pending[..take]
+                .par_chunks(FIXED_SEGMENT)
+                .map(|s| how.pack_segment(s))
+                .collect::<Result<Vec<_>>>()?
+                .into_iter()
+                .flatten()
+                .collect()
+        } else {
+            let mut extents: Vec<&[u8]> = Vec::new();
+            let mut at = 0;
+            while at < take {
+                let len = how.next_len(self.ratio, take - at);
+                extents.push(&pending[at..at + len]);
+                at += len;
+            }
+            let packed: Vec<Packed> = extents
+                .par_iter()
+                .map(|e| how.pack_fitting(e))
+                .collect::<Result<Vec<_>>>()?
+                .into_iter()
+                .flatten()
+                .collect();
+            self.ratio = ErofsCompression::ratio_of(&packed).unwrap_or(self.ratio);
+            packed
+        };
         self.emit(&pending[..take], packed, out)?;
         pending.drain(..take);
         self.pending = pending;
@@ -583,7 +637,8 @@ impl ExtentWriter {
     }
 
     /// Writes `data`'s extents in order, each compressed (right-aligned in its blocks) when
-    /// its packed form saves a block, else block by block; records their indexes.
+    /// its packed form saves a block, else in plain one-block pieces; records where each
+    /// starts.
     fn emit(&mut self, data: &[u8], packed: Vec<Packed>, out: &mut dyn Write) -> Result<()> {
         let mut written = Vec::new();
         let mut at = 0;
@@ -598,25 +653,15 @@ impl ExtentWriter {
                     // right-aligned in its blocks: the decompressor skips the leading zeros
                     written.resize((k * BLOCK) as usize - p.len(), 0);
                     written.extend_from_slice(&p);
-                    self.index(TYPE_HEAD1, self.next_block as u32);
-                    self.index(
-                        TYPE_NONHEAD,
-                        (D0_CBLKCNT | k as u32) | (((n - 1) as u32) << 16),
-                    );
-                    for j in 2..n {
-                        self.index(TYPE_NONHEAD, j as u32 | (((n - j) as u32) << 16));
-                    }
-                    self.next_block += k;
-                    self.blocks += k;
+                    self.place(extent.len(), Some(k as u32))?;
                 }
                 _ => {
                     for piece in extent.chunks(BLOCK as usize) {
                         written.extend_from_slice(piece);
                         written.resize(written.len().div_ceil(BLOCK as usize) * BLOCK as usize, 0);
-                        self.index(TYPE_PLAIN, self.next_block as u32);
-                        self.next_block += 1;
-                        self.blocks += 1;
+                        self.place(piece.len(), None)?;
                     }
+                    self.close_shifted_tail()?;
                 }
             }
             out.write_all(&written).ctx("write", "compressed data")?;
@@ -624,9 +669,40 @@ impl ExtentWriter {
         Ok(())
     }
 
-    fn index(&mut self, kind: u16, blkaddr_or_delta: u32) {
-        self.body
-            .extend_from_slice(lcluster_index(kind, blkaddr_or_delta).as_bytes());
+    /// When the file's last plain block started inside an lcluster and runs into the next,
+    /// that last lcluster gets a head of its own at the same offset, past the end of the
+    /// file (as erofs-utils writes it): the reader then maps the lcluster's bytes to the
+    /// block before, which holds them, rather than to a whole lcluster of one block.
+    fn close_shifted_tail(&mut self) -> Result<()> {
+        let Some(last) = self.heads.last().copied() else {
+            return Ok(());
+        };
+        let crosses = last.start / BLOCK != (self.placed - 1) / BLOCK;
+        if last.compressed.is_none() && self.placed == self.size && crosses {
+            self.heads.push(ExtentHead {
+                start: self.placed / BLOCK * BLOCK + last.start % BLOCK,
+                blkaddr: last.blkaddr,
+                compressed: None,
+            });
+        }
+        Ok(())
+    }
+
+    /// Records an extent of `len` bytes starting at the next free block, `compressed` into
+    /// that many blocks or one block plain.
+    fn place(&mut self, len: usize, compressed: Option<u32>) -> Result<()> {
+        let blkaddr = u32::try_from(self.next_block)
+            .map_err(|_| Error::Limit("image larger than 2^32 blocks".into()))?;
+        self.heads.push(ExtentHead {
+            start: self.placed,
+            blkaddr,
+            compressed,
+        });
+        let k = u64::from(compressed.unwrap_or(1));
+        self.placed += len as u64;
+        self.next_block += k;
+        self.blocks += k;
+        Ok(())
     }
 }
 
@@ -652,19 +728,31 @@ mod tests {
         out
     }
 
-    /// Filled extents: whole blocks but the last, every stored form within one physical
-    /// cluster, the input covered exactly, and fewer extents than fixed 64 KiB ones.
+    /// Filled extents: every stored form within one physical cluster, the input covered
+    /// exactly, and fewer extents than fixed 64 KiB ones. zstd's are sized by the ratio and
+    /// end on blocks; lz4hc's come from the fixed-output compressor and end anywhere, each
+    /// compressed one saving a block.
     #[test]
     fn filled_extents_stay_within_the_physical_cluster() {
+        for algo in [ErofsCompressor::Zstd, ErofsCompressor::Lz4hc] {
+            filled_extents_of(algo);
+        }
+    }
+
+    fn filled_extents_of(algo: ErofsCompressor) {
         let data = sample(3 << 20 | 1234);
-        let fixed = ErofsCompression::export(ErofsCompressor::Lz4hc);
+        let fixed = ErofsCompression::export(algo);
         let filled = ErofsCompression {
             fill: true,
             ..fixed
         };
         let packed = filled.pack_file(&data).unwrap();
         let (last, rest) = packed.split_last().unwrap();
-        assert!(rest.iter().all(|p| p.len % BLOCK as usize == 0));
+        if algo == ErofsCompressor::Zstd {
+            assert!(rest.iter().all(|p| p.len % BLOCK as usize == 0));
+        } else {
+            assert!(rest.iter().any(|p| p.len % BLOCK as usize != 0));
+        }
         assert_eq!(packed.iter().map(|p| p.len).sum::<usize>(), data.len());
         assert!(last.len > 0);
         for p in &packed {
@@ -674,6 +762,9 @@ mod tests {
                     "{} > one cluster",
                     s.len()
                 );
+                if filled.fixed_output() {
+                    assert!(s.len().div_ceil(4096) < p.len.div_ceil(4096));
+                }
             }
         }
         assert!(packed.len() < fixed.pack_file(&data).unwrap().len());

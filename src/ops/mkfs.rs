@@ -447,17 +447,31 @@ fn stamp_identity(bytes: &mut [u8], opts: &MkfsOptions) -> Result<()> {
     Ok(())
 }
 
-/// Where each regular file's data went, and the writer putting it there.
 /// Regular files up to this size are compressed side by side (a batch of them in parallel,
-/// each on one thread); larger ones stream through [`ExtentWriter`], a window at a time.
-const SMALL_FILE: u64 = 1 << 20;
+/// each on one thread, while the next batch is read); larger ones stream through
+/// [`ExtentWriter`], a window at a time. It is erofs-utils' segment size, the most a filled
+/// file compresses on one thread anyway (formats/rafs-v6.md §19.1).
+const SMALL_FILE: u64 = 16 << 20;
 /// Bytes of small files held for one batch.
-const BATCH_BYTES: usize = 16 << 20;
+const BATCH_BYTES: usize = 8 << 20;
+/// Batches being compressed while the next is read: enough that the pool always has a batch's
+/// files to start while the last file of another finishes.
+const BATCHES_IN_FLIGHT: usize = 2;
 
+/// Small files, in source order, with their bytes.
+type Batch = Vec<(InodeId, Vec<u8>)>;
+/// A batch and its files' packed extents, or why packing failed.
+type PackedBatch = Result<(Batch, Vec<Vec<crate::ops::export_compressed::Packed>>)>;
+
+/// Where each regular file's data went, and the writer putting it there.
 struct DataWriter<'a> {
     /// Small files waiting to be compressed together, in source order.
-    batch: Vec<(InodeId, Vec<u8>)>,
+    batch: Batch,
     batch_bytes: usize,
+    /// Batches handed to the thread pool, oldest first; each is written when it is the
+    /// oldest and more are in flight, so the points where blocks are assigned (and so the
+    /// image) do not depend on how fast the threads are.
+    in_flight: std::collections::VecDeque<std::sync::mpsc::Receiver<PackedBatch>>,
     out: BufWriter<&'a mut std::fs::File>,
     /// The image's final name, for messages.
     image: &'a Path,
@@ -492,6 +506,7 @@ impl<'a> DataWriter<'a> {
         Ok(DataWriter {
             batch: Vec::new(),
             batch_bytes: 0,
+            in_flight: std::collections::VecDeque::new(),
             out,
             image,
             compression,
@@ -541,16 +556,39 @@ impl<'a> DataWriter<'a> {
         Ok(())
     }
 
-    /// Compresses the held files in parallel, then writes them in source order: the image is
-    /// the same whatever the number of threads.
+    /// Hands the held files to the thread pool, to be compressed in parallel while the next
+    /// batch is read; writes the oldest batch once more than [`BATCHES_IN_FLIGHT`] are out.
     fn flush_batch(&mut self, how: ErofsCompression) -> Result<()> {
         use rayon::prelude::*;
         let batch = std::mem::take(&mut self.batch);
         self.batch_bytes = 0;
-        let packed: Vec<Vec<crate::ops::export_compressed::Packed>> = batch
-            .par_iter()
-            .map(|(_, d)| how.pack_file(d))
-            .collect::<Result<_>>()?;
+        if !batch.is_empty() {
+            let (tx, rx) = std::sync::mpsc::sync_channel(1);
+            rayon::spawn(move || {
+                let packed = batch
+                    .par_iter()
+                    .map(|(_, d)| how.pack_file(d))
+                    .collect::<Result<Vec<_>>>();
+                // the receiver is gone only when the build already failed
+                let _ = tx.send(packed.map(|p| (batch, p)));
+            });
+            self.in_flight.push_back(rx);
+        }
+        while self.in_flight.len() > BATCHES_IN_FLIGHT {
+            self.write_oldest_batch(how)?;
+        }
+        Ok(())
+    }
+
+    /// Waits for the oldest batch in flight and writes its files in source order: the image
+    /// is the same whatever the number of threads.
+    fn write_oldest_batch(&mut self, how: ErofsCompression) -> Result<()> {
+        let Some(rx) = self.in_flight.pop_front() else {
+            return Ok(());
+        };
+        let (batch, packed) = rx
+            .recv()
+            .map_err(|_| Error::Internal("a compression task ended without a result".into()))??;
         for ((ino, data), packed) in batch.into_iter().zip(packed) {
             let (file, next) =
                 ExtentWriter::whole(how, self.next_block, &data, packed, &mut self.out)?;
@@ -609,6 +647,9 @@ impl<'a> DataWriter<'a> {
     fn finish(mut self) -> Result<(HashMap<InodeId, StandaloneFile>, u64)> {
         if let Some(how) = self.compression {
             self.flush_batch(how)?;
+            while !self.in_flight.is_empty() {
+                self.write_oldest_batch(how)?;
+            }
         }
         self.out
             .into_inner()

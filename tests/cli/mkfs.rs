@@ -434,6 +434,22 @@ fn calls_replayed_on_the_fixture_tree_equal_mkfs_erofs_1_9() {
     replay_tar_calls(w.path(), "fixture", &tar_bytes, TAR_CALLS);
 }
 
+/// Every call of the table on a Debian bookworm base layer (the tar `cargo xtask test`
+/// debootstraps): real binaries, libraries and docs, with the compressed calls' filled and
+/// plain extents side by side.
+#[test]
+#[cfg_attr(
+    any(no_mkfs19, no_mount, no_debian),
+    ignore = "needs erofs-utils 1.9 in target/, a kernel EROFS mount, the Debian tar in target/debian-image"
+)]
+fn debian_layer_replayed_equal_mkfs_erofs_1_9() {
+    let test = "debian_layer_replayed_equal_mkfs_erofs_1_9";
+    need_reference_and_mount(test);
+    let w = scratch();
+    let tar_bytes = std::fs::read(repo().join("target/debian-image/debian.tar")).unwrap();
+    replay_tar_calls(w.path(), "debian", &tar_bytes, TAR_CALLS);
+}
+
 #[test]
 #[cfg_attr(
     any(no_mkfs19, no_mount, no_umoci, no_skopeo),

@@ -623,7 +623,7 @@ impl Decoder<'_> {
         }
         if r.layout() != LAYOUT_CHUNK_BASED {
             let what = match r.layout() {
-                LAYOUT_COMPRESSED_FULL | 3 => "compressed",
+                LAYOUT_COMPRESSED_FULL | LAYOUT_COMPRESSED_COMPACT => "compressed",
                 LAYOUT_FLAT_INLINE => "inline",
                 _ => "plain",
             };

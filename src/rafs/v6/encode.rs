@@ -468,8 +468,8 @@ pub enum StandaloneFile {
     },
     /// An EROFS compressed layout.
     Compressed {
-        /// Map header, reserved word and lcluster indexes (absolute block addresses).
-        body: Vec<u8>,
+        /// Its extents (absolute block addresses), indexed after the inode.
+        map: super::zmap::ExtentMap,
         /// Blocks of compressed data (`i_u`).
         blocks: u32,
     },
@@ -481,8 +481,8 @@ impl StandaloneFile {
         match self {
             StandaloneFile::Inline(d) => layout::RegularLayout::Data(d.len() as u64),
             StandaloneFile::Plain { .. } => layout::RegularLayout::External,
-            StandaloneFile::Compressed { body, .. } => {
-                layout::RegularLayout::Slots(body.len() as u64 / 8)
+            StandaloneFile::Compressed { map, .. } => {
+                layout::RegularLayout::CompactIndex(map.lclusters())
             }
         }
     }
@@ -606,9 +606,11 @@ impl<'a> InodeWriter<'a> {
                     Some(StandaloneFile::Plain { blkaddr }) => {
                         (DataLayout::FlatPlain, *blkaddr, self.links[ino.index()])
                     }
-                    Some(StandaloneFile::Compressed { blocks, .. }) => {
-                        (DataLayout::CompressedFull, *blocks, self.links[ino.index()])
-                    }
+                    Some(StandaloneFile::Compressed { blocks, .. }) => (
+                        DataLayout::CompressedCompact,
+                        *blocks,
+                        self.links[ino.index()],
+                    ),
                     None => (
                         DataLayout::ChunkBased,
                         chunk_format(inode, &[], self.opts.chunk_size, b)?,
@@ -638,7 +640,7 @@ impl<'a> InodeWriter<'a> {
             DataLayout::FlatPlain => LAYOUT_FLAT_PLAIN,
             DataLayout::FlatInline => LAYOUT_FLAT_INLINE,
             DataLayout::ChunkBased => LAYOUT_CHUNK_BASED,
-            DataLayout::CompressedFull => LAYOUT_COMPRESSED_FULL,
+            DataLayout::CompressedCompact => LAYOUT_COMPRESSED_COMPACT,
         };
         let (uid, gid) = if self.opts.explicit_uid_gid {
             (inode.uid, inode.gid)
@@ -702,8 +704,8 @@ impl<'a> InodeWriter<'a> {
                 Some(StandaloneFile::Inline(bytes)) => {
                     write_block_data(buf, &in_blocks(bytes), place.layout, data, after, b)
                 }
-                Some(StandaloneFile::Compressed { body, .. }) => {
-                    put(buf, after.div_ceil(8) * 8, body)
+                Some(StandaloneFile::Compressed { map, .. }) => {
+                    put(buf, after.div_ceil(8) * 8, &map.encode(after)?)
                 }
                 Some(StandaloneFile::Plain { .. }) | None => {}
             },

@@ -22,8 +22,8 @@ pub enum DataLayout {
     FlatInline,
     /// Chunk indexes after the inode.
     ChunkBased,
-    /// EROFS compressed file: map header and full lcluster indexes after the inode.
-    CompressedFull,
+    /// EROFS compressed file: map header and compacted lcluster indexes after the inode.
+    CompressedCompact,
 }
 
 /// Where one inode goes.
@@ -254,6 +254,9 @@ pub enum RegularLayout {
     Data(u64),
     /// Data in blocks outside the metadata (a standalone image's plain files): the inode alone.
     External,
+    /// A compressed file's map header and compacted indexes for this many lclusters, whose
+    /// size depends on where the inode ends ([`super::zmap::compact_len`]).
+    CompactIndex(u64),
 }
 
 /// Places a regular file's inode, and its data when that lives in the metadata.
@@ -267,6 +270,12 @@ fn place_regular(
     let (offset, data_offset, layout, size) = match how {
         RegularLayout::Slots(count) => {
             let total = inode_bytes.div_ceil(8) * 8 + 8 * count;
+            (alloc.place_file(total), 0, DataLayout::ChunkBased, size)
+        }
+        RegularLayout::CompactIndex(lclusters) => {
+            // inodes start on 32-byte slots, so the inode's size places the indexes
+            let total =
+                inode_bytes.div_ceil(8) * 8 + super::zmap::compact_len(lclusters, inode_bytes);
             (alloc.place_file(total), 0, DataLayout::ChunkBased, size)
         }
         RegularLayout::External => (

@@ -3,5 +3,6 @@
 pub mod decode;
 pub mod encode;
 pub mod layout;
+pub mod zmap;
 
 pub use encode::{encode, EncodeOptions};

@@ -3,7 +3,7 @@
 //! converted to v6, v5, native EROFS layers and a merged index; each target read back by
 //! skopeo and by our readers, equal to `umoci unpack` and to a local `create -t oci` of the
 //! same image; a second convert uploads nothing; a proxy that cuts connections; wrong
-//! credentials.
+//! credentials, with basic auth and with the docker token flow (bearer JWTs).
 
 use crate::common::*;
 use crate::fault_proxy::FaultProxy;
@@ -406,6 +406,136 @@ fn wrong_credentials_are_one_line() {
     );
     let o = reg.client().inspect("small:helper", true);
     assert!(o.status.success());
+}
+
+/// Writes `$DOCKER_CONFIG/config.json` (`cfg`) with `auths` holding `user:password` for
+/// `registry`, as `docker login` without a credential store leaves it.
+fn write_docker_auth(cfg: &Path, registry: &str, user: &str, password: &str) {
+    use base64::Engine as _;
+    fs::create_dir_all(cfg).unwrap();
+    let auth = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+    let doc = serde_json::json!({"auths": {registry: {"auth": auth}}});
+    fs::write(cfg.join("config.json"), doc.to_string()).unwrap();
+}
+
+/// [`convert`]'s run with `$DOCKER_CONFIG` set to `cfg`, its output returned failed or not.
+fn convert_with_config(
+    cfg: &Path,
+    source: &str,
+    target: &str,
+    work: &Path,
+) -> std::process::Output {
+    let args = [
+        "convert",
+        "--source",
+        source,
+        "--target",
+        target,
+        "--plain-http",
+        "--push-retry-delay",
+        "20ms",
+        "--work-dir",
+        s(work),
+    ];
+    std::process::Command::new(env!("CARGO_BIN_EXE_erofs-forge"))
+        .args(args)
+        .env("DOCKER_CONFIG", cfg)
+        .output()
+        .expect("spawn erofs-forge")
+}
+
+/// Token requests erofs-forge itself made (oci-client sends its user agent to the realm too),
+/// not skopeo's.
+fn forge_token_requests(reg: &Registry) -> Vec<registry::TokenRequest> {
+    reg.token_requests()
+        .into_iter()
+        .filter(|r| r.user_agent.starts_with("erofs-forge/"))
+        .collect()
+}
+
+/// The docker token flow (most public registries use it; htpasswd basic auth is tested
+/// above): convert fetches JWTs from the registry's realm with the docker config's basic
+/// credentials and sends them as `Authorization: Bearer`. A wrong password is turned away by
+/// the token server, then by the registry: one error line, nothing written.
+#[test]
+#[cfg_attr(
+    any(no_registry, no_skopeo, no_umoci, no_root),
+    ignore = "needs docker-registry, skopeo, umoci, root"
+)]
+fn bearer_token_registry_converts_and_a_wrong_password_is_one_line() {
+    let test = "bearer_token_registry_converts_and_a_wrong_password_is_one_line";
+    let w = scratch();
+    let (img, expect) = image_and_rootfs(test, w.path());
+    let reg = Registry::start_with_token("alice", "right");
+    reg.push_oci_layout(&format!("{}:t", s(&img)), "app:t");
+    assert!(reg.tokens_issued() > 0, "{:#?}", reg.token_requests());
+    let (source, target) = (reg.reference("app:t"), reg.reference("app:nydus"));
+    let (cfg, work) = (w.path().join("docker"), w.path().join("work"));
+    let stored = (reg.blob_puts(), reg.manifest_puts());
+
+    write_docker_auth(&cfg, &reg.addr(), "alice", "wrong");
+    let out = convert_with_config(&cfg, &source, &target, &work);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    let errors: Vec<&str> = err.lines().filter(|l| l.starts_with("error:")).collect();
+    assert_eq!(errors.len(), 1, "{err}");
+    assert!(
+        errors[0].contains(&reg.addr()) && errors[0].contains("unauthorized"),
+        "{err}"
+    );
+    assert!(!err.contains("panicked"), "{err}");
+    // convert did ask the token server, which refused it: no token went to erofs-forge
+    let asked = forge_token_requests(&reg);
+    assert!(
+        !asked.is_empty() && asked.iter().all(|r| r.status == 401),
+        "{asked:#?}"
+    );
+    let o = reg.client().inspect("app:nydus", true);
+    assert!(!o.status.success(), "the tag must not exist");
+    assert_eq!((reg.blob_puts(), reg.manifest_puts()), stored);
+
+    write_docker_auth(&cfg, &reg.addr(), "alice", "right");
+    let out = convert_with_config(&cfg, &source, &target, &work);
+    assert!(
+        out.status.success(),
+        "{}\nregistry requests: {:#?}\ntoken requests: {:#?}",
+        String::from_utf8_lossy(&out.stderr),
+        reg.requests(),
+        reg.token_requests()
+    );
+    // the bearer flow carried it: erofs-forge got a token to push to the repository, and the
+    // registry (which takes nothing else) stored blobs and the manifest
+    let issued: Vec<_> = forge_token_requests(&reg)
+        .into_iter()
+        .filter(|r| r.issued())
+        .collect();
+    assert!(
+        issued
+            .iter()
+            .any(|r| r.scopes.iter().any(|s| s == "repository:app:pull,push")),
+        "{issued:#?}"
+    );
+    let requests = reg.requests();
+    assert!(
+        reg.blob_puts() > stored.0
+            && requests
+                .iter()
+                .any(|r| r.is_manifest_put() && r.path() == "/v2/app/manifests/nydus"),
+        "{requests:#?}"
+    );
+    // skopeo reads the target (through tokens of its own); our reader its tree
+    assert_eq!(reg.inspect("app:nydus")["Architecture"], "amd64");
+    let raw = reg.inspect_raw("app:nydus");
+    let layers = raw["layers"].as_array().unwrap();
+    assert!(layers[..layers.len() - 1]
+        .iter()
+        .all(|l| l["mediaType"] == "application/vnd.oci.image.layer.nydus.blob.v1"));
+    let (dest, _) = pull_and_unpack(&reg, "app:nydus", w.path(), None);
+    same_tree(
+        "convert through a token registry, pulled back",
+        &expect,
+        &dest,
+    );
 }
 
 #[test]

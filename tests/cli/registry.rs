@@ -10,8 +10,16 @@
 //! passes credentials explicitly (or `--no-creds`), so no auth file of the machine takes part,
 //! and `--insecure-policy`, so no `policy.json` does.
 //!
+//! Basic auth against an htpasswd file ([`Registry::start_with_auth`]), or the docker token
+//! flow ([`Registry::start_with_token`]): the registry answers 401 with a `Bearer` challenge
+//! naming a [`TokenServer`] of the test, which takes the client's basic credentials and hands
+//! out RS256 JWTs signed with a key made by `openssl`; the registry trusts that key's
+//! self-signed certificate (`rootcertbundle`) and checks each token's signature, issuer,
+//! audience, lifetime and granted scopes itself.
+//!
 //! Needs `docker-registry` and `htpasswd` (`no_registry`) and skopeo (`no_skopeo`);
-//! [`Registry::start_tls`] also `openssl` (and uses `curl`, when there is one, to wait for it).
+//! [`Registry::start_tls`] and [`Registry::start_with_token`] also `openssl` (and the former
+//! uses `curl`, when there is one, to wait for it).
 
 use crate::common::*;
 
@@ -20,7 +28,12 @@ use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use base64::Engine as _;
 
 use sha2::{Digest, Sha256};
 
@@ -37,8 +50,30 @@ pub struct Registry {
     tls: bool,
     log_path: PathBuf,
     storage: PathBuf,
+    /// the token issuer of a [`Registry::start_with_token`] registry (it signs with a key in
+    /// the scratch directory, so it is dropped, and stopped, before that)
+    token: Option<TokenServer>,
     // last: the directory outlives the child
     _dir: tempfile::TempDir,
+}
+
+/// What a registry asks of its clients.
+#[derive(Debug, Clone, Copy)]
+enum Auth<'a> {
+    None,
+    /// HTTP basic auth against an htpasswd file for `user`:`password`
+    Basic(&'a str, &'a str),
+    /// the docker token flow, tokens from a [`TokenServer`] that takes `user`:`password`
+    Token(&'a str, &'a str),
+}
+
+impl<'a> Auth<'a> {
+    fn creds(self) -> Option<(&'a str, &'a str)> {
+        match self {
+            Auth::None => None,
+            Auth::Basic(u, p) | Auth::Token(u, p) => Some((u, p)),
+        }
+    }
 }
 
 /// One request of the registry's access log (Apache combined format).
@@ -87,7 +122,7 @@ impl Request {
 impl Registry {
     /// A registry without authentication.
     pub fn start() -> Registry {
-        launch(None, false)
+        launch(Auth::None, false)
     }
 
     /// A registry without authentication that speaks HTTPS only, with a certificate for
@@ -96,13 +131,34 @@ impl Registry {
     /// `convert --source-insecure`/`--target-insecure`). A plain HTTP request gets 400 (or a
     /// reset).
     pub fn start_tls() -> Registry {
-        launch(None, true)
+        launch(Auth::None, true)
     }
 
     /// A registry that wants HTTP basic auth (htpasswd, bcrypt) for `user`:`password` on every
     /// request, `GET /v2/` included.
     pub fn start_with_auth(user: &str, password: &str) -> Registry {
-        launch(Some((user, password)), false)
+        launch(Auth::Basic(user, password), false)
+    }
+
+    /// A registry that wants a bearer token on every request, `GET /v2/` included (the docker
+    /// token flow): it answers 401 with `WWW-Authenticate: Bearer realm=...,service=...,
+    /// scope=...`, the realm being a [`TokenServer`] on another port of 127.0.0.1 that issues
+    /// tokens for `user`:`password` (HTTP basic) granting what they ask. Plain HTTP.
+    pub fn start_with_token(user: &str, password: &str) -> Registry {
+        launch(Auth::Token(user, password), false)
+    }
+
+    /// Every request its token server answered so far, in order (none without one).
+    pub fn token_requests(&self) -> Vec<TokenRequest> {
+        self.token
+            .as_ref()
+            .map(|t| t.requests())
+            .unwrap_or_default()
+    }
+
+    /// How many tokens its token server issued (requests with the right credentials).
+    pub fn tokens_issued(&self) -> usize {
+        self.token_requests().iter().filter(|r| r.issued()).count()
     }
 
     /// `127.0.0.1:PORT`
@@ -379,16 +435,16 @@ pub fn small_layout(dir: &Path, tag: &str, payload: usize) -> (String, String) {
 }
 
 /// Starts the registry; when another process took the port first, again on another one.
-fn launch(auth: Option<(&str, &str)>, tls: bool) -> Registry {
+fn launch(auth: Auth, tls: bool) -> Registry {
     let test = "Registry::start";
     let program = ["/usr/bin/docker-registry", "docker-registry"]
         .into_iter()
         .find(|p| Path::new(p).is_file() || have(p))
         .unwrap_or_else(|| missing(test, "docker-registry is not installed"));
-    if auth.is_some() && !have("htpasswd") {
+    if matches!(auth, Auth::Basic(..)) && !have("htpasswd") {
         missing(test, "htpasswd (apache2-utils) is not installed");
     }
-    if tls && !have("openssl") {
+    if (tls || matches!(auth, Auth::Token(..))) && !have("openssl") {
         missing(test, "openssl is not installed");
     }
     let mut last = String::new();
@@ -402,14 +458,12 @@ fn launch(auth: Option<(&str, &str)>, tls: bool) -> Registry {
     panic!("docker-registry found no free port:\n{last}")
 }
 
-/// One start on a port that was free a moment ago; Err(log) when the registry exited.
-fn launch_once(program: &str, auth: Option<(&str, &str)>, tls: bool) -> Result<Registry, String> {
-    let dir = scratch();
-    let storage = dir.path().join("storage");
-    fs::create_dir(&storage).unwrap();
-    let auth_yaml = match auth {
-        None => String::new(),
-        Some((user, password)) => {
+/// The `auth:` section of the registry's config.yml for `auth`, writing what it names into
+/// `dir`; with the token server it points at (started here) for [`Auth::Token`].
+fn auth_config(auth: Auth, dir: &Path) -> (String, Option<TokenServer>) {
+    match auth {
+        Auth::None => (String::new(), None),
+        Auth::Basic(user, password) => {
             let out = Command::new("htpasswd")
                 .args(["-Bbn", user, password])
                 .output()
@@ -419,14 +473,35 @@ fn launch_once(program: &str, auth: Option<(&str, &str)>, tls: bool) -> Result<R
                 "htpasswd: {}",
                 String::from_utf8_lossy(&out.stderr)
             );
-            let file = dir.path().join("htpasswd");
+            let file = dir.join("htpasswd");
             fs::write(&file, &out.stdout).unwrap();
-            format!(
+            let yaml = format!(
                 "auth:\n  htpasswd:\n    realm: erofs-forge-test\n    path: {}\n",
                 s(&file)
-            )
+            );
+            (yaml, None)
         }
-    };
+        Auth::Token(user, password) => {
+            let server = TokenServer::start(dir, user, password);
+            // the registry trusts the token server's self-signed certificate as a root, and
+            // takes only tokens of this issuer meant for this service
+            let yaml = format!(
+                "auth:\n  token:\n    realm: http://{}/token\n    service: {TOKEN_SERVICE}\n    \
+                 issuer: {TOKEN_ISSUER}\n    rootcertbundle: {}\n",
+                server.addr,
+                s(&server.cert)
+            );
+            (yaml, Some(server))
+        }
+    }
+}
+
+/// One start on a port that was free a moment ago; Err(log) when the registry exited.
+fn launch_once(program: &str, auth: Auth, tls: bool) -> Result<Registry, String> {
+    let dir = scratch();
+    let storage = dir.path().join("storage");
+    fs::create_dir(&storage).unwrap();
+    let (auth_yaml, token) = auth_config(auth, dir.path());
     let tls_yaml = if tls {
         let (key, cert) = (dir.path().join("key.pem"), dir.path().join("cert.pem"));
         self_signed(&key, &cert);
@@ -475,10 +550,11 @@ fn launch_once(program: &str, auth: Option<(&str, &str)>, tls: bool) -> Result<R
     let mut registry = Registry {
         child,
         addr,
-        creds: auth.map(|(u, p)| (u.to_string(), p.to_string())),
+        creds: auth.creds().map(|(u, p)| (u.to_string(), p.to_string())),
         tls,
         log_path,
         storage,
+        token,
         _dir: dir,
     };
     registry.wait_ready()?;
@@ -585,6 +661,337 @@ fn self_signed(key: &Path, cert: &Path) {
         "openssl req -x509: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// The `service` of the token registry's config: the audience its tokens must name.
+const TOKEN_SERVICE: &str = "erofs-forge-registry";
+/// The `issuer` of the token registry's config: the issuer its tokens must name.
+const TOKEN_ISSUER: &str = "erofs-forge-token-issuer";
+/// How long an issued token is valid, in seconds (`exp` and `expires_in`).
+const TOKEN_LIFETIME: u64 = 300;
+/// How long the token server waits for one request's bytes (a client that connects and says
+/// nothing must not stop the server).
+const TOKEN_READ_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// One request the [`TokenServer`] answered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenRequest {
+    /// its `User-Agent` (erofs-forge's own start with `erofs-forge/`)
+    pub user_agent: String,
+    /// its `scope` parameters, decoded (`repository:NAME:pull,push`); none when a client
+    /// only logs in
+    pub scopes: Vec<String>,
+    /// 200 with a token, 401 for missing or wrong credentials, 404 or 500 otherwise
+    pub status: u16,
+}
+
+impl TokenRequest {
+    /// Whether a token was issued.
+    pub fn issued(&self) -> bool {
+        self.status == 200
+    }
+}
+
+/// The docker token flow's authorization server, in a thread of the test on 127.0.0.1:
+/// `GET /token?service=...&scope=...` with the right HTTP basic credentials gets
+/// `{"token", "access_token", "expires_in"}`, a JWT granting every scope asked (none when none
+/// is asked); wrong or missing credentials get 401. The JWT is RS256, signed by `openssl dgst`
+/// with a key made at start, and carries the key's self-signed certificate in `x5c`: the
+/// registry verifies the chain against its `rootcertbundle` (that same certificate). One
+/// request per connection, answered in turn; serves until dropped.
+pub struct TokenServer {
+    /// `127.0.0.1:PORT`
+    addr: String,
+    /// the certificate the registry trusts (PEM)
+    cert: PathBuf,
+    stop: Arc<AtomicBool>,
+    requests: Arc<Mutex<Vec<TokenRequest>>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+/// What the token server's thread needs to check credentials and sign.
+struct Issuer {
+    user: String,
+    password: String,
+    key: PathBuf,
+    /// the certificate's DER, standard base64 (the `x5c` entry)
+    cert_der: String,
+    /// a counter making each `jti` unique
+    serial: AtomicU64,
+}
+
+impl TokenServer {
+    /// Makes the signing key and certificate in `dir` and starts serving on a port of its own
+    /// (bound before the registry's config names it: no race for it).
+    fn start(dir: &Path, user: &str, password: &str) -> TokenServer {
+        let (key, cert) = (dir.join("token-key.pem"), dir.join("token-cert.pem"));
+        self_signed(&key, &cert);
+        let pem = fs::read_to_string(&cert).unwrap();
+        // a PEM certificate's body is the standard base64 of its DER, wrapped at 64 columns
+        let cert_der: String = pem
+            .lines()
+            .filter(|l| !l.starts_with("-----"))
+            .collect::<Vec<_>>()
+            .concat();
+        let issuer = Issuer {
+            user: user.to_string(),
+            password: password.to_string(),
+            key,
+            cert_der,
+            serial: AtomicU64::new(0),
+        };
+        let listener = TcpListener::bind("127.0.0.1:0").expect("a free port on 127.0.0.1");
+        let addr = listener.local_addr().unwrap().to_string();
+        let stop = Arc::new(AtomicBool::new(false));
+        let requests = Arc::new(Mutex::new(Vec::new()));
+        let (stop_t, requests_t) = (stop.clone(), requests.clone());
+        let thread = std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                if stop_t.load(Ordering::SeqCst) {
+                    break;
+                }
+                // a failed accept or a client gone mid-request is that client's problem
+                let Ok(conn) = conn else { continue };
+                if let Some(r) = issuer.serve(conn) {
+                    requests_t.lock().unwrap_or_else(|e| e.into_inner()).push(r);
+                }
+            }
+        });
+        TokenServer {
+            addr,
+            cert,
+            stop,
+            requests,
+            thread: Some(thread),
+        }
+    }
+
+    fn requests(&self) -> Vec<TokenRequest> {
+        self.requests
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+}
+
+impl Drop for TokenServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        // wakes the blocking accept, which then sees the flag
+        let _ = TcpStream::connect(&self.addr);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Issuer {
+    /// Reads one request from `conn` and answers it; None when it sent no whole request.
+    fn serve(&self, mut conn: TcpStream) -> Option<TokenRequest> {
+        conn.set_read_timeout(Some(TOKEN_READ_TIMEOUT)).ok()?;
+        conn.set_write_timeout(Some(TOKEN_READ_TIMEOUT)).ok()?;
+        let head = read_head(&mut conn)?;
+        let mut words = head.split("\r\n").next()?.split(' ');
+        let (method, target) = (words.next()?, words.next()?);
+        let header = |name: &str| {
+            head.split("\r\n").skip(1).find_map(|l| {
+                let (k, v) = l.split_once(':')?;
+                k.trim()
+                    .eq_ignore_ascii_case(name)
+                    .then(|| v.trim().to_string())
+            })
+        };
+        let (path, query) = target.split_once('?').unwrap_or((target, ""));
+        let scopes: Vec<String> = query_values(query, "scope")
+            .iter()
+            .flat_map(|v| v.split_whitespace().map(str::to_string).collect::<Vec<_>>())
+            .collect();
+        let mut request = TokenRequest {
+            user_agent: header("user-agent").unwrap_or_default(),
+            scopes,
+            status: 404,
+        };
+        let (status, body) = if method != "GET" || path != "/token" {
+            (404, r#"{"details":"not found"}"#.to_string())
+        } else if !self.authorized(header("authorization").as_deref()) {
+            (
+                401,
+                r#"{"details":"incorrect username or password"}"#.to_string(),
+            )
+        } else {
+            match self.token(&request.scopes) {
+                Ok(jwt) => (
+                    200,
+                    serde_json::json!({
+                        "token": jwt,
+                        "access_token": jwt,
+                        "expires_in": TOKEN_LIFETIME,
+                    })
+                    .to_string(),
+                ),
+                Err(e) => (500, serde_json::json!({ "details": e }).to_string()),
+            }
+        };
+        request.status = status;
+        let reason = match status {
+            200 => "OK",
+            401 => "Unauthorized",
+            404 => "Not Found",
+            _ => "Internal Server Error",
+        };
+        let challenge = if status == 401 {
+            "WWW-Authenticate: Basic realm=\"erofs-forge-token\"\r\n"
+        } else {
+            ""
+        };
+        // one request per connection: clients keep no connection the thread would wait on
+        let _ = write!(
+            conn,
+            "HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\n{challenge}\
+             Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        Some(request)
+    }
+
+    /// Whether `authorization` is `Basic base64(user:password)` with this issuer's pair.
+    fn authorized(&self, authorization: Option<&str>) -> bool {
+        let Some((scheme, b64)) = authorization.and_then(|a| a.split_once(' ')) else {
+            return false;
+        };
+        let decoded = base64::engine::general_purpose::STANDARD.decode(b64.trim());
+        scheme.eq_ignore_ascii_case("basic")
+            && decoded.is_ok_and(|d| d == format!("{}:{}", self.user, self.password).as_bytes())
+    }
+
+    /// A signed JWT for this user granting `scopes` (`TYPE:NAME:ACTION,...`), in the claim set
+    /// distribution 2.8 checks (registry/auth/token/token.go): `iss` its issuer, `aud` its
+    /// service (a string), `exp`/`nbf` around now, and `access` entries per resource.
+    fn token(&self, scopes: &[String]) -> Result<String, String> {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_err(|e| e.to_string())?
+            .as_secs();
+        let access: Vec<serde_json::Value> = scopes
+            .iter()
+            .filter_map(|scope| {
+                // the name may hold no ':', but split from both ends to be sure of it
+                let (kind, rest) = scope.split_once(':')?;
+                let (name, actions) = rest.rsplit_once(':')?;
+                Some(serde_json::json!({
+                    "type": kind,
+                    "name": name,
+                    "actions": actions.split(',').filter(|a| !a.is_empty()).collect::<Vec<_>>(),
+                }))
+            })
+            .collect();
+        let serial = self.serial.fetch_add(1, Ordering::SeqCst);
+        let header = serde_json::json!({"typ": "JWT", "alg": "RS256", "x5c": [self.cert_der]});
+        let claims = serde_json::json!({
+            "iss": TOKEN_ISSUER,
+            "sub": self.user,
+            "aud": TOKEN_SERVICE,
+            "exp": now + TOKEN_LIFETIME,
+            "nbf": now.saturating_sub(1),
+            "iat": now,
+            "jti": format!("erofs-forge-{now}-{serial}"),
+            "access": access,
+        });
+        let b64url = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
+        let signing_input = format!(
+            "{}.{}",
+            b64url(header.to_string().as_bytes()),
+            b64url(claims.to_string().as_bytes())
+        );
+        let signature = rs256(&self.key, signing_input.as_bytes())?;
+        Ok(format!("{signing_input}.{}", b64url(&signature)))
+    }
+}
+
+/// The RS256 signature (RSASSA-PKCS1-v1_5 over SHA-256) of `data` with the PEM key at `key`:
+/// `openssl dgst -sha256 -sign`.
+fn rs256(key: &Path, data: &[u8]) -> Result<Vec<u8>, String> {
+    let mut child = Command::new("openssl")
+        .args(["dgst", "-sha256", "-sign"])
+        .arg(key)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("spawn openssl: {e}"))?;
+    // the signing input is a few KiB, well within a pipe's buffer: no deadlock writing first
+    child
+        .stdin
+        .take()
+        .ok_or("openssl has no stdin")?
+        .write_all(data)
+        .map_err(|e| format!("write to openssl: {e}"))?;
+    let out = child
+        .wait_with_output()
+        .map_err(|e| format!("openssl dgst: {e}"))?;
+    if !out.status.success() || out.stdout.is_empty() {
+        return Err(format!(
+            "openssl dgst -sign: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    Ok(out.stdout)
+}
+
+/// An HTTP request's head (request line and headers, up to the blank line), at most 64 KiB;
+/// None when the client stops or stalls before it ends.
+fn read_head(conn: &mut TcpStream) -> Option<String> {
+    let mut head = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        if head.len() > 64 << 10 {
+            return None;
+        }
+        let n = conn.read(&mut buf).ok()?;
+        if n == 0 {
+            return None;
+        }
+        head.extend_from_slice(&buf[..n]);
+    }
+    let end = head.windows(4).position(|w| w == b"\r\n\r\n")?;
+    Some(String::from_utf8_lossy(&head[..end]).into_owned())
+}
+
+/// Every value of `key` in a query string, percent-decoded (`+` is a space, as in forms).
+fn query_values(query: &str, key: &str) -> Vec<String> {
+    query
+        .split('&')
+        .filter_map(|pair| pair.split_once('='))
+        .filter(|(k, _)| *k == key)
+        .map(|(_, v)| percent_decode(v))
+        .collect()
+}
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = bytes
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (bytes[i], hex) {
+            (b'%', Some(b)) => {
+                out.push(b);
+                i += 3;
+            }
+            (b'+', _) => {
+                out.push(b' ');
+                i += 1;
+            }
+            (b, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// `127.0.0.1 - - [06/Dec/2026:15:35:29 +0000] "PUT /v2/a/b/manifests/t HTTP/1.1" 201 0 "" "skopeo/1.9.3"`
@@ -770,6 +1177,91 @@ fn registry_with_auth_wants_the_right_credentials() {
         .filter(|r| r.status == 401)
         .count();
     assert!(refused >= 4, "{:#?}", registry.requests());
+}
+
+#[test]
+fn token_query_scopes_parse() {
+    // as Go's url.Values and reqwest's serde_urlencoded encode them
+    let q =
+        "account=forge&scope=repository%3Aa%2Fb%3Apull%2Cpush&scope=repository:c:pull&service=x+y";
+    assert_eq!(
+        query_values(q, "scope"),
+        ["repository:a/b:pull,push", "repository:c:pull"]
+    );
+    assert_eq!(query_values(q, "service"), ["x y"]);
+    assert!(query_values("service=x", "scope").is_empty());
+    assert_eq!(percent_decode("%zz%4"), "%zz%4");
+}
+
+#[test]
+#[cfg_attr(any(no_registry, no_skopeo), ignore = "needs docker-registry, skopeo")]
+fn registry_with_token_wants_a_bearer_token() {
+    let w = scratch();
+    let (layout, _) = small_layout(&w.path().join("img"), "t", 100_000);
+    let registry = Registry::start_with_token("forge", "s3cret pass");
+    assert_eq!(registry.creds(), Some(("forge", "s3cret pass")));
+    // the challenge names the token server, not a basic realm
+    let challenge = bearer_challenge(&registry.addr());
+    assert!(
+        challenge.starts_with("Bearer realm=\"http://127.0.0.1:")
+            && challenge.contains(&format!("service=\"{TOKEN_SERVICE}\"")),
+        "{challenge}"
+    );
+    let wrong = Client::new(&registry.addr(), Some(("forge", "wrong")));
+    let out = wrong.push(&layout, "secret/img:t");
+    assert!(
+        !out.status.success(),
+        "push with a wrong password succeeded"
+    );
+    assert_eq!(
+        registry.tokens_issued(),
+        0,
+        "{:#?}",
+        registry.token_requests()
+    );
+    assert!(
+        registry.token_requests().iter().any(|r| r.status == 401),
+        "{:#?}",
+        registry.token_requests()
+    );
+    assert_eq!((registry.blob_puts(), registry.manifest_puts()), (0, 0));
+
+    // the right password: tokens issued for the repository, and the registry took them
+    registry.push_oci_layout(&layout, "secret/img:t");
+    assert_eq!((registry.blob_puts(), registry.manifest_puts()), (2, 1));
+    let requests = registry.token_requests();
+    assert!(
+        requests.iter().any(|r| r.issued()
+            && r.scopes
+                .iter()
+                .any(|s| s == "repository:secret/img:pull,push")),
+        "{requests:#?}"
+    );
+    let manifest = registry.inspect_raw("secret/img:t");
+    assert_eq!(manifest["layers"].as_array().unwrap().len(), 1);
+    // the registry verified the tokens: it names their subject in its log
+    assert!(
+        registry.log().contains("auth.user.name=forge"),
+        "{}",
+        tail(&registry.log(), 20)
+    );
+}
+
+/// The `WWW-Authenticate` header of an anonymous `GET /v2/` (HTTP/1.0).
+fn bearer_challenge(addr: &str) -> String {
+    let mut c = TcpStream::connect(addr).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    write!(c, "GET /v2/ HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
+    let mut answer = String::new();
+    c.read_to_string(&mut answer).unwrap();
+    answer
+        .lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case("www-authenticate")
+                .then(|| v.trim().to_string())
+        })
+        .unwrap_or_else(|| panic!("no challenge in:\n{answer}"))
 }
 
 #[test]

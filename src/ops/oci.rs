@@ -158,21 +158,9 @@ pub(crate) fn create_oci_image(
     progress: &dyn Progress,
     (on_layer, dict): (OnLayer, Option<&ChunkDictImage>),
 ) -> Result<OciOutput> {
-    let Target {
-        final_dir,
-        dir,
-        mut outputs,
-        want,
-        image,
-        mut blobs,
-    } = Target::open(opts, want, image)?;
-    // where a path inside the layout will be once it is in place
-    let placed = |p: &Path| match p.strip_prefix(&dir) {
-        Ok(rel) => final_dir.join(rel),
-        Err(_) => p.to_path_buf(),
-    };
+    let mut t = Target::open(opts, want, image)?;
     // per-layer outputs are staged here and only the blobs the image uses move into blobs/
-    let work = crate::io::staged::ScratchDir::new_in(&dir)?;
+    let work = crate::io::staged::ScratchDir::new_in(&t.dir)?;
     // the per-layer builds and the merge see the dictionary; the layout never holds it
     let with_dict = CreateOptions {
         chunk_dict: dict.map(|d| d.bootstrap.clone()),
@@ -181,7 +169,7 @@ pub(crate) fn create_oci_image(
     // against a dictionary, a layer may write a blob the merged image ends up not using:
     // only the merge tells, so nothing is handed on early
     let on_layer = if dict.is_some() { None } else { on_layer };
-    let boots = convert_layers(&with_dict, &image, work.path(), progress, on_layer)?;
+    let boots = convert_layers(&with_dict, &t.image, work.path(), progress, on_layer)?;
     let image_boot = work.path().join("image.boot");
     let merged = merge::merge(&MergeOptions {
         sources: boots,
@@ -191,49 +179,41 @@ pub(crate) fn create_oci_image(
         prefetch: opts.prefetch.clone(),
         ..MergeOptions::default()
     })?;
-    let mut layers = place_blobs(&merged.blobs, work.path(), &mut blobs, (opts.encrypt, dict))?;
+    let mut layers = place_blobs(
+        &merged.blobs,
+        work.path(),
+        &mut t.blobs,
+        (opts.encrypt, dict),
+    )?;
     let boot_bytes = std::fs::read(&image_boot).ctx("read", &image_boot)?;
     let mut files = vec![LayerFile {
         name: BOOTSTRAP_IN_LAYER.into(),
         bytes: boot_bytes.clone(),
     }];
     if merged.fs_version == 6 {
-        files.extend(blob_meta_files(&image_boot, &blobs.dir, dict)?);
+        files.extend(blob_meta_files(&image_boot, &t.blobs.dir, dict)?);
     }
-    let boot_layer = layers.add_bootstrap(&mut blobs, &files, &merged, &image_boot)?;
+    let boot_layer = layers.add_bootstrap(&mut t.blobs, &files, &merged, &image_boot)?;
     // the image appears at once: index, layout marker, bootstrap and report are put in place
     // together, after every blob they name
-    let (config, manifest, p) = write_documents(
-        opts,
-        (&image, want),
-        (&layers.diff_ids, layers.layers),
-        &mut blobs,
-        LayerFormat::Nydus,
-    )?;
-    write_index(
-        &dir,
-        &image,
-        &p,
-        &manifest,
-        &mut outputs,
-        LayerFormat::Nydus,
-    )?;
+    let (config, manifest, p) =
+        t.publish(opts, (&layers.diff_ids, layers.layers), LayerFormat::Nydus)?;
     let plain = match &opts.bootstrap {
         Some(p) => {
-            outputs.add(write_temp(p, &boot_bytes, None)?, p.clone());
+            t.outputs.add(write_temp(p, &boot_bytes, None)?, p.clone());
             Some(p.clone())
         }
         None => None,
     };
     let out = OciOutput {
-        dir: final_dir.clone(),
+        dir: t.final_dir.clone(),
         platform: p.to_string(),
-        found_in: image.found_in,
-        layers: image.layers.len(),
+        found_in: t.image.found_in,
+        layers: t.image.layers.len(),
         manifest: format!("sha256:{}", manifest.hex),
         config: format!("sha256:{}", config.hex),
-        blobs: layers.blob_paths.iter().map(|b| placed(b)).collect(),
-        bootstrap_layer: placed(&boot_layer),
+        blobs: layers.blob_paths.iter().map(|b| t.placed(b)).collect(),
+        bootstrap_layer: t.placed(&boot_layer),
         bootstrap: plain,
         fs_version: merged.fs_version,
     };
@@ -250,14 +230,12 @@ pub(crate) fn create_oci_image(
         report.extra.insert("manifest".into(), json!(out.manifest));
         report.extra.insert(
             "image_layout".into(),
-            json!(final_dir.display().to_string()),
+            json!(t.final_dir.display().to_string()),
         );
-        outputs.add(write_temp(j, report.pretty().as_bytes(), None)?, j.clone());
+        t.outputs
+            .add(write_temp(j, report.pretty().as_bytes(), None)?, j.clone());
     }
-    // the scratch directory lies inside the layout: gone before the layout moves into place
-    drop(work);
-    outputs.commit()?;
-    blobs.created.keep();
+    t.commit(work)?;
     Ok(out)
 }
 
@@ -274,18 +252,11 @@ pub(crate) fn create_oci_ref_image(
     want: Platform,
     on_layer: OnLayer,
 ) -> Result<OciOutput> {
-    let Target {
-        final_dir,
-        dir,
-        mut outputs,
-        want,
-        image,
-        mut blobs,
-    } = Target::open(opts, want, image)?;
-    let work = crate::io::staged::ScratchDir::new_in(&dir)?;
-    let mut refs = Vec::with_capacity(image.layers.len());
-    for (i, l) in image.layers.iter().enumerate() {
-        let r = ref_layer(opts, &image, i, l, work.path(), &mut blobs)?;
+    let mut t = Target::open(opts, want, image)?;
+    let work = crate::io::staged::ScratchDir::new_in(&t.dir)?;
+    let mut refs = Vec::with_capacity(t.image.layers.len());
+    for (i, l) in t.image.layers.iter().enumerate() {
+        let r = ref_layer(opts, &t.image, i, l, work.path(), &mut t.blobs)?;
         if let Some(f) = on_layer {
             f(&r.path);
         }
@@ -330,41 +301,22 @@ pub(crate) fn create_oci_ref_image(
             });
         }
     }
-    let boot_layer = layers.add_bootstrap(&mut blobs, &files, &merged, &image_boot)?;
-    let (config, manifest, p) = write_documents(
-        opts,
-        (&image, want),
-        (&layers.diff_ids, layers.layers),
-        &mut blobs,
-        LayerFormat::Nydus,
-    )?;
-    write_index(
-        &dir,
-        &image,
-        &p,
-        &manifest,
-        &mut outputs,
-        LayerFormat::Nydus,
-    )?;
-    let placed = |b: &Path| match b.strip_prefix(&dir) {
-        Ok(rel) => final_dir.join(rel),
-        Err(_) => b.to_path_buf(),
-    };
+    let boot_layer = layers.add_bootstrap(&mut t.blobs, &files, &merged, &image_boot)?;
+    let (config, manifest, p) =
+        t.publish(opts, (&layers.diff_ids, layers.layers), LayerFormat::Nydus)?;
     let out = OciOutput {
-        dir: final_dir.clone(),
+        dir: t.final_dir.clone(),
         platform: p.to_string(),
-        found_in: image.found_in,
-        layers: image.layers.len(),
+        found_in: t.image.found_in,
+        layers: t.image.layers.len(),
         manifest: format!("sha256:{}", manifest.hex),
         config: format!("sha256:{}", config.hex),
-        blobs: layers.blob_paths.iter().map(|b| placed(b)).collect(),
-        bootstrap_layer: placed(&boot_layer),
+        blobs: layers.blob_paths.iter().map(|b| t.placed(b)).collect(),
+        bootstrap_layer: t.placed(&boot_layer),
         bootstrap: None,
         fs_version: merged.fs_version,
     };
-    drop(work);
-    outputs.commit()?;
-    blobs.created.keep();
+    t.commit(work)?;
     Ok(out)
 }
 
@@ -515,56 +467,30 @@ pub(crate) fn create_oci_erofs_image(
     compression: Option<crate::ops::export_compressed::ErofsCompression>,
     on_layer: OnLayer,
 ) -> Result<OciErofsOutput> {
-    let Target {
-        final_dir,
-        dir,
-        mut outputs,
-        want,
-        image,
-        mut blobs,
-    } = Target::open(opts, want, image)?;
-    let work = crate::io::staged::ScratchDir::new_in(&dir)?;
+    let mut t = Target::open(opts, want, image)?;
+    let work = crate::io::staged::ScratchDir::new_in(&t.dir)?;
     let mut layers = Layers {
         layers: Vec::new(),
         diff_ids: Vec::new(),
         blob_paths: Vec::new(),
     };
-    for (i, l) in image.layers.iter().enumerate() {
-        let built = erofs_layer(opts, &image, i, l, work.path(), compression)?;
-        layers.add_erofs(&built, &mut blobs)?;
+    for (i, l) in t.image.layers.iter().enumerate() {
+        let built = erofs_layer(opts, &t.image, i, l, work.path(), compression)?;
+        layers.add_erofs(&built, &mut t.blobs)?;
         if let (Some(f), Some(p)) = (on_layer, layers.blob_paths.last()) {
             f(p);
         }
     }
-    let (_config, manifest, p) = write_documents(
-        opts,
-        (&image, want),
-        (&layers.diff_ids, layers.layers),
-        &mut blobs,
-        LayerFormat::Erofs,
-    )?;
-    write_index(
-        &dir,
-        &image,
-        &p,
-        &manifest,
-        &mut outputs,
-        LayerFormat::Erofs,
-    )?;
-    let placed = |b: &Path| match b.strip_prefix(&dir) {
-        Ok(rel) => final_dir.join(rel),
-        Err(_) => b.to_path_buf(),
-    };
+    let (_config, manifest, p) =
+        t.publish(opts, (&layers.diff_ids, layers.layers), LayerFormat::Erofs)?;
     let out = OciErofsOutput {
-        dir: final_dir.clone(),
+        dir: t.final_dir.clone(),
         platform: p.to_string(),
-        layers: image.layers.len(),
+        layers: t.image.layers.len(),
         manifest: format!("sha256:{}", manifest.hex),
-        erofs_layers: layers.blob_paths.iter().map(|b| placed(b)).collect(),
+        erofs_layers: layers.blob_paths.iter().map(|b| t.placed(b)).collect(),
     };
-    drop(work);
-    outputs.commit()?;
-    blobs.created.keep();
+    t.commit(work)?;
     Ok(out)
 }
 
@@ -671,6 +597,49 @@ impl Target {
             image,
             blobs,
         })
+    }
+
+    /// Where a path inside the layout being built will be once the layout is in place.
+    fn placed(&self, p: &Path) -> PathBuf {
+        match p.strip_prefix(&self.dir) {
+            Ok(rel) => self.final_dir.join(rel),
+            Err(_) => p.to_path_buf(),
+        }
+    }
+
+    /// Writes the converted image's config and manifest into the blobs, and stages the
+    /// index naming it; returns the config, the manifest and the platform.
+    fn publish(
+        &mut self,
+        opts: &CreateOptions,
+        layers: (&[Value], Vec<Value>),
+        format: LayerFormat,
+    ) -> Result<(Written, Written, Platform)> {
+        let (config, manifest, p) = write_documents(
+            opts,
+            (&self.image, self.want.clone()),
+            layers,
+            &mut self.blobs,
+            format,
+        )?;
+        write_index(
+            &self.dir,
+            &self.image,
+            &p,
+            &manifest,
+            &mut self.outputs,
+            format,
+        )?;
+        Ok((config, manifest, p))
+    }
+
+    /// Puts the layout in place, after every blob it names, and keeps the blobs written.
+    fn commit(self, work: crate::io::staged::ScratchDir) -> Result<()> {
+        // the scratch directory lies inside the layout: gone before the layout moves
+        drop(work);
+        self.outputs.commit()?;
+        self.blobs.created.keep();
+        Ok(())
     }
 }
 

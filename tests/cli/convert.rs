@@ -112,6 +112,21 @@ fn same_tree(what: &str, expect: &Path, got: &Path) {
     );
 }
 
+/// The umoci test image, pushed into a registry as `app:t`.
+struct Pushed {
+    /// Its OCI layout (tag `t`).
+    img: PathBuf,
+    /// The tree `umoci unpack` gives of it.
+    expect: PathBuf,
+}
+
+/// Builds the umoci test image for `test` and pushes it into `reg` as `app:t`.
+fn umoci_image_in(reg: &Registry, test: &str, w: &Path) -> Pushed {
+    let (img, expect) = image_and_rootfs(test, w);
+    reg.push_oci_layout(&format!("{}:t", s(&img)), "app:t");
+    Pushed { img, expect }
+}
+
 /// The digest of the manifest `create -t oci` writes locally for the same image.
 fn local_manifest(img: &Path, w: &Path, extra: &[&str]) -> String {
     let layout = w.join(format!("local-{}", extra.join("-").replace('/', "_")));
@@ -134,9 +149,9 @@ fn local_manifest(img: &Path, w: &Path, extra: &[&str]) -> String {
 )]
 fn registry_to_registry_matches_umoci() {
     let w = scratch();
-    let (img, expect) = image_and_rootfs("registry_to_registry_matches_umoci", w.path());
     let reg = Registry::start();
-    reg.push_oci_layout(&format!("{}:t", s(&img)), "app:t");
+    let Pushed { img, expect } =
+        umoci_image_in(&reg, "registry_to_registry_matches_umoci", w.path());
     let src = reg.reference("app:t");
     let work = w.path().join("work");
     for v in ["6", "5"] {
@@ -184,9 +199,8 @@ fn registry_to_registry_matches_umoci() {
 )]
 fn erofs_layers_and_merged_index() {
     let w = scratch();
-    let (img, _expect) = image_and_rootfs("erofs_layers_and_merged_index", w.path());
     let reg = Registry::start();
-    reg.push_oci_layout(&format!("{}:t", s(&img)), "app:t");
+    let Pushed { img, .. } = umoci_image_in(&reg, "erofs_layers_and_merged_index", w.path());
     let src = reg.reference("app:t");
     let work = w.path().join("work");
     // native EROFS layers: the same blobs `create -t oci --layer-format erofs` writes
@@ -465,9 +479,8 @@ fn forge_token_requests(reg: &Registry) -> Vec<registry::TokenRequest> {
 fn bearer_token_registry_converts_and_a_wrong_password_is_one_line() {
     let test = "bearer_token_registry_converts_and_a_wrong_password_is_one_line";
     let w = scratch();
-    let (img, expect) = image_and_rootfs(test, w.path());
     let reg = Registry::start_with_token("alice", "right");
-    reg.push_oci_layout(&format!("{}:t", s(&img)), "app:t");
+    let Pushed { expect, .. } = umoci_image_in(&reg, test, w.path());
     assert!(reg.tokens_issued() > 0, "{:#?}", reg.token_requests());
     let (source, target) = (reg.reference("app:t"), reg.reference("app:nydus"));
     let (cfg, work) = (w.path().join("docker"), w.path().join("work"));
@@ -545,9 +558,9 @@ fn bearer_token_registry_converts_and_a_wrong_password_is_one_line() {
 )]
 fn oci_ref_references_the_source_layers() {
     let w = scratch();
-    let (img, expect) = image_and_rootfs("oci_ref_references_the_source_layers", w.path());
     let reg = Registry::start();
-    reg.push_oci_layout(&format!("{}:t", s(&img)), "app:t");
+    let Pushed { img, expect } =
+        umoci_image_in(&reg, "oci_ref_references_the_source_layers", w.path());
     let work = w.path().join("work");
     // into another repository: the gzip layers it references are mounted there
     convert(
@@ -585,9 +598,8 @@ fn oci_ref_references_the_source_layers() {
 )]
 fn chunk_dict_image_in_a_registry() {
     let w = scratch();
-    let (img, expect) = image_and_rootfs("chunk_dict_image_in_a_registry", w.path());
     let reg = Registry::start();
-    reg.push_oci_layout(&format!("{}:t", s(&img)), "app:t");
+    let Pushed { expect, .. } = umoci_image_in(&reg, "chunk_dict_image_in_a_registry", w.path());
     let work = w.path().join("work");
     // the dictionary: the image itself, converted into its own repository
     convert(
@@ -943,9 +955,9 @@ fn platforms_manifest_kinds_suffix_and_prefetch() {
 )]
 fn local_layouts_and_archives_in_and_out() {
     let w = scratch();
-    let (img, _expect) = image_and_rootfs("local_layouts_and_archives_in_and_out", w.path());
     let reg = Registry::start();
-    reg.push_oci_layout(&format!("{}:t", s(&img)), "app:t");
+    let Pushed { img, .. } =
+        umoci_image_in(&reg, "local_layouts_and_archives_in_and_out", w.path());
     let work = w.path().join("work");
     let local = local_manifest(&img, w.path(), &["--fs-version", "6"]);
     // registry → oci:DIR: the layout create -t oci writes

@@ -418,8 +418,13 @@ fn compress_files(
 /// `data_start`.
 fn relocate_indexes(files: &mut HashMap<InodeId, StandaloneFile>, data_start: u64) -> Result<()> {
     for f in files.values_mut() {
-        if let StandaloneFile::Compressed { map, .. } = f {
-            map.relocate(data_start)?;
+        match f {
+            StandaloneFile::Compressed { map, .. } => map.relocate(data_start)?,
+            StandaloneFile::Plain { blkaddr } => {
+                *blkaddr = u32::try_from(u64::from(*blkaddr) + data_start)
+                    .map_err(|_| Error::Limit("image larger than 2^32 blocks".into()))?;
+            }
+            StandaloneFile::Inline(_) => {}
         }
     }
     Ok(())
@@ -568,6 +573,15 @@ impl ExtentWriter {
     /// Writes what is left; returns the file's body and the next free block.
     pub(crate) fn finish(mut self, out: &mut dyn Write) -> Result<(StandaloneFile, u64)> {
         self.flush(self.pending.len(), out)?;
+        // nothing compressed: its blocks are a plain file's, which needs no index (as
+        // erofs-utils stores an incompressible file)
+        if let (true, Some(first)) = (
+            self.heads.iter().all(|h| h.compressed.is_none()),
+            self.heads.first(),
+        ) {
+            let blkaddr = first.blkaddr;
+            return Ok((StandaloneFile::Plain { blkaddr }, self.next_block));
+        }
         let blocks = u32::try_from(self.blocks)
             .map_err(|_| Error::Limit("file larger than 2^32 blocks".into()))?;
         Ok((

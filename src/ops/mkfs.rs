@@ -179,7 +179,6 @@ pub(crate) fn mkfs_tar_stream(
         if opts.aufs {
             aufs_to_overlayfs(&mut tree)?;
         }
-        implied_dirs(&mut tree, opts);
         Ok(tree)
     })
 }
@@ -302,7 +301,6 @@ fn tar_index(opts: &MkfsOptions, path: &Path) -> Result<MkfsOutput> {
     if opts.aufs {
         aufs_to_overlayfs(&mut tree)?;
     }
-    implied_dirs(&mut tree, opts);
     shape_common(opts, &mut tree);
     let eopts = EncodeOptions::tarfs(chunk_size);
     let mut bytes = v6::encode(&tree, &chunks, &blobs, &eopts)?;
@@ -682,10 +680,17 @@ fn short(name: &Path, got: u64, size: u64) -> Error {
 }
 
 /// What mkfs.erofs does to every tree between reading the source and writing it: owners and
-/// times set as asked, xattrs dropped with `-x` below 0, overlayfs marks kept or stripped.
+/// times set as asked, then the directories a tar only implied made from their parents,
+/// xattrs dropped with `-x` below 0, overlayfs marks kept or stripped.
 fn shape_common(opts: &MkfsOptions, tree: &mut Tree) {
     for ino in tree.inode_ids() {
         let inode = &mut tree[ino];
+        if !opts.xattrs {
+            inode.set_xattrs(Vec::new());
+        }
+        if marked_implied(inode) {
+            continue;
+        }
         owners(&opts.owners, &mut inode.uid, &mut inode.gid);
         match opts.mtimes {
             Mtimes::Kept => {}
@@ -696,10 +701,8 @@ fn shape_common(opts: &MkfsOptions, tree: &mut Tree) {
                 }
             }
         }
-        if !opts.xattrs {
-            inode.set_xattrs(Vec::new());
-        }
     }
+    implied_dirs(tree, opts);
     overlay_marks(tree, opts.ovlfs_strip);
     tree.prune_unreachable();
 }
@@ -752,19 +755,22 @@ fn aufs_to_overlayfs(tree: &mut Tree) -> Result<()> {
 }
 
 /// A tar's implied directories as mkfs.erofs makes them: the root 0777, owned by mkfs.erofs's
-/// own ids, its mtime the build time (erofs-utils `erofs_mkfs_alloc_root`); any other 0755 plus
-/// its parent's group and other write bits, its parent's owner and mtime
-/// (`erofs_rebuild_mkdir`). Parents come first in numbering order.
+/// own ids or the forced ones, never offset, its mtime the build time (erofs-utils
+/// `erofs_mkfs_alloc_root`); any other 0755 plus its parent's group and other write bits, its
+/// parent's owner and mtime as shaped (`erofs_rebuild_mkdir`), so offset only below a listed
+/// directory. Parents come first in numbering order.
 fn implied_dirs(tree: &mut Tree, opts: &MkfsOptions) {
     for e in tree.numbering_order() {
         let ino = tree[e].inode;
-        if !tree[ino].is_implied_dir() {
+        if !marked_implied(&tree[ino]) {
             continue;
         }
         if e == EntryId::ROOT {
             let root = &mut tree[ino];
             root.permissions = 0o777;
-            (root.uid, root.gid) = opts.process_ids;
+            let (uid, gid) = opts.process_ids;
+            root.uid = opts.owners.force_uid.unwrap_or(uid);
+            root.gid = opts.owners.force_gid.unwrap_or(gid);
             (root.mtime, root.mtime_nsec) = (opts.build_time as i64, 0);
         } else {
             let p = tree[tree[e].parent].inode;
@@ -778,6 +784,13 @@ fn implied_dirs(tree: &mut Tree, opts: &MkfsOptions) {
         }
         tree[ino].kind = InodeKind::Directory { implied: false };
     }
+}
+
+/// Whether a tar reader marked this directory as only implied. Not
+/// [`crate::model::Inode::is_implied_dir`]'s guess from 0755 0:0 mtime 0, which a listed
+/// directory meets once `-T0` has set its time, and which layers read back from images need.
+fn marked_implied(inode: &crate::model::Inode) -> bool {
+    matches!(inode.kind, InodeKind::Directory { implied: true })
 }
 
 /// overlayfs marks: with `--ovlfs-strip` whiteouts (character devices 0:0), opaque marks and

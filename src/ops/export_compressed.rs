@@ -547,7 +547,7 @@ impl ExtentWriter {
             // filled extents are sized by the ratio of the window before: the window must not
             // depend on the thread count, or the image would
             window: if how.fixed_output() {
-                FIXED_SEGMENT * 2
+                FIXED_SEGMENT
             } else if how.fill {
                 how.extent_bytes() * FILL_MAX_INPUT * 8
             } else {
@@ -563,6 +563,11 @@ impl ExtentWriter {
 
     /// Takes the file's next bytes; compresses and writes every full window.
     pub(crate) fn push(&mut self, bytes: &[u8], out: &mut dyn Write) -> Result<()> {
+        if self.pending.capacity() == 0 {
+            // a window and the piece that fills it, not the double a growing Vec would take
+            let most = (self.window + bytes.len()).min(self.size as usize);
+            self.pending.reserve_exact(most.max(bytes.len()));
+        }
         self.pending.extend_from_slice(bytes);
         while self.pending.len() >= self.window {
             self.flush(self.window, out)?;

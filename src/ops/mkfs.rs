@@ -451,7 +451,7 @@ fn stamp_identity(bytes: &mut [u8], opts: &MkfsOptions) -> Result<()> {
 /// file compresses on one thread anyway (formats/rafs-v6.md §19.1).
 const SMALL_FILE: u64 = 16 << 20;
 /// Bytes of small files held for one batch.
-const BATCH_BYTES: usize = 4 << 20;
+const BATCH_BYTES: usize = 8 << 20;
 /// Batches being compressed while the next is read: enough that the pool always has a batch's
 /// files to start while the last file of another finishes.
 const BATCHES_IN_FLIGHT: usize = 2;
